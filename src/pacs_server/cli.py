@@ -1,0 +1,106 @@
+"""Command line of `pacs_server`: parse arguments, build the Config once, run the app.
+
+Exit codes: 0 clean stop, 1 start-up failure (port busy, storage, database),
+2 configuration error. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pacs_server import __version__
+from pacs_server.config import Config, load_config
+from pacs_server.errors import ConfigError, StartupError
+
+EXIT_STARTUP = 1
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pacs_server",
+        description="DICOM archive: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, Worklist, MPPS.")
+    p.add_argument("command", nargs="?", default="run", choices=["run", "check-config", "init-db"],
+                   help="run the server (default), validate the config, or create/upgrade the index")
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
+    p.add_argument("--port", type=int, help="DICOM port (overrides server.port)")
+    p.add_argument("--host", help="listen address (overrides server.host)")
+    p.add_argument("--ae-title", help="our AE title (overrides server.ae_title)")
+    p.add_argument("--storage-dir", help="archive root (overrides storage.directory)")
+    p.add_argument("--db", metavar="FILE", help="SQLite index file (overrides database.path)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="overrides logging.level")
+    p.add_argument("--log-file", help="JSON log file, '' for none (overrides logging.file)")
+    p.add_argument("--metrics-port", type=int, help="-1 disables (overrides monitoring.metrics_port)")
+    p.add_argument("--version", action="version", version=f"pacs_server {__version__}")
+    return p
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    mapping = {
+        "port": "server.port", "host": "server.host", "ae_title": "server.ae_title",
+        "storage_dir": "storage.directory", "db": "database.path",
+        "log_level": "logging.level", "log_file": "logging.file",
+        "metrics_port": "monitoring.metrics_port",
+    }
+    return {key: getattr(args, attr) for attr, key in mapping.items()
+            if getattr(args, attr) is not None}
+
+
+def fail(message: str, code: int) -> int:
+    print(f"pacs_server: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = overrides_from(args)
+
+    def reload() -> Config:
+        return load_config(args.config, overrides)
+
+    try:
+        cfg = reload()
+    except ConfigError as exc:
+        return fail(str(exc), EXIT_CONFIG)
+    if args.command == "check-config":
+        print(f"{cfg.source}: OK")
+        return 0
+    return run(cfg, reload, init_only=args.command == "init-db")
+
+
+def run(cfg: Config, reload: Any = None, init_only: bool = False) -> int:
+    """Run the server (or just migrate the index) with a built config; returns the exit code."""
+    from pacs_server.app import PacsApp
+    from pacs_server.logging import configure_logging
+
+    try:
+        configure_logging(cfg.logging)
+        if init_only:
+            asyncio.run(_init_db(cfg))
+            print(f"index ready: {cfg.database.url or cfg.database.path}")
+            return 0
+        asyncio.run(PacsApp(cfg, reload_config=reload).run())
+    except StartupError as exc:
+        return fail(str(exc), EXIT_STARTUP)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+async def _init_db(cfg: Config) -> None:
+    from pacs_server.index.engine import create_engine, migrate
+
+    engine = create_engine(cfg.database)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

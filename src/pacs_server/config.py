@@ -1,0 +1,316 @@
+"""The typed configuration tree: built once from YAML + CLI overrides, frozen, passed down.
+
+Every section is a frozen dataclass; `load_config()` is the only way to build one from a
+file and it rejects unknown keys, wrong types and bad enum values with a `ConfigError`
+naming the file and the dotted key. Nothing else in the package reads configuration files.
+
+Field metadata:
+    help      one line, used by docs/configuration.md and the example file test
+    reload    True when SIGHUP may apply a new value without a restart
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from pacs_server.errors import ConfigError
+
+Naming = Literal["hierarchical", "flat", "date"]
+DuplicatePolicy = Literal["reject", "replace", "ignore"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+Synchronous = Literal["full", "normal"]
+
+
+def _f(default: Any, help: str, reload: bool = False) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default),
+                     metadata={"help": help, "reload": reload})
+    return field(default=default, metadata={"help": help, "reload": reload})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    ae_title: str = _f("PACS", "AE title of this server (1-16 characters, no backslash)")
+    host: str = _f("0.0.0.0", "address to listen on")
+    port: int = _f(11112, "DICOM port; 0 binds an ephemeral port (logged at start)")
+    max_associations: int = _f(50, "simultaneous associations; more are rejected (A-ASSOCIATE-RJ)")
+    idle_timeout: float = _f(60.0, "seconds of silence before an association is aborted")
+    max_pdu_size: int = _f(131072, "largest P-DATA PDU we accept, in bytes; 0 = unlimited")
+    require_called_ae_title: bool = _f(False, "reject associations whose called AE is not ae_title")
+    shutdown_grace: float = _f(10.0, "seconds SIGTERM waits for associations before aborting them")
+    acse_timeout: float = _f(30.0, "seconds to wait for association negotiation messages")
+    dimse_timeout: float = _f(60.0, "seconds to wait for a DIMSE message from the peer")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    directory: str = _f("./archive", "root of the file archive")
+    naming: Naming = _f("hierarchical", "file layout: hierarchical | flat | date")
+    duplicate_policy: DuplicatePolicy = _f(
+        "reject", "same SOP Instance UID received again: reject | replace | ignore", reload=True)
+    accepted_sop_classes: list[str] = _f(
+        [], "empty = every Storage SOP class; else modality codes, names or UIDs")
+    fsync: bool = _f(True, "fsync each file and its directory before acknowledging a C-STORE")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    path: str = _f("./pacs.db", "SQLite index file (ignored when url is set)")
+    url: str = _f("", "SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db")
+    wal_mode: bool = _f(True, "SQLite write-ahead log (concurrent readers during writes)")
+    synchronous: Synchronous = _f("full", "SQLite synchronous pragma: full (durable) | normal")
+    commit_batch: int = _f(256, "most index writes grouped into one transaction")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: LogLevel = _f("info", "debug | info | warning | error", reload=True)
+    file: str = _f("./logs/pacs.log", "JSON-lines log file; empty = console only")
+    json_console: bool = _f(False, "JSON on the console too (always JSON when not a terminal)")
+
+
+@dataclass(frozen=True)
+class AccessControlConfig:
+    allowed_ae_titles: list[str] = _f(["*"], '"*" = any calling AE, else the list', reload=True)
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    metrics_host: str = _f("127.0.0.1", "address of the Prometheus /metrics endpoint")
+    metrics_port: int = _f(9110, "port of the /metrics endpoint; -1 disables it, 0 = ephemeral")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    case_sensitive_names: bool = _f(False, "Person Name matching respects case", reload=True)
+    max_results: int = _f(0, "most matches a C-FIND returns; 0 = unlimited", reload=True)
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    ae_title: str = _f("", "AE title of the remote node")
+    host: str = _f("127.0.0.1", "its address")
+    port: int = _f(104, "its port")
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    access_control: AccessControlConfig = field(default_factory=AccessControlConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    peers: list[PeerConfig] = field(
+        default_factory=list,
+        metadata={"help": "C-MOVE destinations: list of {ae_title, host, port}", "reload": True})
+    source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
+
+    def peer(self, ae_title: str) -> PeerConfig | None:
+        """The configured peer with this AE title, if any."""
+        for p in self.peers:
+            if p.ae_title == ae_title.strip():
+                return p
+        return None
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_config(path: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Build the Config from an optional YAML file, then dotted-key overrides (CLI).
+
+    Raises:
+        ConfigError: one line naming the file, the key and what is wrong.
+    """
+    source = str(path) if path else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read file: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{source}: {where}YAML syntax error: {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        sect = data.setdefault(section, {})
+        if not isinstance(sect, dict):
+            raise ConfigError(f"{source}: {section}: expected a mapping")
+        sect[key] = value
+    cfg = _build(Config, data, source, "")
+    cfg = dataclasses.replace(cfg, source=source)
+    validate(cfg)
+    return cfg
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'}: expected a mapping, "
+                          f"got {_describe(data)}")
+    hints = get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{source}: {prefix}{key}: unknown key "
+                              f"(expected one of: {', '.join(names)})")
+    kwargs = {}
+    for name, fld in names.items():
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], source, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, source, key + ".")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if isinstance(value, str) and value.lower() in allowed:
+            return value.lower()
+        raise ConfigError(f"{source}: {key}: must be one of {' | '.join(allowed)}, "
+                          f"got {value!r}")
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if value is None:
+            return []
+        if isinstance(value, str) and item_tp is str:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key}: expected a list, got {_describe(value)}")
+        return [_coerce(item_tp, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, source, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key}: expected true or false, got {_describe(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key}: expected an integer, got {_describe(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{source}: {key}: expected a number, got {_describe(value)}")
+    if tp is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{source}: {key}: expected a string, got {_describe(value)}")
+    raise TypeError(f"unsupported config type {tp!r}")  # programming error, not user input
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return type(value).__name__
+    return repr(value)
+
+
+def _check_ae_title(source: str, key: str, value: str) -> None:
+    if not value.strip() or len(value) > 16 or "\\" in value or any(
+            ord(c) < 32 or ord(c) > 126 for c in value):
+        raise ConfigError(f"{source}: {key}: {value!r} is not a valid AE title "
+                          "(1-16 printable ASCII characters, no backslash)")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field and range checks that types alone cannot express."""
+    s = cfg.source
+    _check_ae_title(s, "server.ae_title", cfg.server.ae_title)
+    if not 0 <= cfg.server.port <= 65535:
+        raise ConfigError(f"{s}: server.port: must be 0-65535, got {cfg.server.port}")
+    if cfg.server.max_associations < 1:
+        raise ConfigError(f"{s}: server.max_associations: must be at least 1")
+    if cfg.server.max_pdu_size != 0 and cfg.server.max_pdu_size < 4096:
+        raise ConfigError(f"{s}: server.max_pdu_size: must be 0 (unlimited) or >= 4096")
+    for key in ("idle_timeout", "acse_timeout", "dimse_timeout"):
+        if getattr(cfg.server, key) <= 0:
+            raise ConfigError(f"{s}: server.{key}: must be greater than 0")
+    if cfg.server.shutdown_grace < 0:
+        raise ConfigError(f"{s}: server.shutdown_grace: must not be negative")
+    if not cfg.storage.directory:
+        raise ConfigError(f"{s}: storage.directory: must not be empty")
+    if not cfg.database.url and not cfg.database.path:
+        raise ConfigError(f"{s}: database.path: must not be empty (or set database.url)")
+    if cfg.database.commit_batch < 1:
+        raise ConfigError(f"{s}: database.commit_batch: must be at least 1")
+    if not -1 <= cfg.monitoring.metrics_port <= 65535:
+        raise ConfigError(f"{s}: monitoring.metrics_port: must be -1..65535")
+    if cfg.query.max_results < 0:
+        raise ConfigError(f"{s}: query.max_results: must not be negative")
+    for i, title in enumerate(cfg.access_control.allowed_ae_titles):
+        if title != "*":
+            _check_ae_title(s, f"access_control.allowed_ae_titles[{i}]", title)
+    seen: set[str] = set()
+    for i, peer in enumerate(cfg.peers):
+        _check_ae_title(s, f"peers[{i}].ae_title", peer.ae_title)
+        if not 1 <= peer.port <= 65535:
+            raise ConfigError(f"{s}: peers[{i}].port: must be 1-65535, got {peer.port}")
+        if peer.ae_title in seen:
+            raise ConfigError(f"{s}: peers[{i}].ae_title: {peer.ae_title!r} listed twice")
+        seen.add(peer.ae_title)
+    # Resolving SOP class entries needs the UID dictionary; imported here to keep
+    # config free of DICOM knowledge everywhere else.
+    from pacs_server.sop_classes import resolve_storage_classes
+
+    try:
+        resolve_storage_classes(cfg.storage.accepted_sop_classes)
+    except ValueError as exc:
+        raise ConfigError(f"{s}: storage.accepted_sop_classes: {exc}") from None
+
+
+def iter_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[
+        tuple[str, dataclasses.Field[Any], Any]]:
+    """Yield (dotted key, field, default) for every leaf setting; used by docs and tests."""
+    for fld in dataclasses.fields(cls):
+        if fld.metadata.get("internal"):
+            continue
+        tp = get_type_hints(cls)[fld.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, f"{prefix}{fld.name}.")  # type: ignore[arg-type]
+        else:
+            default = (fld.default if fld.default is not dataclasses.MISSING
+                       else fld.default_factory())  # type: ignore[misc]
+            yield f"{prefix}{fld.name}", fld, default
+
+
+def reloadable_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """Split the keys that differ between two configs into (reloadable, needs restart)."""
+    hot: list[str] = []
+    cold: list[str] = []
+    for key, fld, _ in iter_fields():
+        a, b = _get(old, key), _get(new, key)
+        if a != b:
+            (hot if fld.metadata.get("reload") else cold).append(key)
+    return hot, cold
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,1 @@
+"""The DIMSE front-end: the only package that imports pynetdicom."""

@@ -1,0 +1,155 @@
+"""Build the Application Entity, bind the service handlers, run and stop the listener.
+
+The listener runs pynetdicom's ThreadedAssociationServer in its own thread; each
+association gets a thread of its own, and handlers reach the loop only via LoopBridge.
+"""
+
+from __future__ import annotations
+
+import errno
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacs_server.config import Config
+from pacs_server.dicom.associations import AssociationTracker
+from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.echo import handle_echo
+from pacs_server.dicom.store import handle_store
+from pacs_server.errors import StartupError
+from pacs_server.metrics import Metrics
+from pacs_server.services.archive import ArchiveService
+from pacs_server.sop_classes import resolve_storage_classes
+
+log = structlog.get_logger(__name__)
+
+# Stream every received dataset to a file instead of memory (large instances), and keep
+# patient identifiers out of pynetdicom's own logs.
+_config.STORE_RECV_CHUNKED_DATASET = True
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
+# Every transfer syntax pydicom knows: stored as received, never transcoded on ingest.
+TRANSFER_SYNTAXES = [str(ts) for ts in AllTransferSyntaxes]
+
+
+@dataclass
+class Services:
+    """What the handlers need, built by the app and handed over once."""
+
+    archive: ArchiveService
+    bridge: LoopBridge
+    metrics: Metrics
+    extra_handlers: list[tuple[Any, ...]]
+    extra_contexts: list[tuple[str, list[str]]]
+    scp_roles: list[str]
+
+
+class DicomServer:
+    """One listening AE; `start()` binds, `stop()` drains then aborts."""
+
+    def __init__(self, cfg: Config, services: Services) -> None:
+        self._cfg = cfg
+        self._svc = services
+        self.tracker = AssociationTracker(services.metrics)
+        self.ae = self._build_ae(cfg)
+        self._server: ThreadedAssociationServer | None = None
+
+    def _build_ae(self, cfg: Config) -> AE:
+        s = cfg.server
+        ae = AE(ae_title=s.ae_title)
+        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        ae.maximum_associations = s.max_associations
+        ae.maximum_pdu_size = s.max_pdu_size
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = s.idle_timeout   # pynetdicom's idle timer aborts silent peers
+        ae.require_called_aet = s.require_called_ae_title
+        self.apply_access_control(cfg, ae)
+        ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+        for uid in resolve_storage_classes(cfg.storage.accepted_sop_classes):
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        for uid, syntaxes in self._svc.extra_contexts:
+            ae.add_supported_context(uid, syntaxes)
+        return ae
+
+    def apply_access_control(self, cfg: Config, ae: AE | None = None) -> None:
+        """Set the calling-AE whitelist (reloadable: SIGHUP calls this again)."""
+        ae = ae or self.ae
+        titles = cfg.access_control.allowed_ae_titles
+        ae.require_calling_aet = [] if "*" in titles else list(titles)
+
+    def handlers(self) -> list[tuple[Any, ...]]:
+        svc = self._svc
+        return [
+            *self.tracker.handlers(),
+            (evt.EVT_C_ECHO, handle_echo, [self.tracker]),
+            (evt.EVT_C_STORE, handle_store, [svc.archive, svc.bridge, self.tracker, svc.metrics]),
+            *svc.extra_handlers,
+        ]
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def start(self) -> int:
+        """Bind and serve in a background thread; returns the bound port."""
+        # pynetdicom writes incoming datasets with tempfile; keep them on the archive's
+        # filesystem (not a RAM-backed /tmp) and inside a directory we clean at start.
+        tempfile.tempdir = str(self._svc.archive.files.incoming)
+        s = self._cfg.server
+        try:
+            server = self.ae.start_server((s.host, s.port), block=False,
+                                          evt_handlers=self.handlers())
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"port {s.port} on {s.host} is already in use") from None
+            if exc.errno == errno.EACCES:
+                raise StartupError(f"no permission to listen on {s.host}:{s.port}") from None
+            raise StartupError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from None
+        assert server is not None
+        self._server = server
+        return self.port
+
+    def active(self) -> list[Any]:
+        return list(self._server.active_associations) if self._server else []
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; established associations continue."""
+        if self._server is not None:
+            self._server.shutdown()
+
+    def drain(self, grace_s: float, force: threading.Event | None = None) -> int:
+        """Wait up to `grace_s` for associations to end, then abort the rest.
+
+        Returns how many were aborted.
+        """
+        deadline = time.monotonic() + grace_s
+        while self.active() and time.monotonic() < deadline:
+            if force is not None and force.is_set():
+                break
+            time.sleep(0.05)
+        stragglers = self.active()
+        for assoc in stragglers:
+            try:
+                assoc.abort()
+            except Exception:  # an association ending on its own meanwhile is fine
+                pass
+        for assoc in stragglers:
+            assoc.join(5)
+        return len(stragglers)
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Take a reloaded config (peers, query settings) for later associations."""
+        self._cfg = cfg

@@ -1,0 +1,125 @@
+"""The one table from domain errors to DIMSE status codes, per service (PS3.4, PS3.7).
+
+Services raise `PacsError` subclasses; handlers call `failure()` and return its dataset.
+Codes are checked against pynetdicom's `status.py` tables.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydicom.dataset import Dataset
+
+from pacs_server.errors import (
+    DatasetMismatch,
+    DestinationUnreachable,
+    DuplicateInstance,
+    IndexUnavailable,
+    InstanceExists,
+    InvalidAttributeValue,
+    InvalidQuery,
+    MissingFile,
+    NoSuchInstance,
+    PacsError,
+    StepFinalised,
+    StorageFull,
+    StorageUnavailable,
+    TooManyMatches,
+    UnknownDestination,
+    UnreadableDataset,
+)
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+PENDING_WARNING = 0xFF01        # C-FIND: optional keys not supported
+CANCEL = 0xFE00
+SUBOPS_WARNING = 0xB000        # C-MOVE/C-GET: one or more sub-operations failed
+SUBOPS_ALL_FAILED = 0xA702     # C-MOVE/C-GET: out of resources, unable to perform sub-ops
+
+
+class Service(enum.Enum):
+    C_STORE = "C-STORE"
+    C_FIND = "C-FIND"
+    C_MOVE = "C-MOVE"
+    C_GET = "C-GET"
+    WORKLIST = "MWL C-FIND"
+    N_CREATE = "N-CREATE"
+    N_SET = "N-SET"
+
+
+STATUS: dict[Service, dict[type[PacsError], int]] = {
+    Service.C_STORE: {
+        DuplicateInstance: 0x0111,      # PS3.7 C.4 Duplicate SOP Instance (failure)
+        StorageFull: 0xA700,            # Refused: Out of Resources
+        StorageUnavailable: 0xA700,
+        IndexUnavailable: 0xA700,
+        DatasetMismatch: 0xA900,        # Error: Data Set does not match SOP Class
+        UnreadableDataset: 0xC000,      # Error: Cannot understand
+    },
+    Service.C_FIND: {
+        InvalidQuery: 0xA900,           # Identifier does not match SOP Class
+        TooManyMatches: 0xA700,         # Refused: Out of Resources
+        IndexUnavailable: 0xA700,
+    },
+    Service.WORKLIST: {
+        InvalidQuery: 0xA900,
+        TooManyMatches: 0xA700,
+        IndexUnavailable: 0xA700,
+    },
+    Service.C_MOVE: {
+        UnknownDestination: 0xA801,     # Refused: Move Destination unknown
+        DestinationUnreachable: 0xA801,
+        InvalidQuery: 0xA900,
+        IndexUnavailable: 0xA701,       # Out of resources: unable to calculate matches
+        MissingFile: 0xA702,
+    },
+    Service.C_GET: {
+        InvalidQuery: 0xA900,
+        IndexUnavailable: 0xA701,
+        MissingFile: 0xA702,
+    },
+    Service.N_CREATE: {
+        InstanceExists: 0x0111,         # Duplicate SOP Instance
+        InvalidAttributeValue: 0x0106,  # Invalid attribute value
+        DatasetMismatch: 0x0120,        # Missing attribute
+        IndexUnavailable: 0x0110,       # Processing failure
+    },
+    Service.N_SET: {
+        NoSuchInstance: 0x0112,         # No such SOP Instance
+        StepFinalised: 0x0110,          # Processing failure (PS3.4 F.7.2.2.2)
+        InvalidAttributeValue: 0x0106,
+        IndexUnavailable: 0x0110,
+    },
+}
+
+GENERIC_FAILURE: dict[Service, int] = {
+    Service.C_STORE: 0xC211,
+    Service.C_FIND: 0xC311,
+    Service.WORKLIST: 0xC311,
+    Service.C_MOVE: 0xC511,
+    Service.C_GET: 0xC411,
+    Service.N_CREATE: 0x0110,
+    Service.N_SET: 0x0110,
+}
+
+
+def status_code(service: Service, exc: BaseException) -> int:
+    """The status for `exc` in `service`; unknown errors get the generic failure code."""
+    table = STATUS[service]
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]
+    return GENERIC_FAILURE[service]
+
+
+def failure(service: Service, exc: BaseException) -> Dataset:
+    """A status dataset with the code for `exc` and its message as Error Comment (LO, 64)."""
+    ds = Dataset()
+    ds.Status = status_code(service, exc)
+    ds.ErrorComment = _comment(str(exc) or type(exc).__name__)
+    return ds
+
+
+def _comment(text: str) -> str:
+    clean = "".join(c if 32 <= ord(c) < 127 and c != "\\" else "?" for c in text)
+    return clean[:64]

@@ -1,0 +1,29 @@
+"""Plain records that cross the boundary between the services and the index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+from typing import Any
+
+
+@dataclass
+class InstanceRecord:
+    """What the index keeps about one instance (PS3.4 C.6 attributes + housekeeping)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient: dict[str, Any]
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+    header: bytes                    # dataset without bulk data, see header_encoding
+    header_syntax: str               # transfer syntax the header bytes are encoded in
+    rel_path: PurePosixPath = PurePosixPath()
+    size: int = 0
+    source_ae: str = ""
+    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))

@@ -1,0 +1,51 @@
+"""Prometheus instruments, owned by one object with its own registry (no globals)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class Metrics:
+    """Every instrument of the server. Tests build their own with a fresh registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.dimse_requests = Counter(
+            "pacs_dimse_requests", "DIMSE requests handled, by service and status",
+            ["service", "status"], registry=r)
+        self.store_bytes = Counter(
+            "pacs_store_bytes", "bytes of instances written to the archive", registry=r)
+        self.store_seconds = Histogram(
+            "pacs_store_seconds", "C-STORE handling time (parse, write, fsync, index)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5), registry=r)
+        self.associations_active = Gauge(
+            "pacs_association_active", "associations currently established", registry=r)
+        self.associations = Counter(
+            "pacs_associations", "associations by outcome (accepted, rejected, aborted, released)",
+            ["outcome"], registry=r)
+        self.index_batch = Histogram(
+            "pacs_index_commit_batch_size", "instances per index transaction (group commit)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.find_matches = Counter(
+            "pacs_find_matches", "C-FIND responses sent", ["level"], registry=r)
+        self.suboperations = Counter(
+            "pacs_retrieve_suboperations", "C-MOVE/C-GET sub-operations by result",
+            ["service", "result"], registry=r)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Expose /metrics on a side port; returns the bound port (port 0 = ephemeral)."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server, self._thread = server, thread
+        return int(server.server_port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,1 @@
+"""Use cases over the archive and the index; they know nothing about pynetdicom."""

@@ -1,0 +1,217 @@
+"""Turn a received dataset file into an `InstanceRecord` and a staged Part-10 file.
+
+Runs in the association's worker thread (blocking I/O is fine there, never on the loop).
+The dataset bytes are copied exactly as received: only the File Meta Information is
+ours (received transfer syntax, calling AE as Source Application Entity Title).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from io import BytesIO
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from pacs_server.errors import DatasetMismatch, UnreadableDataset
+from pacs_server.index.records import InstanceRecord
+from pacs_server.storage import layout
+
+# Headers bigger than this are re-encoded without their bulk elements (waveforms,
+# encapsulated documents) instead of being kept byte for byte.
+MAX_RAW_HEADER = 256 * 1024
+_BULK_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+
+
+@dataclass
+class StagedInstance:
+    """A fsynced .part file in .incoming plus its record, waiting to be placed."""
+
+    record: InstanceRecord
+    part: Path
+
+
+def dataset_offset(fh: BinaryIO) -> int:
+    """Offset of the dataset in a Part-10 file whose meta starts with its group length."""
+    fh.seek(0)
+    head = fh.read(144)
+    if len(head) < 144 or head[128:132] != b"DICM":
+        raise UnreadableDataset("received file has no DICOM preamble")
+    tag_group, tag_elem, vr, vl = struct.unpack("<HH2sH", head[132:140])
+    if (tag_group, tag_elem) != (2, 0) or vr != b"UL" or vl != 4:
+        raise UnreadableDataset("received file meta lacks its group length")
+    (group_len,) = struct.unpack("<I", head[140:144])
+    return 144 + group_len
+
+
+def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
+                    source_ae: str) -> bytes:
+    """Preamble + DICM + our File Meta Information group, encoded."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_ae:
+        meta.SourceApplicationEntityTitle = source_ae
+    buf = DicomBytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()
+
+
+def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Dataset, bytes, str]:
+    """Parse the header (up to Pixel Data) of the dataset at `offset`.
+
+    Returns the dataset, the header bytes to keep in the index and their transfer syntax.
+    """
+    fh.seek(0)
+    try:
+        ds = dcmread(fh, stop_before_pixels=True, force=True)
+        ds.SOPInstanceUID  # force a parse of the leading elements  # noqa: B018
+    except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error,
+            NotImplementedError, OverflowError, TypeError) as exc:
+        raise UnreadableDataset(f"dataset cannot be parsed: {exc}") from None
+    except AttributeError:
+        raise DatasetMismatch("SOPInstanceUID is missing") from None
+    end = fh.tell()
+    raw_ok = transfer_syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian,
+                                 ExplicitVRBigEndian) or not _is_native(transfer_syntax)
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        raw_ok = False
+    if raw_ok and 0 <= end - offset <= MAX_RAW_HEADER:
+        fh.seek(offset)
+        return ds, fh.read(end - offset), _header_syntax(transfer_syntax)
+    return ds, _encode_without_bulk(ds), ExplicitVRLittleEndian
+
+
+def _is_native(ts: str) -> bool:
+    return ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
+                  DeflatedExplicitVRLittleEndian)
+
+
+def _header_syntax(ts: str) -> str:
+    # Encapsulated syntaxes encode the header as Explicit VR Little Endian.
+    if ts in (ImplicitVRLittleEndian, ExplicitVRBigEndian):
+        return ts
+    return ExplicitVRLittleEndian
+
+
+def _encode_without_bulk(ds: Dataset) -> bytes:
+    slim = Dataset()
+    for elem in ds:
+        if elem.VR in _BULK_VRS and elem.value is not None and len(elem.value) > 1024:
+            continue
+        if elem.keyword in ("IconImageSequence", "WaveformSequence"):
+            continue
+        slim.add(elem)
+    buf = DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = False
+    try:
+        write_dataset(buf, slim)
+    except Exception as exc:  # pydicom raises assorted errors on odd values
+        raise UnreadableDataset(f"dataset header cannot be re-encoded: {exc}") from None
+    return buf.getvalue()
+
+
+def decode_header(header: bytes, syntax: str) -> Dataset:
+    """Rebuild a dataset from header bytes kept in the index."""
+    from pydicom.filereader import read_dataset
+
+    return read_dataset(BytesIO(header), syntax == ImplicitVRLittleEndian,
+                        syntax != ExplicitVRBigEndian)
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed value must not sink the whole instance
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip().rstrip("\0")[:limit]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def build_record(ds: Dataset, header: bytes, header_syntax: str, transfer_syntax: str,
+                 request_sop_class: str, source_ae: str, naming: str) -> InstanceRecord:
+    """Validate the identifying UIDs and collect the indexed attributes."""
+    sop_uid = layout.check_uid("SOPInstanceUID", _text(ds, "SOPInstanceUID"))
+    study_uid = layout.check_uid("StudyInstanceUID", _text(ds, "StudyInstanceUID"))
+    series_uid = layout.check_uid("SeriesInstanceUID", _text(ds, "SeriesInstanceUID"))
+    sop_class = _text(ds, "SOPClassUID") or request_sop_class
+    layout.check_uid("SOPClassUID", sop_class)
+    now = datetime.now(timezone.utc)
+    patient_id = _text(ds, "PatientID", 64)
+    record = InstanceRecord(
+        sop_instance_uid=sop_uid,
+        sop_class_uid=sop_class,
+        study_instance_uid=study_uid,
+        series_instance_uid=series_uid,
+        transfer_syntax_uid=transfer_syntax,
+        patient={
+            "patient_id": patient_id,
+            "patient_name": _text(ds, "PatientName"),
+            "birth_date": _text(ds, "PatientBirthDate", 8),
+            "sex": _text(ds, "PatientSex", 16),
+        },
+        study={
+            "study_date": _text(ds, "StudyDate", 8),
+            "study_time": _text(ds, "StudyTime", 16),
+            "accession_number": _text(ds, "AccessionNumber", 64),
+            "study_id": _text(ds, "StudyID", 16),
+            "study_description": _text(ds, "StudyDescription"),
+            "referring_physician": _text(ds, "ReferringPhysicianName"),
+        },
+        series={
+            "modality": _text(ds, "Modality", 16),
+            "series_number": _int(ds, "SeriesNumber"),
+            "series_description": _text(ds, "SeriesDescription"),
+            "series_date": _text(ds, "SeriesDate", 8),
+            "series_time": _text(ds, "SeriesTime", 16),
+            "body_part": _text(ds, "BodyPartExamined", 16),
+        },
+        instance={
+            "instance_number": _int(ds, "InstanceNumber"),
+            "content_date": _text(ds, "ContentDate", 8),
+            "content_time": _text(ds, "ContentTime", 16),
+        },
+        header=header,
+        header_syntax=header_syntax,
+        source_ae=source_ae,
+        received_at=now,
+    )
+    record.rel_path = layout.relative_path(
+        naming, patient_id=patient_id, study_uid=study_uid, series_uid=series_uid,
+        sop_uid=sop_uid, study_date=record.study["study_date"], received=now.date())
+    return record
+
+
+def today() -> date:
+    return datetime.now(timezone.utc).date()

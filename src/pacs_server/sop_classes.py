@@ -1,0 +1,110 @@
+"""Storage SOP classes: the full list from the DICOM UID dictionary and `--accept` parsing.
+
+An entry of `storage.accepted_sop_classes` may be a modality code (CT), a SOP class name
+("CT Image Storage", case-insensitive) or a UID.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+from pydicom._uid_dict import UID_dictionary
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+# Storage SOP classes that are not composite-object storage (they belong to other
+# services or are retired media classes) are left out.
+_NOT_STORAGE = {
+    "1.2.840.10008.1.3.10",      # Media Storage Directory Storage
+    "1.2.840.10008.1.20.1",      # Storage Commitment Push Model
+    "1.2.840.10008.1.20.2",      # Storage Commitment Pull Model (retired)
+}
+
+
+@cache
+def all_storage_classes() -> tuple[str, ...]:
+    """Every Storage SOP class UID known to pydicom's dictionary, retired ones included."""
+    uids = []
+    for uid, (name, kind, _info, retired, *_rest) in UID_dictionary.items():
+        # Composite IOD storage lives under 1.2.840.10008.5.1.4.1.1; the rest are
+        # non-patient objects, print and media classes with other service rules.
+        if kind != "SOP Class" or uid in _NOT_STORAGE or retired == "Retired":
+            continue
+        if not uid.startswith("1.2.840.10008.5.1.4.1.1.") or "Storage" not in name:
+            continue
+        if any(word in name for word in ("Trial", "DICOS", "Eddy Current", "Protocol",
+                                          "Inventory", "Approval")):
+            continue
+        uids.append(uid)
+    return tuple(sorted(uids))
+
+
+# Modality code -> name fragments of its storage classes (PS3.3 C.7.3.1.1.1 codes).
+_MODALITY_NAMES: dict[str, tuple[str, ...]] = {
+    "CT": ("CT Image Storage", "Enhanced CT", "Legacy Converted Enhanced CT"),
+    "MR": ("MR Image Storage", "Enhanced MR", "MR Spectroscopy",
+           "Legacy Converted Enhanced MR"),
+    "US": ("Ultrasound",),
+    "CR": ("Computed Radiography",),
+    "DX": ("Digital X-Ray",),
+    "MG": ("Mammography", "Breast Tomosynthesis", "Breast Projection"),
+    "IO": ("Intra-Oral",),
+    "XA": ("X-Ray Angiographic", "X-Ray 3D Angiographic", "XA/XRF"),
+    "RF": ("X-Ray Radiofluoroscopic", "XA/XRF"),
+    "NM": ("Nuclear Medicine",),
+    "PT": ("Positron Emission", "PET Image"),
+    "OT": ("Secondary Capture",),
+    "SC": ("Secondary Capture",),
+    "SR": ("SR Storage", "Key Object Selection", "Mammography CAD SR", "Chest CAD SR",
+           "Procedure Log", "Radiation Dose SR", "Acquisition Context SR"),
+    "KO": ("Key Object Selection",),
+    "PR": ("Presentation State",),
+    "RTIMAGE": ("RT Image",),
+    "RTDOSE": ("RT Dose",),
+    "RTSTRUCT": ("RT Structure Set",),
+    "RTPLAN": ("RT Plan", "RT Ion Plan"),
+    "RTRECORD": ("Treatment Record",),
+    "SEG": ("Segmentation Storage",),
+    "REG": ("Registration Storage",),
+    "ECG": ("ECG Waveform",),
+    "XC": ("VL Photographic", "External Camera"),
+    "ES": ("VL Endoscopic",),
+    "SM": ("VL Whole Slide Microscopy", "VL Slide-Coordinates Microscopic"),
+    "OP": ("Ophthalmic Photography",),
+    "OPT": ("Ophthalmic Tomography",),
+    "DOC": ("Encapsulated PDF", "Encapsulated CDA"),
+}
+
+
+def resolve_storage_classes(entries: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Turn config entries into SOP class UIDs; an empty list means every storage class.
+
+    Raises:
+        ValueError: an entry matches no storage SOP class.
+    """
+    if not entries:
+        return all_storage_classes()
+    known = all_storage_classes()
+    by_name = {UID_dictionary[u][0].lower(): u for u in known}
+    out: list[str] = []
+    for raw in entries:
+        entry = raw.strip()
+        if _UID_RE.match(entry):
+            out.append(entry)  # private or newer classes are allowed by UID
+            continue
+        if entry.lower() in by_name:
+            out.append(by_name[entry.lower()])
+            continue
+        fragments = _MODALITY_NAMES.get(entry.upper())
+        if fragments is None:
+            raise ValueError(f"{entry!r} is not a modality code, storage SOP class name or UID")
+        out.extend(u for u in known
+                   if any(f.lower() in UID_dictionary[u][0].lower() for f in fragments))
+    return tuple(dict.fromkeys(out))
+
+
+def sop_class_name(uid: str) -> str:
+    """Human name of a SOP class UID, or the UID itself."""
+    entry = UID_dictionary.get(uid)
+    return entry[0] if entry else uid

@@ -1,0 +1,1 @@
+"""The file archive: where instances live on disk and how they get there safely."""

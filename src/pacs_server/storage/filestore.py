@@ -1,0 +1,212 @@
+"""Atomic, durable file operations under the archive root.
+
+The write protocol (PS: "an acknowledged C-STORE is on disk"):
+  1. write the Part-10 file into <root>/.incoming/<random>.part and fsync it;
+  2. os.replace() it to its final name and fsync the directory (and any directory we
+     created on the way, so the new entry itself survives a crash);
+  3. only then may the caller commit the index row and acknowledge.
+A crash leaves at most a *.part file in .incoming, which `recover()` removes at start.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from pacs_server.errors import StartupError, StorageFull, StorageUnavailable
+
+INCOMING = ".incoming"
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """Translate OSErrors from the archive filesystem into domain errors."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL_ERRNOS:
+            raise StorageFull(f"archive filesystem is full: {exc.strerror}") from exc
+        raise StorageUnavailable(f"archive write failed: {exc.strerror or exc}") from exc
+
+
+class FileStore:
+    """Files under one root directory; every path is relative and built by `layout`."""
+
+    def __init__(self, root: str | Path, fsync: bool = True) -> None:
+        self.root = Path(root).resolve()
+        self.incoming = self.root / INCOMING
+        self._fsync = fsync
+
+    # -- lifecycle ------------------------------------------------------------------
+    def prepare(self) -> int:
+        """Create the root, check it is writable, and remove leftovers of a crash.
+
+        Returns the number of stale partial files removed.
+        """
+        try:
+            self.incoming.mkdir(parents=True, exist_ok=True)
+            probe = self.incoming / f"probe-{uuid.uuid4().hex}"
+            with open(probe, "wb") as fh:
+                fh.write(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StartupError(f"storage directory {self.root} is not writable: "
+                               f"{exc.strerror or exc}") from None
+        removed = 0
+        for leftover in self.incoming.iterdir():
+            try:
+                leftover.unlink()
+                removed += 1
+            except OSError:
+                pass
+        return removed
+
+    # -- writing --------------------------------------------------------------------
+    def new_part_path(self) -> Path:
+        """A fresh temporary name in .incoming (same filesystem as the archive)."""
+        return self.incoming / f"{uuid.uuid4().hex}.part"
+
+    def write_part(self, header: bytes, source: BinaryIO, offset: int, length: int) -> Path:
+        """Write `header` then `length` bytes of `source` from `offset` into a new .part file.
+
+        The copy is done by the kernel (copy_file_range/sendfile) where possible, so a
+        large instance never passes through Python memory. The file is fsynced.
+        """
+        part = self.new_part_path()
+        with storage_errors():
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, header)
+                _copy_range(source.fileno(), fd, offset, length)
+                if self._fsync:
+                    os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                _unlink_quietly(part)
+                raise
+            os.close(fd)
+        return part
+
+    def place(self, part: Path, rel: PurePosixPath) -> Path:
+        """Atomically move a fsynced .part file to its final name and make that durable."""
+        final = self.path(rel)
+        with storage_errors():
+            created = self._makedirs(final.parent)
+            os.replace(part, final)
+            if self._fsync:
+                _fsync_dir(final.parent)
+                for d in created:
+                    _fsync_dir(d.parent)
+        return final
+
+    def discard(self, part: Path | None) -> None:
+        """Remove a .part file that will not be placed."""
+        if part is not None:
+            _unlink_quietly(part)
+
+    def remove(self, rel: PurePosixPath | str) -> None:
+        """Delete an archived file (best effort) and prune empty parent directories."""
+        path = self.path(rel)
+        _unlink_quietly(path)
+        parent = path.parent
+        while parent != self.root and parent.is_relative_to(self.root):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    # -- reading --------------------------------------------------------------------
+    def path(self, rel: PurePosixPath | str) -> Path:
+        """Absolute path of a relative archive path; refuses anything that escapes root."""
+        final = (self.root / rel).resolve()
+        if not final.is_relative_to(self.root) or final == self.root:
+            raise StorageUnavailable(f"refusing path outside the archive: {rel}")
+        return final
+
+    def exists(self, rel: PurePosixPath | str) -> bool:
+        return self.path(rel).is_file()
+
+    def usage(self) -> tuple[int, int]:
+        """(files, bytes) under the root, .incoming excluded; walks the tree."""
+        files = size = 0
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if INCOMING in dirnames:
+                dirnames.remove(INCOMING)
+            for name in filenames:
+                try:
+                    size += os.stat(os.path.join(dirpath, name)).st_size
+                    files += 1
+                except OSError:
+                    pass
+        return files, size
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def _makedirs(self, directory: Path) -> list[Path]:
+        created: list[Path] = []
+        todo = []
+        d = directory
+        while not d.exists():
+            todo.append(d)
+            d = d.parent
+        for d in reversed(todo):
+            try:
+                d.mkdir()
+                created.append(d)
+            except FileExistsError:
+                pass
+        return created
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    remaining = length
+    pos = offset
+    try:
+        while remaining > 0:
+            n = os.copy_file_range(src, dst, min(remaining, 1 << 30), pos)
+            if n == 0:
+                break
+            pos += n
+            remaining -= n
+        if remaining == 0:
+            return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    while remaining > 0:  # fallback: sendfile, then plain reads
+        n = os.sendfile(dst, src, pos, min(remaining, 1 << 30))
+        if n == 0:
+            raise OSError(errno.EIO, "source file shorter than expected")
+        pos += n
+        remaining -= n
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
