@@ -25,7 +25,7 @@ from pacs_server.index.engine import create_engine, database_url, migrate
 from pacs_server.index.repository import IndexRepository
 from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics
-from pacs_server.services.archive import ArchiveService, IndexCatalog
+from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
 from pacs_server.storage.filestore import FileStore
 
 log = structlog.get_logger(__name__)
@@ -35,8 +35,10 @@ class PacsApp:
     """The running server. `start()`/`stop()` for embedding and tests, `run()` for the CLI."""
 
     def __init__(self, cfg: Config, metrics: Metrics | None = None,
-                 reload_config: Callable[[], Config] | None = None) -> None:
+                 reload_config: Callable[[], Config] | None = None,
+                 use_index: bool = True) -> None:
         self.cfg = cfg
+        self.use_index = use_index
         self.metrics = metrics or Metrics()
         self._reload_config = reload_config
         self._force = threading.Event()
@@ -56,14 +58,20 @@ class PacsApp:
         removed = await asyncio.to_thread(files.prepare)
         if removed:
             log.warning("storage.partial_files_removed", count=removed)
-        self._engine = create_engine(cfg.database)
+        counts: dict[str, int] = {}
         try:
-            await migrate(self._engine)
-            self.repo = IndexRepository(self._engine, cfg.database.commit_batch,
-                                        on_commit=self.metrics.index_batch.observe)
-            await self.repo.start()
-            counts = await self.repo.counts()
-            self.archive = ArchiveService(cfg.storage, files, IndexCatalog(self.repo))
+            catalog: Catalog
+            if self.use_index:
+                self._engine = create_engine(cfg.database)
+                await migrate(self._engine)
+                self.repo = IndexRepository(self._engine, cfg.database.commit_batch,
+                                            on_commit=self.metrics.index_batch.observe)
+                await self.repo.start()
+                counts = await self.repo.counts()
+                catalog = IndexCatalog(self.repo)
+            else:
+                catalog = FileCatalog(files)
+            self.archive = ArchiveService(cfg.storage, files, catalog)
             bridge = LoopBridge(loop, timeout_s=max(cfg.server.dimse_timeout, 30.0))
             services = Services(archive=self.archive, bridge=bridge, metrics=self.metrics,
                                 extra_handlers=[], extra_contexts=[], scp_roles=[])
@@ -82,7 +90,8 @@ class PacsApp:
             raise
         log.info("server.started", ae_title=cfg.server.ae_title, host=cfg.server.host,
                  port=self.port, metrics_port=self.metrics_port,
-                 storage=str(files.root), database=_safe_url(database_url(cfg.database)),
+                 storage=str(files.root),
+                 database=_safe_url(database_url(cfg.database)) if self.use_index else None,
                  naming=cfg.storage.naming, duplicate_policy=cfg.storage.duplicate_policy,
                  **counts)
 

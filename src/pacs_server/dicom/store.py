@@ -16,7 +16,7 @@ from pynetdicom.events import Event
 from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.status import SUCCESS, Service, failure
-from pacs_server.errors import PacsError
+from pacs_server.errors import DuplicateInstance, PacsError
 from pacs_server.metrics import Metrics
 from pacs_server.services.archive import ArchiveService
 from pacs_server.services.ingest import StagedInstance
@@ -46,7 +46,8 @@ def handle_store(event: Event, archive: ArchiveService, bridge: LoopBridge,
         outcome = bridge.run(archive.commit(staged))
     except PacsError as exc:
         archive.discard(staged)
-        archive.count_failure()
+        if not isinstance(exc, DuplicateInstance):
+            archive.count_failure()
         status = failure(Service.C_STORE, exc)
         log.warning("c_store.failed", calling_ae=calling_ae, status=f"0x{status.Status:04X}",
                     error=str(exc), sop_instance_uid=str(request.AffectedSOPInstanceUID))
