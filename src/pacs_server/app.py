@@ -26,6 +26,8 @@ from pacs_server.index.repository import IndexRepository
 from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
+from pacs_server.services.query import QueryService
+from pacs_server.services.retrieve import RetrieveService
 from pacs_server.storage.filestore import FileStore
 
 log = structlog.get_logger(__name__)
@@ -48,6 +50,7 @@ class PacsApp:
         self.repo: IndexRepository | None = None
         self.archive: ArchiveService | None = None
         self.dicom: DicomServer | None = None
+        self.queries: QueryService | None = None
         self._engine: Any = None
 
     async def start(self) -> None:
@@ -73,8 +76,11 @@ class PacsApp:
                 catalog = FileCatalog(files)
             self.archive = ArchiveService(cfg.storage, files, catalog)
             bridge = LoopBridge(loop, timeout_s=max(cfg.server.dimse_timeout, 30.0))
-            services = Services(archive=self.archive, bridge=bridge, metrics=self.metrics,
-                                extra_handlers=[], extra_contexts=[], scp_roles=[])
+            services = Services(archive=self.archive, bridge=bridge, metrics=self.metrics)
+            if self.repo is not None:
+                self.queries = QueryService(self.repo, cfg.query, cfg.server.ae_title)
+                services.queries = self.queries
+                services.retrieve = RetrieveService(self.queries, files)
             self.dicom = DicomServer(cfg, services)
             if cfg.monitoring.metrics_port >= 0:
                 try:
@@ -180,6 +186,8 @@ class PacsApp:
             set_level(self.cfg.logging.level)
             if self.archive is not None:
                 self.archive.reconfigure(self.cfg.storage)
+            if self.queries is not None:
+                self.queries.reconfigure(self.cfg.query)
             if self.dicom is not None:
                 self.dicom.apply_access_control(self.cfg)
                 self.dicom.reconfigure(self.cfg)

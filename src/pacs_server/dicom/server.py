@@ -20,14 +20,20 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from pacs_server.config import Config
+from pacs_server.config import Config, PeerConfig
 from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.echo import handle_echo
+from pacs_server.dicom.find import handle_find
+from pacs_server.dicom.get import handle_get
+from pacs_server.dicom.identifiers import QR_FIND, QR_GET, QR_MOVE
+from pacs_server.dicom.move import handle_move
 from pacs_server.dicom.store import handle_store
 from pacs_server.errors import StartupError
 from pacs_server.metrics import Metrics
 from pacs_server.services.archive import ArchiveService
+from pacs_server.services.query import QueryService
+from pacs_server.services.retrieve import RetrieveService
 from pacs_server.sop_classes import resolve_storage_classes
 
 log = structlog.get_logger(__name__)
@@ -44,14 +50,14 @@ TRANSFER_SYNTAXES = [str(ts) for ts in AllTransferSyntaxes]
 
 @dataclass
 class Services:
-    """What the handlers need, built by the app and handed over once."""
+    """What the handlers need, built by the app and handed over once. Query/Retrieve
+    is absent when there is no index (store_scp without --index-db)."""
 
     archive: ArchiveService
     bridge: LoopBridge
     metrics: Metrics
-    extra_handlers: list[tuple[Any, ...]]
-    extra_contexts: list[tuple[str, list[str]]]
-    scp_roles: list[str]
+    queries: QueryService | None = None
+    retrieve: RetrieveService | None = None
 
 
 class DicomServer:
@@ -76,11 +82,14 @@ class DicomServer:
         ae.network_timeout = s.idle_timeout   # pynetdicom's idle timer aborts silent peers
         ae.require_called_aet = s.require_called_ae_title
         self.apply_access_control(cfg, ae)
+        ae.connection_timeout = min(s.acse_timeout, 10.0)  # C-MOVE to an unreachable peer
         ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
         for uid in resolve_storage_classes(cfg.storage.accepted_sop_classes):
-            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
-        for uid, syntaxes in self._svc.extra_contexts:
-            ae.add_supported_context(uid, syntaxes)
+            # scp_role lets a C-GET SCU take the Storage SCP role (PS3.7 D.3.3.4).
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=False, scp_role=True)
+        if self._svc.queries is not None:
+            for uid in [*QR_FIND, *QR_MOVE, *QR_GET]:
+                ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         return ae
 
     def apply_access_control(self, cfg: Config, ae: AE | None = None) -> None:
@@ -95,8 +104,23 @@ class DicomServer:
             *self.tracker.handlers(),
             (evt.EVT_C_ECHO, handle_echo, [self.tracker]),
             (evt.EVT_C_STORE, handle_store, [svc.archive, svc.bridge, self.tracker, svc.metrics]),
-            *svc.extra_handlers,
+            *self._qr_handlers(),
         ]
+
+    def _qr_handlers(self) -> list[tuple[Any, ...]]:
+        svc = self._svc
+        if svc.queries is None or svc.retrieve is None:
+            return []
+        return [
+            (evt.EVT_C_FIND, handle_find, [svc.queries, svc.bridge, self.tracker, svc.metrics]),
+            (evt.EVT_C_GET, handle_get, [svc.retrieve, svc.bridge, self.tracker]),
+            (evt.EVT_C_MOVE, handle_move, [svc.retrieve, svc.bridge, self.peer,
+                                           self._cfg.server.max_pdu_size, self.tracker]),
+        ]
+
+    def peer(self, ae_title: str) -> PeerConfig | None:
+        """A C-MOVE destination from the current (reloadable) peers list."""
+        return self._cfg.peer(ae_title)
 
     @property
     def port(self) -> int:

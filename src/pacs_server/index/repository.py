@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pacs_server.errors import DuplicateInstance, IndexUnavailable, PacsError
 from pacs_server.index.models import Instance, Patient, Series, Study
-from pacs_server.index.text import fold, join_values
+from pacs_server.index.text import join_values, name_key
 from pacs_server.index.records import InstanceRecord
 
 log = structlog.get_logger(__name__)
@@ -209,7 +209,7 @@ class IndexRepository:
 
     async def _patient(self, conn: AsyncConnection, batch: _Batch, rec: InstanceRecord) -> int:
         p = rec.patient
-        values = dict(patient_name=p["patient_name"], patient_name_norm=fold(p["patient_name"]),
+        values = dict(patient_name=p["patient_name"], patient_name_norm=name_key(p["patient_name"]),
                       birth_date=p["birth_date"], sex=p["sex"])
         pk = self._patients.get(p["patient_id"])
         if pk is None:
@@ -238,7 +238,7 @@ class IndexRepository:
             s = rec.study
             result = await conn.execute(Study.__table__.insert().values(
                 study_instance_uid=rec.study_instance_uid, patient_pk=patient_pk,
-                referring_physician_norm=fold(s["referring_physician"]),
+                referring_physician_norm=name_key(s["referring_physician"]),
                 modalities="", sop_classes="", num_series=0, num_instances=0,
                 header=rec.header, header_syntax=rec.header_syntax,
                 updated_at=datetime.now(timezone.utc), **s))

@@ -1,0 +1,63 @@
+"""Query/Retrieve C-FIND SCP (PS3.4 C.4.1), Patient Root and Study Root.
+
+Results stream: each batch crosses the bridge as soon as the index produced it, and a
+C-CANCEL stops the iteration (and closes the database cursor) at the next result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from pynetdicom.events import Event
+
+from pacs_server.dicom.associations import AssociationTracker
+from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.identifiers import parse_identifier
+from pacs_server.dicom.status import CANCEL, PENDING, SUCCESS, Service, failure
+from pacs_server.errors import PacsError
+from pacs_server.metrics import Metrics
+from pacs_server.services.query import QueryService
+
+log = structlog.get_logger(__name__)
+
+
+def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
+                tracker: AssociationTracker, metrics: Metrics) -> Iterator[tuple[Any, Any]]:
+    """Yields (0xFF00, identifier) per match, then 0x0000; or 0xFE00 after C-CANCEL;
+    or a failure: 0xA900 invalid level/identifier, 0xA700 too many matches or index
+    unavailable, 0xC311 unexpected error."""
+    sent = 0
+    try:
+        req = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
+        queries.validate(req)
+        results = bridge.iterate(queries.find(req))
+        try:
+            for batch in results:
+                for ds in batch:
+                    if event.is_cancelled:
+                        log.info("c_find.cancelled", level=req.level, sent=sent)
+                        tracker.operation(event, "C-FIND", CANCEL)
+                        yield CANCEL, None
+                        return
+                    sent += 1
+                    yield PENDING, ds
+        finally:
+            results.close()
+    except PacsError as exc:
+        status = failure(Service.C_FIND, exc)
+        log.warning("c_find.failed", status=f"0x{status.Status:04X}", error=str(exc), sent=sent)
+        tracker.operation(event, "C-FIND", status.Status)
+        yield status, None
+        return
+    except Exception as exc:
+        log.error("c_find.error", exc_info=exc)
+        status = failure(Service.C_FIND, exc)
+        tracker.operation(event, "C-FIND", status.Status)
+        yield status, None
+        return
+    metrics.find_matches.labels(req.level).inc(sent)
+    tracker.operation(event, "C-FIND", SUCCESS)
+    log.info("c_find.done", model=req.model, level=req.level, matches=sent)
+    yield SUCCESS, None

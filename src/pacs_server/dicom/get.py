@@ -1,0 +1,52 @@
+"""Query/Retrieve C-GET SCP (PS3.4 C.4.3): sub-operations on the same association.
+
+The SCU must have negotiated the SCP role for the storage classes it wants; pynetdicom
+counts completed/failed/warning sub-operations and builds the final status (0x0000,
+0xB000 with the Failed SOP Instance UID List, or 0xA702 when all failed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from pynetdicom.events import Event
+
+from pacs_server.dicom.associations import AssociationTracker
+from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.identifiers import parse_identifier
+from pacs_server.dicom.status import CANCEL, PENDING, Service, failure
+from pacs_server.errors import PacsError
+from pacs_server.services.retrieve import RetrieveService, placeholder
+
+log = structlog.get_logger(__name__)
+
+
+def handle_get(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
+               tracker: AssociationTracker) -> Iterator[Any]:
+    """Yields the sub-operation count, then (0xFF00, dataset) per instance."""
+    try:
+        req = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
+        refs = bridge.run(retrieve.resolve(req))
+    except PacsError as exc:
+        status = failure(Service.C_GET, exc)
+        log.warning("c_get.failed", status=f"0x{status.Status:04X}", error=str(exc))
+        tracker.operation(event, "C-GET", status.Status)
+        yield 1                     # pynetdicom wants a count before any status
+        yield status, None
+        return
+    log.info("c_get.started", level=req.level, instances=len(refs))
+    yield len(refs)
+    for ref in refs:
+        if event.is_cancelled:
+            tracker.operation(event, "C-GET", CANCEL)
+            yield CANCEL, None
+            return
+        try:
+            ds = retrieve.load(ref)
+        except PacsError as exc:
+            log.error("c_get.unreadable", sop_instance_uid=ref.sop_instance_uid, error=str(exc))
+            ds = placeholder(ref)
+        yield PENDING, ds
+    tracker.operation(event, "C-GET", 0x0000)

@@ -1,0 +1,93 @@
+"""Query/Retrieve C-MOVE SCP (PS3.4 C.4.2): sub-operations over a new association to a
+configured peer. Unknown destinations get 0xA801 at once; an unreachable one 0xA801
+after the connection attempt (bounded by the AE's connection timeout)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import structlog
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+
+from pacs_server.config import PeerConfig
+from pacs_server.dicom.associations import AssociationTracker, set_nodelay
+from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.identifiers import parse_identifier
+from pacs_server.dicom.status import CANCEL, PENDING, Service, failure
+from pacs_server.errors import PacsError
+from pacs_server.index.repository import StoredRef
+from pacs_server.services.retrieve import RetrieveService, placeholder
+
+log = structlog.get_logger(__name__)
+
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
+MAX_CONTEXTS = 128
+
+
+def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
+                peer_of: Callable[[str], PeerConfig | None], max_pdu: int,
+                tracker: AssociationTracker) -> Iterator[Any]:
+    """Yields the destination, the sub-operation count, then (0xFF00, dataset) each."""
+    dest = str(event.move_destination or "").strip()
+    peer = peer_of(dest)
+    if peer is None:
+        log.warning("c_move.unknown_destination", destination=dest)
+        tracker.operation(event, "C-MOVE", 0xA801)
+        yield None, None            # pynetdicom answers 0xA801 Move Destination Unknown
+        return
+    try:
+        req = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
+        refs = bridge.run(retrieve.resolve(req))
+    except PacsError as exc:
+        status = failure(Service.C_MOVE, exc)
+        log.warning("c_move.failed", status=f"0x{status.Status:04X}", error=str(exc))
+        tracker.operation(event, "C-MOVE", status.Status)
+        # pynetdicom needs a destination and a count before it accepts a final status.
+        yield peer.host, peer.port, {"evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)]}
+        yield 1
+        yield status, None
+        return
+    log.info("c_move.started", destination=dest, level=req.level, instances=len(refs))
+    yield peer.host, peer.port, {
+        "contexts": proposed_contexts(refs),
+        "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
+        "max_pdu": max_pdu,
+    }
+    yield len(refs)
+    for ref in refs:
+        if event.is_cancelled:
+            tracker.operation(event, "C-MOVE", CANCEL)
+            yield CANCEL, None
+            return
+        try:
+            ds = retrieve.load(ref)
+        except PacsError as exc:
+            log.error("c_move.unreadable", sop_instance_uid=ref.sop_instance_uid, error=str(exc))
+            ds = placeholder(ref)
+        yield PENDING, ds
+    tracker.operation(event, "C-MOVE", 0x0000)
+
+
+def proposed_contexts(refs: list[StoredRef]) -> list[PresentationContext]:
+    """One context per (SOP class, stored syntax); uncompressed data may also go as
+    Explicit or Implicit VR Little Endian, compressed data only as stored."""
+    wanted: dict[tuple[str, tuple[str, ...]], None] = {}
+    for ref in refs:
+        ts = ref.transfer_syntax_uid
+        syntaxes = (ts, *[t for t in _UNCOMPRESSED[:2] if t != ts]) if ts in _UNCOMPRESSED \
+            else (ts,)
+        wanted[(ref.sop_class_uid, syntaxes)] = None
+    contexts = [build_context(sop, list(ts)) for sop, ts in wanted]
+    if len(contexts) > MAX_CONTEXTS:
+        # More combinations than one association may propose: fall back to one context
+        # per SOP class offering every syntax seen for it.
+        merged: dict[str, list[str]] = {}
+        for sop, ts in wanted:
+            merged.setdefault(sop, [])
+            merged[sop].extend(t for t in ts if t not in merged[sop])
+        contexts = [build_context(sop, ts) for sop, ts in list(merged.items())[:MAX_CONTEXTS]]
+    return contexts

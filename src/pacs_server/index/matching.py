@@ -1,0 +1,273 @@
+"""C-FIND matching (PS3.4 C.2.2.2): SQL that narrows, Python that decides.
+
+Every condition is checked in Python against the stored value, so the result is exact
+whatever the database's LIKE/collation rules. SQL conditions are only ever a superset
+filter chosen so that an index serves the common queries: equality, UID lists, date
+ranges, and prefix wildcards (`SMI*` becomes a range scan on the case-folded column).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_
+from sqlalchemy.orm import InstrumentedAttribute
+
+from pacs_server.index.models import Instance, Patient, Series, Study
+from pacs_server.index.text import fold
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+LEVEL_MODEL: dict[str, Any] = {"PATIENT": Patient, "STUDY": Study, "SERIES": Series,
+                               "IMAGE": Instance}
+
+
+@dataclass(frozen=True)
+class Attr:
+    """An attribute the index holds in a column."""
+
+    level: str
+    column: InstrumentedAttribute[Any]
+    kind: str                               # uid | str | pn | date | time | int | multi | count
+    norm: InstrumentedAttribute[Any] | None = None
+
+
+# Keyword → where its value lives. Computed attributes (counts) are return-only here;
+# they are matched in Python like any other value.
+ATTRS: dict[str, Attr] = {
+    "PatientID": Attr("PATIENT", Patient.patient_id, "str"),
+    "PatientName": Attr("PATIENT", Patient.patient_name, "pn", Patient.patient_name_norm),
+    "PatientBirthDate": Attr("PATIENT", Patient.birth_date, "date"),
+    "PatientSex": Attr("PATIENT", Patient.sex, "str"),
+    "NumberOfPatientRelatedStudies": Attr("PATIENT", Patient.num_studies, "count"),
+    "NumberOfPatientRelatedSeries": Attr("PATIENT", Patient.num_series, "count"),
+    "NumberOfPatientRelatedInstances": Attr("PATIENT", Patient.num_instances, "count"),
+    "StudyInstanceUID": Attr("STUDY", Study.study_instance_uid, "uid"),
+    "StudyDate": Attr("STUDY", Study.study_date, "date"),
+    "StudyTime": Attr("STUDY", Study.study_time, "time"),
+    "AccessionNumber": Attr("STUDY", Study.accession_number, "str"),
+    "StudyID": Attr("STUDY", Study.study_id, "str"),
+    "StudyDescription": Attr("STUDY", Study.study_description, "str"),
+    "ReferringPhysicianName": Attr("STUDY", Study.referring_physician, "pn",
+                                   Study.referring_physician_norm),
+    "ModalitiesInStudy": Attr("STUDY", Study.modalities, "multi"),
+    "SOPClassesInStudy": Attr("STUDY", Study.sop_classes, "multi"),
+    "NumberOfStudyRelatedSeries": Attr("STUDY", Study.num_series, "count"),
+    "NumberOfStudyRelatedInstances": Attr("STUDY", Study.num_instances, "count"),
+    "SeriesInstanceUID": Attr("SERIES", Series.series_instance_uid, "uid"),
+    "Modality": Attr("SERIES", Series.modality, "str"),
+    "SeriesNumber": Attr("SERIES", Series.series_number, "int"),
+    "SeriesDescription": Attr("SERIES", Series.series_description, "str"),
+    "SeriesDate": Attr("SERIES", Series.series_date, "date"),
+    "SeriesTime": Attr("SERIES", Series.series_time, "time"),
+    "BodyPartExamined": Attr("SERIES", Series.body_part, "str"),
+    "NumberOfSeriesRelatedInstances": Attr("SERIES", Series.num_instances, "count"),
+    "SOPInstanceUID": Attr("IMAGE", Instance.sop_instance_uid, "uid"),
+    "SOPClassUID": Attr("IMAGE", Instance.sop_class_uid, "uid"),
+    "InstanceNumber": Attr("IMAGE", Instance.instance_number, "int"),
+    "ContentDate": Attr("IMAGE", Instance.content_date, "date"),
+    "ContentTime": Attr("IMAGE", Instance.content_time, "time"),
+}
+
+# VR → matching kind for attributes that only live in the stored header.
+VR_KIND = {"UI": "uid", "DA": "date", "TM": "time", "DT": "datetime", "PN": "pn",
+           "IS": "int", "US": "int", "UL": "int", "SS": "int", "SL": "int"}
+
+
+def level_of(keyword: str) -> str | None:
+    attr = ATTRS.get(keyword)
+    return attr.level if attr else None
+
+
+def is_universal(value: str) -> bool:
+    """PS3.4 C.2.2.2.3: an empty value, or only `*`, matches everything."""
+    return value == "" or set(value) == {"*"}
+
+
+# ------------------------------------------------------------------------- SQL side
+
+def sql_condition(attr: Attr, value: str, case_sensitive_names: bool) -> ColumnElement[bool] | None:
+    """A superset filter for one key, or None when SQL cannot narrow usefully."""
+    if is_universal(value):
+        return None
+    col = attr.column
+    kind = attr.kind
+    if kind == "uid":
+        uids = [u.strip() for u in value.split("\\") if u.strip()]
+        return col.in_(uids) if len(uids) > 1 else col == uids[0]
+    if kind == "date":
+        return _date_sql(col, value)
+    if kind == "int":
+        try:
+            return col == int(value)
+        except ValueError:
+            return None
+    if kind == "pn":
+        if not value.isascii() or attr.norm is None:
+            return None  # non-ASCII names may sit in ideographic/phonetic groups
+        return _text_sql(attr.norm, fold(value))
+    if kind == "str":
+        if "\\" in value:
+            return None
+        return _text_sql(col, value)
+    return None
+
+
+def _text_sql(col: InstrumentedAttribute[Any], value: str) -> ColumnElement[bool]:
+    if "*" not in value and "?" not in value:
+        return col == value
+    prefix = re.split(r"[*?]", value, maxsplit=1)[0]
+    pattern = (value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+               .replace("*", "%").replace("?", "_"))
+    like = col.like(pattern, escape="\\")
+    if prefix:
+        # Range on the prefix lets an ordinary B-tree index serve `SMI*`.
+        return and_(col >= prefix, col < prefix[:-1] + chr(ord(prefix[-1]) + 1), like)
+    return like
+
+
+def _date_sql(col: InstrumentedAttribute[Any], value: str) -> ColumnElement[bool] | None:
+    if "\\" in value:
+        return None
+    lo, hi, is_range = _split_range(value)
+    if not is_range:
+        return col == lo
+    conds = [col != ""]
+    if lo:
+        conds.append(col >= lo[:8])
+    if hi:
+        conds.append(col <= hi[:8])
+    return and_(*conds)
+
+
+def _split_range(value: str) -> tuple[str, str, bool]:
+    if "-" not in value:
+        return value.strip(), value.strip(), False
+    lo, _, hi = value.partition("-")
+    return lo.strip(), hi.strip(), True
+
+
+# ------------------------------------------------------------------------- Python side
+
+def matches(stored: Any, query: str, kind: str, case_sensitive_names: bool = False) -> bool:
+    """Does the stored value match the query value? (PS3.4 C.2.2.2.1-C.2.2.2.5)."""
+    if is_universal(query):
+        return True
+    text = "" if stored is None else str(stored)
+    if kind == "uid":
+        wanted = {u.strip() for u in query.split("\\")}
+        return text in wanted
+    if kind in ("date", "time", "datetime"):
+        if not text:
+            return False
+        return any(_range_match(text, q, kind) for q in query.split("\\"))
+    if kind in ("int", "count"):
+        try:
+            return any(int(float(text)) == int(float(q)) for q in query.split("\\"))
+        except ValueError:
+            return False
+    if kind == "multi":
+        have = set(text.split("\\"))
+        return any(_wild(q)(h) for q in query.split("\\") for h in have)
+    insensitive = kind == "pn" and not case_sensitive_names
+    values = text.split("\\") if text else [""]
+    for q in query.split("\\"):
+        test = _wild(q, insensitive)
+        for v in values:
+            if test(v):
+                return True
+            if kind == "pn" and "=" in v and any(test(group) for group in v.split("=")
+                                                 if group):
+                return True
+    return False
+
+
+@lru_cache(maxsize=1024)
+def _wild(query: str, insensitive: bool = False) -> Any:
+    """Compiled matcher for single-value or wildcard matching."""
+    if "*" not in query and "?" not in query:
+        if insensitive:
+            q = fold(query)
+            return lambda v: fold(v) == q
+        return lambda v: v == query
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in query)
+    compiled = re.compile(regex + r"\Z", re.DOTALL | (re.IGNORECASE if insensitive else 0))
+    if insensitive:
+        return lambda v: compiled.match(fold(v)) is not None or compiled.match(v) is not None
+    return lambda v: compiled.match(v) is not None
+
+
+def _range_match(stored: str, query: str, kind: str) -> bool:
+    lo, hi, is_range = _split_range(query) if kind != "datetime" else _split_dt_range(query)
+    key = {"date": _date_key, "time": _time_key, "datetime": _dt_key}[kind]
+    s = key(stored)
+    if s is None:
+        return False
+    if not is_range:
+        q = key(lo)
+        return q is not None and s == q if kind != "time" else _time_equal(stored, lo)
+    if lo:
+        q = key(lo)
+        if q is None or s < q:
+            return False
+    if hi:
+        q = key(hi, upper=True)
+        if q is None or s > q:
+            return False
+    return True
+
+
+def _split_dt_range(value: str) -> tuple[str, str, bool]:
+    # A DT value may carry a UTC offset like -0500, so split on the hyphen that
+    # separates two date-times: the one preceded by nothing or by a full value.
+    m = re.fullmatch(r"([0-9.+\-]*?)-([0-9.+\-]*)", value)
+    if m is None or ("-" not in value):
+        return value, value, False
+    lo, hi = m.group(1), m.group(2)
+    if len(lo) in (5,) and lo.startswith(("+", "-")):
+        return value, value, False
+    return lo, hi, True
+
+
+def _date_key(value: str, upper: bool = False) -> str | None:
+    v = value.strip().replace(".", "").replace("-", "")
+    if len(v) != 8 or not v.isdigit():
+        return None
+    return v
+
+
+def _time_key(value: str, upper: bool = False) -> float | None:
+    v = value.strip().replace(":", "")
+    if not v:
+        return None
+    main, _, frac = v.partition(".")
+    if not main.isdigit() or len(main) % 2:
+        return None
+    digits = main.ljust(6, "9" if upper else "0")
+    seconds = int(digits[:2]) * 3600 + int(digits[2:4]) * 60 + int(digits[4:6])
+    fraction = float("0." + frac) if frac.isdigit() else (0.999999 if upper and len(main) < 6
+                                                          else 0.0)
+    return seconds + fraction
+
+
+def _time_equal(stored: str, query: str) -> bool:
+    a, b = _time_key(stored), _time_key(query)
+    if a is None or b is None:
+        return False
+    # A query of lower precision (1015) matches any stored time within that span.
+    q_digits = len(query.strip().replace(":", "").partition(".")[0])
+    span = {2: 3600, 4: 60}.get(q_digits, 1 if "." not in query else 0)
+    return b <= a < b + span if span else a == b
+
+
+def _dt_key(value: str, upper: bool = False) -> str | None:
+    v = re.sub(r"[+\-]\d{4}$", "", value.strip())   # drop a UTC offset
+    main, _, frac = v.partition(".")
+    if not main.isdigit() or len(main) < 4:
+        return None
+    pad = "99991231235959"[len(main):] if upper else "00000101000000"[len(main):]
+    if upper and len(main) == 6:          # YYYYMM: last day of month, approximate
+        pad = "31235959"
+    return (main + pad)[:14] + "." + (frac or ("999999" if upper else "0")).ljust(6, "0")

@@ -1,0 +1,231 @@
+"""QueryService: C-FIND results and retrieve resolution over the index.
+
+Requests arrive as `FindRequest` (built by dicom/identifiers.py). Results are pydicom
+Datasets holding exactly the requested keys plus the ones PS3.4 C.4.1.1.3 asks for,
+filled from index columns, computed counts, or the stored header (never from files).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
+
+from pacs_server.config import QueryConfig
+from pacs_server.errors import InvalidQuery, TooManyMatches
+from pacs_server.index.matching import ATTRS, LEVELS, VR_KIND, is_universal, matches, sql_condition
+from pacs_server.index.query import column_key, stream_rows
+from pacs_server.index.repository import IndexRepository, StoredRef
+from pacs_server.services.ingest import decode_header
+
+# Keys the SCP adds to every response (PS3.4 C.4.1.1.3.2, C.6.1.1.5/C.6.2.1).
+_ALWAYS = {"QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability",
+           "SpecificCharacterSet"}
+_COLUMN_NAME = {a: attr.column.key for a, attr in ATTRS.items()}
+
+
+@dataclass(frozen=True)
+class QueryKey:
+    """One element of the request identifier."""
+
+    tag: int
+    keyword: str
+    vr: str
+    value: str                  # the matching value as text; "" = universal
+    element: DataElement | None = None
+
+
+@dataclass(frozen=True)
+class FindRequest:
+    """A C-FIND/C-MOVE/C-GET identifier, decoded."""
+
+    model: str                  # PATIENT | STUDY (root)
+    level: str                  # PATIENT | STUDY | SERIES | IMAGE
+    keys: tuple[QueryKey, ...] = field(default_factory=tuple)
+
+
+class QueryService:
+    """Matching and result building; `reconfigure` swaps the reloadable query section."""
+
+    def __init__(self, repo: IndexRepository, cfg: QueryConfig, ae_title: str) -> None:
+        self._repo = repo
+        self._cfg = cfg
+        self._ae_title = ae_title
+
+    def reconfigure(self, cfg: QueryConfig) -> None:
+        self._cfg = cfg
+
+    def validate(self, req: FindRequest) -> None:
+        """Raises InvalidQuery for a level the information model does not have."""
+        if req.level not in LEVELS:
+            raise InvalidQuery(f"QueryRetrieveLevel {req.level!r} is not valid")
+        if req.model == "STUDY" and req.level == "PATIENT":
+            raise InvalidQuery("Study Root has no PATIENT level")
+
+    async def find(self, req: FindRequest, batch: int = 200) -> AsyncIterator[list[Dataset]]:
+        """Yield response identifiers in batches as the rows stream from the index.
+
+        Raises:
+            InvalidQuery: bad level for the model.
+            TooManyMatches: more than query.max_results matches (after yielding that many).
+        """
+        self.validate(req)
+        cfg = self._cfg
+        limit = cfg.max_results
+        sent = 0
+        async with aclosing(self._matching_rows(req, req.level, batch)) as rows_iter:
+            async for rows in rows_iter:
+                out = [self._response(req, row) for row in rows]
+                if limit and sent + len(out) > limit:
+                    if limit - sent > 0:
+                        yield out[:limit - sent]
+                    raise TooManyMatches(f"more than {limit} matches; refine the query")
+                sent += len(out)
+                yield out
+
+    async def resolve(self, req: FindRequest) -> list[StoredRef]:
+        """Every stored instance under the entities the identifier selects (C-MOVE/C-GET)."""
+        self.validate(req)
+        if all(is_universal(k.value) for k in req.keys if k.keyword != "QueryRetrieveLevel"):
+            raise InvalidQuery("a retrieve needs at least one unique key")
+        refs: list[StoredRef] = []
+        async for rows in self._matching_rows(req, "IMAGE", 1000, within=req.level):
+            for row in rows:
+                refs.append(StoredRef(row["i_sop_instance_uid"], row["i_sop_class_uid"],
+                                      row["i_transfer_syntax_uid"], row["i_path"], row["i_size"]))
+        return refs
+
+    async def _matching_rows(self, req: FindRequest, level: str, batch: int,
+                             within: str | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+        top = LEVELS.index(within or level)
+        sql, checks = [], []
+        for key in req.keys:
+            if key.keyword in _ALWAYS or is_universal(key.value):
+                continue
+            attr = ATTRS.get(key.keyword)
+            if attr is not None:
+                if LEVELS.index(attr.level) > top:
+                    continue    # keys below the query level are not matched (C.4.1.2.1)
+                cond = sql_condition(attr, key.value, self._cfg.case_sensitive_names)
+                if cond is not None:
+                    sql.append(cond)
+            elif key.vr == "SQ":
+                continue        # sequence matching is not supported: returned, not matched
+            checks.append(key)
+        async with aclosing(stream_rows(self._repo.engine, level, sql, batch)) as stream:
+            async for rows in stream:
+                kept = [row for row in rows if self._check(row, checks, level)]
+                if kept:
+                    yield kept
+
+    def _check(self, row: dict[str, Any], checks: list[QueryKey], level: str) -> bool:
+        header: Dataset | None = None
+        sensitive = self._cfg.case_sensitive_names
+        for key in checks:
+            attr = ATTRS.get(key.keyword)
+            if attr is not None:
+                stored = row[column_key(attr.level, _COLUMN_NAME[key.keyword])]
+                kind = attr.kind
+            else:
+                if header is None:
+                    header = _header(row, level)
+                stored = _text_value(header, key.tag)
+                kind = VR_KIND.get(key.vr, "str")
+            if not matches(stored, key.value, kind, sensitive):
+                return False
+        return True
+
+    def _response(self, req: FindRequest, row: dict[str, Any]) -> Dataset:
+        ds = Dataset()
+        header: Dataset | None = None
+        top = LEVELS.index(req.level)
+        for key in req.keys:
+            if key.keyword in _ALWAYS:
+                continue
+            attr = ATTRS.get(key.keyword)
+            if attr is not None and LEVELS.index(attr.level) <= top:
+                value = row[column_key(attr.level, _COLUMN_NAME[key.keyword])]
+                _put(ds, key, _column_value(value, attr.kind))
+                continue
+            if attr is not None:
+                _put(ds, key, None)     # below the query level: returned empty
+                continue
+            if header is None:
+                header = _header(row, req.level)
+            if key.tag in header:
+                elem = header[key.tag]
+                ds.add(DataElement(key.tag, elem.VR, elem.value))
+            else:
+                _put(ds, key, None)
+        ds.QueryRetrieveLevel = req.level
+        ds.RetrieveAETitle = self._ae_title
+        ds.InstanceAvailability = "ONLINE"
+        if _has_non_ascii(ds):
+            ds.SpecificCharacterSet = "ISO_IR 192"
+        return ds
+
+
+def _header(row: dict[str, Any], level: str) -> Dataset:
+    prefix = {"PATIENT": "p", "STUDY": "st", "SERIES": "se", "IMAGE": "i"}[level]
+    blob, syntax = row[f"{prefix}_header"], row[f"{prefix}_header_syntax"]
+    if not blob:
+        return Dataset()
+    return decode_header(blob, syntax)
+
+
+def _text_value(ds: Dataset, tag: int) -> str:
+    if tag not in ds:
+        return ""
+    try:
+        value = ds[tag].value
+    except Exception:  # an undecodable stored value simply does not match
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _column_value(value: Any, kind: str) -> Any:
+    if value is None or value == "":
+        return None
+    if kind in ("count", "int"):
+        return str(int(value))
+    if kind == "multi":
+        return str(value).split("\\")
+    return str(value)
+
+
+def _put(ds: Dataset, key: QueryKey, value: Any) -> None:
+    vr = key.vr
+    if vr == "SQ":
+        ds.add(DataElement(key.tag, "SQ", DicomSequence([])))
+        return
+    ds.add(DataElement(key.tag, vr, value))
+
+
+def _has_non_ascii(ds: Dataset) -> bool:
+    for elem in ds:
+        if elem.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC") and elem.value:
+            if not str(elem.value).isascii():
+                return True
+    return False
+
+
+def key_vr(tag: int, fallback: str) -> str:
+    """The VR to answer with: the dictionary's, else what the request used."""
+    try:
+        vr = dictionary_VR(Tag(tag))
+    except KeyError:
+        return fallback or "UN"
+    if " or " in vr:
+        return fallback if fallback and " or " not in fallback else vr.split(" or ")[0]
+    return vr
