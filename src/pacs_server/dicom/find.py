@@ -14,13 +14,33 @@ from pynetdicom.events import Event
 
 from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.bridge import LoopBridge
-from pacs_server.dicom.identifiers import parse_identifier
+from pacs_server.dicom.identifiers import QR_FIND, parse_identifier
 from pacs_server.dicom.status import CANCEL, PENDING, SUCCESS, Service, failure
 from pacs_server.errors import PacsError
 from pacs_server.metrics import Metrics
 from pacs_server.services.query import QueryService
 
 log = structlog.get_logger(__name__)
+
+FIND_MODELS = {str(uid) for uid in QR_FIND}
+
+
+def combined_requested(event: Event, sop_class: str) -> bool:
+    """Did the SCU ask for combined date-time matching (extended negotiation byte 2)?"""
+    info = (getattr(event.assoc.requestor, "sop_class_extended", None) or {}).get(sop_class)
+    return bool(info) and len(info) > 1 and info[1] == 1
+
+
+def handle_sop_extended(event: Event) -> dict[str, bytes]:
+    """Answer SOP Class Extended Negotiation for the Q/R FIND models (PS3.4 C.5.1.1):
+    relational queries yes, combined date-time matching yes, fuzzy names and time-zone
+    adjustment no."""
+    out = {}
+    for uid, info in (event.app_info or {}).items():
+        if str(uid) in FIND_MODELS and info:
+            reply = bytes([1, 1 if len(info) > 1 and info[1] == 1 else 0, 0, 0])
+            out[uid] = reply[:max(len(info), 1)]
+    return out
 
 
 def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
@@ -30,7 +50,9 @@ def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
     unavailable, 0xC311 unexpected error."""
     sent = 0
     try:
-        req = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
+        sop_class = str(event.request.AffectedSOPClassUID)
+        req = parse_identifier(event.identifier, sop_class,
+                               combined_datetime=combined_requested(event, sop_class))
         queries.validate(req)
         results = bridge.iterate(queries.find(req))
         try:

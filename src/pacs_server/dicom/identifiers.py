@@ -36,7 +36,8 @@ def model_of(sop_class_uid: str) -> str:
     raise InvalidQuery(f"unsupported information model {sop_class_uid}")
 
 
-def parse_identifier(identifier: Dataset | None, sop_class_uid: str) -> FindRequest:
+def parse_identifier(identifier: Dataset | None, sop_class_uid: str,
+                     combined_datetime: bool = False) -> FindRequest:
     """Decode a C-FIND/C-MOVE/C-GET identifier into a FindRequest.
 
     Raises:
@@ -63,7 +64,8 @@ def parse_identifier(identifier: Dataset | None, sop_class_uid: str) -> FindRequ
             keys.append(QueryKey(int(elem.tag), keyword, vr, _as_text(elem), elem))
     except Exception as exc:
         raise InvalidQuery(f"identifier cannot be decoded: {exc}") from None
-    return FindRequest(model=model, level=level, keys=tuple(keys))
+    return FindRequest(model=model, level=level, keys=tuple(keys),
+                       combined_datetime=combined_datetime)
 
 
 def _as_text(elem: object) -> str:

@@ -24,7 +24,7 @@ from pacs_server.config import Config, PeerConfig
 from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.echo import handle_echo
-from pacs_server.dicom.find import handle_find
+from pacs_server.dicom.find import handle_find, handle_sop_extended
 from pacs_server.dicom.get import handle_get
 from pacs_server.dicom.identifiers import QR_FIND, QR_GET, QR_MOVE
 from pacs_server.dicom.move import handle_move
@@ -112,6 +112,7 @@ class DicomServer:
         if svc.queries is None or svc.retrieve is None:
             return []
         return [
+            (evt.EVT_SOP_EXTENDED, handle_sop_extended),
             (evt.EVT_C_FIND, handle_find, [svc.queries, svc.bridge, self.tracker, svc.metrics]),
             (evt.EVT_C_GET, handle_get, [svc.retrieve, svc.bridge, self.tracker]),
             (evt.EVT_C_MOVE, handle_move, [svc.retrieve, svc.bridge, self.peer,

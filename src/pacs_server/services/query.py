@@ -49,6 +49,7 @@ class FindRequest:
     model: str                  # PATIENT | STUDY (root)
     level: str                  # PATIENT | STUDY | SERIES | IMAGE
     keys: tuple[QueryKey, ...] = field(default_factory=tuple)
+    combined_datetime: bool = False   # negotiated PS3.4 C.2.2.2.5.1 combined matching
 
 
 class QueryService:
@@ -119,9 +120,17 @@ class QueryService:
             elif key.vr == "SQ":
                 continue        # sequence matching is not supported: returned, not matched
             checks.append(key)
+        pairs: list[tuple[QueryKey, QueryKey]] = []
+        if req.combined_datetime:
+            by_name = {k.keyword: k for k in checks}
+            for date_kw, time_kw in _DATE_TIME_PAIRS:
+                if date_kw in by_name and time_kw in by_name:
+                    pairs.append((by_name[date_kw], by_name[time_kw]))
+                    checks = [k for k in checks if k.keyword not in (date_kw, time_kw)]
         async with aclosing(stream_rows(self._repo.engine, level, sql, batch)) as stream:
             async for rows in stream:
-                kept = [row for row in rows if self._check(row, checks, level)]
+                kept = [row for row in rows if self._check(row, checks, level)
+                        and all(self._check_pair(row, d, t, level) for d, t in pairs)]
                 if kept:
                     yield kept
 
@@ -141,6 +150,20 @@ class QueryService:
             if not matches(stored, key.value, kind, sensitive):
                 return False
         return True
+
+    def _stored(self, row: dict[str, Any], key: QueryKey, level: str) -> str:
+        attr = ATTRS.get(key.keyword)
+        if attr is not None:
+            value = row[column_key(attr.level, _COLUMN_NAME[key.keyword])]
+            return "" if value is None else str(value)
+        return _text_value(_header(row, level), key.tag)
+
+    def _check_pair(self, row: dict[str, Any], date_key: QueryKey, time_key: QueryKey,
+                    level: str) -> bool:
+        """Combined date-time range: 20240101-20240102 with 2200-0600 means from
+        2024-01-01 22:00 to 2024-01-02 06:00, not two independent ranges."""
+        stored = self._stored(row, date_key, level) + self._stored(row, time_key, level)
+        return matches(stored, combine_range(date_key.value, time_key.value), "datetime")
 
     def _response(self, req: FindRequest, row: dict[str, Any]) -> Dataset:
         ds = Dataset()
@@ -170,6 +193,20 @@ class QueryService:
         if _has_non_ascii(ds):
             ds.SpecificCharacterSet = "ISO_IR 192"
         return ds
+
+
+_DATE_TIME_PAIRS = (("StudyDate", "StudyTime"), ("SeriesDate", "SeriesTime"),
+                    ("ContentDate", "ContentTime"), ("AcquisitionDate", "AcquisitionTime"),
+                    ("PatientBirthDate", "PatientBirthTime"))
+
+
+def combine_range(date_q: str, time_q: str) -> str:
+    """Merge a DA and a TM matching value into one DT range (PS3.4 C.2.2.2.5.1)."""
+    d_lo, _, d_hi = date_q.partition("-") if "-" in date_q else (date_q, "", date_q)
+    t_lo, _, t_hi = time_q.partition("-") if "-" in time_q else (time_q, "", time_q)
+    lo = d_lo + t_lo.replace(":", "") if d_lo else ""
+    hi = d_hi + t_hi.replace(":", "") if d_hi else ""
+    return f"{lo}-{hi}"
 
 
 def _header(row: dict[str, Any], level: str) -> Dataset:
