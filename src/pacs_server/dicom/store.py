@@ -43,7 +43,7 @@ def handle_store(event: Event, archive: ArchiveService, bridge: LoopBridge,
         if str(request.AffectedSOPInstanceUID) != staged.record.sop_instance_uid:
             log.warning("c_store.uid_mismatch", request_uid=str(request.AffectedSOPInstanceUID),
                         dataset_uid=staged.record.sop_instance_uid)
-        outcome = bridge.run(archive.commit(staged))
+        outcome = archive.store(staged, bridge.run)
     except PacsError as exc:
         archive.discard(staged)
         if not isinstance(exc, DuplicateInstance):

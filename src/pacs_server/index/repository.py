@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import DateTime, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pacs_server.errors import DuplicateInstance, IndexUnavailable, PacsError
@@ -30,6 +30,20 @@ log = structlog.get_logger(__name__)
 
 _STOP = object()
 _MAX_RETRIES = 5
+
+# Statements of the write path, built once: compiling expressions per instance costs
+# more than executing them.
+_INSERT_INSTANCE = insert(Instance)
+_UPDATE_SERIES = text(
+    "UPDATE series SET num_instances = num_instances + :n WHERE pk = :pk")
+_UPDATE_STUDY = text(
+    "UPDATE studies SET num_series = num_series + :ns, num_instances = num_instances + :ni, "
+    "updated_at = :now WHERE pk = :pk").bindparams(bindparam("now", type_=DateTime(timezone=True)))
+_UPDATE_STUDY_SETS = text(
+    "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk")
+_UPDATE_PATIENT = text(
+    "UPDATE patients SET num_studies = num_studies + :nst, num_series = num_series + :nse, "
+    "num_instances = num_instances + :ni WHERE pk = :pk")
 
 
 @dataclass
@@ -150,9 +164,20 @@ class IndexRepository:
             try:
                 async with self._engine.begin() as conn:
                     batch = _Batch()
-                    results = [await self._apply(conn, batch, job) for job in jobs]
+                    results: list[str | None] = []
+                    rows = []
+                    for job in jobs:
+                        results.append(await self._take_existing(conn, batch, job)
+                                       if job.replace else None)
+                        rows.append(await self._instance_row(conn, batch, job.record))
+                    await conn.execute(_INSERT_INSTANCE, rows)
                     await self._flush_counts(conn, batch)
                 return results
+            except IntegrityError as exc:
+                self._forget_caches()
+                if "sop_instance_uid" in str(exc.orig):
+                    raise DuplicateInstance("SOP Instance is already stored") from None
+                raise
             except (OperationalError, DBAPIError) as exc:
                 self._forget_caches()
                 if attempt == _MAX_RETRIES or not _is_retryable(exc):
@@ -166,22 +191,31 @@ class IndexRepository:
         self._studies.clear()
         self._series.clear()
 
-    async def _apply(self, conn: AsyncConnection, batch: _Batch, job: _Job) -> str | None:
-        rec = job.record
-        old_path: str | None = None
+    async def _take_existing(self, conn: AsyncConnection, batch: _Batch, job: _Job) -> str | None:
+        """For `replace`: drop the current row of this SOP instance, return its path."""
         existing = (await conn.execute(
             select(Instance.pk, Instance.path, Instance.series_pk)
-            .where(Instance.sop_instance_uid == rec.sop_instance_uid))).first()
-        if existing is not None:
-            if not job.replace:
-                raise DuplicateInstance(f"SOP Instance {rec.sop_instance_uid} is already stored")
-            old_path = existing.path
-            await self._remove_instance(conn, batch, existing.pk, existing.series_pk)
+            .where(Instance.sop_instance_uid == job.record.sop_instance_uid))).first()
+        if existing is None:
+            return None
+        await self._remove_instance(conn, batch, existing.pk, existing.series_pk)
+        return str(existing.path)
 
+    async def _instance_row(self, conn: AsyncConnection, batch: _Batch,
+                            rec: InstanceRecord) -> dict[str, Any]:
         patient_pk = await self._patient(conn, batch, rec)
         study_pk = await self._study(conn, batch, rec, patient_pk)
         series_pk = await self._series_pk(conn, batch, rec, study_pk, patient_pk)
-        await conn.execute(Instance.__table__.insert().values(
+        batch.series_delta[series_pk] += 1
+        batch.study_delta[study_pk][1] += 1
+        batch.patient_delta[patient_pk][2] += 1
+        pk, ppk, mods, sops = self._studies[rec.study_instance_uid]
+        new_mods = join_values(mods, rec.series["modality"])
+        new_sops = join_values(sops, rec.sop_class_uid)
+        if (new_mods, new_sops) != (mods, sops):
+            self._studies[rec.study_instance_uid] = (pk, ppk, new_mods, new_sops)
+            batch.study_sets[pk] = (new_mods, new_sops)
+        return dict(
             sop_instance_uid=rec.sop_instance_uid,
             series_pk=series_pk,
             sop_class_uid=rec.sop_class_uid,
@@ -195,17 +229,7 @@ class IndexRepository:
             received_at=rec.received_at,
             header=rec.header,
             header_syntax=rec.header_syntax,
-        ))
-        batch.series_delta[series_pk] += 1
-        batch.study_delta[study_pk][1] += 1
-        batch.patient_delta[patient_pk][2] += 1
-        pk, ppk, mods, sops = self._studies[rec.study_instance_uid]
-        new_mods = join_values(mods, rec.series["modality"])
-        new_sops = join_values(sops, rec.sop_class_uid)
-        if (new_mods, new_sops) != (mods, sops):
-            self._studies[rec.study_instance_uid] = (pk, ppk, new_mods, new_sops)
-            batch.study_sets[pk] = (new_mods, new_sops)
-        return old_path
+        )
 
     async def _patient(self, conn: AsyncConnection, batch: _Batch, rec: InstanceRecord) -> int:
         p = rec.patient
@@ -271,33 +295,32 @@ class IndexRepository:
         return pk
 
     async def _flush_counts(self, conn: AsyncConnection, batch: _Batch) -> None:
+        """Apply the batch's count deltas: one executemany per table."""
         now = datetime.now(timezone.utc)
-        for pk, n in batch.series_delta.items():
-            await conn.execute(update(Series).where(Series.pk == pk).values(
-                num_instances=Series.num_instances + n))
-        for pk, (ns, ni) in batch.study_delta.items():
-            values: dict[str, Any] = dict(num_series=Study.num_series + ns,
-                                          num_instances=Study.num_instances + ni,
-                                          updated_at=now)
-            if pk in batch.study_sets:
-                values["modalities"], values["sop_classes"] = batch.study_sets.pop(pk)
-            await conn.execute(update(Study).where(Study.pk == pk).values(**values))
-        for pk, (mods, sops) in batch.study_sets.items():
-            await conn.execute(update(Study).where(Study.pk == pk).values(
-                modalities=mods, sop_classes=sops))
-        for pk, (nst, nse, ni) in batch.patient_delta.items():
-            await conn.execute(update(Patient).where(Patient.pk == pk).values(
-                num_studies=Patient.num_studies + nst, num_series=Patient.num_series + nse,
-                num_instances=Patient.num_instances + ni))
+        if batch.series_delta:
+            await conn.execute(_UPDATE_SERIES, [{"pk": pk, "n": n}
+                                                for pk, n in batch.series_delta.items()])
+        if batch.study_delta:
+            await conn.execute(_UPDATE_STUDY, [{"pk": pk, "ns": ns, "ni": ni, "now": now}
+                                               for pk, (ns, ni) in batch.study_delta.items()])
+        if batch.study_sets:
+            await conn.execute(_UPDATE_STUDY_SETS, [
+                {"pk": pk, "mods": mods, "sops": sops}
+                for pk, (mods, sops) in batch.study_sets.items()])
+        if batch.patient_delta:
+            await conn.execute(_UPDATE_PATIENT, [
+                {"pk": pk, "nst": nst, "nse": nse, "ni": ni}
+                for pk, (nst, nse, ni) in batch.patient_delta.items()])
+        batch.series_delta.clear()
+        batch.study_delta.clear()
+        batch.study_sets.clear()
+        batch.patient_delta.clear()
 
     async def _remove_instance(self, conn: AsyncConnection, batch: _Batch, pk: int,
                                series_pk: int) -> None:
         """Delete one instance row and keep counts right; prune emptied parents."""
         # Pending deltas must reach the rows before we read counts.
         await self._flush_counts(conn, batch)
-        batch.series_delta.clear()
-        batch.study_delta.clear()
-        batch.patient_delta.clear()
         await conn.execute(delete(Instance).where(Instance.pk == pk))
         series = (await conn.execute(select(Series.pk, Series.study_pk, Series.num_instances)
                                      .where(Series.pk == series_pk))).one()
@@ -316,7 +339,30 @@ class IndexRepository:
             await conn.execute(update(Patient).where(Patient.pk == study.patient_pk).values(
                 num_series=Patient.num_series - 1))
             self._forget_caches()
+            if await self._prune_empty_study(conn, study.pk, study.patient_pk):
+                return
         await self._recompute_study_sets(conn, study.pk)
+
+    async def _prune_empty_study(self, conn: AsyncConnection, study_pk: int,
+                                 patient_pk: int) -> bool:
+        """Delete a study left without series (and its patient left without studies).
+
+        An emptied study or patient must not linger: C-FIND would report it as a match
+        with nothing to retrieve. Returns True when the study was deleted.
+        """
+        series_left = (await conn.execute(select(func.count()).select_from(Series).where(
+            Series.study_pk == study_pk))).scalar()
+        if series_left:
+            return False
+        await conn.execute(delete(Study).where(Study.pk == study_pk))
+        await conn.execute(update(Patient).where(Patient.pk == patient_pk).values(
+            num_studies=Patient.num_studies - 1))
+        studies_left = (await conn.execute(select(func.count()).select_from(Study).where(
+            Study.patient_pk == patient_pk))).scalar()
+        if not studies_left:
+            await conn.execute(delete(Patient).where(Patient.pk == patient_pk))
+        self._forget_caches()
+        return True
 
     async def _recompute_study_sets(self, conn: AsyncConnection, study_pk: int) -> None:
         rows = (await conn.execute(

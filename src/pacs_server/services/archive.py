@@ -1,9 +1,10 @@
-"""ArchiveService: the store path. File first (fsynced, renamed), index second, then ACK.
+"""ArchiveService: the store path. File first (fsynced, placed), index second, then ACK.
 
-`stage()` runs in the association's thread (parsing and copying are blocking work);
-`commit()` runs on the event loop, reached through the bridge. A failure after the
-file is placed removes it again, so the only possible leftover of a crash is an
-unindexed file, never an index row without its file.
+`stage()` and `store()` run in the association's thread (parsing, copying, fsync and
+rename are blocking work); only the index calls cross to the event loop, through the
+runner the caller passes (the bridge). A definite index failure removes the placed file
+again, so the only possible leftover of a crash is an unindexed file, never an index
+row without its file.
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import asyncio
 import enum
 import os
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from pacs_server.config import StorageConfig
-from pacs_server.errors import DuplicateInstance
+from pacs_server.errors import DuplicateInstance, PacsError
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.ingest import (
@@ -34,6 +35,9 @@ from pacs_server.services.ingest import (
 from pacs_server.storage.filestore import FileStore, storage_errors
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
 class StoreOutcome(enum.Enum):
@@ -74,7 +78,7 @@ class FileCatalog:
         return str(record.rel_path) if exists else None
 
     async def add(self, record: InstanceRecord, replace: bool) -> str | None:
-        return str(record.rel_path) if replace else None
+        return None
 
 
 @dataclass
@@ -96,7 +100,8 @@ class ArchiveService:
         self.catalog = catalog
         self.stats = ArchiveStats()
         self._stats_lock = threading.Lock()
-        self._inflight: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._claims: set[str] = set()
+        self._claims_cond = threading.Condition()
 
     def reconfigure(self, cfg: StorageConfig) -> None:
         """Swap in a new storage section (duplicate_policy is reloadable)."""
@@ -135,9 +140,13 @@ class ArchiveService:
         with self._stats_lock:
             self.stats.failed += 1
 
-    # ----------------------------------------------------------- event loop side
-    async def commit(self, staged: StagedInstance) -> StoreOutcome:
+    # ----------------------------------------------------------- the store protocol
+    def store(self, staged: StagedInstance, run: Runner) -> StoreOutcome:
         """Place the staged file and index it; returns only when both are durable.
+
+        Runs in the association's thread; `run` executes a coroutine on the event loop
+        (the bridge) for the index calls. File placement is atomic create-if-absent, so
+        the common case costs one index transaction and no lookup.
 
         Raises:
             DuplicateInstance: already archived and the policy is `reject`.
@@ -145,46 +154,57 @@ class ArchiveService:
         """
         rec = staged.record
         policy = self._cfg.duplicate_policy
-        async with self._guard(rec.sop_instance_uid):
-            existing = await self.catalog.lookup(rec)
-            if existing is not None and policy != "replace":
-                await asyncio.to_thread(self.files.discard, staged.part)
-                with self._stats_lock:
-                    self.stats.duplicates += 1
-                if policy == "reject":
-                    raise DuplicateInstance(
-                        f"SOP Instance {rec.sop_instance_uid} is already stored")
-                return StoreOutcome.ALREADY_STORED
-            await asyncio.to_thread(self._place, staged)
+        with self._claim(rec.sop_instance_uid):
+            if policy == "replace":
+                existed = self.files.exists(rec.rel_path)
+                self.files.place(staged.part, rec.rel_path)
+                old = run(self.catalog.add(rec, True))
+                if old is not None and old != str(rec.rel_path):
+                    self.files.remove(PurePosixPath(old))
+                self._count_stored(rec.size)
+                replaced = old is not None or existed
+                return StoreOutcome.REPLACED if replaced else StoreOutcome.STORED
+            if not self.files.place_new(staged.part, rec.rel_path):
+                if run(self.catalog.lookup(rec)) is not None:
+                    self.files.discard(staged.part)
+                    return self._duplicate(rec, policy)
+                # A file nobody indexed: left by an interrupted store. Take its place.
+                self.files.place(staged.part, rec.rel_path)
             try:
-                old = await self.catalog.add(rec, replace=existing is not None)
-            except BaseException:
-                if existing is None:
-                    await asyncio.to_thread(self.files.remove, rec.rel_path)
+                run(self.catalog.add(rec, False))
+            except DuplicateInstance:
+                # Indexed already, under another path (e.g. PatientID changed).
+                self.files.remove(rec.rel_path)
+                return self._duplicate(rec, policy)
+            except PacsError:
+                # The row may or may not have been committed (a timeout is ambiguous);
+                # an unindexed file is the allowed leftover, a row without file is not.
                 raise
-            if old is not None and old != str(rec.rel_path):
-                await asyncio.to_thread(self.files.remove, PurePosixPath(old))
+        self._count_stored(rec.size)
+        return StoreOutcome.STORED
+
+    def _duplicate(self, rec: InstanceRecord, policy: str) -> StoreOutcome:
+        with self._stats_lock:
+            self.stats.duplicates += 1
+        if policy == "reject":
+            raise DuplicateInstance(f"SOP Instance {rec.sop_instance_uid} is already stored")
+        return StoreOutcome.ALREADY_STORED
+
+    def _count_stored(self, size: int) -> None:
         with self._stats_lock:
             self.stats.stored += 1
-            self.stats.bytes += rec.size
-        return StoreOutcome.REPLACED if existing is not None else StoreOutcome.STORED
+            self.stats.bytes += size
 
-    def _place(self, staged: StagedInstance) -> None:
-        with storage_errors():
-            self.files.place(staged.part, staged.record.rel_path)
-
-    @asynccontextmanager
-    async def _guard(self, uid: str) -> AsyncIterator[None]:
-        """Serialise concurrent stores of the same SOP Instance UID."""
-        entry = self._inflight.get(uid)
-        if entry is None:
-            entry = self._inflight[uid] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
+    @contextmanager
+    def _claim(self, uid: str) -> Iterator[None]:
+        """Serialise concurrent stores of the same SOP Instance UID (across threads)."""
+        with self._claims_cond:
+            while uid in self._claims:
+                self._claims_cond.wait()
+            self._claims.add(uid)
         try:
-            async with lock:
-                yield
+            yield
         finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._inflight[uid]
+            with self._claims_cond:
+                self._claims.discard(uid)
+                self._claims_cond.notify_all()

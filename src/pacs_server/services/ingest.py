@@ -15,10 +15,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.datadict import dictionary_has_tag
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -60,20 +61,29 @@ def dataset_offset(fh: BinaryIO) -> int:
 
 def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
                     source_ae: str) -> bytes:
-    """Preamble + DICM + our File Meta Information group, encoded."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if source_ae:
-        meta.SourceApplicationEntityTitle = source_ae
-    buf = DicomBytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
+    """Preamble + DICM + our File Meta Information group (PS3.10 7.1), encoded.
+
+    Hand-encoded: the group is seven short elements, and pydicom's general writer costs
+    more per instance than everything else on the store path but the parse.
+    """
+    body = b"".join([
+        b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01",
+        _meta_elem(0x0002, "UI", sop_class, b"\0"),
+        _meta_elem(0x0003, "UI", sop_instance, b"\0"),
+        _meta_elem(0x0010, "UI", transfer_syntax, b"\0"),
+        _meta_elem(0x0012, "UI", IMPLEMENTATION_CLASS_UID, b"\0"),
+        _meta_elem(0x0013, "SH", IMPLEMENTATION_VERSION_NAME, b" "),
+        _meta_elem(0x0016, "AE", source_ae, b" ") if source_ae else b"",
+    ])
+    group_length = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+def _meta_elem(element: int, vr: str, value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii", "replace")
+    if len(raw) % 2:
+        raw += pad
+    return struct.pack("<HH2sH", 0x0002, element, vr.encode(), len(raw)) + raw
 
 
 def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Dataset, bytes, str]:
@@ -84,6 +94,8 @@ def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Datase
     fh.seek(0)
     try:
         ds = dcmread(fh, stop_before_pixels=True, force=True)
+        if not _has_standard_element(ds):
+            raise UnreadableDataset("received bytes are not a DICOM data set")
         ds.SOPInstanceUID  # force a parse of the leading elements  # noqa: B018
     except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error,
             NotImplementedError, OverflowError, TypeError) as exc:
@@ -99,6 +111,18 @@ def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Datase
         fh.seek(offset)
         return ds, fh.read(end - offset), _header_syntax(transfer_syntax)
     return ds, _encode_without_bulk(ds), ExplicitVRLittleEndian
+
+
+def _has_standard_element(ds: Dataset) -> bool:
+    """True when the parse found at least one public, dictionary-known data element.
+
+    With force=True pydicom "parses" anything (garbage becomes unknown tags with VR UN,
+    or nothing at all), so without this check random bytes would be answered as a
+    dataset that merely lacks its SOP Instance UID (0xA900) instead of one we cannot
+    understand (0xC000). Only tags are looked at: no value is decoded here.
+    """
+    return any(tag.group >= 0x0008 and not tag.is_private and dictionary_has_tag(tag)
+               for tag in ds.keys())
 
 
 def _is_native(ts: str) -> bool:

@@ -106,6 +106,36 @@ class FileStore:
                     _fsync_dir(d.parent)
         return final
 
+    def place_new(self, part: Path, rel: PurePosixPath) -> bool:
+        """Move a fsynced .part file to its final name only if that name is free.
+
+        os.link() creates the name atomically or fails with EEXIST, so two writers can
+        never both believe they created the file. Returns False (part left in place)
+        when a file already exists there.
+        """
+        final = self.path(rel)
+        with storage_errors():
+            created = self._makedirs(final.parent)
+            try:
+                os.link(part, final)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                # Filesystem without hard links: check, then rename (callers hold a
+                # per-UID claim, so nobody races us for this name).
+                if final.exists():
+                    return False
+                os.replace(part, final)
+            else:
+                os.unlink(part)
+            if self._fsync:
+                _fsync_dir(final.parent)
+                for d in created:
+                    _fsync_dir(d.parent)
+        return True
+
     def discard(self, part: Path | None) -> None:
         """Remove a .part file that will not be placed."""
         if part is not None:
