@@ -32,9 +32,9 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         self.find_matches = Counter(
             "pacs_find_matches", "C-FIND responses sent", ["level"], registry=r)
-        self.suboperations = Counter(
-            "pacs_retrieve_suboperations", "C-MOVE/C-GET sub-operations by result",
-            ["service", "result"], registry=r)
+        self.retrieved = Counter(
+            "pacs_retrieve_instances", "instances handed to C-MOVE/C-GET sub-operations",
+            ["service"], registry=r)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

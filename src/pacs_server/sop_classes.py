@@ -24,7 +24,7 @@ _NOT_STORAGE = {
 
 @cache
 def all_storage_classes() -> tuple[str, ...]:
-    """Every Storage SOP class UID known to pydicom's dictionary, retired ones included."""
+    """Every current (non-retired) composite Storage SOP class UID in pydicom's dictionary."""
     uids = []
     for uid, (name, kind, _info, retired, *_rest) in UID_dictionary.items():
         # Composite IOD storage lives under 1.2.840.10008.5.1.4.1.1; the rest are

@@ -59,7 +59,7 @@ def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
             for batch in results:
                 for ds in batch:
                     if event.is_cancelled:
-                        log.info("c_find.cancelled", level=req.level, sent=sent)
+                        log.info("c_find.cancelled", qr_level=req.level, sent=sent)
                         tracker.operation(event, "C-FIND", CANCEL)
                         yield CANCEL, None
                         return
@@ -81,5 +81,5 @@ def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
         return
     metrics.find_matches.labels(req.level).inc(sent)
     tracker.operation(event, "C-FIND", SUCCESS)
-    log.info("c_find.done", model=req.model, level=req.level, matches=sent)
+    log.info("c_find.done", model=req.model, qr_level=req.level, matches=sent)
     yield SUCCESS, None

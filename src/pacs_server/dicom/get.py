@@ -18,13 +18,14 @@ from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.identifiers import parse_identifier
 from pacs_server.dicom.status import CANCEL, PENDING, Service, failure
 from pacs_server.errors import PacsError
+from pacs_server.metrics import Metrics
 from pacs_server.services.retrieve import RetrieveService, placeholder
 
 log = structlog.get_logger(__name__)
 
 
 def handle_get(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
-               tracker: AssociationTracker) -> Iterator[Any]:
+               tracker: AssociationTracker, metrics: Metrics) -> Iterator[Any]:
     """Yields the sub-operation count, then (0xFF00, dataset) per instance."""
     try:
         req = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
@@ -36,7 +37,7 @@ def handle_get(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         yield 1                     # pynetdicom wants a count before any status
         yield status, None
         return
-    log.info("c_get.started", level=req.level, instances=len(refs))
+    log.info("c_get.started", qr_level=req.level, instances=len(refs))
     yield len(refs)
     for ref in refs:
         if event.is_cancelled:
@@ -48,5 +49,6 @@ def handle_get(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         except PacsError as exc:
             log.error("c_get.unreadable", sop_instance_uid=ref.sop_instance_uid, error=str(exc))
             ds = placeholder(ref)
+        metrics.retrieved.labels("C-GET").inc()
         yield PENDING, ds
     tracker.operation(event, "C-GET", 0x0000)

@@ -19,8 +19,8 @@ from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.identifiers import parse_identifier
 from pacs_server.dicom.status import CANCEL, PENDING, Service, failure
 from pacs_server.errors import PacsError
-from pacs_server.index.repository import StoredRef
-from pacs_server.services.retrieve import RetrieveService, placeholder
+from pacs_server.metrics import Metrics
+from pacs_server.services.retrieve import RetrieveService, StoredRef, placeholder
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +30,7 @@ MAX_CONTEXTS = 128
 
 def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
                 peer_of: Callable[[str], PeerConfig | None], max_pdu: int,
-                tracker: AssociationTracker) -> Iterator[Any]:
+                tracker: AssociationTracker, metrics: Metrics) -> Iterator[Any]:
     """Yields the destination, the sub-operation count, then (0xFF00, dataset) each."""
     dest = str(event.move_destination or "").strip()
     peer = peer_of(dest)
@@ -51,7 +51,7 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         yield 1
         yield status, None
         return
-    log.info("c_move.started", destination=dest, level=req.level, instances=len(refs))
+    log.info("c_move.started", destination=dest, qr_level=req.level, instances=len(refs))
     yield peer.host, peer.port, {
         "contexts": proposed_contexts(refs),
         "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
@@ -68,6 +68,7 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         except PacsError as exc:
             log.error("c_move.unreadable", sop_instance_uid=ref.sop_instance_uid, error=str(exc))
             ds = placeholder(ref)
+        metrics.retrieved.labels("C-MOVE").inc()
         yield PENDING, ds
     tracker.operation(event, "C-MOVE", 0x0000)
 

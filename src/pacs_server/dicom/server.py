@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -45,7 +51,14 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
 # Every transfer syntax pydicom knows: stored as received, never transcoded on ingest.
-TRANSFER_SYNTAXES = [str(ts) for ts in AllTransferSyntaxes]
+# pynetdicom accepts the first of *our* syntaxes that the requestor proposed, so the
+# order is our preference: the sender's compressed encoding first (no decompression at
+# the modality, the original pixels are kept), then Explicit VR Little Endian (keeps
+# VRs of private elements), then the rest of the uncompressed family.
+_UNCOMPRESSED_ORDER = [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                       DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
+TRANSFER_SYNTAXES = [str(ts) for ts in AllTransferSyntaxes if ts not in _UNCOMPRESSED_ORDER] \
+    + [str(ts) for ts in _UNCOMPRESSED_ORDER]
 
 
 @dataclass
@@ -69,6 +82,7 @@ class DicomServer:
         self.tracker = AssociationTracker(services.metrics)
         self.ae = self._build_ae(cfg)
         self._server: ThreadedAssociationServer | None = None
+        self._previous_tempdir: str | None = None
 
     def _build_ae(self, cfg: Config) -> AE:
         s = cfg.server
@@ -114,9 +128,10 @@ class DicomServer:
         return [
             (evt.EVT_SOP_EXTENDED, handle_sop_extended),
             (evt.EVT_C_FIND, handle_find, [svc.queries, svc.bridge, self.tracker, svc.metrics]),
-            (evt.EVT_C_GET, handle_get, [svc.retrieve, svc.bridge, self.tracker]),
+            (evt.EVT_C_GET, handle_get, [svc.retrieve, svc.bridge, self.tracker, svc.metrics]),
             (evt.EVT_C_MOVE, handle_move, [svc.retrieve, svc.bridge, self.peer,
-                                           self._cfg.server.max_pdu_size, self.tracker]),
+                                           self._cfg.server.max_pdu_size, self.tracker,
+                                           svc.metrics]),
         ]
 
     def peer(self, ae_title: str) -> PeerConfig | None:
@@ -132,6 +147,7 @@ class DicomServer:
         """Bind and serve in a background thread; returns the bound port."""
         # pynetdicom writes incoming datasets with tempfile; keep them on the archive's
         # filesystem (not a RAM-backed /tmp) and inside a directory we clean at start.
+        self._previous_tempdir = tempfile.tempdir
         tempfile.tempdir = str(self._svc.archive.files.incoming)
         s = self._cfg.server
         try:
@@ -154,6 +170,8 @@ class DicomServer:
         """Close the listening socket; established associations continue."""
         if self._server is not None:
             self._server.shutdown()
+            if tempfile.tempdir == str(self._svc.archive.files.incoming):
+                tempfile.tempdir = self._previous_tempdir
 
     def drain(self, grace_s: float, force: threading.Event | None = None) -> int:
         """Wait up to `grace_s` for associations to end, then abort the rest.

@@ -187,7 +187,8 @@ class ArchiveService:
         with self._stats_lock:
             self.stats.duplicates += 1
         if policy == "reject":
-            raise DuplicateInstance(f"SOP Instance {rec.sop_instance_uid} is already stored")
+            # Reason first: the Error Comment keeps only 64 characters.
+            raise DuplicateInstance(f"SOP Instance already stored: {rec.sop_instance_uid}")
         return StoreOutcome.ALREADY_STORED
 
     def _count_stored(self, size: int) -> None:

@@ -13,6 +13,8 @@ from pydicom.errors import InvalidDicomError
 
 from pacs_server.errors import MissingFile
 from pacs_server.index.repository import StoredRef
+
+__all__ = ["RetrieveService", "StoredRef", "placeholder"]
 from pacs_server.services.query import FindRequest, QueryService
 from pacs_server.storage.filestore import FileStore
 

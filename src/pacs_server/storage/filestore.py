@@ -207,6 +207,9 @@ def _write_all(fd: int, data: bytes) -> None:
 def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
     remaining = length
     pos = offset
+    if not hasattr(os, "copy_file_range"):   # not Linux: copy in user space
+        _copy_plain(src, dst, pos, remaining)
+        return
     try:
         while remaining > 0:
             n = os.copy_file_range(src, dst, min(remaining, 1 << 30), pos)
@@ -219,12 +222,18 @@ def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
-    while remaining > 0:  # fallback: sendfile, then plain reads
-        n = os.sendfile(dst, src, pos, min(remaining, 1 << 30))
-        if n == 0:
+    _copy_plain(src, dst, pos, remaining)
+
+
+def _copy_plain(src: int, dst: int, pos: int, remaining: int) -> None:
+    """Chunked pread/write copy, for filesystems or platforms without copy_file_range."""
+    while remaining > 0:
+        chunk = os.pread(src, min(remaining, 1 << 20), pos)
+        if not chunk:
             raise OSError(errno.EIO, "source file shorter than expected")
-        pos += n
-        remaining -= n
+        _write_all(dst, chunk)
+        pos += len(chunk)
+        remaining -= len(chunk)
 
 
 def _fsync_dir(directory: Path) -> None:

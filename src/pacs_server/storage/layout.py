@@ -27,7 +27,8 @@ def check_uid(name: str, value: str) -> str:
     if not value:
         raise DatasetMismatch(f"{name} is missing")
     if len(value) > 64 or not _UID_RE.match(value):
-        raise DatasetMismatch(f"{name} {value[:80]!r} is not a valid UID")
+        # Reason first: the Error Comment (LO) keeps only 64 characters of this message.
+        raise DatasetMismatch(f"{name} is not a valid UID: {value[:80]!r}")
     return value
 
 
