@@ -1,0 +1,46 @@
+# pacs_server in a container: DICOM on 11112, Prometheus /metrics on 9110, data in /data.
+#
+#   docker build -t pacs_server .
+#   docker run -d --name pacs -p 11112:11112 -p 9110:9110 -v pacs-data:/data pacs_server
+#
+# The configuration is /etc/pacs_server.yaml (docker/pacs_server.yaml); mount your own
+# file over it to change it, and `docker kill -s HUP pacs` to reload it.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Install the package (not editable) from the build context, then drop the sources.
+WORKDIR /tmp/pacs_server
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install . \
+    && cd / && rm -rf /tmp/pacs_server
+
+# An unprivileged user that owns the data volume. Named volumes inherit the owner of
+# /data below; for a bind mount, chown the host directory to 10001:10001.
+RUN groupadd --system --gid 10001 pacs \
+    && useradd --system --uid 10001 --gid pacs --home-dir /data --no-create-home \
+       --shell /usr/sbin/nologin pacs \
+    && mkdir -p /data \
+    && chown pacs:pacs /data
+
+COPY docker/pacs_server.yaml /etc/pacs_server.yaml
+
+VOLUME ["/data"]
+EXPOSE 11112 9110
+WORKDIR /data
+USER pacs
+
+# Healthy while the metrics endpoint answers. It is served by the server process itself,
+# which exits when the DICOM listener cannot be bound. (With monitoring.metrics_port: -1
+# in your own config, override or disable this check.)
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9110/metrics', timeout=4)"]
+
+# SIGTERM (docker stop) drains associations for server.shutdown_grace seconds; give
+# `docker stop -t` more than that.
+STOPSIGNAL SIGTERM
+CMD ["pacs_server", "--config", "/etc/pacs_server.yaml"]

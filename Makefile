@@ -1,0 +1,76 @@
+# pacs_server: the two commands are `make run` and `make test`.
+#
+# Everything runs from the project virtualenv (.venv), created on first use. The install
+# step is keyed on the contents of pyproject.toml: it re-runs pip only when the
+# dependencies or entry points change (or .venv is new), so repeated targets are cheap.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+VENV_PY := $(BIN)/python
+
+# Stamp file named after a checksum of pyproject.toml (cksum is POSIX, so this also works
+# on macOS). Editing pyproject.toml, or checking out a branch with other dependencies,
+# changes the name, so the next target reinstalls.
+PYPROJECT_SUM := $(firstword $(shell cksum < pyproject.toml))
+STAMP := $(VENV)/.installed-$(PYPROJECT_SUM)
+
+ARGS ?=
+PYTEST_ARGS ?=
+# scripts/bench/run.py runs its quick mode by default; BENCH_ARGS=--full for everything.
+BENCH_ARGS ?=
+
+.PHONY: help install run test bench lint check clean distclean
+
+help:
+	@echo "make run        run pacs_server on the embedded defaults (AE PACS, port 11112,"
+	@echo "                ./archive, ./pacs.db); extra options: make run ARGS='--port 4242'"
+	@echo "make test       run the whole test suite (PYTEST_ARGS='-k store' to narrow it)"
+	@echo "make bench      quick benchmark (scripts/bench/run.py; BENCH_ARGS=--full for all)"
+	@echo "make lint       ruff check, when ruff is installed"
+	@echo "make check      scripts/check: generated docs in sync, configs valid, layering"
+	@echo "make install    create .venv and install the package editable with test extras"
+	@echo "make clean      remove caches and build artefacts (never archive/, pacs.db, logs/)"
+	@echo "make distclean  clean, and remove .venv too"
+
+$(VENV_PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): | $(VENV_PY)
+	rm -f $(VENV)/.installed-*
+	$(VENV_PY) -m pip install --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/pacs_server $(ARGS)
+
+# pytest exits 5 when it collected no tests; that is a failure here, not a pass.
+test: $(STAMP)
+	@echo "$(VENV_PY) -m pytest $(PYTEST_ARGS)"; \
+	rc=0; $(VENV_PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+bench: $(STAMP)
+	$(VENV_PY) scripts/bench/run.py $(BENCH_ARGS)
+
+lint:
+	@if [ -x $(BIN)/ruff ]; then $(BIN)/ruff check src tests scripts; \
+	elif command -v ruff >/dev/null 2>&1; then ruff check src tests scripts; \
+	else echo "make lint: ruff is not installed (pip install ruff); skipped"; fi
+
+check: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/check
+
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache .mypy_cache src/*.egg-info
+	rm -f $(VENV)/.installed-*
+	find src tests scripts -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
