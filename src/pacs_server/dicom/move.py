@@ -4,6 +4,7 @@ after the connection attempt (bounded by the AE's connection timeout)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom import build_context, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification
 
 from pacs_server.config import PeerConfig
 from pacs_server.dicom.associations import AssociationTracker, set_nodelay
@@ -46,8 +48,11 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         status = failure(Service.C_MOVE, exc)
         log.warning("c_move.failed", status=f"0x{status.Status:04X}", error=str(exc))
         tracker.operation(event, "C-MOVE", status.Status)
-        # pynetdicom needs a destination and a count before it accepts a final status.
-        yield peer.host, peer.port, {"evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)]}
+        # pynetdicom needs a destination and a count before it accepts a final status,
+        # and it associates with the destination in between: propose Verification, or
+        # pynetdicom refuses to associate without contexts and answers 0xC515 instead.
+        yield peer.host, peer.port, {"contexts": [build_context(Verification)],
+                                     "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)]}
         yield 1
         yield status, None
         return
@@ -59,6 +64,7 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
     }
     yield len(refs)
     for ref in refs:
+        resumed = time.monotonic()
         if event.is_cancelled:
             tracker.operation(event, "C-MOVE", CANCEL)
             yield CANCEL, None
@@ -69,8 +75,23 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
             log.error("c_move.unreadable", sop_instance_uid=ref.sop_instance_uid, error=str(exc))
             ds = placeholder(ref)
         metrics.retrieved.labels("C-MOVE").inc()
+        _settle(resumed)
         yield PENDING, ds
     tracker.operation(event, "C-MOVE", 0x0000)
+
+
+# pynetdicom's requestor reactor wakes after each send_c_store() and polls the DIMSE
+# queue once before pausing again; if the next sub-operation is sent inside that window
+# the reactor can take its C-STORE-RSP ("Received unexpected C-STORE service message")
+# and the sub-operation then waits for the DIMSE timeout. Leaving the reactor a few
+# milliseconds to pause again closes the window in practice (docs/performance.md).
+_SETTLE_S = 0.003
+
+
+def _settle(since: float) -> None:
+    remaining = _SETTLE_S - (time.monotonic() - since)
+    if remaining > 0:
+        time.sleep(remaining)
 
 
 def proposed_contexts(refs: list[StoredRef]) -> list[PresentationContext]:
