@@ -124,7 +124,7 @@ async def _run(app: PacsApp, live: bool, out: TextIO = sys.stderr) -> None:
                 task.cancel()
         if live:
             out.write("\n")
-        if app.archive is not None:
+        if app.archive is not None and app.port is not None:  # no summary if start failed
             print(summary(app, time.monotonic() - started), file=out, flush=True)
 
 

@@ -81,4 +81,7 @@ async def migrate(engine: AsyncEngine) -> None:
         async with engine.begin() as conn:
             await conn.run_sync(_upgrade)
     except Exception as exc:
-        raise StartupError(f"index database cannot be opened or upgraded: {exc}") from None
+        # One line for the CLI: SQLAlchemy's message adds the statement and a
+        # "Background on this error" line; the driver's own message says what is wrong.
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)]
+        raise StartupError(f"index database cannot be opened or upgraded: {reason[0]}") from None
