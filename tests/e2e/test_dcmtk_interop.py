@@ -1,0 +1,120 @@
+"""dcmtk against `python -m pacs_server`: echoscu, storescu of a tree, many storescu at once."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pacs_testing import (
+    DicomFiles,
+    archived_files,
+    file_meta,
+    incoming_files,
+    index_rows,
+    wait_for_rows,
+)
+
+pytestmark = pytest.mark.dcmtk
+
+
+def content(path: Path) -> dict[str, object]:
+    """Every data element's value except group lengths and dataset trailing padding."""
+    ds = pydicom.dcmread(path)
+    return {str(e.tag): e.value for e in ds
+            if e.tag.element != 0 and e.tag != 0xFFFCFFFC}
+
+
+def run(dcmtk: Any, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([dcmtk.tool(argv[0]), *argv[1:]], env=dcmtk.env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_echoscu(run_pacs: Callable[..., Any], dcmtk: Any) -> None:
+    server = run_pacs()
+    done = run(dcmtk, "echoscu", "-aet", "ECHOSCU", "-aec", "PACS", "127.0.0.1",
+               str(server.port))
+    assert done.returncode == 0, done.stderr
+    # and the association was logged with the calling AE
+    closed = server.wait_for_event("association.closed", calling_ae="ECHOSCU")
+    assert closed["outcome"] == "released"
+    assert closed["operations"] == {"C-ECHO": 1}
+    assert server.stop() == 0
+
+
+def test_echoscu_wrong_called_ae_when_required(run_pacs: Callable[..., Any], dcmtk: Any,
+                                               tmp_path: Path) -> None:
+    config = tmp_path / "pacs.yaml"
+    config.write_text("server:\n  require_called_ae_title: true\n")
+    server = run_pacs(config=config)
+    wrong = run(dcmtk, "echoscu", "-aec", "NOTPACS", "127.0.0.1", str(server.port))
+    assert wrong.returncode != 0
+    right = run(dcmtk, "echoscu", "-aec", "PACS", "127.0.0.1", str(server.port))
+    assert right.returncode == 0, right.stderr
+
+
+def test_storescu_directory_tree(run_pacs: Callable[..., Any], dcmtk: Any, tmp_path: Path,
+                                 dicom_files: DicomFiles) -> None:
+    server = run_pacs()
+    tree = tmp_path / "tree"
+    sent = [dicom_files.generated(directory=tree, PatientID="TREE")]
+    sent += [dicom_files.generated(directory=tree / "a", modality="MR",
+                                   sop_class="1.2.840.10008.5.1.4.1.1.4") for _ in range(3)]
+    sent += [dicom_files.fresh("CT_small.dcm", directory=tree / "a" / "b") for _ in range(2)]
+    sent += [dicom_files.fresh("MR_small.dcm", directory=tree / "c") for _ in range(2)]
+    sent += [dicom_files.fresh("rtplan.dcm", directory=tree / "c" / "d")]
+    done = run(dcmtk, "storescu", "-aet", "STORESCU", "-aec", "PACS", "+sd", "+r",
+               "127.0.0.1", str(server.port), str(tree))
+    assert done.returncode == 0, done.stdout + done.stderr
+    db = tmp_path / "pacs.db"
+    rows = wait_for_rows(db, len(sent))
+    root = tmp_path / "archive"
+    for path in sent:
+        uid = str(file_meta(path).MediaStorageSOPInstanceUID)
+        assert uid in rows, f"{path.name} not indexed"
+        stored = root / rows[uid]
+        meta = file_meta(stored)
+        assert meta.SourceApplicationEntityTitle == "STORESCU"
+        # storescu re-encodes (drops group lengths and trailing padding, may pick another
+        # uncompressed syntax), so compare content; byte equality is checked in
+        # tests/integration/test_store_matrix.py where the sender keeps the bytes.
+        assert content(stored) == content(path), path.name
+    assert len(rows) == len(sent)
+    # dcmtk itself reads back every archived file
+    archived = archived_files(root)
+    assert len(archived) == len(sent)
+    dump = run(dcmtk, "dcmdump", "-q", "+P", "0008,0018", *map(str, archived))
+    assert dump.returncode == 0, dump.stderr
+    assert dump.stdout.count("(0008,0018) UI") == len(sent)
+    assert server.stop() == 0
+    assert incoming_files(root) == []
+
+
+def test_concurrent_storescu_processes(run_pacs: Callable[..., Any], dcmtk: Any,
+                                       tmp_path: Path, dicom_files: DicomFiles) -> None:
+    server = run_pacs()
+    senders, per_sender = 8, 4
+    dirs = []
+    uids: set[str] = set()
+    for i in range(senders):
+        d = tmp_path / f"sender{i}"
+        for _ in range(per_sender):
+            p = dicom_files.generated(directory=d, PatientID=f"P{i % 3}", pixel_bytes=2048)
+            uids.add(str(file_meta(p).MediaStorageSOPInstanceUID))
+        dirs.append(d)
+    procs = [subprocess.Popen(
+        [dcmtk.tool("storescu"), "-aet", f"SEND{i}", "-aec", "PACS", "+sd", "127.0.0.1",
+         str(server.port), str(d)], env=dcmtk.env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i, d in enumerate(dirs)]
+    outputs = [p.communicate(timeout=90)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * senders, "\n".join(outputs)
+    rows = wait_for_rows(tmp_path / "pacs.db", senders * per_sender)
+    assert set(rows) == uids
+    root = tmp_path / "archive"
+    assert sorted(root / r for r in rows.values()) == archived_files(root)
+    assert server.stop() == 0
+    assert index_rows(tmp_path / "pacs.db") == rows

@@ -1,0 +1,211 @@
+"""load_config(): every error is a one-line ConfigError naming the file and the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pacs_server.config import Config, iter_fields, load_config, reloadable_changes
+from pacs_server.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pacs.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(path: Path | None, overrides: dict[str, Any] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message, "a config error must be one line"
+    return message
+
+
+def test_defaults_without_file() -> None:
+    cfg = load_config(None)
+    assert cfg == Config()
+    assert cfg.source == "<defaults>"
+    assert cfg.storage.duplicate_policy == "reject"
+    assert cfg.access_control.allowed_ae_titles == ["*"]
+
+
+def test_full_file_is_typed_and_frozen(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+server:
+  ae_title: ARCHIVE
+  port: 4242
+  idle_timeout: 5          # an int where a float is expected is fine
+  require_called_ae_title: true
+storage:
+  naming: FLAT             # enum values are case-insensitive
+  accepted_sop_classes: CT, MR
+database:
+  synchronous: normal
+logging:
+  level: WARNING
+access_control:
+  allowed_ae_titles: [MODALITY1, WS2]
+peers:
+  - {ae_title: VIEWER, host: 10.0.0.5, port: 11113}
+""")
+    cfg = load_config(path)
+    assert cfg.source == str(path)
+    assert cfg.server.ae_title == "ARCHIVE"
+    assert cfg.server.port == 4242
+    assert cfg.server.idle_timeout == 5.0 and isinstance(cfg.server.idle_timeout, float)
+    assert cfg.server.require_called_ae_title is True
+    assert cfg.storage.naming == "flat"
+    assert cfg.storage.accepted_sop_classes == ["CT", "MR"]
+    assert cfg.logging.level == "warning"
+    assert cfg.access_control.allowed_ae_titles == ["MODALITY1", "WS2"]
+    viewer = cfg.peer("VIEWER")
+    assert viewer is not None and (viewer.host, viewer.port) == ("10.0.0.5", 11113)
+    assert cfg.peer("OTHER") is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.server.port = 1  # type: ignore[misc]
+
+
+def test_overrides_beat_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "server:\n  port: 4242\n  ae_title: FROMFILE\n")
+    cfg = load_config(path, {"server.port": 0, "storage.duplicate_policy": "ignore"})
+    assert cfg.server.port == 0
+    assert cfg.server.ae_title == "FROMFILE"
+    assert cfg.storage.duplicate_policy == "ignore"
+
+
+def test_empty_file_means_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "# nothing here\n")) == Config()
+
+
+@pytest.mark.parametrize(("text", "key", "what"), [
+    ("server:\n  bogus: 1\n", "server.bogus", "unknown key"),
+    ("bogus_section: {}\n", "bogus_section", "unknown key"),
+    ("peers:\n  - {ae_title: A, port: 1, colour: red}\n", "peers[0].colour", "unknown key"),
+])
+def test_unknown_key(tmp_path: Path, text: str, key: str, what: str) -> None:
+    path = write(tmp_path, text)
+    message = config_error(path)
+    assert message.startswith(f"{path}: {key}: {what}")
+
+
+@pytest.mark.parametrize(("text", "key", "expected"), [
+    ("server:\n  port: abc\n", "server.port", "expected an integer, got 'abc'"),
+    ("server:\n  port: true\n", "server.port", "expected an integer"),
+    ("server:\n  port: 1.5\n", "server.port", "expected an integer"),
+    ("server:\n  idle_timeout: '5'\n", "server.idle_timeout", "expected a number"),
+    ("storage:\n  fsync: 'yes'\n", "storage.fsync", "expected true or false"),
+    ("server:\n  ae_title: [A, B]\n", "server.ae_title", "expected a string"),
+    ("access_control:\n  allowed_ae_titles: {A: 1}\n", "access_control.allowed_ae_titles",
+     "expected a list"),
+    ("server: 5\n", "server", "expected a mapping"),
+    ("peers:\n  - ae_title: A\n    port: x\n", "peers[0].port", "expected an integer"),
+])
+def test_wrong_type(tmp_path: Path, text: str, key: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    message = config_error(path)
+    assert message.startswith(f"{path}: {key}: ")
+    assert expected in message
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("storage:\n  naming: weird\n", "storage.naming"),
+    ("storage:\n  duplicate_policy: overwrite\n", "storage.duplicate_policy"),
+    ("logging:\n  level: verbose\n", "logging.level"),
+    ("database:\n  synchronous: off\n", "database.synchronous"),
+])
+def test_bad_enum_lists_the_choices(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    message = config_error(path)
+    assert message.startswith(f"{path}: {key}: must be one of ")
+
+
+@pytest.mark.parametrize(("text", "key", "expected"), [
+    ("server:\n  port: 70000\n", "server.port", "0-65535"),
+    ("server:\n  ae_title: WAYTOOLONGAETITLE123\n", "server.ae_title", "not a valid AE title"),
+    ("server:\n  ae_title: 'A\\\\B'\n", "server.ae_title", "not a valid AE title"),
+    ("server:\n  ae_title: '   '\n", "server.ae_title", "not a valid AE title"),
+    ("server:\n  max_pdu_size: 100\n", "server.max_pdu_size", ">= 4096"),
+    ("server:\n  max_associations: 0\n", "server.max_associations", "at least 1"),
+    ("server:\n  dimse_timeout: 0\n", "server.dimse_timeout", "greater than 0"),
+    ("server:\n  shutdown_grace: -1\n", "server.shutdown_grace", "not be negative"),
+    ("storage:\n  directory: ''\n", "storage.directory", "must not be empty"),
+    ("database:\n  commit_batch: 0\n", "database.commit_batch", "at least 1"),
+    ("monitoring:\n  metrics_port: -2\n", "monitoring.metrics_port", "-1..65535"),
+    ("storage:\n  accepted_sop_classes: [CT, NOPE]\n", "storage.accepted_sop_classes", "'NOPE'"),
+    ("access_control:\n  allowed_ae_titles: [GOOD, 'BAD\\\\AE']\n",
+     "access_control.allowed_ae_titles[1]", "not a valid AE title"),
+    ("peers:\n  - {ae_title: A, port: 0}\n", "peers[0].port", "1-65535"),
+    ("peers:\n  - {ae_title: A, port: 1}\n  - {ae_title: A, port: 2}\n", "peers[1].ae_title",
+     "listed twice"),
+])
+def test_bad_values(tmp_path: Path, text: str, key: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    message = config_error(path)
+    assert message.startswith(f"{path}: {key}: ")
+    assert expected in message
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("server: [\n", 2),
+    ("server:\n  port: 1\n   x: 2\n", 3),
+    ("server:\n\tport: 1\n", 2),
+])
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path, text: str, line: int) -> None:
+    path = write(tmp_path, text)
+    message = config_error(path)
+    assert message.startswith(f"{path}: line {line}: YAML syntax error: ")
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = write(tmp_path, "- server\n- storage\n")
+    assert config_error(path) == f"{path}: top level must be a mapping of sections"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    assert config_error(path) == f"{path}: cannot read file: No such file or directory"
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    # Tests run as root, so a chmod 000 file would still be readable: a directory is not.
+    message = config_error(tmp_path)
+    assert message == f"{tmp_path}: cannot read file: Is a directory"
+
+
+def test_bad_override_names_the_key() -> None:
+    message = config_error(None, {"server.port": "eleven"})
+    assert message.startswith("<defaults>: server.port: expected an integer")
+    assert config_error(None, {"server.nope": 1}).startswith("<defaults>: server.nope: unknown")
+
+
+def test_every_field_has_help_and_a_valid_default() -> None:
+    keys = []
+    for key, fld, default in iter_fields():
+        keys.append(key)
+        assert fld.metadata.get("help"), f"{key} has no help text"
+        # Each default must survive its own validation when given explicitly.
+        if "." in key:
+            load_config(None, {key: default})
+    assert "server.port" in keys and "storage.duplicate_policy" in keys and "peers" in keys
+    assert len(keys) == len(set(keys))
+
+
+def test_reloadable_changes_split_hot_and_cold() -> None:
+    old = load_config(None)
+    new = load_config(None, {
+        "access_control.allowed_ae_titles": ["ONE"],
+        "storage.duplicate_policy": "replace",
+        "logging.level": "debug",
+        "server.port": 1234,
+        "storage.naming": "flat",
+    })
+    hot, cold = reloadable_changes(old, new)
+    assert sorted(hot) == ["access_control.allowed_ae_titles", "logging.level",
+                           "storage.duplicate_policy"]
+    assert sorted(cold) == ["server.port", "storage.naming"]
+    assert reloadable_changes(old, load_config(None)) == ([], [])

@@ -1,0 +1,190 @@
+"""storage/filestore.py: .part in .incoming, fsync, atomic rename, cleanup at start."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from pacs_server.errors import StartupError, StorageFull, StorageUnavailable
+from pacs_server.storage.filestore import INCOMING, FileStore, storage_errors
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    fs = FileStore(tmp_path / "archive")
+    assert fs.prepare() == 0
+    return fs
+
+
+def source_file(tmp_path: Path, data: bytes) -> io.BufferedReader:
+    path = tmp_path / "source.bin"
+    path.write_bytes(data)
+    return open(path, "rb")  # noqa: SIM115  (closed by the caller)
+
+
+def test_prepare_creates_root_and_incoming(tmp_path: Path) -> None:
+    fs = FileStore(tmp_path / "a" / "b" / "archive")
+    assert fs.prepare() == 0
+    assert fs.incoming.is_dir()
+    assert fs.incoming == fs.root / INCOMING
+    assert list(fs.incoming.iterdir()) == []  # the write probe is gone
+
+
+def test_prepare_removes_leftovers_of_a_crash(store: FileStore) -> None:
+    (store.incoming / "abc.part").write_bytes(b"half a file")
+    (store.incoming / "def.part").write_bytes(b"")
+    (store.incoming / "tmpx1y2.dcm").write_bytes(b"pynetdicom receive buffer")
+    kept = store.root / "PAT" / "1.2" / "1.2.3" / "1.2.3.4.dcm"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"archived")
+    assert store.prepare() == 3
+    assert list(store.incoming.iterdir()) == []
+    assert kept.read_bytes() == b"archived"
+
+
+def test_prepare_fails_when_root_cannot_be_created(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"x")
+    with pytest.raises(StartupError, match="is not writable"):
+        FileStore(blocker / "archive").prepare()
+    with pytest.raises(StartupError, match="is not writable"):
+        FileStore(blocker).prepare()
+
+
+def test_write_part_copies_header_and_range(tmp_path: Path, store: FileStore) -> None:
+    data = bytes(range(256)) * 40
+    with source_file(tmp_path, data) as src:
+        part = store.write_part(b"HEADER", src, 100, 5000)
+    assert part.parent == store.incoming
+    assert part.suffix == ".part"
+    assert part.read_bytes() == b"HEADER" + data[100:5100]
+
+
+def test_write_part_length_zero(tmp_path: Path, store: FileStore) -> None:
+    with source_file(tmp_path, b"abc") as src:
+        part = store.write_part(b"H", src, 3, 0)
+    assert part.read_bytes() == b"H"
+
+
+def test_write_part_from_a_short_source_leaves_nothing(tmp_path: Path, store: FileStore) -> None:
+    with source_file(tmp_path, b"0123456789") as src, pytest.raises(StorageUnavailable):
+        store.write_part(b"H", src, 5, 100)
+    assert list(store.incoming.iterdir()) == []
+
+
+def test_place_is_an_atomic_move_into_new_directories(tmp_path: Path,
+                                                      store: FileStore) -> None:
+    with source_file(tmp_path, b"dataset") as src:
+        part = store.write_part(b"meta", src, 0, 7)
+    rel = PurePosixPath("PAT", "1.2", "1.2.3", "1.2.3.4.dcm")
+    final = store.place(part, rel)
+    assert final == store.root / rel
+    assert final.read_bytes() == b"metadataset"
+    assert not part.exists()
+    assert list(store.incoming.iterdir()) == []
+    assert store.exists(rel)
+
+
+def test_place_replaces_an_existing_file(tmp_path: Path, store: FileStore) -> None:
+    rel = PurePosixPath("flat.dcm")
+    for content in (b"first", b"second"):
+        with source_file(tmp_path, content) as src:
+            store.place(store.write_part(b"", src, 0, len(content)), rel)
+    assert store.path(rel).read_bytes() == b"second"
+    assert [p.name for p in store.root.iterdir() if p.name != INCOMING] == ["flat.dcm"]
+
+
+def test_place_under_a_file_is_storage_unavailable(tmp_path: Path, store: FileStore) -> None:
+    (store.root / "PAT").write_bytes(b"not a directory")
+    with source_file(tmp_path, b"x") as src:
+        part = store.write_part(b"", src, 0, 1)
+    with pytest.raises(StorageUnavailable, match="archive write failed"):
+        store.place(part, PurePosixPath("PAT", "1.2", "1.2.3.dcm"))
+    # the caller discards the part; discard is quiet and idempotent
+    store.discard(part)
+    store.discard(part)
+    store.discard(None)
+    assert list(store.incoming.iterdir()) == []
+
+
+@pytest.mark.parametrize("rel", ["../outside.dcm", "a/../../outside.dcm", "/etc/passwd", ".",
+                                 "", "a/.."])
+def test_path_refuses_to_leave_the_root(store: FileStore, rel: str) -> None:
+    with pytest.raises(StorageUnavailable, match="outside the archive"):
+        store.path(rel)
+
+
+def test_path_refuses_a_symlink_out_of_the_root(tmp_path: Path, store: FileStore) -> None:
+    (store.root / "link").symlink_to(tmp_path)
+    with pytest.raises(StorageUnavailable):
+        store.path("link/escape.dcm")
+
+
+def test_remove_prunes_empty_parents_but_not_the_root(tmp_path: Path, store: FileStore) -> None:
+    rel_a = PurePosixPath("PAT", "1.2", "1.2.3", "a.dcm")
+    rel_b = PurePosixPath("PAT", "1.2", "1.2.4", "b.dcm")
+    for rel in (rel_a, rel_b):
+        with source_file(tmp_path, b"x") as src:
+            store.place(store.write_part(b"", src, 0, 1), rel)
+    store.remove(rel_a)
+    assert not (store.root / "PAT" / "1.2" / "1.2.3").exists()
+    assert (store.root / rel_b).exists()
+    store.remove(rel_b)
+    assert not (store.root / "PAT").exists()
+    assert store.root.is_dir() and store.incoming.is_dir()
+    store.remove(rel_b)  # already gone: fine
+
+
+def test_usage_ignores_incoming(tmp_path: Path, store: FileStore) -> None:
+    with source_file(tmp_path, b"12345") as src:
+        store.place(store.write_part(b"", src, 0, 5), PurePosixPath("a.dcm"))
+    (store.incoming / "x.part").write_bytes(b"0" * 1000)
+    assert store.usage() == (1, 5)
+    assert store.free_bytes() > 0
+
+
+@pytest.mark.parametrize(("err", "expected"), [
+    (errno.ENOSPC, StorageFull),
+    (errno.EDQUOT, StorageFull),
+    (errno.EACCES, StorageUnavailable),
+    (errno.EROFS, StorageUnavailable),
+    (errno.EIO, StorageUnavailable),
+])
+def test_storage_errors_translation(err: int, expected: type[Exception]) -> None:
+    with pytest.raises(expected) as info, storage_errors():
+        raise OSError(err, os.strerror(err))
+    assert os.strerror(err) in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_storage_errors_lets_other_exceptions_through() -> None:
+    with pytest.raises(ValueError), storage_errors():
+        raise ValueError("not an OS error")
+
+
+def test_place_new_creates_only_when_free(tmp_path: Path, store: FileStore) -> None:
+    rel = PurePosixPath("PAT", "1.2", "1.2.3", "1.2.3.4.dcm")
+    with source_file(tmp_path, b"first") as src:
+        first = store.write_part(b"", src, 0, 5)
+    assert store.place_new(first, rel) is True
+    assert not first.exists()
+    with source_file(tmp_path, b"second") as src:
+        second = store.write_part(b"", src, 0, 6)
+    assert store.place_new(second, rel) is False
+    assert store.path(rel).read_bytes() == b"first", "an existing file is never replaced"
+    assert second.exists(), "the caller decides what to do with the part"
+    store.discard(second)
+    assert list(store.incoming.iterdir()) == []
+
+
+def test_place_new_under_a_file_is_storage_unavailable(tmp_path: Path,
+                                                       store: FileStore) -> None:
+    (store.root / "PAT").write_bytes(b"in the way")
+    with source_file(tmp_path, b"x") as src:
+        part = store.write_part(b"", src, 0, 1)
+    with pytest.raises(StorageUnavailable):
+        store.place_new(part, PurePosixPath("PAT", "1.2", "x.dcm"))
