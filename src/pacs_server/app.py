@@ -51,6 +51,7 @@ class PacsApp:
         self.archive: ArchiveService | None = None
         self.dicom: DicomServer | None = None
         self.queries: QueryService | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._engine: Any = None
 
     async def start(self) -> None:
@@ -91,6 +92,7 @@ class PacsApp:
                         f"metrics port {cfg.monitoring.metrics_port} on "
                         f"{cfg.monitoring.metrics_host} cannot be bound: {exc.strerror}") from None
             self.port = await asyncio.to_thread(self.dicom.start)
+            self._sweeper = asyncio.create_task(self._sweep_incoming(files), name="sweeper")
         except BaseException:
             await self._close_backends()
             raise
@@ -117,7 +119,19 @@ class PacsApp:
         await self._close_backends()
         log.info("server.stopped")
 
+    async def _sweep_incoming(self, files: FileStore) -> None:
+        """Every minute, drop partial receive files of senders that went away."""
+        max_age = max(self.cfg.server.idle_timeout, self.cfg.server.dimse_timeout) + 60
+        while True:
+            await asyncio.sleep(60)
+            removed = await asyncio.to_thread(files.sweep_incoming, max_age)
+            if removed:
+                log.warning("storage.stale_partial_files_removed", count=removed)
+
     async def _close_backends(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self.metrics.stop()
         if self.repo is not None:
             await self.repo.close()

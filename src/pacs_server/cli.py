@@ -24,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pacs_server",
         description="DICOM archive: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, Worklist, MPPS.")
-    p.add_argument("command", nargs="?", default="run", choices=["run", "check-config", "init-db"],
-                   help="run the server (default), validate the config, or create/upgrade the index")
+    p.add_argument("command", nargs="?", default="run",
+                   choices=["run", "check-config", "init-db"],
+                   help="run the server (default), validate the config, "
+                        "or create/upgrade the index")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
     p.add_argument("--port", type=int, help="DICOM port (overrides server.port)")
     p.add_argument("--host", help="listen address (overrides server.host)")
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="overrides logging.level")
     p.add_argument("--log-file", help="JSON log file, '' for none (overrides logging.file)")
-    p.add_argument("--metrics-port", type=int, help="-1 disables (overrides monitoring.metrics_port)")
+    p.add_argument("--metrics-port", type=int,
+                   help="-1 disables (overrides monitoring.metrics_port)")
     p.add_argument("--version", action="version", version=f"pacs_server {__version__}")
     return p
 

@@ -138,6 +138,9 @@ def load_config(path: str | Path | None = None,
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{source}: cannot read file: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}): "
+                              f"{exc.reason}") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -173,7 +176,7 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
             raise ConfigError(f"{source}: {prefix}{key}: unknown key "
                               f"(expected one of: {', '.join(names)})")
     kwargs = {}
-    for name, fld in names.items():
+    for name in names:
         if name in data:
             kwargs[name] = _coerce(hints[name], data[name], source, f"{prefix}{name}")
     return cls(**kwargs)

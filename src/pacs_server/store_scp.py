@@ -27,8 +27,8 @@ EXIT_CONFIG = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="store_scp",
-                                description="Receive DICOM instances into a directory (C-STORE SCP).")
+    p = argparse.ArgumentParser(
+        prog="store_scp", description="Receive DICOM instances into a directory (C-STORE SCP).")
     p.add_argument("port", type=int, help="port to listen on (0 = ephemeral)")
     p.add_argument("ae_title", help="our AE title")
     p.add_argument("--storage-dir", required=True, help="where received files go")
@@ -106,7 +106,7 @@ async def _run(app: PacsApp, live: bool, out: TextIO = sys.stderr) -> None:
             await asyncio.sleep(0.5)
 
     async def announce() -> None:
-        while app.port is None:
+        while app.port is None:  # noqa: ASYNC110 - PacsApp has no start event to wait on
             await asyncio.sleep(0.05)
         print(f"store_scp: {app.cfg.server.ae_title} listening on {app.cfg.server.host}:"
               f"{app.port}, storing into {app.cfg.storage.directory}"

@@ -209,3 +209,10 @@ def test_reloadable_changes_split_hot_and_cold() -> None:
                            "storage.duplicate_policy"]
     assert sorted(cold) == ["server.port", "storage.naming"]
     assert reloadable_changes(old, load_config(None)) == ([], [])
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("server:\n  ae_title: CAF\xc9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8"):
+        load_config(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -188,3 +189,15 @@ def test_place_new_under_a_file_is_storage_unavailable(tmp_path: Path,
         part = store.write_part(b"", src, 0, 1)
     with pytest.raises(StorageUnavailable):
         store.place_new(part, PurePosixPath("PAT", "1.2", "x.dcm"))
+
+
+def test_sweep_incoming_removes_only_stale_files(store: FileStore) -> None:
+    store.prepare()
+    stale = store.incoming / "stale.dcm"
+    fresh = store.incoming / "fresh.dcm"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    assert store.sweep_incoming(600) == 1
+    assert not stale.exists() and fresh.exists()

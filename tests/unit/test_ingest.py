@@ -194,3 +194,20 @@ def test_received_date_is_today_for_the_date_layout(tmp_path: Path) -> None:
     assert rec.rel_path.parts[:3] == (f"{today.year:04d}", f"{today.month:02d}",
                                       f"{today.day:02d}")
     assert isinstance(today, date)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm",
+                                  "MR_small_bigendian.dcm", "JPEG2000.dcm"])
+def test_truncated_pixel_data_is_refused(tmp_path: Path, name: str) -> None:
+    source = Path(pydicom.data.get_testdata_file(name, download=False))
+    syntax = str(pydicom.dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    whole = source.read_bytes()
+    for data, complete in ((whole, True), (whole[:-200], False)):
+        path = tmp_path / ("whole.dcm" if complete else "cut.dcm")
+        path.write_bytes(data)
+        with open(path, "rb") as fh:
+            if complete:
+                read_record(fh, dataset_offset(fh), syntax)
+            else:
+                with pytest.raises(UnreadableDataset, match="truncated"):
+                    read_record(fh, dataset_offset(fh), syntax)

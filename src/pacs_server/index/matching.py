@@ -105,8 +105,11 @@ def sql_condition(attr: Attr, value: str, case_sensitive_names: bool) -> ColumnE
         except ValueError:
             return None
     if kind == "pn":
-        if not value.isascii() or attr.norm is None:
-            return None  # non-ASCII names may sit in ideographic/phonetic groups
+        if not value.isascii() or attr.norm is None or "=" in value or "\\" in value:
+            # Non-ASCII names may sit in ideographic/phonetic groups, a value with "="
+            # spans several component groups and "\\" lists several values: the norm
+            # column (alphabetic group only) cannot select those; Python decides.
+            return None
         return _text_sql(attr.norm, fold(value))
     if kind == "str":
         if "\\" in value:
@@ -132,13 +135,17 @@ def _date_sql(col: InstrumentedAttribute[Any], value: str) -> ColumnElement[bool
     if "\\" in value:
         return None
     lo, hi, is_range = _split_range(value)
+    # Compare normalised values (the ACR-NEMA form 2024.01.02 too), as matches() does.
+    lo_key, hi_key = _date_key(lo), _date_key(hi)
+    if (lo and lo_key is None) or (hi and hi_key is None):
+        return None
     if not is_range:
-        return col == lo
+        return col == lo_key
     conds = [col != ""]
-    if lo:
-        conds.append(col >= lo[:8])
-    if hi:
-        conds.append(col <= hi[:8])
+    if lo_key:
+        conds.append(col >= lo_key)
+    if hi_key:
+        conds.append(col <= hi_key)
     return and_(*conds)
 
 
@@ -192,11 +199,19 @@ def _wild(query: str, insensitive: bool = False) -> Any:
             q = fold(query)
             return lambda v: fold(v) == q
         return lambda v: v == query
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in query)
-    compiled = re.compile(regex + r"\Z", re.DOTALL | (re.IGNORECASE if insensitive else 0))
+    compiled = _wild_regex(query, insensitive)
     if insensitive:
-        return lambda v: compiled.match(fold(v)) is not None or compiled.match(v) is not None
+        # Folded on both sides (Straße ~ STRASSE), and the unfolded value too so that
+        # "?" still stands for one character of the name as written (ß, not "ss").
+        folded = _wild_regex(fold(query), insensitive)
+        return lambda v: (folded.match(fold(v)) is not None
+                          or compiled.match(v) is not None)
     return lambda v: compiled.match(v) is not None
+
+
+def _wild_regex(query: str, insensitive: bool) -> re.Pattern[str]:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in query)
+    return re.compile(regex + r"\Z", re.DOTALL | (re.IGNORECASE if insensitive else 0))
 
 
 def _range_match(stored: str, query: str, kind: str) -> bool:
@@ -219,16 +234,25 @@ def _range_match(stored: str, query: str, kind: str) -> bool:
     return True
 
 
+_DT = re.compile(r"\d{4,14}(\.\d{1,6})?([+\-]\d{4})?")
+_DT_OFFSET = re.compile(r"(\d{4,14}(?:\.\d{1,6})?)-(\d{2})(\d{2})")
+
+
 def _split_dt_range(value: str) -> tuple[str, str, bool]:
-    # A DT value may carry a UTC offset like -0500, so split on the hyphen that
-    # separates two date-times: the one preceded by nothing or by a full value.
-    m = re.fullmatch(r"([0-9.+\-]*?)-([0-9.+\-]*)", value)
-    if m is None or ("-" not in value):
+    # A DT value may carry a UTC offset like -0500, so the range hyphen is the one with
+    # a date-time (or nothing) on each side. A trailing -HHMM that is a valid offset
+    # (PS3.5 Table 6.2-1: -1200..+1400) after a date-time is read as an offset.
+    value = value.strip()
+    m = _DT_OFFSET.fullmatch(value)
+    if m is not None and int(m.group(2)) <= 12 and int(m.group(3)) < 60:
         return value, value, False
-    lo, hi = m.group(1), m.group(2)
-    if len(lo) in (5,) and lo.startswith(("+", "-")):
-        return value, value, False
-    return lo, hi, True
+    for i, c in enumerate(value):
+        if c != "-":
+            continue
+        lo, hi = value[:i], value[i + 1:]
+        if (lo or hi) and (not lo or _DT.fullmatch(lo)) and (not hi or _DT.fullmatch(hi)):
+            return lo, hi, True
+    return value, value, False
 
 
 def _date_key(value: str, upper: bool = False) -> str | None:
@@ -245,10 +269,11 @@ def _time_key(value: str, upper: bool = False) -> float | None:
     main, _, frac = v.partition(".")
     if not main.isdigit() or len(main) % 2:
         return None
-    digits = main.ljust(6, "9" if upper else "0")
+    # An upper bound stands for the end of its precision: 11 is 11:59:59.999999 and
+    # 1100 is 11:00:59.999999 (padding with 9s would read 1100 as 11:01:39).
+    digits = main + ("595959" if upper else "000000")[len(main):]
     seconds = int(digits[:2]) * 3600 + int(digits[2:4]) * 60 + int(digits[4:6])
-    fraction = float("0." + frac) if frac.isdigit() else (0.999999 if upper and len(main) < 6
-                                                          else 0.0)
+    fraction = float("0." + frac) if frac.isdigit() else (0.999999 if upper else 0.0)
     return seconds + fraction
 
 

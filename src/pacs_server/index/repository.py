@@ -13,7 +13,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pacs_server.errors import DuplicateInstance, IndexUnavailable, PacsError
 from pacs_server.index.models import Instance, Patient, Series, Study
-from pacs_server.index.text import join_values, name_key
 from pacs_server.index.records import InstanceRecord
+from pacs_server.index.text import join_values, name_key
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +68,9 @@ class StoredRef:
 class _Batch:
     """Per-transaction bookkeeping: count deltas applied once at the end."""
 
-    patient_delta: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
+    # patient pk -> [studies, series, instances]; study pk -> [series, instances]
+    patient_delta: dict[int, list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
     study_delta: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
     series_delta: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     study_sets: dict[int, tuple[str, str]] = field(default_factory=dict)
@@ -85,8 +87,10 @@ class IndexRepository:
         self._writer: asyncio.Task[None] | None = None
         self._on_commit = on_commit  # callable(batch_size) for metrics
         self._patients: dict[str, int] = {}
-        self._studies: dict[str, tuple[int, int, str, str]] = {}  # uid -> pk, patient_pk, mods, sops
-        self._series: dict[str, tuple[int, int, int]] = {}        # uid -> pk, study_pk, patient_pk
+        # uid -> (pk, patient_pk, modalities, sop classes)
+        self._studies: dict[str, tuple[int, int, str, str]] = {}
+        # uid -> (pk, study_pk, patient_pk)
+        self._series: dict[str, tuple[int, int, int]] = {}
 
     @property
     def engine(self) -> AsyncEngine:
@@ -265,7 +269,7 @@ class IndexRepository:
                 referring_physician_norm=name_key(s["referring_physician"]),
                 modalities="", sop_classes="", num_series=0, num_instances=0,
                 header=rec.header, header_syntax=rec.header_syntax,
-                updated_at=datetime.now(timezone.utc), **s))
+                updated_at=datetime.now(UTC), **s))
             pk = int(result.inserted_primary_key[0])
             batch.patient_delta[patient_pk][0] += 1
             self._studies[rec.study_instance_uid] = (pk, patient_pk, "", "")
@@ -296,7 +300,7 @@ class IndexRepository:
 
     async def _flush_counts(self, conn: AsyncConnection, batch: _Batch) -> None:
         """Apply the batch's count deltas: one executemany per table."""
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         if batch.series_delta:
             await conn.execute(_UPDATE_SERIES, [{"pk": pk, "n": n}
                                                 for pk, n in batch.series_delta.items()])

@@ -32,7 +32,7 @@ from pacs_server.services.ingest import (
     file_meta_bytes,
     read_record,
 )
-from pacs_server.storage.filestore import FileStore, storage_errors
+from pacs_server.storage.filestore import FileStore
 
 log = structlog.get_logger(__name__)
 

@@ -7,12 +7,13 @@ ours (received transfer syntax, calling AE as Source Application Entity Title).
 
 from __future__ import annotations
 
+import os
 import struct
-from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from io import BytesIO
-from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag
@@ -103,6 +104,7 @@ def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Datase
     except AttributeError:
         raise DatasetMismatch("SOPInstanceUID is missing") from None
     end = fh.tell()
+    _check_complete(fh, end, transfer_syntax)
     raw_ok = transfer_syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian,
                                  ExplicitVRBigEndian) or not _is_native(transfer_syntax)
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
@@ -123,6 +125,39 @@ def _has_standard_element(ds: Dataset) -> bool:
     """
     return any(tag.group >= 0x0008 and not tag.is_private and dictionary_has_tag(tag)
                for tag in ds.keys())
+
+
+def _check_complete(fh: BinaryIO, pixel_offset: int, transfer_syntax: str) -> None:
+    """Refuse a dataset whose Pixel Data is cut short (a sender that stopped mid-way).
+
+    The header parse stops before Pixel Data, so a truncated file would otherwise be
+    archived; its declared length (or, when encapsulated, its closing delimiter) tells.
+    """
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return  # offsets refer to the inflated stream; pydicom already parsed it whole
+    size = os.fstat(fh.fileno()).st_size
+    fh.seek(pixel_offset)
+    head = fh.read(12)
+    big = transfer_syntax == ExplicitVRBigEndian
+    if len(head) < 8 or head[:4] != (b"\x7f\xe0\x00\x10" if big else b"\xe0\x7f\x10\x00"):
+        return  # no Pixel Data: nothing follows the header we parsed
+    if transfer_syntax == ImplicitVRLittleEndian:
+        (length,), header_len = struct.unpack("<I", head[4:8]), 8
+    elif len(head) == 12:
+        (length,), header_len = struct.unpack(">I" if big else "<I", head[8:12]), 12
+    else:
+        raise UnreadableDataset("dataset is truncated inside the Pixel Data header")
+    if length != 0xFFFFFFFF:
+        if pixel_offset + header_len + length > size:
+            raise UnreadableDataset(
+                f"dataset is truncated: Pixel Data declares {length} bytes, "
+                f"{size - pixel_offset - header_len} received")
+        return
+    # Encapsulated: the fragments end with a Sequence Delimitation Item.
+    fh.seek(max(pixel_offset, size - 65536))
+    if b"\xfe\xff\xdd\xe0" not in fh.read():
+        raise UnreadableDataset("dataset is truncated: encapsulated Pixel Data has no "
+                                "sequence delimiter")
 
 
 def _is_native(ts: str) -> bool:
@@ -191,7 +226,7 @@ def build_record(ds: Dataset, header: bytes, header_syntax: str, transfer_syntax
     series_uid = layout.check_uid("SeriesInstanceUID", _text(ds, "SeriesInstanceUID"))
     sop_class = _text(ds, "SOPClassUID") or request_sop_class
     layout.check_uid("SOPClassUID", sop_class)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     patient_id = _text(ds, "PatientID", 64)
     record = InstanceRecord(
         sop_instance_uid=sop_uid,
@@ -238,4 +273,4 @@ def build_record(ds: Dataset, header: bytes, header_syntax: str, transfer_syntax
 
 
 def today() -> date:
-    return datetime.now(timezone.utc).date()
+    return datetime.now(UTC).date()

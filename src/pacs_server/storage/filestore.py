@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,6 +65,27 @@ class FileStore:
             try:
                 leftover.unlink()
                 removed += 1
+            except OSError:
+                pass
+        return removed
+
+    def sweep_incoming(self, max_age_s: float) -> int:
+        """Remove receive files nobody has written to for `max_age_s` seconds.
+
+        A sender that drops mid-transfer leaves pynetdicom's partial file behind (no
+        handler runs for it); a live transfer touches its file with every fragment.
+        """
+        cutoff = time.time() - max_age_s
+        removed = 0
+        try:
+            entries = list(os.scandir(self.incoming))
+        except OSError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
             except OSError:
                 pass
         return removed
