@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import DateTime, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,16 +33,8 @@ _MAX_RETRIES = 5
 # Statements of the write path, built once: compiling expressions per instance costs
 # more than executing them.
 _INSERT_INSTANCE = insert(Instance)
-_UPDATE_SERIES = text(
-    "UPDATE series SET num_instances = num_instances + :n WHERE pk = :pk")
-_UPDATE_STUDY = text(
-    "UPDATE studies SET num_series = num_series + :ns, num_instances = num_instances + :ni, "
-    "updated_at = :now WHERE pk = :pk").bindparams(bindparam("now", type_=DateTime(timezone=True)))
 _UPDATE_STUDY_SETS = text(
     "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk")
-_UPDATE_PATIENT = text(
-    "UPDATE patients SET num_studies = num_studies + :nst, num_series = num_series + :nse, "
-    "num_instances = num_instances + :ni WHERE pk = :pk")
 
 
 @dataclass
@@ -66,13 +57,8 @@ class StoredRef:
 
 @dataclass
 class _Batch:
-    """Per-transaction bookkeeping: count deltas applied once at the end."""
+    """Per-transaction bookkeeping: study attribute sets written once at the end."""
 
-    # patient pk -> [studies, series, instances]; study pk -> [series, instances]
-    patient_delta: dict[int, list[int]] = field(
-        default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
-    study_delta: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
-    series_delta: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     study_sets: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
@@ -210,9 +196,6 @@ class IndexRepository:
         patient_pk = await self._patient(conn, batch, rec)
         study_pk = await self._study(conn, batch, rec, patient_pk)
         series_pk = await self._series_pk(conn, batch, rec, study_pk, patient_pk)
-        batch.series_delta[series_pk] += 1
-        batch.study_delta[study_pk][1] += 1
-        batch.patient_delta[patient_pk][2] += 1
         pk, ppk, mods, sops = self._studies[rec.study_instance_uid]
         new_mods = join_values(mods, rec.series["modality"])
         new_sops = join_values(sops, rec.sop_class_uid)
@@ -271,7 +254,6 @@ class IndexRepository:
                 header=rec.header, header_syntax=rec.header_syntax,
                 updated_at=datetime.now(UTC), **s))
             pk = int(result.inserted_primary_key[0])
-            batch.patient_delta[patient_pk][0] += 1
             self._studies[rec.study_instance_uid] = (pk, patient_pk, "", "")
             return pk
         self._studies[rec.study_instance_uid] = (row.pk, row.patient_pk, row.modalities,
@@ -291,57 +273,33 @@ class IndexRepository:
                 num_instances=0, header=rec.header, header_syntax=rec.header_syntax,
                 **rec.series))
             pk = int(result.inserted_primary_key[0])
-            batch.study_delta[study_pk][0] += 1
-            batch.patient_delta[patient_pk][1] += 1
         else:
             pk = int(row.pk)
         self._series[rec.series_instance_uid] = (pk, study_pk, patient_pk)
         return pk
 
     async def _flush_counts(self, conn: AsyncConnection, batch: _Batch) -> None:
-        """Apply the batch's count deltas: one executemany per table."""
-        now = datetime.now(UTC)
-        if batch.series_delta:
-            await conn.execute(_UPDATE_SERIES, [{"pk": pk, "n": n}
-                                                for pk, n in batch.series_delta.items()])
-        if batch.study_delta:
-            await conn.execute(_UPDATE_STUDY, [{"pk": pk, "ns": ns, "ni": ni, "now": now}
-                                               for pk, (ns, ni) in batch.study_delta.items()])
+        """Write the batch's changed ModalitiesInStudy/SOPClassesInStudy sets.
+
+        The related-instance counts are kept by triggers (migration 0002).
+        """
         if batch.study_sets:
             await conn.execute(_UPDATE_STUDY_SETS, [
                 {"pk": pk, "mods": mods, "sops": sops}
                 for pk, (mods, sops) in batch.study_sets.items()])
-        if batch.patient_delta:
-            await conn.execute(_UPDATE_PATIENT, [
-                {"pk": pk, "nst": nst, "nse": nse, "ni": ni}
-                for pk, (nst, nse, ni) in batch.patient_delta.items()])
-        batch.series_delta.clear()
-        batch.study_delta.clear()
         batch.study_sets.clear()
-        batch.patient_delta.clear()
 
     async def _remove_instance(self, conn: AsyncConnection, batch: _Batch, pk: int,
                                series_pk: int) -> None:
-        """Delete one instance row and keep counts right; prune emptied parents."""
-        # Pending deltas must reach the rows before we read counts.
+        """Delete one instance row (triggers keep the counts); prune emptied parents."""
         await self._flush_counts(conn, batch)
         await conn.execute(delete(Instance).where(Instance.pk == pk))
         series = (await conn.execute(select(Series.pk, Series.study_pk, Series.num_instances)
                                      .where(Series.pk == series_pk))).one()
         study = (await conn.execute(select(Study.pk, Study.patient_pk).where(
             Study.pk == series.study_pk))).one()
-        await conn.execute(update(Series).where(Series.pk == series_pk).values(
-            num_instances=Series.num_instances - 1))
-        await conn.execute(update(Study).where(Study.pk == study.pk).values(
-            num_instances=Study.num_instances - 1))
-        await conn.execute(update(Patient).where(Patient.pk == study.patient_pk).values(
-            num_instances=Patient.num_instances - 1))
-        if series.num_instances <= 1:
+        if series.num_instances <= 0:
             await conn.execute(delete(Series).where(Series.pk == series_pk))
-            await conn.execute(update(Study).where(Study.pk == study.pk).values(
-                num_series=Study.num_series - 1))
-            await conn.execute(update(Patient).where(Patient.pk == study.patient_pk).values(
-                num_series=Patient.num_series - 1))
             self._forget_caches()
             if await self._prune_empty_study(conn, study.pk, study.patient_pk):
                 return
@@ -359,8 +317,6 @@ class IndexRepository:
         if series_left:
             return False
         await conn.execute(delete(Study).where(Study.pk == study_pk))
-        await conn.execute(update(Patient).where(Patient.pk == patient_pk).values(
-            num_studies=Patient.num_studies - 1))
         studies_left = (await conn.execute(select(func.count()).select_from(Study).where(
             Study.patient_pk == patient_pk))).scalar()
         if not studies_left:
