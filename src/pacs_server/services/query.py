@@ -184,7 +184,7 @@ class QueryService:
                 header = _header(row, req.level)
             if key.tag in header:
                 elem = header[key.tag]
-                ds.add(DataElement(key.tag, elem.VR, elem.value))
+                ds.add(DataElement(key.tag, elem.VR, _decoded(elem.value)))
             else:
                 _put(ds, key, None)
         ds.QueryRetrieveLevel = req.level
@@ -249,9 +249,31 @@ def _put(ds: Dataset, key: QueryKey, value: Any) -> None:
     ds.add(DataElement(key.tag, vr, value))
 
 
+def _decoded(value: Any) -> Any:
+    """A stored header value that can be re-encoded in the response's character set.
+
+    Sequence items read from the header keep their text as raw bytes of the stored
+    character set and pydicom would write those bytes unchanged; rebuilding each item
+    from its decoded elements makes them plain text, encoded like the rest (ISO_IR 192).
+    """
+    if not isinstance(value, DicomSequence):
+        return value
+    items = []
+    for item in value:
+        clean = Dataset()
+        for elem in item:             # iterating decodes with the item's character set
+            if elem.tag != 0x00080005:
+                clean.add(DataElement(elem.tag, elem.VR, _decoded(elem.value)))
+        items.append(clean)
+    return DicomSequence(items)
+
+
 def _has_non_ascii(ds: Dataset) -> bool:
     for elem in ds:
-        if elem.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC") and elem.value:
+        if elem.VR == "SQ":
+            if any(_has_non_ascii(item) for item in elem.value or []):
+                return True
+        elif elem.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC") and elem.value:
             if not str(elem.value).isascii():
                 return True
     return False
