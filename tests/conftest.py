@@ -122,6 +122,29 @@ def free_port() -> Callable[[], int]:
 
 # --------------------------------------------------------------------------- dcmtk
 
+def _put_dcmtk_first_on_path() -> None:
+    """pynetdicom installs console scripts named like dcmtk's (echoscu, storescu, ...)
+    into the virtualenv; with an activated venv they would shadow dcmtk. Put the
+    directory of the real dcmtk (its `--version` names dcmtk) first on PATH."""
+    import subprocess
+
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory) / "echoscu"
+        if not candidate.is_file():
+            continue
+        try:
+            out = subprocess.run([str(candidate), "--version"], capture_output=True,
+                                 text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "dcmtk" in out.lower():
+            os.environ["PATH"] = directory + os.pathsep + os.environ["PATH"]
+            return
+
+
+_put_dcmtk_first_on_path()
+
+
 def require_dcmtk(tools: tuple[str, ...] = DCMTK_TOOLS) -> None:
     """Skip (naming the missing tools) unless PACS_REQUIRE_DCMTK=1, then fail."""
     missing = [tool for tool in tools if shutil.which(tool) is None]

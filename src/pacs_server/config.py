@@ -155,6 +155,9 @@ def load_config(path: str | Path | None = None,
         data = loaded
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
+        if not key:                      # a top-level setting such as `peers`
+            data[section] = value
+            continue
         sect = data.setdefault(section, {})
         if not isinstance(sect, dict):
             raise ConfigError(f"{source}: {section}: expected a mapping")

@@ -216,3 +216,9 @@ def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes("server:\n  ae_title: CAF\xc9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8"):
         load_config(path)
+
+
+def test_top_level_list_override() -> None:
+    cfg = load_config(None, {"peers": [{"ae_title": "VIEWER", "host": "127.0.0.1",
+                                        "port": 11113}]})
+    assert cfg.peer("VIEWER") is not None and cfg.peer("VIEWER").port == 11113

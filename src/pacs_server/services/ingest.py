@@ -210,6 +210,12 @@ def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
     return str(value).strip().rstrip("\0")[:limit]
 
 
+def _date(ds: Dataset, keyword: str) -> str:
+    """A DA value as YYYYMMDD; ACR-NEMA style 'YYYY.MM.DD' is normalised, not cut."""
+    value = _text(ds, keyword, 64).replace(".", "").replace("-", "")
+    return value[:8]
+
+
 def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
@@ -237,11 +243,11 @@ def build_record(ds: Dataset, header: bytes, header_syntax: str, transfer_syntax
         patient={
             "patient_id": patient_id,
             "patient_name": _text(ds, "PatientName"),
-            "birth_date": _text(ds, "PatientBirthDate", 8),
+            "birth_date": _date(ds, "PatientBirthDate"),
             "sex": _text(ds, "PatientSex", 16),
         },
         study={
-            "study_date": _text(ds, "StudyDate", 8),
+            "study_date": _date(ds, "StudyDate"),
             "study_time": _text(ds, "StudyTime", 16),
             "accession_number": _text(ds, "AccessionNumber", 64),
             "study_id": _text(ds, "StudyID", 16),
@@ -252,13 +258,13 @@ def build_record(ds: Dataset, header: bytes, header_syntax: str, transfer_syntax
             "modality": _text(ds, "Modality", 16),
             "series_number": _int(ds, "SeriesNumber"),
             "series_description": _text(ds, "SeriesDescription"),
-            "series_date": _text(ds, "SeriesDate", 8),
+            "series_date": _date(ds, "SeriesDate"),
             "series_time": _text(ds, "SeriesTime", 16),
             "body_part": _text(ds, "BodyPartExamined", 16),
         },
         instance={
             "instance_number": _int(ds, "InstanceNumber"),
-            "content_date": _text(ds, "ContentDate", 8),
+            "content_date": _date(ds, "ContentDate"),
             "content_time": _text(ds, "ContentTime", 16),
         },
         header=header,
