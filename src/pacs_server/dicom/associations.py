@@ -88,7 +88,8 @@ class AssociationTracker:
         self._metrics.associations.labels("accepted").inc()
         log.info("association.accepted", peer=rec.peer, calling_ae=rec.calling_ae,
                  called_ae=rec.called_ae, accepted_contexts=rec.contexts,
-                 rejected_contexts=len(assoc.rejected_contexts))
+                 rejected_contexts=len(assoc.rejected_contexts),
+                 contexts=_describe_contexts(assoc.accepted_contexts))
 
     def _on_rejected(self, event: Event) -> None:
         rec = self.record(event)
@@ -132,6 +133,18 @@ def set_nodelay(event: Event) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError):
         pass
+
+
+def _describe_contexts(contexts: list[Any], limit: int = 32) -> list[str]:
+    """`SOP class name / transfer syntax name` per accepted context, for the log."""
+    out = []
+    for cx in contexts[:limit]:
+        sop = getattr(cx.abstract_syntax, "name", str(cx.abstract_syntax))
+        ts = cx.transfer_syntax[0] if cx.transfer_syntax else ""
+        out.append(f"{sop} / {getattr(ts, 'name', ts)}")
+    if len(contexts) > limit:
+        out.append(f"... and {len(contexts) - limit} more")
+    return out
 
 
 def _peer(event: Event) -> str:
