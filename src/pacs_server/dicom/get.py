@@ -16,10 +16,11 @@ from pynetdicom.events import Event
 from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.identifiers import parse_identifier
-from pacs_server.dicom.status import CANCEL, PENDING, Service, failure
+from pacs_server.dicom.status import Service, failure
+from pacs_server.dicom.suboperations import suboperations
 from pacs_server.errors import PacsError
 from pacs_server.metrics import Metrics
-from pacs_server.services.retrieve import RetrieveService, placeholder
+from pacs_server.services.retrieve import RetrieveService
 
 log = structlog.get_logger(__name__)
 
@@ -39,16 +40,4 @@ def handle_get(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         return
     log.info("c_get.started", qr_level=req.level, instances=len(refs))
     yield len(refs)
-    for ref in refs:
-        if event.is_cancelled:
-            tracker.operation(event, "C-GET", CANCEL)
-            yield CANCEL, None
-            return
-        try:
-            ds = retrieve.load(ref)
-        except PacsError as exc:
-            log.error("c_get.unreadable", sop_instance_uid=ref.sop_instance_uid, error=str(exc))
-            ds = placeholder(ref)
-        metrics.retrieved.labels("C-GET").inc()
-        yield PENDING, ds
-    tracker.operation(event, "C-GET", 0x0000)
+    yield from suboperations(event, "C-GET", refs, retrieve, tracker, metrics)

@@ -19,10 +19,11 @@ from pacs_server.config import PeerConfig
 from pacs_server.dicom.associations import AssociationTracker, set_nodelay
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.identifiers import parse_identifier
-from pacs_server.dicom.status import CANCEL, PENDING, Service, failure
+from pacs_server.dicom.status import Service, failure
+from pacs_server.dicom.suboperations import suboperations
 from pacs_server.errors import PacsError
 from pacs_server.metrics import Metrics
-from pacs_server.services.retrieve import RetrieveService, StoredRef, placeholder
+from pacs_server.services.retrieve import RetrieveService, StoredRef
 
 log = structlog.get_logger(__name__)
 
@@ -63,21 +64,8 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         "max_pdu": max_pdu,
     }
     yield len(refs)
-    for ref in refs:
-        resumed = time.monotonic()
-        if event.is_cancelled:
-            tracker.operation(event, "C-MOVE", CANCEL)
-            yield CANCEL, None
-            return
-        try:
-            ds = retrieve.load(ref)
-        except PacsError as exc:
-            log.error("c_move.unreadable", sop_instance_uid=ref.sop_instance_uid, error=str(exc))
-            ds = placeholder(ref)
-        metrics.retrieved.labels("C-MOVE").inc()
-        _settle(resumed)
-        yield PENDING, ds
-    tracker.operation(event, "C-MOVE", 0x0000)
+    yield from suboperations(event, "C-MOVE", refs, retrieve, tracker, metrics,
+                             before_send=_settle)
 
 
 # pynetdicom's requestor reactor wakes after each send_c_store() and polls the DIMSE

@@ -1,0 +1,53 @@
+"""The C-STORE sub-operation stream shared by C-GET and C-MOVE (PS3.4 C.4.2, C.4.3).
+
+pynetdicom sends each yielded dataset and keeps the remaining/completed/failed/warning
+counts; this generator decides what to yield: the instance, a placeholder whose send
+fails (so the UID lands in the Failed SOP Instance UID List) when the file is
+unreadable, or Cancel once the SCU sent C-CANCEL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import structlog
+from pynetdicom.events import Event
+
+from pacs_server.dicom.associations import AssociationTracker
+from pacs_server.dicom.status import CANCEL, PENDING, SUCCESS
+from pacs_server.errors import PacsError
+from pacs_server.metrics import Metrics
+from pacs_server.services.retrieve import RetrieveService, StoredRef, placeholder
+
+log = structlog.get_logger(__name__)
+
+
+def suboperations(event: Event, service: str, refs: list[StoredRef],
+                  retrieve: RetrieveService, tracker: AssociationTracker, metrics: Metrics,
+                  before_send: Callable[[float], None] | None = None) -> Iterator[Any]:
+    """Yield (0xFF00, dataset) per instance, or (0xFE00, None) after a C-CANCEL.
+
+    Args:
+        service: "C-GET" or "C-MOVE", for logs and metrics.
+        before_send: called with the time the previous sub-operation finished, just
+            before the next dataset is handed over (C-MOVE paces its sends with it).
+    """
+    for ref in refs:
+        resumed = time.monotonic()
+        if event.is_cancelled:
+            tracker.operation(event, service, CANCEL)
+            yield CANCEL, None
+            return
+        try:
+            ds = retrieve.load(ref)
+        except PacsError as exc:
+            log.error("retrieve.unreadable", service=service,
+                      sop_instance_uid=ref.sop_instance_uid, error=str(exc))
+            ds = placeholder(ref)
+        metrics.retrieved.labels(service).inc()
+        if before_send is not None:
+            before_send(resumed)
+        yield PENDING, ds
+    tracker.operation(event, service, SUCCESS)
