@@ -17,10 +17,12 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -31,6 +33,7 @@ from pydicom.uid import (
 from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs_server.errors import DatasetMismatch, UnreadableDataset
 from pacs_server.index.records import InstanceRecord
+from pacs_server.services.header_scan import ScanError, scan
 from pacs_server.storage import layout
 
 # Headers bigger than this are re-encoded without their bulk elements (waveforms,
@@ -92,6 +95,9 @@ def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Datase
 
     Returns the dataset, the header bytes to keep in the index and their transfer syntax.
     """
+    fast = _read_fast(fh, offset, transfer_syntax)
+    if fast is not None:
+        return fast
     fh.seek(0)
     try:
         ds = dcmread(fh, stop_before_pixels=True, force=True)
@@ -113,6 +119,53 @@ def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Datase
         fh.seek(offset)
         return ds, fh.read(end - offset), _header_syntax(transfer_syntax)
     return ds, _encode_without_bulk(ds), ExplicitVRLittleEndian
+
+
+# What build_record reads; the fast path decodes only these (with pydicom, lazily).
+_INDEXED_KEYWORDS = (
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "SeriesDate",
+    "ContentDate", "StudyTime", "SeriesTime", "ContentTime", "AccessionNumber", "Modality",
+    "ReferringPhysicianName", "StudyDescription", "SeriesDescription", "PatientName",
+    "PatientID", "PatientBirthDate", "PatientSex", "BodyPartExamined", "StudyInstanceUID",
+    "SeriesInstanceUID", "StudyID", "SeriesNumber", "InstanceNumber",
+)
+_INDEXED_TAGS = frozenset(int(Tag(kw)) for kw in _INDEXED_KEYWORDS)
+_FAST_SYNTAXES_IMPLICIT = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
+
+
+def _read_fast(fh: BinaryIO, offset: int,
+               transfer_syntax: str) -> tuple[Dataset, bytes, str] | None:
+    """The common case without pydicom's full parse: Little Endian, header under
+    MAX_RAW_HEADER, the three identifying UIDs present. None means: use the full parser
+    (it also produces the precise error for anything malformed)."""
+    if transfer_syntax in _FAST_SYNTAXES_IMPLICIT:
+        implicit = _FAST_SYNTAXES_IMPLICIT[transfer_syntax]
+    elif _is_native(transfer_syntax):
+        return None                       # big endian, deflated
+    else:
+        implicit = False                  # encapsulated: Explicit VR Little Endian
+    fh.seek(offset)
+    head = fh.read(MAX_RAW_HEADER + 12)
+    try:
+        found, pixel = scan(head, 0, len(head), implicit, _INDEXED_TAGS)
+    except ScanError:
+        return None
+    if pixel == len(head) and len(head) > MAX_RAW_HEADER:
+        return None                       # header larger than we keep raw
+    if not {_SOP_INSTANCE, _STUDY_UID, _SERIES_UID} <= found.keys():
+        return None
+    _check_complete(fh, offset + pixel, transfer_syntax)
+    elements = {
+        BaseTag(tag): RawDataElement(BaseTag(tag), vr, length, head[start:start + length],
+                                     offset + start, implicit, True)
+        for tag, (vr, start, length) in found.items()
+    }
+    return Dataset(elements), head[:pixel], _header_syntax(transfer_syntax)
+
+
+_SOP_INSTANCE = 0x00080018
+_STUDY_UID = 0x0020000D
+_SERIES_UID = 0x0020000E
 
 
 def _has_standard_element(ds: Dataset) -> bool:
