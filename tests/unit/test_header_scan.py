@@ -20,8 +20,22 @@ from pacs_server.services import ingest
 from pacs_server.services.header_scan import PIXEL_DATA, ScanError, scan
 from pacs_server.services.ingest import build_record, dataset_offset, read_record
 
-BUNDLED = sorted(glob.glob(os.path.join(DATA_ROOT, "test_files", "*.dcm"))
-                 + glob.glob(os.path.join(DATA_ROOT, "charset_files", "*.dcm")))
+def _part10_with_group_length(path: str) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with open(path, "rb") as fh:
+                dataset_offset(fh)
+            pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID  # noqa: B018
+        except Exception:
+            return False
+    return True
+
+
+# pydicom's bundled files that arrive as a C-STORE would leave them in .incoming.
+BUNDLED = [p for p in sorted(glob.glob(os.path.join(DATA_ROOT, "test_files", "*.dcm"))
+                             + glob.glob(os.path.join(DATA_ROOT, "charset_files", "*.dcm")))
+           if _part10_with_group_length(p)]
 
 
 def _encode(ds: Dataset, implicit: bool) -> bytes:
@@ -79,10 +93,4 @@ def _record(path: str, fast: bool) -> object:
 def test_fast_path_agrees_with_pydicom(path: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            with open(path, "rb") as fh:
-                dataset_offset(fh)
-            pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID  # noqa: B018
-        except Exception:
-            pytest.skip("not a Part-10 file with a group length")
         assert _record(path, fast=True) == _record(path, fast=False)
