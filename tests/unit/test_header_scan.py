@@ -20,6 +20,7 @@ from pacs_server.services import ingest
 from pacs_server.services.header_scan import PIXEL_DATA, ScanError, scan
 from pacs_server.services.ingest import build_record, dataset_offset, read_record
 
+
 def _part10_with_group_length(path: str) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
