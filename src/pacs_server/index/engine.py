@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import event, inspect
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -69,10 +69,6 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
 
 def _upgrade(connection: Connection) -> None:
     command.upgrade(_alembic_config(connection), "head")
-
-
-def _has_tables(connection: Connection) -> bool:
-    return bool(inspect(connection).get_table_names())
 
 
 async def migrate(engine: AsyncEngine) -> None:

@@ -76,11 +76,6 @@ VR_KIND = {"UI": "uid", "DA": "date", "TM": "time", "DT": "datetime", "PN": "pn"
            "IS": "int", "US": "int", "UL": "int", "SS": "int", "SL": "int"}
 
 
-def level_of(keyword: str) -> str | None:
-    attr = ATTRS.get(keyword)
-    return attr.level if attr else None
-
-
 def is_universal(value: str) -> bool:
     """PS3.4 C.2.2.2.3: an empty value, or only `*`, matches everything."""
     return value == "" or set(value) == {"*"}

@@ -161,7 +161,7 @@ class IndexRepository:
                                        if job.replace else None)
                         rows.append(await self._instance_row(conn, batch, job.record))
                     await conn.execute(_INSERT_INSTANCE, rows)
-                    await self._flush_counts(conn, batch)
+                    await self._flush_study_sets(conn, batch)
                 return results
             except IntegrityError as exc:
                 self._forget_caches()
@@ -278,7 +278,7 @@ class IndexRepository:
         self._series[rec.series_instance_uid] = (pk, study_pk, patient_pk)
         return pk
 
-    async def _flush_counts(self, conn: AsyncConnection, batch: _Batch) -> None:
+    async def _flush_study_sets(self, conn: AsyncConnection, batch: _Batch) -> None:
         """Write the batch's changed ModalitiesInStudy/SOPClassesInStudy sets.
 
         The related-instance counts are kept by triggers (migration 0002).
@@ -292,7 +292,7 @@ class IndexRepository:
     async def _remove_instance(self, conn: AsyncConnection, batch: _Batch, pk: int,
                                series_pk: int) -> None:
         """Delete one instance row (triggers keep the counts); prune emptied parents."""
-        await self._flush_counts(conn, batch)
+        await self._flush_study_sets(conn, batch)
         await conn.execute(delete(Instance).where(Instance.pk == pk))
         series = (await conn.execute(select(Series.pk, Series.study_pk, Series.num_instances)
                                      .where(Series.pk == series_pk))).one()

@@ -17,12 +17,12 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import structlog
 
 from pacs_server.config import StorageConfig
-from pacs_server.errors import DuplicateInstance, PacsError
+from pacs_server.errors import DuplicateInstance
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.ingest import (
@@ -36,7 +36,6 @@ from pacs_server.storage.filestore import FileStore
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
@@ -170,16 +169,15 @@ class ArchiveService:
                     return self._duplicate(rec, policy)
                 # A file nobody indexed: left by an interrupted store. Take its place.
                 self.files.place(staged.part, rec.rel_path)
+            # Any other error leaves the placed file: the row may or may not have been
+            # committed (a timeout is ambiguous), and an unindexed file is the allowed
+            # leftover, a row without its file is not.
             try:
                 run(self.catalog.add(rec, False))
             except DuplicateInstance:
                 # Indexed already, under another path (e.g. PatientID changed).
                 self.files.remove(rec.rel_path)
                 return self._duplicate(rec, policy)
-            except PacsError:
-                # The row may or may not have been committed (a timeout is ambiguous);
-                # an unindexed file is the allowed leftover, a row without file is not.
-                raise
         self._count_stored(rec.size)
         return StoreOutcome.STORED
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
@@ -329,7 +329,3 @@ def build_record(ds: Dataset, header: bytes, header_syntax: str, transfer_syntax
         naming, patient_id=patient_id, study_uid=study_uid, series_uid=series_uid,
         sop_uid=sop_uid, study_date=record.study["study_date"], received=now.date())
     return record
-
-
-def today() -> date:
-    return datetime.now(UTC).date()
