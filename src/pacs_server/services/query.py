@@ -135,34 +135,22 @@ class QueryService:
                     yield kept
 
     def _check(self, row: dict[str, Any], checks: list[QueryKey], level: str) -> bool:
-        header: Dataset | None = None
+        headers: dict[str, Dataset] = {}
         sensitive = self._cfg.case_sensitive_names
         for key in checks:
-            attr = ATTRS.get(key.keyword)
-            if attr is not None:
-                stored = row[column_key(attr.level, _COLUMN_NAME[key.keyword])]
-                kind = attr.kind
-            else:
-                if header is None:
-                    header = _header(row, level)
-                stored = _text_value(header, key.tag)
-                kind = VR_KIND.get(key.vr, "str")
+            stored, kind = _stored(row, key, level, headers)
             if not matches(stored, key.value, kind, sensitive):
                 return False
         return True
-
-    def _stored(self, row: dict[str, Any], key: QueryKey, level: str) -> str:
-        attr = ATTRS.get(key.keyword)
-        if attr is not None:
-            value = row[column_key(attr.level, _COLUMN_NAME[key.keyword])]
-            return "" if value is None else str(value)
-        return _text_value(_header(row, level), key.tag)
 
     def _check_pair(self, row: dict[str, Any], date_key: QueryKey, time_key: QueryKey,
                     level: str) -> bool:
         """Combined date-time range: 20240101-20240102 with 2200-0600 means from
         2024-01-01 22:00 to 2024-01-02 06:00, not two independent ranges."""
-        stored = self._stored(row, date_key, level) + self._stored(row, time_key, level)
+        headers: dict[str, Dataset] = {}
+        day, _ = _stored(row, date_key, level, headers)
+        clock, _ = _stored(row, time_key, level, headers)
+        stored = ("" if day is None else str(day)) + ("" if clock is None else str(clock))
         return matches(stored, combine_range(date_key.value, time_key.value), "datetime")
 
     def _response(self, req: FindRequest, row: dict[str, Any]) -> Dataset:
@@ -209,12 +197,23 @@ def combine_range(date_q: str, time_q: str) -> str:
     return f"{lo}-{hi}"
 
 
+def _stored(row: dict[str, Any], key: QueryKey, level: str,
+            headers: dict[str, Dataset]) -> tuple[Any, str]:
+    """The stored value of `key` for this row and how to match it: from its index column,
+    else from the level's stored header (decoded once per row, cached in `headers`)."""
+    attr = ATTRS.get(key.keyword)
+    if attr is not None:
+        return row[column_key(attr.level, _COLUMN_NAME[key.keyword])], attr.kind
+    if level not in headers:
+        headers[level] = _header(row, level)
+    return _text_value(headers[level], key.tag), VR_KIND.get(key.vr, "str")
+
+
 def _header(row: dict[str, Any], level: str) -> Dataset:
-    prefix = {"PATIENT": "p", "STUDY": "st", "SERIES": "se", "IMAGE": "i"}[level]
-    blob, syntax = row[f"{prefix}_header"], row[f"{prefix}_header_syntax"]
+    blob = row[column_key(level, "header")]
     if not blob:
         return Dataset()
-    return decode_header(blob, syntax)
+    return decode_header(blob, row[column_key(level, "header_syntax")])
 
 
 def _text_value(ds: Dataset, tag: int) -> str:
