@@ -15,9 +15,8 @@ from pynetdicom.events import Event
 
 from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.bridge import LoopBridge
-from pacs_server.dicom.identifiers import parse_identifier
-from pacs_server.dicom.status import Service, failure
-from pacs_server.dicom.suboperations import suboperations
+from pacs_server.dicom.status import Service
+from pacs_server.dicom.suboperations import refused, resolve, suboperations
 from pacs_server.errors import PacsError
 from pacs_server.metrics import Metrics
 from pacs_server.services.retrieve import RetrieveService
@@ -29,12 +28,9 @@ def handle_get(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
                tracker: AssociationTracker, metrics: Metrics) -> Iterator[Any]:
     """Yields the sub-operation count, then (0xFF00, dataset) per instance."""
     try:
-        req = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
-        refs = bridge.run(retrieve.resolve(req))
+        req, refs = resolve(event, retrieve, bridge)
     except PacsError as exc:
-        status = failure(Service.C_GET, exc)
-        log.warning("c_get.failed", status=f"0x{status.Status:04X}", error=str(exc))
-        tracker.operation(event, "C-GET", status.Status)
+        status = refused(event, Service.C_GET, tracker, exc)
         yield 1                     # pynetdicom wants a count before any status
         yield status, None
         return

@@ -18,9 +18,8 @@ from pynetdicom.sop_class import Verification
 from pacs_server.config import PeerConfig
 from pacs_server.dicom.associations import AssociationTracker, set_nodelay
 from pacs_server.dicom.bridge import LoopBridge
-from pacs_server.dicom.identifiers import parse_identifier
-from pacs_server.dicom.status import Service, failure
-from pacs_server.dicom.suboperations import suboperations
+from pacs_server.dicom.status import Service
+from pacs_server.dicom.suboperations import refused, resolve, suboperations
 from pacs_server.errors import PacsError
 from pacs_server.metrics import Metrics
 from pacs_server.services.retrieve import RetrieveService, StoredRef
@@ -43,12 +42,9 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         yield None, None            # pynetdicom answers 0xA801 Move Destination Unknown
         return
     try:
-        req = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
-        refs = bridge.run(retrieve.resolve(req))
+        req, refs = resolve(event, retrieve, bridge)
     except PacsError as exc:
-        status = failure(Service.C_MOVE, exc)
-        log.warning("c_move.failed", status=f"0x{status.Status:04X}", error=str(exc))
-        tracker.operation(event, "C-MOVE", status.Status)
+        status = refused(event, Service.C_MOVE, tracker, exc)
         # pynetdicom needs a destination and a count before it accepts a final status,
         # and it associates with the destination in between: propose Verification, or
         # pynetdicom refuses to associate without contexts and answers 0xC515 instead.

@@ -13,15 +13,40 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
+from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from pacs_server.dicom.associations import AssociationTracker
-from pacs_server.dicom.status import CANCEL, PENDING, SUCCESS
+from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.identifiers import parse_identifier
+from pacs_server.dicom.status import CANCEL, PENDING, SUCCESS, Service, failure
 from pacs_server.errors import PacsError
 from pacs_server.metrics import Metrics
+from pacs_server.services.query import FindRequest
 from pacs_server.services.retrieve import RetrieveService, StoredRef, placeholder
 
 log = structlog.get_logger(__name__)
+
+
+def resolve(event: Event, retrieve: RetrieveService,
+            bridge: LoopBridge) -> tuple[FindRequest, list[StoredRef]]:
+    """The request's identifier, decoded, and the instances it selects.
+
+    Raises:
+        PacsError: the identifier is invalid or the index did not answer.
+    """
+    req = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
+    return req, bridge.run(retrieve.resolve(req))
+
+
+def refused(event: Event, service: Service, tracker: AssociationTracker,
+            exc: PacsError) -> Dataset:
+    """The failure status for a retrieve that cannot start; logged and counted."""
+    status = failure(service, exc)
+    log.warning("retrieve.failed", service=service.value, status=f"0x{status.Status:04X}",
+                error=str(exc))
+    tracker.operation(event, service.value, status.Status)
+    return status
 
 
 def suboperations(event: Event, service: str, refs: list[StoredRef],
