@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pacs_testing import SERVER_AE, DicomFiles, Scu, pick_free_port, wait_until_responds
+from pacs_testing import SERVER_AE, DicomFiles, Scu, dcmtk_path, pick_free_port, wait_until_responds
+from pacs_testing import require_dcmtk as require_dcmtk_tools
 from prometheus_client import CollectorRegistry
 
 from pacs_server.app import PacsApp
@@ -125,21 +125,10 @@ def free_port() -> Callable[[], int]:
 def _put_dcmtk_first_on_path() -> None:
     """pynetdicom installs console scripts named like dcmtk's (echoscu, storescu, ...)
     into the virtualenv; with an activated venv they would shadow dcmtk. Put the
-    directory of the real dcmtk (its `--version` names dcmtk) first on PATH."""
-    import subprocess
-
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = Path(directory) / "echoscu"
-        if not candidate.is_file():
-            continue
-        try:
-            out = subprocess.run([str(candidate), "--version"], capture_output=True,
-                                 text=True, timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if "dcmtk" in out.lower():
-            os.environ["PATH"] = directory + os.pathsep + os.environ["PATH"]
-            return
+    directory of the real dcmtk first on PATH, for the tests that call tools by name."""
+    echoscu = dcmtk_path("echoscu")
+    if echoscu is not None:
+        os.environ["PATH"] = str(Path(echoscu).parent) + os.pathsep + os.environ["PATH"]
 
 
 _put_dcmtk_first_on_path()
@@ -147,13 +136,7 @@ _put_dcmtk_first_on_path()
 
 def require_dcmtk(tools: tuple[str, ...] = DCMTK_TOOLS) -> None:
     """Skip (naming the missing tools) unless PACS_REQUIRE_DCMTK=1, then fail."""
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if not missing:
-        return
-    message = f"dcmtk tools not found on PATH: {', '.join(missing)}"
-    if os.environ.get("PACS_REQUIRE_DCMTK") == "1":
-        pytest.fail(f"{message} (PACS_REQUIRE_DCMTK=1)", pytrace=False)
-    pytest.skip(f"{message}; install dcmtk or set PACS_REQUIRE_DCMTK=1 to make this fail")
+    require_dcmtk_tools(tools)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -168,8 +151,8 @@ class Dcmtk:
     env: dict[str, str]
 
     def tool(self, name: str) -> str:
-        path = shutil.which(name)
-        assert path is not None, f"{name} not on PATH"
+        path = dcmtk_path(name)
+        assert path is not None, f"dcmtk {name} not on PATH"
         return path
 
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import os
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 import warnings
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -254,6 +257,42 @@ def wait_until_responds(port: int | None, timeout: float = 15.0, called: str = S
         return bool(assoc.is_rejected)
 
     wait_until(answers, timeout, f"an answer to A-ASSOCIATE-RQ on port {port}")
+
+
+# --------------------------------------------------------------------------- dcmtk
+
+@functools.cache
+def _dcmtk_path(name: str, path_env: str) -> str | None:
+    for directory in path_env.split(os.pathsep):
+        candidate = Path(directory or ".") / name
+        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+            continue
+        try:
+            out = subprocess.run([str(candidate), "--version"], capture_output=True,
+                                 text=True, errors="replace", timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "dcmtk" in (out.stdout + out.stderr).lower():
+            return str(candidate)
+    return None
+
+
+def dcmtk_path(name: str) -> str | None:
+    """The dcmtk program `name` on PATH. pynetdicom installs console scripts with the same
+    names (findscu, getscu, movescu, storescp, storescu, echoscu) into the virtualenv,
+    so the first `name` on PATH is not necessarily dcmtk's."""
+    return _dcmtk_path(name, os.environ.get("PATH", ""))
+
+
+def require_dcmtk(tools: Sequence[str]) -> None:
+    """Skip (naming the missing tools) unless PACS_REQUIRE_DCMTK=1, then fail."""
+    missing = [tool for tool in tools if dcmtk_path(tool) is None]
+    if not missing:
+        return
+    message = f"dcmtk tools not found on PATH: {', '.join(missing)}"
+    if os.environ.get("PACS_REQUIRE_DCMTK") == "1":
+        pytest.fail(f"{message} (PACS_REQUIRE_DCMTK=1)", pytrace=False)
+    pytest.skip(f"{message}; install dcmtk or set PACS_REQUIRE_DCMTK=1 to make this fail")
 
 
 # --------------------------------------------------------------------------- DICOM files

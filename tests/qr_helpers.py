@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import os
 import re
 import socket
@@ -42,8 +41,9 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
+from pacs_testing import bundled_file, dcmtk_path
+from pacs_testing import require_dcmtk as require_dcmtk_tools
 from prometheus_client import CollectorRegistry
-from pydicom.data import DATA_ROOT, get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
@@ -65,29 +65,6 @@ CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 # --------------------------------------------------------------------------- dcmtk
 
-@functools.cache
-def _dcmtk_path(name: str, path_env: str) -> str | None:
-    for directory in path_env.split(os.pathsep):
-        candidate = Path(directory or ".") / name
-        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
-            continue
-        try:
-            out = subprocess.run([str(candidate), "--version"], capture_output=True,
-                                 text=True, errors="replace", timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if "dcmtk" in (out.stdout + out.stderr).lower():
-            return str(candidate)
-    return None
-
-
-def dcmtk_path(name: str) -> str | None:
-    """The dcmtk program `name` on PATH. pynetdicom installs console scripts with the same
-    names (findscu, getscu, movescu, storescp, storescu, echoscu) into the virtualenv,
-    so the first `name` on PATH is not necessarily dcmtk's."""
-    return _dcmtk_path(name, os.environ.get("PATH", ""))
-
-
 def dcmtk(name: str) -> str:
     path = dcmtk_path(name)
     if path is None:
@@ -98,13 +75,7 @@ def dcmtk(name: str) -> str:
 
 def require_dcmtk(tools: Sequence[str] = DCMTK_QR_TOOLS) -> None:
     """Skip (with the missing tools named) unless PACS_REQUIRE_DCMTK=1, then fail."""
-    missing = [t for t in tools if dcmtk_path(t) is None]
-    if not missing:
-        return
-    message = f"dcmtk tools not found on PATH: {', '.join(missing)}"
-    if os.environ.get("PACS_REQUIRE_DCMTK") == "1":
-        pytest.fail(f"{message} (PACS_REQUIRE_DCMTK=1)", pytrace=False)
-    pytest.skip(f"{message}; install dcmtk or set PACS_REQUIRE_DCMTK=1 to make this fail")
+    require_dcmtk_tools(tools)
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -345,17 +316,6 @@ def store_files(port: int, paths: Iterable[Path]) -> list[int]:
 
 # --------------------------------------------------------------------------- data
 
-def bundled(name: str) -> Path:
-    """A file shipped with pydicom (test or charset files); never downloaded."""
-    charset = Path(DATA_ROOT) / "charset_files" / name
-    if charset.is_file():
-        return charset
-    found = get_testdata_file(name, download=False)
-    if found is None:
-        raise FileNotFoundError(f"{name} is not among pydicom's local test files")
-    return Path(str(found))
-
-
 _TEMPLATES: dict[str, Dataset] = {}
 
 
@@ -363,7 +323,7 @@ def from_template(name: str = "CT_small.dcm", *, study: str | None = None,
                   series: str | None = None, **attrs: Any) -> Dataset:
     """`name` with a fresh SOP Instance UID (and study/series unless given) and `attrs` set."""
     if name not in _TEMPLATES:
-        _TEMPLATES[name] = pydicom.dcmread(bundled(name))
+        _TEMPLATES[name] = pydicom.dcmread(bundled_file(name))
     ds = copy.deepcopy(_TEMPLATES[name])
     uid = generate_uid()
     ds.SOPInstanceUID = uid
