@@ -53,6 +53,7 @@ class PacsApp:
         self.queries: QueryService | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._engine: Any = None
+        self._writer_engine: Any = None
 
     async def start(self) -> None:
         """Bring everything up; raises StartupError with a one-line reason."""
@@ -68,8 +69,10 @@ class PacsApp:
             if self.use_index:
                 self._engine = create_engine(cfg.database)
                 await migrate(self._engine)
+                self._writer_engine = create_engine(cfg.database, writer=True)
                 self.repo = IndexRepository(self._engine, cfg.database.commit_batch,
-                                            on_commit=self.metrics.index_batch.observe)
+                                            on_commit=self.metrics.index_batch.observe,
+                                            writer_engine=self._writer_engine)
                 await self.repo.start()
                 counts = await self.repo.counts()
                 catalog = IndexCatalog(self.repo)
@@ -136,9 +139,10 @@ class PacsApp:
         if self.repo is not None:
             await self.repo.close()
             self.repo = None
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = None
+        for engine in (self._writer_engine, self._engine):
+            if engine is not None:
+                await engine.dispose()
+        self._engine = self._writer_engine = None
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, then stop. SIGHUP reloads the config."""

@@ -1,4 +1,4 @@
-"""The one AsyncEngine of the process: SQLite pragmas, real transactions, migrations."""
+"""The index engines: SQLite pragmas, real transactions, migrations."""
 
 from __future__ import annotations
 
@@ -24,11 +24,17 @@ def database_url(cfg: DatabaseConfig) -> str:
     return f"sqlite+aiosqlite:///{Path(cfg.path).expanduser().resolve()}"
 
 
-def create_engine(cfg: DatabaseConfig) -> AsyncEngine:
+def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:
     """Build the engine; for SQLite, make transactions mean what they say.
 
     pysqlite's legacy transaction handling defers BEGIN; the documented SQLAlchemy recipe
     turns that off and emits BEGIN ourselves, so a read-modify-write is atomic.
+
+    `writer=True` builds the engine of the index writer (IndexRepository), the only code
+    that writes. On SQLite it keeps pysqlite's implicit BEGIN: the transaction starts in
+    the same driver call as the first INSERT/UPDATE/DELETE, which saves the three thread
+    hops of a separate BEGIN on every commit (0.95 -> 0.68 ms for a one-instance commit).
+    Its reads before the first write need no snapshot, because nothing else writes.
     """
     url = database_url(cfg)
     if not url.startswith("sqlite"):
@@ -43,7 +49,8 @@ def create_engine(cfg: DatabaseConfig) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
+        if not writer:
+            dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         if cfg.wal_mode:
             cur.execute("PRAGMA journal_mode=WAL")
@@ -53,9 +60,10 @@ def create_engine(cfg: DatabaseConfig) -> AsyncEngine:
         cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
         cur.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+    if not writer:
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN")
 
     return engine
 

@@ -66,8 +66,11 @@ class IndexRepository:
     """The archive index. Create one per process; `start()` before use, `close()` after."""
 
     def __init__(self, engine: AsyncEngine, commit_batch: int = 256,
-                 on_commit: Any = None) -> None:
+                 on_commit: Any = None, writer_engine: AsyncEngine | None = None) -> None:
+        """`writer_engine` (create_engine(..., writer=True)) serves the write path;
+        `engine` the reads."""
         self._engine = engine
+        self._writer_engine = writer_engine or engine
         self._batch_size = commit_batch
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -165,7 +168,7 @@ class IndexRepository:
         for attempt in range(1, _MAX_RETRIES + 1):
             try:
                 if self._conn is None:
-                    self._conn = await self._engine.connect()
+                    self._conn = await self._writer_engine.connect()
                 conn = self._conn
                 async with conn.begin():
                     batch = _Batch()
