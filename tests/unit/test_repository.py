@@ -51,13 +51,16 @@ class Commits:
 
 @pytest.fixture
 async def repo_env(tmp_path: Path) -> AsyncIterator[tuple[IndexRepository, Commits, Any]]:
-    engine = create_engine(DatabaseConfig(path=str(tmp_path / "index.db")))
+    cfg = DatabaseConfig(path=str(tmp_path / "index.db"))
+    engine = create_engine(cfg)
     await migrate(engine)
+    writer = create_engine(cfg, writer=True)   # as the server runs it
     commits = Commits()
-    repo = IndexRepository(engine, commit_batch=256, on_commit=commits)
+    repo = IndexRepository(engine, commit_batch=256, on_commit=commits, writer_engine=writer)
     await repo.start()
     yield repo, commits, engine
     await repo.close()
+    await writer.dispose()
     await engine.dispose()
 
 
