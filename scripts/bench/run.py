@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import clients  # noqa: E402
 import generate  # noqa: E402
+import servers  # noqa: E402
 from clients import BenchError  # noqa: E402
 from report import Results, environment  # noqa: E402
 from servers import (  # noqa: E402
@@ -498,7 +499,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(default: system temp, which must not be tmpfs for honest fsync)")
     p.add_argument("--out", default=str(REPO / "bench-results"))
     p.add_argument("--keep", action="store_true", help="keep server directories")
+    p.add_argument("--pacs-bin", help="the pacs_server executable to start (default: the "
+                   "venv's; scripts/bench/what_if.py measures proposed pynetdicom changes)")
     a = p.parse_args(argv)
+    if a.pacs_bin:
+        servers.PACS_BIN = Path(a.pacs_bin).resolve()
     a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
     a.phases = ([s.strip() for s in a.phases.split(",")] if a.phases
                 else [ph for ph in PHASES if a.full or ph != "huge"])
