@@ -33,6 +33,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import build_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import servers  # noqa: E402
 from servers import ENV, HOST, OrthancServer, PacsServer, free_port  # noqa: E402
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -128,20 +129,25 @@ def floor_server(port: int) -> subprocess.Popen[bytes]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--pacs-bin", help="the pacs_server executable (e.g. scripts/bench/what_if.py)")
+    p.add_argument("--only-pacs", action="store_true", help="skip Orthanc and the floor")
     a = p.parse_args()
+    if a.pacs_bin:
+        servers.PACS_BIN = Path(a.pacs_bin).resolve()
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="assoc-phases-") as tmp:
-        for cls in (PacsServer, OrthancServer):
+        for cls in (PacsServer,) if a.only_pacs else (PacsServer, OrthancServer):
             with cls(Path(tmp) / cls.name) as srv:   # __enter__ starts it
                 results[cls.name] = measure(srv.port, srv.ae, a.runs)
-    port = free_port()
-    proc = floor_server(port)
-    try:
-        time.sleep(0.5)   # the probe connection above holds a thread; let it settle
-        results["pynetdicom floor"] = measure(port, "FLOOR", a.runs)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    if not a.only_pacs:
+        port = free_port()
+        proc = floor_server(port)
+        try:
+            time.sleep(0.5)   # the probe connection above holds a thread; let it settle
+            results["pynetdicom floor"] = measure(port, "FLOOR", a.runs)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
     print(f"median of {a.runs} associations, server-side latency in ms\n")
     print("| step | " + " | ".join(results) + " |")
     print("| --- |" + " --- |" * len(results))
