@@ -220,6 +220,8 @@ def analysis(wall_path: Path, cpu_path: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--size", choices=["small", "large"], default="small",
+                   help="small: CT_small (39 KB); large: 512x512 16-bit (520 KB), as run.py")
     p.add_argument("--runs", type=int, default=2, help="timing runs per configuration")
     p.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--data-dir", default="/tmp/pacs-bench-data")
@@ -233,13 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(a.out) if a.out else REPO / "bench-results" / f"profile-{stamp}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    m = generate.generate(Path(a.data_dir) / f"small-{a.count}", a.count, split=4)
-    root = Path(a.data_dir) / f"small-{a.count}"
+    root = Path(a.data_dir) / f"{a.size}-{a.count}"
+    if a.size == "small":
+        m = generate.generate(root, a.count, split=4)
+    else:   # the same parameters as run.py's "large" phase, so the data is shared
+        m = generate.generate(root, a.count, max(1, a.count // 50), 2, "large", 2)
     n = m.files
     spy = pyspy()
     work = Path(tempfile.mkdtemp(prefix="pacs-profile-"))
     lines = [f"# pacs_server C-STORE profile, {stamp}", "",
-             f"{n} small instances ({m.bytes / 1e6:.1f} MB) over one storescu association, "
+             f"{n} {a.size} instances ({m.bytes / 1e6:.1f} MB) over one storescu association, "
              "fresh server each run.", ""]
     try:
         lines += ["| configuration | wall ms/instance | server CPU ms/instance | instances/s |",
