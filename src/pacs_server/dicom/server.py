@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from pydicom import config as pydicom_config
 from pydicom.uid import (
     AllTransferSyntaxes,
     DeflatedExplicitVRLittleEndian,
@@ -51,6 +52,14 @@ log = structlog.get_logger(__name__)
 _config.STORE_RECV_CHUNKED_DATASET = True
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+
+# pydicom checks every value it reads against the standard's regular expressions (each UID
+# pynetdicom decodes from a PDU, each indexed header value) only to emit Python warnings;
+# nothing in the server acts on them. The checks that matter are ours (storage/layout.py
+# for anything that names a file, services/ingest.py for what is indexed) and pynetdicom's
+# (UID length, empty values). Skipping pydicom's cuts the decode of storescu's
+# A-ASSOCIATE-RQ (128 presentation contexts) from 10.5 to 4.5 ms.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 # Every transfer syntax pydicom knows: stored as received, never transcoded on ingest.
 # pynetdicom accepts the first of *our* syntaxes that the requestor proposed, so the
