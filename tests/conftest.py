@@ -26,6 +26,7 @@ import pytest
 from pacs_testing import SERVER_AE, DicomFiles, Scu, dcmtk_path, pick_free_port, wait_until_responds
 from pacs_testing import require_dcmtk as require_dcmtk_tools
 from prometheus_client import CollectorRegistry
+from qr_helpers import start_qr_server  # noqa: F401  (fixture, shared by the Q/R test modules)
 
 from pacs_server.app import PacsApp
 from pacs_server.config import Config, load_config

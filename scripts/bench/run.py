@@ -191,7 +191,8 @@ class Bench:
                             times.append(t.seconds * 1000)
                         return statistics.median(times), None
 
-                    def per_file(srv: Server = srv) -> tuple[float, float]:
+                    def per_file(srv: Server = srv,
+                                 mon: RssMonitor | None = mon) -> tuple[float, float]:
                         started = time.perf_counter()
                         for f in files:
                             t = clients.store(srv.port, srv.ae, [f], timeout=60)
@@ -243,7 +244,8 @@ class Bench:
                 for name in rotate(names, k):
                     srv = servers[name]
 
-                    def ingest(srv: Server = srv, name: str = name) -> tuple[float, float]:
+                    def ingest(srv: Server = srv, name: str = name, dirs: list[Path] = dirs,
+                               m: generate.Manifest = m) -> tuple[float, float]:
                         mon = RssMonitor(srv.pid).start()
                         t = clients.store_parallel(srv.port, srv.ae, dirs)
                         rss = mon.stop()
@@ -363,7 +365,7 @@ class Bench:
             for name in rotate(names, r):
                 srv = servers[name]
 
-                def cget(srv: Server = srv, name: str = name) -> tuple[float, float]:
+                def cget(srv: Server = srv, name: str = name, r: int = r) -> tuple[float, float]:
                     out = self.work / f"get-{name}-{r}"
                     try:
                         mon = RssMonitor(srv.pid).start()

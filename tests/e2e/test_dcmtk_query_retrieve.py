@@ -40,7 +40,6 @@ from qr_helpers import (
     movescu,
     qr_config,
     require_dcmtk,
-    start_qr_server,  # noqa: F401  (fixture)
     store_datasets,
     store_files,
     write_file,

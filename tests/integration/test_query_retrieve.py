@@ -43,7 +43,6 @@ from qr_helpers import (
     qr_config,
     scu_ae,
     server_warnings,
-    start_qr_server,  # noqa: F401  (fixture)
     store_datasets,
 )
 
