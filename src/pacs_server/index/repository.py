@@ -389,6 +389,10 @@ class IndexRepository:
 
 
 def _is_retryable(exc: DBAPIError) -> bool:
+    # A lost connection (database server restarted): the writer's long-lived connection
+    # is dropped and the retry opens a new one.
+    if exc.connection_invalidated:
+        return True
     text = str(exc.orig if exc.orig is not None else exc).lower()
     return any(word in text for word in ("could not serialize", "deadlock", "database is locked",
                                          "serialization failure"))
