@@ -17,13 +17,22 @@ import asyncio
 import os
 import tempfile
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pacs_testing import SERVER_AE, DicomFiles, Scu, dcmtk_path, pick_free_port, wait_until_responds
+from pacs_testing import (
+    SERVER_AE,
+    DicomFiles,
+    PostgresCluster,
+    Scu,
+    dcmtk_path,
+    pick_free_port,
+    require_postgres,
+    wait_until_responds,
+)
 from pacs_testing import require_dcmtk as require_dcmtk_tools
 from prometheus_client import CollectorRegistry
 from qr_helpers import start_qr_server  # noqa: F401  (fixture, shared by the Q/R test modules)
@@ -61,6 +70,23 @@ def make_cfg(tmp_path: Path) -> Callable[..., Config]:
         return load_config(path, values)
 
     return make
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throw-away PostgreSQL server for the session (skipped, or failed when
+    PACS_REQUIRE_POSTGRES=1, if PostgreSQL or asyncpg is missing)."""
+    cluster = PostgresCluster(require_postgres())
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return postgres_cluster.create_database()
 
 
 # --------------------------------------------------------------------------- server

@@ -508,3 +508,44 @@ def test_combined_date_time_matching_when_negotiated(archive: dict[str, Any]) ->
         "STUDY", StudyDate="20230115-20230116", StudyTime="0000-2359", StudyInstanceUID=""),
         ext_neg=[ext]))
     assert len(wide) == 4
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+def test_the_server_on_postgresql(start_qr_server: Callable[..., QrServer],
+                                  postgres_cluster: Any, postgres_url: str) -> None:
+    """The whole path with the index in PostgreSQL (`database.url`): C-STORE with the
+    duplicate check, C-FIND with a case-insensitive wildcard and the trigger-kept counts,
+    C-GET, and a database restart under a running server."""
+    srv = start_qr_server("pg", database={"url": postgres_url})
+    study_a, study_b = generate_uid(), generate_uid()
+    series_a = generate_uid()
+    sent = ([small_instance(PatientID="PG1", PatientName="Smith^Anna", StudyInstanceUID=study_a,
+                            SeriesInstanceUID=series_a, InstanceNumber=i) for i in range(3)]
+            + [small_instance(PatientID="PG2", PatientName="Jones^Bob",
+                              StudyInstanceUID=study_b, InstanceNumber=1)])
+    assert store_datasets(srv.port, sent) == [SUCCESS] * 4
+    assert store_datasets(srv.port, [sent[0]]) == [0x0111]       # duplicate refused
+
+    studies = matches_of(c_find(srv.port, identifier(
+        "STUDY", PatientName="smi*", StudyInstanceUID="", NumberOfStudyRelatedInstances="",
+        NumberOfStudyRelatedSeries="", ModalitiesInStudy="")))
+    assert [(s.StudyInstanceUID, int(s.NumberOfStudyRelatedInstances),
+             int(s.NumberOfStudyRelatedSeries), s.ModalitiesInStudy) for s in studies] == [
+        (study_a, 3, 1, "OT")]
+    images = matches_of(c_find(srv.port, identifier(
+        "IMAGE", StudyInstanceUID=study_a, SeriesInstanceUID=series_a, SOPInstanceUID="")))
+    assert sorted(i.SOPInstanceUID for i in images) == sorted(ds.SOPInstanceUID
+                                                              for ds in sent[:3])
+
+    scu = GetScu(SECONDARY_CAPTURE)
+    rsps = scu.get(srv.port, identifier("STUDY", StudyInstanceUID=study_a))
+    assert rsps[-1].status == SUCCESS
+    assert set(scu.received) == {ds.SOPInstanceUID for ds in sent[:3]}
+
+    # A restart cuts the index writer's connection; the next C-STORE must still succeed.
+    postgres_cluster.restart()
+    late = small_instance(PatientID="PG1", StudyInstanceUID=study_a, SeriesInstanceUID=series_a)
+    assert store_datasets(srv.port, [late]) == [SUCCESS]
+    counts = srv.run(srv.app.repo.counts())
+    assert (counts["patients"], counts["studies"], counts["instances"]) == (2, 2, 5)

@@ -1,4 +1,5 @@
-"""index/repository.py on a real SQLite file: counts, group commit, duplicates, replace."""
+"""index/repository.py on a real SQLite file and a real PostgreSQL database: counts, group
+commit, duplicates, replace."""
 
 from __future__ import annotations
 
@@ -49,9 +50,13 @@ class Commits:
         self.batches.append(n)
 
 
-@pytest.fixture
-async def repo_env(tmp_path: Path) -> AsyncIterator[tuple[IndexRepository, Commits, Any]]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def repo_env(request: pytest.FixtureRequest,
+                   tmp_path: Path) -> AsyncIterator[tuple[IndexRepository, Commits, Any]]:
+    """The repository as the server runs it, on SQLite and on PostgreSQL."""
     cfg = DatabaseConfig(path=str(tmp_path / "index.db"))
+    if request.param == "postgresql":
+        cfg = DatabaseConfig(url=request.getfixturevalue("postgres_url"))
     engine = create_engine(cfg)
     await migrate(engine)
     writer = create_engine(cfg, writer=True)   # as the server runs it
@@ -332,3 +337,26 @@ async def test_startup_error_is_one_line(tmp_path: Path) -> None:
         await migrate(engine)
     await engine.dispose()
     assert str(info.value) == "index database cannot be opened or upgraded: file is not a database"
+
+
+async def test_writer_reconnects_after_a_database_restart(postgres_cluster: Any,
+                                                          postgres_url: str) -> None:
+    """The writer keeps one connection; a restart of the database server cuts it, and
+    the next write must still commit (on a new connection), not fail its C-STORE."""
+    cfg = DatabaseConfig(url=postgres_url)
+    engine = create_engine(cfg)
+    await migrate(engine)
+    writer = create_engine(cfg, writer=True)
+    repo = IndexRepository(engine, writer_engine=writer)
+    await repo.start()
+    try:
+        await repo.add_instance(record())
+        postgres_cluster.restart()
+        after = record()
+        await repo.add_instance(after)
+        assert await repo.instance_path(after.sop_instance_uid) == str(after.rel_path)
+        assert (await repo.counts())["instances"] == 2
+    finally:
+        await repo.close()
+        await writer.dispose()
+        await engine.dispose()
