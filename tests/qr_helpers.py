@@ -41,25 +41,30 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
-from pacs_testing import bundled_file, dcmtk_path
+from pacs_testing import (
+    CT_IMAGE,
+    MR_IMAGE,
+    SECONDARY_CAPTURE,
+    SERVER_AE,
+    bundled_file,
+    dcmtk_path,
+    no_delay,
+    pick_free_port,
+    wait_until,
+)
 from pacs_testing import require_dcmtk as require_dcmtk_tools
 from prometheus_client import CollectorRegistry
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
-from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification
 
 from pacs_server.app import PacsApp
 from pacs_server.config import Config, load_config
 from pacs_server.metrics import Metrics
 
-SERVER_AE = "PACS"
 SCU_AE = "QRSCU"
 DCMTK_QR_TOOLS = ("findscu", "movescu", "getscu", "storescp", "storescu", "dcmdump")
-CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
-MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
@@ -96,23 +101,6 @@ def server_warnings() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- ports
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    """Poll `predicate` every 20 ms until it holds (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
-
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
@@ -222,9 +210,7 @@ def scu_ae(*contexts: str, ts: Sequence[str] = (ExplicitVRLittleEndian,
 
 def nodelay(event: Any) -> None:
     """Turn Nagle off on an SCU socket (loopback DIMSE otherwise stalls ~40 ms a message)."""
-    sock = event.assoc.dul.socket.socket
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    no_delay(event.assoc)
 
 
 NODELAY = [(evt.EVT_CONN_OPEN, nodelay)]
@@ -347,12 +333,6 @@ def write_file(ds: Dataset, path: Path) -> Path:
     return path
 
 
-def dataset_bytes(path: Path) -> bytes:
-    """Bytes of a Part-10 file after its File Meta Information group."""
-    _, offset = split_dataset(Path(path))
-    return Path(path).read_bytes()[offset:]
-
-
 def archived(root: Path) -> dict[str, Path]:
     """SOP Instance UID → archived file, for every file under the archive root."""
     out = {}
@@ -468,7 +448,7 @@ class Storescp:
     def __init__(self, outdir: Path, ae_title: str = "DEST", extra: Sequence[str] = ()) -> None:
         self.outdir = outdir
         self.ae_title = ae_title
-        self.port = free_port()
+        self.port = pick_free_port()
         outdir.mkdir(parents=True, exist_ok=True)
         self._log = open(outdir.parent / f"storescp-{self.port}.log", "wb")
         # +xa: accept every transfer syntax; -uf: file names from the SOP Instance UID.

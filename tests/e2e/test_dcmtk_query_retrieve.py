@@ -18,6 +18,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pacs_testing import CT_IMAGE, MR_IMAGE, dataset_bytes, pick_free_port
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -25,16 +26,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from pydicom.valuerep import PersonName
 from qr_helpers import (
-    CT_IMAGE,
-    MR_IMAGE,
     QrServer,
     StorageScp,
     Storescp,
     ToolResult,
     archived,
-    dataset_bytes,
     findscu,
-    free_port,
     from_template,
     getscu,
     movescu,
@@ -162,7 +159,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
     root = tmp_path_factory.mktemp("qr-e2e")
     dest = Storescp(root / "dest", ae_title="DEST")
     pydest = StorageScp("PYDEST", fail_classes=[CT_IMAGE])
-    dead = free_port()
+    dead = pick_free_port()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
         srv = QrServer(qr_config(root / "server", peers=[

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pacs_testing import CT_IMAGE, MR_IMAGE, SECONDARY_CAPTURE, dataset_bytes, pick_free_port
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -30,14 +31,9 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 from qr_helpers import (
-    CT_IMAGE,
-    MR_IMAGE,
-    SECONDARY_CAPTURE,
     QrServer,
     StorageScp,
     associate,
-    dataset_bytes,
-    free_port,
     from_template,
     get_role_ae,
     qr_config,
@@ -273,7 +269,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             {"ae_title": "FAILCT", "host": "127.0.0.1", "port": failing.port},
             {"ae_title": "ALLOK", "host": "127.0.0.1", "port": accepting.port},
             {"ae_title": "MRONLY", "host": "127.0.0.1", "port": mr_only.port},
-            {"ae_title": "DEAD", "host": "127.0.0.1", "port": free_port()},
+            {"ae_title": "DEAD", "host": "127.0.0.1", "port": pick_free_port()},
         ])).start()
         try:
             mixed, ct_only = generate_uid(), generate_uid()
@@ -322,6 +318,17 @@ def uid_list(ds: Dataset) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, MultiValue)) else [str(value)]
 
 
+def assert_only_mr_delivered(final: Rsp, items: dict[str, Dataset]) -> None:
+    """The final response of a retrieve of the mixed study where only MR got through:
+    0xB000, 1 completed, 2 failed, and the two CT instances listed as failed."""
+    assert final.status == 0xB000
+    assert int(final.status_ds.NumberOfCompletedSuboperations) == 1
+    assert int(final.status_ds.NumberOfFailedSuboperations) == 2
+    assert final.identifier is not None
+    assert sorted(uid_list(final.identifier)) == sorted([uid(items["CT1"]),
+                                                         uid(items["CT2"])])
+
+
 def test_c_move_delivers_every_instance(archive: dict[str, Any]) -> None:
     srv, items, scp = archive["server"], archive["items"], archive["accepting"]
     rsps = c_move(srv.port, identifier("STUDY", StudyInstanceUID=archive["mixed"]), "ALLOK")
@@ -345,13 +352,7 @@ def test_c_move_patient_root_at_patient_level(archive: dict[str, Any]) -> None:
 def test_c_move_partial_failure_lists_the_failed_instances(archive: dict[str, Any]) -> None:
     srv, items, scp = archive["server"], archive["items"], archive["failing"]
     rsps = c_move(srv.port, identifier("STUDY", StudyInstanceUID=archive["mixed"]), "FAILCT")
-    final = rsps[-1]
-    assert final.status == 0xB000
-    assert int(final.status_ds.NumberOfCompletedSuboperations) == 1
-    assert int(final.status_ds.NumberOfFailedSuboperations) == 2
-    assert final.identifier is not None
-    assert sorted(uid_list(final.identifier)) == sorted([uid(items["CT1"]),
-                                                         uid(items["CT2"])])
+    assert_only_mr_delivered(rsps[-1], items)
     assert set(scp.received) == {uid(items["MR"])}
 
 
@@ -360,13 +361,7 @@ def test_c_move_partial_failure_when_the_destination_refuses_a_sop_class(
     """The destination does not accept CT in association negotiation at all."""
     srv, items, scp = archive["server"], archive["items"], archive["mr_only"]
     rsps = c_move(srv.port, identifier("STUDY", StudyInstanceUID=archive["mixed"]), "MRONLY")
-    final = rsps[-1]
-    assert final.status == 0xB000
-    assert int(final.status_ds.NumberOfCompletedSuboperations) == 1
-    assert int(final.status_ds.NumberOfFailedSuboperations) == 2
-    assert final.identifier is not None
-    assert sorted(uid_list(final.identifier)) == sorted([uid(items["CT1"]),
-                                                         uid(items["CT2"])])
+    assert_only_mr_delivered(rsps[-1], items)
     assert set(scp.received) == {uid(items["MR"])}
 
 
@@ -413,13 +408,7 @@ def test_c_get_partial_failure_when_the_scu_takes_only_mr(archive: dict[str, Any
     scu = GetScu(MR_IMAGE)
     rsps = scu.get(archive["server"].port,
                    identifier("STUDY", StudyInstanceUID=archive["mixed"]))
-    final = rsps[-1]
-    assert final.status == 0xB000
-    assert int(final.status_ds.NumberOfCompletedSuboperations) == 1
-    assert int(final.status_ds.NumberOfFailedSuboperations) == 2
-    assert final.identifier is not None
-    assert sorted(uid_list(final.identifier)) == sorted([uid(items["CT1"]),
-                                                         uid(items["CT2"])])
+    assert_only_mr_delivered(rsps[-1], items)
     assert set(scu.received) == {uid(items["MR"])}
 
 
