@@ -315,6 +315,22 @@ def reloadable_changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
     return hot, cold
 
 
+def merge_reloadable(old: Config, new: Config) -> Config:
+    """`old` with every reloadable field taken from `new` (what SIGHUP applies)."""
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, fld, _ in iter_fields():
+        if not fld.metadata.get("reload"):
+            continue
+        if "." in key:
+            section, name = key.split(".", 1)
+            sections.setdefault(section, {})[name] = getattr(getattr(new, section), name)
+        else:
+            top[key] = getattr(new, key)
+    replaced = {s: dataclasses.replace(getattr(old, s), **vals) for s, vals in sections.items()}
+    return dataclasses.replace(old, **replaced, **top)
+
+
 def _get(cfg: Config, dotted: str) -> Any:
     obj: Any = cfg
     for part in dotted.split("."):

@@ -7,6 +7,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from pacs_server.errors import StartupError
+
 
 class Metrics:
     """Every instrument of the server. Tests build their own with a fresh registry."""
@@ -22,6 +24,10 @@ class Metrics:
         self.store_seconds = Histogram(
             "pacs_store_seconds", "C-STORE handling time (parse, write, fsync, index)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5), registry=r)
+        self.dimse_seconds = Histogram(
+            "pacs_dimse_seconds", "DIMSE operation handling time, by operation",
+            ["operation"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30), registry=r)
         self.associations_active = Gauge(
             "pacs_association_active", "associations currently established", registry=r)
         self.associations = Counter(
@@ -49,3 +55,25 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class MetricsEndpoint:
+    """The /metrics side port as a component of the server."""
+
+    name = "metrics"
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        try:
+            self.port = self._metrics.serve(self._host, self._port)
+        except OSError as exc:
+            raise StartupError(f"metrics port {self._port} on {self._host} cannot be bound: "
+                               f"{exc.strerror}") from None
+
+    async def close(self) -> None:
+        self._metrics.stop()

@@ -96,22 +96,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _run(app: PacsApp, live: bool, out: TextIO = sys.stderr) -> None:
     started = time.monotonic()
     status_task: asyncio.Task[None] | None = None
-    ready = asyncio.Event()
 
     async def status_loop() -> None:
-        await ready.wait()
+        await app.ready.wait()
         while True:
             out.write("\r" + status_line(app, time.monotonic() - started) + "\033[K")
             out.flush()
             await asyncio.sleep(0.5)
 
     async def announce() -> None:
-        while app.port is None:  # noqa: ASYNC110 - PacsApp has no start event to wait on
-            await asyncio.sleep(0.05)
+        await app.ready.wait()
         print(f"store_scp: {app.cfg.server.ae_title} listening on {app.cfg.server.host}:"
               f"{app.port}, storing into {app.cfg.storage.directory}"
               f"{' (indexed)' if app.use_index else ''}", file=out, flush=True)
-        ready.set()
 
     announcer = asyncio.create_task(announce())
     if live:

@@ -73,12 +73,10 @@ async def test_whitelist_reload(start_server: Callable[..., Any],
     """allowed_ae_titles is reloadable: new associations see the new list."""
     app = await start_server(make_cfg({"access_control.allowed_ae_titles": ["OLD"]}))
     assert await attempt(app.port, "NEW") == "rejected"
-    app._reload_config = lambda: make_cfg({"access_control.allowed_ae_titles": ["NEW"]})
-    assert app.reload() is True
+    assert app.reload(make_cfg({"access_control.allowed_ae_titles": ["NEW"]})) is True
     assert await attempt(app.port, "NEW") == "accepted"
     assert await attempt(app.port, "OLD") == "rejected"
-    app._reload_config = lambda: make_cfg({"access_control.allowed_ae_titles": ["*"]})
-    assert app.reload() is True
+    assert app.reload(make_cfg({"access_control.allowed_ae_titles": ["*"]})) is True
     assert await attempt(app.port, "OLD") == "accepted"
 
 

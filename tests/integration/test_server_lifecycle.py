@@ -169,7 +169,7 @@ async def test_port_in_use_is_a_startup_error(make_cfg: Callable[..., Config]) -
         app = PacsApp(make_cfg({"server.port": port}))
         with pytest.raises(StartupError, match=f"port {port} on 127.0.0.1 is already in use"):
             await app.start()
-    assert app.repo is None and app._engine is None  # index closed again
+    assert app.repo is None and app.dicom is None  # index and listener closed again
 
 
 async def test_unwritable_storage_root_is_a_startup_error(make_cfg: Callable[..., Config],

@@ -125,8 +125,7 @@ async def test_policy_reload_takes_effect(start_server: Callable[..., Any],
     first, second = two_versions(dicom_files)
     await scu.astore(app.port, [first])
     assert (await scu.astore(app.port, [second]))[0].status == DUPLICATE
-    app._reload_config = lambda: make_cfg({"storage.duplicate_policy": "replace"})
-    assert app.reload() is True
+    assert app.reload(make_cfg({"storage.duplicate_policy": "replace"})) is True
     assert (await scu.astore(app.port, [second]))[0].status == SUCCESS
     path = await stored_path(app, str(file_meta(first).MediaStorageSOPInstanceUID))
     assert path is not None and dataset_bytes(path) == dataset_bytes(second)

@@ -7,6 +7,7 @@ object, guarded by a lock, rather than in contextvars.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -24,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class AssociationRecord:
+    id: int
     peer: str
     started: float = field(default_factory=time.monotonic)
     calling_ae: str = ""
@@ -43,6 +45,7 @@ class AssociationTracker:
         self._metrics = metrics
         self._lock = threading.Lock()
         self._records: dict[int, AssociationRecord] = {}
+        self._ids = itertools.count(1)
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -58,8 +61,15 @@ class AssociationTracker:
         with self._lock:
             return self._records.get(id(event.assoc))
 
+    def log_context(self, event: Event) -> dict[str, Any]:
+        """What every log line of this association's handlers carries."""
+        rec = self.record(event)
+        if rec is None:
+            return {"peer": _peer(event)}
+        return {"assoc": rec.id, "calling_ae": rec.calling_ae, "peer": rec.peer}
+
     def operation(self, event: Event, name: str, status: int, nbytes: int = 0) -> None:
-        """Count one DIMSE operation (called by the service handlers)."""
+        """Count one DIMSE operation (called by the handler wrapper)."""
         self._metrics.dimse_requests.labels(name, f"0x{status:04X}").inc()
         rec = self.record(event)
         if rec is None:
@@ -73,7 +83,7 @@ class AssociationTracker:
     def _on_open(self, event: Event) -> None:
         set_nodelay(event)
         with self._lock:
-            self._records[id(event.assoc)] = AssociationRecord(peer=_peer(event))
+            self._records[id(event.assoc)] = AssociationRecord(next(self._ids), _peer(event))
 
     def _on_accepted(self, event: Event) -> None:
         assoc = event.assoc
@@ -86,7 +96,7 @@ class AssociationTracker:
         rec.accepted = True
         self._metrics.associations_active.inc()
         self._metrics.associations.labels("accepted").inc()
-        log.info("association.accepted", peer=rec.peer, calling_ae=rec.calling_ae,
+        log.info("association.accepted", assoc=rec.id, peer=rec.peer, calling_ae=rec.calling_ae,
                  called_ae=rec.called_ae, accepted_contexts=rec.contexts,
                  rejected_contexts=len(assoc.rejected_contexts),
                  contexts=_describe_contexts(assoc.accepted_contexts))
@@ -119,7 +129,7 @@ class AssociationTracker:
         if rec.accepted:
             self._metrics.associations_active.dec()
             self._metrics.associations.labels(rec.outcome).inc()
-            log.info("association.closed", peer=rec.peer, calling_ae=rec.calling_ae,
+            log.info("association.closed", assoc=rec.id, peer=rec.peer, calling_ae=rec.calling_ae,
                      called_ae=rec.called_ae, outcome=rec.outcome, operations=rec.operations,
                      failures=rec.failures, bytes=rec.bytes_in,
                      duration_ms=round((time.monotonic() - rec.started) * 1000, 1))

@@ -10,19 +10,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import structlog
+from pynetdicom import evt
 from pynetdicom.events import Event
 
-from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.identifiers import QR_FIND, parse_identifier
-from pacs_server.dicom.status import CANCEL, PENDING, SUCCESS, Service, failure
-from pacs_server.errors import PacsError
+from pacs_server.dicom.service import DicomService, Operation, contexts_for
+from pacs_server.dicom.status import CANCEL, PENDING, SUCCESS, Service
 from pacs_server.metrics import Metrics
 from pacs_server.services.query import QueryService
 
 log = structlog.get_logger(__name__)
 
-FIND_MODELS = {str(uid) for uid in QR_FIND}
+FIND_MODELS = frozenset(str(uid) for uid in QR_FIND)
 
 
 def combined_requested(event: Event, sop_class: str) -> bool:
@@ -31,55 +31,50 @@ def combined_requested(event: Event, sop_class: str) -> bool:
     return bool(info) and len(info) > 1 and info[1] == 1
 
 
-def handle_sop_extended(event: Event) -> dict[str, bytes]:
-    """Answer SOP Class Extended Negotiation for the Q/R FIND models (PS3.4 C.5.1.1):
+def negotiate_extended(info: bytes) -> bytes:
+    """SOP Class Extended Negotiation for the Q/R FIND models (PS3.4 C.5.1.1):
     relational queries yes, combined date-time matching yes, fuzzy names and time-zone
     adjustment no."""
-    out = {}
-    for uid, info in (event.app_info or {}).items():
-        if str(uid) in FIND_MODELS and info:
-            reply = bytes([1, 1 if len(info) > 1 and info[1] == 1 else 0, 0, 0])
-            out[uid] = reply[:max(len(info), 1)]
-    return out
+    reply = bytes([1, 1 if len(info) > 1 and info[1] == 1 else 0, 0, 0])
+    return reply[:max(len(info), 1)]
 
 
 def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
-                tracker: AssociationTracker, metrics: Metrics) -> Iterator[tuple[Any, Any]]:
-    """Yields (0xFF00, identifier) per match, then 0x0000; or 0xFE00 after C-CANCEL;
-    or a failure: 0xA900 invalid level/identifier, 0xA700 too many matches or index
-    unavailable, 0xC311 unexpected error."""
+                metrics: Metrics) -> Iterator[tuple[Any, Any]]:
+    """Yields (0xFF00, identifier) per match, then 0x0000; or 0xFE00 after C-CANCEL.
+
+    Failures raised here are mapped by the handler wrapper: 0xA900 invalid level or
+    identifier, 0xA700 too many matches or index unavailable, 0xC311 unexpected error.
+    """
     sent = 0
+    sop_class = str(event.request.AffectedSOPClassUID)
+    req = parse_identifier(event.identifier, sop_class,
+                           combined_datetime=combined_requested(event, sop_class))
+    queries.validate(req)
+    results = bridge.iterate(queries.find(req))
     try:
-        sop_class = str(event.request.AffectedSOPClassUID)
-        req = parse_identifier(event.identifier, sop_class,
-                               combined_datetime=combined_requested(event, sop_class))
-        queries.validate(req)
-        results = bridge.iterate(queries.find(req))
-        try:
-            for batch in results:
-                for ds in batch:
-                    if event.is_cancelled:
-                        log.info("c_find.cancelled", qr_level=req.level, sent=sent)
-                        tracker.operation(event, "C-FIND", CANCEL)
-                        yield CANCEL, None
-                        return
-                    sent += 1
-                    yield PENDING, ds
-        finally:
-            results.close()
-    except PacsError as exc:
-        status = failure(Service.C_FIND, exc)
-        log.warning("c_find.failed", status=f"0x{status.Status:04X}", error=str(exc), sent=sent)
-        tracker.operation(event, "C-FIND", status.Status)
-        yield status, None
-        return
-    except Exception as exc:
-        log.error("c_find.error", exc_info=exc)
-        status = failure(Service.C_FIND, exc)
-        tracker.operation(event, "C-FIND", status.Status)
-        yield status, None
-        return
+        for batch in results:
+            for ds in batch:
+                if event.is_cancelled:
+                    log.info("c_find.cancelled", qr_level=req.level, sent=sent)
+                    yield CANCEL, None
+                    return
+                sent += 1
+                yield PENDING, ds
+    finally:
+        results.close()
     metrics.find_matches.labels(req.level).inc(sent)
-    tracker.operation(event, "C-FIND", SUCCESS)
     log.info("c_find.done", model=req.model, qr_level=req.level, matches=sent)
     yield SUCCESS, None
+
+
+def service(queries: QueryService, bridge: LoopBridge, metrics: Metrics) -> DicomService:
+    """C-FIND on the Patient Root and Study Root FIND models."""
+    return DicomService(
+        name="Query/Retrieve FIND",
+        contexts=contexts_for(QR_FIND),
+        operations=(Operation(evt.EVT_C_FIND,
+                              lambda event: handle_find(event, queries, bridge, metrics),
+                              Service.C_FIND, "C-FIND", FIND_MODELS),),
+        extended_negotiation={uid: negotiate_extended for uid in FIND_MODELS},
+    )

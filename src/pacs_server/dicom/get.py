@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import structlog
+from pynetdicom import evt
 from pynetdicom.events import Event
 
-from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.identifiers import QR_GET
+from pacs_server.dicom.service import DicomService, Operation, contexts_for
 from pacs_server.dicom.status import Service
-from pacs_server.dicom.suboperations import refused, resolve, suboperations
-from pacs_server.errors import PacsError
+from pacs_server.dicom.suboperations import resolve, suboperations
 from pacs_server.metrics import Metrics
 from pacs_server.services.retrieve import RetrieveService
 
@@ -25,15 +26,25 @@ log = structlog.get_logger(__name__)
 
 
 def handle_get(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
-               tracker: AssociationTracker, metrics: Metrics) -> Iterator[Any]:
-    """Yields the sub-operation count, then (0xFF00, dataset) per instance."""
-    try:
-        req, refs = resolve(event, retrieve, bridge)
-    except PacsError as exc:
-        status = refused(event, Service.C_GET, tracker, exc)
-        yield 1                     # pynetdicom wants a count before any status
-        yield status, None
-        return
+               metrics: Metrics) -> Iterator[Any]:
+    """Yields the sub-operation count, then (0xFF00, dataset) per instance.
+
+    An invalid identifier (0xA900) or an index failure (0xA701) is raised and mapped by
+    the handler wrapper, which yields the count pynetdicom needs first.
+    """
+    req, refs = resolve(event, retrieve, bridge)
     log.info("c_get.started", qr_level=req.level, instances=len(refs))
     yield len(refs)
-    yield from suboperations(event, "C-GET", refs, retrieve, tracker, metrics)
+    yield from suboperations(event, "C-GET", refs, retrieve, metrics)
+
+
+def service(retrieve: RetrieveService, bridge: LoopBridge, metrics: Metrics) -> DicomService:
+    """C-GET on the Patient Root and Study Root GET models."""
+    return DicomService(
+        name="Query/Retrieve GET",
+        contexts=contexts_for(QR_GET),
+        operations=(Operation(evt.EVT_C_GET,
+                              lambda event: handle_get(event, retrieve, bridge, metrics),
+                              Service.C_GET, "C-GET",
+                              frozenset(str(uid) for uid in QR_GET)),),
+    )

@@ -16,11 +16,13 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 
 from pacs_server.config import PeerConfig
-from pacs_server.dicom.associations import AssociationTracker, set_nodelay
+from pacs_server.dicom.associations import set_nodelay
 from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.identifiers import QR_MOVE
+from pacs_server.dicom.service import DicomService, Operation, contexts_for
 from pacs_server.dicom.status import Service
-from pacs_server.dicom.suboperations import refused, resolve, suboperations
-from pacs_server.errors import PacsError
+from pacs_server.dicom.suboperations import resolve, suboperations
+from pacs_server.errors import PacsError, UnknownDestination
 from pacs_server.metrics import Metrics
 from pacs_server.services.retrieve import RetrieveService, StoredRef
 
@@ -32,27 +34,25 @@ MAX_CONTEXTS = 128
 
 def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
                 peer_of: Callable[[str], PeerConfig | None], max_pdu: int,
-                tracker: AssociationTracker, metrics: Metrics) -> Iterator[Any]:
-    """Yields the destination, the sub-operation count, then (0xFF00, dataset) each."""
+                metrics: Metrics) -> Iterator[Any]:
+    """Yields the destination, the sub-operation count, then (0xFF00, dataset) each.
+
+    An unknown destination is raised before anything is yielded (the wrapper makes
+    pynetdicom answer 0xA801); an invalid identifier after the destination (0xA900).
+    """
     dest = str(event.move_destination or "").strip()
     peer = peer_of(dest)
     if peer is None:
-        log.warning("c_move.unknown_destination", destination=dest)
-        tracker.operation(event, "C-MOVE", 0xA801)
-        yield None, None            # pynetdicom answers 0xA801 Move Destination Unknown
-        return
+        raise UnknownDestination(f"move destination {dest!r} is not a configured peer")
     try:
         req, refs = resolve(event, retrieve, bridge)
-    except PacsError as exc:
-        status = refused(event, Service.C_MOVE, tracker, exc)
+    except PacsError:
         # pynetdicom needs a destination and a count before it accepts a final status,
         # and it associates with the destination in between: propose Verification, or
         # pynetdicom refuses to associate without contexts and answers 0xC515 instead.
         yield peer.host, peer.port, {"contexts": [build_context(Verification)],
                                      "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)]}
-        yield 1
-        yield status, None
-        return
+        raise
     log.info("c_move.started", destination=dest, qr_level=req.level, instances=len(refs))
     yield peer.host, peer.port, {
         "contexts": proposed_contexts(refs),
@@ -60,8 +60,21 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         "max_pdu": max_pdu,
     }
     yield len(refs)
-    yield from suboperations(event, "C-MOVE", refs, retrieve, tracker, metrics,
-                             before_send=_settle)
+    yield from suboperations(event, "C-MOVE", refs, retrieve, metrics, before_send=_settle)
+
+
+def service(retrieve: RetrieveService, bridge: LoopBridge,
+            peer_of: Callable[[str], PeerConfig | None], max_pdu: int,
+            metrics: Metrics) -> DicomService:
+    """C-MOVE on the Patient Root and Study Root MOVE models, to configured peers."""
+    def handle(event: Event) -> Iterator[Any]:
+        return handle_move(event, retrieve, bridge, peer_of, max_pdu, metrics)
+    return DicomService(
+        name="Query/Retrieve MOVE",
+        contexts=contexts_for(QR_MOVE),
+        operations=(Operation(evt.EVT_C_MOVE, handle, Service.C_MOVE, "C-MOVE",
+                              frozenset(str(uid) for uid in QR_MOVE)),),
+    )
 
 
 # pynetdicom's requestor reactor wakes after each send_c_store() and polls the DIMSE

@@ -1,21 +1,22 @@
-"""Build the Application Entity, bind the service handlers, run and stop the listener.
+"""The DICOM listener: builds the Application Entity from the registered services,
+binds one dispatching handler per DIMSE event, runs and stops the listener.
 
 The listener runs pynetdicom's ThreadedAssociationServer in its own thread; each
 association gets a thread of its own, and handlers reach the loop only via LoopBridge.
+Nothing here names a service: each one declares itself (dicom/service.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import errno
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from pydicom import config as pydicom_config
 from pydicom.uid import (
     AllTransferSyntaxes,
     DeflatedExplicitVRLittleEndian,
@@ -23,43 +24,25 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from pacs_server.config import Config, PeerConfig
+from pacs_server.config import AccessControlConfig, Config, ServerConfig
+from pacs_server.dicom import runtime
 from pacs_server.dicom.associations import AssociationTracker
-from pacs_server.dicom.bridge import LoopBridge
-from pacs_server.dicom.echo import handle_echo
-from pacs_server.dicom.find import handle_find, handle_sop_extended
-from pacs_server.dicom.get import handle_get
-from pacs_server.dicom.identifiers import QR_FIND, QR_GET, QR_MOVE
-from pacs_server.dicom.move import handle_move
-from pacs_server.dicom.store import handle_store
+from pacs_server.dicom.handler import HandlerGuard
+from pacs_server.dicom.service import (
+    EXTENDED_EVENT,
+    DicomService,
+    Dispatcher,
+    extended_negotiation,
+)
 from pacs_server.errors import StartupError
 from pacs_server.metrics import Metrics
-from pacs_server.services.archive import ArchiveService
-from pacs_server.services.query import QueryService
-from pacs_server.services.retrieve import RetrieveService
-from pacs_server.sop_classes import resolve_storage_classes
 
 log = structlog.get_logger(__name__)
-
-# Stream every received dataset to a file instead of memory (large instances), and keep
-# patient identifiers out of pynetdicom's own logs.
-_config.STORE_RECV_CHUNKED_DATASET = True
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
-
-# pydicom checks every value it reads against the standard's regular expressions (each UID
-# pynetdicom decodes from a PDU, each indexed header value) only to emit Python warnings;
-# nothing in the server acts on them. The checks that matter are ours (storage/layout.py
-# for anything that names a file, services/ingest.py for what is indexed) and pynetdicom's
-# (UID length, empty values). Skipping pydicom's cuts the decode of storescu's
-# A-ASSOCIATE-RQ (128 presentation contexts) from 6.7-10.5 to 4.5 ms.
-pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 # Every transfer syntax pydicom knows: stored as received, never transcoded on ingest.
 # pynetdicom accepts the first of *our* syntaxes that the requestor proposed, so the
@@ -101,31 +84,22 @@ def shared_contexts(contexts: list[PresentationContext]) -> list[PresentationCon
     return out
 
 
-@dataclass
-class Services:
-    """What the handlers need, built by the app and handed over once. Query/Retrieve
-    is absent when there is no index (store_scp without --index-db)."""
-
-    archive: ArchiveService
-    bridge: LoopBridge
-    metrics: Metrics
-    queries: QueryService | None = None
-    retrieve: RetrieveService | None = None
-
-
 class DicomServer:
-    """One listening AE; `start()` binds, `stop()` drains then aborts."""
+    """One listening AE serving the registered services; `start()` binds, `drain()` ends."""
 
-    def __init__(self, cfg: Config, services: Services) -> None:
+    def __init__(self, cfg: ServerConfig, access: AccessControlConfig,
+                 services: Sequence[DicomService], metrics: Metrics,
+                 receive_dir: str) -> None:
         self._cfg = cfg
-        self._svc = services
-        self.tracker = AssociationTracker(services.metrics)
+        self._services = list(services)
+        self._receive_dir = receive_dir
+        self.tracker = AssociationTracker(metrics)
+        self._guard = HandlerGuard(self.tracker, metrics)
         self.ae = self._build_ae(cfg)
+        self.apply_access_control(access)
         self._server: ThreadedAssociationServer | None = None
-        self._previous_tempdir: str | None = None
 
-    def _build_ae(self, cfg: Config) -> AE:
-        s = cfg.server
+    def _build_ae(self, s: ServerConfig) -> AE:
         ae = AE(ae_title=s.ae_title)
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -135,48 +109,33 @@ class DicomServer:
         ae.dimse_timeout = s.dimse_timeout
         ae.network_timeout = s.idle_timeout   # pynetdicom's idle timer aborts silent peers
         ae.require_called_aet = s.require_called_ae_title
-        self.apply_access_control(cfg, ae)
         ae.connection_timeout = min(s.acse_timeout, 10.0)  # C-MOVE to an unreachable peer
-        ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
-        for uid in resolve_storage_classes(cfg.storage.accepted_sop_classes):
-            # scp_role lets a C-GET SCU take the Storage SCP role (PS3.7 D.3.3.4).
-            ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=False, scp_role=True)
-        if self._svc.queries is not None:
-            for uid in [*QR_FIND, *QR_MOVE, *QR_GET]:
-                ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        for svc in self._services:
+            for cx in svc.contexts:
+                roles = {k: v for k, v in (("scu_role", cx.scu_role), ("scp_role", cx.scp_role))
+                         if v is not None}
+                ae.add_supported_context(cx.sop_class, list(cx.transfer_syntaxes or
+                                                            TRANSFER_SYNTAXES), **roles)
         return ae
 
-    def apply_access_control(self, cfg: Config, ae: AE | None = None) -> None:
+    def apply_access_control(self, access: AccessControlConfig) -> None:
         """Set the calling-AE whitelist (reloadable: SIGHUP calls this again)."""
-        ae = ae or self.ae
-        titles = cfg.access_control.allowed_ae_titles
-        ae.require_calling_aet = [] if "*" in titles else list(titles)
+        titles = access.allowed_ae_titles
+        self.ae.require_calling_aet = [] if "*" in titles else list(titles)
 
     def handlers(self) -> list[tuple[Any, ...]]:
-        svc = self._svc
-        return [
-            *self.tracker.handlers(),
-            (evt.EVT_C_ECHO, handle_echo, [self.tracker]),
-            (evt.EVT_C_STORE, handle_store, [svc.archive, svc.bridge, self.tracker, svc.metrics]),
-            *self._qr_handlers(),
-        ]
-
-    def _qr_handlers(self) -> list[tuple[Any, ...]]:
-        svc = self._svc
-        if svc.queries is None or svc.retrieve is None:
-            return []
-        return [
-            (evt.EVT_SOP_EXTENDED, handle_sop_extended),
-            (evt.EVT_C_FIND, handle_find, [svc.queries, svc.bridge, self.tracker, svc.metrics]),
-            (evt.EVT_C_GET, handle_get, [svc.retrieve, svc.bridge, self.tracker, svc.metrics]),
-            (evt.EVT_C_MOVE, handle_move, [svc.retrieve, svc.bridge, self.peer,
-                                           self._cfg.server.max_pdu_size, self.tracker,
-                                           svc.metrics]),
-        ]
-
-    def peer(self, ae_title: str) -> PeerConfig | None:
-        """A C-MOVE destination from the current (reloadable) peers list."""
-        return self._cfg.peer(ae_title)
+        """The tracker's notification handlers, one dispatcher per DIMSE event, and the
+        services' extended negotiation."""
+        dispatcher = Dispatcher(self._guard.wrap)
+        for svc in self._services:
+            for op in svc.operations:
+                dispatcher.add(op)
+        out: list[tuple[Any, ...]] = [*self.tracker.handlers()]
+        out += [(event, dispatcher.handler_for(event)) for event in dispatcher.events()]
+        extended = extended_negotiation(self._services)
+        if extended is not None:
+            out.append((EXTENDED_EVENT, extended))
+        return out
 
     @property
     def port(self) -> int:
@@ -185,16 +144,14 @@ class DicomServer:
 
     def start(self) -> int:
         """Bind and serve in a background thread; returns the bound port."""
-        # pynetdicom writes incoming datasets with tempfile; keep them on the archive's
-        # filesystem (not a RAM-backed /tmp) and inside a directory we clean at start.
-        self._previous_tempdir = tempfile.tempdir
-        tempfile.tempdir = str(self._svc.archive.files.incoming)
-        s = self._cfg.server
+        runtime.receive_into(self._receive_dir)
+        s = self._cfg
         try:
             server = self.ae.start_server((s.host, s.port), block=False,
                                           evt_handlers=self.handlers(),
                                           contexts=shared_contexts(self.ae.supported_contexts))
         except OSError as exc:
+            runtime.stop_receiving_into(self._receive_dir)
             if exc.errno == errno.EADDRINUSE:
                 raise StartupError(f"port {s.port} on {s.host} is already in use") from None
             if exc.errno == errno.EACCES:
@@ -211,8 +168,7 @@ class DicomServer:
         """Close the listening socket; established associations continue."""
         if self._server is not None:
             self._server.shutdown()
-            if tempfile.tempdir == str(self._svc.archive.files.incoming):
-                tempfile.tempdir = self._previous_tempdir
+            runtime.stop_receiving_into(self._receive_dir)
 
     def drain(self, grace_s: float, force: threading.Event | None = None) -> int:
         """Wait up to `grace_s` for associations to end, then abort the rest.
@@ -234,6 +190,31 @@ class DicomServer:
             assoc.join(5)
         return len(stragglers)
 
-    def reconfigure(self, cfg: Config) -> None:
-        """Take a reloaded config (peers, query settings) for later associations."""
-        self._cfg = cfg
+
+class DicomListener:
+    """The DICOM server as a component: listens at start; at close stops accepting, lets
+    associations finish for `shutdown_grace` seconds (`force` set skips the wait), then
+    aborts the rest."""
+
+    name = "dicom"
+
+    def __init__(self, server: DicomServer, grace_s: float, force: threading.Event) -> None:
+        self.server = server
+        self._grace_s = grace_s
+        self._force = force
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        self.port = await asyncio.to_thread(self.server.start)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.server.stop_accepting)
+        active = len(self.server.active())
+        if active:
+            log.info("server.draining", associations=active, grace_s=self._grace_s)
+        aborted = await asyncio.to_thread(self.server.drain, self._grace_s, self._force)
+        if aborted:
+            log.warning("server.aborted_associations", count=aborted)
+
+    def reload(self, cfg: Config) -> None:
+        self.server.apply_access_control(cfg.access_control)

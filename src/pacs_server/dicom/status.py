@@ -38,16 +38,24 @@ SUBOPS_ALL_FAILED = 0xA702     # C-MOVE/C-GET: out of resources, unable to perfo
 
 
 class Service(enum.Enum):
+    """A row of the table: one DIMSE operation of one service class.
+
+    N-CREATE, N-SET and N-ACTION mean different things for MPPS, Storage Commitment and
+    (later) UPS, so the N-* rows are keyed by service class and operation.
+    """
+
+    C_ECHO = "C-ECHO"
     C_STORE = "C-STORE"
     C_FIND = "C-FIND"
     C_MOVE = "C-MOVE"
     C_GET = "C-GET"
     WORKLIST = "MWL C-FIND"
-    N_CREATE = "N-CREATE"
-    N_SET = "N-SET"
+    MPPS_N_CREATE = "MPPS N-CREATE"
+    MPPS_N_SET = "MPPS N-SET"
 
 
 STATUS: dict[Service, dict[type[PacsError], int]] = {
+    Service.C_ECHO: {},
     Service.C_STORE: {
         DuplicateInstance: 0x0111,      # PS3.7 C.4 Duplicate SOP Instance (failure)
         StorageFull: 0xA700,            # Refused: Out of Resources
@@ -78,13 +86,13 @@ STATUS: dict[Service, dict[type[PacsError], int]] = {
         IndexUnavailable: 0xA701,
         MissingFile: 0xA702,
     },
-    Service.N_CREATE: {
+    Service.MPPS_N_CREATE: {
         InstanceExists: 0x0111,         # Duplicate SOP Instance
         InvalidAttributeValue: 0x0106,  # Invalid attribute value
         DatasetMismatch: 0x0120,        # Missing attribute
         IndexUnavailable: 0x0110,       # Processing failure
     },
-    Service.N_SET: {
+    Service.MPPS_N_SET: {
         NoSuchInstance: 0x0112,         # No such SOP Instance
         StepFinalised: 0x0110,          # Processing failure (PS3.4 F.7.2.2.2)
         InvalidAttributeValue: 0x0106,
@@ -93,13 +101,14 @@ STATUS: dict[Service, dict[type[PacsError], int]] = {
 }
 
 GENERIC_FAILURE: dict[Service, int] = {
+    Service.C_ECHO: 0x0110,             # Processing failure
     Service.C_STORE: 0xC211,
     Service.C_FIND: 0xC311,
     Service.WORKLIST: 0xC311,
     Service.C_MOVE: 0xC511,
     Service.C_GET: 0xC411,
-    Service.N_CREATE: 0x0110,
-    Service.N_SET: 0x0110,
+    Service.MPPS_N_CREATE: 0x0110,
+    Service.MPPS_N_SET: 0x0110,
 }
 
 
@@ -113,10 +122,17 @@ def status_code(service: Service, exc: BaseException) -> int:
 
 
 def failure(service: Service, exc: BaseException) -> Dataset:
-    """A status dataset with the code for `exc` and its message as Error Comment (LO, 64)."""
+    """A status dataset with the code for `exc` and its message as Error Comment (LO, 64).
+
+    An error that names attributes (`attribute_tags`, e.g. the missing ones of an
+    N-CREATE) adds them as Attribute Identifier List (0000,1005), PS3.7 C.4.2.1.8.
+    """
     ds = Dataset()
     ds.Status = status_code(service, exc)
     ds.ErrorComment = _comment(str(exc) or type(exc).__name__)
+    tags = getattr(exc, "attribute_tags", None)
+    if tags:
+        ds.AttributeIdentifierList = [int(t) for t in tags]
     return ds
 
 

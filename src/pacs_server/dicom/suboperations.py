@@ -13,13 +13,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
-from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.identifiers import parse_identifier
-from pacs_server.dicom.status import CANCEL, PENDING, SUCCESS, Service, failure
+from pacs_server.dicom.status import CANCEL, PENDING
 from pacs_server.errors import PacsError
 from pacs_server.metrics import Metrics
 from pacs_server.services.query import FindRequest
@@ -39,18 +37,8 @@ def resolve(event: Event, retrieve: RetrieveService,
     return req, bridge.run(retrieve.resolve(req))
 
 
-def refused(event: Event, service: Service, tracker: AssociationTracker,
-            exc: PacsError) -> Dataset:
-    """The failure status for a retrieve that cannot start; logged and counted."""
-    status = failure(service, exc)
-    log.warning("retrieve.failed", service=service.value, status=f"0x{status.Status:04X}",
-                error=str(exc))
-    tracker.operation(event, service.value, status.Status)
-    return status
-
-
 def suboperations(event: Event, service: str, refs: list[StoredRef],
-                  retrieve: RetrieveService, tracker: AssociationTracker, metrics: Metrics,
+                  retrieve: RetrieveService, metrics: Metrics,
                   before_send: Callable[[float], None] | None = None) -> Iterator[Any]:
     """Yield (0xFF00, dataset) per instance, or (0xFE00, None) after a C-CANCEL.
 
@@ -62,7 +50,6 @@ def suboperations(event: Event, service: str, refs: list[StoredRef],
     for ref in refs:
         resumed = time.monotonic()
         if event.is_cancelled:
-            tracker.operation(event, service, CANCEL)
             yield CANCEL, None
             return
         try:
@@ -75,4 +62,3 @@ def suboperations(event: Event, service: str, refs: list[StoredRef],
         if before_send is not None:
             before_send(resumed)
         yield PENDING, ds
-    tracker.operation(event, service, SUCCESS)

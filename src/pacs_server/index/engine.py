@@ -89,3 +89,13 @@ async def migrate(engine: AsyncEngine) -> None:
         # "Background on this error" line; the driver's own message says what is wrong.
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)]
         raise StartupError(f"index database cannot be opened or upgraded: {reason[0]}") from None
+
+
+def safe_url(url: str) -> str:
+    """The database URL without its password, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url

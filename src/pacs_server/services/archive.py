@@ -80,6 +80,15 @@ class FileCatalog:
         return None
 
 
+@dataclass(frozen=True)
+class StoredInstance:
+    """What `receive()` archived."""
+
+    sop_instance_uid: str
+    size: int
+    outcome: StoreOutcome
+
+
 @dataclass
 class ArchiveStats:
     """Counters since start (store_scp's status line and summary)."""
@@ -131,13 +140,32 @@ class ArchiveService:
         record.size = len(meta) + length
         return StagedInstance(record, part)
 
-    def discard(self, staged: StagedInstance | None) -> None:
-        if staged is not None:
-            self.files.discard(staged.part)
+    def receive(self, received: Path, transfer_syntax: str, request_sop_class: str,
+                source_ae: str, run: Runner, request_uid: str = "") -> StoredInstance:
+        """Stage and store one received file: the whole C-STORE in one call.
 
-    def count_failure(self) -> None:
-        with self._stats_lock:
-            self.stats.failed += 1
+        The staged copy is removed on any failure; failures other than a duplicate are
+        counted in `stats.failed`.
+
+        Raises:
+            PacsError: as `stage()` and `store()`.
+        """
+        staged: StagedInstance | None = None
+        try:
+            staged = self.stage(received, transfer_syntax, request_sop_class, source_ae)
+            rec = staged.record
+            if request_uid and request_uid != rec.sop_instance_uid:
+                log.warning("c_store.uid_mismatch", request_uid=request_uid,
+                            dataset_uid=rec.sop_instance_uid)
+            outcome = self.store(staged, run)
+        except BaseException as exc:
+            if staged is not None:
+                self.files.discard(staged.part)
+            if not isinstance(exc, DuplicateInstance):
+                with self._stats_lock:
+                    self.stats.failed += 1
+            raise
+        return StoredInstance(rec.sop_instance_uid, rec.size, outcome)
 
     # ----------------------------------------------------------- the store protocol
     def store(self, staged: StagedInstance, run: Runner) -> StoreOutcome:

@@ -1,0 +1,142 @@
+"""The one handler wrapper: exceptions become the service's status (pynetdicom's `attempt()`).
+
+Every registered operation runs inside `HandlerGuard.wrap(op)`. Handlers keep the happy
+path; here, once for all of them:
+
+- an exception becomes the failure status of `dicom/status.py` for the operation's
+  service, with the message as Error Comment (a `PacsError` is logged as a warning, any
+  other exception as an error with its traceback);
+- every log line of the handler carries the association's id, calling AE and peer;
+- the operation is recorded on the association (tracker) and counted in the metrics
+  with its final status and duration.
+
+C-FIND, C-GET and C-MOVE handlers are generators. pynetdicom reads a preamble before
+any status (C-GET: the sub-operation count; C-MOVE: the destination, then the count), so
+a failure before the preamble is complete yields the missing items first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+from structlog.contextvars import bound_contextvars
+
+from pacs_server.dicom.associations import AssociationTracker
+from pacs_server.dicom.service import Handler, Operation, Reply
+from pacs_server.dicom.status import PENDING, PENDING_WARNING, SUCCESS, failure
+from pacs_server.errors import PacsError
+from pacs_server.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+_GENERATORS = {evt.EVT_C_FIND: 0, evt.EVT_C_GET: 1, evt.EVT_C_MOVE: 2}  # preamble length
+_N_EVENTS = {evt.EVT_N_CREATE, evt.EVT_N_SET, evt.EVT_N_ACTION, evt.EVT_N_GET,
+             evt.EVT_N_DELETE, evt.EVT_N_EVENT_REPORT}
+
+
+class HandlerGuard:
+    """Builds the wrapped handler of each operation."""
+
+    def __init__(self, tracker: AssociationTracker, metrics: Metrics) -> None:
+        self._tracker = tracker
+        self._metrics = metrics
+
+    def wrap(self, op: Operation) -> Handler:
+        if op.event in _GENERATORS:
+            preamble = _GENERATORS[op.event]
+            return lambda event: self._stream(op, event, preamble)
+        return lambda event: self._call(op, event)
+
+    # ----------------------------------------------------------------- plain replies
+    def _call(self, op: Operation, event: Event) -> Any:
+        started = time.perf_counter()
+        with bound_contextvars(**self._tracker.log_context(event)):
+            try:
+                result = op.handler(event)
+            except Exception as exc:
+                status = self._failed(op, event, exc, started)
+                return (status, None) if op.event in _N_EVENTS else status
+            reply = result if isinstance(result, Reply) else Reply(result)
+            self._done(op, event, _code(reply.status), started, reply.nbytes)
+            if op.event in _N_EVENTS:
+                return reply.status, reply.dataset
+            return reply.status
+
+    # ----------------------------------------------------------------- generators
+    def _stream(self, op: Operation, event: Event, preamble: int) -> Iterator[Any]:
+        started = time.perf_counter()
+        context = self._tracker.log_context(event)
+        inner = op.handler(event)
+        sent = 0
+        final: int | None = None
+        try:
+            while True:
+                with bound_contextvars(**context):
+                    try:
+                        item = next(inner)
+                    except StopIteration:
+                        break
+                    except Exception as exc:
+                        status = self._failed(op, event, exc, started)
+                        if sent == 0 and preamble == 2:
+                            # No destination yet. pynetdicom answers (None, None) with
+                            # 0xA801 and anything raised with 0xC511, C-MOVE's generic
+                            # failure; it has no way to send another code here.
+                            if int(status.Status) == 0xA801:
+                                yield None, None
+                                return
+                            raise
+                        for _ in range(sent, preamble):
+                            yield 1          # the sub-operation count pynetdicom wants
+                        yield status, None
+                        return
+                if sent >= preamble and final is None:
+                    code = _item_status(item)
+                    if code is not None and code not in (PENDING, PENDING_WARNING):
+                        # Recorded before it is yielded: pynetdicom stops iterating
+                        # after a final status and closes the generator.
+                        final = code
+                        self._done(op, event, code, started)
+                sent += 1
+                yield item
+        finally:
+            inner.close()
+        if final is None:
+            self._done(op, event, SUCCESS, started)
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _failed(self, op: Operation, event: Event, exc: Exception, started: float) -> Dataset:
+        status = failure(op.status, exc)
+        code = int(status.Status)
+        if isinstance(exc, PacsError):
+            log.warning("dimse.failed", operation=op.name, status=f"0x{code:04X}",
+                        error=str(exc))
+        else:
+            log.error("dimse.error", operation=op.name, status=f"0x{code:04X}", exc_info=exc)
+        self._done(op, event, code, started)
+        return status
+
+    def _done(self, op: Operation, event: Event, code: int, started: float,
+              nbytes: int = 0) -> None:
+        self._tracker.operation(event, op.name, code, nbytes)
+        self._metrics.dimse_seconds.labels(op.name).observe(time.perf_counter() - started)
+
+
+def _code(status: int | Dataset) -> int:
+    return int(status.Status) if isinstance(status, Dataset) else int(status)
+
+
+def _item_status(item: Any) -> int | None:
+    """The status of a yielded (status, identifier) pair, if it is one."""
+    if not isinstance(item, tuple) or len(item) != 2:
+        return None
+    status = item[0]
+    if isinstance(status, Dataset):
+        return int(status.Status) if "Status" in status else None
+    return int(status) if isinstance(status, int) else None
