@@ -14,10 +14,10 @@ from typing import Any
 
 from pacs_server import __version__
 from pacs_server.config import Config, load_config
-from pacs_server.errors import ConfigError, StartupError
+from pacs_server.errors import ConfigError, ExitCode, StartupError
 
-EXIT_STARTUP = 1
-EXIT_CONFIG = 2
+EXIT_STARTUP = ExitCode.STARTUP
+EXIT_CONFIG = ExitCode.CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:

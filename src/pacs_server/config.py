@@ -28,7 +28,8 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 Synchronous = Literal["full", "normal"]
 
 
-def _f(default: Any, help: str, reload: bool = False) -> Any:
+def setting(default: Any, help: str, reload: bool = False) -> Any:
+    """A config field with its one line of help and whether SIGHUP may change it."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default),
                      metadata={"help": help, "reload": reload})
@@ -37,67 +38,122 @@ def _f(default: Any, help: str, reload: bool = False) -> Any:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    ae_title: str = _f("PACS", "AE title of this server (1-16 characters, no backslash)")
-    host: str = _f("0.0.0.0", "address to listen on")
-    port: int = _f(11112, "DICOM port; 0 binds an ephemeral port (logged at start)")
-    max_associations: int = _f(50, "simultaneous associations; more are rejected (A-ASSOCIATE-RJ)")
-    idle_timeout: float = _f(60.0, "seconds of silence before an association is aborted")
-    max_pdu_size: int = _f(131072, "largest P-DATA PDU we accept, in bytes; 0 = unlimited")
-    require_called_ae_title: bool = _f(False, "reject associations whose called AE is not ae_title")
-    shutdown_grace: float = _f(10.0, "seconds SIGTERM waits for associations before aborting them")
-    acse_timeout: float = _f(30.0, "seconds to wait for association negotiation messages")
-    dimse_timeout: float = _f(60.0, "seconds to wait for a DIMSE message from the peer")
+    ae_title: str = setting("PACS", "AE title of this server (1-16 characters, no backslash)")
+    host: str = setting("0.0.0.0", "address to listen on")
+    port: int = setting(11112, "DICOM port; 0 binds an ephemeral port (logged at start)")
+    max_associations: int = setting(
+        50, "simultaneous associations; more are rejected (A-ASSOCIATE-RJ)")
+    idle_timeout: float = setting(60.0, "seconds of silence before an association is aborted")
+    max_pdu_size: int = setting(131072, "largest P-DATA PDU we accept, in bytes; 0 = unlimited")
+    require_called_ae_title: bool = setting(
+        False, "reject associations whose called AE is not ae_title")
+    shutdown_grace: float = setting(
+        10.0, "seconds SIGTERM waits for associations before aborting them")
+    acse_timeout: float = setting(30.0, "seconds to wait for association negotiation messages")
+    dimse_timeout: float = setting(60.0, "seconds to wait for a DIMSE message from the peer")
+
+    def check(self, source: str) -> None:
+        check_ae_title(source, "server.ae_title", self.ae_title)
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{source}: server.port: must be 0-65535, got {self.port}")
+        if self.max_associations < 1:
+            raise ConfigError(f"{source}: server.max_associations: must be at least 1")
+        if self.max_pdu_size != 0 and self.max_pdu_size < 4096:
+            raise ConfigError(f"{source}: server.max_pdu_size: must be 0 (unlimited) or >= 4096")
+        for key in ("idle_timeout", "acse_timeout", "dimse_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{source}: server.{key}: must be greater than 0")
+        if self.shutdown_grace < 0:
+            raise ConfigError(f"{source}: server.shutdown_grace: must not be negative")
 
 
 @dataclass(frozen=True)
 class StorageConfig:
-    directory: str = _f("./archive", "root of the file archive")
-    naming: Naming = _f("hierarchical", "file layout: hierarchical | flat | date")
-    duplicate_policy: DuplicatePolicy = _f(
+    directory: str = setting("./archive", "root of the file archive")
+    naming: Naming = setting("hierarchical", "file layout: hierarchical | flat | date")
+    duplicate_policy: DuplicatePolicy = setting(
         "reject", "same SOP Instance UID received again: reject | replace | ignore", reload=True)
-    accepted_sop_classes: list[str] = _f(
+    accepted_sop_classes: list[str] = setting(
         [], "empty = every Storage SOP class; else modality codes, names or UIDs")
-    fsync: bool = _f(True, "fsync each file and its directory before acknowledging a C-STORE")
+    fsync: bool = setting(True, "fsync each file and its directory before acknowledging a C-STORE")
+
+    def check(self, source: str) -> None:
+        if not self.directory:
+            raise ConfigError(f"{source}: storage.directory: must not be empty")
+        # Resolving SOP class entries needs the UID dictionary; imported here to keep
+        # config free of DICOM knowledge everywhere else.
+        from pacs_server.sop_classes import resolve_storage_classes
+
+        try:
+            resolve_storage_classes(self.accepted_sop_classes)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: storage.accepted_sop_classes: {exc}") from None
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    path: str = _f("./pacs.db", "SQLite index file (ignored when url is set)")
-    url: str = _f("", "SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db")
-    wal_mode: bool = _f(True, "SQLite write-ahead log (concurrent readers during writes)")
-    synchronous: Synchronous = _f("full", "SQLite synchronous pragma: full (durable) | normal")
-    commit_batch: int = _f(256, "most index writes grouped into one transaction")
+    path: str = setting("./pacs.db", "SQLite index file (ignored when url is set)")
+    url: str = setting("", "SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db")
+    wal_mode: bool = setting(True, "SQLite write-ahead log (concurrent readers during writes)")
+    synchronous: Synchronous = setting("full", "SQLite synchronous pragma: full (durable) | normal")
+    commit_batch: int = setting(256, "most index writes grouped into one transaction")
+
+    def check(self, source: str) -> None:
+        if not self.url and not self.path:
+            raise ConfigError(f"{source}: database.path: must not be empty (or set database.url)")
+        if self.commit_batch < 1:
+            raise ConfigError(f"{source}: database.commit_batch: must be at least 1")
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: LogLevel = _f("info", "debug | info | warning | error", reload=True)
-    file: str = _f("./logs/pacs.log", "JSON-lines log file; empty = console only")
-    json_console: bool = _f(False, "JSON on the console too (always JSON when not a terminal)")
+    level: LogLevel = setting("info", "debug | info | warning | error", reload=True)
+    file: str = setting("./logs/pacs.log", "JSON-lines log file; empty = console only")
+    json_console: bool = setting(False, "JSON on the console too (always JSON when not a terminal)")
 
 
 @dataclass(frozen=True)
 class AccessControlConfig:
-    allowed_ae_titles: list[str] = _f(["*"], '"*" = any calling AE, else the list', reload=True)
+    allowed_ae_titles: list[str] = setting(
+        ["*"], '"*" = any calling AE, else the list', reload=True)
+
+    def check(self, source: str) -> None:
+        for i, title in enumerate(self.allowed_ae_titles):
+            if title != "*":
+                check_ae_title(source, f"access_control.allowed_ae_titles[{i}]", title)
 
 
 @dataclass(frozen=True)
 class MonitoringConfig:
-    metrics_host: str = _f("127.0.0.1", "address of the Prometheus /metrics endpoint")
-    metrics_port: int = _f(9110, "port of the /metrics endpoint; -1 disables it, 0 = ephemeral")
+    metrics_host: str = setting("127.0.0.1", "address of the Prometheus /metrics endpoint")
+    metrics_port: int = setting(
+        9110, "port of the /metrics endpoint; -1 disables it, 0 = ephemeral")
+
+    def check(self, source: str) -> None:
+        if not -1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"{source}: monitoring.metrics_port: must be -1..65535")
 
 
 @dataclass(frozen=True)
 class QueryConfig:
-    case_sensitive_names: bool = _f(False, "Person Name matching respects case", reload=True)
-    max_results: int = _f(0, "most matches a C-FIND returns; 0 = unlimited", reload=True)
+    case_sensitive_names: bool = setting(False, "Person Name matching respects case", reload=True)
+    max_results: int = setting(0, "most matches a C-FIND returns; 0 = unlimited", reload=True)
+
+    def check(self, source: str) -> None:
+        if self.max_results < 0:
+            raise ConfigError(f"{source}: query.max_results: must not be negative")
 
 
 @dataclass(frozen=True)
 class PeerConfig:
-    ae_title: str = _f("", "AE title of the remote node")
-    host: str = _f("127.0.0.1", "its address")
-    port: int = _f(104, "its port")
+    ae_title: str = setting("", "AE title of the remote node")
+    host: str = setting("127.0.0.1", "its address")
+    port: int = setting(104, "its port")
+
+    def check(self, source: str, key: str) -> None:
+        check_ae_title(source, f"{key}.ae_title", self.ae_title)
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"{source}: {key}.port: must be 1-65535, got {self.port}")
 
 
 @dataclass(frozen=True)
@@ -236,7 +292,8 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def _check_ae_title(source: str, key: str, value: str) -> None:
+def check_ae_title(source: str, key: str, value: str) -> None:
+    """Raise ConfigError unless `value` is a valid AE title (PS3.5 AE: 16 chars, no \\)."""
     if not value.strip() or len(value) > 16 or "\\" in value or any(
             ord(c) < 32 or ord(c) > 126 for c in value):
         raise ConfigError(f"{source}: {key}: {value!r} is not a valid AE title "
@@ -244,49 +301,19 @@ def _check_ae_title(source: str, key: str, value: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field and range checks that types alone cannot express."""
+    """Each section checks itself; then what spans sections (the peers list)."""
     s = cfg.source
-    _check_ae_title(s, "server.ae_title", cfg.server.ae_title)
-    if not 0 <= cfg.server.port <= 65535:
-        raise ConfigError(f"{s}: server.port: must be 0-65535, got {cfg.server.port}")
-    if cfg.server.max_associations < 1:
-        raise ConfigError(f"{s}: server.max_associations: must be at least 1")
-    if cfg.server.max_pdu_size != 0 and cfg.server.max_pdu_size < 4096:
-        raise ConfigError(f"{s}: server.max_pdu_size: must be 0 (unlimited) or >= 4096")
-    for key in ("idle_timeout", "acse_timeout", "dimse_timeout"):
-        if getattr(cfg.server, key) <= 0:
-            raise ConfigError(f"{s}: server.{key}: must be greater than 0")
-    if cfg.server.shutdown_grace < 0:
-        raise ConfigError(f"{s}: server.shutdown_grace: must not be negative")
-    if not cfg.storage.directory:
-        raise ConfigError(f"{s}: storage.directory: must not be empty")
-    if not cfg.database.url and not cfg.database.path:
-        raise ConfigError(f"{s}: database.path: must not be empty (or set database.url)")
-    if cfg.database.commit_batch < 1:
-        raise ConfigError(f"{s}: database.commit_batch: must be at least 1")
-    if not -1 <= cfg.monitoring.metrics_port <= 65535:
-        raise ConfigError(f"{s}: monitoring.metrics_port: must be -1..65535")
-    if cfg.query.max_results < 0:
-        raise ConfigError(f"{s}: query.max_results: must not be negative")
-    for i, title in enumerate(cfg.access_control.allowed_ae_titles):
-        if title != "*":
-            _check_ae_title(s, f"access_control.allowed_ae_titles[{i}]", title)
+    for fld in dataclasses.fields(cfg):
+        section = getattr(cfg, fld.name)
+        check = getattr(section, "check", None)
+        if dataclasses.is_dataclass(section) and check is not None:
+            check(s)
     seen: set[str] = set()
     for i, peer in enumerate(cfg.peers):
-        _check_ae_title(s, f"peers[{i}].ae_title", peer.ae_title)
-        if not 1 <= peer.port <= 65535:
-            raise ConfigError(f"{s}: peers[{i}].port: must be 1-65535, got {peer.port}")
+        peer.check(s, f"peers[{i}]")
         if peer.ae_title in seen:
             raise ConfigError(f"{s}: peers[{i}].ae_title: {peer.ae_title!r} listed twice")
         seen.add(peer.ae_title)
-    # Resolving SOP class entries needs the UID dictionary; imported here to keep
-    # config free of DICOM knowledge everywhere else.
-    from pacs_server.sop_classes import resolve_storage_classes
-
-    try:
-        resolve_storage_classes(cfg.storage.accepted_sop_classes)
-    except ValueError as exc:
-        raise ConfigError(f"{s}: storage.accepted_sop_classes: {exc}") from None
 
 
 def iter_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[

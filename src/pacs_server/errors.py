@@ -2,7 +2,19 @@
 
 Services raise these; `dicom/status.py` is the one place that turns them into DIMSE
 status codes. They carry human-readable messages that end up in the Error Comment.
+The process exit codes of every entry point live here too, beside the errors that
+cause them.
 """
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Exit status of `pacs_server`, `store_scp` and the admin commands."""
+
+    OK = 0
+    STARTUP = 1          # port in use, storage not writable, database unopenable
+    CONFIG = 2           # invalid configuration file, option or input file
 
 
 class PacsError(Exception):

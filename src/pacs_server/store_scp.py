@@ -20,10 +20,10 @@ from typing import Any, TextIO
 from pacs_server import __version__
 from pacs_server.app import PacsApp
 from pacs_server.config import Config, load_config
-from pacs_server.errors import ConfigError, StartupError
+from pacs_server.errors import ConfigError, ExitCode, StartupError
 
-EXIT_STARTUP = 1
-EXIT_CONFIG = 2
+EXIT_STARTUP = ExitCode.STARTUP
+EXIT_CONFIG = ExitCode.CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:

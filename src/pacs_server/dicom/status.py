@@ -124,16 +124,22 @@ def status_code(service: Service, exc: BaseException) -> int:
 def failure(service: Service, exc: BaseException) -> Dataset:
     """A status dataset with the code for `exc` and its message as Error Comment (LO, 64).
 
-    An error that names attributes (`attribute_tags`, e.g. the missing ones of an
-    N-CREATE) adds them as Attribute Identifier List (0000,1005), PS3.7 C.4.2.1.8.
+    An error that names attributes (`attribute_tags`) adds them as Attribute Identifier
+    List (0000,1005) where the response has one (`CARRIES_ATTRIBUTE_LIST`).
     """
     ds = Dataset()
     ds.Status = status_code(service, exc)
     ds.ErrorComment = _comment(str(exc) or type(exc).__name__)
     tags = getattr(exc, "attribute_tags", None)
-    if tags:
+    if tags and service in CARRIES_ATTRIBUTE_LIST:
         ds.AttributeIdentifierList = [int(t) for t in tags]
     return ds
+
+
+# Responses whose command set has an Attribute Identifier List (pynetdicom's N-SET and
+# N-ACTION primitives). Its N-CREATE primitive has none, so the Error Comment of an
+# N-CREATE failure must name the attributes itself.
+CARRIES_ATTRIBUTE_LIST = frozenset({Service.MPPS_N_SET})
 
 
 def _comment(text: str) -> str:

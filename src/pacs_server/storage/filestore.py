@@ -5,7 +5,7 @@ The write protocol (PS: "an acknowledged C-STORE is on disk"):
   2. os.replace() it to its final name and fsync the directory (and any directory we
      created on the way, so the new entry itself survives a crash);
   3. only then may the caller commit the index row and acknowledge.
-A crash leaves at most a *.part file in .incoming, which `recover()` removes at start.
+A crash leaves at most a *.part file in .incoming, which `prepare()` removes at start.
 """
 
 from __future__ import annotations
@@ -122,10 +122,7 @@ class FileStore:
         with storage_errors():
             created = self._makedirs(final.parent)
             os.replace(part, final)
-            if self._fsync:
-                _fsync_dir(final.parent)
-                for d in created:
-                    _fsync_dir(d.parent)
+            self._sync_new_entry(final, created)
         return final
 
     def place_new(self, part: Path, rel: PurePosixPath) -> bool:
@@ -152,11 +149,16 @@ class FileStore:
                 os.replace(part, final)
             else:
                 os.unlink(part)
-            if self._fsync:
-                _fsync_dir(final.parent)
-                for d in created:
-                    _fsync_dir(d.parent)
+            self._sync_new_entry(final, created)
         return True
+
+    def _sync_new_entry(self, final: Path, created: list[Path]) -> None:
+        """fsync the directory of a newly named file and of each directory created for
+        it, so that the name itself survives a crash."""
+        if self._fsync:
+            _fsync_dir(final.parent)
+            for d in created:
+                _fsync_dir(d.parent)
 
     def discard(self, part: Path | None) -> None:
         """Remove a .part file that will not be placed."""
