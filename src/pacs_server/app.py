@@ -109,9 +109,10 @@ class PacsApp:
         if queries is not None and retrieve is not None:
             services += [
                 find.service(queries, bridge, metrics),
-                get.service(retrieve, bridge, metrics),
+                get.service(retrieve, bridge, metrics, lambda: self.cfg.retrieve.transcode),
                 move.service(retrieve, bridge, lambda ae: self.cfg.peer(ae),
-                             cfg.server.max_pdu_size, metrics),
+                             cfg.server.max_pdu_size, metrics,
+                             lambda: self.cfg.retrieve.transcode),
             ]
         return services
 

@@ -145,6 +145,13 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class RetrieveConfig:
+    transcode: bool = setting(
+        True, "convert an instance for a C-GET/C-MOVE peer that accepts none of its "
+        "stored transfer syntax", reload=True)
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     ae_title: str = setting("", "AE title of the remote node")
     host: str = setting("127.0.0.1", "its address")
@@ -165,6 +172,7 @@ class Config:
     access_control: AccessControlConfig = field(default_factory=AccessControlConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     peers: list[PeerConfig] = field(
         default_factory=list,
         metadata={"help": "C-MOVE destinations: list of {ae_title, host, port}", "reload": True})

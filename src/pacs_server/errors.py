@@ -77,6 +77,10 @@ class MissingFile(PacsError):
     """An indexed instance's file is gone from the archive."""
 
 
+class TranscodeFailed(PacsError):
+    """An instance cannot be converted to a transfer syntax the peer accepts."""
+
+
 # --- worklist / MPPS ---------------------------------------------------------------
 
 class NoSuchInstance(PacsError):

@@ -7,7 +7,7 @@ counts completed/failed/warning sub-operations and builds the final status (0x00
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -26,7 +26,7 @@ log = structlog.get_logger(__name__)
 
 
 def handle_get(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
-               metrics: Metrics) -> Iterator[Any]:
+               metrics: Metrics, transcode: bool = True) -> Iterator[Any]:
     """Yields the sub-operation count, then (0xFF00, dataset) per instance.
 
     An invalid identifier (0xA900) or an index failure (0xA701) is raised and mapped by
@@ -35,16 +35,21 @@ def handle_get(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
     req, refs = resolve(event, retrieve, bridge)
     log.info("c_get.started", qr_level=req.level, instances=len(refs))
     yield len(refs)
-    yield from suboperations(event, "C-GET", refs, retrieve, metrics)
+    yield from suboperations(event, "C-GET", refs, retrieve, metrics, transcode)
 
 
-def service(retrieve: RetrieveService, bridge: LoopBridge, metrics: Metrics) -> DicomService:
-    """C-GET on the Patient Root and Study Root GET models."""
+def service(retrieve: RetrieveService, bridge: LoopBridge, metrics: Metrics,
+            transcode: Callable[[], bool] = lambda: True) -> DicomService:
+    """C-GET on the Patient Root and Study Root GET models.
+
+    `transcode` reads the current (reloadable) `retrieve.transcode`.
+    """
     return DicomService(
         name="Query/Retrieve GET",
         contexts=contexts_for(QR_GET),
         operations=(Operation(evt.EVT_C_GET,
-                              lambda event: handle_get(event, retrieve, bridge, metrics),
+                              lambda event: handle_get(event, retrieve, bridge, metrics,
+                                                       transcode()),
                               Service.C_GET, "C-GET",
                               frozenset(str(uid) for uid in QR_GET)),),
     )

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
@@ -25,16 +24,16 @@ from pacs_server.dicom.suboperations import resolve, suboperations
 from pacs_server.errors import PacsError, UnknownDestination
 from pacs_server.metrics import Metrics
 from pacs_server.services.retrieve import RetrieveService, StoredRef
+from pacs_server.services.transcode import FALLBACKS
 
 log = structlog.get_logger(__name__)
 
-_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 MAX_CONTEXTS = 128
 
 
 def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
                 peer_of: Callable[[str], PeerConfig | None], max_pdu: int,
-                metrics: Metrics) -> Iterator[Any]:
+                metrics: Metrics, transcode: bool = True) -> Iterator[Any]:
     """Yields the destination, the sub-operation count, then (0xFF00, dataset) each.
 
     An unknown destination is raised before anything is yielded (the wrapper makes
@@ -55,20 +54,24 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         raise
     log.info("c_move.started", destination=dest, qr_level=req.level, instances=len(refs))
     yield peer.host, peer.port, {
-        "contexts": proposed_contexts(refs),
+        "contexts": proposed_contexts(refs, transcode),
         "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
         "max_pdu": max_pdu,
     }
     yield len(refs)
-    yield from suboperations(event, "C-MOVE", refs, retrieve, metrics, before_send=_settle)
+    yield from suboperations(event, "C-MOVE", refs, retrieve, metrics, transcode,
+                             before_send=_settle)
 
 
 def service(retrieve: RetrieveService, bridge: LoopBridge,
             peer_of: Callable[[str], PeerConfig | None], max_pdu: int,
-            metrics: Metrics) -> DicomService:
-    """C-MOVE on the Patient Root and Study Root MOVE models, to configured peers."""
+            metrics: Metrics, transcode: Callable[[], bool] = lambda: True) -> DicomService:
+    """C-MOVE on the Patient Root and Study Root MOVE models, to configured peers.
+
+    `transcode` reads the current (reloadable) `retrieve.transcode`.
+    """
     def handle(event: Event) -> Iterator[Any]:
-        return handle_move(event, retrieve, bridge, peer_of, max_pdu, metrics)
+        return handle_move(event, retrieve, bridge, peer_of, max_pdu, metrics, transcode())
     return DicomService(
         name="Query/Retrieve MOVE",
         contexts=contexts_for(QR_MOVE),
@@ -91,22 +94,30 @@ def _settle(since: float) -> None:
         time.sleep(remaining)
 
 
-def proposed_contexts(refs: list[StoredRef]) -> list[PresentationContext]:
-    """One context per (SOP class, stored syntax); uncompressed data may also go as
-    Explicit or Implicit VR Little Endian, compressed data only as stored."""
-    wanted: dict[tuple[str, tuple[str, ...]], None] = {}
+def proposed_contexts(refs: list[StoredRef], transcode: bool = True) -> list[PresentationContext]:
+    """The contexts the destination is offered: built from what the retrieve holds.
+
+    One context per (SOP class, stored syntax) carrying that syntax alone, so that a
+    destination accepting it receives the file as stored; with transcoding on, one more
+    per SOP class offering Explicit and Implicit VR Little Endian, the fallbacks any
+    Storage SCP takes (PS3.5 10.1) and services/transcode.py can produce from anything
+    it can decode. Whatever the destination accepts is what is sent.
+    """
+    stored: dict[tuple[str, str], None] = {}
     for ref in refs:
-        ts = ref.transfer_syntax_uid
-        syntaxes = (ts, *[t for t in _UNCOMPRESSED[:2] if t != ts]) if ts in _UNCOMPRESSED \
-            else (ts,)
-        wanted[(ref.sop_class_uid, syntaxes)] = None
-    contexts = [build_context(sop, list(ts)) for sop, ts in wanted]
-    if len(contexts) > MAX_CONTEXTS:
-        # More combinations than one association may propose: fall back to one context
-        # per SOP class offering every syntax seen for it.
+        stored[(ref.sop_class_uid, ref.transfer_syntax_uid)] = None
+    wanted: list[tuple[str, list[str]]] = [(sop, [ts]) for sop, ts in stored]
+    if transcode:
+        for sop in dict.fromkeys(sop for sop, _ in stored):
+            fallbacks = [str(ts) for ts in FALLBACKS if (sop, str(ts)) not in stored]
+            if fallbacks:
+                wanted.append((sop, fallbacks))
+    if len(wanted) > MAX_CONTEXTS:
+        # More than one association may propose (PS3.8 9.3.2.2: odd IDs 1-255): one
+        # context per SOP class offering every syntax held for it, fallbacks last.
         merged: dict[str, list[str]] = {}
-        for sop, ts in wanted:
+        for sop, syntaxes in wanted:
             merged.setdefault(sop, [])
-            merged[sop].extend(t for t in ts if t not in merged[sop])
-        contexts = [build_context(sop, ts) for sop, ts in list(merged.items())[:MAX_CONTEXTS]]
-    return contexts
+            merged[sop].extend(t for t in syntaxes if t not in merged[sop])
+        wanted = list(merged.items())[:MAX_CONTEXTS]
+    return [build_context(sop, syntaxes) for sop, syntaxes in wanted]

@@ -30,7 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs_server.config import AccessControlConfig, Config, ServerConfig
-from pacs_server.dicom import runtime
+from pacs_server.dicom import runtime, transport
 from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.handler import HandlerGuard
 from pacs_server.dicom.service import (
@@ -100,7 +100,7 @@ class DicomServer:
         self._server: ThreadedAssociationServer | None = None
 
     def _build_ae(self, s: ServerConfig) -> AE:
-        ae = AE(ae_title=s.ae_title)
+        ae = transport.PacsAE(ae_title=s.ae_title)
         ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.maximum_associations = s.max_associations
@@ -147,9 +147,8 @@ class DicomServer:
         runtime.receive_into(self._receive_dir)
         s = self._cfg
         try:
-            server = self.ae.start_server((s.host, s.port), block=False,
-                                          evt_handlers=self.handlers(),
-                                          contexts=shared_contexts(self.ae.supported_contexts))
+            server = transport.start_server(self.ae, (s.host, s.port), self.handlers(),
+                                            shared_contexts(self.ae.supported_contexts))
         except OSError as exc:
             runtime.stop_receiving_into(self._receive_dir)
             if exc.errno == errno.EADDRINUSE:

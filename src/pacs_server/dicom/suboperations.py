@@ -1,9 +1,11 @@
 """The C-STORE sub-operation stream shared by C-GET and C-MOVE (PS3.4 C.4.2, C.4.3).
 
-pynetdicom sends each yielded dataset and keeps the remaining/completed/failed/warning
-counts; this generator decides what to yield: the instance, a placeholder whose send
-fails (so the UID lands in the Failed SOP Instance UID List) when the file is
-unreadable, or Cancel once the SCU sent C-CANCEL.
+pynetdicom sends each yielded instance and keeps the remaining/completed/failed/warning
+counts; this generator decides what to yield: each instance as a `StoredFile` (sent from
+its archived file, converted only when the peer takes none of its stored syntax:
+dicom/transport.py), or Cancel once the SCU sent C-CANCEL. An instance whose file is
+gone still goes out as a `StoredFile`: its send fails, so its UID lands in the Failed
+SOP Instance UID List.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from pynetdicom.events import Event
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.identifiers import parse_identifier
 from pacs_server.dicom.status import CANCEL, PENDING
-from pacs_server.errors import PacsError
+from pacs_server.dicom.transport import StoredFile
 from pacs_server.metrics import Metrics
 from pacs_server.services.query import FindRequest
-from pacs_server.services.retrieve import RetrieveService, StoredRef, placeholder
+from pacs_server.services.retrieve import RetrieveService, StoredRef
 
 log = structlog.get_logger(__name__)
 
@@ -38,27 +40,28 @@ def resolve(event: Event, retrieve: RetrieveService,
 
 
 def suboperations(event: Event, service: str, refs: list[StoredRef],
-                  retrieve: RetrieveService, metrics: Metrics,
+                  retrieve: RetrieveService, metrics: Metrics, transcode: bool = True,
                   before_send: Callable[[float], None] | None = None) -> Iterator[Any]:
-    """Yield (0xFF00, dataset) per instance, or (0xFE00, None) after a C-CANCEL.
+    """Yield (0xFF00, StoredFile) per instance, or (0xFE00, None) after a C-CANCEL.
 
     Args:
         service: "C-GET" or "C-MOVE", for logs and metrics.
+        transcode: whether an instance may be converted for a peer that does not take
+            its stored transfer syntax (`retrieve.transcode`).
         before_send: called with the time the previous sub-operation finished, just
-            before the next dataset is handed over (C-MOVE paces its sends with it).
+            before the next instance is handed over (C-MOVE paces its sends with it).
     """
     for ref in refs:
         resumed = time.monotonic()
         if event.is_cancelled:
             yield CANCEL, None
             return
-        try:
-            ds = retrieve.load(ref)
-        except PacsError as exc:
+        path = retrieve.path(ref)
+        if not path.is_file():
             log.error("retrieve.unreadable", service=service,
-                      sop_instance_uid=ref.sop_instance_uid, error=str(exc))
-            ds = placeholder(ref)
+                      sop_instance_uid=ref.sop_instance_uid, error="file missing")
         metrics.retrieved.labels(service).inc()
         if before_send is not None:
             before_send(resumed)
-        yield PENDING, ds
+        yield PENDING, StoredFile(path, ref.sop_class_uid, ref.sop_instance_uid,
+                                  ref.transfer_syntax_uid, transcode)

@@ -1,20 +1,16 @@
-"""RetrieveService: which files a C-MOVE/C-GET sends, and reading them back.
+"""RetrieveService: which files a C-MOVE/C-GET sends.
 
-`resolve` runs on the loop (index); `load` runs in the association thread (file I/O).
+`resolve` runs on the loop (index); `path` is called in the association thread, which
+sends the file (dicom/transport.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-
-from pacs_server.errors import MissingFile
 from pacs_server.index.repository import StoredRef
 
-__all__ = ["RetrieveService", "StoredRef", "placeholder"]
+__all__ = ["RetrieveService", "StoredRef"]
 from pacs_server.services.query import FindRequest, QueryService
 from pacs_server.storage.filestore import FileStore
 
@@ -30,22 +26,3 @@ class RetrieveService:
 
     def path(self, ref: StoredRef) -> Path:
         return self._files.path(ref.path)
-
-    def load(self, ref: StoredRef) -> Dataset:
-        """Read an archived instance (with its file meta) for a C-STORE sub-operation.
-
-        Raises:
-            MissingFile: the file is gone or unreadable.
-        """
-        try:
-            return dcmread(self._files.path(ref.path))
-        except (OSError, InvalidDicomError, EOFError) as exc:
-            raise MissingFile(f"{ref.sop_instance_uid}: {exc}") from None
-
-
-def placeholder(ref: StoredRef) -> Dataset:
-    """Stands in for an unreadable instance: its send fails, so the sub-operation is
-    counted as failed and its UID reported in Failed SOP Instance UID List."""
-    ds = Dataset()
-    ds.SOPInstanceUID = ref.sop_instance_uid
-    return ds
