@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filewriter import correct_ambiguous_vr
 from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import (
     UID,
@@ -92,10 +93,16 @@ def convert(path: Path, target: str) -> Dataset:
     dest = UID(target)
     lossy = _is_lossy(source, ds)
     try:
+        # Every element decoded now: raw elements keep the encoding they were read in
+        # (an Implicit VR element has no VR to write as Explicit).
+        for _ in ds.iterall():
+            pass
         if source.is_compressed:
             ds.decompress(generate_instance_uid=False)
         elif source == ExplicitVRBigEndian:
             _swap_to_little_endian(ds)
+        if not dest.is_implicit_VR:
+            correct_ambiguous_vr(ds, True)
         if dest.is_compressed:
             ds.compress(dest, generate_instance_uid=False)
     except Exception as exc:  # codec errors come in many types
