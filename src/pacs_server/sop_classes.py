@@ -12,7 +12,6 @@ from pydicom._uid_dict import UID_dictionary
 
 from pacs_server.values import UID_RE
 
-
 # Storage SOP classes that are not composite-object storage (they belong to other
 # services or are retired media classes) are left out.
 _NOT_STORAGE = {
