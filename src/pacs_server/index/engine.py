@@ -75,15 +75,49 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
     return acfg
 
 
-def _upgrade(connection: Connection) -> None:
-    command.upgrade(_alembic_config(connection), "head")
+def _upgrade(connection: Connection, revision: str) -> None:
+    command.upgrade(_alembic_config(connection), revision)
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision (creates it on an empty database)."""
+def _foreign_keys(connection: Connection, on: bool) -> None:
+    # Outside any transaction (PRAGMA foreign_keys is a no-op inside one): the readers'
+    # connections run pysqlite without implicit BEGIN.
+    cur = connection.connection.cursor()
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+        cur.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+        if on:
+            cur.execute("PRAGMA foreign_key_check")
+            if cur.fetchall():
+                raise StartupError("index database has rows whose parent is missing")
+    finally:
+        cur.close()
+
+
+async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the schema to `revision`, by default the newest (creates it on an empty
+    database).
+
+    On SQLite the migrations run with foreign keys off: a batch migration rebuilds a
+    table by copying it and dropping the original, and dropping a parent table with
+    foreign keys on would cascade to its children. They are checked before switching
+    back on.
+    """
+    try:
+        async with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                await conn.run_sync(_foreign_keys, False)
+            try:
+                async with conn.begin():
+                    await conn.run_sync(_upgrade, revision)
+            except BaseException:
+                if sqlite:
+                    await conn.invalidate()   # never back to the pool with keys off
+                raise
+            if sqlite:
+                await conn.run_sync(_foreign_keys, True)
+    except StartupError:
+        raise
     except Exception as exc:
         # One line for the CLI: SQLAlchemy's message adds the statement and a
         # "Background on this error" line; the driver's own message says what is wrong.

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from pacs_server.errors import MissingFile
-from pacs_server.index.repository import StoredRef
+from pacs_server.index.records import StoredRef
 
 __all__ = ["RetrieveService", "StoredRef", "placeholder"]
 from pacs_server.services.query import FindRequest, QueryService
