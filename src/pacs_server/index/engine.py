@@ -7,6 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -75,17 +76,20 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
     return acfg
 
 
-def _upgrade(connection: Connection, revision: str) -> None:
+def _upgrade(connection: Connection, revision: str) -> bool:
+    """Upgrade to `revision`; True if any migration ran."""
+    before = MigrationContext.configure(connection).get_current_revision()
     command.upgrade(_alembic_config(connection), revision)
+    return MigrationContext.configure(connection).get_current_revision() != before
 
 
-def _foreign_keys(connection: Connection, on: bool) -> None:
+def _foreign_keys(connection: Connection, on: bool, check: bool = False) -> None:
     # Outside any transaction (PRAGMA foreign_keys is a no-op inside one): the readers'
     # connections run pysqlite without implicit BEGIN.
     cur = connection.connection.cursor()
     try:
         cur.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
-        if on:
+        if check:   # a full scan: only after migrations ran
             cur.execute("PRAGMA foreign_key_check")
             if cur.fetchall():
                 raise StartupError("index database has rows whose parent is missing")
@@ -109,13 +113,13 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
                 await conn.run_sync(_foreign_keys, False)
             try:
                 async with conn.begin():
-                    await conn.run_sync(_upgrade, revision)
+                    changed = await conn.run_sync(_upgrade, revision)
             except BaseException:
                 if sqlite:
                     await conn.invalidate()   # never back to the pool with keys off
                 raise
             if sqlite:
-                await conn.run_sync(_foreign_keys, True)
+                await conn.run_sync(_foreign_keys, True, changed)
     except StartupError:
         raise
     except Exception as exc:
