@@ -75,6 +75,11 @@ class AttributeTable:
         """The rows whose column is in `level`'s table."""
         return tuple(r for r in self.rows if r.level == level)
 
+    def recorded(self, level: str) -> tuple[Attribute, ...]:
+        """The rows of `level` an ingest record carries in its per-level dict: read from
+        the dataset, and not a UID (those are record fields of their own)."""
+        return tuple(r for r in self.at(level) if not r.derived and r.kind != "uid")
+
     def visible(self, level: str) -> dict[str, Attribute]:
         """Keyword → the row a query at `level` matches and answers with: the deepest
         row at or above `level`."""

@@ -39,18 +39,16 @@ _INSERT_INSTANCE = insert(Instance)
 _UPDATE_STUDY_SETS = text(
     "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk")
 
-# Per level: the (column, default) pairs a record provides (the UIDs are passed
-# separately, derived columns are the index's own), and the Person Name columns with
-# their case-folded copy.
+# Per level: the (column, default) pairs a record provides, and the Person Name columns
+# with their case-folded copy.
 _RECORD_COLUMNS = {level: tuple((r.column, None if r.kind == "int" else "")
-                                for r in QR_ATTRIBUTES.at(level)
-                                if not r.derived and r.kind != "uid")
+                                for r in QR_ATTRIBUTES.recorded(level))
                    for level in QR_ATTRIBUTES.levels}
 _NORMS = {level: tuple((r.column, r.norm) for r in QR_ATTRIBUTES.at(level) if r.norm)
           for level in QR_ATTRIBUTES.levels}
-# The patient record's demographics, compared when a new study arrives.
-_DEMOGRAPHICS = (("PatientName", "patient_name"), ("PatientBirthDate", "birth_date"),
-                 ("PatientSex", "sex"))
+# The patient key, and the patient attributes that follow the newest study.
+_PATIENT_KEY = ("patient_id", "issuer_of_patient_id")
+_FOLLOWING = tuple(r for r in QR_ATTRIBUTES.recorded("PATIENT") if r.column not in _PATIENT_KEY)
 
 
 @dataclass
@@ -91,8 +89,8 @@ class IndexWriter:
         # cost about a fifth of a single-instance commit.
         self._conn: AsyncConnection | None = None
         self._on_commit = on_commit  # callable(batch_size) for metrics
-        # (PatientID, issuer) -> (pk, demographics as on the patient row)
-        self._patients: dict[tuple[str, str], tuple[int, tuple[str, ...]]] = {}
+        # (PatientID, issuer) -> (pk, the _FOLLOWING values as on the patient row)
+        self._patients: dict[tuple[Any, ...], tuple[int, tuple[Any, ...]]] = {}
         # uid -> (pk, patient_pk, modalities, sop classes)
         self._studies: dict[str, tuple[int, int, str, str]] = {}
         # uid -> (pk, study_pk, patient_pk)
@@ -279,13 +277,14 @@ class IndexWriter:
         (with the two studies' UIDs, never the values) and nothing earlier is rewritten.
         """
         values = level_values("PATIENT", rec.patient)
-        demographics = tuple(values[column] for _, column in _DEMOGRAPHICS)
-        key = (values["patient_id"], values["issuer_of_patient_id"])
+        following = tuple(values[r.column] for r in _FOLLOWING)
+        key = tuple(values[column] for column in _PATIENT_KEY)
         cached = self._patients.get(key) if key[0] else None
         if cached is None and key[0]:
             row = (await conn.execute(select(
-                Patient.pk, *(getattr(Patient, column) for _, column in _DEMOGRAPHICS)).where(
-                Patient.patient_id == key[0], Patient.issuer_of_patient_id == key[1]))).first()
+                Patient.pk, *(Patient.__table__.c[r.column] for r in _FOLLOWING)).where(
+                *(Patient.__table__.c[c] == v for c, v in zip(_PATIENT_KEY, key, strict=True))
+            ))).first()
             if row is not None:
                 cached = (int(row[0]), tuple(row[1:]))
         if cached is None:
@@ -295,23 +294,23 @@ class IndexWriter:
             pk = int(result.inserted_primary_key[0])
         else:
             pk, before = cached
-            if before != demographics:
-                await self._follow_demographics(conn, batch, pk, values, before, rec)
+            if before != following:
+                await self._follow(conn, batch, pk, values, before, rec)
         if key[0]:
-            self._patients[key] = (pk, demographics)
+            self._patients[key] = (pk, following)
         return pk
 
-    async def _follow_demographics(self, conn: AsyncConnection, batch: _Batch, pk: int,
-                                   values: dict[str, Any], before: tuple[str, ...],
-                                   rec: InstanceRecord) -> None:
+    async def _follow(self, conn: AsyncConnection, batch: _Batch, pk: int,
+                      values: dict[str, Any], before: tuple[Any, ...],
+                      rec: InstanceRecord) -> None:
+        """Update the patient row to a new study's demographics; note the change."""
         previous = (await conn.execute(
             select(Study.study_instance_uid).where(Study.patient_pk == pk)
             .order_by(Study.pk.desc()).limit(1))).scalar()
         await conn.execute(update(Patient).where(Patient.pk == pk).values(
-            **{column: values[column] for _, column in _DEMOGRAPHICS},
-            patient_name_norm=values["patient_name_norm"]))
-        changed = [kw for (kw, column), old in zip(_DEMOGRAPHICS, before, strict=True)
-                   if values[column] != old]
+            {k: v for k, v in values.items() if k not in _PATIENT_KEY}))
+        changed = [r.keyword for r, old in zip(_FOLLOWING, before, strict=True)
+                   if values[r.column] != old]
         batch.notices.append(dict(event="index.patient_demographics_changed", patient_pk=pk,
                                   changed=changed, previous_study_uid=previous,
                                   study_uid=rec.study_instance_uid))

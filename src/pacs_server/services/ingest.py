@@ -125,10 +125,7 @@ def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Datase
 # What build_record reads (and the character set to decode it); the fast path decodes
 # only these (with pydicom, lazily).
 _INDEXED_TAGS = QR_ATTRIBUTES.tags | {int(Tag("SpecificCharacterSet"))}
-# Per level, the attributes a record carries (the UIDs are record fields of their own).
-_RECORD_ATTRS = {level: tuple(a for a in QR_ATTRIBUTES.at(level)
-                              if not a.derived and a.kind != "uid")
-                 for level in QR_ATTRIBUTES.levels}
+_RECORD_ATTRS = {level: QR_ATTRIBUTES.recorded(level) for level in QR_ATTRIBUTES.levels}
 _FAST_SYNTAXES_IMPLICIT = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
 
 
