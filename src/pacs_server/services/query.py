@@ -21,7 +21,7 @@ from pydicom.tag import Tag
 
 from pacs_server.config import QueryConfig
 from pacs_server.errors import InvalidQuery, TooManyMatches
-from pacs_server.index.attributes import QR_ATTRIBUTES, QR_LEVELS, Level
+from pacs_server.index.attributes import QR_ATTRIBUTES, QR_LEVELS, InformationModel, Level
 from pacs_server.index.matching import is_universal
 from pacs_server.index.repository import IndexRepository, Match, StoredRef
 
@@ -45,8 +45,8 @@ class QueryKey:
 class FindRequest:
     """A C-FIND/C-MOVE/C-GET identifier, decoded."""
 
-    model: str                  # PATIENT | STUDY (root)
-    level: str                  # PATIENT | STUDY | SERIES | IMAGE
+    model: InformationModel     # PATIENT | STUDY (root)
+    level: str                  # as received; validate() checks it is a Level
     keys: tuple[QueryKey, ...] = field(default_factory=tuple)
     combined_datetime: bool = False   # negotiated PS3.4 C.2.2.2.5.1 combined matching
 
