@@ -6,12 +6,11 @@ An entry of `storage.accepted_sop_classes` may be a modality code (CT), a SOP cl
 
 from __future__ import annotations
 
-import re
 from functools import cache
 
 from pydicom._uid_dict import UID_dictionary
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+from pacs_server.values import UID_RE
 
 # Storage SOP classes that are not composite-object storage (they belong to other
 # services or are retired media classes) are left out.
@@ -90,7 +89,7 @@ def resolve_storage_classes(entries: list[str] | tuple[str, ...]) -> tuple[str, 
     out: list[str] = []
     for raw in entries:
         entry = raw.strip()
-        if _UID_RE.match(entry):
+        if UID_RE.match(entry):
             out.append(entry)  # private or newer classes are allowed by UID
             continue
         if entry.lower() in by_name:

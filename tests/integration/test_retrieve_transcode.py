@@ -20,11 +20,11 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.uid import (
+    UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    UID,
 )
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import split_dataset

@@ -109,7 +109,7 @@ async def test_character_sets(server: PacsApp, scu: Scu, dicom_files: DicomFiles
     assert [r.status for r in results] == [0] * len(sent)
     for path in sent:
         await check_archived(server, path)
-    async with index_of(server).engine.connect() as conn:
+    async with index_of(server).reader._engine.connect() as conn:
         names = {r.patient_id: r.patient_name for r in (await conn.execute(
             select(Patient.patient_id, Patient.patient_name))).all()}
     for path in sent:
@@ -135,7 +135,7 @@ async def test_many_instances_of_one_series(server: PacsApp, scu: Scu,
     counts = await index_of(server).counts()
     assert (counts["patients"], counts["studies"], counts["series"], counts["instances"]) == (
         1, 1, 2, 5)
-    async with index_of(server).engine.connect() as conn:
+    async with index_of(server).reader._engine.connect() as conn:
         study = (await conn.execute(select(Study.num_series, Study.num_instances,
                                            Study.modalities))).one()
         series = dict((await conn.execute(select(Series.modality, Series.num_instances))).all())

@@ -23,11 +23,11 @@ from pydicom.uid import (
 
 from pacs_server import IMPLEMENTATION_CLASS_UID
 from pacs_server.errors import DatasetMismatch, UnreadableDataset
+from pacs_server.index.headers import decode_header
 from pacs_server.services.ingest import (
     MAX_RAW_HEADER,
     build_record,
     dataset_offset,
-    decode_header,
     file_meta_bytes,
     read_record,
 )

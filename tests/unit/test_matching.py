@@ -2,25 +2,41 @@
 
 `matches()` decides; `sql_condition()` may only narrow the rows that `matches()` then
 sees, so on a real index (IndexRepository on a tmp SQLite file) every row the Python
-check accepts must also come back from SQL.
+check accepts must also come back from SQL; `IndexReader.find()` puts both together.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import ColumnElement, select
 
 from pacs_server.config import DatabaseConfig
+from pacs_server.index.attributes import QR_ATTRIBUTES, Attribute
 from pacs_server.index.engine import create_engine, migrate
-from pacs_server.index.matching import ATTRS, is_universal, matches, sql_condition
-from pacs_server.index.query import column_key, stream_rows
+from pacs_server.index.matching import is_universal, matches, sql_condition
+from pacs_server.index.models import QR_MODELS, Series, Study
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
+
+# The attribute a SERIES-level query matches each keyword against.
+ATTRS = QR_ATTRIBUTES.visible("SERIES")
+
+
+def column(attr: Attribute, name: str | None = None) -> ColumnElement[Any]:
+    return QR_MODELS[attr.level].__table__.c[name or attr.column]
+
+
+def condition(keyword: str, value: str) -> ColumnElement[bool] | None:
+    attr = ATTRS[keyword]
+    norm = column(attr, attr.norm) if attr.norm else None
+    return sql_condition(column(attr), attr.kind, value, norm)
 
 # --------------------------------------------------------------------------- universal
 
@@ -347,8 +363,8 @@ def test_multi_valued_sets(stored: str, query: str, expected: bool) -> None:
 def test_sql_condition_is_none_for_universal_values() -> None:
     for keyword in ("PatientName", "PatientID", "StudyDate", "StudyInstanceUID",
                     "SeriesNumber", "ModalitiesInStudy"):
-        assert sql_condition(ATTRS[keyword], "", False) is None
-        assert sql_condition(ATTRS[keyword], "*", False) is None
+        assert condition(keyword, "") is None
+        assert condition(keyword, "*") is None
 
 
 @pytest.mark.parametrize(("keyword", "value", "sql"), [
@@ -358,11 +374,11 @@ def test_sql_condition_is_none_for_universal_values() -> None:
     ("StudyDate", "-20230131", "studies.study_date <= "),
     ("PatientID", "PID-A", "patients.patient_id = "),
     ("PatientID", "PID*", "patients.patient_id LIKE "),
-    ("PatientName", "SMI*", "patients.patient_name_norm >= "),
+    ("PatientName", "SMI*", "studies.patient_name_norm >= "),
     ("SeriesNumber", "2", "series.series_number = "),
 ])
 def test_sql_condition_uses_the_indexed_column(keyword: str, value: str, sql: str) -> None:
-    cond = sql_condition(ATTRS[keyword], value, False)
+    cond = condition(keyword, value)
     assert cond is not None
     assert sql in str(cond.compile())
 
@@ -380,7 +396,7 @@ def test_sql_condition_uses_the_indexed_column(keyword: str, value: str, sql: st
 ])
 def test_sql_condition_leaves_what_it_cannot_narrow_to_python(keyword: str,
                                                               value: str) -> None:
-    assert sql_condition(ATTRS[keyword], value, False) is None
+    assert condition(keyword, value) is None
 
 
 def _record(i: int, *, patient_id: str, name: str, study_date: str = "",
@@ -392,9 +408,8 @@ def _record(i: int, *, patient_id: str, name: str, study_date: str = "",
         sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
         study_instance_uid=study, series_instance_uid=series,
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        patient={"patient_id": patient_id, "patient_name": name, "birth_date": "",
-                 "sex": ""},
-        study={"study_date": study_date, "study_time": study_time,
+        patient={"patient_id": patient_id, "patient_name": name},
+        study={"patient_name": name, "study_date": study_date, "study_time": study_time,
                "accession_number": accession, "study_id": str(i),
                "study_description": description, "referring_physician": referring},
         series={"modality": modality, "series_number": series_number,
@@ -449,7 +464,7 @@ QUERIES = [
 
 
 @pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+async def index(tmp_path: Path) -> AsyncIterator[IndexRepository]:
     """A real index (migrations + IndexRepository writes) holding STORED, one per study."""
     engine = create_engine(DatabaseConfig(path=str(tmp_path / "index.db")))
     await migrate(engine)
@@ -458,33 +473,38 @@ async def index(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     try:
         for i, values in enumerate(STORED):
             await repo.add_instance(_record(i, **values))  # type: ignore[arg-type]
-        yield engine
+        yield repo
     finally:
         await repo.close()
         await engine.dispose()
 
 
-async def _rows(engine: AsyncEngine, level: str, conds: list[Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    async for batch in stream_rows(engine, level, conds):
-        out.extend(batch)
-    return out
+async def _series(repo: IndexRepository, cond: ColumnElement[bool] | None) -> dict[str, Any]:
+    """SERIES rows (Series.pk → the row of every visible column) that `cond` selects."""
+    patients = QR_MODELS["PATIENT"].__table__
+    stmt = select(Series.pk, patients, Study.__table__, Series.__table__).join(
+        Study, Series.study_pk == Study.pk).join(patients, Study.patient_pk == patients.c.pk)
+    async with repo.reader._engine.connect() as conn:
+        result = (await conn.execute(stmt if cond is None else stmt.where(cond))).all()
+    return {row[0]: row for row in result}
+
+
+def _stored(row: Any, attr: Attribute) -> Any:
+    return row._mapping[column(attr)]
 
 
 @pytest.mark.parametrize("case_sensitive", [False, True])
 async def test_sql_condition_returns_a_superset_of_the_python_matches(
-        index: AsyncEngine, case_sensitive: bool) -> None:
-    everything = await _rows(index, "SERIES", [])
+        index: IndexRepository, case_sensitive: bool) -> None:
+    everything = await _series(index, None)
     assert len(everything) == len(STORED)
     narrowed = 0
     for keyword, value in QUERIES:
         attr = ATTRS[keyword]
-        key = column_key(attr.level, attr.column.key)
-        wanted = {row["se_pk"] for row in everything
-                  if matches(row[key], value, attr.kind, case_sensitive)}
-        cond = sql_condition(attr, value, case_sensitive)
-        got = {row["se_pk"] for row in await _rows(index, "SERIES",
-                                                     [] if cond is None else [cond])}
+        wanted = {pk for pk, row in everything.items()
+                  if matches(_stored(row, attr), value, attr.kind, case_sensitive)}
+        cond = condition(keyword, value)
+        got = set(await _series(index, cond))
         assert wanted <= got, (keyword, value, case_sensitive)
         if cond is not None and len(got) < len(everything):
             narrowed += 1
@@ -492,20 +512,63 @@ async def test_sql_condition_returns_a_superset_of_the_python_matches(
     assert narrowed >= 25
 
 
-async def test_python_matching_on_index_rows_finds_the_expected_patients(
-        index: AsyncEngine) -> None:
-    rows = await _rows(index, "PATIENT", [])
-    attr = ATTRS["PatientName"]
-    key = column_key("PATIENT", attr.column.key)
+@dataclass(frozen=True)
+class Key:
+    keyword: str
+    value: str
+    vr: str = ""
 
-    def ids(query: str, sensitive: bool = False) -> set[str]:
-        return {row["p_patient_id"] for row in rows
-                if matches(row[key], query, "pn", sensitive)}
+    @property
+    def tag(self) -> int:
+        return int(Tag(self.keyword))
 
-    assert ids("SMI*") == {"PID-A", "PID-B", "PID-H"}
-    assert ids("SMI*", sensitive=True) == {"PID-B"}
-    assert ids("Smi*", sensitive=True) == {"PID-A", "PID-H"}
-    assert ids("sm?th*") == {"PID-A", "PID-B", "pid-c"}
-    assert ids("山田^太郎") == {"PID_D"}
-    assert ids("strasse*") == set()
-    assert ids("strauss*") == {"PID%E"}
+
+async def _find(repo: IndexRepository, level: str, *keys: Key,
+                sensitive: bool = False) -> list[Any]:
+    out: list[Any] = []
+    async for batch in repo.find(level, keys, case_sensitive_names=sensitive, batch=3):
+        out.extend(batch)
+    return out
+
+
+async def test_find_matches_in_sql_and_python_together(index: IndexRepository) -> None:
+    async def ids(query: str, sensitive: bool = False) -> set[str]:
+        found = await _find(index, "PATIENT", Key("PatientName", query), sensitive=sensitive)
+        return {m.indexed("PatientID")[0] for m in found}
+
+    assert await ids("SMI*") == {"PID-A", "PID-B", "PID-H"}
+    assert await ids("SMI*", sensitive=True) == {"PID-B"}
+    assert await ids("Smi*", sensitive=True) == {"PID-A", "PID-H"}
+    assert await ids("sm?th*") == {"PID-A", "PID-B", "pid-c"}
+    assert await ids("山田^太郎") == {"PID_D"}
+    assert await ids("strasse*") == set()
+    assert await ids("strauss*") == {"PID%E"}
+
+
+async def test_find_answers_every_query_as_the_python_rules_do(index: IndexRepository) -> None:
+    everything = await _series(index, None)
+    for keyword, value in QUERIES:
+        attr = ATTRS[keyword]
+        wanted = {_stored(row, attr) for row in everything.values()
+                  if matches(_stored(row, attr), value, attr.kind)}
+        found = await _find(index, "SERIES", Key(keyword, value))
+        assert {m.indexed(keyword)[0] for m in found} == wanted, (keyword, value)
+
+
+async def test_find_streams_batches_and_keys_below_the_level_are_not_matched(
+        index: IndexRepository) -> None:
+    batches = [b async for b in index.find("STUDY", [Key("Modality", "MR")], batch=3)]
+    assert [len(b) for b in batches] == [3, 3, 2]
+    (found,) = await _find(index, "STUDY", Key("StudyDescription", "50%*"))
+    assert found.indexed("Modality") is None        # a SERIES attribute: not at STUDY
+    assert found.indexed("PatientName") == ("smythe^anna", "pn")
+
+
+async def test_closing_the_stream_closes_its_connection(index: IndexRepository) -> None:
+    pool = index.reader._engine.pool
+    idle = pool.checkedout()                         # the writer keeps its own
+    stream = index.find("SERIES", [], batch=2)
+    assert len(await anext(stream)) == 2
+    assert pool.checkedout() == idle + 1
+    await stream.aclose()                            # C-CANCEL
+    assert pool.checkedout() == idle

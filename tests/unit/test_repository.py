@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+import structlog
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
@@ -24,15 +25,18 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 def record(*, patient: str = "P1", study: str | None = None, series: str | None = None,
            sop: str | None = None, modality: str = "CT", sop_class: str = CT_IMAGE,
-           name: str = "Doe^John", size: int = 100) -> InstanceRecord:
+           name: str = "Doe^John", size: int = 100, issuer: str = "",
+           sex: str = "") -> InstanceRecord:
     study = study or generate_uid()
     series = series or generate_uid()
     sop = sop or generate_uid()
     return InstanceRecord(
         sop_instance_uid=sop, sop_class_uid=sop_class, study_instance_uid=study,
         series_instance_uid=series, transfer_syntax_uid=ExplicitVRLittleEndian,
-        patient={"patient_id": patient, "patient_name": name, "birth_date": "", "sex": ""},
-        study={"study_date": "20240101", "study_time": "", "accession_number": "A1",
+        patient={"patient_id": patient, "issuer_of_patient_id": issuer, "patient_name": name,
+                 "birth_date": "", "sex": sex},
+        study={"patient_name": name, "patient_birth_date": "", "patient_sex": sex,
+               "study_date": "20240101", "study_time": "", "accession_number": "A1",
                "study_id": "", "study_description": "", "referring_physician": ""},
         series={"modality": modality, "series_number": 1, "series_description": "",
                 "series_date": "", "series_time": "", "body_part": ""},
@@ -360,3 +364,50 @@ async def test_writer_reconnects_after_a_database_restart(postgres_cluster: Any,
         await repo.close()
         await writer.dispose()
         await engine.dispose()
+
+
+async def test_an_empty_patient_id_never_merges_studies(repo_env: Any) -> None:
+    repo, _, engine = repo_env
+    first, second = record(patient="", name="Test^S R"), record(patient="", name="Anonymized")
+    await repo.add_instance(first)
+    await repo.add_instance(second)
+    await repo.add_instance(record(patient="", study=first.study_instance_uid,
+                                   series=first.series_instance_uid, name="Test^S R"))
+    patients = await rows(engine, Patient, Patient.patient_name, Patient.num_studies,
+                          Patient.num_instances)
+    assert sorted(tuple(p) for p in patients) == [("Anonymized", 1, 1), ("Test^S R", 1, 2)]
+
+
+async def test_the_issuer_is_part_of_the_patient_key(repo_env: Any) -> None:
+    repo, _, engine = repo_env
+    await repo.add_instance(record(patient="123", issuer="HOSP_A", name="A^A"))
+    await repo.add_instance(record(patient="123", issuer="HOSP_B", name="B^B"))
+    await repo.add_instance(record(patient="123", issuer="HOSP_A", name="A^A"))
+    patients = await rows(engine, Patient, Patient.issuer_of_patient_id, Patient.num_studies)
+    assert sorted(tuple(p) for p in patients) == [("HOSP_A", 2), ("HOSP_B", 1)]
+
+
+async def test_demographics_follow_the_newest_study_and_the_change_is_logged_once(
+        repo_env: Any) -> None:
+    repo, _, engine = repo_env
+    old = record(patient="P9", name="Old^Name", sex="F")
+    new = record(patient="P9", name="New^Name", sex="F")
+    with structlog.testing.capture_logs() as logs:
+        await repo.add_instance(old)
+        await repo.add_instance(new)
+        for rec in (new, old):   # more of both studies: nothing changes, nothing logged
+            await repo.add_instance(record(patient="P9", study=rec.study_instance_uid,
+                                           name=rec.patient["patient_name"], sex="F"))
+    (p,) = await rows(engine, Patient, Patient.patient_name, Patient.patient_name_norm,
+                      Patient.num_studies)
+    assert tuple(p) == ("New^Name", "new^name", 2)
+    studies = {r.study_instance_uid: r.patient_name for r in await rows(
+        engine, Study, Study.study_instance_uid, Study.patient_name)}
+    assert studies == {old.study_instance_uid: "Old^Name", new.study_instance_uid: "New^Name"}
+    changes = [e for e in logs if e["event"] == "index.patient_demographics_changed"]
+    assert len(changes) == 1
+    assert changes[0]["log_level"] == "warning"
+    assert changes[0]["previous_study_uid"] == old.study_instance_uid
+    assert changes[0]["study_uid"] == new.study_instance_uid
+    assert changes[0]["changed"] == ["PatientName"]
+    assert not any("Name^" in str(v) or "^Name" in str(v) for e in logs for v in e.values())

@@ -14,6 +14,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacs_server.errors import InvalidQuery
+from pacs_server.values import value_text
 from pacs_server.services.query import FindRequest, QueryKey, key_vr
 
 PATIENT_ROOT = {str(PatientRootQueryRetrieveInformationModelFind),
@@ -70,10 +71,6 @@ def parse_identifier(identifier: Dataset | None, sop_class_uid: str,
 
 def _as_text(elem: object) -> str:
     value = getattr(elem, "value", None)
-    if getattr(elem, "VR", "") == "SQ" or value is None:
+    if getattr(elem, "VR", "") == "SQ" or isinstance(value, bytes):
         return ""
-    if isinstance(value, bytes):
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+    return value_text(value).strip()

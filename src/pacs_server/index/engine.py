@@ -7,6 +7,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -75,15 +76,52 @@ def _alembic_config(connection: Connection) -> AlembicConfig:
     return acfg
 
 
-def _upgrade(connection: Connection) -> None:
-    command.upgrade(_alembic_config(connection), "head")
+def _upgrade(connection: Connection, revision: str) -> bool:
+    """Upgrade to `revision`; True if any migration ran."""
+    before = MigrationContext.configure(connection).get_current_revision()
+    command.upgrade(_alembic_config(connection), revision)
+    return MigrationContext.configure(connection).get_current_revision() != before
 
 
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision (creates it on an empty database)."""
+def _foreign_keys(connection: Connection, on: bool, check: bool = False) -> None:
+    # Outside any transaction (PRAGMA foreign_keys is a no-op inside one): the readers'
+    # connections run pysqlite without implicit BEGIN.
+    cur = connection.connection.cursor()
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+        cur.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+        if check:   # a full scan: only after migrations ran
+            cur.execute("PRAGMA foreign_key_check")
+            if cur.fetchall():
+                raise StartupError("index database has rows whose parent is missing")
+    finally:
+        cur.close()
+
+
+async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the schema to `revision`, by default the newest (creates it on an empty
+    database).
+
+    On SQLite the migrations run with foreign keys off: a batch migration rebuilds a
+    table by copying it and dropping the original, and dropping a parent table with
+    foreign keys on would cascade to its children. They are checked before switching
+    back on.
+    """
+    try:
+        async with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                await conn.run_sync(_foreign_keys, False)
+            try:
+                async with conn.begin():
+                    changed = await conn.run_sync(_upgrade, revision)
+            except BaseException:
+                if sqlite:
+                    await conn.invalidate()   # never back to the pool with keys off
+                raise
+            if sqlite:
+                await conn.run_sync(_foreign_keys, True, changed)
+    except StartupError:
+        raise
     except Exception as exc:
         # One line for the CLI: SQLAlchemy's message adds the statement and a
         # "Background on this error" line; the driver's own message says what is wrong.

@@ -4,76 +4,32 @@ Every condition is checked in Python against the stored value, so the result is 
 whatever the database's LIKE/collation rules. SQL conditions are only ever a superset
 filter chosen so that an index serves the common queries: equality, UID lists, date
 ranges, and prefix wildcards (`SMI*` becomes a range scan on the case-folded column).
+
+Nothing here knows the Q/R levels: the functions take a column and a match kind (an
+`attributes.Attribute` row gives both), so any attribute table can reuse them.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_
-from sqlalchemy.orm import InstrumentedAttribute
 
-from pacs_server.index.models import Instance, Patient, Series, Study
+from pacs_server.index.attributes import Kind
 from pacs_server.index.text import fold
 
-LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
-LEVEL_MODEL: dict[str, Any] = {"PATIENT": Patient, "STUDY": Study, "SERIES": Series,
-                               "IMAGE": Instance}
-
-
-@dataclass(frozen=True)
-class Attr:
-    """An attribute the index holds in a column."""
-
-    level: str
-    column: InstrumentedAttribute[Any]
-    kind: str                               # uid | str | pn | date | time | int | multi | count
-    norm: InstrumentedAttribute[Any] | None = None
-
-
-# Keyword → where its value lives. Computed attributes (counts) are return-only here;
-# they are matched in Python like any other value.
-ATTRS: dict[str, Attr] = {
-    "PatientID": Attr("PATIENT", Patient.patient_id, "str"),
-    "PatientName": Attr("PATIENT", Patient.patient_name, "pn", Patient.patient_name_norm),
-    "PatientBirthDate": Attr("PATIENT", Patient.birth_date, "date"),
-    "PatientSex": Attr("PATIENT", Patient.sex, "str"),
-    "NumberOfPatientRelatedStudies": Attr("PATIENT", Patient.num_studies, "count"),
-    "NumberOfPatientRelatedSeries": Attr("PATIENT", Patient.num_series, "count"),
-    "NumberOfPatientRelatedInstances": Attr("PATIENT", Patient.num_instances, "count"),
-    "StudyInstanceUID": Attr("STUDY", Study.study_instance_uid, "uid"),
-    "StudyDate": Attr("STUDY", Study.study_date, "date"),
-    "StudyTime": Attr("STUDY", Study.study_time, "time"),
-    "AccessionNumber": Attr("STUDY", Study.accession_number, "str"),
-    "StudyID": Attr("STUDY", Study.study_id, "str"),
-    "StudyDescription": Attr("STUDY", Study.study_description, "str"),
-    "ReferringPhysicianName": Attr("STUDY", Study.referring_physician, "pn",
-                                   Study.referring_physician_norm),
-    "ModalitiesInStudy": Attr("STUDY", Study.modalities, "multi"),
-    "SOPClassesInStudy": Attr("STUDY", Study.sop_classes, "multi"),
-    "NumberOfStudyRelatedSeries": Attr("STUDY", Study.num_series, "count"),
-    "NumberOfStudyRelatedInstances": Attr("STUDY", Study.num_instances, "count"),
-    "SeriesInstanceUID": Attr("SERIES", Series.series_instance_uid, "uid"),
-    "Modality": Attr("SERIES", Series.modality, "str"),
-    "SeriesNumber": Attr("SERIES", Series.series_number, "int"),
-    "SeriesDescription": Attr("SERIES", Series.series_description, "str"),
-    "SeriesDate": Attr("SERIES", Series.series_date, "date"),
-    "SeriesTime": Attr("SERIES", Series.series_time, "time"),
-    "BodyPartExamined": Attr("SERIES", Series.body_part, "str"),
-    "NumberOfSeriesRelatedInstances": Attr("SERIES", Series.num_instances, "count"),
-    "SOPInstanceUID": Attr("IMAGE", Instance.sop_instance_uid, "uid"),
-    "SOPClassUID": Attr("IMAGE", Instance.sop_class_uid, "uid"),
-    "InstanceNumber": Attr("IMAGE", Instance.instance_number, "int"),
-    "ContentDate": Attr("IMAGE", Instance.content_date, "date"),
-    "ContentTime": Attr("IMAGE", Instance.content_time, "time"),
-}
-
 # VR → matching kind for attributes that only live in the stored header.
-VR_KIND = {"UI": "uid", "DA": "date", "TM": "time", "DT": "datetime", "PN": "pn",
-           "IS": "int", "US": "int", "UL": "int", "SS": "int", "SL": "int"}
+VR_KIND: dict[str, Kind] = {"UI": "uid", "DA": "date", "TM": "time", "DT": "datetime",
+                            "PN": "pn", "IS": "int", "US": "int", "UL": "int", "SS": "int",
+                            "SL": "int"}
+
+# Date and time attributes matched as one date-time range when the SCU negotiated
+# combined datetime matching (PS3.4 C.2.2.2.5.1).
+DATE_TIME_PAIRS = (("StudyDate", "StudyTime"), ("SeriesDate", "SeriesTime"),
+                   ("ContentDate", "ContentTime"), ("AcquisitionDate", "AcquisitionTime"),
+                   ("PatientBirthDate", "PatientBirthTime"))
 
 
 def is_universal(value: str) -> bool:
@@ -83,12 +39,12 @@ def is_universal(value: str) -> bool:
 
 # ------------------------------------------------------------------------- SQL side
 
-def sql_condition(attr: Attr, value: str, case_sensitive_names: bool) -> ColumnElement[bool] | None:
-    """A superset filter for one key, or None when SQL cannot narrow usefully."""
+def sql_condition(col: ColumnElement[Any], kind: Kind, value: str,
+                  norm: ColumnElement[Any] | None = None) -> ColumnElement[bool] | None:
+    """A superset filter for one key on `col` (`norm`: its case-folded column, for a
+    Person Name), or None when SQL cannot narrow usefully."""
     if is_universal(value):
         return None
-    col = attr.column
-    kind = attr.kind
     if kind == "uid":
         uids = [u.strip() for u in value.split("\\") if u.strip()]
         return col.in_(uids) if len(uids) > 1 else col == uids[0]
@@ -100,12 +56,12 @@ def sql_condition(attr: Attr, value: str, case_sensitive_names: bool) -> ColumnE
         except ValueError:
             return None
     if kind == "pn":
-        if not value.isascii() or attr.norm is None or "=" in value or "\\" in value:
+        if not value.isascii() or norm is None or "=" in value or "\\" in value:
             # Non-ASCII names may sit in ideographic/phonetic groups, a value with "="
             # spans several component groups and "\\" lists several values: the norm
             # column (alphabetic group only) cannot select those; Python decides.
             return None
-        return _text_sql(attr.norm, fold(value))
+        return _text_sql(norm, fold(value))
     if kind == "str":
         if "\\" in value:
             return None
@@ -113,7 +69,7 @@ def sql_condition(attr: Attr, value: str, case_sensitive_names: bool) -> ColumnE
     return None
 
 
-def _text_sql(col: InstrumentedAttribute[Any], value: str) -> ColumnElement[bool]:
+def _text_sql(col: ColumnElement[Any], value: str) -> ColumnElement[bool]:
     if "*" not in value and "?" not in value:
         return col == value
     prefix = re.split(r"[*?]", value, maxsplit=1)[0]
@@ -126,7 +82,7 @@ def _text_sql(col: InstrumentedAttribute[Any], value: str) -> ColumnElement[bool
     return like
 
 
-def _date_sql(col: InstrumentedAttribute[Any], value: str) -> ColumnElement[bool] | None:
+def _date_sql(col: ColumnElement[Any], value: str) -> ColumnElement[bool] | None:
     if "\\" in value:
         return None
     lo, hi, is_range = _split_range(value)
@@ -153,7 +109,7 @@ def _split_range(value: str) -> tuple[str, str, bool]:
 
 # ------------------------------------------------------------------------- Python side
 
-def matches(stored: Any, query: str, kind: str, case_sensitive_names: bool = False) -> bool:
+def matches(stored: Any, query: str, kind: Kind, case_sensitive_names: bool = False) -> bool:
     """Does the stored value match the query value? (PS3.4 C.2.2.2.1-C.2.2.2.5)."""
     if is_universal(query):
         return True
@@ -207,6 +163,15 @@ def _wild(query: str, insensitive: bool = False) -> Any:
 def _wild_regex(query: str, insensitive: bool) -> re.Pattern[str]:
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in query)
     return re.compile(regex + r"\Z", re.DOTALL | (re.IGNORECASE if insensitive else 0))
+
+
+def combine_range(date_q: str, time_q: str) -> str:
+    """Merge a DA and a TM matching value into one DT range (PS3.4 C.2.2.2.5.1)."""
+    d_lo, _, d_hi = date_q.partition("-") if "-" in date_q else (date_q, "", date_q)
+    t_lo, _, t_hi = time_q.partition("-") if "-" in time_q else (time_q, "", time_q)
+    lo = d_lo + t_lo.replace(":", "") if d_lo else ""
+    hi = d_hi + t_hi.replace(":", "") if d_hi else ""
+    return f"{lo}-{hi}"
 
 
 def _range_match(stored: str, query: str, kind: str) -> bool:

@@ -17,6 +17,8 @@ class InstanceRecord:
     study_instance_uid: str
     series_instance_uid: str
     transfer_syntax_uid: str
+    # Column → value per level, as `attributes.QR_ATTRIBUTES` lists them (the UIDs
+    # above excepted); the study's dict holds its copy of the patient attributes.
     patient: dict[str, Any]
     study: dict[str, Any]
     series: dict[str, Any]
@@ -27,3 +29,14 @@ class InstanceRecord:
     size: int = 0
     source_ae: str = ""
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class StoredRef:
+    """Where an archived instance lives."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size: int

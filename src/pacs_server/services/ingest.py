@@ -11,7 +11,6 @@ import os
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,9 +31,11 @@ from pydicom.uid import (
 
 from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs_server.errors import DatasetMismatch, UnreadableDataset
+from pacs_server.index.attributes import QR_ATTRIBUTES, Attribute
 from pacs_server.index.records import InstanceRecord
 from pacs_server.services.header_scan import ScanError, scan
 from pacs_server.storage import layout
+from pacs_server.values import value_text
 
 # Headers bigger than this are re-encoded without their bulk elements (waveforms,
 # encapsulated documents) instead of being kept byte for byte.
@@ -121,15 +122,10 @@ def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Datase
     return ds, _encode_without_bulk(ds), ExplicitVRLittleEndian
 
 
-# What build_record reads; the fast path decodes only these (with pydicom, lazily).
-_INDEXED_KEYWORDS = (
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "SeriesDate",
-    "ContentDate", "StudyTime", "SeriesTime", "ContentTime", "AccessionNumber", "Modality",
-    "ReferringPhysicianName", "StudyDescription", "SeriesDescription", "PatientName",
-    "PatientID", "PatientBirthDate", "PatientSex", "BodyPartExamined", "StudyInstanceUID",
-    "SeriesInstanceUID", "StudyID", "SeriesNumber", "InstanceNumber",
-)
-_INDEXED_TAGS = frozenset(int(Tag(kw)) for kw in _INDEXED_KEYWORDS)
+# What build_record reads (and the character set to decode it); the fast path decodes
+# only these (with pydicom, lazily).
+_INDEXED_TAGS = QR_ATTRIBUTES.tags | {int(Tag("SpecificCharacterSet"))}
+_RECORD_ATTRS = {level: QR_ATTRIBUTES.recorded(level) for level in QR_ATTRIBUTES.levels}
 _FAST_SYNTAXES_IMPLICIT = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
 
 
@@ -243,24 +239,12 @@ def _encode_without_bulk(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def decode_header(header: bytes, syntax: str) -> Dataset:
-    """Rebuild a dataset from header bytes kept in the index."""
-    from pydicom.filereader import read_dataset
-
-    return read_dataset(BytesIO(header), syntax == ImplicitVRLittleEndian,
-                        syntax != ExplicitVRBigEndian)
-
-
 def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
     try:
         value = ds.get(keyword)
     except Exception:  # a malformed value must not sink the whole instance
         return ""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = "\\".join(str(v) for v in value)
-    return str(value).strip().rstrip("\0")[:limit]
+    return value_text(value).strip().rstrip("\0")[:limit]
 
 
 def _date(ds: Dataset, keyword: str) -> str:
@@ -277,6 +261,15 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _value(ds: Dataset, attr: Attribute) -> str | int | None:
+    """The indexed form of one attribute (free text cut at 256 characters)."""
+    if attr.kind == "date":
+        return _date(ds, attr.keyword)
+    if attr.kind == "int":
+        return _int(ds, attr.keyword)
+    return _text(ds, attr.keyword, attr.length or 256)
+
+
 def build_record(ds: Dataset, header: bytes, header_syntax: str, transfer_syntax: str,
                  request_sop_class: str, source_ae: str, naming: str) -> InstanceRecord:
     """Validate the identifying UIDs and collect the indexed attributes."""
@@ -286,46 +279,25 @@ def build_record(ds: Dataset, header: bytes, header_syntax: str, transfer_syntax
     sop_class = _text(ds, "SOPClassUID") or request_sop_class
     layout.check_uid("SOPClassUID", sop_class)
     now = datetime.now(UTC)
-    patient_id = _text(ds, "PatientID", 64)
+    levels = {level: {a.column: _value(ds, a) for a in attrs}
+              for level, attrs in _RECORD_ATTRS.items()}
     record = InstanceRecord(
         sop_instance_uid=sop_uid,
         sop_class_uid=sop_class,
         study_instance_uid=study_uid,
         series_instance_uid=series_uid,
         transfer_syntax_uid=transfer_syntax,
-        patient={
-            "patient_id": patient_id,
-            "patient_name": _text(ds, "PatientName"),
-            "birth_date": _date(ds, "PatientBirthDate"),
-            "sex": _text(ds, "PatientSex", 16),
-        },
-        study={
-            "study_date": _date(ds, "StudyDate"),
-            "study_time": _text(ds, "StudyTime", 16),
-            "accession_number": _text(ds, "AccessionNumber", 64),
-            "study_id": _text(ds, "StudyID", 16),
-            "study_description": _text(ds, "StudyDescription"),
-            "referring_physician": _text(ds, "ReferringPhysicianName"),
-        },
-        series={
-            "modality": _text(ds, "Modality", 16),
-            "series_number": _int(ds, "SeriesNumber"),
-            "series_description": _text(ds, "SeriesDescription"),
-            "series_date": _date(ds, "SeriesDate"),
-            "series_time": _text(ds, "SeriesTime", 16),
-            "body_part": _text(ds, "BodyPartExamined", 16),
-        },
-        instance={
-            "instance_number": _int(ds, "InstanceNumber"),
-            "content_date": _date(ds, "ContentDate"),
-            "content_time": _text(ds, "ContentTime", 16),
-        },
+        patient=levels["PATIENT"],
+        study=levels["STUDY"],
+        series=levels["SERIES"],
+        instance=levels["IMAGE"],
         header=header,
         header_syntax=header_syntax,
         source_ae=source_ae,
         received_at=now,
     )
     record.rel_path = layout.relative_path(
-        naming, patient_id=patient_id, study_uid=study_uid, series_uid=series_uid,
-        sop_uid=sop_uid, study_date=record.study["study_date"], received=now.date())
+        naming, patient_id=record.patient["patient_id"], study_uid=study_uid,
+        series_uid=series_uid, sop_uid=sop_uid, study_date=record.study["study_date"],
+        received=now.date())
     return record

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pacs_server.index.repository import StoredRef
+from pacs_server.index.records import StoredRef
 
 __all__ = ["RetrieveService", "StoredRef"]
 from pacs_server.services.query import FindRequest, QueryService

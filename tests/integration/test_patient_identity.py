@@ -1,0 +1,94 @@
+"""Patient identity over the network: two studies without a PatientID stay two patients.
+
+pydicom's test-SR.dcm (PatientID empty) and ExplVR_BigEnd.dcm (PatientID missing) are
+stored with a pynetdicom SCU, then every level is asked in both information models:
+each study must come back with its own patient's name, never the other's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+from qr_helpers import QrServer, associate, scu_ae, server_warnings, store_files
+
+FIND_P = PatientRootQueryRetrieveInformationModelFind
+FIND_S = StudyRootQueryRetrieveInformationModelFind
+FILES = ("test-SR.dcm", "ExplVR_BigEnd.dcm")
+PENDING = (0xFF00, 0xFF01)
+
+
+@pytest.fixture(autouse=True)
+def _server_warnings() -> Iterator[None]:
+    with server_warnings():
+        yield
+
+
+@pytest.fixture
+def stored(start_qr_server: Callable[..., QrServer]) -> tuple[QrServer, dict[str, Dataset]]:
+    """A server holding the two files; their datasets by Study Instance UID."""
+    paths = [Path(get_testdata_file(name)) for name in FILES]   # type: ignore[arg-type]
+    srv = start_qr_server()
+    assert store_files(srv.port, paths) == [0, 0]
+    by_study = {}
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        by_study[str(ds.StudyInstanceUID)] = ds
+    return srv, by_study
+
+
+def c_find(port: int, model: Any, level: str, **keys: Any) -> list[Dataset]:
+    query = Dataset()
+    query.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    assoc = associate(scu_ae(model), port)
+    assert assoc.is_established
+    try:
+        rsps = list(assoc.send_c_find(query, model))
+    finally:
+        assoc.release()
+    assert int(rsps[-1][0].Status) == 0
+    return [ident for status, ident in rsps[:-1] if int(status.Status) in PENDING]
+
+
+def test_empty_patient_ids_are_two_patients(stored: Any) -> None:
+    srv, by_study = stored
+    found = c_find(srv.port, FIND_P, "PATIENT", PatientID="", PatientName="",
+                   NumberOfPatientRelatedStudies="")
+    assert sorted(str(ds.PatientName) for ds in found) == sorted(
+        str(ds.PatientName) for ds in by_study.values())
+    assert [int(ds.NumberOfPatientRelatedStudies) for ds in found] == [1, 1]
+    (one,) = c_find(srv.port, FIND_P, "PATIENT", PatientName="Anonymized",
+                    NumberOfPatientRelatedStudies="")
+    assert int(one.NumberOfPatientRelatedStudies) == 1
+
+
+@pytest.mark.parametrize("model", [FIND_P, FIND_S], ids=["patient-root", "study-root"])
+def test_every_level_answers_each_study_with_its_own_patient(stored: Any, model: Any) -> None:
+    srv, by_study = stored
+    studies = c_find(srv.port, model, "STUDY", StudyInstanceUID="", PatientName="",
+                     PatientID="")
+    assert {str(ds.StudyInstanceUID): str(ds.PatientName) for ds in studies} == {
+        uid: str(ds.PatientName) for uid, ds in by_study.items()}
+    for uid, sent in by_study.items():
+        for level, extra in (("STUDY", {}), ("SERIES", {"SeriesInstanceUID": ""}),
+                             ("IMAGE", {"SOPInstanceUID": ""})):
+            (answer,) = c_find(srv.port, model, level, StudyInstanceUID=uid,
+                               PatientName="", PatientID="", **extra)
+            assert str(answer.PatientName) == str(sent.PatientName), (level, uid)
+            assert str(answer.PatientID) == str(sent.get("PatientID", "")), (level, uid)
+        # Matching on the name finds this study only, at every level below PATIENT.
+        name = str(sent.PatientName)
+        for level in ("STUDY", "SERIES", "IMAGE"):
+            found = c_find(srv.port, model, level, PatientName=name, StudyInstanceUID="")
+            assert {str(ds.StudyInstanceUID) for ds in found} == {uid}, (level, name)
