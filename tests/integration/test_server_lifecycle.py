@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
+from structlog.testing import capture_logs
 
 from pacs_server.app import PacsApp
 from pacs_server.config import Config
@@ -273,3 +274,32 @@ async def test_sender_vanishing_mid_transfer_leaves_no_trace(server: RunningServ
     assert archived_files(root) == []
     assert index_counts(server.db)["instances"] == 0
     assert await Scu().aecho(server.port) == SUCCESS
+
+
+async def test_reload_applies_nothing_unless_a_reloadable_key_changed(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config], scu: Scu,
+        tmp_path: Path) -> None:
+    """SIGHUP's work in-process: an unchanged, an invalid and a restart-only file leave
+    the running configuration as it is, each with its own log event."""
+    config = tmp_path / "pacs.yaml"
+    config.write_text("server:\n  max_associations: 50\n", encoding="utf-8")
+    srv = await start_server(make_cfg(path=config), reload_config=lambda: make_cfg(path=config))
+    with capture_logs() as logs:
+        assert srv.reload() is False
+        config.write_text("server: [\n", encoding="utf-8")
+        assert srv.reload() is False
+        config.write_text("server:\n  max_associations: 7\n", encoding="utf-8")
+        assert srv.reload() is False
+    seen = [e for e in logs if e["event"].startswith("config.")]
+    assert [e["event"] for e in seen] == ["config.reload_unchanged", "config.reload_rejected",
+                                          "config.restart_required"]
+    assert seen[0]["source"] == str(config)
+    assert str(config) in seen[1]["error"] and "YAML syntax error" in seen[1]["error"]
+    assert seen[2]["keys"] == ["server.max_associations"]
+    assert await scu.aecho(srv.port) == SUCCESS
+
+
+async def test_reload_without_a_config_source(server: RunningServer) -> None:
+    with capture_logs() as logs:
+        assert server.reload() is False
+    assert [e["event"] for e in logs] == ["config.reload_unavailable"]

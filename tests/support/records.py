@@ -16,10 +16,12 @@ def index_record(*, patient: str = "P1", name: str = "Doe^John", study: str | No
                  sop_class: str = CT_IMAGE, size: int = 100,
                  study_values: dict[str, Any] | None = None,
                  series_values: dict[str, Any] | None = None,
-                 instance_values: dict[str, Any] | None = None) -> InstanceRecord:
+                 instance_values: dict[str, Any] | None = None,
+                 header: bytes = b"") -> InstanceRecord:
     """A record with fresh UIDs unless given, stored at <patient>/<study>/<series>/<sop>.dcm.
 
-    `*_values` override the indexed attributes of that level (e.g. study_date).
+    `*_values` override the indexed attributes of that level (e.g. study_date); `header`
+    is the dataset without bulk data, in Explicit VR Little Endian (support.instances.encode).
     """
     study = study or generate_uid()
     series = series or generate_uid()
@@ -36,6 +38,6 @@ def index_record(*, patient: str = "P1", name: str = "Doe^John", study: str | No
                 **(series_values or {})},
         instance={"instance_number": 1, "content_date": "", "content_time": "",
                   **(instance_values or {})},
-        header=b"", header_syntax=ExplicitVRLittleEndian,
+        header=header, header_syntax=ExplicitVRLittleEndian,
         rel_path=PurePosixPath(patient, study, series, f"{sop}.dcm"), size=size,
         source_ae="SCU")
