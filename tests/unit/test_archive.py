@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pacs_server.config import DatabaseConfig, StorageConfig
+from pacs_server.config import StorageConfig
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.errors import DuplicateInstance, IndexUnavailable, UnreadableDataset
-from pacs_server.index.engine import create_engine, migrate
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.archive import (
     ArchiveService,
@@ -32,14 +30,15 @@ from pacs_server.services.archive import (
 )
 from pacs_server.storage.filestore import FileStore
 from support.archive import archived_files, incoming_files
+from support.index import sqlite_index
 from support.instances import DicomFiles, dataset_bytes, file_meta, new_dataset, sop_uid
 
 
 @dataclass
 class Env:
     root: Path
+    db: Path
     files: FileStore
-    engine: AsyncEngine
     repo: IndexRepository
     bridge: LoopBridge
 
@@ -52,16 +51,11 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    engine = create_engine(DatabaseConfig(path=str(tmp_path / "pacs.db")))
-    await migrate(engine)
     files = FileStore(tmp_path / "archive", fsync=False)
     files.prepare()
     bridge = LoopBridge(asyncio.get_running_loop(), timeout_s=10)
-    e = Env(tmp_path / "archive", files, engine, IndexRepository(engine), bridge)
-    await e.repo.start()
-    yield e
-    await e.repo.close()
-    await engine.dispose()
+    async with sqlite_index(tmp_path / "pacs.db") as repo:
+        yield Env(tmp_path / "archive", tmp_path / "pacs.db", files, repo, bridge)
 
 
 async def receive(env: Env, archive: ArchiveService, path: Path,
@@ -198,11 +192,11 @@ async def test_an_index_failure_leaves_at_most_an_unindexed_file(
         await receive(env, archive, sent)
     assert incoming_files(env.root) == []
     assert [dataset_bytes(p) for p in archived_files(env.root)] == [dataset_bytes(sent)]
-    env.repo = IndexRepository(env.engine)     # the index is back (a restarted server)
-    await env.repo.start()
-    assert await env.repo.instance_path(sop_uid(sent)) is None
-    assert await receive(env, env.archive("reject"), sent) is StoreOutcome.STORED
-    assert (await env.repo.counts())["instances"] == 1
+    async with sqlite_index(env.db) as repo:            # the index is back (a restart)
+        assert await repo.instance_path(sop_uid(sent)) is None
+        archive = env.archive("reject", catalog=IndexCatalog(repo))
+        assert await receive(env, archive, sent) is StoreOutcome.STORED
+        assert (await repo.counts())["instances"] == 1
 
 
 async def test_concurrent_stores_of_one_instance(env: Env, dicom_files: DicomFiles) -> None:

@@ -9,14 +9,10 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
+from pynetdicom import sop_class as sop_classes
 from pynetdicom.sop_class import (
     ModalityWorklistInformationFind,
-    PatientRootQueryRetrieveInformationModelFind,
-    PatientRootQueryRetrieveInformationModelGet,
-    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from pacs_server.dicom.identifiers import parse_identifier
@@ -31,15 +27,10 @@ def keys_of(req: FindRequest) -> dict[str, QueryKey]:
     return {k.keyword: k for k in req.keys}
 
 
-@pytest.mark.parametrize(("sop_class", "model"), [
-    (PatientRootQueryRetrieveInformationModelFind, "PATIENT"),
-    (PatientRootQueryRetrieveInformationModelMove, "PATIENT"),
-    (PatientRootQueryRetrieveInformationModelGet, "PATIENT"),
-    (StudyRootQueryRetrieveInformationModelFind, "STUDY"),
-    (StudyRootQueryRetrieveInformationModelMove, "STUDY"),
-    (StudyRootQueryRetrieveInformationModelGet, "STUDY"),
-])
-def test_information_model_from_the_sop_class(sop_class: str, model: str) -> None:
+@pytest.mark.parametrize("service", ["Find", "Move", "Get"])
+@pytest.mark.parametrize(("root", "model"), [("Patient", "PATIENT"), ("Study", "STUDY")])
+def test_information_model_from_the_sop_class(root: str, service: str, model: str) -> None:
+    sop_class = getattr(sop_classes, f"{root}RootQueryRetrieveInformationModel{service}")
     req = parse_identifier(identifier("STUDY", StudyInstanceUID="1.2.3"), str(sop_class))
     assert (req.model, req.level) == (model, "STUDY")
 

@@ -20,7 +20,7 @@ from pacs_server.index.matching import ATTRS, is_universal, matches, sql_conditi
 from pacs_server.index.query import column_key, stream_rows
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
-from support.records import index_record
+from support.index import index_record
 
 # --------------------------------------------------------------------------- universal
 

@@ -16,15 +16,14 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from pacs_server.config import DatabaseConfig, QueryConfig
+from pacs_server.config import QueryConfig
 from pacs_server.dicom.identifiers import parse_identifier
 from pacs_server.errors import InvalidQuery, TooManyMatches
-from pacs_server.index.engine import create_engine, migrate
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.query import FindRequest, QueryService
+from support.index import index_record, sqlite_index
 from support.instances import encode
-from support.records import index_record
 from support.scu import identifier
 
 ALWAYS = {"QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability"}
@@ -51,10 +50,12 @@ def header(**attrs: Any) -> bytes:
 
 @pytest.fixture
 async def index(tmp_path: Path) -> AsyncIterator[Index]:
-    engine = create_engine(DatabaseConfig(path=str(tmp_path / "pacs.db")))
-    await migrate(engine)
-    repo = IndexRepository(engine)
-    await repo.start()
+    async with sqlite_index(tmp_path / "pacs.db") as repo:
+        yield Index(repo, await add_records(repo))
+
+
+async def add_records(repo: IndexRepository) -> dict[str, InstanceRecord]:
+    """P-A: a CT+MR study of 3 instances and a one-CT study; P-B: one CT study."""
     s1_values = {"study_date": "20230115", "study_time": "230000",
                  "accession_number": "ACC-1", "study_description": "CT HEAD"}
     s1, ct, mr = generate_uid(), generate_uid(), generate_uid()
@@ -79,9 +80,7 @@ async def index(tmp_path: Path) -> AsyncIterator[Index]:
     }
     for rec in records.values():
         await repo.add_instance(rec)
-    yield Index(repo, records)
-    await repo.close()
-    await engine.dispose()
+    return records
 
 
 def request(level: str, model: str = "STUDY", combined: bool = False, **keys: Any) -> FindRequest:

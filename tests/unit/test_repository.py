@@ -17,7 +17,7 @@ from pacs_server.errors import DuplicateInstance, IndexUnavailable, StartupError
 from pacs_server.index.engine import create_engine, migrate
 from pacs_server.index.models import Instance, Patient, Series, Study
 from pacs_server.index.repository import IndexRepository
-from support.records import index_record
+from support.index import index_record
 
 
 class Commits:

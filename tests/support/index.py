@@ -1,14 +1,35 @@
-"""InstanceRecords as the archive hands them to the index (for repository and query tests)."""
+"""The index without a server: a started IndexRepository on a tmp SQLite file, and
+InstanceRecords as the archive hands them to it (repository, query and archive tests)."""
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from pacs_server.config import DatabaseConfig
+from pacs_server.index.engine import create_engine, migrate
 from pacs_server.index.records import InstanceRecord
+from pacs_server.index.repository import IndexRepository
 from support.instances import CT_IMAGE
+
+
+@asynccontextmanager
+async def sqlite_index(db: Path) -> AsyncIterator[IndexRepository]:
+    """The index file `db` (created and migrated if new) and a started repository on it,
+    closed (queued writes drained) on exit. Opening it again is what a restart does."""
+    engine = create_engine(DatabaseConfig(path=str(db)))
+    await migrate(engine)
+    repo = IndexRepository(engine)
+    await repo.start()
+    try:
+        yield repo
+    finally:
+        await repo.close()
+        await engine.dispose()
 
 
 def index_record(*, patient: str = "P1", name: str = "Doe^John", study: str | None = None,
