@@ -149,10 +149,12 @@ def test_an_aborted_association(start_acceptor: Callable[..., Acceptor]) -> None
     assert acceptor.sample("pacs_association_active") == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pynetdicom closes the transport (EVT_CONN_CLOSE, from the DUL thread) before the "
-    "reactor fires EVT_ABORTED, so the tracker has already logged the association as "
-    "'closed' when it learns of the A-ABORT"))
+# Not strict: a race. pynetdicom's AA-3 queues the A-ABORT indication, closes the socket
+# and fires EVT_CONN_CLOSE from the DUL thread, while the reactor polls for the indication
+# every millisecond to fire EVT_ABORTED; it almost always comes second.
+@pytest.mark.xfail(strict=False, reason=(
+    "a peer's A-ABORT: EVT_CONN_CLOSE usually arrives before EVT_ABORTED, so the tracker "
+    "has already logged the association as 'closed'"))
 def test_an_aborted_association_is_logged_as_aborted(
         start_acceptor: Callable[..., Acceptor]) -> None:
     acceptor = start_acceptor()
