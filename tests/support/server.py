@@ -88,10 +88,14 @@ class RunningServer:
         self._thread.start()
         _running.add(self)
         self._started = True
-        self.run(self.app.start())
-        assert self.app.port
-        self.port = int(self.app.port)
-        wait_until_responds(self.port, called=self.cfg.server.ae_title)
+        try:
+            self.run(self.app.start())
+            assert self.app.port
+            self.port = int(self.app.port)
+            wait_until_responds(self.port, called=self.cfg.server.ae_title)
+        except BaseException:
+            self.stop()      # a server that failed to start leaves no loop thread behind
+            raise
         return self
 
     def reload(self) -> bool:
