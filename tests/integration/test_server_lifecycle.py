@@ -142,11 +142,13 @@ async def test_metrics_from_the_apps_own_registry(server: RunningServer, scu: Sc
 
 
 async def test_metrics_endpoint(start_server: Callable[..., Any],
-                                make_cfg: Callable[..., Config], scu: Scu,
-                                free_port: Callable[[], int]) -> None:
-    metrics_port = free_port()
-    app = await start_server(make_cfg({"monitoring.metrics_port": metrics_port,
-                                       "monitoring.metrics_host": "127.0.0.1"}))
+                                make_cfg: Callable[..., Config], scu: Scu) -> None:
+    with capture_logs() as logs:
+        app = await start_server(make_cfg({"monitoring.metrics_port": 0,
+                                           "monitoring.metrics_host": "127.0.0.1"}))
+    (started,) = [e for e in logs if e["event"] == "server.started"]
+    metrics_port = started["metrics_port"]       # port 0: the bound one is logged
+    assert metrics_port
     await scu.aecho(app.port)
 
     def scrape() -> str:
