@@ -47,13 +47,15 @@ def servers_running() -> bool:
 class RunningServer:
     """PacsApp on its own loop; `start()` returns once the server answers a C-ECHO.
 
-    `app_kwargs` go to PacsApp (e.g. `reload_config=`). Every method blocks.
+    `app_kwargs` go to PacsApp (e.g. `reload_config=`). Every method blocks. Tests look
+    at what the server does through `port`, `archive`, `db`, `sample()` and the logs,
+    never at the app's attributes (which the app is free to change).
     """
 
     def __init__(self, cfg: Config, **app_kwargs: Any) -> None:
         self.cfg = cfg
         self.metrics = Metrics(CollectorRegistry())
-        self.app = PacsApp(cfg, metrics=self.metrics, **app_kwargs)
+        self._app = PacsApp(cfg, metrics=self.metrics, **app_kwargs)
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="server-loop",
@@ -75,7 +77,7 @@ class RunningServer:
         """A sample of this server's own metrics registry (None if never observed)."""
         return self.metrics.registry.get_sample_value(name, labels)
 
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
+    def _run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
         """Run a coroutine on the server's loop and wait for its result."""
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return fut.result(timeout)
@@ -89,9 +91,9 @@ class RunningServer:
         _running.add(self)
         self._started = True
         try:
-            self.run(self.app.start())
-            assert self.app.port
-            self.port = int(self.app.port)
+            self._run(self._app.start())
+            assert self._app.port
+            self.port = int(self._app.port)
             wait_until_responds(self.port, called=self.cfg.server.ae_title)
         except BaseException:
             self.stop()      # a server that failed to start leaves no loop thread behind
@@ -102,9 +104,9 @@ class RunningServer:
         """SIGHUP's work (PacsApp.reload), on the server's loop as a signal handler runs."""
 
         async def reload() -> bool:
-            return self.app.reload()
+            return self._app.reload()
 
-        return bool(self.run(reload()))
+        return bool(self._run(reload()))
 
     def stop(self) -> None:
         """Stop the app (drain, close the index), then the loop; safe to call twice."""
@@ -112,7 +114,7 @@ class RunningServer:
             return
         self._started = False
         try:
-            self.run(self.app.stop())
+            self._run(self._app.stop())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
