@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pacs_testing import wait_until_responds
+
+from support.scu import wait_until_responds
 
 STARTUP_TIMEOUT = 30.0
 

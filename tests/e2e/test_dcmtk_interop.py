@@ -9,14 +9,9 @@ from typing import Any
 
 import pydicom
 import pytest
-from pacs_testing import (
-    DicomFiles,
-    archived_files,
-    file_meta,
-    incoming_files,
-    index_rows,
-    wait_for_rows,
-)
+
+from support.archive import archived_files, incoming_files, index_rows, wait_for_rows
+from support.instances import DicomFiles, file_meta, sop_uid
 
 pytestmark = pytest.mark.dcmtk
 
@@ -73,7 +68,7 @@ def test_storescu_directory_tree(run_pacs: Callable[..., Any], dcmtk: Any, tmp_p
     rows = wait_for_rows(db, len(sent))
     root = tmp_path / "archive"
     for path in sent:
-        uid = str(file_meta(path).MediaStorageSOPInstanceUID)
+        uid = sop_uid(path)
         assert uid in rows, f"{path.name} not indexed"
         stored = root / rows[uid]
         meta = file_meta(stored)
@@ -103,7 +98,7 @@ def test_concurrent_storescu_processes(run_pacs: Callable[..., Any], dcmtk: Any,
         d = tmp_path / f"sender{i}"
         for _ in range(per_sender):
             p = dicom_files.generated(directory=d, PatientID=f"P{i % 3}", pixel_bytes=2048)
-            uids.add(str(file_meta(p).MediaStorageSOPInstanceUID))
+            uids.add(sop_uid(p))
         dirs.append(d)
     procs = [subprocess.Popen(
         [dcmtk.tool("storescu"), "-aet", f"SEND{i}", "-aec", "PACS", "+sd", "127.0.0.1",

@@ -11,7 +11,8 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from qr_helpers import findscu
+
+from support.dcmtk import findscu
 
 pytestmark = pytest.mark.dcmtk
 

@@ -8,50 +8,38 @@ the `-d` dump of each incoming response.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from pacs_testing import CT_IMAGE, MR_IMAGE, dataset_bytes, pick_free_port
 from pydicom.charset import convert_encodings
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from pydicom.valuerep import PersonName
-from qr_helpers import (
-    QrServer,
-    StorageScp,
-    Storescp,
-    ToolResult,
-    archived,
-    findscu,
-    from_template,
-    getscu,
-    movescu,
-    qr_config,
-    require_dcmtk,
-    store_datasets,
-    store_files,
-    write_file,
-)
 
-pytestmark = [pytest.mark.dcmtk, pytest.mark.usefixtures("dcmtk_guard")]
+from pacs_server.config import Config
+from support.archive import archived_by_uid
+from support.config import FAST_STORAGE, peer, server_config
+from support.dcmtk import QR_TOOLS, Storescp, ToolResult, findscu, getscu, movescu, require_dcmtk
+from support.instances import CT_IMAGE, MR_IMAGE, DicomFiles, bundled_dataset, dataset_bytes
+from support.polling import free_port
+from support.scp import StorageScp
+from support.scu import Scu
+from support.server import RunningServer
+
+pytestmark = pytest.mark.dcmtk(*QR_TOOLS)
 
 SUCCESS, PENDING, CANCEL = 0x0000, 0xFF00, 0xFE00
 CHARSET_FILES = {"JP": "chrH31.dcm", "KO": "chrKoreanMulti.dcm", "RU": "chrRuss.dcm",
                  "X1": "chrX1.dcm", "GR": "chrGreek.dcm"}
-
-
-@pytest.fixture
-def dcmtk_guard() -> None:
-    require_dcmtk()
 
 
 # --------------------------------------------------------------------------- corpus
@@ -60,7 +48,7 @@ def dcmtk_guard() -> None:
 class Corpus:
     """What the module's server holds: label → the dataset exactly as it was sent."""
 
-    server: QrServer
+    server: RunningServer
     root: Path
     items: dict[str, Dataset] = field(default_factory=dict)
     dest: Storescp | None = None
@@ -116,9 +104,7 @@ def _build(root: Path) -> tuple[dict[str, Dataset], list[Path]]:
 
     def inst(template: str, patient: dict[str, Any], study: dict[str, Any], series: str,
              **attrs: Any) -> Dataset:
-        values = {**patient, **study, **attrs}
-        study_uid = values.pop("StudyInstanceUID")
-        return from_template(template, study=study_uid, series=series, **values)
+        return bundled_dataset(template, **patient, **study, SeriesInstanceUID=series, **attrs)
 
     items = {
         "A1-CT1": inst("CT_small.dcm", a, s1, s1_ct, SeriesNumber=1, InstanceNumber=1,
@@ -140,7 +126,7 @@ def _build(root: Path) -> tuple[dict[str, Dataset], list[Path]]:
     }
     for i, (label, name) in enumerate(CHARSET_FILES.items()):
         # Their own patients, names and character sets; study values under our control.
-        items[label] = from_template(name, AccessionNumber=f"CS-{i}", StudyDate="20100101",
+        items[label] = bundled_dataset(name, AccessionNumber=f"CS-{i}", StudyDate="20100101",
                                      StudyTime="120000", InstitutionName="Charset Hospital",
                                      StudyDescription="Charset", PatientBirthDate="19000101",
                                      StudyID=f"CS{i}", SeriesNumber=1, InstanceNumber=1)
@@ -149,46 +135,40 @@ def _build(root: Path) -> tuple[dict[str, Dataset], list[Path]]:
                            InstanceNumber=1)
     items["C5-IMPL"] = inst("MR_small_implicit.dcm", c, s5, generate_uid(), SeriesNumber=4,
                             InstanceNumber=1)
-    files = [write_file(items[k], root / "send" / f"{k}.dcm") for k in ("C5-J2K", "C5-IMPL")]
+    send = DicomFiles(root / "send")
+    files = [send.save(items[k], stem=k) for k in ("C5-J2K", "C5-IMPL")]
     return items, files
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
-    require_dcmtk()
+    require_dcmtk(QR_TOOLS)
     root = tmp_path_factory.mktemp("qr-e2e")
     dest = Storescp(root / "dest", ae_title="DEST")
     pydest = StorageScp("PYDEST", fail_classes=[CT_IMAGE])
-    dead = pick_free_port()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
-        srv = QrServer(qr_config(root / "server", peers=[
-            {"ae_title": "DEST", "host": "127.0.0.1", "port": dest.port},
-            {"ae_title": "PYDEST", "host": "127.0.0.1", "port": pydest.port},
-            {"ae_title": "DEAD", "host": "127.0.0.1", "port": dead},
-        ])).start()
-        try:
-            items, files = _build(root)
-            sent = [ds for k, ds in items.items() if k not in ("C5-J2K", "C5-IMPL")]
-            assert store_datasets(srv.port, sent) == [0] * len(sent)
-            assert store_files(srv.port, files) == [0, 0]
-            yield Corpus(srv, root, items, dest, pydest, dead)
-        finally:
-            srv.stop()
-            dest.stop()
-            pydest.stop()
+    dead = free_port()
+    srv = RunningServer(server_config(root / "server", {**FAST_STORAGE, "peers": [
+        peer("DEST", dest.port), peer("PYDEST", pydest.port), peer("DEAD", dead)]}))
+    try:
+        srv.start()
+        items, files = _build(root)
+        sent = [ds for k, ds in items.items() if k not in ("C5-J2K", "C5-IMPL")]
+        assert stored(srv, sent) == [0] * len(sent)
+        assert [r.status for r in Scu().store(srv.port, files)] == [0, 0]
+        yield Corpus(srv, root, items, dest, pydest, dead)
+    finally:
+        srv.stop()
+        dest.stop()
+        pydest.stop()
 
 
-@pytest.fixture(autouse=True)
-def _server_warnings() -> Iterator[None]:
-    # pydicom value warnings in the server threads are logged in production, not raised.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
-        yield
+def stored(srv: RunningServer, datasets: list[Dataset]) -> list[int]:
+    """C-STORE the datasets over one association; the statuses."""
+    return [r.status for r in Scu().store_datasets(srv.port, datasets)]
 
 
 def find(corpus: Corpus, level: str, keys: list[str], model: str = "-S",
-         server: QrServer | None = None) -> ToolResult:
+         server: RunningServer | None = None) -> ToolResult:
     """findscu; a later `-k` replaces an earlier one, so each attribute is named once."""
     names = [k.split("=")[0] for k in keys]
     assert len(names) == len(set(names)), f"attribute named twice in {keys}"
@@ -572,13 +552,17 @@ def test_empty_return_key_gets_the_stored_header_value(corpus: Corpus) -> None:
 
 # --------------------------------------------------------------------------- configuration
 
-def test_case_sensitive_names_setting(corpus: Corpus, tmp_path: Path,
-                                      start_qr_server: Any) -> None:
-    srv = start_qr_server("case", query={"case_sensitive_names": True})
-    sent = [corpus[k] for k in ("A1-CT1", "RU")]
-    assert store_datasets(srv.port, sent) == [0, 0]
+async def test_case_sensitive_names_setting(corpus: Corpus, start_server: Callable[..., Any],
+                                            make_cfg: Callable[..., Config]) -> None:
+    srv = await start_server(make_cfg({**FAST_STORAGE, "query.case_sensitive_names": True}))
+    await asyncio.to_thread(check_case_sensitive_names, corpus, srv)
 
-    def names(server: QrServer, query: str) -> list[str]:
+
+def check_case_sensitive_names(corpus: Corpus, srv: RunningServer) -> None:
+    sent = [corpus[k] for k in ("A1-CT1", "RU")]
+    assert stored(srv, sent) == [0, 0]
+
+    def names(server: RunningServer, query: str) -> list[str]:
         rsp = ok(find(corpus, "PATIENT", ["SpecificCharacterSet=ISO_IR 192",
                                           f"PatientName={query}", "PatientID"],
                       model="-P", server=server))
@@ -592,10 +576,16 @@ def test_case_sensitive_names_setting(corpus: Corpus, tmp_path: Path,
         assert names(corpus.server, query) != [], query            # default: it does not
 
 
-def test_max_results_caps_with_out_of_resources(corpus: Corpus, start_qr_server: Any) -> None:
-    srv = start_qr_server("cap", query={"max_results": 2})
+async def test_max_results_caps_with_out_of_resources(
+        corpus: Corpus, start_server: Callable[..., Any],
+        make_cfg: Callable[..., Config]) -> None:
+    srv = await start_server(make_cfg({**FAST_STORAGE, "query.max_results": 2}))
+    await asyncio.to_thread(check_max_results, corpus, srv)
+
+
+def check_max_results(corpus: Corpus, srv: RunningServer) -> None:
     sent = [corpus[k] for k in ("A1-CT1", "A1-CT2", "A1-MR", "A2-CT", "B3-CT")]
-    assert store_datasets(srv.port, sent) == [0] * 5
+    assert stored(srv, sent) == [0] * 5
     over = find(corpus, "IMAGE", ["PatientID=PID-A", "SOPInstanceUID"], server=srv)
     assert over.statuses == [PENDING, PENDING, 0xA700]
     assert len(over.responses) == 2
@@ -628,7 +618,7 @@ def test_movescu_study_to_storescp_bytes_identical(corpus: Corpus) -> None:
                      [f"StudyInstanceUID={corpus.study('A1-CT1')}"], "DEST")
     assert result.final_status == SUCCESS, result.output[-3000:]
     assert result.counts() == {"remaining": 0, "completed": 3, "failed": 0, "warning": 0}
-    stored = archived(corpus.server.archive)
+    stored = archived_by_uid(corpus.server.archive)
     received = corpus.dest.files()
     for label in labels:
         uid = str(corpus[label].SOPInstanceUID)
@@ -647,7 +637,7 @@ def test_movescu_compressed_and_implicit_instances(corpus: Corpus) -> None:
                      "DEST")
     assert result.final_status == SUCCESS, result.output[-3000:]
     assert result.counts()["completed"] == 2
-    stored, received = archived(corpus.server.archive), corpus.dest.files()
+    stored, received = archived_by_uid(corpus.server.archive), corpus.dest.files()
     j2k = str(corpus["C5-J2K"].SOPInstanceUID)
     assert pydicom.dcmread(received[j2k]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.91"
     for label in ("C5-J2K", "C5-IMPL"):
@@ -666,7 +656,7 @@ def test_movescu_image_level_patient_root(corpus: Corpus) -> None:
     assert result.counts()["completed"] == 1
     uid = str(sent.SOPInstanceUID)
     received = corpus.dest.files()[uid]
-    assert dataset_bytes(received) == dataset_bytes(archived(corpus.server.archive)[uid])
+    assert dataset_bytes(received) == dataset_bytes(archived_by_uid(corpus.server.archive)[uid])
     assert str(pydicom.dcmread(received).PatientName) == str(sent.PatientName)
 
 
@@ -713,7 +703,7 @@ def test_getscu_study_every_instance_bytes_identical(corpus: Corpus) -> None:
                     [f"StudyInstanceUID={corpus.study('A1-CT1')}"], out)
     assert result.final_status == SUCCESS, result.output[-3000:]
     assert result.counts()["completed"] == 3
-    stored = archived(corpus.server.archive)
+    stored = archived_by_uid(corpus.server.archive)
     received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
                 for p in out.iterdir()}
     labels = corpus.labels_of_study("A1-CT1")

@@ -12,21 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pacs_testing import (
-    SUCCESS,
-    DicomFiles,
-    Scu,
-    StoreResult,
-    archived_files,
-    contexts_for,
-    dataset_bytes,
-    file_meta,
-    incoming_files,
-    index_rows,
-    send,
-    throttle,
-    wait_until,
-)
+
+from support.archive import archived_files, incoming_files, index_rows
+from support.instances import DicomFiles, dataset_bytes, sop_uid
+from support.polling import wait_until
+from support.scu import SUCCESS, Scu, StoreResult, contexts_for, send, throttle
 
 MiB = 1024 * 1024
 
@@ -129,7 +119,7 @@ def test_sigterm_drains_a_transfer_in_flight(run_pacs: Callable[..., Any], tmp_p
     assert transfer.result is not None and transfer.result.status == SUCCESS
     assert not any(e["event"] == "server.aborted_associations" for e in server.events())
     rows = index_rows(db)
-    uid = str(file_meta(big).MediaStorageSOPInstanceUID)
+    uid = sop_uid(big)
     assert list(rows) == [uid]
     stored = root / rows[uid]
     assert archived_files(root) == [stored]

@@ -12,22 +12,12 @@ from typing import Any
 
 import pydicom
 import pytest
-from pacs_testing import (
-    SUCCESS,
-    DicomFiles,
-    Scu,
-    archived_files,
-    dataset_bytes,
-    file_meta,
-    incoming_files,
-    index_rows,
-)
+
+from support.archive import archived_files, incoming_files, index_rows
+from support.instances import DicomFiles, dataset_bytes, file_meta, sop_uid
+from support.scu import SCU_AE, SUCCESS, Scu
 
 DUPLICATE = 0x0111
-
-
-def uid_of(path: Path) -> str:
-    return str(file_meta(path).MediaStorageSOPInstanceUID)
 
 
 def test_files_only_without_index(run_store_scp: Callable[..., Any], tmp_path: Path,
@@ -40,10 +30,10 @@ def test_files_only_without_index(run_store_scp: Callable[..., Any], tmp_path: P
     assert [r.status for r in results] == [SUCCESS] * 3
     stored = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p
               for p in archived_files(received)}
-    assert set(stored) == {uid_of(p) for p in sent}
+    assert set(stored) == {sop_uid(p) for p in sent}
     for path in sent:
-        assert dataset_bytes(stored[uid_of(path)]) == dataset_bytes(path)
-        assert file_meta(stored[uid_of(path)]).SourceApplicationEntityTitle == "TESTSCU"
+        assert dataset_bytes(stored[sop_uid(path)]) == dataset_bytes(path)
+        assert file_meta(stored[sop_uid(path)]).SourceApplicationEntityTitle == SCU_AE
     # without an index, a duplicate is recognised by its file
     assert Scu().store(scp.port, [sent[0]])[0].status == DUPLICATE
     assert scp.stop() == 0
@@ -64,10 +54,10 @@ def test_with_index_db(run_store_scp: Callable[..., Any], tmp_path: Path,
     sent = [dicom_files.fresh("CT_small.dcm"), dicom_files.fresh("rtplan.dcm")]
     assert [r.status for r in Scu().store(scp.port, sent)] == [SUCCESS, SUCCESS]
     rows = index_rows(db)
-    assert set(rows) == {uid_of(p) for p in sent}
+    assert set(rows) == {sop_uid(p) for p in sent}
     received = tmp_path / "received"
     for path in sent:
-        assert dataset_bytes(received / rows[uid_of(path)]) == dataset_bytes(path)
+        assert dataset_bytes(received / rows[sop_uid(path)]) == dataset_bytes(path)
     assert Scu().store(scp.port, [sent[1]])[0].status == DUPLICATE
     scp.signal(signal.SIGINT)
     assert scp.wait(30) == 0
@@ -83,7 +73,7 @@ def test_accept_narrows_the_classes(run_store_scp: Callable[..., Any], tmp_path:
     with pytest.raises(ValueError, match="No presentation context"):
         Scu().store(scp.port, [mr])
     assert Scu().store(scp.port, [ct])[0].status == SUCCESS
-    assert [p.name for p in archived_files(tmp_path / "received")] == [f"{uid_of(ct)}.dcm"]
+    assert [p.name for p in archived_files(tmp_path / "received")] == [f"{sop_uid(ct)}.dcm"]
     assert scp.stop() == 0
 
 
@@ -125,7 +115,7 @@ def test_storescu_into_store_scp(run_store_scp: Callable[..., Any], tmp_path: Pa
                            str(scp.port), str(tree)], env=dcmtk.env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert set(index_rows(tmp_path / "index.db")) == {uid_of(p) for p in sent}
+    assert set(index_rows(tmp_path / "index.db")) == {sop_uid(p) for p in sent}
     assert scp.stop() == 0
 
 

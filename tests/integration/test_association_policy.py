@@ -7,45 +7,31 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from pacs_testing import (
-    CT_IMAGE,
-    MR_IMAGE,
-    SUCCESS,
-    VERIFICATION,
-    DicomFiles,
-    Scu,
-    hand_back_stolen_responses,
-    index_of,
-    send,
-    wait_until,
-)
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
 
-from pacs_server.app import PacsApp
 from pacs_server.config import Config
-
-ECHO_SYNTAXES = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]
+from support.archive import index_counts
+from support.instances import CT_IMAGE, MR_IMAGE, DicomFiles
+from support.polling import wait_until
+from support.scu import SUCCESS, VERIFICATION, Scu, send
+from support.server import RunningServer
 
 
 def outcome(port: int | None, calling: str, called: str = "PACS") -> str:
     """'accepted', 'rejected' or 'aborted' for one association attempt (blocking)."""
-    assert port
-    ae = Scu(calling)._ae([(VERIFICATION, ECHO_SYNTAXES)])
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    hand_back_stolen_responses(assoc)
-    if assoc.is_established:
-        status = assoc.send_c_echo()
-        assoc.release()
-        assert status.Status == SUCCESS
-        return "accepted"
-    return "rejected" if assoc.is_rejected else "aborted"
+    with Scu(calling).associate(port, called=called, require=False) as assoc:
+        if assoc.is_established:
+            status = assoc.send_c_echo()
+            assert status.Status == SUCCESS
+            return "accepted"
+        return "rejected" if assoc.is_rejected else "aborted"
 
 
 async def attempt(port: int | None, calling: str, called: str = "PACS") -> str:
     return await asyncio.to_thread(outcome, port, calling, called)
 
 
-async def test_any_calling_ae_by_default(server: PacsApp) -> None:
+async def test_any_calling_ae_by_default(server: RunningServer) -> None:
     assert await attempt(server.port, "ANYONE") == "accepted"
     assert await attempt(server.port, "SOMEONE-ELSE") == "accepted"
 
@@ -56,8 +42,7 @@ async def test_calling_ae_whitelist(start_server: Callable[..., Any],
                                        "server.ae_title": "PACS"}))
 
     def rejections() -> float:
-        return app.metrics.registry.get_sample_value(
-            "pacs_associations_total", {"outcome": "rejected"}) or 0.0
+        return app.sample("pacs_associations_total", outcome="rejected") or 0.0
 
     before = rejections()  # the readiness probe's AE title is not listed either
     assert await attempt(app.port, "GOODSCU") == "accepted"
@@ -71,12 +56,19 @@ async def test_calling_ae_whitelist(start_server: Callable[..., Any],
 async def test_whitelist_reload(start_server: Callable[..., Any],
                                 make_cfg: Callable[..., Config]) -> None:
     """allowed_ae_titles is reloadable: new associations see the new list."""
-    app = await start_server(make_cfg({"access_control.allowed_ae_titles": ["OLD"]}))
+    allowed = ["OLD"]
+
+    def current() -> Config:
+        return make_cfg({"access_control.allowed_ae_titles": allowed})
+
+    app = await start_server(current(), reload_config=current)
     assert await attempt(app.port, "NEW") == "rejected"
-    assert app.reload(make_cfg({"access_control.allowed_ae_titles": ["NEW"]})) is True
+    allowed = ["NEW"]
+    assert app.reload() is True
     assert await attempt(app.port, "NEW") == "accepted"
     assert await attempt(app.port, "OLD") == "rejected"
-    assert app.reload(make_cfg({"access_control.allowed_ae_titles": ["*"]})) is True
+    allowed = ["*"]
+    assert app.reload() is True
     assert await attempt(app.port, "OLD") == "accepted"
 
 
@@ -118,7 +110,7 @@ async def test_accepted_sop_classes_narrow_negotiation(start_server: Callable[..
     assert MR_IMAGE in rejected
     assert ct_status == SUCCESS
     assert mr_sent is False
-    assert (await index_of(app).counts())["instances"] == 1
+    assert index_counts(app.db)["instances"] == 1
 
 
 async def test_accepted_sop_classes_by_uid_and_name(start_server: Callable[..., Any],

@@ -7,7 +7,6 @@ each study must come back with its own patient's name, never the other's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,9 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
-from qr_helpers import QrServer, associate, scu_ae, server_warnings, store_files
+
+from support.scu import Scu
+from support.server import RunningServer
 
 FIND_P = PatientRootQueryRetrieveInformationModelFind
 FIND_S = StudyRootQueryRetrieveInformationModelFind
@@ -27,23 +28,16 @@ FILES = ("test-SR.dcm", "ExplVR_BigEnd.dcm")
 PENDING = (0xFF00, 0xFF01)
 
 
-@pytest.fixture(autouse=True)
-def _server_warnings() -> Iterator[None]:
-    with server_warnings():
-        yield
-
-
 @pytest.fixture
-def stored(start_qr_server: Callable[..., QrServer]) -> tuple[QrServer, dict[str, Dataset]]:
+def stored(server: RunningServer, scu: Scu) -> tuple[RunningServer, dict[str, Dataset]]:
     """A server holding the two files; their datasets by Study Instance UID."""
     paths = [Path(get_testdata_file(name)) for name in FILES]   # type: ignore[arg-type]
-    srv = start_qr_server()
-    assert store_files(srv.port, paths) == [0, 0]
+    assert [r.status for r in scu.store(server.port, paths)] == [0, 0]
     by_study = {}
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         by_study[str(ds.StudyInstanceUID)] = ds
-    return srv, by_study
+    return server, by_study
 
 
 def c_find(port: int, model: Any, level: str, **keys: Any) -> list[Dataset]:
@@ -51,14 +45,9 @@ def c_find(port: int, model: Any, level: str, **keys: Any) -> list[Dataset]:
     query.QueryRetrieveLevel = level
     for keyword, value in keys.items():
         setattr(query, keyword, value)
-    assoc = associate(scu_ae(model), port)
-    assert assoc.is_established
-    try:
-        rsps = list(assoc.send_c_find(query, model))
-    finally:
-        assoc.release()
-    assert int(rsps[-1][0].Status) == 0
-    return [ident for status, ident in rsps[:-1] if int(status.Status) in PENDING]
+    rsps = Scu().find(port, query, model)
+    assert rsps[-1].status == 0
+    return [r.identifier for r in rsps[:-1] if r.status in PENDING and r.identifier]
 
 
 def test_empty_patient_ids_are_two_patients(stored: Any) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from pacs_testing import SERVER_AE, DicomFiles, Scu, dataset_bytes, index_of
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -30,8 +29,12 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-from pacs_server.app import PacsApp
 from pacs_server.config import Config
+from support.archive import indexed_path
+from support.config import SERVER_AE
+from support.instances import DicomFiles, dataset_bytes
+from support.scu import Scu
+from support.server import RunningServer
 
 GET = StudyRootQueryRetrieveInformationModelGet
 
@@ -110,18 +113,19 @@ def c_get(port: int, study_uid: str, sop_class: str, syntaxes: Sequence[str]
     return statuses, received, final
 
 
-async def stored_one(server: PacsApp, scu: Scu, dicom_files: DicomFiles,
+async def stored_one(server: RunningServer, scu: Scu, dicom_files: DicomFiles,
                      name: str) -> tuple[Path, Dataset]:
     sent = dicom_files.fresh(name)
     (result,) = await scu.astore(server.port, [sent])
     assert result.ok, f"{name}: 0x{result.status:04X} {result.comment}"
     ds = pydicom.dcmread(sent)
-    (ref,) = await index_of(server).refs([str(ds.SOPInstanceUID)])
-    return Path(server.cfg.storage.directory) / ref.path, ds
+    path = indexed_path(server.archive, server.db, str(ds.SOPInstanceUID))
+    assert path is not None and path.is_file()
+    return path, ds
 
 
 @pytest.mark.parametrize("name", AS_STORED)
-async def test_c_get_sends_the_stored_bytes(server: PacsApp, scu: Scu,
+async def test_c_get_sends_the_stored_bytes(server: RunningServer, scu: Scu,
                                             dicom_files: DicomFiles, name: str) -> None:
     stored, ds = await stored_one(server, scu, dicom_files, name)
     syntax = str(pydicom.dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID)
@@ -134,7 +138,7 @@ async def test_c_get_sends_the_stored_bytes(server: PacsApp, scu: Scu,
 
 @pytest.mark.parametrize("target", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 @pytest.mark.parametrize("name", DECODED)
-async def test_c_get_to_an_uncompressed_only_requester(server: PacsApp, scu: Scu,
+async def test_c_get_to_an_uncompressed_only_requester(server: RunningServer, scu: Scu,
                                                        dicom_files: DicomFiles, name: str,
                                                        target: str) -> None:
     stored, ds = await stored_one(server, scu, dicom_files, name)
@@ -152,7 +156,7 @@ async def test_c_get_to_an_uncompressed_only_requester(server: PacsApp, scu: Scu
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm",
                                   "MR_small_RLE.dcm"])
-async def test_c_get_to_a_jpeg2000_lossless_only_requester(server: PacsApp, scu: Scu,
+async def test_c_get_to_a_jpeg2000_lossless_only_requester(server: RunningServer, scu: Scu,
                                                            dicom_files: DicomFiles,
                                                            name: str) -> None:
     stored, ds = await stored_one(server, scu, dicom_files, name)
@@ -165,7 +169,7 @@ async def test_c_get_to_a_jpeg2000_lossless_only_requester(server: PacsApp, scu:
     assert "LossyImageCompression" not in got or got.LossyImageCompression == "00"
 
 
-async def test_lossy_stays_lossy(server: PacsApp, scu: Scu, dicom_files: DicomFiles) -> None:
+async def test_lossy_stays_lossy(server: RunningServer, scu: Scu, dicom_files: DicomFiles) -> None:
     """A JPEG Baseline instance without Lossy Image Compression, decoded for an
     Explicit-only requester, is flagged 01 (PS3.3 C.7.6.1.1.5)."""
     sent = dicom_files.fresh("SC_rgb_jpeg_dcmtk.dcm")
@@ -197,7 +201,7 @@ async def test_no_transcoding_fails_the_suboperation(start_server: Callable[...,
 
 
 async def test_big_endian_never_goes_out_as_big_endian_when_declined(
-        server: PacsApp, scu: Scu, dicom_files: DicomFiles) -> None:
+        server: RunningServer, scu: Scu, dicom_files: DicomFiles) -> None:
     """Offered Big Endian and Explicit Little Endian, a requester that accepts the
     latter gets the instance converted, with the pixel values intact."""
     stored, ds = await stored_one(server, scu, dicom_files, "MR_small_bigendian.dcm")

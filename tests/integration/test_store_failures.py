@@ -13,24 +13,15 @@ from typing import Any
 
 import pydicom
 import pytest
-from pacs_testing import (
-    SUCCESS,
-    DicomFiles,
-    Scu,
-    archive_of,
-    archived_files,
-    dataset_bytes,
-    encode,
-    file_meta,
-    incoming_files,
-    index_of,
-    new_dataset,
-)
 from pydicom.uid import generate_uid
+from structlog.testing import capture_logs
 
-from pacs_server.app import PacsApp
 from pacs_server.config import Config
 from pacs_server.storage.layout import safe_component
+from support.archive import archived_files, incoming_files, index_counts, indexed_path
+from support.instances import DicomFiles, dataset_bytes, encode, new_dataset, sop_uid
+from support.scu import SUCCESS, Scu
+from support.server import RunningServer
 
 DUPLICATE = 0x0111
 OUT_OF_RESOURCES = 0xA700
@@ -54,16 +45,20 @@ def two_versions(dicom_files: DicomFiles, **second: Any) -> tuple[Path, Path]:
     return first, other
 
 
-async def stored_path(app: PacsApp, sop_uid: str) -> Path | None:
-    rel = await index_of(app).instance_path(sop_uid)
-    return Path(app.cfg.storage.directory) / rel if rel is not None else None
+def stored_path(srv: RunningServer, uid: str) -> Path | None:
+    return indexed_path(srv.archive, srv.db, uid)
 
 
-async def assert_nothing_stored(app: PacsApp) -> None:
-    root = Path(app.cfg.storage.directory)
-    assert archived_files(root) == []
-    assert incoming_files(root) == []
-    assert (await index_of(app).counts())["instances"] == 0
+def assert_nothing_stored(srv: RunningServer) -> None:
+    assert archived_files(srv.archive) == []
+    assert incoming_files(srv.archive) == []
+    assert index_counts(srv.db)["instances"] == 0
+
+
+def store_outcomes(logs: list[dict[str, Any]]) -> list[str]:
+    """What the archive did with each C-STORE, from the server's log events."""
+    return [e["outcome"] if e["event"] == "c_store.stored" else e["status"]
+            for e in logs if e["event"] in ("c_store.stored", "c_store.failed")]
 
 
 # --------------------------------------------------------------------------- duplicates
@@ -79,22 +74,24 @@ async def test_duplicate_policy(start_server: Callable[..., Any],
                                 kept: str) -> None:
     app = await start_server(make_cfg({"storage.duplicate_policy": policy}))
     first, second = two_versions(dicom_files)
-    uid = str(file_meta(first).MediaStorageSOPInstanceUID)
-    assert [r.status for r in await scu.astore(app.port, [first])] == [SUCCESS]
-    (again,) = await scu.astore(app.port, [second])
+    uid = sop_uid(first)
+    with capture_logs() as logs:
+        assert [r.status for r in await scu.astore(app.port, [first])] == [SUCCESS]
+        (again,) = await scu.astore(app.port, [second])
     assert again.status == status, again.comment
     if status != SUCCESS:
         assert again.comment == f"SOP Instance already stored: {uid}"[:64]
-    path = await stored_path(app, uid)
+    path = stored_path(app, uid)
     assert path is not None
     expected = first if kept == "first" else second
     assert dataset_bytes(path) == dataset_bytes(expected)
-    root = Path(app.cfg.storage.directory)
+    root = app.archive
     assert archived_files(root) == [path]
     assert incoming_files(root) == []
-    assert (await index_of(app).counts())["instances"] == 1
-    stats = archive_of(app).stats
-    assert (stats.stored, stats.duplicates) == ((2, 0) if policy == "replace" else (1, 1))
+    assert index_counts(app.db)["instances"] == 1
+    # stored twice (replace), or stored once and the second seen as a duplicate
+    assert store_outcomes(logs) == ["stored", {"reject": "0x0111", "replace": "replaced",
+                                               "ignore": "already_stored"}[policy]]
 
 
 async def test_replace_moves_the_file_when_the_path_changes(
@@ -102,32 +99,35 @@ async def test_replace_moves_the_file_when_the_path_changes(
         dicom_files: DicomFiles) -> None:
     app = await start_server(make_cfg({"storage.duplicate_policy": "replace"}))
     first, second = two_versions(dicom_files, PatientID="MOVED-PATIENT")
-    uid = str(file_meta(first).MediaStorageSOPInstanceUID)
+    uid = sop_uid(first)
     await scu.astore(app.port, [first])
-    old = await stored_path(app, uid)
+    old = stored_path(app, uid)
     (result,) = await scu.astore(app.port, [second])
     assert result.ok
-    new = await stored_path(app, uid)
+    new = stored_path(app, uid)
     assert old is not None and new is not None and old != new
-    assert new.relative_to(Path(app.cfg.storage.directory)).parts[0] == "MOVED-PATIENT"
+    assert new.relative_to(app.archive).parts[0] == "MOVED-PATIENT"
     assert not old.exists()
     assert not old.parent.exists(), "emptied directories of the old copy are pruned"
-    assert archived_files(Path(app.cfg.storage.directory)) == [new]
-    counts = await index_of(app).counts()
+    assert archived_files(app.archive) == [new]
+    counts = index_counts(app.db)
     assert (counts["patients"], counts["instances"]) == (1, 1)
 
 
 async def test_policy_reload_takes_effect(start_server: Callable[..., Any],
                                           make_cfg: Callable[..., Config], scu: Scu,
-                                          dicom_files: DicomFiles) -> None:
+                                          dicom_files: DicomFiles, tmp_path: Path) -> None:
     """duplicate_policy is reloadable: the next C-STORE follows the new value."""
-    app = await start_server(make_cfg())
+    config = tmp_path / "pacs.yaml"
+    config.write_text("storage:\n  duplicate_policy: reject\n", encoding="utf-8")
+    app = await start_server(make_cfg(path=config), reload_config=lambda: make_cfg(path=config))
     first, second = two_versions(dicom_files)
     await scu.astore(app.port, [first])
     assert (await scu.astore(app.port, [second]))[0].status == DUPLICATE
-    assert app.reload(make_cfg({"storage.duplicate_policy": "replace"})) is True
+    config.write_text("storage:\n  duplicate_policy: replace\n", encoding="utf-8")
+    assert app.reload() is True
     assert (await scu.astore(app.port, [second]))[0].status == SUCCESS
-    path = await stored_path(app, str(file_meta(first).MediaStorageSOPInstanceUID))
+    path = stored_path(app, sop_uid(first))
     assert path is not None and dataset_bytes(path) == dataset_bytes(second)
 
 
@@ -155,7 +155,7 @@ async def test_patient_id_path_traversal(start_server: Callable[..., Any],
             for pid in HOSTILE_PATIENT_IDS]
     results = await scu.astore(app.port, sent)
     assert [r.status for r in results] == [SUCCESS] * len(sent)
-    root = resolved(Path(app.cfg.storage.directory))
+    root = resolved(app.archive)
     stored = archived_files(root)
     assert len(stored) == len(sent)
     for path in stored:
@@ -167,8 +167,7 @@ async def test_patient_id_path_traversal(start_server: Callable[..., Any],
     outside = all_files(tmp_path) - set(stored) - set(sent)
     assert {p for p in outside if not p.name.startswith("pacs.db")} == set()
     for path, pid in zip(sent, HOSTILE_PATIENT_IDS, strict=True):
-        uid = str(file_meta(path).MediaStorageSOPInstanceUID)
-        archived = await stored_path(app, uid)
+        archived = stored_path(app, sop_uid(path))
         assert archived is not None
         assert dataset_bytes(archived) == dataset_bytes(path)
         expected_top = safe_component(pid.strip().rstrip("\x00")[:64])  # as indexed
@@ -187,15 +186,17 @@ GARBAGE = {
 
 
 @pytest.mark.parametrize("kind", list(GARBAGE))
-async def test_garbage_bytes_cannot_be_understood(server: PacsApp, scu: Scu,
+async def test_garbage_bytes_cannot_be_understood(server: RunningServer, scu: Scu,
                                                   dicom_files: DicomFiles, kind: str) -> None:
     sent = dicom_files.raw(GARBAGE[kind])
-    (result,) = await scu.astore(server.port, [sent])
+    with capture_logs() as logs:
+        (result,) = await scu.astore(server.port, [sent])
     assert result.status == CANNOT_UNDERSTAND
     assert result.comment
-    await assert_nothing_stored(server)
+    assert_nothing_stored(server)
     assert await scu.aecho(server.port) == SUCCESS
-    assert archive_of(server).stats.failed == 1
+    assert store_outcomes(logs) == ["0xC000"]
+    assert server.sample("pacs_dimse_requests_total", service="C-STORE", status="0xC000") == 1
 
 
 def _without(keyword: str) -> bytes:
@@ -222,31 +223,31 @@ def _with(**attrs: Any) -> bytes:
     (_with(SOPClassUID="not-a-uid"), DOES_NOT_MATCH, "SOPClassUID is not a valid UID: 'not-a-uid'"),
 ], ids=["no-sop", "no-study", "no-series", "sop-dotdot", "study-dotdot", "series-slash",
         "sop-too-long", "bad-class"])
-async def test_bad_identifiers_are_refused(server: PacsApp, scu: Scu, dicom_files: DicomFiles,
+async def test_bad_identifiers_are_refused(server: RunningServer, scu: Scu, dicom_files: DicomFiles,
                                            body: bytes, status: int, comment: str) -> None:
     sent = dicom_files.raw(body, sop_class="1.2.840.10008.5.1.4.1.1.2")
     (result,) = await scu.astore(server.port, [sent])
     assert result.status == status
     assert result.comment is not None and comment in result.comment
-    await assert_nothing_stored(server)
+    assert_nothing_stored(server)
 
 
-async def test_a_failure_does_not_end_the_association(server: PacsApp, scu: Scu,
+async def test_a_failure_does_not_end_the_association(server: RunningServer, scu: Scu,
                                                       dicom_files: DicomFiles) -> None:
     good_before = dicom_files.generated()
     bad = dicom_files.raw(GARBAGE["text"], sop_class="1.2.840.10008.5.1.4.1.1.2")
     good_after = dicom_files.generated()
     results = await scu.astore(server.port, [good_before, bad, good_after])
     assert [r.status for r in results] == [SUCCESS, CANNOT_UNDERSTAND, SUCCESS]
-    assert (await index_of(server).counts())["instances"] == 2
+    assert index_counts(server.db)["instances"] == 2
 
 
 # --------------------------------------------------------------------------- bad disk
 
-async def test_unwritable_target_is_out_of_resources(server: PacsApp, scu: Scu,
+async def test_unwritable_target_is_out_of_resources(server: RunningServer, scu: Scu,
                                                      dicom_files: DicomFiles) -> None:
     """The patient directory cannot be created (a file is in the way): 0xA700."""
-    root = Path(server.cfg.storage.directory)
+    root = server.archive
     (root / "BLOCKED").write_bytes(b"a file where a directory should be")
     blocked = dicom_files.generated(PatientID="BLOCKED")
     (result,) = await scu.astore(server.port, [blocked])
@@ -254,25 +255,25 @@ async def test_unwritable_target_is_out_of_resources(server: PacsApp, scu: Scu,
     assert result.comment and "archive write failed" in result.comment
     assert incoming_files(root) == []
     assert archived_files(root) == [root / "BLOCKED"]
-    assert (await index_of(server).counts())["instances"] == 0
+    assert index_counts(server.db)["instances"] == 0
     # still up, and other patients are stored
     assert await scu.aecho(server.port) == SUCCESS
     fine = dicom_files.generated(PatientID="FINE")
     assert (await scu.astore(server.port, [fine]))[0].ok
-    assert (await index_of(server).counts())["instances"] == 1
+    assert index_counts(server.db)["instances"] == 1
     # once the obstacle is gone the same instance goes in
     (root / "BLOCKED").unlink()
     assert (await scu.astore(server.port, [blocked]))[0].ok
 
 
-async def test_incoming_directory_gone_fails_the_store(server: PacsApp, scu: Scu,
+async def test_incoming_directory_gone_fails_the_store(server: RunningServer, scu: Scu,
                                                            dicom_files: DicomFiles) -> None:
     """.incoming replaced by a file: pynetdicom cannot even buffer the dataset.
 
     Whatever fails first, the association must end with a failure (no success
     status), nothing may be indexed, and the server must keep answering.
     """
-    root = Path(server.cfg.storage.directory)
+    root = server.archive
     incoming = root / ".incoming"
     os.rmdir(incoming)
     incoming.write_bytes(b"in the way")
@@ -285,12 +286,12 @@ async def test_incoming_directory_gone_fails_the_store(server: PacsApp, scu: Scu
     finally:
         incoming.unlink()
         incoming.mkdir()
-    assert (await index_of(server).counts())["instances"] == 0
+    assert index_counts(server.db)["instances"] == 0
     assert await scu.aecho(server.port) == SUCCESS
     assert (await scu.astore(server.port, [dicom_files.generated()]))[0].ok
 
 
-async def test_uid_mismatch_between_request_and_dataset(server: PacsApp, scu: Scu,
+async def test_uid_mismatch_between_request_and_dataset(server: RunningServer, scu: Scu,
                                                         dicom_files: DicomFiles) -> None:
     """The dataset's own SOP Instance UID names the stored instance."""
     ds = new_dataset()
@@ -298,8 +299,8 @@ async def test_uid_mismatch_between_request_and_dataset(server: PacsApp, scu: Sc
                            sop_instance=generate_uid())
     (result,) = await scu.astore(server.port, [sent])
     assert result.ok
-    assert await stored_path(server, str(ds.SOPInstanceUID)) is not None
-    assert await stored_path(server, str(file_meta(sent).MediaStorageSOPInstanceUID)) is None
+    assert stored_path(server, str(ds.SOPInstanceUID)) is not None
+    assert stored_path(server, sop_uid(sent)) is None
 
 
 @pytest.mark.parametrize(("policy", "status"), [("reject", DUPLICATE), ("ignore", SUCCESS)])
@@ -310,30 +311,30 @@ async def test_duplicate_under_another_patient_id(start_server: Callable[..., An
     """Same SOP Instance UID, other PatientID (so another path): the first copy stays."""
     app = await start_server(make_cfg({"storage.duplicate_policy": policy}))
     first, second = two_versions(dicom_files, PatientID="SOMEONE-ELSE")
-    uid = str(file_meta(first).MediaStorageSOPInstanceUID)
+    uid = sop_uid(first)
     assert (await scu.astore(app.port, [first]))[0].ok
-    path = await stored_path(app, uid)
+    path = stored_path(app, uid)
     (again,) = await scu.astore(app.port, [second])
     assert again.status == status
-    root = Path(app.cfg.storage.directory)
+    root = app.archive
     assert archived_files(root) == [path]
     assert not (root / "SOMEONE-ELSE").exists()
     assert path is not None and dataset_bytes(path) == dataset_bytes(first)
-    assert (await index_of(app).counts())["instances"] == 1
+    assert index_counts(app.db)["instances"] == 1
 
 
-async def test_unindexed_leftover_file_is_taken_over(server: PacsApp, scu: Scu,
+async def test_unindexed_leftover_file_is_taken_over(server: RunningServer, scu: Scu,
                                                      dicom_files: DicomFiles) -> None:
     """A file at the target path that the index does not know (an interrupted store)
     does not block the instance: it is replaced and indexed."""
     sent = dicom_files.generated(PatientID="LEFTOVER")
     ds = pydicom.dcmread(sent)
-    root = Path(server.cfg.storage.directory)
+    root = server.archive
     target = (root / "LEFTOVER" / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
               / f"{ds.SOPInstanceUID}.dcm")
     target.parent.mkdir(parents=True)
     target.write_bytes(b"stale half-written copy")
     (result,) = await scu.astore(server.port, [sent])
     assert result.ok, result.comment
-    assert await stored_path(server, str(ds.SOPInstanceUID)) == target
+    assert stored_path(server, str(ds.SOPInstanceUID)) == target
     assert dataset_bytes(target) == dataset_bytes(sent)

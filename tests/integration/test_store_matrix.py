@@ -10,20 +10,17 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pacs_testing import (
-    SCU_AE,
-    DicomFiles,
-    Scu,
-    archived_files,
-    dataset_bytes,
-    file_meta,
-    incoming_files,
-    index_of,
-)
-from sqlalchemy import select
 
-from pacs_server.app import PacsApp
-from pacs_server.index.models import Instance, Patient, Series, Study
+from support.archive import (
+    archived_files,
+    incoming_files,
+    index_counts,
+    indexed_instance,
+    query_index,
+)
+from support.instances import DicomFiles, dataset_bytes, file_meta
+from support.scu import SCU_AE, Scu
+from support.server import RunningServer
 
 # (pydicom file, what it covers). Each gets fresh UIDs, keeping its transfer syntax.
 MATRIX = [
@@ -63,19 +60,17 @@ CHARSET_FILES = ["chrArab.dcm", "chrFren.dcm", "chrFrenMulti.dcm", "chrGerm.dcm"
                  "chrRuss.dcm", "chrX1.dcm", "chrX2.dcm"]
 
 
-async def check_archived(app: PacsApp, sent: Path, calling_ae: str = SCU_AE) -> Path:
+def check_archived(srv: RunningServer, sent: Path, calling_ae: str = SCU_AE) -> Path:
     """The sent file is indexed and archived with its dataset bytes unchanged."""
     meta = file_meta(sent)
     uid = str(meta.MediaStorageSOPInstanceUID)
-    refs = await index_of(app).refs([uid])
-    assert len(refs) == 1, f"{sent.name}: no index row"
-    ref = refs[0]
-    root = Path(app.cfg.storage.directory)
-    stored = root / ref.path
-    assert stored.is_file(), f"{sent.name}: indexed but no file at {ref.path}"
-    assert ref.transfer_syntax_uid == meta.TransferSyntaxUID
-    assert ref.sop_class_uid == meta.MediaStorageSOPClassUID
-    assert ref.size == stored.stat().st_size
+    row = indexed_instance(srv.db, uid)
+    assert row is not None, f"{sent.name}: no index row"
+    stored = srv.archive / row["path"]
+    assert stored.is_file(), f"{sent.name}: indexed but no file at {row['path']}"
+    assert row["transfer_syntax_uid"] == meta.TransferSyntaxUID
+    assert row["sop_class_uid"] == meta.MediaStorageSOPClassUID
+    assert row["size"] == stored.stat().st_size
     assert dataset_bytes(stored) == dataset_bytes(sent), f"{sent.name}: dataset changed"
     stored_meta = file_meta(stored)
     assert stored_meta.TransferSyntaxUID == meta.TransferSyntaxUID
@@ -88,30 +83,29 @@ async def check_archived(app: PacsApp, sent: Path, calling_ae: str = SCU_AE) -> 
 
 
 @pytest.mark.parametrize("name", [m[0] for m in MATRIX], ids=[m[0] for m in MATRIX])
-async def test_store_in_own_transfer_syntax(server: PacsApp, scu: Scu,
+async def test_store_in_own_transfer_syntax(server: RunningServer, scu: Scu,
                                             dicom_files: DicomFiles, name: str) -> None:
     sent = dicom_files.fresh(name)
     (result,) = await scu.astore(server.port, [sent])
     assert result.ok, f"{name}: status 0x{result.status:04X} {result.comment}"
-    await check_archived(server, sent)
-    counts = await index_of(server).counts()
+    check_archived(server, sent)
+    counts = index_counts(server.db)
     assert (counts["patients"], counts["studies"], counts["series"], counts["instances"]) == (
         1, 1, 1, 1)
-    root = Path(server.cfg.storage.directory)
+    root = server.archive
     assert len(archived_files(root)) == 1
     assert incoming_files(root) == []
 
 
-async def test_character_sets(server: PacsApp, scu: Scu, dicom_files: DicomFiles) -> None:
+async def test_character_sets(server: RunningServer, scu: Scu, dicom_files: DicomFiles) -> None:
     """Every charset file is stored; names are indexed decoded with their charset."""
     sent = [dicom_files.fresh(name) for name in CHARSET_FILES]
     results = await scu.astore(server.port, sent)
     assert [r.status for r in results] == [0] * len(sent)
     for path in sent:
-        await check_archived(server, path)
-    async with index_of(server).reader._engine.connect() as conn:
-        names = {r.patient_id: r.patient_name for r in (await conn.execute(
-            select(Patient.patient_id, Patient.patient_name))).all()}
+        check_archived(server, path)
+    names = {r["patient_id"]: r["patient_name"]
+             for r in query_index(server.db, "SELECT patient_id, patient_name FROM patients")}
     for path in sent:
         ds = pydicom.dcmread(path)
         assert names[str(ds.PatientID)] == str(ds.PatientName), path.name
@@ -119,7 +113,7 @@ async def test_character_sets(server: PacsApp, scu: Scu, dicom_files: DicomFiles
     assert names["SCSRUSS"] == "Люкceмбypг"
 
 
-async def test_many_instances_of_one_series(server: PacsApp, scu: Scu,
+async def test_many_instances_of_one_series(server: RunningServer, scu: Scu,
                                             dicom_files: DicomFiles) -> None:
     """Three SOP classes into one study: every level is counted once."""
     first = dicom_files.fresh("CT_small.dcm")
@@ -132,14 +126,12 @@ async def test_many_instances_of_one_series(server: PacsApp, scu: Scu,
                                      PatientID=ct.PatientID)
     results = await scu.astore(server.port, [first, *same_series, other_series])
     assert all(r.ok for r in results)
-    counts = await index_of(server).counts()
+    counts = index_counts(server.db)
     assert (counts["patients"], counts["studies"], counts["series"], counts["instances"]) == (
         1, 1, 2, 5)
-    async with index_of(server).reader._engine.connect() as conn:
-        study = (await conn.execute(select(Study.num_series, Study.num_instances,
-                                           Study.modalities))).one()
-        series = dict((await conn.execute(select(Series.modality, Series.num_instances))).all())
-        received_from = set((await conn.execute(select(Instance.source_ae))).scalars())
+    (study,) = query_index(server.db, "SELECT num_series, num_instances, modalities FROM studies")
+    series = dict(query_index(server.db, "SELECT modality, num_instances FROM series"))
+    received_from = {r[0] for r in query_index(server.db, "SELECT source_ae FROM instances")}
     assert tuple(study) == (2, 5, "CT\\MR")
     assert series == {"CT": 4, "MR": 1}
     assert received_from == {SCU_AE}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
@@ -222,3 +222,64 @@ def test_top_level_list_override() -> None:
     cfg = load_config(None, {"peers": [{"ae_title": "VIEWER", "host": "127.0.0.1",
                                         "port": 11113}]})
     assert cfg.peer("VIEWER") is not None and cfg.peer("VIEWER").port == 11113
+
+
+# --------------------------------------------------------------------------- reload
+
+def _other_value(key: str, default: Any) -> Any:
+    """A valid value for `key` that differs from its default."""
+    special: dict[str, Any] = {
+        "server.ae_title": "OTHER",
+        "server.max_pdu_size": 65536,
+        "database.url": "postgresql+asyncpg://pacs@db.example/pacs",
+        "storage.accepted_sop_classes": ["CT"],
+        "access_control.allowed_ae_titles": ["OTHER"],
+        "peers": [{"ae_title": "VIEWER", "host": "10.0.0.2", "port": 104}],
+    }
+    if key in special:
+        return special[key]
+    section, _, name = key.partition(".")
+    hint = get_type_hints(type(getattr(load_config(None), section)))[name]
+    if get_origin(hint) is Literal:
+        return next(choice for choice in get_args(hint) if choice != default)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int | float):
+        return default + 1
+    if isinstance(default, str):
+        return default + "-other"
+    raise AssertionError(f"{key}: no other value known for a {type(default).__name__}")
+
+
+@pytest.mark.parametrize(("key", "reloadable"), [
+    (key, bool(fld.metadata.get("reload"))) for key, fld, _ in iter_fields()])
+def test_each_change_is_reloadable_or_needs_a_restart(key: str, reloadable: bool) -> None:
+    """Every setting, changed alone, lands on the side its `reload` metadata says."""
+    default = dict((k, d) for k, _, d in iter_fields())[key]
+    new = load_config(None, {key: _other_value(key, default)})
+    expected = ([key], []) if reloadable else ([], [key])
+    assert reloadable_changes(load_config(None), new) == expected
+
+
+def test_the_source_of_a_config_is_not_a_change(tmp_path: Path) -> None:
+    from_file = load_config(write(tmp_path, "server:\n  port: 11112\n"))
+    assert from_file.source != load_config(None).source
+    assert reloadable_changes(load_config(None), from_file) == ([], [])
+
+
+def test_reordered_peers_are_a_change() -> None:
+    a = {"ae_title": "A", "host": "127.0.0.1", "port": 104}
+    b = {"ae_title": "B", "host": "127.0.0.1", "port": 105}
+    old = load_config(None, {"peers": [a, b]})
+    assert reloadable_changes(old, load_config(None, {"peers": [b, a]})) == (["peers"], [])
+    assert reloadable_changes(old, load_config(None, {"peers": [a, b]})) == ([], [])
+
+
+def test_changes_are_listed_in_settings_order() -> None:
+    changed = {"query.max_results": 5, "server.port": 1, "logging.level": "error",
+               "database.commit_batch": 2, "storage.duplicate_policy": "ignore"}
+    hot, cold = reloadable_changes(load_config(None), load_config(None, changed))
+    order = [key for key, _, _ in iter_fields()]
+    assert hot == [k for k in order if k in changed and k in hot]
+    assert cold == [k for k in order if k in changed and k not in hot]
+    assert set(hot) | set(cold) == set(changed)

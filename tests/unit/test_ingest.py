@@ -12,7 +12,6 @@ from typing import Any
 
 import pydicom
 import pytest
-from pacs_testing import DicomFiles, encode, file_meta, new_dataset, write_part10
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -31,6 +30,7 @@ from pacs_server.services.ingest import (
     file_meta_bytes,
     read_record,
 )
+from support.instances import DicomFiles, encode, file_meta, new_dataset, write_part10
 
 
 @pytest.fixture(autouse=True)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import ColumnElement, select
 
 from pacs_server.config import DatabaseConfig
@@ -24,6 +23,7 @@ from pacs_server.index.matching import is_universal, matches, sql_condition
 from pacs_server.index.models import QR_MODELS, Series, Study
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
+from support.index import index_record
 
 # The attribute a SERIES-level query matches each keyword against.
 ATTRS = QR_ATTRIBUTES.visible("SERIES")
@@ -403,21 +403,13 @@ def _record(i: int, *, patient_id: str, name: str, study_date: str = "",
             study_time: str = "", accession: str = "", description: str = "",
             referring: str = "", modality: str = "CT", series_number: int | None = 1,
             body_part: str = "") -> InstanceRecord:
-    study, series, sop = generate_uid(), generate_uid(), generate_uid()
-    return InstanceRecord(
-        sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        study_instance_uid=study, series_instance_uid=series,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        patient={"patient_id": patient_id, "patient_name": name},
-        study={"patient_name": name, "study_date": study_date, "study_time": study_time,
-               "accession_number": accession, "study_id": str(i),
-               "study_description": description, "referring_physician": referring},
-        series={"modality": modality, "series_number": series_number,
-                "series_description": "", "series_date": "", "series_time": "",
-                "body_part": body_part},
-        instance={"instance_number": i, "content_date": "", "content_time": ""},
-        header=b"", header_syntax=ExplicitVRLittleEndian,
-        rel_path=PurePosixPath(f"{sop}.dcm"), size=1, source_ae="SCU")
+    return index_record(
+        patient=patient_id, name=name, modality=modality, size=1,
+        study_values={"study_date": study_date, "study_time": study_time,
+                      "accession_number": accession, "study_id": str(i),
+                      "study_description": description, "referring_physician": referring},
+        series_values={"series_number": series_number, "body_part": body_part},
+        instance_values={"instance_number": i})
 
 
 STORED = [

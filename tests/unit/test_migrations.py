@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pacs_testing import encode
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import text
@@ -20,6 +19,7 @@ from pacs_server.config import DatabaseConfig
 from pacs_server.index.engine import create_engine, migrate
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
+from support.instances import encode
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

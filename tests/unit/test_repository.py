@@ -19,31 +19,11 @@ from pacs_server.index.engine import create_engine, migrate
 from pacs_server.index.models import Instance, Patient, Series, Study
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
+from support.index import index_record
 
-CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
-
-def record(*, patient: str = "P1", study: str | None = None, series: str | None = None,
-           sop: str | None = None, modality: str = "CT", sop_class: str = CT_IMAGE,
-           name: str = "Doe^John", size: int = 100, issuer: str = "",
-           sex: str = "") -> InstanceRecord:
-    study = study or generate_uid()
-    series = series or generate_uid()
-    sop = sop or generate_uid()
-    return InstanceRecord(
-        sop_instance_uid=sop, sop_class_uid=sop_class, study_instance_uid=study,
-        series_instance_uid=series, transfer_syntax_uid=ExplicitVRLittleEndian,
-        patient={"patient_id": patient, "issuer_of_patient_id": issuer, "patient_name": name,
-                 "birth_date": "", "sex": sex},
-        study={"patient_name": name, "patient_birth_date": "", "patient_sex": sex,
-               "study_date": "20240101", "study_time": "", "accession_number": "A1",
-               "study_id": "", "study_description": "", "referring_physician": ""},
-        series={"modality": modality, "series_number": 1, "series_description": "",
-                "series_date": "", "series_time": "", "body_part": ""},
-        instance={"instance_number": 1, "content_date": "", "content_time": ""},
-        header=b"", header_syntax=ExplicitVRLittleEndian,
-        rel_path=PurePosixPath(patient, study, series, f"{sop}.dcm"), size=size,
-        source_ae="SCU")
+def record(**kwargs: Any) -> InstanceRecord:
+    return index_record(**kwargs)
 
 
 class Commits:
@@ -89,12 +69,12 @@ async def test_hierarchy_counts(repo_env: Any) -> None:
     study_a, study_b = generate_uid(), generate_uid()
     series_a1, series_a2 = generate_uid(), generate_uid()
     recs = [
-        record(patient="P1", study=study_a, series=series_a1, size=10),
-        record(patient="P1", study=study_a, series=series_a1, size=20),
-        record(patient="P1", study=study_a, series=series_a2, modality="SR",
-               sop_class="1.2.840.10008.5.1.4.1.1.88.33", size=30),
-        record(patient="P1", study=study_b, size=40),
-        record(patient="P2", size=50),
+        index_record(patient="P1", study=study_a, series=series_a1, size=10),
+        index_record(patient="P1", study=study_a, series=series_a1, size=20),
+        index_record(patient="P1", study=study_a, series=series_a2, modality="SR",
+                     sop_class="1.2.840.10008.5.1.4.1.1.88.33", size=30),
+        index_record(patient="P1", study=study_b, size=40),
+        index_record(patient="P2", size=50),
     ]
     for rec in recs:
         assert await repo.add_instance(rec) is None
@@ -117,7 +97,7 @@ async def test_hierarchy_counts(repo_env: Any) -> None:
 
 async def test_lookups(repo_env: Any) -> None:
     repo, _, _ = repo_env
-    rec = record(size=123)
+    rec = index_record(size=123)
     await repo.add_instance(rec)
     assert await repo.instance_path(rec.sop_instance_uid) == str(rec.rel_path)
     assert await repo.instance_path("1.2.3.999") is None
@@ -129,10 +109,10 @@ async def test_lookups(repo_env: Any) -> None:
 
 async def test_duplicate_is_refused_and_changes_nothing(repo_env: Any) -> None:
     repo, _, _ = repo_env
-    rec = record()
+    rec = index_record()
     await repo.add_instance(rec)
     before = await repo.counts()
-    again = record(sop=rec.sop_instance_uid, patient="OTHER")
+    again = index_record(sop=rec.sop_instance_uid, patient="OTHER")
     with pytest.raises(DuplicateInstance, match="already stored"):
         await repo.add_instance(again)
     assert await repo.counts() == before
@@ -142,12 +122,12 @@ async def test_duplicate_is_refused_and_changes_nothing(repo_env: Any) -> None:
 async def test_replace_returns_the_old_path_and_keeps_counts(repo_env: Any) -> None:
     repo, _, engine = repo_env
     study, series = generate_uid(), generate_uid()
-    first = record(patient="P1", study=study, series=series, size=10)
-    sibling = record(patient="P1", study=study, series=series, size=5)
+    first = index_record(patient="P1", study=study, series=series, size=10)
+    sibling = index_record(patient="P1", study=study, series=series, size=5)
     await repo.add_instance(first)
     await repo.add_instance(sibling)
-    newer = record(patient="P1", study=study, series=series, sop=first.sop_instance_uid,
-                   size=99)
+    newer = index_record(patient="P1", study=study, series=series, sop=first.sop_instance_uid,
+                         size=99)
     newer.rel_path = PurePosixPath("elsewhere", f"{first.sop_instance_uid}.dcm")
     assert await repo.add_instance(newer, replace=True) == str(first.rel_path)
     assert await repo.instance_path(first.sop_instance_uid) == str(newer.rel_path)
@@ -162,10 +142,10 @@ async def test_replace_returns_the_old_path_and_keeps_counts(repo_env: Any) -> N
 async def test_replace_into_another_series_moves_the_instance(repo_env: Any) -> None:
     repo, _, engine = repo_env
     study = generate_uid()
-    old = record(study=study, modality="CT")
+    old = index_record(study=study, modality="CT")
     await repo.add_instance(old)
-    moved = record(study=study, sop=old.sop_instance_uid, modality="MR",
-                   sop_class="1.2.840.10008.5.1.4.1.1.4")
+    moved = index_record(study=study, sop=old.sop_instance_uid, modality="MR",
+                         sop_class="1.2.840.10008.5.1.4.1.1.4")
     await repo.add_instance(moved, replace=True)
     counts = await repo.counts()
     assert (counts["series"], counts["instances"]) == (1, 1)
@@ -178,7 +158,7 @@ async def test_replace_into_another_series_moves_the_instance(repo_env: Any) -> 
 
 async def test_replace_of_an_unknown_uid_is_a_plain_add(repo_env: Any) -> None:
     repo, _, _ = repo_env
-    rec = record()
+    rec = index_record()
     assert await repo.add_instance(rec, replace=True) is None
     assert (await repo.counts())["instances"] == 1
 
@@ -186,7 +166,7 @@ async def test_replace_of_an_unknown_uid_is_a_plain_add(repo_env: Any) -> None:
 async def test_concurrent_adds_are_group_committed(repo_env: Any) -> None:
     repo, commits, _ = repo_env
     study = generate_uid()
-    recs = [record(patient=f"P{i % 3}", study=study if i % 2 else None) for i in range(60)]
+    recs = [index_record(patient=f"P{i % 3}", study=study if i % 2 else None) for i in range(60)]
     results = await asyncio.gather(*(repo.add_instance(r) for r in recs))
     assert results == [None] * 60
     assert sum(commits.batches) == 60
@@ -199,10 +179,10 @@ async def test_concurrent_adds_are_group_committed(repo_env: Any) -> None:
 
 async def test_one_bad_record_does_not_fail_its_batch(repo_env: Any) -> None:
     repo, _, _ = repo_env
-    existing = record()
+    existing = index_record()
     await repo.add_instance(existing)
-    recs = [record() for _ in range(9)]
-    recs.insert(4, record(sop=existing.sop_instance_uid))
+    recs = [index_record() for _ in range(9)]
+    recs.insert(4, index_record(sop=existing.sop_instance_uid))
     results = await asyncio.gather(*(repo.add_instance(r) for r in recs),
                                    return_exceptions=True)
     assert isinstance(results[4], DuplicateInstance)
@@ -213,8 +193,8 @@ async def test_one_bad_record_does_not_fail_its_batch(repo_env: Any) -> None:
 async def test_same_uid_twice_in_one_batch(repo_env: Any) -> None:
     repo, _, _ = repo_env
     sop = generate_uid()
-    results = await asyncio.gather(repo.add_instance(record(sop=sop)),
-                                   repo.add_instance(record(sop=sop)),
+    results = await asyncio.gather(repo.add_instance(index_record(sop=sop)),
+                                   repo.add_instance(index_record(sop=sop)),
                                    return_exceptions=True)
     assert sorted(type(r).__name__ for r in results) == ["DuplicateInstance", "NoneType"]
     assert (await repo.counts())["instances"] == 1
@@ -225,12 +205,12 @@ async def test_close_drains_queued_writes_then_refuses(tmp_path: Path) -> None:
     await migrate(engine)
     repo = IndexRepository(engine)
     await repo.start()
-    pending = [asyncio.ensure_future(repo.add_instance(record())) for _ in range(5)]
+    pending = [asyncio.ensure_future(repo.add_instance(index_record())) for _ in range(5)]
     await asyncio.sleep(0)  # let them enqueue
     await repo.close()
     assert [await p for p in pending] == [None] * 5
     with pytest.raises(IndexUnavailable):
-        await repo.add_instance(record())
+        await repo.add_instance(index_record())
     # A second repository on the same file sees the committed rows.
     repo2 = IndexRepository(engine)
     assert (await repo2.counts())["instances"] == 5
@@ -279,7 +259,7 @@ def test_database_directory_that_cannot_exist(tmp_path: Path) -> None:
 
 async def test_instance_rows_keep_what_the_record_says(repo_env: Any) -> None:
     repo, _, engine = repo_env
-    rec = record(size=777)
+    rec = index_record(size=777)
     await repo.add_instance(rec)
     (row,) = await rows(engine, Instance, Instance.sop_class_uid, Instance.size,
                         Instance.source_ae, Instance.transfer_syntax_uid, Instance.path)
@@ -289,9 +269,9 @@ async def test_instance_rows_keep_what_the_record_says(repo_env: Any) -> None:
 
 async def test_replace_into_another_study_leaves_no_empty_parents(repo_env: Any) -> None:
     repo, _, engine = repo_env
-    old = record(patient="OLD")
+    old = index_record(patient="OLD")
     await repo.add_instance(old)
-    moved = record(patient="NEW", sop=old.sop_instance_uid)
+    moved = index_record(patient="NEW", sop=old.sop_instance_uid)
     await repo.add_instance(moved, replace=True)
     assert await repo.counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 1,
                                    "bytes": 100}
@@ -302,11 +282,11 @@ async def test_replace_into_another_study_leaves_no_empty_parents(repo_env: Any)
 
 async def test_replace_into_another_study_of_the_same_patient(repo_env: Any) -> None:
     repo, _, engine = repo_env
-    keep = record(patient="P1")
-    old = record(patient="P1")
+    keep = index_record(patient="P1")
+    old = index_record(patient="P1")
     await repo.add_instance(keep)
     await repo.add_instance(old)
-    await repo.add_instance(record(patient="P1", sop=old.sop_instance_uid), replace=True)
+    await repo.add_instance(index_record(patient="P1", sop=old.sop_instance_uid), replace=True)
     assert await repo.counts() == {"patients": 1, "studies": 2, "series": 2, "instances": 2,
                                    "bytes": 200}
     (p,) = await rows(engine, Patient, Patient.num_studies, Patient.num_series,
@@ -319,10 +299,10 @@ async def test_replace_into_another_study_of_the_same_patient(repo_env: Any) -> 
 
 async def test_replace_of_the_only_instance_in_place(repo_env: Any) -> None:
     repo, _, engine = repo_env
-    old = record(patient="P1", size=1)
+    old = index_record(patient="P1", size=1)
     await repo.add_instance(old)
-    same = record(patient="P1", study=old.study_instance_uid, series=old.series_instance_uid,
-                  sop=old.sop_instance_uid, size=2)
+    same = index_record(patient="P1", study=old.study_instance_uid, series=old.series_instance_uid,
+                        sop=old.sop_instance_uid, size=2)
     assert await repo.add_instance(same, replace=True) == str(old.rel_path)
     assert await repo.counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 1,
                                    "bytes": 2}
@@ -354,9 +334,9 @@ async def test_writer_reconnects_after_a_database_restart(postgres_cluster: Any,
     repo = IndexRepository(engine, writer_engine=writer)
     await repo.start()
     try:
-        await repo.add_instance(record())
+        await repo.add_instance(index_record())
         postgres_cluster.restart()
-        after = record()
+        after = index_record()
         await repo.add_instance(after)
         assert await repo.instance_path(after.sop_instance_uid) == str(after.rel_path)
         assert (await repo.counts())["instances"] == 2

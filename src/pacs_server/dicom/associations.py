@@ -107,7 +107,8 @@ class AssociationTracker:
         if rec is not None:
             rec.outcome = "rejected"
         self._metrics.associations.labels("rejected").inc()
-        log.warning("association.rejected", peer=_peer(event),
+        # event.address exists only on EVT_CONN_OPEN: the record made then has the peer.
+        log.warning("association.rejected", peer=rec.peer if rec is not None else _peer(event),
                     calling_ae=getattr(assoc.requestor, "ae_title", ""),
                     called_ae=getattr(assoc.acceptor, "ae_title", ""))
 
@@ -126,6 +127,10 @@ class AssociationTracker:
             rec = self._records.pop(id(event.assoc), None)
         if rec is None:
             return
+        if rec.outcome == "closed":
+            # pynetdicom often fires EVT_CONN_CLOSE before EVT_ABORTED/EVT_RELEASED;
+            # the association (or its DUL queue) already knows how it ended.
+            rec.outcome = _ending(event.assoc) or rec.outcome
         if rec.accepted:
             self._metrics.associations_active.dec()
             self._metrics.associations.labels(rec.outcome).inc()
@@ -133,6 +138,17 @@ class AssociationTracker:
                      called_ae=rec.called_ae, outcome=rec.outcome, operations=rec.operations,
                      failures=rec.failures, bytes=rec.bytes_in,
                      duration_ms=round((time.monotonic() - rec.started) * 1000, 1))
+
+
+def _ending(assoc: Any) -> str | None:
+    try:
+        if assoc.is_aborted or assoc.acse.is_aborted():
+            return "aborted"
+        if assoc.is_released:
+            return "released"
+    except Exception:  # a half-built association: no verdict
+        return None
+    return None
 
 
 def set_nodelay(event: Event) -> None:

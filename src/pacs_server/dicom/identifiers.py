@@ -14,8 +14,8 @@ from pynetdicom.sop_class import (
 )
 
 from pacs_server.errors import InvalidQuery
-from pacs_server.values import value_text
 from pacs_server.services.query import FindRequest, QueryKey, key_vr
+from pacs_server.values import value_text
 
 PATIENT_ROOT = {str(PatientRootQueryRetrieveInformationModelFind),
                 str(PatientRootQueryRetrieveInformationModelMove),

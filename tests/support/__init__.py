@@ -1,0 +1,17 @@
+"""The test harness: one server, one SCU, one instance builder, one view of the archive.
+
+Importable as `support.<module>` because pytest puts `tests/` on sys.path (the
+`pythonpath` setting in pyproject.toml). Fixtures built on these live in
+tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
+
+    config     SERVER_AE, FAST_STORAGE, server_config(): a Config rooted in a directory
+    server     RunningServer: a PacsApp on its own event loop in a thread
+    scu        Scu (echo, store, find, move), GetScu, the requestor race workaround
+    scp        StorageScp: a pynetdicom C-MOVE destination that can fail SOP classes
+    instances  SOP class UIDs, new_dataset(), bundled_dataset(), DicomFiles, dataset_bytes()
+    archive    what an archive directory and its SQLite index hold (stdlib sqlite3)
+    index      sqlite_index(): a started IndexRepository on a tmp file; index_record()
+    dcmtk      finding dcmtk, require_dcmtk(), findscu/movescu/getscu runs, Storescp
+    postgres   PostgresCluster, a throw-away PostgreSQL server
+    polling    wait_until(), free_port(), port_open()
+"""
