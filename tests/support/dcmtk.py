@@ -184,10 +184,10 @@ def movescu(port: int, level: str, keys: Sequence[str], dest: str, *, model: str
 
 
 def getscu(port: int, level: str, keys: Sequence[str], outdir: Path, *,
-           model: str = "-S") -> ToolResult:
+           model: str = "-S", extra: Sequence[str] = ()) -> ToolResult:
     """getscu writing what it receives into `outdir` exactly as received (+B)."""
     outdir.mkdir(parents=True, exist_ok=True)
-    cmd = _qr_command("getscu", level, keys, model, "+B", "-od", str(outdir))
+    cmd = _qr_command("getscu", level, keys, model, "+B", "-od", str(outdir), *extra)
     return _run([*cmd, "127.0.0.1", str(port)], timeout=120)
 
 
