@@ -21,7 +21,9 @@ _previous_tempdir: str | None = None
 def configure_libraries() -> None:
     """Set what the server needs of pynetdicom and pydicom (idempotent).
 
-    - Stream every received dataset to a file instead of memory (large instances).
+    - Stream every received dataset to a file instead of memory (large instances), and
+      send a file given by path from the file in chunks (C-GET/C-MOVE sub-operations,
+      dicom/transport.py); without it pynetdicom reads and decodes the whole file.
     - Keep patient identifiers out of pynetdicom's own logs.
     - Skip pydicom's read-time value validation: it checks every value it reads (each
       UID pynetdicom decodes from a PDU, each indexed header value) against the
@@ -32,6 +34,7 @@ def configure_libraries() -> None:
       presentation contexts) from 6.7-10.5 to 4.5 ms.
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.STORE_SEND_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE

@@ -17,10 +17,20 @@ Dataset that only names the archived file, and `PacsAssociation.send_c_store()` 
 the file path to upstream when the peer accepted the stored syntax, or a converted
 dataset (services/transcode.py) when it accepted another one.
 Upstream change that removes it: let retrieve handlers yield a file path.
+
+Bounded send queue
+------------------
+pynetdicom's DUL takes what to send from an unbounded `queue.Queue`; the association
+thread encodes P-DATA fragments as fast as it reads the file, so a large instance piles
+up in memory when the peer reads slower than the disk (a 300 MB C-GET peaked at 252 MB of
+RSS). `BoundedSendQueue` makes the producing thread wait while `SEND_QUEUE_PDUS`
+fragments are queued; the DUL thread itself never waits on it.
+Upstream change that removes it: a bounded `to_provider_queue` (or a send window).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +41,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_server.errors import TranscodeFailed
@@ -111,6 +122,42 @@ class PacsAssociation(Association):
         return out
 
 
+# P-DATA fragments the DUL may hold for sending: at most this times the peer's max PDU.
+SEND_QUEUE_PDUS = 16
+_STALL_S = 60.0
+
+
+class BoundedSendQueue(queue.Queue[Any]):
+    """The DUL's to-provider queue, bounded for the threads that put P-DATA on it."""
+
+    def __init__(self, consumer: threading.Thread, limit: int = SEND_QUEUE_PDUS) -> None:
+        super().__init__()          # maxsize 0: Queue.put itself never blocks
+        self._consumer = consumer
+        self._limit = limit
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if isinstance(item, P_DATA) and threading.current_thread() is not self._consumer:
+            with self.not_full:     # Queue.get() notifies it after every item
+                waited = 0.0
+                while (self._qsize() >= self._limit and self._consumer.is_alive()
+                       and waited < _STALL_S):
+                    self.not_full.wait(0.05)
+                    waited += 0.05
+        super().put(item, block, timeout)
+
+
+def bound_send_queue(assoc: Association) -> None:
+    """Give the association's DUL a `BoundedSendQueue` (while nothing is queued)."""
+    old = assoc.dul.to_provider_queue
+    bounded = BoundedSendQueue(assoc.dul)
+    while True:
+        try:
+            bounded.put(old.get_nowait())
+        except queue.Empty:
+            break
+    assoc.dul.to_provider_queue = bounded
+
+
 class PacsRequestHandler(RequestHandler):
     """pynetdicom's RequestHandler, creating a `PacsAssociation`.
 
@@ -123,6 +170,7 @@ class PacsRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         assoc = PacsAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = self.server
+        bound_send_queue(assoc)         # ours: not in upstream
 
         timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
         assoc.name = f"AcceptorThread@{timestamp}"
@@ -163,6 +211,8 @@ class PacsAE(AE):
     def associate(self, *args: Any, **kwargs: Any) -> Association:
         assoc = super().associate(*args, **kwargs)
         assoc.__class__ = PacsAssociation
+        if assoc.is_established:
+            bound_send_queue(assoc)
         return assoc
 
 
