@@ -58,7 +58,8 @@ def assert_nothing_stored(srv: RunningServer) -> None:
 def store_outcomes(logs: list[dict[str, Any]]) -> list[str]:
     """What the archive did with each C-STORE, from the server's log events."""
     return [e["outcome"] if e["event"] == "c_store.stored" else e["status"]
-            for e in logs if e["event"] in ("c_store.stored", "c_store.failed")]
+            for e in logs if e["event"] == "c_store.stored"
+            or (e["event"] in ("dimse.failed", "dimse.error") and e["operation"] == "C-STORE")]
 
 
 # --------------------------------------------------------------------------- duplicates
