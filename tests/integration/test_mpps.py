@@ -7,8 +7,12 @@ SCU receives and what the index then holds.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
+from pacs_server import cli
 from pacs_server.app import PacsApp
 from pacs_server.config import Config
 from pacs_server.index.mpps import MppsRepository, StepRecord
@@ -412,3 +417,65 @@ async def test_worklist_follows_the_step(server: PacsApp) -> None:
     await service.create(other, unscheduled)
     await service.set(other, final_modification("DISCONTINUED", series=Sequence()))
     assert worklist.calls == []
+
+
+# --------------------------------------------------------------------------- admin command
+
+async def test_admin_command_lists_and_shows(server: PacsApp, modality: Modality,
+                                             make_cfg: Callable[..., Config],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    db = make_cfg().database.path
+    done, running = generate_uid(), generate_uid()
+    assert (await modality.create(create_attributes(), done))[0].Status == SUCCESS
+    assert (await modality.set(done, final_modification()))[0].Status == SUCCESS
+    ds = create_attributes(PerformedProcedureStepID="PPS002", Modality="MR")
+    assert (await modality.create(ds, running))[0].Status == SUCCESS
+    capsys.readouterr()
+
+    async def admin(*argv: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(cli.main, ["mpps", *argv, "--db", db])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = await admin("list")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["SOP", "INSTANCE"]
+    assert [line.split()[0] for line in lines[1:3]] == [running, done]   # newest first
+    assert "IN PROGRESS" in lines[1] and "COMPLETED" in lines[2]
+    assert lines[-1] == "2 step(s)"
+
+    code, out, _ = await admin("list", "--status", "in_progress", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["sop_instance_uid"] for r in rows] == [running]
+    assert (rows[0]["modality"], rows[0]["pps_id"], rows[0]["accession_number"]) == (
+        "MR", "PPS002", "ACC001")
+
+    code, out, _ = await admin("show", done, "--json")
+    shown = json.loads(out)
+    assert code == 0 and shown["status"] == "COMPLETED" and shown["end"] == "20241220 103000"
+    attributes = shown["attributes"]
+    assert attributes["00400252"]["Value"] == ["COMPLETED"]              # status
+    assert attributes["00100010"]["Value"] == [{"Alphabetic": "MÜLLER^JÖRG"}]
+    series = attributes["00400340"]["Value"][0]
+    assert len(series["00081140"]["Value"]) == 2                        # the image refs
+
+    code, out, _ = await admin("show", done)
+    assert code == 0
+    assert "Performed Series Sequence" in out and "(0040,0252)" in out
+
+    code, _, err = await admin("show", "1.2.3.404")
+    assert code == 1 and err.strip() == "pacs_server mpps: no procedure step 1.2.3.404"
+
+
+def test_admin_command_process(tmp_path: Path) -> None:
+    """The installed entry point: one-line errors, exit codes, no database created."""
+    db = tmp_path / "none.db"
+    run = subprocess.run([sys.executable, "-m", "pacs_server", "mpps", "list", "--db", str(db)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr.strip() == f"pacs_server mpps: no index database at {db}"
+    assert not db.exists()
+    run = subprocess.run([sys.executable, "-m", "pacs_server", "mpps", "list",
+                          "--status", "FINISHED"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "invalid choice" in run.stderr
