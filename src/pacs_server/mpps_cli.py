@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,10 @@ def main(argv: Sequence[str]) -> int:
         return asyncio.run(_run(args, cfg))
     except PacsError as exc:
         return _fail(str(exc), EXIT_NOT_FOUND)
+    except BrokenPipeError:
+        # `... | head`: the reader left; Python's flush at exit must not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 async def _run(args: argparse.Namespace, cfg: Any) -> int:
@@ -91,10 +97,10 @@ async def _run(args: argparse.Namespace, cfg: Any) -> int:
 def _fields(record: StepRecord) -> dict[str, Any]:
     out = asdict(record)
     del out["dataset"]
-    out["start"] = f"{record.start_date} {record.start_time}".strip()
-    out["end"] = f"{record.end_date} {record.end_time}".strip()
     for key in ("created_at", "updated_at"):
-        out[key] = out[key].isoformat() if out[key] is not None else None
+        when = out[key]
+        if when is not None:     # stored in UTC; SQLite gives it back without the zone
+            out[key] = (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
     return out
 
 
@@ -103,6 +109,8 @@ def _print_list(records: list[StepRecord], as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, indent=1, ensure_ascii=False))
         return
+    for row in rows:
+        row["start"] = f"{row['start_date']} {row['start_time']}".strip()
     table = [[h for h, _ in _COLUMNS]] + [[str(row[k]) for _, k in _COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
     for line in table:

@@ -453,7 +453,9 @@ async def test_admin_command_lists_and_shows(server: PacsApp, modality: Modality
 
     code, out, _ = await admin("show", done, "--json")
     shown = json.loads(out)
-    assert code == 0 and shown["status"] == "COMPLETED" and shown["end"] == "20241220 103000"
+    assert code == 0 and shown["status"] == "COMPLETED"
+    assert (shown["end_date"], shown["end_time"]) == ("20241220", "103000")
+    assert shown["created_at"].endswith("+00:00")
     attributes = shown["attributes"]
     assert attributes["00400252"]["Value"] == ["COMPLETED"]              # status
     assert attributes["00100010"]["Value"] == [{"Alphabetic": "MÜLLER^JÖRG"}]
