@@ -16,92 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mpps_helpers import CONTEXTS, MPPS, create_attributes, final_modification, performed_series
 from pacs_testing import SUCCESS, Scu
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from pynetdicom.association import Association
-from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from pacs_server import cli
 from pacs_server.app import PacsApp
 from pacs_server.config import Config
 from pacs_server.index.mpps import MppsRepository, StepRecord
 from pacs_server.services.mpps import MppsService, WorklistLink, decode
-
-MPPS = ModalityPerformedProcedureStep
-CONTEXTS = [(str(MPPS), [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
-
-
-def create_attributes(**top: Any) -> Dataset:
-    """An N-CREATE Attribute List with every Type 1 and Type 2 attribute of F.7.2-1."""
-    step = Dataset()
-    step.StudyInstanceUID = "1.2.3.4.5.6.7.8.9"
-    step.ReferencedStudySequence = Sequence()
-    step.AccessionNumber = "ACC001"
-    step.RequestedProcedureID = "RP001"
-    step.RequestedProcedureDescription = "CT Abdomen"
-    step.ScheduledProcedureStepID = "SPS001"
-    step.ScheduledProcedureStepDescription = "CT Abdomen"
-    step.ScheduledProtocolCodeSequence = Sequence()
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ScheduledStepAttributesSequence = Sequence([step])
-    ds.PatientName = "MÜLLER^JÖRG"
-    ds.PatientID = "12345"
-    ds.PatientBirthDate = "19800101"
-    ds.PatientSex = "M"
-    ds.ReferencedPatientSequence = Sequence()
-    ds.PerformedProcedureStepID = "PPS001"
-    ds.PerformedStationAETitle = "CT_01"
-    ds.PerformedStationName = "CT ROOM 1"
-    ds.PerformedLocation = "RADIOLOGY"
-    ds.PerformedProcedureStepStartDate = "20241220"
-    ds.PerformedProcedureStepStartTime = "101500"
-    ds.PerformedProcedureStepStatus = "IN PROGRESS"
-    ds.PerformedProcedureStepDescription = "CT Abdomen"
-    ds.PerformedProcedureTypeDescription = ""
-    ds.ProcedureCodeSequence = Sequence()
-    ds.PerformedProcedureStepEndDate = ""
-    ds.PerformedProcedureStepEndTime = ""
-    ds.Modality = "CT"
-    ds.StudyID = "1"
-    ds.PerformedProtocolCodeSequence = Sequence()
-    ds.PerformedSeriesSequence = Sequence()
-    for keyword, value in top.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    return ds
-
-
-def performed_series(n_images: int = 2) -> Sequence:
-    series = Dataset()
-    series.PerformingPhysicianName = "SMITH^ANNA"
-    series.ProtocolName = "ABDOMEN"
-    series.OperatorsName = "TECH^ONE"
-    series.SeriesInstanceUID = generate_uid()
-    series.SeriesDescription = "Axial 5mm"
-    series.RetrieveAETitle = "PACS"
-    refs = []
-    for _ in range(n_images):
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        ref.ReferencedSOPInstanceUID = generate_uid()
-        refs.append(ref)
-    series.ReferencedImageSequence = Sequence(refs)
-    series.ReferencedNonImageCompositeSOPInstanceSequence = Sequence()
-    return Sequence([series])
-
-
-def final_modification(status: str = "COMPLETED", series: Sequence | None = None) -> Dataset:
-    mods = Dataset()
-    mods.PerformedProcedureStepStatus = status
-    mods.PerformedProcedureStepEndDate = "20241220"
-    mods.PerformedProcedureStepEndTime = "103000"
-    mods.PerformedSeriesSequence = performed_series() if series is None else series
-    return mods
 
 
 class Modality:
@@ -481,3 +407,27 @@ def test_admin_command_process(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "pacs_server", "mpps", "list",
                           "--status", "FINISHED"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "invalid choice" in run.stderr
+
+
+# --------------------------------------------------------------------------- character sets
+
+async def test_set_in_another_character_set(server: PacsApp, modality: Modality) -> None:
+    """PS3.4 F.7.2.2.3: the N-SET's character set adds to the step's."""
+    uid = generate_uid()
+    assert (await modality.create(create_attributes(), uid))[0].Status == SUCCESS  # Latin-1
+    mods = Dataset()
+    mods.SpecificCharacterSet = "ISO_IR 192"
+    mods.CommentsOnThePerformedProcedureStep = "Kontrast gut vertragen, 造影剤"
+    assert (await modality.set(uid, mods))[0].Status == SUCCESS
+    ds = decode((await stored(server, uid)).dataset)
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert ds.PatientName == "MÜLLER^JÖRG"
+    assert ds.CommentsOnThePerformedProcedureStep == "Kontrast gut vertragen, 造影剤"
+
+    # In the step's own character set (now UTF-8), the values are taken as they are.
+    latin = Dataset()
+    latin.PerformedProcedureStepDescription = "Ödem"
+    latin.SpecificCharacterSet = "ISO_IR 192"
+    assert (await modality.set(uid, latin))[0].Status == SUCCESS
+    assert decode((await stored(server, uid)).dataset).PerformedProcedureStepDescription \
+        == "Ödem"

@@ -174,8 +174,7 @@ def _merge(current: Dataset, mods: Dataset) -> Dataset:
     theirs = mods.get("SpecificCharacterSet")
     changes = Dataset()
     changes.update({e.tag: e for e in mods if e.keyword != "SpecificCharacterSet"})
-    if theirs is None or theirs.is_empty or (
-            ours is not None and _charsets(theirs.value) == _charsets(ours.value)):
+    if not theirs or (ours and _charsets(theirs) == _charsets(ours)):
         return rules.apply_modification(current, changes)
     try:
         current.decode()
