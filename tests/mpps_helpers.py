@@ -13,66 +13,54 @@ MPPS = ModalityPerformedProcedureStep
 CONTEXTS = [(str(MPPS), [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
 
 
-def create_attributes(**top: Any) -> Dataset:
-    """An N-CREATE Attribute List with every Type 1 and Type 2 attribute of F.7.2-1."""
-    step = Dataset()
-    step.StudyInstanceUID = "1.2.3.4.5.6.7.8.9"
-    step.ReferencedStudySequence = Sequence()
-    step.AccessionNumber = "ACC001"
-    step.RequestedProcedureID = "RP001"
-    step.RequestedProcedureDescription = "CT Abdomen"
-    step.ScheduledProcedureStepID = "SPS001"
-    step.ScheduledProcedureStepDescription = "CT Abdomen"
-    step.ScheduledProtocolCodeSequence = Sequence()
+def dataset(**values: Any) -> Dataset:
+    """A dataset from keywords; a None value leaves the attribute out."""
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ScheduledStepAttributesSequence = Sequence([step])
-    ds.PatientName = "MÜLLER^JÖRG"
-    ds.PatientID = "12345"
-    ds.PatientBirthDate = "19800101"
-    ds.PatientSex = "M"
-    ds.ReferencedPatientSequence = Sequence()
-    ds.PerformedProcedureStepID = "PPS001"
-    ds.PerformedStationAETitle = "CT_01"
-    ds.PerformedStationName = "CT ROOM 1"
-    ds.PerformedLocation = "RADIOLOGY"
-    ds.PerformedProcedureStepStartDate = "20241220"
-    ds.PerformedProcedureStepStartTime = "101500"
-    ds.PerformedProcedureStepStatus = "IN PROGRESS"
-    ds.PerformedProcedureStepDescription = "CT Abdomen"
-    ds.PerformedProcedureTypeDescription = ""
-    ds.ProcedureCodeSequence = Sequence()
-    ds.PerformedProcedureStepEndDate = ""
-    ds.PerformedProcedureStepEndTime = ""
-    ds.Modality = "CT"
-    ds.StudyID = "1"
-    ds.PerformedProtocolCodeSequence = Sequence()
-    ds.PerformedSeriesSequence = Sequence()
-    for keyword, value in top.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
+    for keyword, value in values.items():
+        if value is not None:
             setattr(ds, keyword, value)
     return ds
 
 
+def create_attributes(**top: Any) -> Dataset:
+    """An N-CREATE Attribute List with every Type 1 and Type 2 attribute of F.7.2-1;
+    `top` overrides (None removes) top-level attributes."""
+    step = dataset(
+        StudyInstanceUID="1.2.3.4.5.6.7.8.9", ReferencedStudySequence=Sequence(),
+        AccessionNumber="ACC001", RequestedProcedureID="RP001",
+        RequestedProcedureDescription="CT Abdomen", ScheduledProcedureStepID="SPS001",
+        ScheduledProcedureStepDescription="CT Abdomen",
+        ScheduledProtocolCodeSequence=Sequence())
+    values: dict[str, Any] = {
+        "SpecificCharacterSet": "ISO_IR 100",
+        "ScheduledStepAttributesSequence": Sequence([step]),
+        "PatientName": "MÜLLER^JÖRG", "PatientID": "12345", "PatientBirthDate": "19800101",
+        "PatientSex": "M", "ReferencedPatientSequence": Sequence(),
+        "PerformedProcedureStepID": "PPS001", "PerformedStationAETitle": "CT_01",
+        "PerformedStationName": "CT ROOM 1", "PerformedLocation": "RADIOLOGY",
+        "PerformedProcedureStepStartDate": "20241220",
+        "PerformedProcedureStepStartTime": "101500",
+        "PerformedProcedureStepStatus": "IN PROGRESS",
+        "PerformedProcedureStepDescription": "CT Abdomen",
+        "PerformedProcedureTypeDescription": "", "ProcedureCodeSequence": Sequence(),
+        "PerformedProcedureStepEndDate": "", "PerformedProcedureStepEndTime": "",
+        "Modality": "CT", "StudyID": "1", "PerformedProtocolCodeSequence": Sequence(),
+        "PerformedSeriesSequence": Sequence(),
+    }
+    values.update(top)
+    return dataset(**values)
+
+
 def performed_series(n_images: int = 2) -> Sequence:
-    series = Dataset()
-    series.PerformingPhysicianName = "SMITH^ANNA"
-    series.ProtocolName = "ABDOMEN"
-    series.OperatorsName = "TECH^ONE"
-    series.SeriesInstanceUID = generate_uid()
-    series.SeriesDescription = "Axial 5mm"
-    series.RetrieveAETitle = "PACS"
-    refs = []
-    for _ in range(n_images):
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        ref.ReferencedSOPInstanceUID = generate_uid()
-        refs.append(ref)
-    series.ReferencedImageSequence = Sequence(refs)
-    series.ReferencedNonImageCompositeSOPInstanceSequence = Sequence()
-    return Sequence([series])
+    """One Performed Series Sequence item referencing `n_images` CT images."""
+    refs = [dataset(ReferencedSOPClassUID="1.2.840.10008.5.1.4.1.1.2",
+                    ReferencedSOPInstanceUID=generate_uid()) for _ in range(n_images)]
+    return Sequence([dataset(
+        PerformingPhysicianName="SMITH^ANNA", ProtocolName="ABDOMEN",
+        OperatorsName="TECH^ONE", SeriesInstanceUID=generate_uid(),
+        SeriesDescription="Axial 5mm", RetrieveAETitle="PACS",
+        ReferencedImageSequence=Sequence(refs),
+        ReferencedNonImageCompositeSOPInstanceSequence=Sequence())])
 
 
 def final_modification(status: str = "COMPLETED", series: Sequence | None = None) -> Dataset:
