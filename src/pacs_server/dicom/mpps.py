@@ -10,10 +10,12 @@ may not change, 0x0106 invalid value, 0x0121 an attribute the final state needs.
 
 from __future__ import annotations
 
+from typing import cast
+
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.events import Event
-from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.service import Context, DicomService, Operation, Reply
@@ -21,7 +23,7 @@ from pacs_server.dicom.status import SUCCESS, Service
 from pacs_server.errors import UnreadableDataset
 from pacs_server.services.mpps import MppsService
 
-MPPS = str(ModalityPerformedProcedureStep)
+MPPS = "1.2.840.10008.3.1.2.3.3"    # Modality Performed Procedure Step SOP Class
 
 
 def _decoded(event: Event, name: str) -> Dataset:
@@ -35,7 +37,8 @@ def _decoded(event: Event, name: str) -> Dataset:
 
 def handle_create(event: Event, mpps: MppsService, bridge: LoopBridge) -> Reply:
     """N-CREATE: store the new step; the reply names its UID if the SCU left it out."""
-    request_uid = str(event.request.AffectedSOPInstanceUID or "")
+    request = cast(N_CREATE, event.request)
+    request_uid = str(request.AffectedSOPInstanceUID or "")
     attributes = _decoded(event, "attribute_list")
     record = bridge.run(mpps.create(request_uid or None, attributes,
                                     event.assoc.requestor.ae_title))
@@ -49,7 +52,7 @@ def handle_create(event: Event, mpps: MppsService, bridge: LoopBridge) -> Reply:
 
 def handle_set(event: Event, mpps: MppsService, bridge: LoopBridge) -> Reply:
     """N-SET: apply the Modification List to an IN PROGRESS step."""
-    uid = str(event.request.RequestedSOPInstanceUID or "")
+    uid = str(cast(N_SET, event.request).RequestedSOPInstanceUID or "")
     modifications = _decoded(event, "modification_list")
     bridge.run(mpps.set(uid, modifications))
     return Reply(SUCCESS)

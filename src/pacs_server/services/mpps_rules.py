@@ -29,7 +29,7 @@ from pydicom import config as pydicom_config
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import validate_value
 
 from pacs_server.errors import (
@@ -46,6 +46,12 @@ STATUSES = (IN_PROGRESS, COMPLETED, DISCONTINUED)
 FINAL = (COMPLETED, DISCONTINUED)
 
 _REFERENCE = ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID")
+
+
+def _tag(keyword: str) -> BaseTag:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword   # the keywords here are pydicom's own
+    return Tag(tag)
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,7 @@ DISCONTINUED_STATE = Rule(
 
 # Table F.7.2-1: "Not allowed" in the N-SET column (top level), plus the SOP Common
 # identity of the instance, which no operation may change.
-NOT_SETTABLE = frozenset(Tag(tag_for_keyword(k)) for k in (
+NOT_SETTABLE = frozenset(_tag(k) for k in (
     "ScheduledStepAttributesSequence", "PatientName", "PatientID", "IssuerOfPatientID",
     "IssuerOfPatientIDQualifiersSequence", "OtherPatientIDsSequence", "PatientBirthDate",
     "PatientSex", "ReferencedPatientSequence", "AdmissionID", "IssuerOfAdmissionIDSequence",
@@ -122,13 +128,13 @@ def _problems(ds: Dataset, rule: Rule, path: tuple[int, ...] = ()
               ) -> Iterator[tuple[str, int, tuple[int, ...]]]:
     """("missing" | "empty", tag, path of enclosing sequences) for each broken rule."""
     for keyword in rule.required:
-        tag = Tag(tag_for_keyword(keyword))
+        tag = _tag(keyword)
         if tag not in ds:
             yield "missing", tag, path
         elif ds[tag].is_empty:
             yield "empty", tag, path
     for keyword, item_rule in rule.items:
-        tag = Tag(tag_for_keyword(keyword))
+        tag = _tag(keyword)
         if tag in ds and ds[tag].VR == "SQ":
             for item in ds[tag].value:
                 yield from _problems(item, item_rule, (*path, tag))
