@@ -113,8 +113,7 @@ async def test_create_then_complete(server: PacsApp, modality: Modality) -> None
     again.PerformedProcedureStepDescription = "changed"
     status, _ = await modality.set(uid, again)
     assert status.Status == 0x0110
-    assert status.ErrorComment.startswith(
-        "Performed Procedure Step Object may no longer be updated")
+    assert status.ErrorComment == "Performed Procedure Step Object may no longer be updated"
     assert status.ErrorID == 0xA710
     assert decode((await stored(server, uid)).dataset).PerformedProcedureStepDescription \
         == "CT Abdomen"

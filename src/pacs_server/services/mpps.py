@@ -91,9 +91,11 @@ class MppsService:
 
         def change(current: StepRecord) -> StepRecord:
             if current.status != IN_PROGRESS:
+                log.info("mpps.final", sop_instance_uid=sop_instance_uid,
+                         status=current.status)
                 # PS3.4 F.7.2.2.3 and Table F.7.2-2: Processing Failure, this comment.
                 raise StepFinalised("Performed Procedure Step Object may no longer be "
-                                    f"updated ({current.status})")
+                                    "updated")
             merged = _merge(decode(current.dataset), modifications)
             status = text(merged, "PerformedProcedureStepStatus")
             if status in FINAL:
