@@ -26,6 +26,7 @@ from pynetdicom.association import Association
 from pacs_server import cli
 from pacs_server.app import PacsApp
 from pacs_server.config import Config
+from pacs_server.errors import InvalidAttributeValue
 from pacs_server.index.mpps import MppsRepository, StepRecord
 from pacs_server.services.mpps import MppsService, WorklistLink, decode
 
@@ -430,3 +431,10 @@ async def test_set_in_another_character_set(server: PacsApp, modality: Modality)
     assert (await modality.set(uid, latin))[0].Status == SUCCESS
     assert decode((await stored(server, uid)).dataset).PerformedProcedureStepDescription \
         == "Ödem"
+
+
+async def test_create_with_a_malformed_uid(server: PacsApp) -> None:
+    service = MppsService(steps_of(server))
+    with pytest.raises(InvalidAttributeValue, match="Affected SOP Instance UID"):
+        await service.create("1.2.x.3", create_attributes())
+    assert await steps_of(server).recent() == []

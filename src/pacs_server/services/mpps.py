@@ -86,10 +86,11 @@ class MppsService:
             MissingAttributeValue: the step would end without what its final state needs.
         """
         rules.check_modification(modifications)
-        before: list[str] = []
-        merged_ds: list[Dataset] = []
+        previous = IN_PROGRESS
 
         def change(current: StepRecord) -> StepRecord:
+            nonlocal previous
+            previous = current.status
             if current.status != IN_PROGRESS:
                 log.info("mpps.final", sop_instance_uid=sop_instance_uid,
                          status=current.status)
@@ -100,16 +101,14 @@ class MppsService:
             status = text(merged, "PerformedProcedureStepStatus")
             if status in FINAL:
                 rules.check_final(merged, status)
-            before.append(current.status)
-            merged_ds.append(merged)
             return replace(_record(current.sop_instance_uid, merged, current.calling_ae),
                            created_at=current.created_at)
 
         record = await self._repo.update(sop_instance_uid, change)
         log.info("mpps.updated", sop_instance_uid=sop_instance_uid, status=record.status,
-                 previous=before[0], attributes=len(modifications))
-        if record.status != before[0]:
-            await self._follow(merged_ds[0], record.status)
+                 previous=previous, attributes=len(modifications))
+        if record.status != previous:
+            await self._follow(decode(record.dataset), record.status)
         return record
 
     async def get(self, sop_instance_uid: str) -> StepRecord | None:
