@@ -24,16 +24,18 @@ from typing import Protocol, TypeVar
 import structlog
 
 from pacs_server.config import Config, merge_reloadable, reloadable_changes
-from pacs_server.dicom import echo, find, get, move, runtime, store
+from pacs_server.dicom import echo, find, get, move, mpps, runtime, store
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.server import DicomListener, DicomServer
 from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
 from pacs_server.index.lifecycle import IndexComponent
+from pacs_server.index.mpps import MppsRepository
 from pacs_server.index.repository import IndexRepository
 from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics, MetricsEndpoint
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
+from pacs_server.services.mpps import MppsService
 from pacs_server.services.query import QueryService
 from pacs_server.services.retrieve import RetrieveService
 from pacs_server.sop_classes import resolve_storage_classes
@@ -98,7 +100,8 @@ class PacsApp:
 
     def dicom_services(self, archive: ArchiveService, bridge: LoopBridge,
                        queries: QueryService | None,
-                       retrieve: RetrieveService | None) -> list[DicomService]:
+                       retrieve: RetrieveService | None,
+                       steps: MppsService | None = None) -> list[DicomService]:
         """The DICOM services this server registers: one line per service."""
         cfg, metrics = self.cfg, self.metrics
         services = [
@@ -114,6 +117,8 @@ class PacsApp:
                              cfg.server.max_pdu_size, metrics,
                              lambda: self.cfg.retrieve.transcode),
             ]
+        if steps is not None:
+            services.append(mpps.service(steps, bridge))
         return services
 
     # ------------------------------------------------------------------ lifecycle
@@ -128,18 +133,20 @@ class PacsApp:
             if removed:
                 log.warning("storage.partial_files_removed", count=removed)
             catalog: Catalog = FileCatalog(files)
-            queries = retrieve = None
+            queries = retrieve = steps = None
             if self.use_index:
                 self._index = await self._start(IndexComponent(cfg.database, self.metrics))
                 catalog = IndexCatalog(self._index.repo)
                 queries = QueryService(self._index.repo, cfg.query, cfg.server.ae_title)
                 self._subscribe(lambda c: queries.reconfigure(c.query))
                 retrieve = RetrieveService(queries, files)
+                # The worklist link is wired once the worklist tables exist (None: none).
+                steps = MppsService(MppsRepository(self._index.repo.engine), worklist=None)
             self.archive = archive = ArchiveService(cfg.storage, files, catalog)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
             bridge = LoopBridge(asyncio.get_running_loop(),
                                 timeout_s=max(cfg.server.dimse_timeout, 30.0))
-            services = self.dicom_services(archive, bridge, queries, retrieve)
+            services = self.dicom_services(archive, bridge, queries, retrieve, steps)
             if cfg.monitoring.metrics_port >= 0:
                 endpoint = await self._start(MetricsEndpoint(
                     self.metrics, cfg.monitoring.metrics_host, cfg.monitoring.metrics_port))

@@ -23,7 +23,8 @@ EXIT_CONFIG = ExitCode.CONFIG
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pacs_server",
-        description="DICOM archive: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, Worklist, MPPS.")
+        description="DICOM archive: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, Worklist, MPPS.",
+        epilog="administration: pacs_server mpps {list,show} (pacs_server mpps --help)")
     p.add_argument("command", nargs="?", default="run",
                    choices=["run", "check-config", "init-db"],
                    help="run the server (default), validate the config, "
@@ -60,6 +61,11 @@ def fail(message: str, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["mpps"]:
+        from pacs_server import mpps_cli
+
+        return mpps_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
     overrides = overrides_from(args)
 

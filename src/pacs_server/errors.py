@@ -7,6 +7,7 @@ cause them.
 """
 
 import enum
+from collections.abc import Iterable
 
 
 class ExitCode(enum.IntEnum):
@@ -97,3 +98,27 @@ class InvalidAttributeValue(PacsError):
 
 class StepFinalised(PacsError):
     """The procedure step is COMPLETED or DISCONTINUED and may not change any more."""
+
+    error_id = 0xA710  # PS3.4 Table F.7.2-2: the Error ID of this Processing Failure
+
+
+class _NamesAttributes(PacsError):
+    """An error about given attributes; dicom/status.py lists their tags in the
+    Attribute Identifier List (0000,1005)."""
+
+    def __init__(self, message: str, attribute_tags: Iterable[int] = ()) -> None:
+        super().__init__(message)
+        self.attribute_tags = [int(t) for t in attribute_tags]
+
+
+class MissingAttribute(_NamesAttributes, DatasetMismatch):
+    """Required (Type 1) attributes are absent (PS3.7 C.5.13, Missing Attribute)."""
+
+
+class MissingAttributeValue(_NamesAttributes, DatasetMismatch):
+    """Required attributes are present but empty (PS3.7 C.5.14, Missing Attribute Value)."""
+
+
+class AttributeNotAllowed(_NamesAttributes):
+    """The request touches attributes the operation may not set (PS3.4 Table F.7.2-1,
+    "Not allowed" in the N-SET column)."""

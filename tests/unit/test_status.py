@@ -83,3 +83,51 @@ def test_error_comment_is_clean_bounded_lo() -> None:
 
 def test_empty_message_falls_back_to_the_type_name() -> None:
     assert failure(Service.C_STORE, errors.StorageFull()).ErrorComment == "StorageFull"
+
+
+# The statuses the MPPS SCP promises (PS3.4 F.7.2, PS3.7 C.5 and 10.1.3.1.9 / 10.1.5.1.6).
+MPPS_CODES = {
+    Service.MPPS_N_CREATE: {
+        errors.InstanceExists: 0x0111,
+        errors.MissingAttribute: 0x0120,
+        errors.MissingAttributeValue: 0x0121,
+        errors.InvalidAttributeValue: 0x0106,
+        errors.IndexUnavailable: 0x0110,
+    },
+    Service.MPPS_N_SET: {
+        errors.NoSuchInstance: 0x0112,
+        errors.StepFinalised: 0x0110,
+        errors.AttributeNotAllowed: 0x0105,
+        errors.MissingAttributeValue: 0x0121,
+        errors.InvalidAttributeValue: 0x0106,
+        errors.IndexUnavailable: 0x0110,
+    },
+}
+
+
+@pytest.mark.parametrize(("service", "exc_type", "code"),
+                         [(s, e, c) for s, table in MPPS_CODES.items() for e, c in table.items()],
+                         ids=[f"{s.value}-{e.__name__}" for s, t in MPPS_CODES.items() for e in t])
+def test_mpps_codes(service: Service, exc_type: type[errors.PacsError], code: int) -> None:
+    exc = (exc_type("x", [0x00080060]) if issubclass(exc_type, errors._NamesAttributes)
+           else exc_type("x"))
+    assert status_code(service, exc) == code
+    # ...and each is a status PS3.4 lets a Procedure Step SCP answer.
+    assert pnd.PROCEDURE_STEP_STATUS[code][0] == pnd.STATUS_FAILURE
+
+
+def test_named_attributes_become_the_attribute_identifier_list() -> None:
+    exc = errors.AttributeNotAllowed("N-SET may not change", [0x00100020, 0x00080060])
+    ds = failure(Service.MPPS_N_SET, exc)
+    assert (ds.Status, list(ds.AttributeIdentifierList)) == (0x0105, [0x00100020, 0x00080060])
+    assert "ErrorID" not in ds
+
+
+def test_finalised_step_answers_the_standards_error_id() -> None:
+    ds = failure(Service.MPPS_N_SET, errors.StepFinalised("may no longer be updated"))
+    assert (ds.Status, ds.ErrorID) == (0x0110, 0xA710)     # PS3.4 Table F.7.2-2
+    assert "AttributeIdentifierList" not in ds
+
+
+def test_missing_attributes_are_dataset_mismatches_elsewhere() -> None:
+    assert status_code(Service.C_STORE, errors.MissingAttribute("x", [1])) == 0xA900

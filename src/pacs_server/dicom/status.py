@@ -11,6 +11,7 @@ import enum
 from pydicom.dataset import Dataset
 
 from pacs_server.errors import (
+    AttributeNotAllowed,
     DatasetMismatch,
     DestinationUnreachable,
     DuplicateInstance,
@@ -18,6 +19,8 @@ from pacs_server.errors import (
     InstanceExists,
     InvalidAttributeValue,
     InvalidQuery,
+    MissingAttribute,
+    MissingAttributeValue,
     MissingFile,
     NoSuchInstance,
     PacsError,
@@ -86,16 +89,21 @@ STATUS: dict[Service, dict[type[PacsError], int]] = {
         IndexUnavailable: 0xA701,
         MissingFile: 0xA702,
     },
+    # PS3.4 F.7.2.1.3 and F.7.2.2.3 define no codes of their own; PS3.7 C.5 does.
     Service.MPPS_N_CREATE: {
-        InstanceExists: 0x0111,         # Duplicate SOP Instance
-        InvalidAttributeValue: 0x0106,  # Invalid attribute value
-        DatasetMismatch: 0x0120,        # Missing attribute
-        IndexUnavailable: 0x0110,       # Processing failure
+        InstanceExists: 0x0111,         # Duplicate SOP Instance (C.5.8)
+        InvalidAttributeValue: 0x0106,  # Invalid Attribute Value (C.5.11; F.7.2.1.3)
+        MissingAttribute: 0x0120,       # Missing Attribute (C.5.13)
+        MissingAttributeValue: 0x0121,  # Missing Attribute Value (C.5.14)
+        DatasetMismatch: 0x0120,
+        IndexUnavailable: 0x0110,       # Processing Failure (C.5.21)
     },
     Service.MPPS_N_SET: {
-        NoSuchInstance: 0x0112,         # No such SOP Instance
-        StepFinalised: 0x0110,          # Processing failure (PS3.4 F.7.2.2.2)
+        NoSuchInstance: 0x0112,         # No Such SOP Instance (C.5.19)
+        StepFinalised: 0x0110,          # Processing Failure, Error ID A710 (F.7.2.2.3)
         InvalidAttributeValue: 0x0106,
+        AttributeNotAllowed: 0x0105,    # No Such Attribute (C.5.17), with the tags
+        MissingAttributeValue: 0x0121,  # final-state attribute missing or empty
         IndexUnavailable: 0x0110,
     },
 }
@@ -125,7 +133,8 @@ def failure(service: Service, exc: BaseException) -> Dataset:
     """A status dataset with the code for `exc` and its message as Error Comment (LO, 64).
 
     An error that names attributes (`attribute_tags`) adds them as Attribute Identifier
-    List (0000,1005) where the response has one (`CARRIES_ATTRIBUTE_LIST`).
+    List (0000,1005) where the response has one (`CARRIES_ATTRIBUTE_LIST`); one with an
+    `error_id` adds it as Error ID (0000,0903).
     """
     ds = Dataset()
     ds.Status = status_code(service, exc)
@@ -133,6 +142,9 @@ def failure(service: Service, exc: BaseException) -> Dataset:
     tags = getattr(exc, "attribute_tags", None)
     if tags and service in CARRIES_ATTRIBUTE_LIST:
         ds.AttributeIdentifierList = [int(t) for t in tags]
+    error_id = getattr(exc, "error_id", None)
+    if error_id is not None:
+        ds.ErrorID = int(error_id)
     return ds
 
 
