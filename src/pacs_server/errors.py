@@ -81,3 +81,17 @@ class InvalidAttributeValue(PacsError):
 
 class StepFinalised(PacsError):
     """The procedure step is COMPLETED or DISCONTINUED and may not change any more."""
+
+
+# --- storage commitment ------------------------------------------------------------
+
+class NoSuchAction(PacsError):
+    """N-ACTION with an Action Type ID the SOP class does not define."""
+
+
+class InvalidArgument(PacsError):
+    """The Action Information of an N-ACTION lacks an attribute or has an invalid value."""
+
+
+class ReportNotDelivered(PacsError):
+    """An N-EVENT-REPORT did not reach the requester, or it did not answer Success."""

@@ -1,0 +1,399 @@
+"""Storage Commitment Push Model against the real server in-process (PS3.4 Annex J).
+
+The requester is a pynetdicom Storage Commitment SCU: it stores pydicom's test files
+with C-STORE, sends N-ACTION (Request Storage Commitment) and takes the N-EVENT-REPORT
+either on the same association (an EVT_N_EVENT_REPORT handler bound on it) or as an
+SCP of its own that the server associates with, using SCP/SCU Role Selection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pacs_testing import CT_IMAGE, MR_IMAGE, lenient_pydicom, no_delay, pick_free_port
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel
+from qr_helpers import from_template, store_datasets
+
+from pacs_server.app import PacsApp
+from pacs_server.config import Config
+
+REQUESTER = "MODALITY"
+PUSH_MODEL = str(StorageCommitmentPushModel)
+PUSH_INSTANCE = "1.2.840.10008.1.20.1.1"
+SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+FAST_RETRY = {"commitment.retry_interval": 0.2, "commitment.max_retry_interval": 0.5}
+
+
+# --------------------------------------------------------------------------- requester
+
+@dataclass
+class Reports:
+    """N-EVENT-REPORTs a requester received: (how, event type, event information)."""
+
+    got: list[tuple[str, int, Dataset]] = field(default_factory=list)
+    arrived: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handler(self, how: str) -> Callable[[Any], tuple[int, None]]:
+        def on_report(event: Any) -> tuple[int, None]:
+            info = event.event_information
+            with self.lock:
+                self.got.append((how, int(event.event_type), info))
+            self.arrived.set()
+            return 0x0000, None
+        return on_report
+
+    def wait(self, timeout: float = 20.0) -> tuple[str, int, Dataset]:
+        assert self.arrived.wait(timeout), "no N-EVENT-REPORT arrived"
+        with self.lock:
+            return self.got[0]
+
+
+def request_commitment(port: int, refs: Iterable[tuple[str, str]], *,
+                       transaction_uid: str | None = None, reports: Reports | None = None,
+                       action_type: int = 1, instance: str = PUSH_INSTANCE,
+                       info: Dataset | None = None, wait_for_report: bool = False) -> Dataset:
+    """Send one N-ACTION from REQUESTER; returns the N-ACTION-RSP status dataset.
+
+    With `reports`, an EVT_N_EVENT_REPORT handler is bound on the association and, with
+    `wait_for_report`, the association stays open until the report arrived; otherwise
+    it is released right after the N-ACTION-RSP.
+    """
+    if info is None:
+        info = Dataset()
+        info.TransactionUID = transaction_uid or generate_uid()
+        info.ReferencedSOPSequence = [_ref(cls, inst) for cls, inst in refs]
+    ae = AE(ae_title=REQUESTER)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(PUSH_MODEL, SYNTAXES)
+    handlers = [(evt.EVT_N_EVENT_REPORT, reports.handler("same"))] if reports else []
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", evt_handlers=handlers)
+    assert assoc.is_established
+    no_delay(assoc)
+    try:
+        status, _ = assoc.send_n_action(info, action_type, PUSH_MODEL, instance)
+        if wait_for_report and reports is not None and status.get("Status") == 0:
+            reports.wait()
+        return status
+    finally:
+        assoc.release()
+
+
+def _ref(cls: str, inst: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = cls
+    item.ReferencedSOPInstanceUID = inst
+    return item
+
+
+class RequesterScp:
+    """The requester's own Storage Commitment SCU listening for N-EVENT-REPORTs: accepts
+    the SCP role the server proposes (PS3.7 D.3.3.4) and records each report."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.reports = Reports()
+        self.associations = 0
+        ae = AE(ae_title=REQUESTER)
+        ae.add_supported_context(PUSH_MODEL, SYNTAXES, scu_role=False, scp_role=True)
+        self.server = ae.start_server(
+            ("127.0.0.1", port), block=False,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self.reports.handler("new")),
+                          (evt.EVT_ACCEPTED, self._accepted)])
+        self.port = int(self.server.server_address[1])
+        self.roles: list[tuple[bool, bool]] = []
+
+    def _accepted(self, event: Any) -> None:
+        self.associations += 1
+        for cx in event.assoc.accepted_contexts:
+            if cx.abstract_syntax == PUSH_MODEL:
+                self.roles.append((bool(cx.as_scu), bool(cx.as_scp)))
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def peers(port: int) -> dict[str, Any]:
+    return {"peers": [{"ae_title": REQUESTER, "host": "127.0.0.1", "port": port}]}
+
+
+# --------------------------------------------------------------------------- data
+
+def stored(port: int, count: int = 2) -> list[tuple[str, str]]:
+    """Store CT_small / MR_small copies with fresh UIDs; (class, instance) of each."""
+    names = ["CT_small.dcm", "MR_small.dcm"]
+    datasets = [from_template(names[i % 2]) for i in range(count)]
+    assert store_datasets(port, datasets) == [0] * count
+    return [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in datasets]
+
+
+async def archived_path(app: PacsApp, uid: str) -> Path:
+    assert app.repo is not None
+    rel = await app.repo.instance_path(uid)
+    assert rel is not None
+    return Path(app.cfg.storage.directory) / rel
+
+
+def commitment_rows(db: Path) -> list[tuple[str, str, int]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT transaction_uid, state, attempts FROM commitments ORDER BY pk").fetchall()
+
+
+def by_uid(seq: Iterable[Dataset], *extra: str) -> dict[str, tuple[Any, ...]]:
+    return {str(it.ReferencedSOPInstanceUID): (str(it.ReferencedSOPClassUID),
+                                               *[getattr(it, k) for k in extra]) for it in seq}
+
+
+run = asyncio.to_thread
+
+
+# --------------------------------------------------------------------------- same association
+
+async def test_all_present_is_reported_on_the_same_association(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    app = await start_server(make_cfg())
+    refs = await run(stored, app.port, 3)
+    reports = Reports()
+    uid = generate_uid()
+    status = await run(request_commitment, app.port, refs, transaction_uid=uid,
+                       reports=reports, wait_for_report=True)
+    assert status.Status == 0x0000
+    how, event_type, info = reports.got[0]
+    assert (how, event_type) == ("same", 1)
+    assert info.TransactionUID == uid
+    assert by_uid(info.ReferencedSOPSequence) == {inst: (cls,) for cls, inst in refs}
+    assert "FailedSOPSequence" not in info
+    assert info.RetrieveAETitle == "PACS"
+    assert len(reports.got) == 1
+    assert commitment_rows(Path(app.cfg.database.path)) == [(uid, "delivered", 1)]
+
+
+async def test_missing_conflicting_and_unsupported_references_fail_with_their_reasons(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    app = await start_server(make_cfg())
+    refs = await run(stored, app.port, 2)
+    (ct_cls, ct_uid), (mr_cls, mr_uid) = refs
+    missing = (CT_IMAGE, generate_uid())
+    unsupported = ("1.2.826.0.1.3680043.2.1143.999", generate_uid())  # not a storage class
+    conflict = (MR_IMAGE, ct_uid)            # stored, but as CT Image Storage
+    reports = Reports()
+    await run(request_commitment, app.port, [refs[1], missing, unsupported, conflict],
+              reports=reports, wait_for_report=True)
+    _, event_type, info = reports.got[0]
+    assert event_type == 2
+    assert by_uid(info.ReferencedSOPSequence) == {mr_uid: (mr_cls,)}
+    assert by_uid(info.FailedSOPSequence, "FailureReason") == {
+        missing[1]: (CT_IMAGE, 0x0112),
+        unsupported[1]: (unsupported[0], 0x0122),
+        ct_uid: (MR_IMAGE, 0x0119),
+    }
+
+
+async def test_deleted_and_truncated_files_fail_with_processing_failure(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    app = await start_server(make_cfg())
+    refs = await run(stored, app.port, 3)
+    deleted = await archived_path(app, refs[0][1])
+    truncated = await archived_path(app, refs[1][1])
+    deleted.unlink()
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) - 100])
+    reports = Reports()
+    await run(request_commitment, app.port, refs, reports=reports, wait_for_report=True)
+    _, event_type, info = reports.got[0]
+    assert event_type == 2
+    assert by_uid(info.FailedSOPSequence, "FailureReason") == {
+        refs[0][1]: (refs[0][0], 0x0110), refs[1][1]: (refs[1][0], 0x0110)}
+    assert by_uid(info.ReferencedSOPSequence) == {refs[2][1]: (refs[2][0],)}
+
+
+async def test_a_file_replaced_by_another_instance_is_not_committed(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    app = await start_server(make_cfg())
+    refs = await run(stored, app.port, 2)
+    refs += await run(stored, app.port, 1)           # a second CT Image
+    first, third = await archived_path(app, refs[0][1]), await archived_path(app, refs[2][1])
+    # The other instance's bytes at the indexed size: only the File Meta tells.
+    size = first.stat().st_size
+    first.write_bytes(third.read_bytes()[:size].ljust(size, b"\0"))
+    reports = Reports()
+    await run(request_commitment, app.port, refs, reports=reports, wait_for_report=True)
+    _, event_type, info = reports.got[0]
+    assert event_type == 2
+    assert by_uid(info.FailedSOPSequence, "FailureReason") == {
+        refs[0][1]: (refs[0][0], 0x0110)}
+
+
+# --------------------------------------------------------------------------- new association
+
+async def test_report_goes_over_a_new_association_when_the_requester_released(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    scp = RequesterScp()
+    try:
+        app = await start_server(make_cfg(peers(scp.port)))
+        refs = await run(stored, app.port, 2)
+        same = Reports()
+        uid = generate_uid()
+        status = await run(request_commitment, app.port, refs, transaction_uid=uid,
+                           reports=same)
+        assert status.Status == 0x0000
+        how, event_type, info = await run(scp.reports.wait)
+        assert (how, event_type, info.TransactionUID) == ("new", 1, uid)
+        assert by_uid(info.ReferencedSOPSequence) == {inst: (cls,) for cls, inst in refs}
+        # We proposed SCP role only, and the requester accepted it (PS3.4 J.3.3).
+        assert scp.roles == [(False, True)]
+        await asyncio.sleep(0.5)
+        assert len(scp.reports.got) == 1 and not same.got
+        assert commitment_rows(Path(app.cfg.database.path)) == [(uid, "delivered", 1)]
+    finally:
+        scp.stop()
+
+
+async def test_same_association_can_be_turned_off(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    scp = RequesterScp()
+    try:
+        app = await start_server(make_cfg({**peers(scp.port),
+                                           "commitment.report_on_same_association": False}))
+        refs = await run(stored, app.port, 1)
+        same = Reports()
+        # The association stays open until the report arrived: it arrives elsewhere.
+        ds = await run(_request_and_wait_elsewhere, app.port, refs, same, scp)
+        assert ds.Status == 0
+        assert [how for how, _, _ in scp.reports.got] == ["new"] and not same.got
+    finally:
+        scp.stop()
+
+
+def _request_and_wait_elsewhere(port: int, refs: list[tuple[str, str]], same: Reports,
+                                scp: RequesterScp) -> Dataset:
+    ae = AE(ae_title=REQUESTER)
+    ae.add_requested_context(PUSH_MODEL, SYNTAXES)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS",
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, same.handler("same"))])
+    assert assoc.is_established
+    try:
+        info = Dataset()
+        info.TransactionUID = generate_uid()
+        info.ReferencedSOPSequence = [_ref(c, i) for c, i in refs]
+        status, _ = assoc.send_n_action(info, 1, PUSH_MODEL, PUSH_INSTANCE)
+        scp.reports.wait()
+        return status
+    finally:
+        assoc.release()
+
+
+async def test_unreachable_requester_is_retried_and_survives_a_restart(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    port = pick_free_port()                       # nothing listens there yet
+    cfg = make_cfg({**peers(port), **FAST_RETRY})
+    app = await start_server(cfg)
+    refs = await run(stored, app.port, 2)
+    uid = generate_uid()
+    assert (await run(request_commitment, app.port, refs, transaction_uid=uid)).Status == 0
+    db = Path(cfg.database.path)
+    await run(_wait_for, lambda: commitment_rows(db)[0][2] >= 2, "two failed attempts")
+    await app.stop()
+    assert commitment_rows(db)[0][1] == "pending"
+
+    scp = RequesterScp(port)
+    try:
+        app = await start_server(cfg)
+        how, event_type, info = await run(scp.reports.wait)
+        assert (how, event_type, info.TransactionUID) == ("new", 1, uid)
+        await asyncio.sleep(1.0)                  # several retry intervals: no second copy
+        assert len(scp.reports.got) == 1 and scp.associations == 1
+        rows = commitment_rows(db)
+        assert [(r[0], r[1]) for r in rows] == [(uid, "delivered")]
+    finally:
+        scp.stop()
+
+
+async def test_requester_missing_from_peers_is_kept_pending_then_abandoned(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    cfg = make_cfg({**FAST_RETRY, "commitment.give_up_after": 1.0})
+    app = await start_server(cfg)
+    refs = await run(stored, app.port, 1)
+    assert (await run(request_commitment, app.port, refs)).Status == 0
+    db = Path(cfg.database.path)
+    await run(_wait_for, lambda: commitment_rows(db)[0][1] == "abandoned", "abandoned")
+    with sqlite3.connect(db) as conn:
+        (error,) = conn.execute("SELECT last_error FROM commitments").fetchone()
+    assert "not in peers" in error
+
+
+def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+# --------------------------------------------------------------------------- invalid N-ACTION
+
+def _info(**attrs: Any) -> Dataset:
+    ds = Dataset()
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+with lenient_pydicom():
+    INVALID = {
+        "no transaction uid": (dict(info=_info(ReferencedSOPSequence=[_ref(CT_IMAGE, "1.2.3")])),
+                               0x0115, "Transaction UID (0008,1195) is missing"),
+        "bad transaction uid": (dict(info=_info(TransactionUID="1.2.abc",
+                                                ReferencedSOPSequence=[_ref(CT_IMAGE, "1.2.3")])),
+                                0x0115, "Transaction UID (0008,1195) is not a valid UID"),
+        "empty sequence": (dict(info=_info(TransactionUID="1.2.3", ReferencedSOPSequence=[])),
+                           0x0115, "Referenced SOP Sequence (0008,1199) is empty"),
+        "no sequence": (dict(info=_info(TransactionUID="1.2.3")),
+                        0x0115, "Referenced SOP Sequence (0008,1199) is missing"),
+        "bad instance uid": (dict(info=_info(TransactionUID="1.2.3",
+                                             ReferencedSOPSequence=[_ref(CT_IMAGE, "x.1")])),
+                             0x0115, "Referenced SOP Instance UID of item 1 is not a valid"),
+        "action type 2": (dict(refs=[(CT_IMAGE, "1.2.3")], action_type=2), 0x0123,
+                          "Action Type ID 2 is not defined"),
+        "wrong instance": (dict(refs=[(CT_IMAGE, "1.2.3")], instance="1.2.3.4"), 0x0112,
+                           "Requested SOP Instance must be 1.2.840.10008.1.20.1.1"),
+    }
+
+
+@pytest.mark.parametrize("case", INVALID)
+async def test_invalid_n_action_gets_a_failure_with_an_error_comment(
+        case: str, server: PacsApp) -> None:
+    kwargs, code, comment = INVALID[case]
+    kwargs = {"refs": [], **kwargs}
+    status = await run(lambda: request_commitment(server.port, **kwargs))
+    assert status.Status == code
+    assert str(status.ErrorComment).startswith(comment)
+    assert commitment_rows(Path(server.cfg.database.path)) == []
+
+
+async def test_a_reused_transaction_uid_fails_every_reference_with_0131(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    app = await start_server(make_cfg())
+    refs = await run(stored, app.port, 1)
+    uid = generate_uid()
+    first, second = Reports(), Reports()
+    await run(request_commitment, app.port, refs, transaction_uid=uid, reports=first,
+              wait_for_report=True)
+    await run(request_commitment, app.port, refs, transaction_uid=uid, reports=second,
+              wait_for_report=True)
+    assert first.got[0][1] == 1
+    _, event_type, info = second.got[0]
+    assert event_type == 2
+    assert by_uid(info.FailedSOPSequence, "FailureReason") == {refs[0][1]: (refs[0][0], 0x0131)}
