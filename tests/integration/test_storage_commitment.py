@@ -175,8 +175,10 @@ async def test_all_present_is_reported_on_the_same_association(
     assert by_uid(info.ReferencedSOPSequence) == {inst: (cls,) for cls, inst in refs}
     assert "FailedSOPSequence" not in info
     assert info.RetrieveAETitle == "PACS"
+    db = Path(app.cfg.database.path)
+    # Marked only after the N-EVENT-REPORT-RSP came back, just after the report arrived.
+    await run(_wait_for, lambda: commitment_rows(db) == [(uid, "delivered", 1)], "delivered")
     assert len(reports.got) == 1
-    assert commitment_rows(Path(app.cfg.database.path)) == [(uid, "delivered", 1)]
 
 
 async def test_missing_conflicting_and_unsupported_references_fail_with_their_reasons(
@@ -251,11 +253,13 @@ async def test_report_goes_over_a_new_association_when_the_requester_released(
         how, event_type, info = await run(scp.reports.wait)
         assert (how, event_type, info.TransactionUID) == ("new", 1, uid)
         assert by_uid(info.ReferencedSOPSequence) == {inst: (cls,) for cls, inst in refs}
-        # We proposed SCP role only, and the requester accepted it (PS3.4 J.3.3).
-        assert scp.roles == [(False, True)]
-        await asyncio.sleep(0.5)
+        # We proposed the SCP role only and the requester accepted it, so on its side
+        # (the acceptor) it is the SCU of the context (PS3.4 J.3.3, PS3.7 D.3.3.4).
+        assert scp.roles == [(True, False)]
+        db = Path(app.cfg.database.path)
+        await run(_wait_for, lambda: commitment_rows(db) == [(uid, "delivered", 1)],
+                  "delivered")
         assert len(scp.reports.got) == 1 and not same.got
-        assert commitment_rows(Path(app.cfg.database.path)) == [(uid, "delivered", 1)]
     finally:
         scp.stop()
 
