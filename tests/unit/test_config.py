@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from pacs_server.config import Config, iter_fields, load_config, reloadable_changes
+from pacs_server.config import (
+    Config,
+    iter_fields,
+    load_config,
+    merge_reloadable,
+    reloadable_changes,
+)
 from pacs_server.errors import ConfigError
 
 
@@ -222,3 +228,24 @@ def test_top_level_list_override() -> None:
     cfg = load_config(None, {"peers": [{"ae_title": "VIEWER", "host": "127.0.0.1",
                                         "port": 11113}]})
     assert cfg.peer("VIEWER") is not None and cfg.peer("VIEWER").port == 11113
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"commitment.retry_interval": 0}, "commitment.retry_interval: must be greater than 0"),
+    ({"commitment.retry_interval": 30, "commitment.max_retry_interval": 10},
+     "commitment.max_retry_interval: must be at least retry_interval (30.0)"),
+    ({"commitment.give_up_after": -1}, "commitment.give_up_after: must not be negative"),
+    ({"commitment.report_on_same_association": "yes"},
+     "commitment.report_on_same_association: expected true or false"),
+])
+def test_commitment_section_is_checked(overrides: dict[str, Any], message: str) -> None:
+    assert config_error(None, overrides).startswith(f"<defaults>: {message}")
+
+
+def test_commitment_retries_are_reloadable() -> None:
+    old = load_config(None)
+    new = load_config(None, {"commitment.retry_interval": 2.5, "commitment.give_up_after": 0})
+    hot, cold = reloadable_changes(old, new)
+    assert sorted(hot) == ["commitment.give_up_after", "commitment.retry_interval"]
+    assert not cold
+    assert merge_reloadable(old, new).commitment.retry_interval == 2.5
