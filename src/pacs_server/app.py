@@ -181,7 +181,8 @@ class PacsApp:
             CommitmentRepository(self._index.repo.engine), self._index.repo, files,
             resolve_storage_classes(cfg.storage.accepted_sop_classes), cfg.commitment)
         self._subscribe(lambda c: service.reconfigure(c.commitment))
-        return CommitmentDelivery(service, bridge, cfg.server, lambda ae: self.cfg.peer(ae))
+        return CommitmentDelivery(service, bridge, cfg.server, lambda ae: self.cfg.peer(ae),
+                                  self.metrics)
 
     async def _start(self, component: C) -> C:
         assert self._stack is not None

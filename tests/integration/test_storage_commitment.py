@@ -179,6 +179,8 @@ async def test_all_present_is_reported_on_the_same_association(
     # Marked only after the N-EVENT-REPORT-RSP came back, just after the report arrived.
     await run(_wait_for, lambda: commitment_rows(db) == [(uid, "delivered", 1)], "delivered")
     assert len(reports.got) == 1
+    assert app.metrics.registry.get_sample_value(
+        "pacs_commitment_reports_total", {"outcome": "same_association"}) == 1
 
 
 async def test_missing_conflicting_and_unsupported_references_fail_with_their_reasons(

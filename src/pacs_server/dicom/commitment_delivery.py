@@ -40,6 +40,7 @@ from pacs_server.dicom.associations import set_nodelay
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE, SYNTAXES, report_dataset
 from pacs_server.errors import PacsError, ReportNotDelivered
+from pacs_server.metrics import Metrics
 from pacs_server.services.commitment import CommitmentReport, CommitmentRequest, CommitmentService
 
 log = structlog.get_logger(__name__)
@@ -56,13 +57,15 @@ class CommitmentDelivery:
         bridge: the door from worker threads into the loop.
         server: our AE title and the timeouts of the associations we open.
         peer_of: the configured peer for an AE title (reloadable `peers`).
+        metrics: counts the outcome of each delivery attempt.
     """
 
     name = "commitment-delivery"
 
     def __init__(self, commitments: CommitmentService, bridge: LoopBridge, server: ServerConfig,
-                 peer_of: Callable[[str], PeerConfig | None]) -> None:
+                 peer_of: Callable[[str], PeerConfig | None], metrics: Metrics) -> None:
         self._service = commitments
+        self._outcomes = metrics.commitment_reports
         self._bridge = bridge
         self._server = server
         self._peer_of = peer_of
@@ -135,6 +138,7 @@ class CommitmentDelivery:
             send_report(assoc, report, self._server.ae_title)
             self._bridge.run(self._service.delivered(report, report.attempts + 1,
                                                      "same association"))
+            self._outcomes.labels("same_association").inc()
         except PacsError as exc:
             log.info("commitment.same_association_failed", commitment=pk, error=str(exc))
         except Exception:
@@ -200,8 +204,10 @@ class CommitmentDelivery:
                 error = str(exc)
             else:
                 await self._service.delivered(report, attempts, "new association")
+                self._outcomes.labels("new_association").inc()
                 return
-        await self._service.not_delivered(report, attempts, error)
+        abandoned = await self._service.not_delivered(report, attempts, error)
+        self._outcomes.labels("abandoned" if abandoned else "retry").inc()
 
     def _send_new(self, report: CommitmentReport, peer: PeerConfig) -> None:
         """Associate with the requester as Storage Commitment SCP and send the report."""
