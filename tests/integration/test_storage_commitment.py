@@ -10,122 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pacs_testing import CT_IMAGE, MR_IMAGE, lenient_pydicom, no_delay, pick_free_port
+from commitment_helpers import (
+    FAST_RETRY,
+    PUSH_INSTANCE,
+    PUSH_MODEL,
+    REQUESTER,
+    SYNTAXES,
+    Reports,
+    RequesterScp,
+    peers,
+    ref,
+    request_commitment,
+)
+from pacs_testing import CT_IMAGE, MR_IMAGE, lenient_pydicom, pick_free_port
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import StorageCommitmentPushModel
 from qr_helpers import from_template, store_datasets
 
 from pacs_server.app import PacsApp
 from pacs_server.config import Config
-
-REQUESTER = "MODALITY"
-PUSH_MODEL = str(StorageCommitmentPushModel)
-PUSH_INSTANCE = "1.2.840.10008.1.20.1.1"
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-FAST_RETRY = {"commitment.retry_interval": 0.2, "commitment.max_retry_interval": 0.5}
-
-
-# --------------------------------------------------------------------------- requester
-
-@dataclass
-class Reports:
-    """N-EVENT-REPORTs a requester received: (how, event type, event information)."""
-
-    got: list[tuple[str, int, Dataset]] = field(default_factory=list)
-    arrived: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def handler(self, how: str) -> Callable[[Any], tuple[int, None]]:
-        def on_report(event: Any) -> tuple[int, None]:
-            info = event.event_information
-            with self.lock:
-                self.got.append((how, int(event.event_type), info))
-            self.arrived.set()
-            return 0x0000, None
-        return on_report
-
-    def wait(self, timeout: float = 20.0) -> tuple[str, int, Dataset]:
-        assert self.arrived.wait(timeout), "no N-EVENT-REPORT arrived"
-        with self.lock:
-            return self.got[0]
-
-
-def request_commitment(port: int, refs: Iterable[tuple[str, str]], *,
-                       transaction_uid: str | None = None, reports: Reports | None = None,
-                       action_type: int = 1, instance: str = PUSH_INSTANCE,
-                       info: Dataset | None = None, wait_for_report: bool = False) -> Dataset:
-    """Send one N-ACTION from REQUESTER; returns the N-ACTION-RSP status dataset.
-
-    With `reports`, an EVT_N_EVENT_REPORT handler is bound on the association and, with
-    `wait_for_report`, the association stays open until the report arrived; otherwise
-    it is released right after the N-ACTION-RSP.
-    """
-    if info is None:
-        info = Dataset()
-        info.TransactionUID = transaction_uid or generate_uid()
-        info.ReferencedSOPSequence = [_ref(cls, inst) for cls, inst in refs]
-    ae = AE(ae_title=REQUESTER)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    ae.add_requested_context(PUSH_MODEL, SYNTAXES)
-    handlers = [(evt.EVT_N_EVENT_REPORT, reports.handler("same"))] if reports else []
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", evt_handlers=handlers)
-    assert assoc.is_established
-    no_delay(assoc)
-    try:
-        status, _ = assoc.send_n_action(info, action_type, PUSH_MODEL, instance)
-        if wait_for_report and reports is not None and status.get("Status") == 0:
-            reports.wait()
-        return status
-    finally:
-        assoc.release()
-
-
-def _ref(cls: str, inst: str) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = cls
-    item.ReferencedSOPInstanceUID = inst
-    return item
-
-
-class RequesterScp:
-    """The requester's own Storage Commitment SCU listening for N-EVENT-REPORTs: accepts
-    the SCP role the server proposes (PS3.7 D.3.3.4) and records each report."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.reports = Reports()
-        self.associations = 0
-        ae = AE(ae_title=REQUESTER)
-        ae.add_supported_context(PUSH_MODEL, SYNTAXES, scu_role=False, scp_role=True)
-        self.server = ae.start_server(
-            ("127.0.0.1", port), block=False,
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self.reports.handler("new")),
-                          (evt.EVT_ACCEPTED, self._accepted)])
-        self.port = int(self.server.server_address[1])
-        self.roles: list[tuple[bool, bool]] = []
-
-    def _accepted(self, event: Any) -> None:
-        self.associations += 1
-        for cx in event.assoc.accepted_contexts:
-            if cx.abstract_syntax == PUSH_MODEL:
-                self.roles.append((bool(cx.as_scu), bool(cx.as_scp)))
-
-    def stop(self) -> None:
-        self.server.shutdown()
-
-
-def peers(port: int) -> dict[str, Any]:
-    return {"peers": [{"ae_title": REQUESTER, "host": "127.0.0.1", "port": port}]}
-
 
 # --------------------------------------------------------------------------- data
 
@@ -292,7 +202,7 @@ def _request_and_wait_elsewhere(port: int, refs: list[tuple[str, str]], same: Re
     try:
         info = Dataset()
         info.TransactionUID = generate_uid()
-        info.ReferencedSOPSequence = [_ref(c, i) for c, i in refs]
+        info.ReferencedSOPSequence = [ref(c, i) for c, i in refs]
         status, _ = assoc.send_n_action(info, 1, PUSH_MODEL, PUSH_INSTANCE)
         scp.reports.wait()
         return status
@@ -359,17 +269,17 @@ def _info(**attrs: Any) -> Dataset:
 
 with lenient_pydicom():
     INVALID = {
-        "no transaction uid": (dict(info=_info(ReferencedSOPSequence=[_ref(CT_IMAGE, "1.2.3")])),
+        "no transaction uid": (dict(info=_info(ReferencedSOPSequence=[ref(CT_IMAGE, "1.2.3")])),
                                0x0115, "Transaction UID (0008,1195) is missing"),
         "bad transaction uid": (dict(info=_info(TransactionUID="1.2.abc",
-                                                ReferencedSOPSequence=[_ref(CT_IMAGE, "1.2.3")])),
+                                                ReferencedSOPSequence=[ref(CT_IMAGE, "1.2.3")])),
                                 0x0115, "Transaction UID (0008,1195) is not a valid UID"),
         "empty sequence": (dict(info=_info(TransactionUID="1.2.3", ReferencedSOPSequence=[])),
                            0x0115, "Referenced SOP Sequence (0008,1199) is empty"),
         "no sequence": (dict(info=_info(TransactionUID="1.2.3")),
                         0x0115, "Referenced SOP Sequence (0008,1199) is missing"),
         "bad instance uid": (dict(info=_info(TransactionUID="1.2.3",
-                                             ReferencedSOPSequence=[_ref(CT_IMAGE, "x.1")])),
+                                             ReferencedSOPSequence=[ref(CT_IMAGE, "x.1")])),
                              0x0115, "Referenced SOP Instance UID of item 1 is not a valid"),
         "action type 2": (dict(refs=[(CT_IMAGE, "1.2.3")], action_type=2), 0x0123,
                           "Action Type ID 2 is not defined"),
