@@ -24,6 +24,7 @@ requester's response was lost (at-least-once delivery).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -31,14 +32,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from pynetdicom import AE, build_role, evt
+from pynetdicom import build_role, evt
 from pynetdicom.association import Association
 
-from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs_server.config import PeerConfig, ServerConfig
 from pacs_server.dicom.associations import set_nodelay
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE, SYNTAXES, report_dataset
+from pacs_server.dicom.server import our_ae
 from pacs_server.errors import PacsError, ReportNotDelivered
 from pacs_server.metrics import Metrics
 from pacs_server.services.commitment import CommitmentReport, CommitmentRequest, CommitmentService
@@ -89,16 +90,13 @@ class CommitmentDelivery:
         wait briefly for same-association workers; what is left stays pending."""
         self._stopping = True
         self.wake()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self._server.acse_timeout)
-            except TimeoutError:
-                self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=self._server.acse_timeout)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for worker in list(self._workers):
             await asyncio.to_thread(worker.join, 5.0)
 
@@ -212,13 +210,7 @@ class CommitmentDelivery:
     def _send_new(self, report: CommitmentReport, peer: PeerConfig) -> None:
         """Associate with the requester as Storage Commitment SCP and send the report."""
         s = self._server
-        ae = AE(ae_title=s.ae_title)
-        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-        ae.acse_timeout = s.acse_timeout
-        ae.dimse_timeout = s.dimse_timeout
-        ae.network_timeout = s.idle_timeout
-        ae.connection_timeout = min(s.acse_timeout, 10.0)
+        ae = our_ae(s)
         ae.add_requested_context(PUSH_MODEL, list(SYNTAXES))
         role = build_role(PUSH_MODEL, scu_role=False, scp_role=True)
         where = f"{peer.ae_title}@{peer.host}:{peer.port}"
