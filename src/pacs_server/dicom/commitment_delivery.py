@@ -4,7 +4,8 @@ Two ways, one owner per commitment at a time (an in-memory claim), so a report i
 in flight twice:
 
 * **Same association.** After recording an N-ACTION, a worker thread checks the
-  instances and calls pynetdicom's `send_n_event_report` on the requesting association.
+  instances, gives the requester half a second to release (see `_RELEASE_GRACE_S`)
+  and calls pynetdicom's `send_n_event_report` on the requesting association.
   That call first pauses the association's reactor, which can only happen once the
   N-ACTION handler returned and pynetdicom sent the N-ACTION-RSP, so the report always
   follows the response. If the requester released the association, answers anything
@@ -34,6 +35,7 @@ from typing import Any
 import structlog
 from pynetdicom import build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_RELEASE
 
 from pacs_server.config import PeerConfig, ServerConfig
 from pacs_server.dicom.associations import set_nodelay
@@ -48,6 +50,12 @@ log = structlog.get_logger(__name__)
 
 _IDLE_WAKE_S = 60.0        # re-read the index now and then even when nothing is due
 _CLAIMED_RETRY_S = 1.0     # a due commitment owned by a same-association worker
+# How long after the N-ACTION the requester may still release before the report is sent
+# on its association. pynetdicom (like other toolkits) ignores P-DATA once it has sent
+# A-RELEASE-RQ, and our paused reactor would answer that release only after the report's
+# response, which never comes: the requester would wait out its ACSE timeout and abort.
+# Most SCUs that do not wait for the report release within milliseconds of the RSP.
+_RELEASE_GRACE_S = 0.5
 
 
 class CommitmentDelivery:
@@ -127,11 +135,12 @@ class CommitmentDelivery:
         return pk
 
     def _report_on_association(self, assoc: Association, pk: int) -> None:
+        started = time.monotonic()
         try:
             report = self._bridge.run(self._service.report(pk))
             if report is None:
                 return
-            if not assoc.is_established:
+            if not still_open(assoc, started + _RELEASE_GRACE_S):
                 raise ReportNotDelivered("the requester closed the association")
             send_report(assoc, report, self._server.ae_title)
             self._bridge.run(self._service.delivered(report, report.attempts + 1,
@@ -242,6 +251,21 @@ class CommitmentDelivery:
     def _release(self, pk: int) -> None:
         with self._lock:
             self._claimed.discard(pk)
+
+
+def still_open(assoc: Association, until: float) -> bool:
+    """Whether `assoc` is still established at `until` (monotonic) with no A-RELEASE-RQ
+    from the requester waiting to be answered."""
+    while time.monotonic() < until:
+        if not assoc.is_established:
+            return False
+        time.sleep(0.02)
+    # Peek only: acse.is_release_requested() would take the A-RELEASE-RQ off the queue
+    # that the association's reactor has to answer.
+    pending = assoc.dul.peek_next_pdu()
+    if isinstance(pending, A_RELEASE) and pending.result is None:
+        return False
+    return bool(assoc.is_established)
 
 
 def send_report(assoc: Association, report: CommitmentReport, retrieve_ae: str) -> None:
