@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,15 @@ class Reports:
         assert self.arrived.wait(timeout), "no N-EVENT-REPORT arrived"
         with self.lock:
             return self.got[0]
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[tuple[str, int, Dataset]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.got) >= count:
+                    return list(self.got)
+            time.sleep(0.02)
+        raise AssertionError(f"{len(self.got)} of {count} N-EVENT-REPORTs arrived")
 
 
 def request_commitment(port: int, refs: Iterable[tuple[str, str]], *,

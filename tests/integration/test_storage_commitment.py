@@ -94,6 +94,40 @@ async def test_all_present_is_reported_on_the_same_association(
     assert len(reports.got) == 1
 
 
+async def test_two_requests_on_one_association_get_their_own_reports(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    app = await start_server(make_cfg())
+    refs = await run(stored, app.port, 2)
+    reports = Reports()
+    uids = [generate_uid(), generate_uid()]
+    got = await run(_two_requests, app.port, refs, uids, reports)
+    assert sorted((str(info.TransactionUID), how, event_type) for how, event_type, info in got) \
+        == sorted((uid, "same", 1) for uid in uids)
+    for _, _, info in got:
+        index = uids.index(str(info.TransactionUID))
+        assert by_uid(info.ReferencedSOPSequence) == {refs[index][1]: (refs[index][0],)}
+
+
+def _two_requests(port: int, refs: list[tuple[str, str]], uids: list[str],
+                  reports: Reports) -> list[tuple[str, int, Dataset]]:
+    """Two N-ACTIONs back to back on one association, which stays open for both reports."""
+    ae = AE(ae_title=REQUESTER)
+    ae.add_requested_context(PUSH_MODEL, SYNTAXES)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS",
+                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler("same"))])
+    assert assoc.is_established
+    try:
+        for uid, (cls, inst) in zip(uids, refs, strict=True):
+            info = Dataset()
+            info.TransactionUID = uid
+            info.ReferencedSOPSequence = [ref(cls, inst)]
+            status, _ = assoc.send_n_action(info, 1, PUSH_MODEL, PUSH_INSTANCE)
+            assert status.Status == 0
+        return reports.wait_for(2)
+    finally:
+        assoc.release()
+
+
 async def test_missing_conflicting_and_unsupported_references_fail_with_their_reasons(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
     app = await start_server(make_cfg())

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,10 @@ class CommitmentDelivery:
         self._claimed: set[int] = set()
         self._lock = threading.Lock()
         self._workers: set[threading.Thread] = set()
+        # One report at a time per association: two threads pausing its reactor at once
+        # would take each other's N-EVENT-REPORT-RSP.
+        self._sending: weakref.WeakKeyDictionary[Association, threading.Lock] = (
+            weakref.WeakKeyDictionary())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -142,7 +147,12 @@ class CommitmentDelivery:
                 return
             if not still_open(assoc, started + _RELEASE_GRACE_S):
                 raise ReportNotDelivered("the requester closed the association")
-            send_report(assoc, report, self._server.ae_title)
+            with self._lock:
+                sending = self._sending.setdefault(assoc, threading.Lock())
+            with sending:
+                if not assoc.is_established:
+                    raise ReportNotDelivered("the requester closed the association")
+                send_report(assoc, report, self._server.ae_title)
             self._bridge.run(self._service.delivered(report, report.attempts + 1,
                                                      "same association"))
             self._outcomes.labels("same_association").inc()
