@@ -288,6 +288,24 @@ async def test_requester_missing_from_peers_is_kept_pending_then_abandoned(
     assert "not in peers" in error
 
 
+async def test_adding_the_requester_to_peers_with_a_reload_delivers_the_report(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    app = await start_server(make_cfg(FAST_RETRY))
+    refs = await run(stored, app.port, 1)
+    uid = generate_uid()
+    assert (await run(request_commitment, app.port, refs, transaction_uid=uid)).Status == 0
+    db = Path(app.cfg.database.path)
+    await run(_wait_for, lambda: commitment_rows(db)[0][2] >= 1, "a failed attempt")
+    scp = RequesterScp()
+    try:
+        assert app.reload(make_cfg({**FAST_RETRY, **peers(scp.port)}))
+        how, event_type, info = await run(scp.reports.wait)
+        assert (how, event_type, info.TransactionUID) == ("new", 1, uid)
+        await run(_wait_for, lambda: commitment_rows(db)[0][1] == "delivered", "delivered")
+    finally:
+        scp.stop()
+
+
 def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
