@@ -20,6 +20,7 @@ from pacs_testing import no_delay
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 REQUESTER = "MODALITY"
@@ -63,6 +64,28 @@ class Reports:
         raise AssertionError(f"{len(self.got)} of {count} N-EVENT-REPORTs arrived")
 
 
+def requester_association(port: int, reports: Reports | None = None) -> Association:
+    """An established association from REQUESTER proposing the Push Model; with
+    `reports`, N-EVENT-REPORTs on it are recorded as "same"."""
+    ae = AE(ae_title=REQUESTER)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(PUSH_MODEL, SYNTAXES)
+    handlers = [(evt.EVT_N_EVENT_REPORT, reports.handler("same"))] if reports else []
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", evt_handlers=handlers)
+    assert assoc.is_established
+    no_delay(assoc)
+    return assoc
+
+
+def action_information(refs: Iterable[tuple[str, str]],
+                       transaction_uid: str | None = None) -> Dataset:
+    """Request Storage Commitment's Action Information (PS3.4 Table J.3-1)."""
+    info = Dataset()
+    info.TransactionUID = transaction_uid or generate_uid()
+    info.ReferencedSOPSequence = [ref(cls, inst) for cls, inst in refs]
+    return info
+
+
 def request_commitment(port: int, refs: Iterable[tuple[str, str]], *,
                        transaction_uid: str | None = None, reports: Reports | None = None,
                        action_type: int = 1, instance: str = PUSH_INSTANCE,
@@ -74,16 +97,8 @@ def request_commitment(port: int, refs: Iterable[tuple[str, str]], *,
     it is released right after the N-ACTION-RSP.
     """
     if info is None:
-        info = Dataset()
-        info.TransactionUID = transaction_uid or generate_uid()
-        info.ReferencedSOPSequence = [ref(cls, inst) for cls, inst in refs]
-    ae = AE(ae_title=REQUESTER)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    ae.add_requested_context(PUSH_MODEL, SYNTAXES)
-    handlers = [(evt.EVT_N_EVENT_REPORT, reports.handler("same"))] if reports else []
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", evt_handlers=handlers)
-    assert assoc.is_established
-    no_delay(assoc)
+        info = action_information(refs, transaction_uid)
+    assoc = requester_association(port, reports)
     try:
         status, _ = assoc.send_n_action(info, action_type, PUSH_MODEL, instance)
         if wait_for_report and reports is not None and status.get("Status") == 0:

@@ -20,18 +20,17 @@ from commitment_helpers import (
     FAST_RETRY,
     PUSH_INSTANCE,
     PUSH_MODEL,
-    REQUESTER,
-    SYNTAXES,
     Reports,
     RequesterScp,
+    action_information,
     peers,
     ref,
     request_commitment,
+    requester_association,
 )
 from pacs_testing import CT_IMAGE, MR_IMAGE, lenient_pydicom, pick_free_port
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from pynetdicom import AE, evt
 from qr_helpers import from_template, store_datasets
 
 from pacs_server.app import PacsApp
@@ -111,17 +110,11 @@ async def test_two_requests_on_one_association_get_their_own_reports(
 def _two_requests(port: int, refs: list[tuple[str, str]], uids: list[str],
                   reports: Reports) -> list[tuple[str, int, Dataset]]:
     """Two N-ACTIONs back to back on one association, which stays open for both reports."""
-    ae = AE(ae_title=REQUESTER)
-    ae.add_requested_context(PUSH_MODEL, SYNTAXES)
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS",
-                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler("same"))])
-    assert assoc.is_established
+    assoc = requester_association(port, reports)
     try:
-        for uid, (cls, inst) in zip(uids, refs, strict=True):
-            info = Dataset()
-            info.TransactionUID = uid
-            info.ReferencedSOPSequence = [ref(cls, inst)]
-            status, _ = assoc.send_n_action(info, 1, PUSH_MODEL, PUSH_INSTANCE)
+        for uid, one in zip(uids, refs, strict=True):
+            status, _ = assoc.send_n_action(action_information([one], uid), 1, PUSH_MODEL,
+                                            PUSH_INSTANCE)
             assert status.Status == 0
         return reports.wait_for(2)
     finally:
@@ -233,16 +226,10 @@ async def test_same_association_can_be_turned_off(
 
 def _request_and_wait_elsewhere(port: int, refs: list[tuple[str, str]], same: Reports,
                                 scp: RequesterScp) -> Dataset:
-    ae = AE(ae_title=REQUESTER)
-    ae.add_requested_context(PUSH_MODEL, SYNTAXES)
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS",
-                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, same.handler("same"))])
-    assert assoc.is_established
+    assoc = requester_association(port, same)
     try:
-        info = Dataset()
-        info.TransactionUID = generate_uid()
-        info.ReferencedSOPSequence = [ref(c, i) for c, i in refs]
-        status, _ = assoc.send_n_action(info, 1, PUSH_MODEL, PUSH_INSTANCE)
+        status, _ = assoc.send_n_action(action_information(refs), 1, PUSH_MODEL,
+                                        PUSH_INSTANCE)
         scp.reports.wait()
         return status
     finally:
