@@ -44,7 +44,8 @@ SECTIONS = {
     "access_control": "Which calling AE titles may open an association.",
     "monitoring": "Prometheus metrics endpoint.",
     "query": "C-FIND behaviour.",
-    "peers": "Remote AEs that C-MOVE may send to.",
+    "commitment": "Storage Commitment: delivery of the N-EVENT-REPORT and its retries.",
+    "peers": "Remote AEs: C-MOVE destinations, Storage Commitment requesters.",
 }
 
 # The commented example for `peers`, whose default is an empty list.

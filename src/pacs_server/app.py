@@ -1,8 +1,8 @@
 """PacsApp: the composition root. Builds every part from the Config and runs the lifecycle.
 
 startup:  library settings → storage root check → index (engines, migrations, writer)
-          → services → metrics → DICOM listener (last, so nothing is accepted before the
-          archive is ready) → housekeeping; then `ready` is set
+          → services → metrics → Storage Commitment delivery → DICOM listener (last, so
+          nothing is accepted before the archive is ready) → housekeeping; then `ready`
 run:      wait for SIGTERM/SIGINT (stop) or SIGHUP (reload)
 shutdown: the components close in reverse order (an AsyncExitStack): housekeeping stops,
           the listener stops accepting and drains for `shutdown_grace` seconds (a second
@@ -24,17 +24,20 @@ from typing import Protocol, TypeVar
 import structlog
 
 from pacs_server.config import Config, merge_reloadable, reloadable_changes
-from pacs_server.dicom import echo, find, get, move, mpps, runtime, store
+from pacs_server.dicom import commitment, echo, find, get, move, mpps, runtime, store
 from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.commitment_delivery import CommitmentDelivery
 from pacs_server.dicom.server import DicomListener, DicomServer
 from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
+from pacs_server.index.commitment import CommitmentRepository
 from pacs_server.index.lifecycle import IndexComponent
 from pacs_server.index.mpps import MppsRepository
 from pacs_server.index.repository import IndexRepository
 from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics, MetricsEndpoint
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
+from pacs_server.services.commitment import CommitmentService
 from pacs_server.services.mpps import MppsService
 from pacs_server.services.query import QueryService
 from pacs_server.services.retrieve import RetrieveService
@@ -86,6 +89,7 @@ class PacsApp:
         self._subscribers: list[Callable[[Config], None]] = []
         self._index: IndexComponent | None = None
         self._listener: DicomListener | None = None
+        self._commitments: CommitmentDelivery | None = None
 
     # ------------------------------------------------------------------ parts
     @property
@@ -119,6 +123,8 @@ class PacsApp:
             ]
         if steps is not None:
             services.append(mpps.service(steps, bridge))
+        if self._commitments is not None:
+            services.append(commitment.service(self._commitments, bridge))
         return services
 
     # ------------------------------------------------------------------ lifecycle
@@ -141,11 +147,13 @@ class PacsApp:
                 self._subscribe(lambda c: queries.reconfigure(c.query))
                 retrieve = RetrieveService(queries, files)
                 # The worklist link is wired once the worklist tables exist (None: none).
-                steps = MppsService(MppsRepository(self._index.repo.engine), worklist=None)
+                steps = MppsService(MppsRepository(self._index.engine), worklist=None)
             self.archive = archive = ArchiveService(cfg.storage, files, catalog)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
             bridge = LoopBridge(asyncio.get_running_loop(),
                                 timeout_s=max(cfg.server.dimse_timeout, 30.0))
+            if self._index is not None:
+                self._commitments = self._commitment_delivery(files, bridge)
             services = self.dicom_services(archive, bridge, queries, retrieve, steps)
             if cfg.monitoring.metrics_port >= 0:
                 endpoint = await self._start(MetricsEndpoint(
@@ -153,6 +161,9 @@ class PacsApp:
                 self.metrics_port = endpoint.port
             server = DicomServer(cfg.server, cfg.access_control, services, self.metrics,
                                  str(files.incoming))
+            if self._commitments is not None:
+                # Before the listener, so that it closes after the associations ended.
+                await self._start(self._commitments)
             self._listener = await self._start(
                 DicomListener(server, cfg.server.shutdown_grace, self._force))
             self._subscribe(self._listener.reload)
@@ -169,6 +180,17 @@ class PacsApp:
                  naming=cfg.storage.naming, duplicate_policy=cfg.storage.duplicate_policy,
                  services=[s.name for s in services],
                  **(await self._index.repo.counts() if self._index else {}))
+
+    def _commitment_delivery(self, files: FileStore, bridge: LoopBridge) -> CommitmentDelivery:
+        """Storage Commitment: the use cases over the index and the report sender."""
+        assert self._index is not None
+        cfg = self.cfg
+        service = CommitmentService(
+            CommitmentRepository(self._index.engine), self._index.repo, files,
+            resolve_storage_classes(cfg.storage.accepted_sop_classes), cfg.commitment)
+        self._subscribe(lambda c: service.reconfigure(c.commitment))
+        return CommitmentDelivery(service, bridge, cfg.server, lambda ae: self.cfg.peer(ae),
+                                  self.metrics)
 
     async def _start(self, component: C) -> C:
         assert self._stack is not None
@@ -190,6 +212,7 @@ class PacsApp:
             await stack.aclose()
         self._listener = None
         self._index = None
+        self._commitments = None
         self._subscribers.clear()
         self.ready.clear()
 

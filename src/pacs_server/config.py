@@ -152,6 +152,32 @@ class RetrieveConfig:
 
 
 @dataclass(frozen=True)
+class CommitmentConfig:
+    """Storage Commitment (PS3.4 Annex J): how N-EVENT-REPORTs are delivered."""
+
+    report_on_same_association: bool = setting(
+        True, "send the report on the requesting association while it is open", reload=True)
+    retry_interval: float = setting(
+        10.0, "seconds before the first retry of an undelivered report; doubles each time",
+        reload=True)
+    max_retry_interval: float = setting(600.0, "longest wait between two delivery attempts",
+                                   reload=True)
+    give_up_after: float = setting(
+        604800.0, "seconds after the request an undelivered report is abandoned; 0 = never",
+        reload=True)
+
+    def check(self, source: str) -> None:
+        """Range checks of the section (the lead's `validate()` calls each section)."""
+        if self.retry_interval <= 0:
+            raise ConfigError(f"{source}: commitment.retry_interval: must be greater than 0")
+        if self.max_retry_interval < self.retry_interval:
+            raise ConfigError(f"{source}: commitment.max_retry_interval: must be at least "
+                              f"retry_interval ({self.retry_interval})")
+        if self.give_up_after < 0:
+            raise ConfigError(f"{source}: commitment.give_up_after: must not be negative")
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     ae_title: str = setting("", "AE title of the remote node")
     host: str = setting("127.0.0.1", "its address")
@@ -173,9 +199,11 @@ class Config:
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    commitment: CommitmentConfig = field(default_factory=CommitmentConfig)
     peers: list[PeerConfig] = field(
         default_factory=list,
-        metadata={"help": "C-MOVE destinations: list of {ae_title, host, port}", "reload": True})
+        metadata={"help": "C-MOVE destinations and Storage Commitment requesters: "
+                          "list of {ae_title, host, port}", "reload": True})
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
     def peer(self, ae_title: str) -> PeerConfig | None:

@@ -122,3 +122,16 @@ class MissingAttributeValue(_NamesAttributes, DatasetMismatch):
 class AttributeNotAllowed(_NamesAttributes):
     """The request touches attributes the operation may not set (PS3.4 Table F.7.2-1,
     "Not allowed" in the N-SET column)."""
+
+# --- storage commitment ------------------------------------------------------------
+
+class NoSuchAction(PacsError):
+    """N-ACTION with an Action Type ID the SOP class does not define."""
+
+
+class InvalidArgument(PacsError):
+    """The Action Information of an N-ACTION lacks an attribute or has an invalid value."""
+
+
+class ReportNotDelivered(PacsError):
+    """An N-EVENT-REPORT did not reach the requester, or it did not answer Success."""

@@ -41,6 +41,9 @@ class Metrics:
         self.retrieved = Counter(
             "pacs_retrieve_instances", "instances handed to C-MOVE/C-GET sub-operations",
             ["service"], registry=r)
+        self.commitment_reports = Counter(
+            "pacs_commitment_reports", "Storage Commitment reports by outcome "
+            "(same_association, new_association, retry, abandoned)", ["outcome"], registry=r)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

@@ -8,7 +8,13 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
-from pacs_server.config import Config, iter_fields, load_config, reloadable_changes
+from pacs_server.config import (
+    Config,
+    iter_fields,
+    load_config,
+    merge_reloadable,
+    reloadable_changes,
+)
 from pacs_server.errors import ConfigError
 
 
@@ -283,3 +289,24 @@ def test_changes_are_listed_in_settings_order() -> None:
     assert hot == [k for k in order if k in changed and k in hot]
     assert cold == [k for k in order if k in changed and k not in hot]
     assert set(hot) | set(cold) == set(changed)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"commitment.retry_interval": 0}, "commitment.retry_interval: must be greater than 0"),
+    ({"commitment.retry_interval": 30, "commitment.max_retry_interval": 10},
+     "commitment.max_retry_interval: must be at least retry_interval (30.0)"),
+    ({"commitment.give_up_after": -1}, "commitment.give_up_after: must not be negative"),
+    ({"commitment.report_on_same_association": "yes"},
+     "commitment.report_on_same_association: expected true or false"),
+])
+def test_commitment_section_is_checked(overrides: dict[str, Any], message: str) -> None:
+    assert config_error(None, overrides).startswith(f"<defaults>: {message}")
+
+
+def test_commitment_retries_are_reloadable() -> None:
+    old = load_config(None)
+    new = load_config(None, {"commitment.retry_interval": 2.5, "commitment.give_up_after": 0})
+    hot, cold = reloadable_changes(old, new)
+    assert sorted(hot) == ["commitment.give_up_after", "commitment.retry_interval"]
+    assert not cold
+    assert merge_reloadable(old, new).commitment.retry_interval == 2.5

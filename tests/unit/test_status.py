@@ -33,6 +33,15 @@ PYNETDICOM_TABLES = {
     Service.C_ECHO: pnd.VERIFICATION_SERVICE_CLASS_STATUS,
     Service.MPPS_N_CREATE: pnd.GENERAL_STATUS,
     Service.MPPS_N_SET: pnd.GENERAL_STATUS,
+    Service.COMMITMENT_N_ACTION: pnd.STORAGE_COMMITMENT_SERVICE_CLASS_STATUS,
+}
+
+# The N-ACTION statuses the Storage Commitment SCP promises (PS3.4 J.3.2, PS3.7 10.1.4.1.10).
+COMMITMENT_CODES = {
+    errors.NoSuchAction: 0x0123,
+    errors.InvalidArgument: 0x0115,
+    errors.NoSuchInstance: 0x0112,
+    errors.IndexUnavailable: 0x0213,
 }
 
 
@@ -47,6 +56,11 @@ def test_c_store_codes(exc_type: type[errors.PacsError], code: int) -> None:
 
 def test_store_table_has_exactly_the_promised_entries() -> None:
     assert STATUS[Service.C_STORE] == STORE_CODES
+
+
+def test_commitment_table_has_exactly_the_promised_entries() -> None:
+    assert STATUS[Service.COMMITMENT_N_ACTION] == COMMITMENT_CODES
+    assert GENERIC_FAILURE[Service.COMMITMENT_N_ACTION] == 0x0110
 
 
 @pytest.mark.parametrize("service", list(Service))

@@ -84,6 +84,18 @@ def shared_contexts(contexts: list[PresentationContext]) -> list[PresentationCon
     return out
 
 
+def our_ae(s: ServerConfig) -> AE:
+    """An AE with our title, implementation identity and timeouts (listener or requestor)."""
+    ae = transport.PacsAE(ae_title=s.ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.acse_timeout = s.acse_timeout
+    ae.dimse_timeout = s.dimse_timeout
+    ae.network_timeout = s.idle_timeout   # pynetdicom's idle timer aborts silent peers
+    ae.connection_timeout = min(s.acse_timeout, 10.0)  # C-MOVE to an unreachable peer
+    return ae
+
+
 class DicomServer:
     """One listening AE serving the registered services; `start()` binds, `drain()` ends."""
 
@@ -100,16 +112,10 @@ class DicomServer:
         self._server: ThreadedAssociationServer | None = None
 
     def _build_ae(self, s: ServerConfig) -> AE:
-        ae = transport.PacsAE(ae_title=s.ae_title)
-        ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+        ae = our_ae(s)
         ae.maximum_associations = s.max_associations
         ae.maximum_pdu_size = s.max_pdu_size
-        ae.acse_timeout = s.acse_timeout
-        ae.dimse_timeout = s.dimse_timeout
-        ae.network_timeout = s.idle_timeout   # pynetdicom's idle timer aborts silent peers
         ae.require_called_aet = s.require_called_ae_title
-        ae.connection_timeout = min(s.acse_timeout, 10.0)  # C-MOVE to an unreachable peer
         for svc in self._services:
             for cx in svc.contexts:
                 roles = {k: v for k, v in (("scu_role", cx.scu_role), ("scp_role", cx.scp_role))

@@ -17,11 +17,13 @@ from pacs_server.errors import (
     DuplicateInstance,
     IndexUnavailable,
     InstanceExists,
+    InvalidArgument,
     InvalidAttributeValue,
     InvalidQuery,
     MissingAttribute,
     MissingAttributeValue,
     MissingFile,
+    NoSuchAction,
     NoSuchInstance,
     PacsError,
     StepFinalised,
@@ -55,6 +57,7 @@ class Service(enum.Enum):
     WORKLIST = "MWL C-FIND"
     MPPS_N_CREATE = "MPPS N-CREATE"
     MPPS_N_SET = "MPPS N-SET"
+    COMMITMENT_N_ACTION = "COMMIT N-ACTION"
 
 
 STATUS: dict[Service, dict[type[PacsError], int]] = {
@@ -106,6 +109,14 @@ STATUS: dict[Service, dict[type[PacsError], int]] = {
         MissingAttributeValue: 0x0121,  # final-state attribute missing or empty
         IndexUnavailable: 0x0110,
     },
+    # Storage Commitment request (PS3.4 J.3.2; N-ACTION statuses of PS3.7 10.1.4.1.10,
+    # which has no Missing/Invalid Attribute codes: arguments are "invalid argument").
+    Service.COMMITMENT_N_ACTION: {
+        NoSuchAction: 0x0123,           # No such action (Action Type ID other than 1)
+        InvalidArgument: 0x0115,        # Invalid argument value
+        NoSuchInstance: 0x0112,         # Requested SOP Instance is not the well-known one
+        IndexUnavailable: 0x0213,       # Resource limitation: not recorded, ask again
+    },
 }
 
 GENERIC_FAILURE: dict[Service, int] = {
@@ -117,6 +128,7 @@ GENERIC_FAILURE: dict[Service, int] = {
     Service.C_GET: 0xC411,
     Service.MPPS_N_CREATE: 0x0110,
     Service.MPPS_N_SET: 0x0110,
+    Service.COMMITMENT_N_ACTION: 0x0110,  # Processing failure
 }
 
 

@@ -34,6 +34,14 @@ class IndexComponent:
         return self._repo
 
     @property
+    def engine(self) -> AsyncEngine:
+        """The readers' engine, shared by the index's other repositories (MPPS, worklist,
+        Storage Commitment), which write in short transactions of their own; the
+        instance writer's engine stays private to its task."""
+        assert self._engines, "index not started"
+        return self._engines[0]
+
+    @property
     def url(self) -> str:
         """The database URL without its password."""
         return safe_url(database_url(self._cfg))
