@@ -23,6 +23,7 @@ from pynetdicom import AE
 from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
+from pynetdicom.transport import AddressInformation
 
 ROOT = Path(__file__).resolve().parents[1]
 ECHO_SYNTAXES = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]
@@ -113,8 +114,8 @@ def associate_rq(calling: str = SCU_AE, called: str = SERVER_AE, context_id: int
     primitive.application_context_name = "1.2.840.10008.3.1.1.1"
     primitive.calling_ae_title = calling
     primitive.called_ae_title = called
-    primitive.calling_presentation_address = ("127.0.0.1", 11112)
-    primitive.called_presentation_address = ("127.0.0.1", 11112)
+    primitive.calling_presentation_address = AddressInformation("127.0.0.1", 11112)
+    primitive.called_presentation_address = AddressInformation("127.0.0.1", 11112)
     cx = build_context(VERIFICATION, ECHO_SYNTAXES)
     cx.context_id = 1
     primitive.presentation_context_definition_list = [cx]

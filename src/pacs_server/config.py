@@ -210,10 +210,10 @@ class LimitsConfig:
         0, "associations one source address may hold at once; 0 = server.max_associations",
         reload=True)
     unassociated_per_address: int = setting(
-        16, "connections one address may hold before their A-ASSOCIATE-RQ; more are closed",
+        32, "connections one address may hold before their A-ASSOCIATE-RQ; more are closed",
         reload=True)
     unassociated_total: int = setting(
-        128, "connections not yet associated, all addresses together; more are closed",
+        256, "connections not yet associated, all addresses together; more are closed",
         reload=True)
 
     def check(self, source: str) -> None:

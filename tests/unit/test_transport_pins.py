@@ -17,6 +17,7 @@ import pytest
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import StateMachine
 from pynetdicom.transport import (
     AssociationServer,
     AssociationSocket,
@@ -24,7 +25,7 @@ from pynetdicom.transport import (
     ThreadedAssociationServer,
 )
 
-# Overridden (first five) or relied upon as they are: the socket is wrapped in
+# Overridden (first seven) or relied upon as they are: the socket is wrapped in
 # get_request only when ssl_context is set (we never set it), the request thread does not
 # close a socket that handle() handed on, and the DUL reads a PDU as recv(6) then
 # recv(length), which GuardedSocket.recv counts on.
@@ -35,6 +36,8 @@ PINNED: dict[str, tuple[Any, str]] = {
     "ACSE._negotiate_as_acceptor": (ACSE._negotiate_as_acceptor, "fffd360957c42a8e"),
     "Association.run_reactor": (Association.run_reactor, "ed8bbbe3b3d6ddae"),
     "AssociationSocket.recv": (AssociationSocket.recv, "6bc20a33b1b7cfe7"),
+    "StateMachine.do_action": (StateMachine.do_action, "9a883f44c7f31641"),
+    "AssociationServer.service_actions": (AssociationServer.service_actions, "0a0853a3615ac7c5"),
     "AssociationServer.get_request": (AssociationServer.get_request, "925a4f3a3042f6e4"),
     "ThreadedAssociationServer.process_request_thread": (
         ThreadedAssociationServer.process_request_thread, "9e76e9b9c8a3d8b1"),

@@ -18,6 +18,7 @@ What a connection goes through here:
 
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
 import threading
@@ -32,6 +33,7 @@ from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
@@ -150,6 +152,37 @@ class GuardedSocket(AssociationSocket):
             return "?"
 
 
+class GuardedStateMachine(StateMachine):
+    """The DUL state machine; an action that raises aborts the association at once."""
+
+    def do_action(self, event: str) -> None:
+        """Run upstream's action; on any exception send A-ABORT and stop the DUL.
+
+        Upstream: `DULServiceProvider.run_reactor` calls `do_action` outside its
+        try/except, so an exception in an action (decoding an A-ASSOCIATE-RQ with
+        presentation context ID 0: ValueError; an event invalid in the state, e.g.
+        Evt7 in Sta13: InvalidEventError) kills the DUL thread with a traceback and
+        sends nothing to the peer, while the association thread keeps waiting.
+        Upstream change that would remove this: `do_action` inside the reactor's
+        try/except, which already sends A-ABORT for transport errors.
+        """
+        try:
+            super().do_action(event)
+        except Exception as exc:
+            dul = self.dul
+            sock = cast(GuardedSocket, dul.socket)
+            log.warning("pdu.malformed", peer=sock._peer() if sock else "?", fsm_event=event,
+                        state=self.current_state, error=f"{type(exc).__name__}: {exc}"[:200])
+            if sock is not None and sock.socket is not None:
+                sock._abort_now()
+                _close(sock.socket)
+            assoc = dul.assoc
+            assoc.is_aborted = True
+            assoc.is_established = False
+            assoc._kill = True
+            dul.kill_dul()
+
+
 class PolicyACSE(ACSE):
     """ACSE whose acceptor consults the AssociationPolicy first."""
 
@@ -191,6 +224,7 @@ class PacsAssociation(Association):
                  pending: _Pending, peer_host: str, tls_subject: str | None) -> None:
         super().__init__(ae, MODE_ACCEPTOR)
         self.acse = PolicyACSE(self)
+        self.dul.state_machine = GuardedStateMachine(self.dul)
         self.policy, self.limits, self.pending = policy, limits, pending
         self.peer_host = peer_host
         self.tls = tls_subject is not None
@@ -357,6 +391,23 @@ class PacsAssociationServer(ThreadedAssociationServer):
         self.metrics = metrics
         kwargs.setdefault("request_handler", PacsRequestHandler)
         super().__init__(*args, **kwargs)
+
+    _GC_INTERVAL_S = 10.0
+    _last_gc = 0.0
+
+    def service_actions(self) -> None:
+        """A full garbage collection at most every 10 s, not every 60 connections.
+
+        Upstream: `gc.collect()` in the accept loop every 60 requests (dead association
+        threads were not being collected). During a flood of connections that is a full
+        collection every few milliseconds, each taking tens of milliseconds with a large
+        heap, and nobody is accepted meanwhile.
+        Upstream change that would remove this: a time-based collection, or none.
+        """
+        now = time.monotonic()
+        if now - self._last_gc >= self._GC_INTERVAL_S:
+            self._last_gc = now
+            gc.collect()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit the connection as unassociated, or have the accept loop close it."""
