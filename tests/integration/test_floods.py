@@ -21,6 +21,7 @@ from security_helpers import (
     read_pdu,
     wait_threads,
 )
+from structlog.testing import capture_logs
 
 from pacs_server.app import PacsApp
 from pacs_server.config import Config
@@ -174,12 +175,19 @@ async def test_command_set_without_command_field(server: PacsApp) -> None:
         pdata = bytearray(echo_rq_pdata())
         at = pdata.find(bytes([0x00, 0x00, 0x00, 0x01]))   # (0000,0100) CommandField
         pdata[at + 2] = 0x77                                # now (0000,7701)
-        sock.sendall(bytes(pdata))
-        reply = read_pdu(sock)
-        assert reply[:1] in (bytes([A_ABORT]), b"\x04"), reply
+        with capture_logs() as logs:
+            sock.sendall(bytes(pdata))
+            reply = read_pdu(sock)
+            assert reply[:1] in (bytes([A_ABORT]), b"\x04"), reply
+            sock.close()
+            assert await asyncio.to_thread(wait_threads, baseline, 2.0) <= baseline
     finally:
         sock.close()
-    assert await asyncio.to_thread(wait_threads, baseline, 2.0) <= baseline
+    # Found by the fuzz harness: the abort skipped the association's bookkeeping, so
+    # it stayed counted active and never logged association.closed.
+    assert [e["outcome"] for e in logs if e.get("event") == "association.closed"] == \
+        ["aborted"]
+    assert server.metrics.registry.get_sample_value("pacs_association_active") == 0
     assert await Scu().aecho(server.port) == SUCCESS
 
 

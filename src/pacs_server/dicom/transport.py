@@ -177,10 +177,18 @@ class GuardedStateMachine(StateMachine):
                 sock._abort_now()
                 _close(sock.socket)
             assoc = dul.assoc
+            was_established = assoc.is_established
             assoc.is_aborted = True
             assoc.is_established = False
             assoc._kill = True
             dul.kill_dul()
+            # What upstream's AA-4 (connection closed) reports, so the association's
+            # bookkeeping (log line, active gauge) closes like any other.
+            if was_established:
+                evt.trigger(assoc, evt.EVT_ABORTED, {})
+            remote = assoc.requestor.address_info
+            evt.trigger(assoc, evt.EVT_CONN_CLOSE,
+                        {"address": remote.as_tuple if remote is not None else ("?", 0)})
 
 
 class PolicyACSE(ACSE):
