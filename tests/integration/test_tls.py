@@ -9,6 +9,8 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -17,7 +19,9 @@ from typing import Any
 
 import pydicom
 import pytest
+import yaml
 from pacs_testing import SCU_AE, SERVER_AE, VERIFICATION, DicomFiles, Scu, index_of
+from prometheus_client import CollectorRegistry
 from qr_helpers import Storescp, movescu
 from security_helpers import ECHO_SYNTAXES, client_context, make_pki, tls_echo, tls_overrides
 from structlog.testing import capture_logs
@@ -25,6 +29,7 @@ from structlog.testing import capture_logs
 from pacs_server.app import PacsApp
 from pacs_server.config import Config
 from pacs_server.errors import StartupError
+from pacs_server.metrics import Metrics
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +254,36 @@ async def test_c_move_to_a_tls_peer(start_server: Callable[..., Any],
         assert "TLS" in dest.log() or "tls" in dest.log().lower(), dest.log()
     finally:
         dest.stop()
+
+
+async def test_tls_only_listener(make_cfg: Callable[..., Config], pki: Path) -> None:
+    """`server.port: -1` turns the plain listener off; TLS still serves."""
+    saved_tempdir = tempfile.tempdir
+    app = PacsApp(make_cfg({**tls_overrides(pki), "server.port": -1}),
+                  metrics=Metrics(CollectorRegistry()))
+    await app.start()
+    try:
+        assert app.port is None and app.tls_port
+        assert await asyncio.to_thread(tls_echo, app.tls_port, client_context(pki)) == \
+            "accepted"
+    finally:
+        await app.stop()
+        tempfile.tempdir = saved_tempdir
+
+
+def test_cli_exit_code_and_one_line_for_a_bad_key(pki: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "pacs.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "server": {"port": 0, "host": "127.0.0.1"},
+        "storage": {"directory": str(tmp_path / "archive")},
+        "database": {"path": str(tmp_path / "pacs.db")},
+        "logging": {"file": ""}, "monitoring": {"metrics_port": -1},
+        "tls": {"enabled": True, "port": 0, "cert_path": str(pki / "server.pem"),
+                "key_path": str(pki / "other-client.key")}}))
+    proc = subprocess.run([sys.executable, "-m", "pacs_server", "-c", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("pacs_server:")]
+    assert len(errors) == 1 and errors[0].startswith("pacs_server: tls.key_path: "), \
+        proc.stderr
+    assert "Traceback" not in proc.stderr
