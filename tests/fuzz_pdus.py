@@ -34,9 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from security_helpers import associate_rq, echo_rq_pdata, read_pdu  # noqa: E402
+from security_helpers import associate_rq, associated, echo_rq_pdata, read_pdu  # noqa: E402
 
-A_ASSOCIATE_AC = 0x02
 RELEASE_RQ = bytes([0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 
 
@@ -196,21 +195,10 @@ def cases(count: int, seed: int) -> Iterator[Case]:
 
 # --------------------------------------------------------------------------- running
 
-def _associate(port: int, timeout: float) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(associate_rq())
-    reply = read_pdu(sock, timeout)
-    if not reply or reply[0] != A_ASSOCIATE_AC:
-        sock.close()
-        raise ConnectionError(f"association not accepted: {reply[:10].hex()}")
-    return sock
-
-
 def raw_echo(port: int, timeout: float = 3.0) -> bool:
     """A whole association over a raw socket: RQ/AC, C-ECHO-RQ/RSP (status 0), release."""
     try:
-        sock = _associate(port, timeout)
+        sock = associated(port, timeout=timeout)
     except (OSError, ConnectionError):
         return False
     try:
@@ -229,7 +217,7 @@ def raw_echo(port: int, timeout: float = 3.0) -> bool:
 def send_case(port: int, case: Case, timeout: float) -> str:
     """Send the case, half-close, and read until the server closes; '' when it did."""
     try:
-        sock = _associate(port, timeout) if case.after_association else \
+        sock = associated(port, timeout=timeout) if case.after_association else \
             socket.create_connection(("127.0.0.1", port), timeout=timeout)
     except (OSError, ConnectionError) as exc:
         return f"could not set up the case: {exc}"
@@ -367,6 +355,30 @@ class ServerProcess:
         self.log.close()
 
 
+@dataclass
+class Outcome:
+    report: Report
+    active: float    # associations still counted active at the end (must be 0)
+    uncaught: int    # exceptions that escaped a server thread (must be 0)
+
+    @property
+    def clean(self) -> bool:
+        return not self.report.findings and not self.active and not self.uncaught
+
+
+def fuzz_fresh_server(root: Path, count: int, seed: int,
+                      progress: Callable[[int], None] | None = None) -> Outcome:
+    """Start a server in `root`, run the campaign, read its final state, stop it."""
+    server = ServerProcess(root)
+    try:
+        report = run_campaign(server.port, server.proc.pid, count, seed,
+                              alive=server.alive, progress=progress)
+        time.sleep(0.5)
+        return Outcome(report, server.gauge(), server.uncaught())
+    finally:
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="socket-level fuzzing of pacs_server")
     p.add_argument("--cases", type=int, default=20000)
@@ -374,28 +386,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the report here")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pacs-fuzz-") as tmp:
-        server = ServerProcess(Path(tmp))
-        try:
-            report = run_campaign(server.port, server.proc.pid, args.cases, args.seed,
-                                  alive=server.alive,
-                                  progress=lambda n: print(f"{n} cases", flush=True))
-            time.sleep(0.5)
-            active = server.gauge()
-            uncaught = server.uncaught()
-        finally:
-            server.stop()
+        out = fuzz_fresh_server(Path(tmp), args.cases, args.seed,
+                                progress=lambda n: print(f"{n} cases", flush=True))
+    report = out.report
     print(f"seed {args.seed}: {report.cases} cases in {report.seconds} s, "
-          f"{len(report.findings)} findings, {uncaught} uncaught thread exceptions, "
-          f"{active:g} associations still counted active")
+          f"{len(report.findings)} findings, {out.uncaught} uncaught thread exceptions, "
+          f"{out.active:g} associations still counted active")
     for f in report.findings[:20]:
         print(f"  {f.case}: {f.problem}  [{f.data_hex[:80]}]")
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "cases": report.cases,
                                          "seconds": report.seconds,
-                                         "uncaught": uncaught, "active": active,
+                                         "uncaught": out.uncaught, "active": out.active,
                                          "findings": [vars(f) for f in report.findings]},
                                         indent=1))
-    return 1 if report.findings or uncaught or active else 0
+    return 0 if out.clean else 1
 
 
 if __name__ == "__main__":

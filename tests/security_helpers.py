@@ -150,6 +150,18 @@ def echo_rq_pdata(context_id: int = 1, message_id: int = 1) -> bytes:
     return out
 
 
+def associated(port: int, source: str = "127.0.0.1", timeout: float = 5.0) -> socket.socket:
+    """A raw socket on which our A-ASSOCIATE-RQ (Verification) was accepted."""
+    sock = connect_from(source, port, timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(associate_rq())
+    reply = read_pdu(sock, timeout)
+    if not reply or reply[0] != 0x02:   # A-ASSOCIATE-AC
+        sock.close()
+        raise ConnectionError(f"association not accepted: {reply[:10].hex()}")
+    return sock
+
+
 def read_pdu(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """One PDU from the server (b"" if it closed first)."""
     sock.settimeout(timeout)

@@ -14,6 +14,7 @@ from typing import Any
 from pacs_testing import SUCCESS, DicomFiles, Scu, archived_files
 from security_helpers import (
     associate_rq,
+    associated,
     association_threads,
     connect_from,
     echo_from,
@@ -26,7 +27,7 @@ from structlog.testing import capture_logs
 from pacs_server.app import PacsApp
 from pacs_server.config import Config
 
-A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ABORT = 0x02, 0x03, 0x07
+A_ABORT = 0x07
 
 
 def store_from_elsewhere(port: int, path: Path) -> float:
@@ -99,10 +100,8 @@ async def test_declared_pdu_length_over_the_limit_is_aborted_before_reading(
         server: PacsApp) -> None:
     assert server.port
     baseline = association_threads()
-    sock = connect_from("127.0.0.1", server.port)
+    sock = associated(server.port)
     try:
-        sock.sendall(associate_rq())
-        assert read_pdu(sock)[0] == A_ASSOCIATE_AC
         # A P-DATA-TF declaring 1 MiB (max_pdu_size is 128 KiB), and only its header.
         sock.sendall(bytes([0x04, 0]) + (1 << 20).to_bytes(4, "big"))
         started = time.monotonic()
@@ -149,10 +148,8 @@ async def test_55_requests_with_context_id_0_leave_nothing_behind(server: PacsAp
 async def test_malformed_pdu_gets_a_abort_and_its_thread_is_gone(server: PacsApp) -> None:
     assert server.port
     baseline = association_threads()
-    sock = connect_from("127.0.0.1", server.port)
+    sock = associated(server.port)
     try:
-        sock.sendall(associate_rq())
-        assert read_pdu(sock)[0] == A_ASSOCIATE_AC
         good = echo_rq_pdata()
         # A P-DATA-TF whose PDV item claims more bytes than the PDU holds.
         bad = good[:6] + (0xFFFF).to_bytes(4, "big") + good[10:]
@@ -168,10 +165,8 @@ async def test_malformed_pdu_gets_a_abort_and_its_thread_is_gone(server: PacsApp
 async def test_command_set_without_command_field(server: PacsApp) -> None:
     assert server.port
     baseline = association_threads()
-    sock = connect_from("127.0.0.1", server.port)
+    sock = associated(server.port)
     try:
-        sock.sendall(associate_rq())
-        assert read_pdu(sock)[0] == A_ASSOCIATE_AC
         pdata = bytearray(echo_rq_pdata())
         at = pdata.find(bytes([0x00, 0x00, 0x00, 0x01]))   # (0000,0100) CommandField
         pdata[at + 2] = 0x77                                # now (0000,7701)

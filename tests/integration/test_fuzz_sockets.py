@@ -9,27 +9,19 @@ no exception may have escaped a thread.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
-from fuzz_pdus import ServerProcess, run_campaign
+from fuzz_pdus import fuzz_fresh_server
 
-CASES = int(os.environ.get("PACS_FUZZ_CASES", "800"))
+CASES = int(os.environ.get("PACS_FUZZ_CASES", "600"))
 SEED = int(os.environ.get("PACS_FUZZ_SEED", "20261201"))
 
 
 def test_socket_fuzz(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path)
-    try:
-        report = run_campaign(server.port, server.proc.pid, CASES, SEED, alive=server.alive)
-        time.sleep(0.5)
-        active = server.gauge()
-        uncaught = server.uncaught()
-    finally:
-        server.stop()
-    print(f"seed {SEED}: {report.cases} cases in {report.seconds} s, "
-          f"{len(report.findings)} findings")
-    assert report.cases == CASES
-    assert report.findings == [], report.findings[:5]
-    assert uncaught == 0, "an exception escaped a server thread (see server.log)"
-    assert active == 0, f"{active} associations still counted active after the run"
+    out = fuzz_fresh_server(tmp_path, CASES, SEED)
+    print(f"seed {SEED}: {out.report.cases} cases in {out.report.seconds} s, "
+          f"{len(out.report.findings)} findings")
+    assert out.report.cases == CASES
+    assert out.report.findings == [], out.report.findings[:5]
+    assert out.uncaught == 0, "an exception escaped a server thread (see server.log)"
+    assert out.active == 0, f"{out.active} associations still counted active after the run"
