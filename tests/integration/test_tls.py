@@ -287,3 +287,27 @@ def test_cli_exit_code_and_one_line_for_a_bad_key(pki: Path, tmp_path: Path) -> 
     assert len(errors) == 1 and errors[0].startswith("pacs_server: tls.key_path: "), \
         proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_c_move_to_a_tls_peer_that_does_not_trust_us(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config], pki: Path,
+        tmp_path: Path, dcmtk: Any, dicom_files: DicomFiles) -> None:
+    """The peer only trusts another CA: the handshake fails, nothing is sent, and the
+    C-MOVE answers a failure instead of hanging."""
+    dest = Storescp(tmp_path / "dest", "TLSDEST",
+                    extra=["+tls", str(pki / "server.key"), str(pki / "server.pem"),
+                           "+cf", str(pki / "other-ca.pem"), "--require-peer-cert"])
+    try:
+        cfg = make_cfg({**tls_overrides(pki), "peers": [
+            {"ae_title": "TLSDEST", "host": "127.0.0.1", "port": dest.port, "tls": True}]})
+        app: PacsApp = await start_server(cfg)
+        path = dicom_files.fresh("CT_small.dcm")
+        assert [r.status for r in await Scu().astore(app.port, [path])] == [0]
+        assert app.port
+        study = pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID
+        result = await asyncio.to_thread(movescu, app.port, "STUDY",
+                                         [f"StudyInstanceUID={study}"], "TLSDEST")
+        assert result.final_status == 0xA801, result.output
+        assert dest.files() == {}
+    finally:
+        dest.stop()
