@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -45,6 +46,8 @@ SECTIONS = {
     "monitoring": "Prometheus metrics endpoint.",
     "query": "C-FIND behaviour.",
     "commitment": "Storage Commitment: delivery of the N-EVENT-REPORT and its retries.",
+    "tls": "DICOM over TLS (PS3.15 B.9): a second listener, certificates, mutual TLS.",
+    "limits": "Rate and concurrency limits per calling AE and per source address.",
     "peers": "Remote AEs: C-MOVE destinations, Storage Commitment requesters.",
 }
 
@@ -70,6 +73,9 @@ def type_name(tp: Any) -> str:
         (item,) = get_args(tp)
         if dataclasses.is_dataclass(item):
             return "list of peers"
+        if get_origin(item) in (typing.Union, types.UnionType):
+            return "list of " + " or ".join(
+                "mapping" if dataclasses.is_dataclass(a) else a.__name__ for a in get_args(item))
         return f"list of {item.__name__}"
     return typing.cast(str, tp.__name__)
 

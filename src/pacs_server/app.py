@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import threading
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -80,6 +81,7 @@ class PacsApp:
         self.metrics = metrics or Metrics()
         self.ready = asyncio.Event()
         self.port: int | None = None
+        self.tls_port: int | None = None
         self.metrics_port: int | None = None
         self.archive: ArchiveService | None = None
         self._reload_config = reload_config
@@ -87,6 +89,7 @@ class PacsApp:
         self._stop_requested: asyncio.Event | None = None
         self._stack: AsyncExitStack | None = None
         self._subscribers: list[Callable[[Config], None]] = []
+        self._refreshers: list[Callable[[Config], None]] = []
         self._index: IndexComponent | None = None
         self._listener: DicomListener | None = None
         self._commitments: CommitmentDelivery | None = None
@@ -96,6 +99,11 @@ class PacsApp:
     def repo(self) -> IndexRepository | None:
         """The index while the server runs with one."""
         return self._index.repo if self._index is not None else None
+
+    def _peer_tls(self) -> ssl.SSLContext | None:
+        """The client context for peers marked `tls: true` (None: TLS is not set up)."""
+        server = self.dicom
+        return server.tls.client if server is not None and server.tls is not None else None
 
     @property
     def dicom(self) -> DicomServer | None:
@@ -119,7 +127,7 @@ class PacsApp:
                 get.service(retrieve, bridge, metrics, lambda: self.cfg.retrieve.transcode),
                 move.service(retrieve, bridge, lambda ae: self.cfg.peer(ae),
                              cfg.server.max_pdu_size, metrics,
-                             lambda: self.cfg.retrieve.transcode),
+                             lambda: self.cfg.retrieve.transcode, tls=self._peer_tls),
             ]
         if steps is not None:
             services.append(mpps.service(steps, bridge))
@@ -160,14 +168,16 @@ class PacsApp:
                     self.metrics, cfg.monitoring.metrics_host, cfg.monitoring.metrics_port))
                 self.metrics_port = endpoint.port
             server = DicomServer(cfg.server, cfg.access_control, services, self.metrics,
-                                 str(files.incoming))
+                                 str(files.incoming), limits=cfg.limits, tls=cfg.tls)
             if self._commitments is not None:
                 # Before the listener, so that it closes after the associations ended.
                 await self._start(self._commitments)
             self._listener = await self._start(
                 DicomListener(server, cfg.server.shutdown_grace, self._force))
-            self._subscribe(self._listener.reload)
+            # Every SIGHUP, changed or not: certificates are re-read from the same paths.
+            self._subscribe(self._listener.reload, every_reload=True)
             self.port = self._listener.port
+            self.tls_port = self._listener.tls_port
             max_age = max(cfg.server.idle_timeout, cfg.server.dimse_timeout) + 60
             await self._start(IncomingSweeper(files, max_age))
         except BaseException:
@@ -175,7 +185,8 @@ class PacsApp:
             raise
         self.ready.set()
         log.info("server.started", ae_title=cfg.server.ae_title, host=cfg.server.host,
-                 port=self.port, metrics_port=self.metrics_port, storage=str(files.root),
+                 port=self.port, tls_port=self.tls_port, metrics_port=self.metrics_port,
+                 storage=str(files.root),
                  database=self._index.url if self._index else None,
                  naming=cfg.storage.naming, duplicate_policy=cfg.storage.duplicate_policy,
                  services=[s.name for s in services],
@@ -198,8 +209,12 @@ class PacsApp:
         self._stack.push_async_callback(component.close)
         return component
 
-    def _subscribe(self, on_reload: Callable[[Config], None]) -> None:
-        self._subscribers.append(on_reload)
+    def _subscribe(self, on_reload: Callable[[Config], None],
+                   every_reload: bool = False) -> None:
+        """Call `on_reload(cfg)` after a reload that changed something; with
+        `every_reload`, after every reload request (for parts that re-read files the
+        configuration names, such as certificates, whose contents may have changed)."""
+        (self._refreshers if every_reload else self._subscribers).append(on_reload)
 
     async def stop(self) -> None:
         """Stop accepting, drain, abort stragglers, flush the index, close everything."""
@@ -214,6 +229,7 @@ class PacsApp:
         self._index = None
         self._commitments = None
         self._subscribers.clear()
+        self._refreshers.clear()
         self.ready.clear()
 
     async def run(self) -> None:
@@ -268,7 +284,6 @@ class PacsApp:
         hot, cold = reloadable_changes(self.cfg, new)
         if not hot and not cold:
             log.info("config.reload_unchanged", source=new.source)
-            return False
         if cold:
             log.warning("config.restart_required", keys=cold)
         if hot:
@@ -277,4 +292,6 @@ class PacsApp:
             for on_reload in self._subscribers:
                 on_reload(self.cfg)
             log.info("config.reloaded", keys=hot)
+        for refresh in self._refreshers:
+            refresh(self.cfg)
         return bool(hot)

@@ -12,6 +12,7 @@ Field metadata:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import types
 import typing
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ def setting(default: Any, help: str, reload: bool = False) -> Any:
 class ServerConfig:
     ae_title: str = setting("PACS", "AE title of this server (1-16 characters, no backslash)")
     host: str = setting("0.0.0.0", "address to listen on")
-    port: int = setting(11112, "DICOM port; 0 binds an ephemeral port (logged at start)")
+    port: int = setting(
+        11112, "DICOM port; 0 binds an ephemeral port (logged at start); -1 = no plain listener")
     max_associations: int = setting(
         50, "simultaneous associations; more are rejected (A-ASSOCIATE-RJ)")
     idle_timeout: float = setting(60.0, "seconds of silence before an association is aborted")
@@ -51,16 +53,19 @@ class ServerConfig:
         10.0, "seconds SIGTERM waits for associations before aborting them")
     acse_timeout: float = setting(30.0, "seconds to wait for association negotiation messages")
     dimse_timeout: float = setting(60.0, "seconds to wait for a DIMSE message from the peer")
+    negotiation_timeout: float = setting(
+        5.0, "seconds a new connection has for its TLS handshake and A-ASSOCIATE-RQ", reload=True)
 
     def check(self, source: str) -> None:
         check_ae_title(source, "server.ae_title", self.ae_title)
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"{source}: server.port: must be 0-65535, got {self.port}")
+        if not -1 <= self.port <= 65535:
+            raise ConfigError(f"{source}: server.port: must be -1 (off) or 0-65535, "
+                              f"got {self.port}")
         if self.max_associations < 1:
             raise ConfigError(f"{source}: server.max_associations: must be at least 1")
         if self.max_pdu_size != 0 and self.max_pdu_size < 4096:
             raise ConfigError(f"{source}: server.max_pdu_size: must be 0 (unlimited) or >= 4096")
-        for key in ("idle_timeout", "acse_timeout", "dimse_timeout"):
+        for key in ("idle_timeout", "acse_timeout", "dimse_timeout", "negotiation_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{source}: server.{key}: must be greater than 0")
         if self.shutdown_grace < 0:
@@ -76,10 +81,15 @@ class StorageConfig:
     accepted_sop_classes: list[str] = setting(
         [], "empty = every Storage SOP class; else modality codes, names or UIDs")
     fsync: bool = setting(True, "fsync each file and its directory before acknowledging a C-STORE")
+    min_free_bytes: int = setting(
+        0, "free space the archive filesystem keeps; below it C-STORE answers 0xA700; 0 = off",
+        reload=True)
 
     def check(self, source: str) -> None:
         if not self.directory:
             raise ConfigError(f"{source}: storage.directory: must not be empty")
+        if self.min_free_bytes < 0:
+            raise ConfigError(f"{source}: storage.min_free_bytes: must not be negative")
         # Resolving SOP class entries needs the UID dictionary; imported here to keep
         # config free of DICOM knowledge everywhere else.
         from pacs_server.sop_classes import resolve_storage_classes
@@ -113,14 +123,106 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class AllowedAE:
+    """One `allowed_ae_titles` entry in its mapping form."""
+
+    ae_title: str = setting("", "the calling AE title")
+    hosts: list[str] = setting([], "addresses or networks it may come from; empty = any")
+    tls: bool = setting(False, "it must come over TLS")
+
+    def check(self, source: str, key: str) -> None:
+        check_ae_title(source, f"{key}.ae_title", self.ae_title)
+        for i, host in enumerate(self.hosts):
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ConfigError(f"{source}: {key}.hosts[{i}]: {host!r} is not an IP address "
+                                  "or network (e.g. 10.0.0.5, 10.1.0.0/16)") from None
+
+
+@dataclass(frozen=True)
 class AccessControlConfig:
-    allowed_ae_titles: list[str] = setting(
-        ["*"], '"*" = any calling AE, else the list', reload=True)
+    allowed_ae_titles: list[str | AllowedAE] = setting(
+        ["*"], '"*" = any calling AE, else titles or {ae_title, hosts, tls} entries',
+        reload=True)
+    require_tls: bool = setting(
+        False, "every calling AE must come over TLS (plain associations are rejected)",
+        reload=True)
 
     def check(self, source: str) -> None:
-        for i, title in enumerate(self.allowed_ae_titles):
-            if title != "*":
-                check_ae_title(source, f"access_control.allowed_ae_titles[{i}]", title)
+        seen: set[str] = set()
+        for i, entry in enumerate(self.allowed_ae_titles):
+            key = f"access_control.allowed_ae_titles[{i}]"
+            if isinstance(entry, AllowedAE):
+                entry.check(source, key)
+                title = entry.ae_title
+            elif entry == "*":
+                continue
+            else:
+                check_ae_title(source, key, entry)
+                title = entry
+            if title.strip() in seen:
+                raise ConfigError(f"{source}: {key}: {title!r} listed twice")
+            seen.add(title.strip())
+
+
+TlsVersion = Literal["1.2", "1.3"]
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    enabled: bool = setting(False, "run the DICOM TLS listener (PS3.15 B.9 / BCP 195)")
+    port: int = setting(2762, "DICOM TLS port (2762 is registered for DICOM TLS); 0 = ephemeral")
+    cert_path: str = setting("", "PEM certificate chain of this server", reload=True)
+    key_path: str = setting("", "PEM private key of cert_path (unencrypted)", reload=True)
+    ca_path: str = setting(
+        "", "PEM CA bundle; when set, clients must present a certificate it signed (mutual "
+        "TLS), and peers marked tls are verified with it", reload=True)
+    min_version: str = setting("1.2", "lowest TLS version accepted: 1.2 | 1.3", reload=True)
+    ciphers: str = setting(
+        "", "OpenSSL cipher list for TLS 1.2; empty = the BCP 195 set (ECDHE/DHE + AES-GCM "
+        "or ChaCha20)", reload=True)
+
+    def check(self, source: str) -> None:
+        if self.min_version not in get_args(TlsVersion):
+            raise ConfigError(f"{source}: tls.min_version: must be 1.2 or 1.3, "
+                              f"got {self.min_version!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{source}: tls.port: must be 0-65535, got {self.port}")
+        if self.enabled:
+            for key in ("cert_path", "key_path"):
+                if not getattr(self, key):
+                    raise ConfigError(f"{source}: tls.{key}: required when tls.enabled is true")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    associations_per_minute_per_ae: int = setting(
+        1200, "new associations a calling AE may open per minute (token bucket); 0 = no limit",
+        reload=True)
+    associations_per_minute_per_address: int = setting(
+        2400, "new associations one source address may open per minute; 0 = no limit",
+        reload=True)
+    concurrent_per_ae: int = setting(
+        0, "associations one calling AE may hold at once; 0 = server.max_associations",
+        reload=True)
+    concurrent_per_address: int = setting(
+        0, "associations one source address may hold at once; 0 = server.max_associations",
+        reload=True)
+    unassociated_per_address: int = setting(
+        32, "connections one address may hold before their A-ASSOCIATE-RQ; more are closed",
+        reload=True)
+    unassociated_total: int = setting(
+        256, "connections not yet associated, all addresses together; more are closed",
+        reload=True)
+
+    def check(self, source: str) -> None:
+        for fld in dataclasses.fields(self):
+            if getattr(self, fld.name) < 0:
+                raise ConfigError(f"{source}: limits.{fld.name}: must not be negative")
+        for key in ("unassociated_per_address", "unassociated_total"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{source}: limits.{key}: must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -182,6 +284,7 @@ class PeerConfig:
     ae_title: str = setting("", "AE title of the remote node")
     host: str = setting("127.0.0.1", "its address")
     port: int = setting(104, "its port")
+    tls: bool = setting(False, "connect over TLS (our certificate, verified with tls.ca_path)")
 
     def check(self, source: str, key: str) -> None:
         check_ae_title(source, f"{key}.ae_title", self.ae_title)
@@ -200,10 +303,12 @@ class Config:
     query: QueryConfig = field(default_factory=QueryConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     commitment: CommitmentConfig = field(default_factory=CommitmentConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     peers: list[PeerConfig] = field(
         default_factory=list,
         metadata={"help": "C-MOVE destinations and Storage Commitment requesters: "
-                          "list of {ae_title, host, port}", "reload": True})
+                          "list of {ae_title, host, port, tls}", "reload": True})
     source: str = field(default="<defaults>", compare=False, metadata={"internal": True})
 
     def peer(self, ae_title: str) -> PeerConfig | None:
@@ -300,7 +405,10 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(args[0], value, source, key)
+        # A mapping picks the dataclass member of the union (allowed_ae_titles entries).
+        chosen = next((a for a in args if dataclasses.is_dataclass(a)), args[0]) \
+            if isinstance(value, dict) else args[0]
+        return _coerce(chosen, value, source, key)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -344,9 +452,15 @@ def validate(cfg: Config) -> None:
         check = getattr(section, "check", None)
         if dataclasses.is_dataclass(section) and check is not None:
             check(s)
+    if cfg.server.port == -1 and not cfg.tls.enabled:
+        raise ConfigError(f"{s}: server.port: -1 turns the plain listener off, so tls.enabled "
+                          "must be true (else nothing listens)")
     seen: set[str] = set()
     for i, peer in enumerate(cfg.peers):
         peer.check(s, f"peers[{i}]")
+        if peer.tls and not cfg.tls.enabled:
+            raise ConfigError(f"{s}: peers[{i}].tls: needs tls.enabled (our certificate and "
+                              "tls.ca_path are used towards the peer)")
         if peer.ae_title in seen:
             raise ConfigError(f"{s}: peers[{i}].ae_title: {peer.ae_title!r} listed twice")
         seen.add(peer.ae_title)

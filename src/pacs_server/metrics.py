@@ -33,6 +33,13 @@ class Metrics:
         self.associations = Counter(
             "pacs_associations", "associations by outcome (accepted, rejected, aborted, released)",
             ["outcome"], registry=r)
+        self.associations_rejected = Counter(
+            "pacs_associations_rejected", "associations refused by policy or limits, by reason",
+            ["reason"], registry=r)
+        self.connections_refused = Counter(
+            "pacs_connections_refused",
+            "connections closed before associating (too many unassociated), by reason",
+            ["reason"], registry=r)
         self.index_batch = Histogram(
             "pacs_index_commit_batch_size", "instances per index transaction (group commit)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)

@@ -207,7 +207,7 @@ def one_line(stderr: str) -> str:
     ("storage:\n  naming: weird\n", [], "{config}: storage.naming: must be one of"),
     (None, ["--config", "{missing}"], "{missing}: cannot read file: No such file"),
     (None, ["--ae-title", "THIS-AE-TITLE-IS-TOO-LONG"], "<defaults>: server.ae_title: "),
-    (None, ["--port", "70000"], "<defaults>: server.port: must be 0-65535"),
+    (None, ["--port", "70000"], "<defaults>: server.port: must be -1 (off) or 0-65535"),
 ], ids=["unknown-key", "yaml-syntax", "wrong-type", "bad-enum", "missing-file",
         "bad-ae-title", "bad-port"])
 def test_config_errors_exit_2(tmp_path: Path, content: str | None, args: list[str],

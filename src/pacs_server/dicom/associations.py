@@ -96,8 +96,9 @@ class AssociationTracker:
         rec.accepted = True
         self._metrics.associations_active.inc()
         self._metrics.associations.labels("accepted").inc()
+        tls = {"tls_subject": assoc.tls_subject} if getattr(assoc, "tls", False) else {}
         log.info("association.accepted", assoc=rec.id, peer=rec.peer, calling_ae=rec.calling_ae,
-                 called_ae=rec.called_ae, accepted_contexts=rec.contexts,
+                 called_ae=rec.called_ae, **tls, accepted_contexts=rec.contexts,
                  rejected_contexts=len(assoc.rejected_contexts),
                  contexts=_describe_contexts(assoc.accepted_contexts))
 

@@ -4,6 +4,7 @@ after the connection attempt (bounded by the AE's connection timeout)."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,7 +34,8 @@ MAX_CONTEXTS = 128
 
 def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
                 peer_of: Callable[[str], PeerConfig | None], max_pdu: int,
-                metrics: Metrics, transcode: bool = True) -> Iterator[Any]:
+                metrics: Metrics, transcode: bool = True,
+                tls: Callable[[], ssl.SSLContext | None] = lambda: None) -> Iterator[Any]:
     """Yields the destination, the sub-operation count, then (0xFF00, dataset) each.
 
     An unknown destination is raised before anything is yielded (the wrapper makes
@@ -43,6 +45,7 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
     peer = peer_of(dest)
     if peer is None:
         raise UnknownDestination(f"move destination {dest!r} is not a configured peer")
+    transport = _transport(peer, tls)
     try:
         req, refs = resolve(event, retrieve, bridge)
     except PacsError:
@@ -50,28 +53,48 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         # and it associates with the destination in between: propose Verification, or
         # pynetdicom refuses to associate without contexts and answers 0xC515 instead.
         yield peer.host, peer.port, {"contexts": [build_context(Verification)],
-                                     "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)]}
+                                     "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
+                                     **transport}
         raise
-    log.info("c_move.started", destination=dest, qr_level=req.level, instances=len(refs))
+    log.info("c_move.started", destination=dest, qr_level=req.level, instances=len(refs),
+             tls=peer.tls)
     yield peer.host, peer.port, {
         "contexts": proposed_contexts(refs, transcode),
         "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
         "max_pdu": max_pdu,
+        **transport,
     }
     yield len(refs)
     yield from suboperations(event, "C-MOVE", refs, retrieve, metrics, transcode,
                              before_send=_settle)
 
 
+def _transport(peer: PeerConfig,
+               tls: Callable[[], ssl.SSLContext | None]) -> dict[str, Any]:
+    """`tls_args` for ae.associate when the peer is marked `tls: true` (PS3.15 B.9): the
+    client context of the moment (SIGHUP may have replaced it), verified against the
+    peer's host name or address."""
+    if not peer.tls:
+        return {}
+    ctx = tls()
+    if ctx is None:
+        raise UnknownDestination(f"move destination {peer.ae_title!r} needs TLS, and TLS "
+                                 "is not enabled on this server")
+    return {"tls_args": (ctx, peer.host)}
+
+
 def service(retrieve: RetrieveService, bridge: LoopBridge,
             peer_of: Callable[[str], PeerConfig | None], max_pdu: int,
-            metrics: Metrics, transcode: Callable[[], bool] = lambda: True) -> DicomService:
-    """C-MOVE on the Patient Root and Study Root MOVE models, to configured peers.
+            metrics: Metrics, transcode: Callable[[], bool] = lambda: True,
+            tls: Callable[[], ssl.SSLContext | None] = lambda: None) -> DicomService:
+    """C-MOVE on the Patient Root and Study Root MOVE models, to configured peers
+    (over TLS to those marked `tls: true`, with the context `tls()` returns).
 
     `transcode` reads the current (reloadable) `retrieve.transcode`.
     """
     def handle(event: Event) -> Iterator[Any]:
-        return handle_move(event, retrieve, bridge, peer_of, max_pdu, metrics, transcode())
+        return handle_move(event, retrieve, bridge, peer_of, max_pdu, metrics, transcode(),
+                           tls)
     return DicomService(
         name="Query/Retrieve MOVE",
         contexts=contexts_for(QR_MOVE),

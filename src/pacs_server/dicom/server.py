@@ -29,16 +29,19 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from pacs_server.config import AccessControlConfig, Config, ServerConfig
-from pacs_server.dicom import runtime, transport
+from pacs_server.config import AccessControlConfig, Config, LimitsConfig, ServerConfig, TlsConfig
+from pacs_server.dicom import runtime
 from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.handler import HandlerGuard
+from pacs_server.dicom.policy import AssociationPolicy
 from pacs_server.dicom.service import (
     EXTENDED_EVENT,
     DicomService,
     Dispatcher,
     extended_negotiation,
 )
+from pacs_server.dicom.tls import TlsContexts
+from pacs_server.dicom.transport import ConnectionLimits, PacsAE, PacsAssociationServer
 from pacs_server.errors import StartupError
 from pacs_server.metrics import Metrics
 
@@ -85,8 +88,12 @@ def shared_contexts(contexts: list[PresentationContext]) -> list[PresentationCon
 
 
 def our_ae(s: ServerConfig) -> AE:
-    """An AE with our title, implementation identity and timeouts (listener or requestor)."""
-    ae = transport.PacsAE(ae_title=s.ae_title)
+    """An AE with our title, implementation identity and timeouts (listener or requestor).
+
+    A `PacsAE`: its outgoing associations send archived files as they are stored
+    (dicom/transport.py).
+    """
+    ae = PacsAE(ae_title=s.ae_title)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = s.acse_timeout
@@ -97,23 +104,37 @@ def our_ae(s: ServerConfig) -> AE:
 
 
 class DicomServer:
-    """One listening AE serving the registered services; `start()` binds, `drain()` ends."""
+    """One AE serving the registered services on the plain port, the TLS port, or both;
+    `start()` binds, `drain()` ends. Both listeners share one AssociationPolicy, so
+    limits and max_associations count associations on either."""
 
     def __init__(self, cfg: ServerConfig, access: AccessControlConfig,
                  services: Sequence[DicomService], metrics: Metrics,
-                 receive_dir: str) -> None:
+                 receive_dir: str, limits: LimitsConfig | None = None,
+                 tls: TlsConfig | None = None) -> None:
         self._cfg = cfg
         self._services = list(services)
         self._receive_dir = receive_dir
+        self._metrics = metrics
         self.tracker = AssociationTracker(metrics)
         self._guard = HandlerGuard(self.tracker, metrics)
         self.ae = self._build_ae(cfg)
-        self.apply_access_control(access)
+        self._tls_cfg = tls if tls is not None and tls.enabled else None
+        # Certificates are read here, so their errors stop the start-up (exit code 1).
+        self.tls = TlsContexts(self._tls_cfg) if self._tls_cfg is not None else None
+        self.limits = ConnectionLimits(cfg.negotiation_timeout, cfg.idle_timeout,
+                                       cfg.acse_timeout, cfg.max_pdu_size)
+        self.policy = AssociationPolicy(access, limits or LimitsConfig(),
+                                        cfg.max_associations, metrics)
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
+        self._stopped = False
 
     def _build_ae(self, s: ServerConfig) -> AE:
         ae = our_ae(s)
-        ae.maximum_associations = s.max_associations
+        # The policy counts established associations (dicom/policy.py); pynetdicom's own
+        # check counts every connection, associated or not, so it is set out of reach.
+        ae.maximum_associations = 1 << 30
         ae.maximum_pdu_size = s.max_pdu_size
         ae.require_called_aet = s.require_called_ae_title
         for svc in self._services:
@@ -124,10 +145,12 @@ class DicomServer:
                                                             TRANSFER_SYNTAXES), **roles)
         return ae
 
-    def apply_access_control(self, access: AccessControlConfig) -> None:
-        """Set the calling-AE whitelist (reloadable: SIGHUP calls this again)."""
-        titles = access.allowed_ae_titles
-        self.ae.require_calling_aet = [] if "*" in titles else list(titles)
+    def reconfigure(self, cfg: Config) -> None:
+        """Apply reloaded access control, limits, timeouts and certificates (SIGHUP)."""
+        self.policy.reconfigure(cfg.access_control, cfg.limits)
+        self.limits.negotiation_timeout = cfg.server.negotiation_timeout
+        if self.tls is not None:
+            self.tls.reload(cfg.tls)
 
     def handlers(self) -> list[tuple[Any, ...]]:
         """The tracker's notification handlers, one dispatcher per DIMSE event, and the
@@ -144,36 +167,63 @@ class DicomServer:
         return out
 
     @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.server_address[1])
+    def port(self) -> int | None:
+        """The plain DICOM port, None when `server.port` is -1."""
+        return int(self._server.server_address[1]) if self._server else None
 
-    def start(self) -> int:
-        """Bind and serve in a background thread; returns the bound port."""
+    @property
+    def tls_port(self) -> int | None:
+        return int(self._tls_server.server_address[1]) if self._tls_server else None
+
+    def start(self) -> int | None:
+        """Bind and serve in background threads; returns the plain port (if any)."""
         runtime.receive_into(self._receive_dir)
         s = self._cfg
         try:
-            server = transport.start_server(self.ae, (s.host, s.port), self.handlers(),
-                                            shared_contexts(self.ae.supported_contexts))
-        except OSError as exc:
-            runtime.stop_receiving_into(self._receive_dir)
-            if exc.errno == errno.EADDRINUSE:
-                raise StartupError(f"port {s.port} on {s.host} is already in use") from None
-            if exc.errno == errno.EACCES:
-                raise StartupError(f"no permission to listen on {s.host}:{s.port}") from None
-            raise StartupError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from None
-        assert server is not None
-        self._server = server
+            if s.port >= 0:
+                self._server = self._serve(s.port, None)
+            if self._tls_cfg is not None:
+                self._tls_server = self._serve(self._tls_cfg.port, self.tls)
+        except StartupError:
+            self.stop_accepting()
+            raise
         return self.port
 
+    def _serve(self, port: int, tls: TlsContexts | None) -> ThreadedAssociationServer:
+        host = self._cfg.host
+        try:
+            server = self.ae.make_server(
+                (host, port), evt_handlers=self.handlers(),
+                contexts=shared_contexts(self.ae.supported_contexts),
+                server_class=PacsAssociationServer, policy=self.policy, limits=self.limits,
+                tls=tls, metrics=self._metrics)
+        except OSError as exc:
+            what = "TLS port" if tls is not None else "port"
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"{what} {port} on {host} is already in use") from None
+            if exc.errno == errno.EACCES:
+                raise StartupError(f"no permission to listen on {host}:{port}") from None
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        # What AE.start_server(block=False) does, with our server class.
+        name = "AcceptorServer-TLS" if tls is not None else "AcceptorServer"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        self.ae._servers.append(server)
+        return server
+
+    def servers(self) -> list[ThreadedAssociationServer]:
+        return [srv for srv in (self._server, self._tls_server) if srv is not None]
+
     def active(self) -> list[Any]:
-        return list(self._server.active_associations) if self._server else []
+        return [a for srv in self.servers() for a in srv.active_associations]
 
     def stop_accepting(self) -> None:
-        """Close the listening socket; established associations continue."""
-        if self._server is not None:
-            self._server.shutdown()
-            runtime.stop_receiving_into(self._receive_dir)
+        """Close the listening sockets; established associations continue."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for srv in self.servers():
+            srv.shutdown()
+        runtime.stop_receiving_into(self._receive_dir)
 
     def drain(self, grace_s: float, force: threading.Event | None = None) -> int:
         """Wait up to `grace_s` for associations to end, then abort the rest.
@@ -221,5 +271,9 @@ class DicomListener:
         if aborted:
             log.warning("server.aborted_associations", count=aborted)
 
+    @property
+    def tls_port(self) -> int | None:
+        return self.server.tls_port
+
     def reload(self, cfg: Config) -> None:
-        self.server.apply_access_control(cfg.access_control)
+        self.server.reconfigure(cfg)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import structlog
 
 from pacs_server.config import StorageConfig
-from pacs_server.errors import DuplicateInstance
+from pacs_server.errors import DuplicateInstance, StorageFull
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.ingest import (
@@ -119,6 +119,26 @@ class ArchiveService:
     def config(self) -> StorageConfig:
         return self._cfg
 
+    def check_free_space(self, incoming: int = 0) -> None:
+        """Refuse before anything is copied into the archive when storing `incoming`
+        bytes would leave less than `storage.min_free_bytes` free (0xA700, PS3.4 B.2.3).
+
+        Raises:
+            StorageFull: the archive filesystem is below its reserve.
+        """
+        reserve = self._cfg.min_free_bytes
+        if reserve <= 0:
+            return
+        try:
+            st = os.statvfs(self.files.root)
+        except OSError:
+            return   # the store itself will report an unusable archive
+        free = st.f_bavail * st.f_frsize
+        if free - incoming < reserve:
+            log.warning("storage.below_reserve", free_bytes=free, min_free_bytes=reserve)
+            # Error Comment is LO (64 characters): the key first, then the numbers.
+            raise StorageFull(f"storage.min_free_bytes: only {free} bytes free")
+
     # ----------------------------------------------------------- worker thread side
     def stage(self, received: Path, transfer_syntax: str, request_sop_class: str,
               source_ae: str) -> StagedInstance:
@@ -150,6 +170,7 @@ class ArchiveService:
         Raises:
             PacsError: as `stage()` and `store()`.
         """
+        self.check_free_space(received.stat().st_size if received.exists() else 0)
         staged: StagedInstance | None = None
         try:
             staged = self.stage(received, transfer_syntax, request_sop_class, source_ae)

@@ -1,0 +1,59 @@
+"""dicom/transport.py overrides pynetdicom internals; this fails loudly when their source
+changes, so an upgrade of pynetdicom is a decision and not a surprise.
+
+When it fails: read the upstream change, check the override (its docstring says what it
+replaces and why), adjust dicom/transport.py, then update the digest here and the pin in
+pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from typing import Any
+
+import pynetdicom
+import pytest
+from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import StateMachine
+from pynetdicom.transport import (
+    AssociationServer,
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
+
+# Overridden (first seven) or relied upon as they are: the socket is wrapped in
+# get_request only when ssl_context is set (we never set it), the request thread does not
+# close a socket that handle() handed on, and the DUL reads a PDU as recv(6) then
+# recv(length), which GuardedSocket.recv counts on.
+PINNED: dict[str, tuple[Any, str]] = {
+    "RequestHandler.handle": (RequestHandler.handle, "034823fb4df3a874"),
+    "RequestHandler._create_association": (RequestHandler._create_association,
+                                           "05c8d12b79863cdb"),
+    "ACSE._negotiate_as_acceptor": (ACSE._negotiate_as_acceptor, "fffd360957c42a8e"),
+    "Association.run_reactor": (Association.run_reactor, "ed8bbbe3b3d6ddae"),
+    "AssociationSocket.recv": (AssociationSocket.recv, "6bc20a33b1b7cfe7"),
+    "StateMachine.do_action": (StateMachine.do_action, "9a883f44c7f31641"),
+    "AssociationServer.service_actions": (AssociationServer.service_actions, "0a0853a3615ac7c5"),
+    "AssociationServer.get_request": (AssociationServer.get_request, "925a4f3a3042f6e4"),
+    "ThreadedAssociationServer.process_request_thread": (
+        ThreadedAssociationServer.process_request_thread, "9e76e9b9c8a3d8b1"),
+    "DULServiceProvider._read_pdu_data": (DULServiceProvider._read_pdu_data,
+                                          "19f2d4e38c13c835"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_overridden_upstream_source_unchanged(name: str) -> None:
+    func, digest = PINNED[name]
+    actual = hashlib.sha256(inspect.getsource(func).encode()).hexdigest()[:16]
+    assert actual == digest, (
+        f"pynetdicom {pynetdicom.__version__} changed {name} (digest {actual}, tested "
+        f"{digest}): review the override in src/pacs_server/dicom/transport.py")
+
+
+def test_pinned_minor_version() -> None:
+    assert pynetdicom.__version__.startswith("3.0."), pynetdicom.__version__
