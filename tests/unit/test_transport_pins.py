@@ -15,9 +15,11 @@ from typing import Any
 import pynetdicom
 import pytest
 from pynetdicom.acse import ACSE
+from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
+from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import (
     AssociationServer,
     AssociationSocket,
@@ -43,6 +45,19 @@ PINNED: dict[str, tuple[Any, str]] = {
         ThreadedAssociationServer.process_request_thread, "9e76e9b9c8a3d8b1"),
     "DULServiceProvider._read_pdu_data": (DULServiceProvider._read_pdu_data,
                                           "19f2d4e38c13c835"),
+    # Retrieve from the stored file: PacsAssociation/RequestorAssociation.send_c_store
+    # hands a path or a converted dataset to upstream's; the retrieve SCPs hand it each
+    # yielded Dataset (our StoredFile); AE.associate's result changes class.
+    "Association.send_c_store": (Association.send_c_store, "fa5a8127f349f8e7"),
+    "AE.associate": (ApplicationEntity.associate, "dbc8cf47090386b2"),
+    "QueryRetrieveServiceClass._get_scp": (QueryRetrieveServiceClass._get_scp,
+                                           "8ca1538e3e56c4f7"),
+    "QueryRetrieveServiceClass._move_scp": (QueryRetrieveServiceClass._move_scp,
+                                            "5c14d1be3d737bef"),
+    # BoundedSendQueue: what the DUL does with its to-provider queue.
+    "DULServiceProvider.send_pdu": (DULServiceProvider.send_pdu, "7cbce5da8594124e"),
+    "DULServiceProvider._process_recv_primitive": (
+        DULServiceProvider._process_recv_primitive, "4c0ebbb3e646e35e"),
 }
 
 
