@@ -44,6 +44,7 @@ SECTIONS = {
     "access_control": "Which calling AE titles may open an association.",
     "monitoring": "Prometheus metrics endpoint.",
     "query": "C-FIND behaviour.",
+    "worklist": "Modality Worklist items (managed with `pacs_server worklist`).",
     "peers": "Remote AEs that C-MOVE may send to.",
 }
 

@@ -24,18 +24,21 @@ from typing import Protocol, TypeVar
 import structlog
 
 from pacs_server.config import Config, merge_reloadable, reloadable_changes
-from pacs_server.dicom import echo, find, get, move, runtime, store
+from pacs_server.dicom import echo, find, get, move, runtime, store, worklist
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.server import DicomListener, DicomServer
 from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
 from pacs_server.index.lifecycle import IndexComponent
 from pacs_server.index.repository import IndexRepository
+from pacs_server.index.worklist import WorklistRepository
 from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics, MetricsEndpoint
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
 from pacs_server.services.query import QueryService
 from pacs_server.services.retrieve import RetrieveService
+from pacs_server.services.worklist import WorklistService
+from pacs_server.services.worklist_retention import WorklistRetention
 from pacs_server.sop_classes import resolve_storage_classes
 from pacs_server.storage.filestore import FileStore
 from pacs_server.storage.housekeeping import IncomingSweeper
@@ -77,6 +80,7 @@ class PacsApp:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.archive: ArchiveService | None = None
+        self.worklist_repo: WorklistRepository | None = None
         self._reload_config = reload_config
         self._force = threading.Event()
         self._stop_requested: asyncio.Event | None = None
@@ -98,7 +102,8 @@ class PacsApp:
 
     def dicom_services(self, archive: ArchiveService, bridge: LoopBridge,
                        queries: QueryService | None,
-                       retrieve: RetrieveService | None) -> list[DicomService]:
+                       retrieve: RetrieveService | None,
+                       worklists: WorklistService | None = None) -> list[DicomService]:
         """The DICOM services this server registers: one line per service."""
         cfg, metrics = self.cfg, self.metrics
         services = [
@@ -113,6 +118,8 @@ class PacsApp:
                 move.service(retrieve, bridge, lambda ae: self.cfg.peer(ae),
                              cfg.server.max_pdu_size, metrics),
             ]
+        if worklists is not None:
+            services.append(worklist.service(worklists, bridge))
         return services
 
     # ------------------------------------------------------------------ lifecycle
@@ -127,18 +134,20 @@ class PacsApp:
             if removed:
                 log.warning("storage.partial_files_removed", count=removed)
             catalog: Catalog = FileCatalog(files)
-            queries = retrieve = None
+            queries = retrieve = worklists = None
             if self.use_index:
                 self._index = await self._start(IndexComponent(cfg.database, self.metrics))
                 catalog = IndexCatalog(self._index.repo)
                 queries = QueryService(self._index.repo, cfg.query, cfg.server.ae_title)
                 self._subscribe(lambda c: queries.reconfigure(c.query))
                 retrieve = RetrieveService(queries, files)
+                self.worklist_repo = WorklistRepository(self._index.repo.engine)
+                worklists = WorklistService(self.worklist_repo)
             self.archive = archive = ArchiveService(cfg.storage, files, catalog)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
             bridge = LoopBridge(asyncio.get_running_loop(),
                                 timeout_s=max(cfg.server.dimse_timeout, 30.0))
-            services = self.dicom_services(archive, bridge, queries, retrieve)
+            services = self.dicom_services(archive, bridge, queries, retrieve, worklists)
             if cfg.monitoring.metrics_port >= 0:
                 endpoint = await self._start(MetricsEndpoint(
                     self.metrics, cfg.monitoring.metrics_host, cfg.monitoring.metrics_port))
@@ -151,6 +160,10 @@ class PacsApp:
             self.port = self._listener.port
             max_age = max(cfg.server.idle_timeout, cfg.server.dimse_timeout) + 60
             await self._start(IncomingSweeper(files, max_age))
+            if self.worklist_repo is not None:
+                retention = await self._start(WorklistRetention(self.worklist_repo,
+                                                                cfg.worklist))
+                self._subscribe(lambda c: retention.reconfigure(c.worklist))
         except BaseException:
             await self._close()
             raise
@@ -182,6 +195,7 @@ class PacsApp:
             await stack.aclose()
         self._listener = None
         self._index = None
+        self.worklist_repo = None
         self._subscribers.clear()
         self.ready.clear()
 

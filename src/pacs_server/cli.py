@@ -22,12 +22,14 @@ EXIT_CONFIG = 2
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="pacs_server",
+        prog="pacs_server", allow_abbrev=False,
+        epilog="pacs_server worklist add|list|show|remove ...: manage the worklist "
+               "(pacs_server worklist --help)",
         description="DICOM archive: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, Worklist, MPPS.")
     p.add_argument("command", nargs="?", default="run",
-                   choices=["run", "check-config", "init-db"],
+                   choices=["run", "check-config", "init-db", "worklist"],
                    help="run the server (default), validate the config, "
-                        "or create/upgrade the index")
+                        "create/upgrade the index, or manage the worklist")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
     p.add_argument("--port", type=int, help="DICOM port (overrides server.port)")
     p.add_argument("--host", help="listen address (overrides server.host)")
@@ -60,7 +62,10 @@ def fail(message: str, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "worklist":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     overrides = overrides_from(args)
 
     def reload() -> Config:
@@ -70,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = reload()
     except ConfigError as exc:
         return fail(str(exc), EXIT_CONFIG)
+    if args.command == "worklist":
+        from pacs_server.worklist_cli import main as worklist_main
+
+        return worklist_main(rest, cfg)
     if args.command == "check-config":
         print(f"{cfg.source}: OK")
         return 0

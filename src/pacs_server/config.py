@@ -94,6 +94,17 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class WorklistConfig:
+    retention_days: int = _f(
+        30, "days COMPLETED/DISCONTINUED worklist items are kept before removal", reload=True)
+
+    def check(self, source: str) -> None:
+        if self.retention_days < 0:
+            raise ConfigError(f"{source}: worklist.retention_days: must not be negative, "
+                              f"got {self.retention_days}")
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     ae_title: str = _f("", "AE title of the remote node")
     host: str = _f("127.0.0.1", "its address")
@@ -109,6 +120,7 @@ class Config:
     access_control: AccessControlConfig = field(default_factory=AccessControlConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    worklist: WorklistConfig = field(default_factory=WorklistConfig)
     peers: list[PeerConfig] = field(
         default_factory=list,
         metadata={"help": "C-MOVE destinations: list of {ae_title, host, port}", "reload": True})
@@ -268,6 +280,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"{s}: monitoring.metrics_port: must be -1..65535")
     if cfg.query.max_results < 0:
         raise ConfigError(f"{s}: query.max_results: must not be negative")
+    cfg.worklist.check(s)
     for i, title in enumerate(cfg.access_control.allowed_ae_titles):
         if title != "*":
             _check_ae_title(s, f"access_control.allowed_ae_titles[{i}]", title)

@@ -81,3 +81,7 @@ class InvalidAttributeValue(PacsError):
 
 class StepFinalised(PacsError):
     """The procedure step is COMPLETED or DISCONTINUED and may not change any more."""
+
+
+class InvalidWorklistItem(PacsError):
+    """A worklist item to import is refused; the message names the item and the field."""
