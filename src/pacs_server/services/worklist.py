@@ -38,6 +38,11 @@ CHARSET_TAG = 0x00080005
 # Date and time keys matched as one date-time when combined matching is negotiated
 # (PS3.4 C.2.2.2.5.1).
 _DATE_TIME_PAIRS = ((0x00400002, 0x00400003), (0x00080020, 0x00080030))
+# The Scheduled Procedure Step return keys (PS3.4 Table K.6-1) answered, zero length when
+# the item has none, for a query whose sequence item is empty (as dcmtk's wlmscpfs does).
+SPS_RETURN_KEYS = (0x00080060, 0x00321070, 0x00400001, 0x00400002, 0x00400003, 0x00400004,
+                   0x00400005, 0x00400006, 0x00400007, 0x00400009, 0x00400010, 0x00400011,
+                   0x00400012, 0x00400020, 0x00400400)
 _TEXT_VRS = ("PN", "LO", "SH", "ST", "LT", "UT", "UC")
 _DA = re.compile(r"(\d{8})?(-(\d{8})?)?")
 _TM = re.compile(r"([\d:.]*)(-[\d:.]*)?")
@@ -255,7 +260,8 @@ def response(item: Dataset, query: Dataset) -> Dataset:
     """Exactly the requested keys, valued from the item (zero length where it has none).
 
     A requested sequence with a zero-length value or one empty item returns the stored
-    items whole; otherwise each stored item with the query item's keys.
+    items whole (the Scheduled Procedure Step item completed with the return keys of
+    Table K.6-1); otherwise each stored item with the query item's keys.
     """
     out = _pick(item, query)
     if _has_non_ascii(out):
@@ -275,11 +281,23 @@ def _pick(item: Dataset, query: Dataset) -> Dataset:
             items = list(stored.value or []) if stored is not None and stored.VR == "SQ" else []
             if wanted is not None and len(wanted):
                 items = [_pick(s, wanted) for s in items]
+            elif tag == SPS_TAG:
+                items = [_completed_step(s) for s in items]
             out.add(DataElement(tag, "SQ", DicomSequence(items)))
         elif stored is not None:
             out.add(DataElement(tag, stored.VR, stored.value))
         else:
             out.add(DataElement(tag, _vr(tag, elem.VR), None))
+    return out
+
+
+def _completed_step(step: Dataset) -> Dataset:
+    out = Dataset()
+    for elem in step:
+        out.add(elem)
+    for tag in SPS_RETURN_KEYS:
+        if tag not in out:
+            out.add(DataElement(tag, _vr(tag, ""), None))
     return out
 
 
