@@ -35,6 +35,9 @@ from pacs_server.services.query import combine_range
 SPS_TAG = 0x00400100
 STATUS_TAG = 0x00400020
 CHARSET_TAG = 0x00080005
+# Not attributes of an item: the character set of the request, and a Query/Retrieve
+# Level some SCUs (findscu -W -k) put into worklist identifiers.
+_NOT_KEYS = {CHARSET_TAG, 0x00080052}
 # Date and time keys matched as one date-time when combined matching is negotiated
 # (PS3.4 C.2.2.2.5.1).
 _DATE_TIME_PAIRS = ((0x00400002, 0x00400003), (0x00080020, 0x00080030))
@@ -232,7 +235,7 @@ def item_matches(item: Dataset, query: Dataset, combined: bool = False) -> bool:
                     return False
     for elem in query:
         tag = int(elem.tag)
-        if tag == CHARSET_TAG or elem.tag.group == 0 or tag in pairs:
+        if tag in _NOT_KEYS or elem.tag.group == 0 or tag in pairs:
             continue
         if elem.VR == "SQ":
             wanted = elem.value[0] if elem.value else None
@@ -273,7 +276,7 @@ def _pick(item: Dataset, query: Dataset) -> Dataset:
     out = Dataset()
     for elem in query:
         tag = int(elem.tag)
-        if tag == CHARSET_TAG or elem.tag.group == 0:
+        if tag in _NOT_KEYS or elem.tag.group == 0:
             continue
         stored = item[tag] if tag in item else None
         if elem.VR == "SQ":

@@ -178,7 +178,10 @@ def check_item(ds: Dataset, where: str) -> Dataset:
     if not str(clean.get("PatientID", "") or "").strip():
         raise InvalidWorklistItem(f"{where}: PatientID: missing (required)")
     steps = clean.get(SPS)
-    if steps is None or len(steps) != 1:
+    if not steps:
+        raise InvalidWorklistItem(f"{where}: ScheduledProcedureStepStartDate: missing "
+                                  "(required)")
+    if len(steps) != 1:
         raise InvalidWorklistItem(f"{where}: {SPS}: needs exactly one item (one worklist "
                                   "item per scheduled procedure step)")
     if not str(steps[0].get("ScheduledProcedureStepStartDate", "") or "").strip():
