@@ -91,7 +91,7 @@ def _check_keys(ds: Dataset) -> None:
         if elem.VR == "SQ":
             items = elem.value or []
             if len(items) > 1:
-                raise InvalidQuery(f"{name}: a sequence key holds at most one item")
+                raise InvalidQuery(f"{name}: more than one item")
             for item in items:
                 _check_keys(item)
             continue
