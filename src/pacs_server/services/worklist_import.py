@@ -232,8 +232,3 @@ def _check_value(vr: str, value: Any, where: str) -> None:
             datetime.strptime(value.strip(), "%Y%m%d")
         except ValueError:
             raise InvalidWorklistItem(f"{where}: {value!r} is not a date (YYYYMMDD)") from None
-    if vr == "TM" and isinstance(value, str) and value:
-        main = value.strip().partition(".")[0]
-        hh, mm, ss = main[:2], main[2:4] or "00", main[4:6] or "00"
-        if main.isdigit() and (int(hh) > 23 or int(mm) > 59 or int(ss) > 60):
-            raise InvalidWorklistItem(f"{where}: {value!r} is not a time (HHMMSS)")
