@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     delete,
     func,
+    insert,
     or_,
     select,
     true,
@@ -165,16 +166,16 @@ class WorklistRepository:
     async def add(self, items: list[tuple[Mapping[str, str], str]]) -> list[int]:
         """Store (columns, DICOM JSON) pairs in one transaction; returns their ids."""
         now = datetime.now(UTC)
-        ids: list[int] = []
+        rows = [{**{c: columns.get(c, "") for c in COLUMNS}, "dataset": dataset,
+                 "created_at": now,
+                 "finished_at": now if columns.get("sps_status") in FINAL_STATUSES else None}
+                for columns, dataset in items]
+        if not rows:
+            return []
+        stmt = insert(WorklistItem).returning(WorklistItem.pk, sort_by_parameter_order=True)
         async with self._engine.begin() as conn:
-            for columns, dataset in items:
-                row = {**{c: columns.get(c, "") for c in COLUMNS}, "dataset": dataset,
-                       "created_at": now,
-                       "finished_at": now if columns.get("sps_status") in FINAL_STATUSES
-                       else None}
-                result = await conn.execute(WorklistItem.__table__.insert().values(**row))
-                ids.append(int(result.inserted_primary_key[0]))
-        return ids
+            result = await conn.execute(stmt, rows)
+            return [int(pk) for pk in result.scalars().all()]
 
     async def get(self, pk: int) -> WorklistRow | None:
         async with self._engine.connect() as conn:
