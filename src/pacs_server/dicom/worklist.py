@@ -14,9 +14,10 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.find import stream_pending
 from pacs_server.dicom.identifiers import WORKLIST
 from pacs_server.dicom.service import Context, DicomService, Operation
-from pacs_server.dicom.status import CANCEL, PENDING, SUCCESS, Service
+from pacs_server.dicom.status import SUCCESS, Service
 from pacs_server.services.worklist import WorklistService, parse_query
 
 log = structlog.get_logger(__name__)
@@ -46,19 +47,10 @@ def handle_find(event: Event, worklist: WorklistService,
     0xA700 index unavailable, 0xC311 unexpected error.
     """
     query = parse_query(event.identifier, combined_datetime=combined_requested(event))
-    sent = 0
-    results = bridge.iterate(worklist.find(query))
-    try:
-        for batch in results:
-            for ds in batch:
-                if event.is_cancelled:
-                    log.info("mwl_find.cancelled", sent=sent)
-                    yield CANCEL, None
-                    return
-                sent += 1
-                yield PENDING, ds
-    finally:
-        results.close()
+    sent, cancelled = yield from stream_pending(event, bridge.iterate(worklist.find(query)))
+    if cancelled:
+        log.info("mwl_find.cancelled", sent=sent)
+        return
     log.info("mwl_find.done", matches=sent)
     yield SUCCESS, None
 

@@ -14,7 +14,9 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
+from pydicom import config as dicom_config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -206,7 +208,40 @@ def stored_form(ds: Dataset) -> tuple[dict[str, str], str]:
 
 
 def item_dataset(row: WorklistRow) -> Dataset:
-    return Dataset.from_json(row.dataset)
+    """The stored item. Its values were checked on import, so they are not validated
+    again (pydicom's from_json and validation cost more than the rest of a query)."""
+    return _from_json(json.loads(row.dataset))
+
+
+def _from_json(data: dict[str, Any]) -> Dataset:
+    ds = Dataset()
+    for key, obj in data.items():
+        tag, vr = int(key, 16), obj["vr"]
+        if "Value" not in obj:
+            if "InlineBinary" in obj or "BulkDataURI" in obj:
+                ds.add(DataElement.from_json(Dataset, key, vr, *_binary(obj)))
+            else:
+                ds.add(_element(tag, vr, None))
+            continue
+        values = obj["Value"]
+        if vr == "SQ":
+            ds.add(_element(tag, vr, DicomSequence([_from_json(i) for i in values])))
+            continue
+        if vr == "PN":
+            values = ["=".join(v.get(g, "") for g in ("Alphabetic", "Ideographic",
+                                                      "Phonetic")).rstrip("=")
+                      if isinstance(v, dict) else v for v in values]
+        ds.add(_element(tag, vr, values[0] if len(values) == 1 else values))
+    return ds
+
+
+def _binary(obj: dict[str, Any]) -> tuple[Any, str]:
+    key = "InlineBinary" if "InlineBinary" in obj else "BulkDataURI"
+    return obj[key], key
+
+
+def _element(tag: int, vr: str, value: Any) -> DataElement:
+    return DataElement(tag, vr, value, validation_mode=dicom_config.IGNORE)
 
 
 def is_final(row: WorklistRow) -> bool:
@@ -286,11 +321,11 @@ def _pick(item: Dataset, query: Dataset) -> Dataset:
                 items = [_pick(s, wanted) for s in items]
             elif tag == SPS_TAG:
                 items = [_completed_step(s) for s in items]
-            out.add(DataElement(tag, "SQ", DicomSequence(items)))
+            out.add(_element(tag, "SQ", DicomSequence(items)))
         elif stored is not None:
-            out.add(DataElement(tag, stored.VR, stored.value))
+            out.add(stored)     # the item is decoded afresh for every query: no copy
         else:
-            out.add(DataElement(tag, _vr(tag, elem.VR), None))
+            out.add(_element(tag, _vr(tag, elem.VR), None))
     return out
 
 
@@ -300,7 +335,7 @@ def _completed_step(step: Dataset) -> Dataset:
         out.add(elem)
     for tag in SPS_RETURN_KEYS:
         if tag not in out:
-            out.add(DataElement(tag, _vr(tag, ""), None))
+            out.add(_element(tag, _vr(tag, ""), None))
     return out
 
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from pacs_server.config import WorklistConfig
 from pacs_server.index.worklist import WorklistRepository
+from pacs_server.periodic import PeriodicTask
 
 log = structlog.get_logger(__name__)
 
 
-class WorklistRetention:
+class WorklistRetention(PeriodicTask):
     """At start and then every `interval_s`, remove COMPLETED and DISCONTINUED items
     that finished more than `retention_days` ago. `reconfigure` takes a reloaded section.
     """
@@ -22,25 +22,12 @@ class WorklistRetention:
 
     def __init__(self, repo: WorklistRepository, cfg: WorklistConfig,
                  interval_s: float = 3600.0) -> None:
+        super().__init__(interval_s, at_start=True)
         self._repo = repo
         self._cfg = cfg
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
 
     def reconfigure(self, cfg: WorklistConfig) -> None:
         self._cfg = cfg
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self.name)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
 
     async def purge(self) -> int:
         """One pass; returns how many items were removed."""
@@ -50,10 +37,8 @@ class WorklistRetention:
                  retention_days=self._cfg.retention_days)
         return removed
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.purge()
-            except Exception as exc:  # a database hiccup: log, and the next pass retries
-                log.warning("worklist.retention_failed", error=str(exc))
-            await asyncio.sleep(self._interval_s)
+    async def tick(self) -> None:
+        try:
+            await self.purge()
+        except Exception as exc:  # a database hiccup: log, and the next pass retries
+            log.warning("worklist.retention_failed", error=str(exc))
