@@ -62,6 +62,14 @@ def fail(message: str, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "worklist" in argv:
+        after = argv[argv.index("worklist") + 1:]
+        if "-h" in after or "--help" in after:      # the command's own help, not ours
+            from pacs_server.worklist_cli import build_parser as worklist_parser
+
+            worklist_parser().parse_args([a for a in after if not a.startswith("-")][:1]
+                                         + ["--help"])
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "worklist":

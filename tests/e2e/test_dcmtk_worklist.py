@@ -220,9 +220,9 @@ def by_accession(responses: list[Dataset],
     return found
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pacs_server", *args], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, input=stdin)
 
 
 @pytest.fixture
@@ -428,6 +428,10 @@ def test_cli_add_list_show_remove(tmp_path: Path) -> None:
     assert "DOE^JANE" in shown.stdout and "MR_01" in shown.stdout
     assert run_cli("--db", db, "worklist", "remove", item_id).returncode == 0
     assert "1 item(s)" in run_cli("--db", db, "worklist", "list").stdout
+    piped = run_cli("worklist", "add", "-", "--db", db, stdin=json.dumps(ITEMS[2]))
+    assert piped.returncode == 0 and "added 1 worklist item(s)" in piped.stdout
+    listed = run_cli("worklist", "list", "--db", db, "--date", "20241221-", "--station", "CT_01")
+    assert [r.split()[1] for r in listed.stdout.splitlines()[1:-1]] == ["P003"]
 
 
 def _json_file(tmp_path: Path, items: list[dict[str, Any]]) -> Path:
