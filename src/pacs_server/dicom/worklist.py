@@ -29,7 +29,7 @@ def combined_requested(event: Event) -> bool:
     """Did the SCU ask for combined date-time matching? For the worklist model that is
     byte 1 of the Service-class-application-information (PS3.4 K.4.1.3.1)."""
     info = (getattr(event.assoc.requestor, "sop_class_extended", None) or {}).get(MWL_FIND)
-    return bool(info) and info[0] == 1
+    return info is not None and len(info) > 0 and info[0] == 1
 
 
 def negotiate_extended(info: bytes) -> bytes:

@@ -11,7 +11,7 @@ Person names are stored folded (`index/text.name_key`) for case-insensitive matc
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -189,7 +189,7 @@ class WorklistRepository:
         return bool(result.rowcount)
 
     async def rows(self, flt: WorklistFilter, batch: int = 200
-                   ) -> AsyncIterator[list[WorklistRow]]:
+                   ) -> AsyncGenerator[list[WorklistRow], None]:
         """Rows that may match, in batches, ordered by start date and time."""
         stmt = (select(WorklistItem.__table__).where(and_(true(), *narrowing(flt)))
                 .order_by(WorklistItem.start_date, WorklistItem.start_time, WorklistItem.pk))

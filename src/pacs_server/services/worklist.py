@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -115,14 +115,15 @@ class WorklistService:
 
     # ------------------------------------------------------------------ C-FIND
     async def find(self, query: WorklistQuery, batch: int = 200
-                   ) -> AsyncIterator[list[Dataset]]:
+                   ) -> AsyncGenerator[list[Dataset], None]:
         """Response identifiers for the items that match, in batches."""
         async with aclosing(self._matching(query, batch)) as stream:
             async for items in stream:
                 yield [response(item, query.identifier) for item in items]
 
     async def _matching(self, query: WorklistQuery, batch: int,
-                        include_final: bool | None = None) -> AsyncIterator[list[Dataset]]:
+                        include_final: bool | None = None
+                        ) -> AsyncGenerator[list[Dataset], None]:
         step = query.step()
         top = {e.keyword: _query_text(e.value) for e in query.identifier
                if e.VR != "SQ" and e.keyword}
@@ -358,9 +359,9 @@ def _stored_text(ds: Dataset, tag: int) -> str:
     return _query_text(ds[tag].value)
 
 
-def _query_text(value: object) -> str:
+def _query_text(value: Any) -> str:
     if value is None or isinstance(value, bytes):
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)  # type: ignore[union-attr]
+        return "\\".join(str(v) for v in value)
     return str(value).strip()

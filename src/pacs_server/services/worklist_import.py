@@ -125,7 +125,7 @@ def _dataset_from_json(obj: dict[str, Any], where: str, top: bool) -> Dataset:
                                       "exactly one sequence item to go into")
         for elem in step:
             items[0].add(elem)
-        ds[SPS] = DataElement(tag_for_keyword(SPS), "SQ", items)
+        setattr(ds, SPS, items)
     return ds
 
 
