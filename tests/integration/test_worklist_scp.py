@@ -1,8 +1,11 @@
 """Modality Worklist C-FIND SCP through a pynetdicom SCU (PS3.4 K): C-CANCEL, invalid
-identifiers, combined date-time matching, step status changes, character sets."""
+identifiers, combined date-time matching, step status changes, character sets; the
+retention component of a running server."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +16,11 @@ from pydicom.sequence import Sequence
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from pynetdicom.sop_class import ModalityWorklistInformationFind as MWL
 from qr_helpers import QrServer, associate, scu_ae
+from sqlalchemy import update
+from structlog.testing import capture_logs
 
+from pacs_server.index.engine import create_engine, migrate
+from pacs_server.index.worklist import WorklistItem, WorklistRepository
 from pacs_server.services.worklist import WorklistService
 from pacs_server.services.worklist_import import items_from_json
 
@@ -21,8 +28,6 @@ SUCCESS, PENDING, CANCEL = 0x0000, 0xFF00, 0xFE00
 
 
 def add_items(srv: QrServer, items: list[dict[str, Any]]) -> list[int]:
-    import json
-
     repo = srv.app.worklist_repo
     assert repo is not None
     datasets = [ds for _, ds in items_from_json(json.dumps(items), "test")]
@@ -164,3 +169,28 @@ def test_non_ascii_names_answer_in_utf8(srv: QrServer) -> None:
     ds.PatientName = "PATIENT*"
     found, _ = find(srv, ds)
     assert found == []
+
+
+async def test_server_removes_expired_items_at_start(start_server: Callable[..., Any],
+                                                     make_cfg: Callable[..., Any]) -> None:
+    cfg = make_cfg({"worklist.retention_days": 7})
+    engine = create_engine(cfg.database)
+    await migrate(engine)
+    repo = WorklistRepository(engine)
+    old, recent = await repo.add([({"accession_number": "OLD", "sps_status": "COMPLETED"}, "{}"),
+                                  ({"accession_number": "NEW", "sps_status": "COMPLETED"}, "{}")])
+    async with engine.begin() as conn:
+        await conn.execute(update(WorklistItem).where(WorklistItem.pk == old).values(
+            finished_at=datetime.now(UTC) - timedelta(days=8)))
+    await engine.dispose()
+    with capture_logs() as logs:
+        app = await start_server(cfg)
+        for _ in range(200):
+            if any(e["event"] == "worklist.retention" for e in logs):
+                break
+            await asyncio.sleep(0.02)
+    (entry,) = [e for e in logs if e["event"] == "worklist.retention"]
+    assert entry["removed"] == 1 and entry["retention_days"] == 7
+    assert app.worklist_repo is not None
+    assert await app.worklist_repo.get(old) is None
+    assert await app.worklist_repo.get(recent) is not None
