@@ -27,7 +27,6 @@ from pacs_server.errors import InvalidQuery
 from pacs_server.index.matching import VR_KIND, is_universal, matches
 from pacs_server.index.text import name_key
 from pacs_server.index.worklist import (
-    FINAL_STATUSES,
     WorklistFilter,
     WorklistRepository,
     WorklistRow,
@@ -118,12 +117,12 @@ class WorklistService:
                    ) -> AsyncGenerator[list[Dataset], None]:
         """Response identifiers for the items that match, in batches."""
         async with aclosing(self._matching(query, batch)) as stream:
-            async for items in stream:
-                yield [response(item, query.identifier) for item in items]
+            async for pairs in stream:
+                yield [response(item, query.identifier) for _, item in pairs]
 
     async def _matching(self, query: WorklistQuery, batch: int,
                         include_final: bool | None = None
-                        ) -> AsyncGenerator[list[Dataset], None]:
+                        ) -> AsyncGenerator[list[tuple[WorklistRow, Dataset]], None]:
         step = query.step()
         top = {e.keyword: _query_text(e.value) for e in query.identifier
                if e.VR != "SQ" and e.keyword}
@@ -136,11 +135,11 @@ class WorklistService:
         flt = WorklistFilter(top=top, step=steps, include_final=include_final)
         async with aclosing(self._repo.rows(flt, batch)) as rows:
             async for part in rows:
-                kept = []
+                kept: list[tuple[WorklistRow, Dataset]] = []
                 for row in part:
                     item = item_dataset(row)
                     if item_matches(item, query.identifier, query.combined_datetime):
-                        kept.append(item)
+                        kept.append((row, item))
                 if kept:
                     yield kept
 
@@ -160,15 +159,11 @@ class WorklistService:
                 setattr(step, keyword, value)
         ident = Dataset()
         ident.ScheduledProcedureStepSequence = DicomSequence([step])
-        query = parse_query(ident)
         out: list[tuple[WorklistRow, Dataset]] = []
-        flt = WorklistFilter(top={}, step={e.keyword: str(e.value) for e in step},
-                             include_final=True)
-        async for part in self._repo.rows(flt):
-            for row in part:
-                item = item_dataset(row)
-                if item_matches(item, query.identifier, False):
-                    out.append((row, item))
+        async with aclosing(self._matching(parse_query(ident), 500, include_final=True)
+                            ) as stream:
+            async for pairs in stream:
+                out.extend(pairs)
         return out
 
     async def show(self, pk: int) -> tuple[WorklistRow, Dataset] | None:
@@ -243,10 +238,6 @@ def _binary(obj: dict[str, Any]) -> tuple[Any, str]:
 
 def _element(tag: int, vr: str, value: Any) -> DataElement:
     return DataElement(tag, vr, value, validation_mode=dicom_config.IGNORE)
-
-
-def is_final(row: WorklistRow) -> bool:
-    return row.columns.get("sps_status", "") in FINAL_STATUSES
 
 
 # ---------------------------------------------------------------------- matching
