@@ -46,6 +46,7 @@ SECTIONS = {
     "monitoring": "Prometheus metrics endpoint.",
     "query": "C-FIND behaviour.",
     "commitment": "Storage Commitment: delivery of the N-EVENT-REPORT and its retries.",
+    "worklist": "Modality Worklist items (managed with `pacs_server worklist`).",
     "tls": "DICOM over TLS (PS3.15 B.9): a second listener, certificates, mutual TLS.",
     "limits": "Rate and concurrency limits per calling AE and per source address.",
     "peers": "Remote AEs: C-MOVE destinations, Storage Commitment requesters.",

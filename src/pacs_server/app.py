@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 import structlog
 
 from pacs_server.config import Config, merge_reloadable, reloadable_changes
-from pacs_server.dicom import commitment, echo, find, get, move, mpps, runtime, store
+from pacs_server.dicom import commitment, echo, find, get, move, mpps, runtime, store, worklist
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.commitment_delivery import CommitmentDelivery
 from pacs_server.dicom.server import DicomListener, DicomServer
@@ -35,6 +35,7 @@ from pacs_server.index.commitment import CommitmentRepository
 from pacs_server.index.lifecycle import IndexComponent
 from pacs_server.index.mpps import MppsRepository
 from pacs_server.index.repository import IndexRepository
+from pacs_server.index.worklist import WorklistRepository
 from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics, MetricsEndpoint
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
@@ -42,6 +43,8 @@ from pacs_server.services.commitment import CommitmentService
 from pacs_server.services.mpps import MppsService
 from pacs_server.services.query import QueryService
 from pacs_server.services.retrieve import RetrieveService
+from pacs_server.services.worklist import WorklistService
+from pacs_server.services.worklist_retention import WorklistRetention
 from pacs_server.sop_classes import resolve_storage_classes
 from pacs_server.storage.filestore import FileStore
 from pacs_server.storage.housekeeping import IncomingSweeper
@@ -84,6 +87,7 @@ class PacsApp:
         self.tls_port: int | None = None
         self.metrics_port: int | None = None
         self.archive: ArchiveService | None = None
+        self.worklist_repo: WorklistRepository | None = None
         self._reload_config = reload_config
         self._force = threading.Event()
         self._stop_requested: asyncio.Event | None = None
@@ -113,7 +117,8 @@ class PacsApp:
     def dicom_services(self, archive: ArchiveService, bridge: LoopBridge,
                        queries: QueryService | None,
                        retrieve: RetrieveService | None,
-                       steps: MppsService | None = None) -> list[DicomService]:
+                       steps: MppsService | None = None,
+                       worklists: WorklistService | None = None) -> list[DicomService]:
         """The DICOM services this server registers: one line per service."""
         cfg, metrics = self.cfg, self.metrics
         services = [
@@ -129,6 +134,8 @@ class PacsApp:
                              cfg.server.max_pdu_size, metrics,
                              lambda: self.cfg.retrieve.transcode, tls=self._peer_tls),
             ]
+        if worklists is not None:
+            services.append(worklist.service(worklists, bridge))
         if steps is not None:
             services.append(mpps.service(steps, bridge))
         if self._commitments is not None:
@@ -147,22 +154,24 @@ class PacsApp:
             if removed:
                 log.warning("storage.partial_files_removed", count=removed)
             catalog: Catalog = FileCatalog(files)
-            queries = retrieve = steps = None
+            queries = retrieve = steps = worklists = None
             if self.use_index:
                 self._index = await self._start(IndexComponent(cfg.database, self.metrics))
                 catalog = IndexCatalog(self._index.repo)
                 queries = QueryService(self._index.repo, cfg.query, cfg.server.ae_title)
                 self._subscribe(lambda c: queries.reconfigure(c.query))
                 retrieve = RetrieveService(queries, files)
-                # The worklist link is wired once the worklist tables exist (None: none).
-                steps = MppsService(MppsRepository(self._index.engine), worklist=None)
+                self.worklist_repo = WorklistRepository(self._index.engine)
+                worklists = WorklistService(self.worklist_repo)
+                steps = MppsService(MppsRepository(self._index.engine),
+                                    worklist=self.worklist_repo)
             self.archive = archive = ArchiveService(cfg.storage, files, catalog)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
             bridge = LoopBridge(asyncio.get_running_loop(),
                                 timeout_s=max(cfg.server.dimse_timeout, 30.0))
             if self._index is not None:
                 self._commitments = self._commitment_delivery(files, bridge)
-            services = self.dicom_services(archive, bridge, queries, retrieve, steps)
+            services = self.dicom_services(archive, bridge, queries, retrieve, steps, worklists)
             if cfg.monitoring.metrics_port >= 0:
                 endpoint = await self._start(MetricsEndpoint(
                     self.metrics, cfg.monitoring.metrics_host, cfg.monitoring.metrics_port))
@@ -180,6 +189,10 @@ class PacsApp:
             self.tls_port = self._listener.tls_port
             max_age = max(cfg.server.idle_timeout, cfg.server.dimse_timeout) + 60
             await self._start(IncomingSweeper(files, max_age))
+            if self.worklist_repo is not None:
+                retention = await self._start(WorklistRetention(self.worklist_repo,
+                                                                cfg.worklist))
+                self._subscribe(lambda c: retention.reconfigure(c.worklist))
         except BaseException:
             await self._close()
             raise
@@ -228,6 +241,7 @@ class PacsApp:
         self._listener = None
         self._index = None
         self._commitments = None
+        self.worklist_repo = None
         self._subscribers.clear()
         self._refreshers.clear()
         self.ready.clear()

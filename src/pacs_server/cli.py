@@ -22,13 +22,16 @@ EXIT_CONFIG = ExitCode.CONFIG
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="pacs_server",
-        description="DICOM archive: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, Worklist, MPPS.",
-        epilog="administration: pacs_server mpps {list,show} (pacs_server mpps --help)")
+        prog="pacs_server", allow_abbrev=False,
+        epilog="administration: pacs_server worklist add|list|show|remove ... "
+               "(pacs_server worklist --help); pacs_server mpps list|show "
+               "(pacs_server mpps --help)",
+        description="DICOM archive: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, Worklist, MPPS, "
+                    "Storage Commitment.")
     p.add_argument("command", nargs="?", default="run",
-                   choices=["run", "check-config", "init-db"],
+                   choices=["run", "check-config", "init-db", "worklist"],
                    help="run the server (default), validate the config, "
-                        "or create/upgrade the index")
+                        "create/upgrade the index, or manage the worklist")
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
     p.add_argument("--port", type=int, help="DICOM port (overrides server.port)")
     p.add_argument("--host", help="listen address (overrides server.host)")
@@ -61,12 +64,22 @@ def fail(message: str, code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["mpps"]:
         from pacs_server import mpps_cli
 
         return mpps_cli.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    if "worklist" in argv:
+        after = argv[argv.index("worklist") + 1:]
+        if "-h" in after or "--help" in after:      # the command's own help, not ours
+            from pacs_server.worklist_cli import build_parser as worklist_parser
+
+            worklist_parser().parse_args([a for a in after if not a.startswith("-")][:1]
+                                         + ["--help"])
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "worklist":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     overrides = overrides_from(args)
 
     def reload() -> Config:
@@ -76,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = reload()
     except ConfigError as exc:
         return fail(str(exc), EXIT_CONFIG)
+    if args.command == "worklist":
+        from pacs_server.worklist_cli import main as worklist_main
+
+        return worklist_main(rest, cfg)
     if args.command == "check-config":
         print(f"{cfg.source}: OK")
         return 0

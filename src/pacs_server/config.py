@@ -280,6 +280,17 @@ class CommitmentConfig:
 
 
 @dataclass(frozen=True)
+class WorklistConfig:
+    retention_days: int = setting(
+        30, "days COMPLETED/DISCONTINUED worklist items are kept before removal", reload=True)
+
+    def check(self, source: str) -> None:
+        if self.retention_days < 0:
+            raise ConfigError(f"{source}: worklist.retention_days: must not be negative, "
+                              f"got {self.retention_days}")
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     ae_title: str = setting("", "AE title of the remote node")
     host: str = setting("127.0.0.1", "its address")
@@ -305,6 +316,7 @@ class Config:
     commitment: CommitmentConfig = field(default_factory=CommitmentConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    worklist: WorklistConfig = field(default_factory=WorklistConfig)
     peers: list[PeerConfig] = field(
         default_factory=list,
         metadata={"help": "C-MOVE destinations and Storage Commitment requesters: "

@@ -135,3 +135,6 @@ class InvalidArgument(PacsError):
 
 class ReportNotDelivered(PacsError):
     """An N-EVENT-REPORT did not reach the requester, or it did not answer Success."""
+
+class InvalidWorklistItem(PacsError):
+    """A worklist item to import is refused; the message names the item and the field."""

@@ -6,7 +6,7 @@ C-CANCEL stops the iteration (and closes the database cursor) at the next result
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import structlog
@@ -39,6 +39,25 @@ def negotiate_extended(info: bytes) -> bytes:
     return reply[:max(len(info), 1)]
 
 
+def stream_pending(event: Event, batches: Any) -> Generator[tuple[int, Any], None,
+                                                             tuple[int, bool]]:
+    """Yield (0xFF00, identifier) per result of `batches` (a bridge iterator of lists);
+    after a C-CANCEL yield (0xFE00, None) instead and stop. Returns (sent, cancelled);
+    the iterator (and the database cursor behind it) is closed either way."""
+    sent = 0
+    try:
+        for batch in batches:
+            for ds in batch:
+                if event.is_cancelled:
+                    yield CANCEL, None
+                    return sent, True
+                sent += 1
+                yield PENDING, ds
+    finally:
+        batches.close()
+    return sent, False
+
+
 def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
                 metrics: Metrics) -> Iterator[tuple[Any, Any]]:
     """Yields (0xFF00, identifier) per match, then 0x0000; or 0xFE00 after C-CANCEL.
@@ -46,23 +65,14 @@ def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
     Failures raised here are mapped by the handler wrapper: 0xA900 invalid level or
     identifier, 0xA700 too many matches or index unavailable, 0xC311 unexpected error.
     """
-    sent = 0
     sop_class = str(event.request.AffectedSOPClassUID)
     req = parse_identifier(event.identifier, sop_class,
                            combined_datetime=combined_requested(event, sop_class))
     queries.validate(req)
-    results = bridge.iterate(queries.find(req))
-    try:
-        for batch in results:
-            for ds in batch:
-                if event.is_cancelled:
-                    log.info("c_find.cancelled", qr_level=req.level, sent=sent)
-                    yield CANCEL, None
-                    return
-                sent += 1
-                yield PENDING, ds
-    finally:
-        results.close()
+    sent, cancelled = yield from stream_pending(event, bridge.iterate(queries.find(req)))
+    if cancelled:
+        log.info("c_find.cancelled", qr_level=req.level, sent=sent)
+        return
     metrics.find_matches.labels(req.level).inc(sent)
     log.info("c_find.done", model=req.model, qr_level=req.level, matches=sent)
     yield SUCCESS, None

@@ -4,13 +4,13 @@ One row per Modality Performed Procedure Step SOP Instance: its whole attribute 
 and the columns it is listed and linked to its worklist item by.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '0005'
-down_revision = '0003'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
