@@ -35,7 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
-from pacs_server.index.matching import Attr, sql_condition
+from pacs_server.index.attributes import Kind
+from pacs_server.index.matching import sql_condition
 from pacs_server.index.models import Base
 
 FINAL_STATUSES = ("COMPLETED", "DISCONTINUED")
@@ -78,27 +79,36 @@ COLUMNS = ("patient_id", "patient_name", "patient_name_norm", "accession_number"
            "modality", "station_ae", "station_name", "start_date", "start_time",
            "performing_physician_norm", "sps_id", "sps_status")
 
-# Matching key → where SQL can narrow on it. The kinds are index/matching.py's.
-_TOP: dict[str, Attr] = {
-    "PatientID": Attr("WORKLIST", WorklistItem.patient_id, "str"),
-    "PatientName": Attr("WORKLIST", WorklistItem.patient_name, "pn",
+@dataclass(frozen=True)
+class _Key:
+    """Where SQL can narrow on a matching key: its column, match kind (index/matching.py's
+    kinds) and, for a Person Name, its case-folded column."""
+
+    column: Any
+    kind: Kind
+    norm: Any = None
+
+
+# Matching key → where SQL can narrow on it.
+_TOP: dict[str, _Key] = {
+    "PatientID": _Key(WorklistItem.patient_id, "str"),
+    "PatientName": _Key(WorklistItem.patient_name, "pn",
                         WorklistItem.patient_name_norm),
-    "AccessionNumber": Attr("WORKLIST", WorklistItem.accession_number, "str"),
-    "RequestedProcedureID": Attr("WORKLIST", WorklistItem.requested_procedure_id, "str"),
-    "StudyInstanceUID": Attr("WORKLIST", WorklistItem.study_instance_uid, "uid"),
-    "ReferringPhysicianName": Attr("WORKLIST", WorklistItem.referring_physician_norm, "pn",
+    "AccessionNumber": _Key(WorklistItem.accession_number, "str"),
+    "RequestedProcedureID": _Key(WorklistItem.requested_procedure_id, "str"),
+    "StudyInstanceUID": _Key(WorklistItem.study_instance_uid, "uid"),
+    "ReferringPhysicianName": _Key(WorklistItem.referring_physician_norm, "pn",
                                    WorklistItem.referring_physician_norm),
 }
-_STEP: dict[str, Attr] = {
-    "Modality": Attr("WORKLIST", WorklistItem.modality, "str"),
-    "ScheduledStationAETitle": Attr("WORKLIST", WorklistItem.station_ae, "multi"),
-    "ScheduledStationName": Attr("WORKLIST", WorklistItem.station_name, "multi"),
-    "ScheduledProcedureStepStartDate": Attr("WORKLIST", WorklistItem.start_date, "date"),
-    "ScheduledPerformingPhysicianName": Attr("WORKLIST",
-                                             WorklistItem.performing_physician_norm, "pn",
+_STEP: dict[str, _Key] = {
+    "Modality": _Key(WorklistItem.modality, "str"),
+    "ScheduledStationAETitle": _Key(WorklistItem.station_ae, "multi"),
+    "ScheduledStationName": _Key(WorklistItem.station_name, "multi"),
+    "ScheduledProcedureStepStartDate": _Key(WorklistItem.start_date, "date"),
+    "ScheduledPerformingPhysicianName": _Key(WorklistItem.performing_physician_norm, "pn",
                                              WorklistItem.performing_physician_norm),
-    "ScheduledProcedureStepID": Attr("WORKLIST", WorklistItem.sps_id, "str"),
-    "ScheduledProcedureStepStatus": Attr("WORKLIST", WorklistItem.sps_status, "str"),
+    "ScheduledProcedureStepID": _Key(WorklistItem.sps_id, "str"),
+    "ScheduledProcedureStepStatus": _Key(WorklistItem.sps_status, "str"),
 }
 
 
@@ -136,7 +146,7 @@ def narrowing(flt: WorklistFilter) -> list[ColumnElement[bool]]:
             if attr.kind == "multi":
                 cond = _multi_condition(attr, value)
             else:
-                cond = sql_condition(attr, value, case_sensitive_names=False)
+                cond = sql_condition(attr.column, attr.kind, value, attr.norm)
             if cond is not None:
                 conds.append(cond)
     if not flt.include_final:
@@ -144,10 +154,10 @@ def narrowing(flt: WorklistFilter) -> list[ColumnElement[bool]]:
     return conds
 
 
-def _multi_condition(attr: Attr, value: str) -> ColumnElement[bool] | None:
+def _multi_condition(attr: _Key, value: str) -> ColumnElement[bool] | None:
     # A station may be scheduled as several AE titles ("AA32\AA33"): equality serves
     # the single-valued rows with the index, and multi-valued rows go to Python.
-    cond = sql_condition(Attr(attr.level, attr.column, "str"), value, False)
+    cond = sql_condition(attr.column, "str", value)
     if cond is None:
         return None
     return or_(cond, attr.column.contains("\\", autoescape=True))

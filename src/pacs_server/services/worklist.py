@@ -24,14 +24,13 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 
 from pacs_server.errors import InvalidQuery
-from pacs_server.index.matching import VR_KIND, is_universal, matches
+from pacs_server.index.matching import VR_KIND, combine_range, is_universal, matches
 from pacs_server.index.text import name_key
 from pacs_server.index.worklist import (
     WorklistFilter,
     WorklistRepository,
     WorklistRow,
 )
-from pacs_server.services.query import combine_range
 
 SPS_TAG = 0x00400100
 STATUS_TAG = 0x00400020
