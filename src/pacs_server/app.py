@@ -30,7 +30,6 @@ from pacs_server.dicom.server import DicomListener, DicomServer
 from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
 from pacs_server.index.lifecycle import IndexComponent
-from pacs_server.index.mpps import MppsRepository
 from pacs_server.index.repository import IndexRepository
 from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics, MetricsEndpoint
@@ -141,7 +140,7 @@ class PacsApp:
                 self._subscribe(lambda c: queries.reconfigure(c.query))
                 retrieve = RetrieveService(queries, files)
                 # The worklist link is wired once the worklist tables exist (None: none).
-                steps = MppsService(MppsRepository(self._index.repo.engine), worklist=None)
+                steps = MppsService(self._index.steps, worklist=None)
             self.archive = archive = ArchiveService(cfg.storage, files, catalog)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
             bridge = LoopBridge(asyncio.get_running_loop(),

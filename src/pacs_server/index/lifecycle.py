@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pacs_server.config import DatabaseConfig
 from pacs_server.index.engine import create_engine, database_url, migrate, safe_url
+from pacs_server.index.mpps import MppsRepository
 from pacs_server.index.repository import IndexRepository
 from pacs_server.metrics import Metrics
 
@@ -27,11 +28,19 @@ class IndexComponent:
         self._metrics = metrics
         self._engines: list[AsyncEngine] = []
         self._repo: IndexRepository | None = None
+        self._steps: MppsRepository | None = None
 
     @property
     def repo(self) -> IndexRepository:
         assert self._repo is not None, "index not started"
         return self._repo
+
+    @property
+    def steps(self) -> MppsRepository:
+        """The MPPS table, on the readers' engine: its read-modify-write needs the
+        explicit BEGIN that engine emits (the writer's is the index writer's alone)."""
+        assert self._steps is not None, "index not started"
+        return self._steps
 
     @property
     def url(self) -> str:
@@ -42,6 +51,7 @@ class IndexComponent:
         engine = create_engine(self._cfg)
         self._engines.append(engine)
         await migrate(engine)
+        self._steps = MppsRepository(engine)
         writer = create_engine(self._cfg, writer=True)
         self._engines.append(writer)
         self._repo = IndexRepository(engine, self._cfg.commit_batch,
@@ -53,5 +63,6 @@ class IndexComponent:
         if self._repo is not None:
             await self._repo.close()
             self._repo = None
+        self._steps = None
         while self._engines:
             await self._engines.pop().dispose()
