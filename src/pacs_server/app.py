@@ -31,9 +31,7 @@ from pacs_server.dicom.commitment_delivery import CommitmentDelivery
 from pacs_server.dicom.server import DicomListener, DicomServer
 from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
-from pacs_server.index.commitment import CommitmentRepository
 from pacs_server.index.lifecycle import IndexComponent
-from pacs_server.index.mpps import MppsRepository
 from pacs_server.index.repository import IndexRepository
 from pacs_server.index.worklist import WorklistRepository
 from pacs_server.logging import set_level
@@ -161,10 +159,9 @@ class PacsApp:
                 queries = QueryService(self._index.repo, cfg.query, cfg.server.ae_title)
                 self._subscribe(lambda c: queries.reconfigure(c.query))
                 retrieve = RetrieveService(queries, files)
-                self.worklist_repo = WorklistRepository(self._index.engine)
+                self.worklist_repo = self._index.worklist
                 worklists = WorklistService(self.worklist_repo)
-                steps = MppsService(MppsRepository(self._index.engine),
-                                    worklist=self.worklist_repo)
+                steps = MppsService(self._index.steps, worklist=self.worklist_repo)
             self.archive = archive = ArchiveService(cfg.storage, files, catalog)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
             bridge = LoopBridge(asyncio.get_running_loop(),
@@ -210,7 +207,7 @@ class PacsApp:
         assert self._index is not None
         cfg = self.cfg
         service = CommitmentService(
-            CommitmentRepository(self._index.engine), self._index.repo, files,
+            self._index.commitments, self._index.repo, files,
             resolve_storage_classes(cfg.storage.accepted_sop_classes), cfg.commitment)
         self._subscribe(lambda c: service.reconfigure(c.commitment))
         return CommitmentDelivery(service, bridge, cfg.server, lambda ae: self.cfg.peer(ae),

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mpps_helpers import CONTEXTS, MPPS, create_attributes, final_modification
-from pacs_testing import SUCCESS, Scu
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+
+from support.mpps import CONTEXTS, MPPS, create_attributes, final_modification
+from support.scu import SUCCESS, Scu
 
 
 def admin(*argv: str) -> subprocess.CompletedProcess[str]:

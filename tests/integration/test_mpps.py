@@ -10,25 +10,32 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mpps_helpers import CONTEXTS, MPPS, create_attributes, final_modification, performed_series
-from pacs_testing import SUCCESS, Scu
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from pynetdicom.association import Association
 
 from pacs_server import cli
-from pacs_server.app import PacsApp
 from pacs_server.config import Config
 from pacs_server.errors import InvalidAttributeValue
 from pacs_server.index.mpps import MppsRepository, StepRecord
 from pacs_server.services.mpps import MppsService, WorklistLink, decode
+from support.mpps import (
+    CONTEXTS,
+    MPPS,
+    create_attributes,
+    final_modification,
+    performed_series,
+    step_repository,
+)
+from support.scu import SUCCESS, Scu
+from support.server import RunningServer
 
 
 class Modality:
@@ -57,8 +64,15 @@ class Modality:
 
 
 @pytest.fixture
-def modality(server: PacsApp, scu: Scu) -> Modality:
+def modality(server: RunningServer, scu: Scu) -> Modality:
     return Modality(server.port, scu)
+
+
+@pytest.fixture
+async def steps(server: RunningServer) -> AsyncIterator[MppsRepository]:
+    """The server's `mpps` table, through a repository of the test's own on its index."""
+    async with step_repository(server.db) as repo:
+        yield repo
 
 
 def identifiers(status: Dataset) -> list[int]:
@@ -67,25 +81,20 @@ def identifiers(status: Dataset) -> list[int]:
     return [int(value)] if isinstance(value, int) else [int(t) for t in value]
 
 
-def steps_of(app: PacsApp) -> MppsRepository:
-    assert app.repo is not None
-    return MppsRepository(app.repo.engine)
-
-
-async def stored(app: PacsApp, uid: str) -> StepRecord:
-    record = await steps_of(app).get(uid)
+async def stored(steps: MppsRepository, uid: str) -> StepRecord:
+    record = await steps.get(uid)
     assert record is not None, f"{uid} not in the index"
     return record
 
 
 # --------------------------------------------------------------------------- N-CREATE
 
-async def test_create_then_complete(server: PacsApp, modality: Modality) -> None:
+async def test_create_then_complete(steps: MppsRepository, modality: Modality) -> None:
     uid = generate_uid()
     status, reply = await modality.create(create_attributes(), uid)
     assert status.Status == SUCCESS
 
-    record = await stored(server, uid)
+    record = await stored(steps, uid)
     assert (record.status, record.study_instance_uid, record.accession_number,
             record.sps_id, record.pps_id, record.station_ae, record.modality,
             record.start_date, record.start_time, record.patient_id, record.patient_name,
@@ -96,7 +105,7 @@ async def test_create_then_complete(server: PacsApp, modality: Modality) -> None
     mods = final_modification()
     status, _ = await modality.set(uid, mods)
     assert status.Status == SUCCESS, status
-    record = await stored(server, uid)
+    record = await stored(steps, uid)
     assert (record.status, record.end_date, record.end_time) == (
         "COMPLETED", "20241220", "103000")
     ds = decode(record.dataset)
@@ -116,21 +125,21 @@ async def test_create_then_complete(server: PacsApp, modality: Modality) -> None
     assert status.Status == 0x0110
     assert status.ErrorComment == "Performed Procedure Step Object may no longer be updated"
     assert status.ErrorID == 0xA710
-    assert decode((await stored(server, uid)).dataset).PerformedProcedureStepDescription \
+    assert decode((await stored(steps, uid)).dataset).PerformedProcedureStepDescription \
         == "CT Abdomen"
 
 
-async def test_create_without_uid_gets_one(server: PacsApp, modality: Modality) -> None:
+async def test_create_without_uid_gets_one(steps: MppsRepository, modality: Modality) -> None:
     status, _ = await modality.create(create_attributes(), None)
     assert status.Status == SUCCESS
-    steps = await steps_of(server).recent()
-    assert len(steps) == 1 and steps[0].sop_instance_uid
+    recent = await steps.recent()
+    assert len(recent) == 1 and recent[0].sop_instance_uid
     # The UID the SCP assigned is the one the SCU can set.
-    status, _ = await modality.set(steps[0].sop_instance_uid, final_modification())
+    status, _ = await modality.set(recent[0].sop_instance_uid, final_modification())
     assert status.Status == SUCCESS
 
 
-async def test_create_then_discontinue(server: PacsApp, modality: Modality) -> None:
+async def test_create_then_discontinue(steps: MppsRepository, modality: Modality) -> None:
     uid = generate_uid()
     ds = create_attributes(PerformedProcedureStepDiscontinuationReasonCodeSequence=Sequence())
     assert (await modality.create(ds, uid))[0].Status == SUCCESS
@@ -142,7 +151,7 @@ async def test_create_then_discontinue(server: PacsApp, modality: Modality) -> N
     mods.PerformedProcedureStepDiscontinuationReasonCodeSequence = Sequence([reason])
     status, _ = await modality.set(uid, mods)
     assert status.Status == SUCCESS, status
-    record = await stored(server, uid)
+    record = await stored(steps, uid)
     assert record.status == "DISCONTINUED"
     ds = decode(record.dataset)
     assert ds.PerformedProcedureStepDiscontinuationReasonCodeSequence[0].CodeValue == "110514"
@@ -150,15 +159,15 @@ async def test_create_then_discontinue(server: PacsApp, modality: Modality) -> N
     assert status.Status == 0x0110
 
 
-async def test_duplicate_create(server: PacsApp, modality: Modality) -> None:
+async def test_duplicate_create(steps: MppsRepository, modality: Modality) -> None:
     uid = generate_uid()
     assert (await modality.create(create_attributes(), uid))[0].Status == SUCCESS
     status, _ = await modality.create(create_attributes(PerformedProcedureStepID="OTHER"), uid)
     assert status.Status == 0x0111
-    assert (await stored(server, uid)).pps_id == "PPS001"       # the first one kept
+    assert (await stored(steps, uid)).pps_id == "PPS001"       # the first one kept
 
 
-async def test_missing_type1_attributes(server: PacsApp, modality: Modality) -> None:
+async def test_missing_type1_attributes(steps: MppsRepository, modality: Modality) -> None:
     uid = generate_uid()
     ds = create_attributes(PerformedStationAETitle=None, Modality=None)
     status, _ = await modality.create(ds, uid)
@@ -166,10 +175,10 @@ async def test_missing_type1_attributes(server: PacsApp, modality: Modality) -> 
     # pynetdicom's N-CREATE-RSP has no Attribute Identifier List (PS3.7 C.5.13), so
     # the tags travel in the Error Comment as well.
     assert "(0008,0060)" in status.ErrorComment and "(0040,0241)" in status.ErrorComment
-    assert await steps_of(server).get(uid) is None
+    assert await steps.get(uid) is None
 
 
-async def test_missing_nested_type1_attribute(server: PacsApp, modality: Modality) -> None:
+async def test_missing_nested_type1_attribute(modality: Modality) -> None:
     ds = create_attributes()
     del ds.ScheduledStepAttributesSequence[0].StudyInstanceUID
     status, _ = await modality.create(ds, generate_uid())
@@ -177,7 +186,7 @@ async def test_missing_nested_type1_attribute(server: PacsApp, modality: Modalit
     assert "(0040,0270)>(0020,000D)" in status.ErrorComment
 
 
-async def test_empty_type1_attribute(server: PacsApp, modality: Modality) -> None:
+async def test_empty_type1_attribute(modality: Modality) -> None:
     status, _ = await modality.create(create_attributes(PerformedProcedureStepID=""),
                                       generate_uid())
     assert status.Status == 0x0121
@@ -190,16 +199,16 @@ async def test_empty_type1_attribute(server: PacsApp, modality: Modality) -> Non
     ("PerformedProcedureStepStartDate", "20241301"),
     ("PerformedProcedureStepStartTime", "256000"),
 ])
-async def test_bad_values_at_create(server: PacsApp, modality: Modality, keyword: str,
+async def test_bad_values_at_create(steps: MppsRepository, modality: Modality, keyword: str,
                                     value: str) -> None:
     uid = generate_uid()
     status, _ = await modality.create(create_attributes(**{keyword: value}), uid)
     assert status.Status == 0x0106
     assert keyword in status.ErrorComment
-    assert await steps_of(server).get(uid) is None
+    assert await steps.get(uid) is None
 
 
-async def test_unscheduled_step_is_kept(server: PacsApp, modality: Modality) -> None:
+async def test_unscheduled_step_is_kept(steps: MppsRepository, modality: Modality) -> None:
     uid = generate_uid()
     ds = create_attributes()
     item = ds.ScheduledStepAttributesSequence[0]
@@ -207,7 +216,7 @@ async def test_unscheduled_step_is_kept(server: PacsApp, modality: Modality) -> 
     item.AccessionNumber = ""
     item.ScheduledProcedureStepID = ""
     assert (await modality.create(ds, uid))[0].Status == SUCCESS
-    record = await stored(server, uid)
+    record = await stored(steps, uid)
     assert (record.accession_number, record.sps_id) == ("", "")
 
 
@@ -218,7 +227,8 @@ async def test_set_unknown_instance(modality: Modality) -> None:
     assert status.Status == 0x0112
 
 
-async def test_set_of_a_non_settable_attribute(server: PacsApp, modality: Modality) -> None:
+async def test_set_of_a_non_settable_attribute(steps: MppsRepository,
+                                                modality: Modality) -> None:
     uid = generate_uid()
     assert (await modality.create(create_attributes(), uid))[0].Status == SUCCESS
     mods = Dataset()
@@ -228,26 +238,28 @@ async def test_set_of_a_non_settable_attribute(server: PacsApp, modality: Modali
     status, _ = await modality.set(uid, mods)
     assert status.Status == 0x0105                   # PS3.7 C.5.17 No Such Attribute
     assert identifiers(status) == [0x00080060, 0x00100020]
-    record = await stored(server, uid)
+    record = await stored(steps, uid)
     assert (record.patient_id, record.modality, record.status) == ("12345", "CT",
                                                                    "IN PROGRESS")
     assert decode(record.dataset).PerformedProcedureStepDescription == "CT Abdomen"
 
 
-async def test_intermediate_set_then_complete(server: PacsApp, modality: Modality) -> None:
+async def test_intermediate_set_then_complete(steps: MppsRepository,
+                                              modality: Modality) -> None:
     uid = generate_uid()
     assert (await modality.create(create_attributes(), uid))[0].Status == SUCCESS
     mods = Dataset()
     mods.PerformedSeriesSequence = performed_series(1)
     mods.CommentsOnThePerformedProcedureStep = "first series done"
     assert (await modality.set(uid, mods))[0].Status == SUCCESS
-    record = await stored(server, uid)
+    record = await stored(steps, uid)
     assert record.status == "IN PROGRESS"
     assert decode(record.dataset).CommentsOnThePerformedProcedureStep == "first series done"
     assert (await modality.set(uid, final_modification()))[0].Status == SUCCESS
 
 
-async def test_complete_needs_the_final_state(server: PacsApp, modality: Modality) -> None:
+async def test_complete_needs_the_final_state(steps: MppsRepository,
+                                              modality: Modality) -> None:
     uid = generate_uid()
     assert (await modality.create(create_attributes(), uid))[0].Status == SUCCESS
 
@@ -268,7 +280,7 @@ async def test_complete_needs_the_final_state(server: PacsApp, modality: Modalit
     status, _ = await modality.set(uid, bad_series)
     assert status.Status == 0x0121                    # 0120H is no N-SET status
     assert "(0040,0340)>(0020,000E)" in status.ErrorComment
-    assert (await stored(server, uid)).status == "IN PROGRESS"
+    assert (await stored(steps, uid)).status == "IN PROGRESS"
 
     bad_status = final_modification("FINISHED")
     status, _ = await modality.set(uid, bad_status)
@@ -286,15 +298,16 @@ async def test_restart_keeps_the_steps(start_server: Callable[..., Any],
     uid = generate_uid()
     assert (await Modality(first.port, scu).create(create_attributes(), uid))[0].Status \
         == SUCCESS
-    await first.stop()
+    await asyncio.to_thread(first.stop)
 
     second = await start_server(cfg)
-    record = await stored(second, uid)
-    assert record.status == "IN PROGRESS"
-    assert decode(record.dataset).PerformedStationName == "CT ROOM 1"
-    status, _ = await Modality(second.port, scu).set(uid, final_modification())
-    assert status.Status == SUCCESS
-    assert (await stored(second, uid)).status == "COMPLETED"
+    async with step_repository(second.db) as steps:
+        record = await stored(steps, uid)
+        assert record.status == "IN PROGRESS"
+        assert decode(record.dataset).PerformedStationName == "CT ROOM 1"
+        status, _ = await Modality(second.port, scu).set(uid, final_modification())
+        assert status.Status == SUCCESS
+        assert (await stored(steps, uid)).status == "COMPLETED"
 
 
 # --------------------------------------------------------------------------- worklist link
@@ -311,10 +324,10 @@ class RecordingWorklist:
         return 1
 
 
-async def test_worklist_follows_the_step(server: PacsApp) -> None:
+async def test_worklist_follows_the_step(steps: MppsRepository) -> None:
     worklist = RecordingWorklist()
     link: WorklistLink = worklist
-    service = MppsService(steps_of(server), link)
+    service = MppsService(steps, link)
     first = create_attributes()
     second_item = Dataset()
     second_item.StudyInstanceUID = "1.2.3.4.5.6.7.8.9"
@@ -347,10 +360,9 @@ async def test_worklist_follows_the_step(server: PacsApp) -> None:
 
 # --------------------------------------------------------------------------- admin command
 
-async def test_admin_command_lists_and_shows(server: PacsApp, modality: Modality,
-                                             make_cfg: Callable[..., Config],
+async def test_admin_command_lists_and_shows(server: RunningServer, modality: Modality,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    db = make_cfg().database.path
+    db = str(server.db)
     done, running = generate_uid(), generate_uid()
     assert (await modality.create(create_attributes(), done))[0].Status == SUCCESS
     assert (await modality.set(done, final_modification()))[0].Status == SUCCESS
@@ -411,7 +423,7 @@ def test_admin_command_process(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- character sets
 
-async def test_set_in_another_character_set(server: PacsApp, modality: Modality) -> None:
+async def test_set_in_another_character_set(steps: MppsRepository, modality: Modality) -> None:
     """PS3.4 F.7.2.2.3: the N-SET's character set adds to the step's."""
     uid = generate_uid()
     assert (await modality.create(create_attributes(), uid))[0].Status == SUCCESS  # Latin-1
@@ -419,7 +431,7 @@ async def test_set_in_another_character_set(server: PacsApp, modality: Modality)
     mods.SpecificCharacterSet = "ISO_IR 192"
     mods.CommentsOnThePerformedProcedureStep = "Kontrast gut vertragen, 造影剤"
     assert (await modality.set(uid, mods))[0].Status == SUCCESS
-    ds = decode((await stored(server, uid)).dataset)
+    ds = decode((await stored(steps, uid)).dataset)
     assert ds.SpecificCharacterSet == "ISO_IR 192"
     assert ds.PatientName == "MÜLLER^JÖRG"
     assert ds.CommentsOnThePerformedProcedureStep == "Kontrast gut vertragen, 造影剤"
@@ -429,12 +441,12 @@ async def test_set_in_another_character_set(server: PacsApp, modality: Modality)
     latin.PerformedProcedureStepDescription = "Ödem"
     latin.SpecificCharacterSet = "ISO_IR 192"
     assert (await modality.set(uid, latin))[0].Status == SUCCESS
-    assert decode((await stored(server, uid)).dataset).PerformedProcedureStepDescription \
+    assert decode((await stored(steps, uid)).dataset).PerformedProcedureStepDescription \
         == "Ödem"
 
 
-async def test_create_with_a_malformed_uid(server: PacsApp) -> None:
-    service = MppsService(steps_of(server))
+async def test_create_with_a_malformed_uid(steps: MppsRepository) -> None:
+    service = MppsService(steps)
     with pytest.raises(InvalidAttributeValue, match="Affected SOP Instance UID"):
         await service.create("1.2.x.3", create_attributes())
-    assert await steps_of(server).recent() == []
+    assert await steps.recent() == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from pacs_testing import lenient_pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -14,6 +13,7 @@ from pacs_server.errors import (
     MissingAttributeValue,
 )
 from pacs_server.services import mpps_rules as rules
+from support.instances import lenient_pydicom
 
 
 def item(**values: object) -> Dataset:

@@ -6,8 +6,11 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pacs_server.config import DatabaseConfig
+from pacs_server.index.commitment import CommitmentRepository
 from pacs_server.index.engine import create_engine, database_url, migrate, safe_url
+from pacs_server.index.mpps import MppsRepository
 from pacs_server.index.repository import IndexRepository
+from pacs_server.index.worklist import WorklistRepository
 from pacs_server.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -17,7 +20,10 @@ class IndexComponent:
     """Opens the index at start (migrating it to the newest schema) and closes it last.
 
     Two engines: the readers', and the writer's (one connection kept by the writer task,
-    see index/engine.py), both disposed at close after queued writes are committed.
+    see index/engine.py), both disposed at close after queued writes are committed. The
+    index's other tables (MPPS steps, worklist items, Storage Commitments) have their
+    repositories on the readers' engine: each writes in short transactions of its own,
+    with the explicit BEGIN that engine emits. No engine is seen outside `index/`.
     """
 
     name = "index"
@@ -27,6 +33,9 @@ class IndexComponent:
         self._metrics = metrics
         self._engines: list[AsyncEngine] = []
         self._repo: IndexRepository | None = None
+        self._steps: MppsRepository | None = None
+        self._worklist: WorklistRepository | None = None
+        self._commitments: CommitmentRepository | None = None
 
     @property
     def repo(self) -> IndexRepository:
@@ -34,12 +43,23 @@ class IndexComponent:
         return self._repo
 
     @property
-    def engine(self) -> AsyncEngine:
-        """The readers' engine, shared by the index's other repositories (MPPS, worklist,
-        Storage Commitment), which write in short transactions of their own; the
-        instance writer's engine stays private to its task."""
-        assert self._engines, "index not started"
-        return self._engines[0]
+    def steps(self) -> MppsRepository:
+        """The MPPS table, on the readers' engine: its read-modify-write needs the
+        explicit BEGIN that engine emits (the writer's is the index writer's alone)."""
+        assert self._steps is not None, "index not started"
+        return self._steps
+
+    @property
+    def worklist(self) -> WorklistRepository:
+        """The worklist items, on the readers' engine (short transactions of their own)."""
+        assert self._worklist is not None, "index not started"
+        return self._worklist
+
+    @property
+    def commitments(self) -> CommitmentRepository:
+        """Pending Storage Commitments, on the readers' engine."""
+        assert self._commitments is not None, "index not started"
+        return self._commitments
 
     @property
     def url(self) -> str:
@@ -50,6 +70,9 @@ class IndexComponent:
         engine = create_engine(self._cfg)
         self._engines.append(engine)
         await migrate(engine)
+        self._steps = MppsRepository(engine)
+        self._worklist = WorklistRepository(engine)
+        self._commitments = CommitmentRepository(engine)
         writer = create_engine(self._cfg, writer=True)
         self._engines.append(writer)
         self._repo = IndexRepository(engine, self._cfg.commit_batch,
@@ -61,5 +84,6 @@ class IndexComponent:
         if self._repo is not None:
             await self._repo.close()
             self._repo = None
+        self._steps = self._worklist = self._commitments = None
         while self._engines:
             await self._engines.pop().dispose()

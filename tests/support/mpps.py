@@ -1,13 +1,21 @@
-"""MPPS test helpers: N-CREATE / N-SET datasets as a modality sends them (PS3.4 F.7.2)."""
+"""MPPS: N-CREATE / N-SET datasets as a modality sends them (PS3.4 F.7.2), and the
+`mpps` table of an index file read through a repository of its own."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
+
+from pacs_server.config import DatabaseConfig
+from pacs_server.index.engine import create_engine
+from pacs_server.index.mpps import MppsRepository
 
 MPPS = ModalityPerformedProcedureStep
 CONTEXTS = [(str(MPPS), [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
@@ -70,3 +78,14 @@ def final_modification(status: str = "COMPLETED", series: Sequence | None = None
     mods.PerformedProcedureStepEndTime = "103000"
     mods.PerformedSeriesSequence = performed_series() if series is None else series
     return mods
+
+
+@asynccontextmanager
+async def step_repository(db: Path | str) -> AsyncIterator[MppsRepository]:
+    """An MppsRepository on the index file `db` with an engine of its own (as the
+    `pacs_server mpps` command opens it), disposed on exit."""
+    engine = create_engine(DatabaseConfig(path=str(db)))
+    try:
+        yield MppsRepository(engine)
+    finally:
+        await engine.dispose()
