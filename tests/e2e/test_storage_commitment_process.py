@@ -4,40 +4,37 @@ restart, over a new association to the requester that was unreachable before."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from commitment_helpers import REQUESTER, RequesterScp, request_commitment
-from pacs_testing import pick_free_port
 from pydicom.uid import generate_uid
-from qr_helpers import from_template, store_datasets
+
+from support.archive import query_index
+from support.commitment import RequesterScp, peers, request_commitment, stored
+from support.polling import free_port
 
 
 def test_acknowledged_request_survives_sigkill_and_is_reported_once(
         run_pacs: Callable[..., Any], tmp_path: Path) -> None:
-    requester_port = pick_free_port()             # the requester's listener is down
+    requester_port = free_port()                  # the requester's listener is down
     config = tmp_path / "pacs.yaml"
     config.write_text(yaml.safe_dump({
         "commitment": {"retry_interval": 0.2, "max_retry_interval": 0.5},
-        "peers": [{"ae_title": REQUESTER, "host": "127.0.0.1", "port": requester_port}],
+        **peers(requester_port),
     }), encoding="utf-8")
     server = run_pacs(config=config)
-    datasets = [from_template("CT_small.dcm"), from_template("MR_small.dcm")]
-    assert store_datasets(server.port, datasets) == [0, 0]
-    refs = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in datasets]
+    refs = stored(server.port, 2)
     uid = generate_uid()
     # Released right after the N-ACTION-RSP, then the server is killed at once.
     assert request_commitment(server.port, refs, transaction_uid=uid).Status == 0x0000
     server.kill()
 
     db = tmp_path / "pacs.db"
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT transaction_uid, state FROM commitments").fetchall() == [
-            (uid, "pending")]
+    assert [tuple(r) for r in query_index(db, "SELECT transaction_uid, state FROM commitments")
+            ] == [(uid, "pending")]
     scp = RequesterScp(requester_port)
     try:
         again = run_pacs(config=config)
@@ -52,5 +49,5 @@ def test_acknowledged_request_survives_sigkill_and_is_reported_once(
         assert again.stop() == 0
     finally:
         scp.stop()
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT state FROM commitments").fetchall() == [("delivered",)]
+    assert [tuple(r) for r in query_index(db, "SELECT state FROM commitments")] == [
+        ("delivered",)]

@@ -9,14 +9,18 @@ SCP of its own that the server associates with, using SCP/SCU Role Selection.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from commitment_helpers import (
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from pacs_server.config import Config
+from support.archive import indexed_path, query_index
+from support.commitment import (
     FAST_RETRY,
     PUSH_INSTANCE,
     PUSH_MODEL,
@@ -27,36 +31,23 @@ from commitment_helpers import (
     ref,
     request_commitment,
     requester_association,
+    stored,
 )
-from pacs_testing import CT_IMAGE, MR_IMAGE, lenient_pydicom, pick_free_port
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-from qr_helpers import from_template, store_datasets
-
-from pacs_server.app import PacsApp
-from pacs_server.config import Config
+from support.instances import CT_IMAGE, MR_IMAGE, lenient_pydicom
+from support.polling import free_port, wait_until
+from support.server import RunningServer
 
 # --------------------------------------------------------------------------- data
 
-def stored(port: int, count: int = 2) -> list[tuple[str, str]]:
-    """Store CT_small / MR_small copies with fresh UIDs; (class, instance) of each."""
-    names = ["CT_small.dcm", "MR_small.dcm"]
-    datasets = [from_template(names[i % 2]) for i in range(count)]
-    assert store_datasets(port, datasets) == [0] * count
-    return [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in datasets]
-
-
-async def archived_path(app: PacsApp, uid: str) -> Path:
-    assert app.repo is not None
-    rel = await app.repo.instance_path(uid)
-    assert rel is not None
-    return Path(app.cfg.storage.directory) / rel
+def archived_path(srv: RunningServer, uid: str) -> Path:
+    path = indexed_path(srv.archive, srv.db, uid)
+    assert path is not None
+    return path
 
 
 def commitment_rows(db: Path) -> list[tuple[str, str, int]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT transaction_uid, state, attempts FROM commitments ORDER BY pk").fetchall()
+    return [tuple(r) for r in query_index(
+        db, "SELECT transaction_uid, state, attempts FROM commitments ORDER BY pk")]
 
 
 def by_uid(seq: Iterable[Dataset], *extra: str) -> dict[str, tuple[Any, ...]]:
@@ -65,6 +56,7 @@ def by_uid(seq: Iterable[Dataset], *extra: str) -> dict[str, tuple[Any, ...]]:
 
 
 run = asyncio.to_thread
+TIMEOUT = 20.0
 
 
 # --------------------------------------------------------------------------- same association
@@ -84,12 +76,10 @@ async def test_all_present_is_reported_on_the_same_association(
     assert by_uid(info.ReferencedSOPSequence) == {inst: (cls,) for cls, inst in refs}
     assert "FailedSOPSequence" not in info
     assert info.RetrieveAETitle == "PACS"
-    db = Path(app.cfg.database.path)
     # Marked only after the N-EVENT-REPORT-RSP came back, just after the report arrived.
-    await run(_wait_for, lambda: commitment_rows(db) == [(uid, "delivered", 1)] and
-              app.metrics.registry.get_sample_value(
-                  "pacs_commitment_reports_total", {"outcome": "same_association"}) == 1,
-              "delivered and counted")
+    await run(wait_until, lambda: commitment_rows(app.db) == [(uid, "delivered", 1)] and
+              app.sample("pacs_commitment_reports_total", outcome="same_association") == 1,
+              TIMEOUT, "delivered and counted")
     assert len(reports.got) == 1
 
 
@@ -146,8 +136,8 @@ async def test_deleted_and_truncated_files_fail_with_processing_failure(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
     app = await start_server(make_cfg())
     refs = await run(stored, app.port, 3)
-    deleted = await archived_path(app, refs[0][1])
-    truncated = await archived_path(app, refs[1][1])
+    deleted = archived_path(app, refs[0][1])
+    truncated = archived_path(app, refs[1][1])
     deleted.unlink()
     data = truncated.read_bytes()
     truncated.write_bytes(data[: len(data) - 100])
@@ -165,7 +155,7 @@ async def test_a_file_replaced_by_another_instance_is_not_committed(
     app = await start_server(make_cfg())
     refs = await run(stored, app.port, 2)
     refs += await run(stored, app.port, 1)           # a second CT Image
-    first, third = await archived_path(app, refs[0][1]), await archived_path(app, refs[2][1])
+    first, third = archived_path(app, refs[0][1]), archived_path(app, refs[2][1])
     # The other instance's bytes at the indexed size: only the File Meta tells.
     size = first.stat().st_size
     first.write_bytes(third.read_bytes()[:size].ljust(size, b"\0"))
@@ -200,9 +190,8 @@ async def test_report_goes_over_a_new_association_when_the_requester_released(
         # We proposed the SCP role only and the requester accepted it, so on its side
         # (the acceptor) it is the SCU of the context (PS3.4 J.3.3, PS3.7 D.3.3.4).
         assert scp.roles == [(True, False)]
-        db = Path(app.cfg.database.path)
-        await run(_wait_for, lambda: commitment_rows(db) == [(uid, "delivered", 1)],
-                  "delivered")
+        await run(wait_until, lambda: commitment_rows(app.db) == [(uid, "delivered", 1)],
+                  TIMEOUT, "delivered")
         assert len(scp.reports.got) == 1
     finally:
         scp.stop()
@@ -238,20 +227,20 @@ def _request_and_wait_elsewhere(port: int, refs: list[tuple[str, str]], same: Re
 
 async def test_unreachable_requester_is_retried_and_survives_a_restart(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
-    port = pick_free_port()                       # nothing listens there yet
+    port = free_port()                            # nothing listens there yet
     cfg = make_cfg({**peers(port), **FAST_RETRY})
     app = await start_server(cfg)
     refs = await run(stored, app.port, 2)
     uid = generate_uid()
     assert (await run(request_commitment, app.port, refs, transaction_uid=uid)).Status == 0
-    db = Path(cfg.database.path)
-    await run(_wait_for, lambda: commitment_rows(db)[0][2] >= 2, "two failed attempts")
-    await app.stop()
+    db = app.db
+    await run(wait_until, lambda: commitment_rows(db)[0][2] >= 2, TIMEOUT, "two failed attempts")
+    await run(app.stop)
     assert commitment_rows(db)[0][1] == "pending"
 
     scp = RequesterScp(port)
     try:
-        app = await start_server(cfg)
+        await start_server(cfg)                   # the same archive and index again
         how, event_type, info = await run(scp.reports.wait)
         assert (how, event_type, info.TransactionUID) == ("new", 1, uid)
         await asyncio.sleep(1.0)                  # several retry intervals: no second copy
@@ -268,38 +257,33 @@ async def test_requester_missing_from_peers_is_kept_pending_then_abandoned(
     app = await start_server(cfg)
     refs = await run(stored, app.port, 1)
     assert (await run(request_commitment, app.port, refs)).Status == 0
-    db = Path(cfg.database.path)
-    await run(_wait_for, lambda: commitment_rows(db)[0][1] == "abandoned", "abandoned")
-    with sqlite3.connect(db) as conn:
-        (error,) = conn.execute("SELECT last_error FROM commitments").fetchone()
+    db = app.db
+    await run(wait_until, lambda: commitment_rows(db)[0][1] == "abandoned", TIMEOUT,
+              "abandoned")
+    [(error,)] = query_index(db, "SELECT last_error FROM commitments")
     assert "not in peers" in error
 
 
 async def test_adding_the_requester_to_peers_with_a_reload_delivers_the_report(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
-    app = await start_server(make_cfg(FAST_RETRY))
+    overrides: dict[str, Any] = dict(FAST_RETRY)
+    app = await start_server(make_cfg(overrides),
+                             reload_config=lambda: make_cfg(overrides))
     refs = await run(stored, app.port, 1)
     uid = generate_uid()
     assert (await run(request_commitment, app.port, refs, transaction_uid=uid)).Status == 0
-    db = Path(app.cfg.database.path)
-    await run(_wait_for, lambda: commitment_rows(db)[0][2] >= 1, "a failed attempt")
+    db = app.db
+    await run(wait_until, lambda: commitment_rows(db)[0][2] >= 1, TIMEOUT, "a failed attempt")
     scp = RequesterScp()
     try:
-        assert app.reload(make_cfg({**FAST_RETRY, **peers(scp.port)}))
+        overrides.update(peers(scp.port))
+        assert await run(app.reload)
         how, event_type, info = await run(scp.reports.wait)
         assert (how, event_type, info.TransactionUID) == ("new", 1, uid)
-        await run(_wait_for, lambda: commitment_rows(db)[0][1] == "delivered", "delivered")
+        await run(wait_until, lambda: commitment_rows(db)[0][1] == "delivered", TIMEOUT,
+                  "delivered")
     finally:
         scp.stop()
-
-
-def _wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(what)
 
 
 # --------------------------------------------------------------------------- invalid N-ACTION
@@ -334,13 +318,13 @@ with lenient_pydicom():
 
 @pytest.mark.parametrize("case", INVALID)
 async def test_invalid_n_action_gets_a_failure_with_an_error_comment(
-        case: str, server: PacsApp) -> None:
+        case: str, server: RunningServer) -> None:
     kwargs, code, comment = INVALID[case]
     kwargs = {"refs": [], **kwargs}
     status = await run(lambda: request_commitment(server.port, **kwargs))
     assert status.Status == code
     assert str(status.ErrorComment).startswith(comment)
-    assert commitment_rows(Path(server.cfg.database.path)) == []
+    assert commitment_rows(server.db) == []
 
 
 async def test_a_reused_transaction_uid_fails_every_reference_with_0131(

@@ -15,4 +15,5 @@ tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
     dcmtk      finding dcmtk, require_dcmtk(), findscu/movescu/getscu runs, Storescp
     postgres   PostgresCluster, a throw-away PostgreSQL server
     polling    wait_until(), free_port(), port_open()
+    commitment a Storage Commitment requester: N-ACTION, its own listener for reports
 """

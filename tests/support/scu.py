@@ -100,7 +100,7 @@ class Scu:
         """
         assert port, "no port: is the server running?"
         ae = ae or self.ae(contexts)
-        handlers = [(evt.EVT_CONN_OPEN, _nodelay), *kwargs.pop("evt_handlers", ())]
+        handlers = [(evt.EVT_CONN_OPEN, nodelay), *kwargs.pop("evt_handlers", ())]
         assoc = ae.associate(host, port, ae_title=called, evt_handlers=handlers, **kwargs)
         try:
             if assoc.is_established:
@@ -243,7 +243,7 @@ def contexts_for(paths: Iterable[Path]) -> list[tuple[str, Sequence[str]]]:
 
 # --------------------------------------------------------------------------- the connection
 
-def _nodelay(event: Any) -> None:
+def nodelay(event: Any) -> None:
     """Turn Nagle off on our side from the first PDU (else ~40 ms a message on loopback)."""
     try:
         sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None

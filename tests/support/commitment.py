@@ -5,23 +5,27 @@
 * `RequesterScp`        the requester's own listener for N-EVENT-REPORTs over a new
                         association (accepts the SCP role the server proposes);
 * `Reports`             what either of them received;
-* `peers`               the `peers` override naming the requester.
+* `peers`               the `peers` override naming the requester;
+* `stored`              C-STORE copies of pydicom's CT_small / MR_small, as references.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pacs_testing import no_delay
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StorageCommitmentPushModel
+
+from support.config import SERVER_AE, peer
+from support.instances import bundled_dataset
+from support.polling import wait_until
+from support.scu import Scu, nodelay
 
 REQUESTER = "MODALITY"
 PUSH_MODEL = str(StorageCommitmentPushModel)
@@ -55,25 +59,31 @@ class Reports:
             return self.got[0]
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[tuple[str, int, Dataset]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def arrived() -> bool:
             with self.lock:
-                if len(self.got) >= count:
-                    return list(self.got)
-            time.sleep(0.02)
-        raise AssertionError(f"{len(self.got)} of {count} N-EVENT-REPORTs arrived")
+                return len(self.got) >= count
+
+        try:
+            wait_until(arrived, timeout, f"{count} N-EVENT-REPORTs")
+        except TimeoutError:
+            raise AssertionError(f"{len(self.got)} of {count} N-EVENT-REPORTs arrived") from None
+        with self.lock:
+            return list(self.got)
 
 
 def requester_association(port: int, reports: Reports | None = None) -> Association:
     """An established association from REQUESTER proposing the Push Model; with
-    `reports`, N-EVENT-REPORTs on it are recorded as "same"."""
-    ae = AE(ae_title=REQUESTER)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    ae.add_requested_context(PUSH_MODEL, SYNTAXES)
-    handlers = [(evt.EVT_N_EVENT_REPORT, reports.handler("same"))] if reports else []
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS", evt_handlers=handlers)
+    `reports`, N-EVENT-REPORTs on it are recorded as "same".
+
+    Not `Scu.associate`: its requestor never lets the reactor thread read the DIMSE
+    queue, and here the reactor must read the N-EVENT-REPORT requests the server sends.
+    """
+    ae = Scu(REQUESTER).ae([(PUSH_MODEL, SYNTAXES)])
+    handlers = [(evt.EVT_CONN_OPEN, nodelay)]
+    if reports:
+        handlers.append((evt.EVT_N_EVENT_REPORT, reports.handler("same")))
+    assoc = ae.associate("127.0.0.1", port, ae_title=SERVER_AE, evt_handlers=handlers)
     assert assoc.is_established
-    no_delay(assoc)
     return assoc
 
 
@@ -142,4 +152,13 @@ class RequesterScp:
 
 
 def peers(port: int) -> dict[str, Any]:
-    return {"peers": [{"ae_title": REQUESTER, "host": "127.0.0.1", "port": port}]}
+    """The `peers` override naming the requester's listener on `port`."""
+    return {"peers": [peer(REQUESTER, port)]}
+
+
+def stored(port: int, count: int = 2) -> list[tuple[str, str]]:
+    """Store CT_small / MR_small copies with fresh UIDs; (class, instance) of each."""
+    names = ["CT_small.dcm", "MR_small.dcm"]
+    datasets = [bundled_dataset(names[i % 2]) for i in range(count)]
+    assert [r.status for r in Scu().store_datasets(port, datasets)] == [0] * count
+    return [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in datasets]
