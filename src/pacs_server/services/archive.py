@@ -25,6 +25,7 @@ from pacs_server.config import StorageConfig
 from pacs_server.errors import DuplicateInstance
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
+from pacs_server.services.dataset_check import check_dataset
 from pacs_server.services.ingest import (
     StagedInstance,
     build_record,
@@ -130,6 +131,8 @@ class ArchiveService:
         """
         with open(received, "rb") as fh:
             offset = dataset_offset(fh)
+            # The whole dataset, to its last byte, before anything is parsed or kept.
+            check_dataset(fh, offset, transfer_syntax)
             ds, header, header_syntax = read_record(fh, offset, transfer_syntax)
             record = build_record(ds, header, header_syntax, transfer_syntax,
                                   request_sop_class, source_ae, self._cfg.naming)
