@@ -58,6 +58,19 @@ _SAMPLES, _PHOTOMETRIC, _FRAMES, _ROWS, _COLUMNS, _BITS = (
     0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100)
 _PIXEL_ATTRS = frozenset({_SAMPLES, _PHOTOMETRIC, _FRAMES, _ROWS, _COLUMNS, _BITS})
 
+# What an element's VR asks of the walk: 0 a 2-byte length, else a 4-byte one (and
+# for SQ, a sequence to open); _INVALID for bytes that are no VR (PS3.5 6.2).
+_SHORT, _LONG, _SEQUENCE, _INVALID = 0, 1, 2, 3
+_VR_KIND = {vr: _SEQUENCE if vr == b"SQ" else _LONG if vr in _LONG_VRS else _SHORT
+            for vr in _VRS}
+_OPENED = frozenset({_PIXEL_DATA})
+_OPENED_TOP = _OPENED | _PIXEL_ATTRS
+_HEAD_LE = struct.Struct("<HH2sH")        # tag, VR, 2-byte length (Explicit VR)
+_HEAD_BE = struct.Struct(">HH2sH")
+_HEAD_IMPLICIT = struct.Struct("<HHI")     # tag, 4-byte length (Implicit VR)
+_U32_LE = struct.Struct("<I")
+_U32_BE = struct.Struct(">I")
+
 _NATIVE = {ImplicitVRLittleEndian: (True, False), ExplicitVRLittleEndian: (False, False),
            ExplicitVRBigEndian: (False, True)}
 
@@ -93,7 +106,7 @@ def check_dataset(fh: BinaryIO, offset: int, transfer_syntax: str) -> None:
     source: _Window = _Inflated(fh, offset) if deflated else _Window(fh, offset)
     walk = _Walk(source, big, encapsulated)
     try:
-        walk.dataset(0, None, implicit, 0)
+        walk.dataset(0, source.size, implicit, 0)
     except _Malformed as exc:
         where = f" at ({exc.tag >> 16:04X},{exc.tag & 0xFFFF:04X})" if exc.tag is not None else ""
         stream = "inflated offset" if deflated else "offset"
@@ -217,14 +230,22 @@ class _Walk:
 
     def dataset(self, pos: int, end: int | None, implicit: bool, depth: int,
                 undefined_item: bool = False) -> int:
-        """Walk elements from `pos` to `end` (a defined length), to an Item
-        Delimitation (an undefined-length item) or to the end of the data (top level).
-        Returns the position after the last byte consumed."""
-        big = self.big and not implicit
-        tag_fmt = ">HH" if big else "<HH"
-        u16, u32 = (">H", ">I") if big else ("<H", "<I")
-        unpack_from = struct.unpack_from
+        """Walk elements from `pos` to `end` (a defined-length item, or the end of the
+        file at top level), to an Item Delimitation (an undefined-length item), or, in
+        an inflated stream, to its end. Returns the position after the last byte.
+
+        The hot loop of the store path: one unpack per element header, the window's
+        buffer held in locals, values skipped by arithmetic.
+        """
         w = self.w
+        big = self.big and not implicit
+        head = _HEAD_IMPLICIT if implicit else _HEAD_BE if big else _HEAD_LE
+        long_length = _U32_BE if big else _U32_LE
+        beyond = "the end" if depth == 0 else "its item"
+        opened = _OPENED_TOP if depth == 0 else _OPENED
+        vr = b""
+        buf, base = w.buf, w.start
+        limit = base + len(buf)
         last = -1
         while True:
             if end is not None:
@@ -233,14 +254,26 @@ class _Walk:
                         raise _Malformed("item has no delimiter", pos)
                     return pos
                 if pos + 8 > end:
-                    raise _Malformed("element crosses the end of its item", pos)
+                    raise _Malformed(f"element header crosses {beyond}", pos)
             elif not undefined_item and w.ends_at(pos):
                 return pos
-            buf, i = self._header(pos, 8)
-            group, elem = unpack_from(tag_fmt, buf, i)
-            tag = group << 16 | elem
+            if pos < base or pos + 12 > limit:
+                w.load(pos, 8)
+                buf, base = w.buf, w.start
+                limit = base + len(buf)
+            i = pos - base
+            if implicit:
+                group, elem, length = head.unpack_from(buf, i)
+                tag = group << 16 | elem
+                kind = _SEQUENCE if tag in _SQ_TAGS else _SHORT
+                value = pos + 8
+            else:
+                group, elem, vr, length = head.unpack_from(buf, i)
+                tag = group << 16 | elem
+                kind = _VR_KIND.get(vr, _INVALID)
+                value = pos + 8
             if group == 0xFFFE:
-                (length,) = unpack_from("<I" if not big else ">I", buf, i + 4)
+                (length,) = long_length.unpack_from(buf, i + 4)
                 if tag == _ITEM_END and undefined_item:
                     if length:
                         raise _Malformed("item delimiter with a non-zero length", pos, tag)
@@ -250,43 +283,52 @@ class _Walk:
                 raise _Malformed("tags not in ascending order" if tag < last
                                  else "tag repeated", pos, tag)
             last = tag
-            if implicit:
-                vr = b"SQ" if tag in _SQ_TAGS else b""
-                (length,) = unpack_from("<I", buf, i + 4)
-                value = pos + 8
-            else:
-                vr = buf[i + 4:i + 6]
-                if vr not in _VRS:
+            if kind:                                  # a long VR, SQ, or invalid
+                if kind == _INVALID:
                     raise _Malformed("invalid VR", pos, tag)
-                if vr in _LONG_VRS:
-                    if len(buf) < i + 12:
-                        buf, i = self._header(pos, 12)
-                    (length,) = unpack_from(u32, buf, i + 8)
+                if not implicit:
+                    if pos + 12 > limit:
+                        w.load(pos, 12)
+                        buf, base = w.buf, w.start
+                        limit = base + len(buf)
+                        i = 0
+                    (length,) = long_length.unpack_from(buf, i + 8)
                     value = pos + 12
-                else:
-                    (length,) = unpack_from(u16, buf, i + 6)
-                    value = pos + 8
-            if tag == _PIXEL_DATA and depth == 0:
-                pos = self._pixel_data(tag, pos, value, length, implicit)
-            elif length == _UNDEFINED:
-                if tag == _PIXEL_DATA:
-                    pos = self._fragments(value, tag)
-                elif implicit or vr in (b"SQ", b"UN"):
-                    # CP-246: an undefined-length UN holds Implicit VR Little Endian.
-                    pos = self._sequence(value, None, implicit or vr == b"UN", depth + 1, tag)
-                else:
-                    raise _Malformed("undefined length for a non-sequence", pos, tag)
-            else:
-                stop = value + length
-                if end is not None and stop > end:
-                    raise _Malformed(f"value runs {stop - end} bytes past its item", pos, tag)
-                if w.size is not None and stop > w.size:
-                    raise _Malformed(f"value runs {stop - w.size} bytes past the end", pos, tag)
-                if vr == b"SQ":
-                    self._sequence(value, stop, implicit, depth + 1, tag)
-                elif depth == 0 and tag in _PIXEL_ATTRS:
-                    self.pixel[tag] = self._value(value, length)
-                pos = stop
+            if kind == _SEQUENCE or length == _UNDEFINED or tag in opened:
+                pos = self._special(tag, kind == _SEQUENCE, implicit and not kind or
+                                    vr == b"UN", pos, value, length, end, implicit, depth)
+                buf, base = w.buf, w.start
+                limit = base + len(buf)
+                continue
+            pos = value + length
+            if end is not None and pos > end:
+                raise _Malformed(f"value runs {pos - end} bytes past {beyond}",
+                                 value - 8, tag)
+
+    def _special(self, tag: int, sequence: bool, un: bool, pos: int, value: int,
+                 length: int, end: int | None, implicit: bool, depth: int) -> int:
+        """Sequences, Pixel Data and the Image Pixel values: what is opened, not skipped.
+
+        `un`: an undefined length here holds Implicit VR Little Endian items (an
+        implicit-syntax element of unknown VR, or VR UN: CP-246).
+        """
+        if tag == _PIXEL_DATA and depth == 0:
+            return self._pixel_data(tag, pos, value, length)
+        if length == _UNDEFINED:
+            if tag == _PIXEL_DATA:
+                return self._fragments(value, tag)
+            if sequence or un:
+                return self._sequence(value, None, implicit or un, depth + 1, tag)
+            raise _Malformed("undefined length for a non-sequence", pos, tag)
+        stop = value + length
+        if end is not None and stop > end:
+            beyond = "the end" if depth == 0 else "its item"
+            raise _Malformed(f"value runs {stop - end} bytes past {beyond}", pos, tag)
+        if sequence:
+            self._sequence(value, stop, implicit, depth + 1, tag)
+        elif depth == 0 and tag in _PIXEL_ATTRS:
+            self.pixel[tag] = self._value(value, length)
+        return stop
 
     def _value(self, pos: int, length: int) -> bytes:
         buf, i = self._header(pos, min(length, 16))
@@ -321,8 +363,7 @@ class _Walk:
                     raise _Malformed("item runs past its sequence", pos, tag)
                 pos = self.dataset(pos + 8, stop, implicit, depth + 1)
 
-    def _pixel_data(self, tag: int, pos: int, value: int, length: int,
-                    implicit: bool) -> int:
+    def _pixel_data(self, tag: int, pos: int, value: int, length: int) -> int:
         if length == _UNDEFINED:
             if not self.encapsulated:
                 raise _Malformed("encapsulated Pixel Data in a native syntax", pos, tag)
