@@ -488,11 +488,13 @@ def archive_of(app: PacsApp) -> ArchiveService:
 
 
 def archived_files(root: Path) -> list[Path]:
-    """Every file under the archive root except in the .incoming scratch directory."""
+    """Every file under the archive root except in its private directories (.incoming
+    scratch, .journal intents, .quarantine)."""
     out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        if ".incoming" in dirnames:
-            dirnames.remove(".incoming")
+        if Path(dirpath) == Path(root):
+            dirnames[:] = [d for d in dirnames
+                           if d not in (".incoming", ".journal", ".quarantine")]
         out.extend(Path(dirpath) / f for f in filenames)
     return sorted(out)
 

@@ -1,7 +1,7 @@
 """PacsApp: the composition root. Builds every part from the Config and runs the lifecycle.
 
 startup:  library settings → storage root check → index (engines, migrations, writer)
-          → services → metrics → DICOM listener (last, so nothing is accepted before the
+          → reconcile the placement journal with the index → services → metrics → DICOM listener (last, so nothing is accepted before the
           archive is ready) → housekeeping; then `ready` is set
 run:      wait for SIGTERM/SIGINT (stop) or SIGHUP (reload)
 shutdown: the components close in reverse order (an AsyncExitStack): housekeeping stops,
@@ -35,6 +35,7 @@ from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics, MetricsEndpoint
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
 from pacs_server.services.query import QueryService
+from pacs_server.services.reconcile import ArchiveReconciler
 from pacs_server.services.retrieve import RetrieveService
 from pacs_server.sop_classes import resolve_storage_classes
 from pacs_server.storage.filestore import FileStore
@@ -134,6 +135,9 @@ class PacsApp:
                 queries = QueryService(self._index.repo, cfg.query, cfg.server.ae_title)
                 self._subscribe(lambda c: queries.reconfigure(c.query))
                 retrieve = RetrieveService(queries, files)
+            # Placements a crash left between the file and its index row, before the
+            # listener accepts anything.
+            await self._start(ArchiveReconciler(files, catalog, cfg.storage))
             self.archive = archive = ArchiveService(cfg.storage, files, catalog)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
             bridge = LoopBridge(asyncio.get_running_loop(),

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from pacs_server.errors import StartupError, StorageFull, StorageUnavailable
-from pacs_server.storage.filestore import INCOMING, FileStore, storage_errors
+from pacs_server.storage.filestore import INCOMING, JOURNAL, FileStore, storage_errors
 
 
 @pytest.fixture
@@ -96,7 +96,8 @@ def test_place_replaces_an_existing_file(tmp_path: Path, store: FileStore) -> No
         with source_file(tmp_path, content) as src:
             store.place(store.write_part(b"", src, 0, len(content)), rel)
     assert store.path(rel).read_bytes() == b"second"
-    assert [p.name for p in store.root.iterdir() if p.name != INCOMING] == ["flat.dcm"]
+    assert [p.name for p in store.root.iterdir() if p.name not in (INCOMING, JOURNAL)] == [
+        "flat.dcm"]
 
 
 def test_place_under_a_file_is_storage_unavailable(tmp_path: Path, store: FileStore) -> None:
