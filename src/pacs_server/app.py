@@ -1,8 +1,9 @@
 """PacsApp: the composition root. Builds every part from the Config and runs the lifecycle.
 
 startup:  library settings → storage root check → index (engines, migrations, writer)
-          → reconcile the placement journal with the index → services → metrics → DICOM listener (last, so nothing is accepted before the
-          archive is ready) → housekeeping; then `ready` is set
+          → reconcile the placement journal with the index → services → metrics
+          → DICOM listener (last, so nothing is accepted before the archive is ready)
+          → housekeeping; then `ready` is set
 run:      wait for SIGTERM/SIGINT (stop) or SIGHUP (reload)
 shutdown: the components close in reverse order (an AsyncExitStack): housekeeping stops,
           the listener stops accepting and drains for `shutdown_grace` seconds (a second
