@@ -265,10 +265,12 @@ STRICTER = (
     "tags not in ascending order",                  # PS3.5 7.1: ascending order
     "tag repeated",                                 # dcmdump drops the second element
     "invalid VR",                                   # PS3.5 6.2: dcmdump guesses a length
-    "bytes after the end of the deflated stream",   # dcmdump ignores them
-    "encapsulated Pixel Data in a native syntax",   # PS3.5 A.4
+    "bytes after the deflated stream",   # dcmdump ignores them
+    "encapsulated, but syntax is native",   # PS3.5 A.4
     "item runs past its sequence",                  # PS3.5 7.5: dcmdump reads on
-    "item crosses the end of its sequence",
+    "item crosses its sequence end",
+    "sequence delimiter length not 0",              # PS3.5 7.5.2: dcmdump ignores it
+    "item delimiter length not 0",
     "delimiter or item out of place",               # dcmdump skips stray delimiters
     "value runs",             # a sequence longer than the file: dcmdump reads to the end
     "Pixel Data has",                               # PS3.3 C.7.6.3: semantic, 0xA900

@@ -181,7 +181,7 @@ class _Inflated(_Window):
             crc = zlib.crc32(last, self._crc)
             if rest == struct.pack("<II", crc, total & 0xFFFFFFFF):
                 return
-        raise _Malformed("bytes after the end of the deflated stream", total)
+        raise _Malformed("bytes after the deflated stream", total)
 
     def load(self, pos: int, n: int) -> None:
         # Forward only: drop what is behind `pos`, inflate (and discard) up to it.
@@ -276,7 +276,7 @@ class _Walk:
                 (length,) = long_length.unpack_from(buf, i + 4)
                 if tag == _ITEM_END and undefined_item:
                     if length:
-                        raise _Malformed("item delimiter with a non-zero length", pos, tag)
+                        raise _Malformed("item delimiter length not 0", pos, tag)
                     return pos + 8
                 raise _Malformed("delimiter or item out of place", pos, tag)
             if tag <= last:
@@ -319,7 +319,7 @@ class _Walk:
                 return self._fragments(value, tag)
             if sequence or un:
                 return self._sequence(value, None, implicit or un, depth + 1, tag)
-            raise _Malformed("undefined length for a non-sequence", pos, tag)
+            raise _Malformed("undefined length, not a sequence", pos, tag)
         stop = value + length
         if end is not None and stop > end:
             beyond = "the end" if depth == 0 else "its item"
@@ -345,13 +345,13 @@ class _Walk:
                 if pos == end:
                     return pos
                 if pos + 8 > end:
-                    raise _Malformed("item crosses the end of its sequence", pos, tag)
+                    raise _Malformed("item crosses its sequence end", pos, tag)
             buf, i = self._header(pos, 8)
             group, elem, length = struct.unpack_from(fmt, buf, i)
             item = group << 16 | elem
             if item == _SEQ_END and end is None:
                 if length:
-                    raise _Malformed("sequence delimiter with a non-zero length", pos, tag)
+                    raise _Malformed("sequence delimiter length not 0", pos, tag)
                 return pos + 8
             if item != _ITEM:
                 raise _Malformed("sequence holds a non-item", pos, tag)
@@ -366,10 +366,10 @@ class _Walk:
     def _pixel_data(self, tag: int, pos: int, value: int, length: int) -> int:
         if length == _UNDEFINED:
             if not self.encapsulated:
-                raise _Malformed("encapsulated Pixel Data in a native syntax", pos, tag)
+                raise _Malformed("encapsulated, but syntax is native", pos, tag)
             return self._fragments(value, tag)
         if self.encapsulated:
-            raise _Malformed("Pixel Data not encapsulated, syntax says it is", pos, tag)
+            raise _Malformed("not encapsulated, syntax says it is", pos, tag)
         self.pixel_length = (length, pos)
         size = self.w.size
         if size is not None and value + length > size:
@@ -385,14 +385,14 @@ class _Walk:
             item = group << 16 | elem
             if item == _SEQ_END and not first:
                 if length:
-                    raise _Malformed("sequence delimiter with a non-zero length", pos, tag)
+                    raise _Malformed("sequence delimiter length not 0", pos, tag)
                 return pos + 8
             if item != _ITEM:
-                raise _Malformed("Pixel Data fragment is not an item", pos, tag)
+                raise _Malformed("fragment is not an item", pos, tag)
             if length == _UNDEFINED:
-                raise _Malformed("Pixel Data fragment of undefined length", pos, tag)
+                raise _Malformed("fragment of undefined length", pos, tag)
             if first and length % 4:
-                raise _Malformed("Basic Offset Table length not a multiple of 4", pos, tag)
+                raise _Malformed("offset table length not multiple of 4", pos, tag)
             first = False
             pos += 8 + length
             if self.w.size is not None and pos > self.w.size:
@@ -417,6 +417,5 @@ class _Walk:
         expected = (rows * cols * samples * bits * max(frames, 1) + 7) // 8
         length, pos = self.pixel_length
         if length < expected:
-            raise DatasetMismatch(
-                f"Pixel Data has {length} bytes, Rows/Columns/Bits say {expected} "
-                f"(7FE0,0010) offset {pos}")
+            raise DatasetMismatch(f"Pixel Data has {length} bytes, image needs {expected} "
+                                  f"at (7FE0,0010) offset {pos}")
