@@ -135,10 +135,7 @@ class _Window:
             raise _Malformed("data set ends inside an element header", pos)
 
     def ends_at(self, pos: int) -> bool:
-        """True when the data ends exactly at `pos` (raises when it ends before)."""
-        assert self.size is not None
-        if pos > self.size:
-            raise _Malformed(f"value runs {pos - self.size} bytes past the end", pos)
+        """True when the data ends exactly at `pos` (top-level walks know the size)."""
         return pos == self.size
 
 
@@ -346,12 +343,8 @@ class _Walk:
                     return pos
                 if pos + 8 > end:
                     raise _Malformed("item crosses its sequence end", pos, tag)
-            buf, i = self._header(pos, 8)
-            group, elem, length = struct.unpack_from(fmt, buf, i)
-            item = group << 16 | elem
+            item, length = self._item(pos, fmt, tag)
             if item == _SEQ_END and end is None:
-                if length:
-                    raise _Malformed("sequence delimiter length not 0", pos, tag)
                 return pos + 8
             if item != _ITEM:
                 raise _Malformed("sequence holds a non-item", pos, tag)
@@ -362,6 +355,15 @@ class _Walk:
                 if end is not None and stop > end:
                     raise _Malformed("item runs past its sequence", pos, tag)
                 pos = self.dataset(pos + 8, stop, implicit, depth + 1)
+
+    def _item(self, pos: int, fmt: str, tag: int) -> tuple[int, int]:
+        """Tag and length of an item or delimiter header (a delimiter has length 0)."""
+        buf, i = self._header(pos, 8)
+        group, elem, length = struct.unpack_from(fmt, buf, i)
+        item = group << 16 | elem
+        if item == _SEQ_END and length:
+            raise _Malformed("sequence delimiter length not 0", pos, tag)
+        return item, length
 
     def _pixel_data(self, tag: int, pos: int, value: int, length: int) -> int:
         if length == _UNDEFINED:
@@ -380,12 +382,8 @@ class _Walk:
         """Encapsulated Pixel Data (PS3.5 A.4): offset table, fragments, delimiter."""
         first = True
         while True:
-            buf, i = self._header(pos, 8)
-            group, elem, length = struct.unpack_from("<HHI", buf, i)
-            item = group << 16 | elem
+            item, length = self._item(pos, "<HHI", tag)
             if item == _SEQ_END and not first:
-                if length:
-                    raise _Malformed("sequence delimiter length not 0", pos, tag)
                 return pos + 8
             if item != _ITEM:
                 raise _Malformed("fragment is not an item", pos, tag)
