@@ -17,13 +17,21 @@ import asyncio
 import json
 import os
 import sqlite3
+import struct
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dataset_mutations import cases, dcmdump_verdict, samples_by_name, stricter_reason, write_case
+from dataset_mutations import (
+    cases,
+    dcmdump_verdict,
+    load_sample,
+    samples_by_name,
+    stricter_reason,
+    write_case,
+)
 from pacs_testing import (
     SUCCESS,
     Scu,
@@ -110,3 +118,21 @@ async def test_mutated_datasets_are_never_acknowledged(
     assert not failures, "\n".join(failures[:20])
     assert tally["malformed refused"] > CASES // 2 and tally["well-formed stored"] > 0, tally
     assert await scu.aecho(app.port) == SUCCESS
+
+
+async def test_trailing_garbage_and_junk_in_a_sequence_are_refused(
+        server: Any, scu: Scu, dicom_files: Any) -> None:
+    """The two cases of the issue, one by one: 0xC000 naming the tag and offset."""
+    ct = load_sample("CT_small.dcm")
+    at = ct.body.index(b"\x10\x00\x02\x10SQ\x00\x00")       # (0010,1002), defined length
+    (length,) = struct.unpack_from("<I", ct.body, at + 8)
+    end = at + 12 + length
+    junk = (ct.body[:at + 8] + struct.pack("<I", length + 16) + ct.body[at + 12:end]
+            + b"\x5a" * 16 + ct.body[end:])
+    paths = [dicom_files.raw(body, sop_class=ct.sop_class, ts=ct.transfer_syntax)
+             for body in (ct.body + b"\x01" * 16, junk)]
+    results = await scu.astore(server.port, paths)
+    assert [r.status for r in results] == [CANNOT_UNDERSTAND] * 2
+    assert results[0].comment is not None and f"offset {len(ct.body)}" in results[0].comment
+    assert results[1].comment is not None and "(0010,1002)" in results[1].comment
+    assert archived_files(Path(server.cfg.storage.directory)) == []
