@@ -1,8 +1,9 @@
 """PacsApp: the composition root. Builds every part from the Config and runs the lifecycle.
 
 startup:  library settings → storage root check → index (engines, migrations, writer)
-          → services → metrics → Storage Commitment delivery → DICOM listener (last, so
-          nothing is accepted before the archive is ready) → housekeeping; then `ready`
+          → reconcile the placement journal with the index → services → metrics → Storage
+          Commitment delivery → DICOM listener (last, so nothing is accepted before the
+          archive is ready) → housekeeping; then `ready` is set
 run:      wait for SIGTERM/SIGINT (stop) or SIGHUP (reload)
 shutdown: the components close in reverse order (an AsyncExitStack): housekeeping stops,
           the listener stops accepting and drains for `shutdown_grace` seconds (a second
@@ -40,6 +41,7 @@ from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, I
 from pacs_server.services.commitment import CommitmentService
 from pacs_server.services.mpps import MppsService
 from pacs_server.services.query import QueryService
+from pacs_server.services.reconcile import ArchiveReconciler
 from pacs_server.services.retrieve import RetrieveService
 from pacs_server.services.worklist import WorklistService
 from pacs_server.services.worklist_retention import WorklistRetention
@@ -162,6 +164,9 @@ class PacsApp:
                 self.worklist_repo = self._index.worklist
                 worklists = WorklistService(self.worklist_repo)
                 steps = MppsService(self._index.steps, worklist=self.worklist_repo)
+            # Placements a crash left between the file and its index row, before the
+            # listener accepts anything.
+            await self._start(ArchiveReconciler(files, catalog, cfg.storage))
             self.archive = archive = ArchiveService(cfg.storage, files, catalog)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
             bridge = LoopBridge(asyncio.get_running_loop(),

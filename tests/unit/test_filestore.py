@@ -5,13 +5,14 @@ from __future__ import annotations
 import errno
 import io
 import os
+import threading
 import time
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from pacs_server.errors import StartupError, StorageFull, StorageUnavailable
-from pacs_server.storage.filestore import INCOMING, FileStore, storage_errors
+from pacs_server.storage.filestore import INCOMING, JOURNAL, FileStore, storage_errors
 
 
 @pytest.fixture
@@ -96,7 +97,8 @@ def test_place_replaces_an_existing_file(tmp_path: Path, store: FileStore) -> No
         with source_file(tmp_path, content) as src:
             store.place(store.write_part(b"", src, 0, len(content)), rel)
     assert store.path(rel).read_bytes() == b"second"
-    assert [p.name for p in store.root.iterdir() if p.name != INCOMING] == ["flat.dcm"]
+    assert [p.name for p in store.root.iterdir() if p.name not in (INCOMING, JOURNAL)] == [
+        "flat.dcm"]
 
 
 def test_place_under_a_file_is_storage_unavailable(tmp_path: Path, store: FileStore) -> None:
@@ -201,3 +203,38 @@ def test_sweep_incoming_removes_only_stale_files(store: FileStore) -> None:
     os.utime(stale, (old, old))
     assert store.sweep_incoming(600) == 1
     assert not stale.exists() and fresh.exists()
+
+
+def test_journal_intents_until_closed(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "archive")
+    store.prepare()
+    rels = [PurePosixPath(f"P/{n}/x.dcm") for n in range(40)]
+    intents: list[Path] = []
+    lock = threading.Lock()
+
+    def announce(chunk: list[PurePosixPath]) -> None:
+        for rel in chunk:
+            made = store.journal.open(rel)          # fsynced, shared between threads
+            with lock:
+                intents.append(made)
+
+    threads = [threading.Thread(target=announce, args=(rels[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(target for _, target in store.journal.pending()) == sorted(map(str, rels))
+    for made in intents[:30]:
+        store.journal.close(made)
+    assert len(store.journal.pending()) == 10
+    store.prepare()                                  # a restart keeps open intents
+    assert len(store.journal.pending()) == 10
+
+
+def test_quarantine_keeps_the_relative_path(store: FileStore) -> None:
+    rel = PurePosixPath("P/study/series/bad.dcm")
+    store.path(rel).parent.mkdir(parents=True)
+    store.path(rel).write_bytes(b"not dicom")
+    moved = store.quarantine(rel)
+    assert moved == store.root / ".quarantine" / rel and moved.read_bytes() == b"not dicom"
+    assert not (store.root / "P").exists()          # emptied directories pruned

@@ -2,8 +2,9 @@
 
 `stage()` and `store()` run in the association's thread (parsing, copying, fsync and
 rename are blocking work); only the index calls cross to the event loop, through the
-runner the caller passes (the bridge). A definite index failure removes the placed file
-again, so the only possible leftover of a crash is an unindexed file, never an index
+runner the caller passes (the bridge). Each placement is announced in the journal
+first, so a crash (or an ambiguous index failure) between placing the file and
+committing its row leaves an intent that the next start reconciles; never an index
 row without its file.
 """
 
@@ -25,6 +26,7 @@ from pacs_server.config import StorageConfig
 from pacs_server.errors import DuplicateInstance, StorageFull
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
+from pacs_server.services.dataset_check import check_dataset
 from pacs_server.services.ingest import (
     StagedInstance,
     build_record,
@@ -150,6 +152,8 @@ class ArchiveService:
         """
         with open(received, "rb") as fh:
             offset = dataset_offset(fh)
+            # The whole dataset, to its last byte, before anything is parsed or kept.
+            check_dataset(fh, offset, transfer_syntax)
             ds, header, header_syntax = read_record(fh, offset, transfer_syntax)
             record = build_record(ds, header, header_syntax, transfer_syntax,
                                   request_sop_class, source_ae, self._cfg.naming)
@@ -202,32 +206,49 @@ class ArchiveService:
         """
         rec = staged.record
         policy = self._cfg.duplicate_policy
+        journal = self.files.journal
         with self._claim(rec.sop_instance_uid):
-            if policy == "replace":
-                existed = self.files.exists(rec.rel_path)
-                self.files.place(staged.part, rec.rel_path)
-                old = run(self.catalog.add(rec, True))
-                if old is not None and old != str(rec.rel_path):
-                    self.files.remove(PurePosixPath(old))
-                self._count_stored(rec.size)
-                replaced = old is not None or existed
-                return StoreOutcome.REPLACED if replaced else StoreOutcome.STORED
-            if not self.files.place_new(staged.part, rec.rel_path):
-                if run(self.catalog.lookup(rec)) is not None:
-                    self.files.discard(staged.part)
-                    return self._duplicate(rec, policy)
-                # A file nobody indexed: left by an interrupted store. Take its place.
-                self.files.place(staged.part, rec.rel_path)
-            # Any other error leaves the placed file: the row may or may not have been
-            # committed (a timeout is ambiguous), and an unindexed file is the allowed
-            # leftover, a row without its file is not.
+            # Announced before it is placed: a crash from here to the commit leaves an
+            # intent that the next start reconciles (services/reconcile.py).
+            intent = journal.open(rec.rel_path)
             try:
-                run(self.catalog.add(rec, False))
+                outcome = self._place_and_index(staged, run, policy)
             except DuplicateInstance:
-                # Indexed already, under another path (e.g. PatientID changed).
-                self.files.remove(rec.rel_path)
+                journal.close(intent)     # nothing placed, or the placement undone
+                raise
+            # Any other error keeps the intent open: an index timeout is ambiguous, and
+            # a failed fsync may follow a rename. The next start sorts it out.
+            journal.close(intent)
+        if outcome is not StoreOutcome.ALREADY_STORED:
+            self._count_stored(rec.size)
+        return outcome
+
+    def _place_and_index(self, staged: StagedInstance, run: Runner,
+                         policy: str) -> StoreOutcome:
+        rec = staged.record
+        if policy == "replace":
+            existed = self.files.exists(rec.rel_path)
+            self.files.place(staged.part, rec.rel_path)
+            old = run(self.catalog.add(rec, True))
+            if old is not None and old != str(rec.rel_path):
+                self.files.remove(PurePosixPath(old))
+            replaced = old is not None or existed
+            return StoreOutcome.REPLACED if replaced else StoreOutcome.STORED
+        if not self.files.place_new(staged.part, rec.rel_path):
+            if run(self.catalog.lookup(rec)) is not None:
+                self.files.discard(staged.part)
                 return self._duplicate(rec, policy)
-        self._count_stored(rec.size)
+            # A file nobody indexed: left by an interrupted store. Take its place.
+            self.files.place(staged.part, rec.rel_path)
+        # Any other error leaves the placed file (and its intent): the row may or may
+        # not have been committed (a timeout is ambiguous), and a row without its file
+        # is the one outcome we never allow.
+        try:
+            run(self.catalog.add(rec, False))
+        except DuplicateInstance:
+            # Indexed already, under another path (e.g. PatientID changed).
+            self.files.remove(rec.rel_path)
+            return self._duplicate(rec, policy)
         return StoreOutcome.STORED
 
     def _duplicate(self, rec: InstanceRecord, policy: str) -> StoreOutcome:

@@ -5,7 +5,10 @@ The write protocol (PS: "an acknowledged C-STORE is on disk"):
   2. os.replace() it to its final name and fsync the directory (and any directory we
      created on the way, so the new entry itself survives a crash);
   3. only then may the caller commit the index row and acknowledge.
-A crash leaves at most a *.part file in .incoming, which `prepare()` removes at start.
+A crash leaves at most a *.part file in .incoming, which `prepare()` removes at start,
+or a placed file whose index row was never committed: every placement is announced in
+the `PlacementJournal` (<root>/.journal) first, so the start-up reconciliation
+(services/reconcile.py) finds those without walking the archive.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +27,9 @@ from typing import BinaryIO
 from pacs_server.errors import StartupError, StorageFull, StorageUnavailable
 
 INCOMING = ".incoming"
+JOURNAL = ".journal"
+QUARANTINE = ".quarantine"
+_PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE)
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -43,6 +50,7 @@ class FileStore:
     def __init__(self, root: str | Path, fsync: bool = True) -> None:
         self.root = Path(root).resolve()
         self.incoming = self.root / INCOMING
+        self.journal = PlacementJournal(self.root / JOURNAL, fsync)
         self._fsync = fsync
 
     # -- lifecycle ------------------------------------------------------------------
@@ -53,6 +61,7 @@ class FileStore:
         """
         try:
             self.incoming.mkdir(parents=True, exist_ok=True)
+            self.journal.directory.mkdir(exist_ok=True)
             probe = self.incoming / f"probe-{uuid.uuid4().hex}"
             with open(probe, "wb") as fh:
                 fh.write(b"ok")
@@ -177,6 +186,18 @@ class FileStore:
                 break
             parent = parent.parent
 
+    def quarantine(self, rel: PurePosixPath | str) -> Path:
+        """Move an archived file that cannot be indexed to <root>/.quarantine/<rel>."""
+        source = self.path(rel)
+        target = self.root / QUARANTINE / PurePosixPath(rel)
+        if target.exists():
+            target = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
+        with storage_errors():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+        self.remove(rel)          # prunes the emptied directories
+        return target
+
     # -- reading --------------------------------------------------------------------
     def path(self, rel: PurePosixPath | str) -> Path:
         """Absolute path of a relative archive path; refuses anything that escapes root."""
@@ -189,11 +210,11 @@ class FileStore:
         return self.path(rel).is_file()
 
     def usage(self) -> tuple[int, int]:
-        """(files, bytes) under the root, .incoming excluded; walks the tree."""
+        """(files, bytes) under the root, its private directories excluded; walks the tree."""
         files = size = 0
         for dirpath, dirnames, filenames in os.walk(self.root):
-            if INCOMING in dirnames:
-                dirnames.remove(INCOMING)
+            if dirpath == str(self.root):
+                dirnames[:] = [d for d in dirnames if d not in _PRIVATE_DIRS]
             for name in filenames:
                 try:
                     size += os.stat(os.path.join(dirpath, name)).st_size
@@ -219,6 +240,77 @@ class FileStore:
             except FileExistsError:
                 pass
         return created
+
+
+class PlacementJournal:
+    """Placements announced but not yet indexed: one intent per in-flight store.
+
+    An intent is a symbolic link <root>/.journal/<random> whose target is the relative
+    path being placed: created in one system call with its content, durable with one
+    fsync of the journal directory, and that fsync is shared by every store in flight
+    (group commit, like the index writer's). It is written before the file is placed
+    and removed (without fsync) once the index row is committed or the placement
+    undone; a crash in between leaves it for the reconciliation at start.
+    """
+
+    def __init__(self, directory: Path, fsync: bool = True) -> None:
+        self.directory = directory
+        self._fsync = fsync
+        self._cond = threading.Condition()
+        self._written = 0          # intents created (counted after the symlink exists)
+        self._synced = 0           # intents known to be durable
+        self._syncing = False
+
+    def open(self, rel: PurePosixPath) -> Path:
+        """Announce that `rel` is about to be placed; durable when this returns."""
+        intent = self.directory / uuid.uuid4().hex
+        with storage_errors():
+            os.symlink(str(rel), intent)
+            if self._fsync:
+                self._sync()
+        return intent
+
+    def close(self, intent: Path | None) -> None:
+        """The placement is indexed or undone: forget it (a lost unlink is harmless)."""
+        if intent is not None:
+            _unlink_quietly(intent)
+
+    def pending(self) -> list[tuple[Path, str]]:
+        """Every open intent and the relative path it announces."""
+        try:
+            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        out = []
+        for entry in entries:
+            try:
+                out.append((Path(entry.path), os.readlink(entry.path)))
+            except OSError:             # not a symlink: not ours
+                out.append((Path(entry.path), ""))
+        return out
+
+    def _sync(self) -> None:
+        with self._cond:
+            self._written += 1
+            mine = self._written
+            while self._synced < mine:
+                if not self._syncing:
+                    self._syncing = True
+                    target = self._written
+                    break
+                self._cond.wait()
+            else:
+                return
+        done = False
+        try:
+            _fsync_dir(self.directory)
+            done = True
+        finally:
+            with self._cond:
+                self._syncing = False
+                if done:
+                    self._synced = max(self._synced, target)
+                self._cond.notify_all()
 
 
 def _write_all(fd: int, data: bytes) -> None:

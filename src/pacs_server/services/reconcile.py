@@ -1,0 +1,162 @@
+"""Reconcile the archive with the index after a crash, from the placement journal.
+
+Only what could have been in flight is looked at: the intents left open in
+<archive>/.journal (written before every placement, removed after its index commit;
+`storage/filestore.PlacementJournal`), not the whole tree, so the cost at start is
+proportional to the stores interrupted, not to the archive. For each intent:
+
+* no file at the path: nothing was placed (or it was undone) → the intent is dropped;
+* the file is indexed at that path: the crash came after the commit → dropped;
+* the file is not indexed: it was never acknowledged (the sender will retry, and
+  duplicate_policy then applies), but it is complete (placement is an atomic rename of
+  a fsynced file), so it is checked to its last byte and indexed; indexed under another
+  path already: `replace` indexes this one, `reject`/`ignore` keep the first and
+  remove this copy, as the store itself would have;
+* the file cannot be read or indexed: it is moved to <archive>/.quarantine/ and logged.
+
+`reconcile()` is the entry point for anything else that repairs (a `verify --repair`);
+`ArchiveReconciler` is the start-up component.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+
+import structlog
+from pydicom.filereader import read_file_meta_info
+
+from pacs_server.config import StorageConfig
+from pacs_server.errors import DuplicateInstance, PacsError, UnreadableDataset
+from pacs_server.index.records import InstanceRecord
+from pacs_server.services.archive import Catalog
+from pacs_server.services.dataset_check import check_dataset
+from pacs_server.services.ingest import build_record, dataset_offset, read_record
+from pacs_server.storage.filestore import FileStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconciliation found, intent by intent."""
+
+    intents: int = 0        # open intents examined
+    committed: int = 0      # file and row present: the crash came after the commit
+    not_placed: int = 0     # no file: nothing to do
+    indexed: int = 0        # a file without its row, indexed now
+    removed: int = 0        # a second copy of an instance indexed elsewhere
+    quarantined: int = 0    # unreadable or not indexable: moved to .quarantine
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+async def reconcile(files: FileStore, catalog: Catalog, cfg: StorageConfig) -> ReconcileReport:
+    """Settle every open placement intent of `files` against `catalog`.
+
+    Blocking file work runs in worker threads; index calls are awaited on the running
+    loop. Safe to run again: each intent is removed once settled.
+    """
+    report = ReconcileReport()
+    for intent, target in await asyncio.to_thread(files.journal.pending):
+        report.intents += 1
+        outcome = await _settle(files, catalog, cfg, target)
+        setattr(report, outcome, getattr(report, outcome) + 1)
+        await asyncio.to_thread(files.journal.close, intent)
+    if report.intents:
+        log.warning("storage.reconciled", **report.as_dict())
+    return report
+
+
+async def _settle(files: FileStore, catalog: Catalog, cfg: StorageConfig,
+                  target: str) -> str:
+    try:
+        path = files.path(target) if target else None
+    except PacsError:
+        path = None                         # not a path inside the archive: not ours
+    if path is None or not await asyncio.to_thread(path.is_file):
+        return "not_placed"
+    rel = PurePosixPath(target)
+    try:
+        record = await asyncio.to_thread(read_archived, path, rel, cfg.naming)
+    except PacsError as exc:
+        return await _quarantine(files, rel, str(exc))
+    indexed = await catalog.lookup(record)
+    if indexed == str(rel):
+        return "committed"
+    try:
+        await asyncio.to_thread(check_file, path)
+    except PacsError as exc:
+        return await _quarantine(files, rel, str(exc))
+    replace = cfg.duplicate_policy == "replace"
+    if indexed is not None and not replace:
+        await asyncio.to_thread(files.remove, rel)
+        log.info("storage.reconcile_duplicate_removed", path=target, indexed=indexed)
+        return "removed"
+    try:
+        old = await catalog.add(record, replace)
+    except DuplicateInstance:
+        await asyncio.to_thread(files.remove, rel)
+        return "removed"
+    if old is not None and old != str(rel):
+        await asyncio.to_thread(files.remove, PurePosixPath(old))
+    log.info("storage.reconcile_indexed", path=target,
+             sop_instance_uid=record.sop_instance_uid)
+    return "indexed"
+
+
+async def _quarantine(files: FileStore, rel: PurePosixPath, reason: str) -> str:
+    moved = await asyncio.to_thread(files.quarantine, rel)
+    log.warning("storage.quarantined", path=str(rel), to=str(moved), reason=reason)
+    return "quarantined"
+
+
+def read_archived(path: Path, rel: PurePosixPath, naming: str) -> InstanceRecord:
+    """The index record of an archived Part-10 file (our File Meta, then the dataset).
+
+    Raises:
+        UnreadableDataset, DatasetMismatch: the file cannot be indexed.
+    """
+    try:
+        meta = read_file_meta_info(path)
+        transfer_syntax = str(meta.TransferSyntaxUID)
+    except Exception as exc:  # pydicom raises assorted errors on a damaged meta
+        raise UnreadableDataset(f"file meta unreadable: {exc}") from None
+    with open(path, "rb") as fh:
+        offset = dataset_offset(fh)
+        ds, header, header_syntax = read_record(fh, offset, transfer_syntax)
+        record = build_record(ds, header, header_syntax, transfer_syntax,
+                              str(meta.get("MediaStorageSOPClassUID", "")),
+                              str(meta.get("SourceApplicationEntityTitle", "")).strip(),
+                              naming)
+    record.rel_path = rel
+    record.size = os.path.getsize(path)
+    return record
+
+
+def check_file(path: Path) -> None:
+    """The structure check of the dataset in an archived Part-10 file."""
+    meta = read_file_meta_info(path)
+    with open(path, "rb") as fh:
+        check_dataset(fh, dataset_offset(fh), str(meta.TransferSyntaxUID))
+
+
+class ArchiveReconciler:
+    """Start-up component: reconcile before the listener accepts anything."""
+
+    name = "reconcile"
+
+    def __init__(self, files: FileStore, catalog: Catalog, cfg: StorageConfig) -> None:
+        self._files = files
+        self._catalog = catalog
+        self._cfg = cfg
+        self.report: ReconcileReport | None = None
+
+    async def start(self) -> None:
+        self.report = await reconcile(self._files, self._catalog, self._cfg)
+
+    async def close(self) -> None:
+        return None
