@@ -232,6 +232,9 @@ def test_top_level_list_override() -> None:
 
 # --------------------------------------------------------------------------- reload
 
+TLS_FILES = {"tls.cert_path": "server.pem", "tls.key_path": "server.key"}
+
+
 def _other_value(key: str, default: Any) -> Any:
     """A valid value for `key` that differs from its default."""
     special: dict[str, Any] = {
@@ -241,6 +244,7 @@ def _other_value(key: str, default: Any) -> Any:
         "storage.accepted_sop_classes": ["CT"],
         "access_control.allowed_ae_titles": ["OTHER"],
         "peers": [{"ae_title": "VIEWER", "host": "10.0.0.2", "port": 104}],
+        "tls.min_version": "1.3",
     }
     if key in special:
         return special[key]
@@ -262,9 +266,11 @@ def _other_value(key: str, default: Any) -> Any:
 def test_each_change_is_reloadable_or_needs_a_restart(key: str, reloadable: bool) -> None:
     """Every setting, changed alone, lands on the side its `reload` metadata says."""
     default = dict((k, d) for k, _, d in iter_fields())[key]
-    new = load_config(None, {key: _other_value(key, default)})
+    # The TLS listener cannot be enabled without a certificate: both sides have one.
+    base = TLS_FILES if key == "tls.enabled" else {}
+    new = load_config(None, {**base, key: _other_value(key, default)})
     expected = ([key], []) if reloadable else ([], [key])
-    assert reloadable_changes(load_config(None), new) == expected
+    assert reloadable_changes(load_config(None, base), new) == expected
 
 
 def test_the_source_of_a_config_is_not_a_change(tmp_path: Path) -> None:
