@@ -14,4 +14,6 @@ tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
     dcmtk      finding dcmtk, require_dcmtk(), findscu/movescu/getscu runs, Storescp
     postgres   PostgresCluster, a throw-away PostgreSQL server
     polling    wait_until(), free_port(), port_open()
+    security   a throw-away PKI, TLS and bound-address clients, raw PDUs and sockets
+    fuzz_pdus  the socket fuzz harness against a server process (scripts/fuzz-sockets)
 """
