@@ -4,35 +4,31 @@ associations from two loopback "hosts" (127.0.0.1 and 127.0.0.2)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from pacs_testing import SERVER_AE, VERIFICATION
-from pynetdicom import AE
-from security_helpers import ECHO_SYNTAXES, echo_from
 from structlog.testing import capture_logs
 
-from pacs_server.app import PacsApp
 from pacs_server.config import Config
+from support.security import echo_from, hold
+from support.server import RunningServer
 
 PERMANENT_AE = "rejected 1/1/3"      # rejected-permanent, service user, calling AE
 TRANSIENT_LIMIT = "rejected 2/3/2"   # rejected-transient, provider (presentation), limit
 
 
-def rejected(app: PacsApp, reason: str) -> float:
-    return app.metrics.registry.get_sample_value(
-        "pacs_associations_rejected_total", {"reason": reason}) or 0.0
+def rejected(app: RunningServer, reason: str) -> float:
+    return app.sample("pacs_associations_rejected_total", reason=reason) or 0.0
 
 
-async def echo(source: str, app: PacsApp, calling: str) -> str:
+async def echo(source: str, app: RunningServer, calling: str) -> str:
     assert app.port
     return await asyncio.to_thread(echo_from, source, app.port, calling)
 
 
 async def test_known_ae_from_unknown_host_is_refused(start_server: Callable[..., Any],
                                                       make_cfg: Callable[..., Config]) -> None:
-    app: PacsApp = await start_server(make_cfg({"access_control.allowed_ae_titles": [
+    app: RunningServer = await start_server(make_cfg({"access_control.allowed_ae_titles": [
         {"ae_title": "CT_01", "hosts": ["10.0.0.5", "127.0.0.0/31"]},
         {"ae_title": "MR_01", "hosts": ["127.0.0.2"]},
         "TESTSCU"]}))
@@ -54,7 +50,7 @@ async def test_known_ae_from_unknown_host_is_refused(start_server: Callable[...,
 
 async def test_rate_limit_per_calling_ae_and_per_address(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
-    app: PacsApp = await start_server(make_cfg({
+    app: RunningServer = await start_server(make_cfg({
         "limits.associations_per_minute_per_ae": 3,
         "limits.associations_per_minute_per_address": 6}))
     with capture_logs() as logs:
@@ -71,16 +67,14 @@ async def test_rate_limit_per_calling_ae_and_per_address(
     assert rejected(app, "rate_per_ae") == 1 and rejected(app, "rate_per_address") == 1
 
 
-def hold(source: str, port: int, calling: str) -> Any:
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(VERIFICATION, ECHO_SYNTAXES)
-    return ae.associate("127.0.0.1", port, ae_title=SERVER_AE, bind_address=(source, 0))
-
-
 async def test_concurrent_limits_and_reload(start_server: Callable[..., Any],
                                             make_cfg: Callable[..., Config]) -> None:
-    app: PacsApp = await start_server(make_cfg({"limits.concurrent_per_ae": 1,
-                                                "limits.concurrent_per_address": 2}))
+    limits = {"limits.concurrent_per_ae": 1, "limits.concurrent_per_address": 2}
+
+    def current() -> Config:
+        return make_cfg(limits)
+
+    app: RunningServer = await start_server(current(), reload_config=current)
     assert app.port
     first = await asyncio.to_thread(hold, "127.0.0.2", app.port, "HOLDER")
     second = await asyncio.to_thread(hold, "127.0.0.2", app.port, "HOLDER2")
@@ -92,8 +86,8 @@ async def test_concurrent_limits_and_reload(start_server: Callable[..., Any],
         assert rejected(app, "concurrent_per_ae") == 1
         assert rejected(app, "concurrent_per_address") == 1
         # SIGHUP raises the limits: the same requests now get in.
-        app.reload(dataclasses.replace(app.cfg, limits=dataclasses.replace(
-            app.cfg.limits, concurrent_per_ae=5, concurrent_per_address=5)))
+        limits.update({"limits.concurrent_per_ae": 5, "limits.concurrent_per_address": 5})
+        assert app.reload() is True
         assert await echo("127.0.0.2", app, "HOLDER") == "accepted"
     finally:
         for assoc in (first, second):
@@ -105,7 +99,7 @@ async def test_concurrent_limits_and_reload(start_server: Callable[..., Any],
 
 async def test_max_associations_counts_both_listeners_and_only_associated(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
-    app: PacsApp = await start_server(make_cfg({"server.max_associations": 2}))
+    app: RunningServer = await start_server(make_cfg({"server.max_associations": 2}))
     assert app.port
     held = [await asyncio.to_thread(hold, "127.0.0.1", app.port, f"H{i}") for i in range(2)]
     try:

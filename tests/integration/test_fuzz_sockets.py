@@ -1,4 +1,4 @@
-"""The bounded socket fuzz run of CI (tests/fuzz_pdus.py; long runs: scripts/fuzz-sockets).
+"""The bounded socket fuzz run of CI (tests/support/fuzz_pdus.py; long runs: scripts/fuzz-sockets).
 
 A real `python -m pacs_server` process gets mutated A-ASSOCIATE-RQ and P-DATA PDUs and
 random bytes; after every case it must answer C-ECHO with its thread count back to the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fuzz_pdus import fuzz_fresh_server
+from support.fuzz_pdus import fuzz_fresh_server
 
 CASES = int(os.environ.get("PACS_FUZZ_CASES", "600"))
 SEED = int(os.environ.get("PACS_FUZZ_SEED", "20261201"))

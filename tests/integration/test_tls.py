@@ -10,7 +10,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -20,16 +19,17 @@ from typing import Any
 import pydicom
 import pytest
 import yaml
-from pacs_testing import SCU_AE, SERVER_AE, VERIFICATION, DicomFiles, Scu, index_of
-from prometheus_client import CollectorRegistry
-from qr_helpers import Storescp, movescu
-from security_helpers import ECHO_SYNTAXES, client_context, make_pki, tls_echo, tls_overrides
 from structlog.testing import capture_logs
 
-from pacs_server.app import PacsApp
 from pacs_server.config import Config
 from pacs_server.errors import StartupError
-from pacs_server.metrics import Metrics
+from support.archive import index_counts
+from support.config import SERVER_AE
+from support.dcmtk import Storescp, movescu
+from support.instances import DicomFiles
+from support.scu import SCU_AE, Scu
+from support.security import client_context, make_pki, quick_ae, tls_echo, tls_overrides
+from support.server import RunningServer
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def tls_server(start_server: Callable[..., Any], make_cfg: Callable[..., Config],
-                     pki: Path) -> PacsApp:
-    app: PacsApp = await start_server(make_cfg(tls_overrides(pki)))
-    assert app.tls_port and app.tls_port != app.port
-    return app
+                     pki: Path) -> RunningServer:
+    srv: RunningServer = await start_server(make_cfg(tls_overrides(pki)))
+    assert srv.tls_port and srv.tls_port != srv.port
+    return srv
 
 
 def dcmtk_echo(dcmtk: Any, port: int, *tls_args: str) -> subprocess.CompletedProcess[str]:
@@ -55,7 +55,7 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in logs if e.get("event") == name]
 
 
-async def test_dcmtk_echo_and_store_over_mutual_tls(tls_server: PacsApp, pki: Path,
+async def test_dcmtk_echo_and_store_over_mutual_tls(tls_server: RunningServer, pki: Path,
                                                      dcmtk: Any,
                                                      dicom_files: DicomFiles) -> None:
     port = tls_server.tls_port
@@ -71,14 +71,14 @@ async def test_dcmtk_echo_and_store_over_mutual_tls(tls_server: PacsApp, pki: Pa
                              "+cf", str(pki / "ca.pem"), "127.0.0.1", str(port), str(path)],
             env=dcmtk.env, capture_output=True, text=True, timeout=30)
         assert store.returncode == 0, store.stderr
-    assert (await index_of(tls_server).counts())["instances"] == 1
+    assert index_counts(tls_server.db)["instances"] == 1
     subjects = [e.get("tls_subject") for e in events(logs, "association.accepted")]
     assert subjects == ["O=pacs_server test, CN=client", "O=pacs_server test, CN=modality"]
 
 
 @pytest.mark.parametrize("case", ["no client certificate", "certificate from another CA",
                                   "server not trusted by the client", "plain DICOM"])
-async def test_dcmtk_refused(tls_server: PacsApp, pki: Path, dcmtk: Any, case: str) -> None:
+async def test_dcmtk_refused(tls_server: RunningServer, pki: Path, dcmtk: Any, case: str) -> None:
     args = {
         "no client certificate": ["+tla", "+cf", str(pki / "ca.pem")],
         "certificate from another CA": ["+tls", str(pki / "other-client.key"),
@@ -110,7 +110,7 @@ async def test_dcmtk_refused(tls_server: PacsApp, pki: Path, dcmtk: Any, case: s
         "accepted"
 
 
-async def test_pynetdicom_over_ssl_context(tls_server: PacsApp, pki: Path) -> None:
+async def test_pynetdicom_over_ssl_context(tls_server: RunningServer, pki: Path) -> None:
     port = tls_server.tls_port
     assert port
     good = await asyncio.to_thread(tls_echo, port, client_context(pki))
@@ -138,7 +138,7 @@ def tls11_handshake(port: int, pki: Path) -> str:
             return f"refused {exc.reason}"
 
 
-async def test_tls_1_1_refused(tls_server: PacsApp, pki: Path) -> None:
+async def test_tls_1_1_refused(tls_server: RunningServer, pki: Path) -> None:
     assert tls_server.tls_port
     with capture_logs() as logs:
         outcome = await asyncio.to_thread(tls11_handshake, tls_server.tls_port, pki)
@@ -148,7 +148,8 @@ async def test_tls_1_1_refused(tls_server: PacsApp, pki: Path) -> None:
         ["UNSUPPORTED_PROTOCOL"]
 
 
-async def test_silent_tls_client_does_not_block_others(tls_server: PacsApp, pki: Path) -> None:
+async def test_silent_tls_client_does_not_block_others(tls_server: RunningServer,
+                                                       pki: Path) -> None:
     """One connection to the TLS port that never sends its ClientHello: the handshake
     runs in that connection's thread, so the next client gets in at once."""
     port = tls_server.tls_port
@@ -168,10 +169,10 @@ async def test_tls_only_and_calling_ae_that_must_use_tls(start_server: Callable[
                                                           pki: Path) -> None:
     cfg = make_cfg({**tls_overrides(pki), "access_control.allowed_ae_titles": [
         {"ae_title": "CT_01", "tls": True}, SCU_AE, "ECHOSCU"]})
-    app: PacsApp = await start_server(cfg)
+    app: RunningServer = await start_server(cfg)
     assert app.tls_port
     with capture_logs() as logs:
-        ae = Scu("CT_01")._ae([(VERIFICATION, ECHO_SYNTAXES)])
+        ae = quick_ae("CT_01")
         plain = await asyncio.to_thread(ae.associate, "127.0.0.1", app.port,
                                         ae_title=SERVER_AE)
         assert plain.is_rejected
@@ -188,11 +189,13 @@ async def test_sighup_reloads_certificates(start_server: Callable[..., Any],
     the association that was open continues."""
     live = tmp_path / "live"
     shutil.copytree(pki, live)
-    app: PacsApp = await start_server(make_cfg(tls_overrides(live)))
+    cfg = make_cfg(tls_overrides(live))
+    # What SIGHUP calls, with an unchanged configuration.
+    app: RunningServer = await start_server(cfg, reload_config=lambda: cfg)
     assert app.tls_port
     old_ctx = client_context(pki)
     ctx_live = client_context(pki)
-    ae = Scu()._ae([(VERIFICATION, ECHO_SYNTAXES)])
+    ae = Scu().ae()
     open_assoc = await asyncio.to_thread(ae.associate, "127.0.0.1", app.tls_port,
                                          ae_title=SERVER_AE, tls_args=(ctx_live, "localhost"))
     assert open_assoc.is_established
@@ -200,7 +203,7 @@ async def test_sighup_reloads_certificates(start_server: Callable[..., Any],
         new = make_pki(tmp_path / "new")
         for name in ("server.pem", "server.key", "ca.pem"):
             shutil.copy(new / name, live / name)
-        app.reload(app.cfg)   # what SIGHUP calls, with an unchanged configuration
+        app.reload()
         assert await asyncio.to_thread(tls_echo, app.tls_port, old_ctx) == "aborted"
         assert await asyncio.to_thread(tls_echo, app.tls_port, client_context(new)) == \
             "accepted"
@@ -211,7 +214,8 @@ async def test_sighup_reloads_certificates(start_server: Callable[..., Any],
 
 
 @pytest.mark.parametrize("problem", ["missing", "mismatch", "not pem", "bad ca"])
-async def test_certificate_errors_are_one_line(make_cfg: Callable[..., Config], pki: Path,
+async def test_certificate_errors_are_one_line(start_server: Callable[..., Any],
+                                               make_cfg: Callable[..., Config], pki: Path,
                                                tmp_path: Path, problem: str) -> None:
     values = tls_overrides(pki)
     junk = tmp_path / "junk.pem"
@@ -222,9 +226,8 @@ async def test_certificate_errors_are_one_line(make_cfg: Callable[..., Config], 
         "not pem": ("tls.cert_path", {"tls.cert_path": str(junk)}),
         "bad ca": ("tls.ca_path", {"tls.ca_path": str(junk)}),
     }[problem]
-    app = PacsApp(make_cfg({**values, **expected[1]}))
     with pytest.raises(StartupError) as err:
-        await app.start()
+        await start_server(make_cfg({**values, **expected[1]}))
     message = str(err.value)
     assert message.startswith(expected[0] + ":") and "\n" not in message, message
 
@@ -241,7 +244,7 @@ async def test_c_move_to_a_tls_peer(start_server: Callable[..., Any],
     try:
         cfg = make_cfg({**tls_overrides(pki), "peers": [
             {"ae_title": "TLSDEST", "host": "127.0.0.1", "port": dest.port, "tls": True}]})
-        app: PacsApp = await start_server(cfg)
+        app: RunningServer = await start_server(cfg)
         path = dicom_files.fresh("CT_small.dcm")
         assert [r.status for r in await Scu().astore(app.port, [path])] == [0]
         assert app.port
@@ -256,19 +259,12 @@ async def test_c_move_to_a_tls_peer(start_server: Callable[..., Any],
         dest.stop()
 
 
-async def test_tls_only_listener(make_cfg: Callable[..., Config], pki: Path) -> None:
+async def test_tls_only_listener(start_server: Callable[..., Any],
+                                 make_cfg: Callable[..., Config], pki: Path) -> None:
     """`server.port: -1` turns the plain listener off; TLS still serves."""
-    saved_tempdir = tempfile.tempdir
-    app = PacsApp(make_cfg({**tls_overrides(pki), "server.port": -1}),
-                  metrics=Metrics(CollectorRegistry()))
-    await app.start()
-    try:
-        assert app.port is None and app.tls_port
-        assert await asyncio.to_thread(tls_echo, app.tls_port, client_context(pki)) == \
-            "accepted"
-    finally:
-        await app.stop()
-        tempfile.tempdir = saved_tempdir
+    app: RunningServer = await start_server(make_cfg({**tls_overrides(pki), "server.port": -1}))
+    assert app.port is None and app.tls_port
+    assert await asyncio.to_thread(tls_echo, app.tls_port, client_context(pki)) == "accepted"
 
 
 def test_cli_exit_code_and_one_line_for_a_bad_key(pki: Path, tmp_path: Path) -> None:
@@ -300,7 +296,7 @@ async def test_c_move_to_a_tls_peer_that_does_not_trust_us(
     try:
         cfg = make_cfg({**tls_overrides(pki), "peers": [
             {"ae_title": "TLSDEST", "host": "127.0.0.1", "port": dest.port, "tls": True}]})
-        app: PacsApp = await start_server(cfg)
+        app: RunningServer = await start_server(cfg)
         path = dicom_files.fresh("CT_small.dcm")
         assert [r.status for r in await Scu().astore(app.port, [path])] == [0]
         assert app.port

@@ -16,4 +16,6 @@ tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
     postgres   PostgresCluster, a throw-away PostgreSQL server
     polling    wait_until(), free_port(), port_open()
     commitment a Storage Commitment requester: N-ACTION, its own listener for reports
+    security   a throw-away PKI, TLS and bound-address clients, raw PDUs and sockets
+    fuzz_pdus  the socket fuzz harness against a server process (scripts/fuzz-sockets)
 """

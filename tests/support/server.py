@@ -48,15 +48,16 @@ class RunningServer:
     """PacsApp on its own loop; `start()` returns once the server answers a C-ECHO.
 
     `app_kwargs` go to PacsApp (e.g. `reload_config=`). Every method blocks. Tests look
-    at what the server does through `port`, `archive`, `db`, `sample()` and the logs,
-    never at the app's attributes (which the app is free to change).
+    at what the server does through `port`, `tls_port`, `archive`, `db`, `sample()` and
+    the logs, never at the app's attributes (which the app is free to change). With the
+    plain listener off (`server.port: -1`) `port` is None and `start()` does not probe.
     """
 
     def __init__(self, cfg: Config, **app_kwargs: Any) -> None:
         self.cfg = cfg
         self.metrics = Metrics(CollectorRegistry())
         self._app = PacsApp(cfg, metrics=self.metrics, **app_kwargs)
-        self.port = 0
+        self.port: int | None = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="server-loop",
                                         daemon=True)
@@ -67,6 +68,11 @@ class RunningServer:
     def archive(self) -> Path:
         """The archive root (storage.directory)."""
         return Path(self.cfg.storage.directory)
+
+    @property
+    def tls_port(self) -> int | None:
+        """The DICOM TLS port (None unless tls.enabled)."""
+        return self._app.tls_port
 
     @property
     def db(self) -> Path:
@@ -92,9 +98,12 @@ class RunningServer:
         self._started = True
         try:
             self._run(self._app.start())
-            assert self._app.port
-            self.port = int(self._app.port)
-            wait_until_responds(self.port, called=self.cfg.server.ae_title)
+            if self.cfg.server.port < 0:
+                self.port = self._app.port   # None: the test talks TLS to `tls_port`
+            else:
+                assert self._app.port
+                self.port = int(self._app.port)
+                wait_until_responds(self.port, called=self.cfg.server.ae_title)
         except BaseException:
             self.stop()      # a server that failed to start leaves no loop thread behind
             raise

@@ -1,6 +1,8 @@
-"""The acceptor side of pynetdicom's transport, hardened: every override of pynetdicom
-lives in this module, and tests/unit/test_transport_pins.py fails when the source of an
-overridden upstream method changes (pynetdicom is pinned to the tested minor version).
+"""Where the server goes below pynetdicom's handler API: the acceptor's transport,
+hardened, and retrieve from the archived files. Every override of pynetdicom lives in
+this module, and tests/unit/test_transport_pins.py fails when the source of an
+overridden or relied-upon upstream function changes (pynetdicom is pinned to the tested
+minor version).
 
 What a connection goes through here:
 
@@ -573,8 +575,8 @@ class RequestorAssociation(FileSending):
 
 
 class PacsAE(AE):
-    """pynetdicom's AE whose outgoing associations (C-MOVE sub-operations) are
-    `PacsAssociation`s.
+    """pynetdicom's AE whose outgoing associations (C-MOVE sub-operations, reports) are
+    `RequestorAssociation`s.
 
     Upstream `AE.associate()` instantiates `Association` by name; rather than carry a
     copy of that long method, the established association's class is switched to the

@@ -12,7 +12,7 @@ After every case: the server process is alive, answers C-ECHO (a raw association
 our own), and its thread count is back to its baseline within `settle_s` seconds (not
 after a timeout). A case that breaks one of these is a finding, kept with its bytes.
 
-    python tests/fuzz_pdus.py --cases 20000 --seed 7      # long run (scripts/fuzz-sockets)
+    PYTHONPATH=tests python -m support.fuzz_pdus --cases 20000 --seed 7   # scripts/fuzz-sockets
 
 The bounded CI run is tests/integration/test_fuzz_sockets.py.
 """
@@ -32,9 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from security_helpers import associate_rq, associated, echo_rq_pdata, read_pdu  # noqa: E402
+from support.config import SERVER_AE
+from support.security import associate_rq, associated, echo_rq_pdata, read_pdu
 
 RELEASE_RQ = bytes([0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 
@@ -292,7 +291,7 @@ class ServerProcess:
     def __init__(self, root: Path, extra: dict[str, object] | None = None) -> None:
         import yaml
 
-        cfg = {"server": {"host": "127.0.0.1", "port": 0, "ae_title": "PACS",
+        cfg = {"server": {"host": "127.0.0.1", "port": 0, "ae_title": SERVER_AE,
                           "negotiation_timeout": 2.0},
                "storage": {"directory": str(root / "archive")},
                "database": {"path": str(root / "pacs.db")},

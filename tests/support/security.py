@@ -1,5 +1,5 @@
-"""Helpers of the security tests: a throw-away PKI, TLS clients, raw sockets from a
-chosen loopback address, and PDUs built by pynetdicom for the fuzz harness.
+"""The security tests' harness: a throw-away PKI, TLS clients, raw sockets from a
+chosen loopback address, and PDUs built by pynetdicom (also for support.fuzz_pdus).
 
 127.0.0.0/8 is loopback on Linux, so binding a client to 127.0.0.2 gives the server a
 second "host" to pin, refuse or flood from.
@@ -17,16 +17,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pacs_testing import SCU_AE, SERVER_AE, VERIFICATION
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 from pynetdicom.transport import AddressInformation
 
-ROOT = Path(__file__).resolve().parents[1]
-ECHO_SYNTAXES = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]
+from support.config import SERVER_AE
+from support.scu import NATIVE, SCU_AE, SUCCESS, VERIFICATION, Scu
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pki_module() -> ModuleType:
@@ -62,20 +63,28 @@ def client_context(pki: Path, cert: str | None = "client", ca: str = "ca") -> ss
     return ctx
 
 
+def quick_ae(calling: str = SCU_AE) -> AE:
+    """Our SCU's AE (Verification) with 5 s timeouts: a refused peer is known quickly."""
+    ae = Scu(calling).ae()
+    ae.acse_timeout = 5
+    ae.network_timeout = 5
+    return ae
+
+
+def _echo(port: int, calling: str, **kwargs: Any) -> tuple[str, Association]:
+    """'accepted' (C-ECHO answered Success), 'rejected' or 'aborted', and the association."""
+    with Scu(calling).associate(port, ae=quick_ae(calling), require=False, **kwargs) as assoc:
+        if assoc.is_established:
+            status = assoc.send_c_echo()
+            assert int(status.Status) == SUCCESS
+            return "accepted", assoc
+        return ("rejected" if assoc.is_rejected else "aborted"), assoc
+
+
 def tls_echo(port: int, ctx: ssl.SSLContext, calling: str = SCU_AE,
              hostname: str = "localhost") -> str:
     """'accepted' (and C-ECHO answered), 'rejected' or 'aborted' over TLS (pynetdicom)."""
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = 5
-    ae.network_timeout = 5
-    ae.add_requested_context(VERIFICATION, ECHO_SYNTAXES)
-    assoc = ae.associate("127.0.0.1", port, ae_title=SERVER_AE, tls_args=(ctx, hostname))
-    if assoc.is_established:
-        status = assoc.send_c_echo()
-        assoc.release()
-        assert int(status.Status) == 0
-        return "accepted"
-    return "rejected" if assoc.is_rejected else "aborted"
+    return _echo(port, calling, tls_args=(ctx, hostname))[0]
 
 
 def connect_from(source: str, port: int, timeout: float = 5.0) -> socket.socket:
@@ -88,21 +97,19 @@ def connect_from(source: str, port: int, timeout: float = 5.0) -> socket.socket:
 
 
 def echo_from(source: str, port: int, calling: str = SCU_AE) -> str:
-    """A pynetdicom association from `source`: accepted (C-ECHO ok), rejected, aborted."""
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = 5
-    ae.network_timeout = 5
-    ae.add_requested_context(VERIFICATION, ECHO_SYNTAXES)
-    assoc = ae.associate("127.0.0.1", port, ae_title=SERVER_AE, bind_address=(source, 0))
-    if assoc.is_established:
-        status = assoc.send_c_echo()
-        assoc.release()
-        assert int(status.Status) == 0
-        return "accepted"
-    if assoc.is_rejected:
+    """A pynetdicom association from `source`: accepted (C-ECHO ok), rejected
+    "<result>/<source>/<diagnostic>" (PS3.8 9.3.4), or aborted."""
+    outcome, assoc = _echo(port, calling, bind_address=(source, 0))
+    if outcome == "rejected":
         rsp = assoc.acceptor.primitive
         return f"rejected {rsp.result}/{rsp.result_source}/{rsp.diagnostic}"
-    return "aborted"
+    return outcome
+
+
+def hold(source: str, port: int, calling: str) -> Association:
+    """An association from `source` left open for the caller to release."""
+    return Scu(calling).ae().associate("127.0.0.1", port, ae_title=SERVER_AE,
+                                       bind_address=(source, 0))
 
 
 # --------------------------------------------------------------------------- PDUs
@@ -116,7 +123,7 @@ def associate_rq(calling: str = SCU_AE, called: str = SERVER_AE, context_id: int
     primitive.called_ae_title = called
     primitive.calling_presentation_address = AddressInformation("127.0.0.1", 11112)
     primitive.called_presentation_address = AddressInformation("127.0.0.1", 11112)
-    cx = build_context(VERIFICATION, ECHO_SYNTAXES)
+    cx = build_context(VERIFICATION, list(NATIVE))
     cx.context_id = 1
     primitive.presentation_context_definition_list = [cx]
     item = MaximumLengthNotification()
