@@ -10,7 +10,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +33,6 @@ from support.mpps import (
 )
 from support.scu import SUCCESS, Scu
 from support.server import RunningServer
-
-
-@pytest.fixture
-def modality(server: RunningServer, scu: Scu) -> Modality:
-    return Modality(server.port, scu)
-
-
-@pytest.fixture
-async def steps(server: RunningServer) -> AsyncIterator[MppsRepository]:
-    """The server's `mpps` table, through a repository of the test's own on its index."""
-    async with step_repository(server.db) as repo:
-        yield repo
 
 
 def identifiers(status: Dataset) -> list[int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 from pacs_server import cli
+from pacs_server.index.mpps import MppsRepository
 from pacs_server.index.worklist import WorklistRepository
-from support.mpps import Modality, create_attributes, final_modification, step_repository
+from support.mpps import Modality, create_attributes, final_modification
 from support.scu import SUCCESS, Scu
 from support.server import RunningServer
-from support.worklist import add_items, find, item, query, worklist_repository
-
-
-@pytest.fixture
-def modality(server: RunningServer, scu: Scu) -> Modality:
-    return Modality(server.port, scu)
-
-
-@pytest.fixture
-async def repo(server: RunningServer) -> AsyncIterator[WorklistRepository]:
-    """The server's worklist table, through a repository of the test's own on its index."""
-    async with worklist_repository(server.db) as repo:
-        yield repo
+from support.worklist import add_items, find, item, query
 
 
 def performing(study: str, accession: str, sps_id: str, **top: object) -> Dataset:
@@ -87,7 +75,8 @@ async def admin_add(server: RunningServer, tmp_path: Path, items: list[dict[str,
 
 @pytest.mark.parametrize("final", ["COMPLETED", "DISCONTINUED"])
 async def test_the_step_moves_the_worklist_item(server: RunningServer, scu: Scu,
-                                                modality: Modality, tmp_path: Path,
+                                                modality: Modality, steps: MppsRepository,
+                                                tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str],
                                                 final: str) -> None:
     await admin_add(server, tmp_path, [item(1), item(2)], capsys)
@@ -112,16 +101,15 @@ async def test_the_step_moves_the_worklist_item(server: RunningServer, scu: Scu,
     assert await statuses(server, scu) == {"A0002": "SCHEDULED"}       # no longer offered
     assert await statuses(server, scu, final) == {"A0001": final}
     assert await statuses(server, scu, "STARTED") == {}
-    async with step_repository(server.db) as steps:
-        record = await steps.get(uid)
-        assert record is not None and record.status == final
+    record = await steps.get(uid)
+    assert record is not None and record.status == final
 
 
 async def test_one_step_for_several_scheduled_steps(server: RunningServer, scu: Scu,
                                                     modality: Modality,
-                                                    repo: WorklistRepository) -> None:
+                                                    worklist: WorklistRepository) -> None:
     """Each Scheduled Step Attributes item names one worklist item (grouped steps)."""
-    await add_items(repo, [item(1), item(2, studyInstanceUid="1.2.9.1"), item(3)])
+    await add_items(worklist, [item(1), item(2, studyInstanceUid="1.2.9.1"), item(3)])
     ds = performing("1.2.9.1", "A0001", "S0001")
     second = Dataset()
     second.StudyInstanceUID = "1.2.9.1"
@@ -149,20 +137,19 @@ async def test_one_step_for_several_scheduled_steps(server: RunningServer, scu: 
     (None, "A0001", "S0001"),           # another study (fresh UID)
 ])
 async def test_an_unlinked_step_leaves_the_worklist(server: RunningServer, scu: Scu,
-                                                    modality: Modality,
-                                                    repo: WorklistRepository,
+                                                    modality: Modality, steps: MppsRepository,
+                                                    worklist: WorklistRepository,
                                                     study: str | None, accession: str,
                                                     sps_id: str) -> None:
-    ids = await add_items(repo, [item(1), item(2)])
-    before = [await repo.get(pk) for pk in ids]
+    ids = await add_items(worklist, [item(1), item(2)])
+    before = [await worklist.get(pk) for pk in ids]
     uid = generate_uid()
     ds = performing(study or generate_uid(), accession, sps_id)
     assert (await modality.create(ds, uid))[0].Status == SUCCESS
     assert (await modality.set(uid, ending("COMPLETED")))[0].Status == SUCCESS
-    async with step_repository(server.db) as steps:
-        record = await steps.get(uid)
-        assert record is not None and record.status == "COMPLETED"    # the step is kept
+    record = await steps.get(uid)
+    assert record is not None and record.status == "COMPLETED"        # the step is kept
     assert await statuses(server, scu) == {"A0001": "SCHEDULED", "A0002": "SCHEDULED"}
     for status in ("STARTED", "COMPLETED"):
         assert await statuses(server, scu, status) == {}
-    assert [await repo.get(pk) for pk in ids] == before                # row for row
+    assert [await worklist.get(pk) for pk in ids] == before                # row for row

@@ -5,7 +5,7 @@ retention component of a running server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,21 +31,14 @@ from support.worklist import (
 from support.worklist import find as mwl_find
 
 
-@pytest.fixture
-async def repo(server: RunningServer) -> AsyncIterator[WorklistRepository]:
-    """The server's worklist table, through a repository of the test's own on its index."""
-    async with worklist_repository(server.db) as repo:
-        yield repo
-
-
 async def find(scu: Scu, srv: RunningServer, ds: Dataset,
                combined: bool = False) -> tuple[list[Dataset], Dataset]:
     return await asyncio.to_thread(mwl_find, scu, srv.port, ds, combined)
 
 
-async def test_c_cancel_stops_the_worklist(server: RunningServer, repo: WorklistRepository,
+async def test_c_cancel_stops_the_worklist(server: RunningServer, worklist: WorklistRepository,
                                            scu: Scu) -> None:
-    await add_items(repo, [item(n) for n in range(400)])
+    await add_items(worklist, [item(n) for n in range(400)])
 
     def cancel_after_five() -> tuple[int, list[int], list[int]]:
         with scu.associate(server.port, CONTEXTS) as assoc:
@@ -84,30 +77,30 @@ async def test_invalid_identifier_is_refused(server: RunningServer, scu: Scu,
 
 
 async def test_step_status_follows_set_step_status(server: RunningServer,
-                                                   repo: WorklistRepository,
+                                                   worklist: WorklistRepository,
                                                    scu: Scu) -> None:
-    await add_items(repo, [item(1), item(2)])
-    assert await repo.set_step_status("1.2.9.1", "", "", "STARTED") == 1
+    await add_items(worklist, [item(1), item(2)])
+    assert await worklist.set_step_status("1.2.9.1", "", "", "STARTED") == 1
     found, _ = await find(scu, server, query(ScheduledProcedureStepStatus="STARTED"))
     assert accessions(found) == ["A0001"]
     assert found[0].ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == "STARTED"
     # All three keys, or only some: the non-empty ones must match.
-    assert await repo.set_step_status("1.2.9.1", "A0001", "S0001", "COMPLETED") == 1
-    assert await repo.set_step_status("1.2.9.1", "OTHER", "", "COMPLETED") == 0
-    assert await repo.set_step_status("", "", "", "COMPLETED") == 0
+    assert await worklist.set_step_status("1.2.9.1", "A0001", "S0001", "COMPLETED") == 1
+    assert await worklist.set_step_status("1.2.9.1", "OTHER", "", "COMPLETED") == 0
+    assert await worklist.set_step_status("", "", "", "COMPLETED") == 0
     found, _ = await find(scu, server, query())
     assert accessions(found) == ["A0002"]                           # finished: not offered
     found, _ = await find(scu, server, query(ScheduledProcedureStepStatus="COMPLETED"))
     assert accessions(found) == ["A0001"]
     # Retention: kept while younger than retention_days, then removed.
-    assert await repo.purge_finished(datetime.now(UTC) - timedelta(days=30)) == 0
-    assert await repo.purge_finished(datetime.now(UTC) + timedelta(seconds=1)) == 1
-    assert await repo.count() == 1
+    assert await worklist.purge_finished(datetime.now(UTC) - timedelta(days=30)) == 0
+    assert await worklist.purge_finished(datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert await worklist.count() == 1
 
 
 async def test_combined_date_time_when_negotiated(server: RunningServer,
-                                                  repo: WorklistRepository, scu: Scu) -> None:
-    await add_items(repo, [item(1, "20241220", "100000"), item(2, "20241220", "230000"),
+                                                  worklist: WorklistRepository, scu: Scu) -> None:
+    await add_items(worklist, [item(1, "20241220", "100000"), item(2, "20241220", "230000"),
                            item(3, "20241221", "050000"), item(4, "20241221", "070000")])
     ds = query(ScheduledProcedureStepStartDate="20241220-20241221",
                ScheduledProcedureStepStartTime="2200-0600")
@@ -119,9 +112,9 @@ async def test_combined_date_time_when_negotiated(server: RunningServer,
     assert found == []
 
 
-async def test_non_ascii_names_answer_in_utf8(server: RunningServer, repo: WorklistRepository,
+async def test_non_ascii_names_answer_in_utf8(server: RunningServer, worklist: WorklistRepository,
                                               scu: Scu) -> None:
-    await add_items(repo, [item(1, patientName="Wang^XiaoDong=王^小東"),
+    await add_items(worklist, [item(1, patientName="Wang^XiaoDong=王^小東"),
                            item(2, patientName="GÜNTHER^ÉLODIE")])
     ds = query()
     ds.PatientName = "günther*"
