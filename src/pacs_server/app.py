@@ -34,7 +34,6 @@ from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
 from pacs_server.index.lifecycle import IndexComponent
 from pacs_server.index.repository import IndexRepository
-from pacs_server.index.worklist import WorklistRepository
 from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics, MetricsEndpoint
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
@@ -87,7 +86,6 @@ class PacsApp:
         self.tls_port: int | None = None
         self.metrics_port: int | None = None
         self.archive: ArchiveService | None = None
-        self.worklist_repo: WorklistRepository | None = None
         self._reload_config = reload_config
         self._force = threading.Event()
         self._stop_requested: asyncio.Event | None = None
@@ -161,9 +159,9 @@ class PacsApp:
                 queries = QueryService(self._index.repo, cfg.query, cfg.server.ae_title)
                 self._subscribe(lambda c: queries.reconfigure(c.query))
                 retrieve = RetrieveService(queries, files)
-                self.worklist_repo = self._index.worklist
-                worklists = WorklistService(self.worklist_repo)
-                steps = MppsService(self._index.steps, worklist=self.worklist_repo)
+                worklists = WorklistService(self._index.worklist)
+                # The worklist items follow the performed steps (services/mpps.py).
+                steps = MppsService(self._index.steps, worklist=self._index.worklist)
             # Placements a crash left between the file and its index row, before the
             # listener accepts anything.
             await self._start(ArchiveReconciler(files, catalog, cfg.storage))
@@ -191,8 +189,8 @@ class PacsApp:
             self.tls_port = self._listener.tls_port
             max_age = max(cfg.server.idle_timeout, cfg.server.dimse_timeout) + 60
             await self._start(IncomingSweeper(files, max_age))
-            if self.worklist_repo is not None:
-                retention = await self._start(WorklistRetention(self.worklist_repo,
+            if self._index is not None:
+                retention = await self._start(WorklistRetention(self._index.worklist,
                                                                 cfg.worklist))
                 self._subscribe(lambda c: retention.reconfigure(c.worklist))
         except BaseException:
@@ -243,7 +241,6 @@ class PacsApp:
         self._listener = None
         self._index = None
         self._commitments = None
-        self.worklist_repo = None
         self._subscribers.clear()
         self._refreshers.clear()
         self.ready.clear()

@@ -20,26 +20,25 @@ Intentional differences from wlmscpfs (docs/conformance.md):
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
-from pacs_testing import pick_free_port
 from pydicom.charset import convert_encodings
 from pydicom.data import get_charset_files
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
 
 from pacs_server.services.worklist_import import load_items
+from support.dcmtk import tool
+from support.polling import free_port, port_open, wait_until
+from support.worklist import findscu_w, write_wl
 
-pytestmark = pytest.mark.dcmtk
+pytestmark = pytest.mark.dcmtk("findscu", "wlmscpfs")
 
 WLM_AE = "WLMREF"
 SPS = "ScheduledProcedureStepSequence"
@@ -157,34 +156,6 @@ def mwl_query(top: dict[str, str], step: dict[str, str] | None,
     return ds
 
 
-def write_file(ds: Dataset, path: Path, charset: Any = None) -> Path:
-    ds = Dataset(ds)
-    if charset is not None:
-        ds.SpecificCharacterSet = charset
-    elif any(not str(e.value).isascii() for e in ds.iterall() if e.VR == "PN"):
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.31"
-    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return path
-
-
-def findscu_w(port: int, called: str, query: Dataset, outdir: Path,
-              extra: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess[str],
-                                                    list[Dataset]]:
-    outdir.mkdir(parents=True, exist_ok=True)
-    for old in outdir.glob("rsp*.dcm"):
-        old.unlink()
-    qfile = write_file(query, outdir / "query.dcm")
-    proc = subprocess.run(
-        ["findscu", "-W", "-aet", "FINDSCU", "-aec", called, "-X", "-od", str(outdir),
-         *extra, "127.0.0.1", str(port), str(qfile)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "TCP_NODELAY": "1"})
-    return proc, [pydicom.dcmread(p) for p in sorted(outdir.glob("rsp*.dcm"))]
-
-
 def canonical(ds: Dataset) -> dict[str, Any]:
     """Keyword → decoded value (sequences recursively); no character set, no empty
     sequences (see the module docstring)."""
@@ -236,17 +207,14 @@ def wlmscpfs(tmp_path: Path) -> Iterator[Callable[[list[Dataset]], int]]:
         aedir.mkdir(parents=True)
         (aedir / "lockfile").touch()
         for i, ds in enumerate(items):
-            write_file(ds, aedir / f"item{i}.wl", CHARSETS.get(str(ds.AccessionNumber)))
-        port = pick_free_port()
-        procs.append(subprocess.Popen(["wlmscpfs", "-dfp", str(root), str(port)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 15
-        probe = mwl_query({}, {"Modality": "NONE"})
-        while True:
-            proc, _ = findscu_w(port, WLM_AE, probe, tmp_path / "probe")
-            if proc.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+            write_wl(ds, aedir / f"item{i}.wl", CHARSETS.get(str(ds.AccessionNumber)))
+        port = free_port()
+        proc = subprocess.Popen([tool("wlmscpfs"), "-dfp", str(root), str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        wait_until(lambda: proc.poll() is not None or port_open(port), 15.0,
+                   f"wlmscpfs on port {port}")
+        assert proc.poll() is None, f"wlmscpfs exited with {proc.returncode}"
         return port
 
     yield start
@@ -278,11 +246,11 @@ def test_queries_answer_like_wlmscpfs(tmp_path: Path, worklist_server: Any,
     source = {str(ds.AccessionNumber): canonical(ds) for ds in items}
     for name, (top, step, expected) in QUERIES.items():
         query = mwl_query(top, step)
-        ours_proc, ours = findscu_w(worklist_server.port, "PACS", query, tmp_path / "ours")
-        ref_proc, ref = findscu_w(wlm_port, WLM_AE, query, tmp_path / "ref")
-        assert ours_proc.returncode == 0, (name, ours_proc.stderr[-2000:])
-        assert ref_proc.returncode == 0, (name, ref_proc.stderr[-2000:])
-        got, want = by_accession(ours), by_accession(ref, CHARSETS)
+        ours = findscu_w(worklist_server.port, query, tmp_path / "ours")
+        ref = findscu_w(wlm_port, query, tmp_path / "ref", called=WLM_AE)
+        assert ours.returncode == 0, (name, ours.stderr[-2000:])
+        assert ref.returncode == 0, (name, ref.stderr[-2000:])
+        got, want = by_accession(ours.responses), by_accession(ref.responses, CHARSETS)
         assert set(got) == expected, name
         assert got == want, name
         for acc, response in got.items():
@@ -302,8 +270,8 @@ def test_empty_step_item_returns_the_step_keys(tmp_path: Path, worklist_server: 
     items = [ds for _, ds in load_items(str(_json_file(tmp_path, ITEMS)))]
     wlm_port = wlmscpfs(items)
     query = mwl_query({"AccessionNumber": "ACC002"}, {}, step_keys=None)
-    _, ours = findscu_w(worklist_server.port, "PACS", query, tmp_path / "ours")
-    _, ref = findscu_w(wlm_port, WLM_AE, query, tmp_path / "ref")
+    ours = findscu_w(worklist_server.port, query, tmp_path / "ours").responses
+    ref = findscu_w(wlm_port, query, tmp_path / "ref", called=WLM_AE).responses
     assert by_accession(ours) == by_accession(ref, CHARSETS)
     (step,) = ours[0].ScheduledProcedureStepSequence
     assert step.Modality == "MR" and step.ScheduledStationAETitle == "MR_01"
@@ -314,13 +282,13 @@ def test_empty_step_item_returns_the_step_keys(tmp_path: Path, worklist_server: 
 def test_status_selects_and_finished_steps_are_hidden(tmp_path: Path,
                                                       worklist_server: Any) -> None:
     port = worklist_server.port
-    _, all_ct = findscu_w(port, "PACS", mwl_query({}, {"Modality": "CT"}), tmp_path / "a")
+    all_ct = findscu_w(port, mwl_query({}, {"Modality": "CT"}), tmp_path / "a").responses
     assert "ACC007" not in by_accession(all_ct)
     for status, expected in (("COMPLETED", {"ACC007"}), ("STARTED", {"ACC006"}),
                              ("SCHEDULED", {"ACC001", "ACC003", "ACC004"})):
         query = mwl_query({}, {"Modality": "CT", "ScheduledProcedureStepStatus": status},
                           step_keys=(*RETURN_STEP, "ScheduledProcedureStepStatus"))
-        _, found = findscu_w(port, "PACS", query, tmp_path / status)
+        found = findscu_w(port, query, tmp_path / status).responses
         got = by_accession(found)
         assert set(got) == expected, status
         assert all(r[SPS][0]["ScheduledProcedureStepStatus"] == status for r in got.values())
@@ -329,16 +297,16 @@ def test_status_selects_and_finished_steps_are_hidden(tmp_path: Path,
 def test_names_fold_case_and_non_ascii_round_trips(tmp_path: Path,
                                                    worklist_server: Any) -> None:
     port = worklist_server.port
-    _, found = findscu_w(port, "PACS", mwl_query({"PatientName": "doe*"}, {}),
-                         tmp_path / "case")
+    found = findscu_w(port, mwl_query({"PatientName": "doe*"}, {}),
+                      tmp_path / "case").responses
     assert set(by_accession(found)) == {"ACC001", "ACC002"}
-    _, found = findscu_w(port, "PACS", mwl_query({"PatientName": "müller*"}, {}),
-                         tmp_path / "latin")
+    found = findscu_w(port, mwl_query({"PatientName": "müller*"}, {}),
+                      tmp_path / "latin").responses
     (rsp,) = found
     assert rsp.SpecificCharacterSet == "ISO_IR 192"
     assert str(rsp.PatientName) == "MÜLLER^JÖRG"
-    _, found = findscu_w(port, "PACS", mwl_query({"AccessionNumber": "ACC005"}, {}),
-                         tmp_path / "jp")
+    found = findscu_w(port, mwl_query({"AccessionNumber": "ACC005"}, {}),
+                      tmp_path / "jp").responses
     (rsp,) = found
     assert rsp.PatientName.ideographic == "山田^太郎"
     assert rsp.PatientName.phonetic == "やまだ^たろう"
@@ -367,16 +335,16 @@ def test_wl_directory_imports_as_it_is(tmp_path: Path, run_pacs: Callable[..., A
     step.ScheduledProcedureStepID = "SPS031"
     step.ScheduledProcedureStepDescription = "MR Head"
     extra.ScheduledProcedureStepSequence = Sequence([step])
-    write_file(extra, tmp_path / "wlistdb" / WLM_AE / "chrH31.wl", jp.SpecificCharacterSet)
+    write_wl(extra, tmp_path / "wlistdb" / WLM_AE / "chrH31.wl", jp.SpecificCharacterSet)
     proc = run_pacs()
     added = run_cli("--db", str(tmp_path / "pacs.db"), "worklist", "add",
                     str(tmp_path / "wlistdb"))
     assert added.returncode == 0, added.stderr
     query = mwl_query({}, {}, step_keys=RETURN_STEP)
-    _, ours = findscu_w(proc.port, "PACS", query, tmp_path / "ours")
+    ours = findscu_w(proc.port, query, tmp_path / "ours").responses
     got = by_accession(ours)
     assert set(got) == {str(ds.AccessionNumber) for ds in items} | {"ACC031"}
-    _, ref = findscu_w(wlm_port, WLM_AE, query, tmp_path / "ref")
+    ref = findscu_w(wlm_port, query, tmp_path / "ref", called=WLM_AE).responses
     assert got == by_accession(ref, {**CHARSETS, "ACC031": jp.SpecificCharacterSet})
     jp_rsp = next(r for r in ours if r.AccessionNumber == "ACC031")
     assert jp_rsp.PatientName == jp.PatientName

@@ -10,8 +10,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from pynetdicom.association import Association
 
 from pacs_server import cli
 from pacs_server.config import Config
@@ -27,8 +25,7 @@ from pacs_server.errors import InvalidAttributeValue
 from pacs_server.index.mpps import MppsRepository, StepRecord
 from pacs_server.services.mpps import MppsService, WorklistLink, decode
 from support.mpps import (
-    CONTEXTS,
-    MPPS,
+    Modality,
     create_attributes,
     final_modification,
     performed_series,
@@ -36,43 +33,6 @@ from support.mpps import (
 )
 from support.scu import SUCCESS, Scu
 from support.server import RunningServer
-
-
-class Modality:
-    """The MPPS SCU side: one association per call, run in a worker thread."""
-
-    def __init__(self, port: int | None, scu: Scu) -> None:
-        self.port = port
-        self.scu = scu
-
-    @contextmanager
-    def _assoc(self) -> Iterator[Association]:
-        with self.scu.associate(self.port, CONTEXTS) as assoc:
-            yield assoc
-
-    async def create(self, ds: Dataset, uid: str | None = None) -> tuple[Dataset, Any]:
-        def call() -> tuple[Dataset, Any]:
-            with self._assoc() as assoc:
-                return assoc.send_n_create(ds, MPPS, uid)
-        return await asyncio.to_thread(call)
-
-    async def set(self, uid: str, mods: Dataset) -> tuple[Dataset, Any]:
-        def call() -> tuple[Dataset, Any]:
-            with self._assoc() as assoc:
-                return assoc.send_n_set(mods, MPPS, uid)
-        return await asyncio.to_thread(call)
-
-
-@pytest.fixture
-def modality(server: RunningServer, scu: Scu) -> Modality:
-    return Modality(server.port, scu)
-
-
-@pytest.fixture
-async def steps(server: RunningServer) -> AsyncIterator[MppsRepository]:
-    """The server's `mpps` table, through a repository of the test's own on its index."""
-    async with step_repository(server.db) as repo:
-        yield repo
 
 
 def identifiers(status: Dataset) -> list[int]:

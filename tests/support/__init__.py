@@ -12,6 +12,8 @@ tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
     archive    what an archive directory and its SQLite index hold (stdlib sqlite3)
     index      sqlite_index(): a started IndexRepository on a tmp file; index_record()
     mpps       MPPS N-CREATE/N-SET datasets, step_repository() on an index file
+    worklist   MWL items and identifiers, find() and findscu_w(), .wl files,
+               worklist_repository() on an index file
     dcmtk      finding dcmtk, require_dcmtk(), findscu/movescu/getscu runs, Storescp
     postgres   PostgresCluster, a throw-away PostgreSQL server
     polling    wait_until(), free_port(), port_open()

@@ -167,11 +167,24 @@ def _qr_command(name: str, level: str, keys: Sequence[str], model: str,
 def findscu(port: int, level: str, keys: Sequence[str], outdir: Path, *, model: str = "-S",
             extra: Sequence[str] = ()) -> ToolResult:
     """findscu with `-X -od outdir`: the responses are read back in arrival order."""
+    cmd = _qr_command("findscu", level, keys, model, "-X", "-od", str(outdir), *extra)
+    return _find_into(outdir, [*cmd, "127.0.0.1", str(port)])
+
+
+def find_with_file(port: int, query: Path, outdir: Path, *, called: str = SERVER_AE,
+                   model: str = "-W", extra: Sequence[str] = ()) -> ToolResult:
+    """findscu with the identifier in the file `query` (`-W`: the Modality Worklist
+    model), `-X -od outdir`: the responses are read back in arrival order."""
+    cmd = [tool("findscu"), "-d", "-aet", SCU_AE, "-aec", called, model, "-X", "-od",
+           str(outdir), *extra, "127.0.0.1", str(port), str(query)]
+    return _find_into(outdir, cmd)
+
+
+def _find_into(outdir: Path, cmd: list[str]) -> ToolResult:
     outdir.mkdir(parents=True, exist_ok=True)
     for old in outdir.glob("rsp*.dcm"):
         old.unlink()
-    cmd = _qr_command("findscu", level, keys, model, "-X", "-od", str(outdir), *extra)
-    result = _run([*cmd, "127.0.0.1", str(port)])
+    result = _run(cmd)
     result.responses = [pydicom.dcmread(p) for p in sorted(outdir.glob("rsp*.dcm"))]
     return result
 

@@ -1,24 +1,53 @@
-"""MPPS: N-CREATE / N-SET datasets as a modality sends them (PS3.4 F.7.2), and the
-`mpps` table of an index file read through a repository of its own."""
+"""MPPS: N-CREATE / N-SET datasets as a modality sends them (PS3.4 F.7.2), the
+modality's SCU, and the `mpps` table of an index file read through a repository of
+its own."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom.association import Association
 from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from pacs_server.config import DatabaseConfig
 from pacs_server.index.engine import create_engine
 from pacs_server.index.mpps import MppsRepository
+from support.scu import Scu
 
 MPPS = ModalityPerformedProcedureStep
 CONTEXTS = [(str(MPPS), [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+
+
+class Modality:
+    """The MPPS SCU side: one association per call, run in a worker thread."""
+
+    def __init__(self, port: int | None, scu: Scu) -> None:
+        self.port = port
+        self.scu = scu
+
+    @contextmanager
+    def _assoc(self) -> Iterator[Association]:
+        with self.scu.associate(self.port, CONTEXTS) as assoc:
+            yield assoc
+
+    async def create(self, ds: Dataset, uid: str | None = None) -> tuple[Dataset, Any]:
+        def call() -> tuple[Dataset, Any]:
+            with self._assoc() as assoc:
+                return assoc.send_n_create(ds, MPPS, uid)
+        return await asyncio.to_thread(call)
+
+    async def set(self, uid: str, mods: Dataset) -> tuple[Dataset, Any]:
+        def call() -> tuple[Dataset, Any]:
+            with self._assoc() as assoc:
+                return assoc.send_n_set(mods, MPPS, uid)
+        return await asyncio.to_thread(call)
 
 
 def dataset(**values: Any) -> Dataset:

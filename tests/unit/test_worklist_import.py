@@ -14,6 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from pacs_server.errors import InvalidWorklistItem
 from pacs_server.services.worklist_import import items_from_json, load_items
+from support.dcmtk import tool
 
 EXAMPLE = {"patientId": "12345", "patientName": "DOE^JOHN", "patientBirthDate": "19800101",
            "patientSex": "M", "studyInstanceUid": "1.2.3.4.5.6.7.8.9",
@@ -106,13 +107,14 @@ def refused_text(data: bytes) -> str:
     return str(info.value)
 
 
+@pytest.mark.dcmtk("dump2dcm")
 def test_wlmscpfs_directory_imports_as_is(tmp_path: Path) -> None:
     """dcmtk's example worklist (dump2dcm of the OFFIS .dump files), ISO_IR 100."""
     wl = tmp_path / "OFFIS"
     wl.mkdir()
     (wl / "lockfile").touch()
     for dump in sorted(DUMPS.glob("*.dump")):
-        subprocess.run(["dump2dcm", "-q", str(dump), str(wl / (dump.stem + ".wl"))],
+        subprocess.run([tool("dump2dcm"), "-q", str(dump), str(wl / (dump.stem + ".wl"))],
                        check=True)
     items = load_items(str(tmp_path))
     assert len(items) == 10

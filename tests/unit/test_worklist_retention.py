@@ -5,34 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 from structlog.testing import capture_logs
 
-from pacs_server.config import DatabaseConfig, WorklistConfig, load_config
+from pacs_server.config import WorklistConfig, load_config
 from pacs_server.errors import ConfigError
-from pacs_server.index.engine import create_engine, migrate
-from pacs_server.index.worklist import WorklistItem, WorklistRepository
 from pacs_server.services.worklist_retention import WorklistRetention
+from support.worklist import finished_days_ago, worklist_repository
 
 
 async def test_purges_at_start_and_follows_reload(tmp_path: Path) -> None:
-    engine = create_engine(DatabaseConfig(path=str(tmp_path / "index.db")))
-    await migrate(engine)
-    repo = WorklistRepository(engine)
-    try:
+    db = tmp_path / "index.db"
+    async with worklist_repository(db, create=True) as repo:
         cols = {"patient_id": "P", "start_date": "20241220"}
         ids = await repo.add([({**cols, "accession_number": f"A{i}"}, json.dumps({}))
                               for i in range(3)])
         for acc in ("A0", "A1"):
             assert await repo.set_step_status("", acc, "", "COMPLETED") == 1
-        async with engine.begin() as conn:     # A0 finished 40 days ago, A1 10 days ago
-            for pk, days in ((ids[0], 40), (ids[1], 10)):
-                await conn.execute(update(WorklistItem).where(WorklistItem.pk == pk).values(
-                    finished_at=datetime.now(UTC) - timedelta(days=days)))
+        # A0 finished 40 days ago, A1 10 days ago.
+        await finished_days_ago(db, {ids[0]: 40, ids[1]: 10})
         retention = WorklistRetention(repo, WorklistConfig(), interval_s=0.05)
         with capture_logs() as logs:
             await retention.start()
@@ -50,8 +43,6 @@ async def test_purges_at_start_and_follows_reload(tmp_path: Path) -> None:
         assert passes[0]["removed"] == 1 and passes[0]["retention_days"] == 30
         assert any(e["removed"] == 1 and e["retention_days"] == 5 for e in passes[1:])
         assert await repo.get(ids[2]) is not None          # never finished: kept
-    finally:
-        await engine.dispose()
 
 
 def test_retention_days_is_checked(tmp_path: Path) -> None:
