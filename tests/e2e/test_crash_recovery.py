@@ -14,18 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pacs_testing import (
-    DicomFiles,
-    Scu,
-    archived_files,
-    contexts_for,
-    incoming_files,
-    index_rows,
-    send,
-)
-
 from pacs_server.errors import PacsError
 from pacs_server.services.reconcile import check_file
+from support.archive import archived_files, incoming_files, index_rows
+from support.instances import DicomFiles, sop_uid
+from support.scu import Scu, contexts_for, send
 
 ASSOCIATIONS = 4
 PER_ASSOCIATION = 80
@@ -87,7 +80,7 @@ def test_sigkill_during_ingest_leaves_nothing_behind(
             batch = []
             for _ in range(PER_ASSOCIATION):
                 path = dicom_files.generated(directory=tmp_path / f"r{round_no}a{a}")
-                uid = str(_sop_uid(path))
+                uid = sop_uid(path)
                 batch.append(path.rename(path.with_name(f"{path.stem}-{uid}.dcm")))
             batches.append(batch)
         server = run_pacs()
@@ -106,9 +99,3 @@ def test_sigkill_during_ingest_leaves_nothing_behind(
         check_archive(root, db, acked)
     assert len(acked) > ROUNDS * 10, f"only {len(acked)} instances acknowledged"
     print(f"acknowledged {len(acked)}; reconciled at restart: {reconciled}")
-
-
-def _sop_uid(path: Path) -> Any:
-    import pydicom
-
-    return pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID

@@ -16,4 +16,5 @@ tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
     postgres   PostgresCluster, a throw-away PostgreSQL server
     polling    wait_until(), free_port(), port_open()
     commitment a Storage Commitment requester: N-ACTION, its own listener for reports
+    mutations  seeded mutations of pydicom's files, dcmdump's verdict on each
 """
