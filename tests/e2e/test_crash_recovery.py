@@ -27,7 +27,13 @@ SEED = 20261201
 
 
 class Sender(threading.Thread):
-    """Sends its files over one association until done or the server dies."""
+    """Sends its files over one association until done or the server dies.
+
+    A store without a response (status -1) means the connection is gone: the sender
+    stops there. `is_established` alone does not tell in time: pynetdicom clears it
+    in the association's reactor thread, which the next send may pause before it
+    runs, and that send would then wait out the whole DIMSE timeout.
+    """
 
     def __init__(self, port: int, paths: list[Path], acked: set[str],
                  lock: threading.Lock) -> None:
@@ -42,6 +48,8 @@ class Sender(threading.Thread):
                     if not assoc.is_established:
                         return
                     result = send(assoc, path)
+                    if result.status == -1:
+                        return      # no response: the server was killed under us
                     if result.ok:
                         with self.lock:
                             self.acked.add(path.stem.rsplit("-", 1)[1])
