@@ -68,6 +68,25 @@ async def test_open_intents_are_settled_at_start(
     assert [r.status for r in await scu.astore(srv.port, [orphan])] == [0x0111]
 
 
+async def test_a_file_cut_inside_a_sequence_is_quarantined_at_start(
+        start_server: Callable[..., Awaitable[RunningServer]], make_cfg: Callable[..., Config],
+        dicom_files: DicomFiles, scu: Scu) -> None:
+    """A placed file cut short in its header (with storage.fsync off, a power loss can
+    leave a renamed file short): the server starts, and the file is quarantined."""
+    cfg = make_cfg()
+    FileStore(cfg.storage.directory).prepare()
+    root = Path(cfg.storage.directory)
+    data = dicom_files.fresh("JPEG2000.dcm").read_bytes()
+    cut = data.index(b"\x08\x00\x12\x21SQ") + 24        # inside (0008,2112)'s item
+    place(root, "crafted/cut.dcm", data[:cut])
+    intent(root, "crafted/cut.dcm", "c1")
+    srv = await start_server(cfg)
+    assert await scu.aecho(srv.port) == 0x0000
+    assert (root / ".quarantine" / "crafted" / "cut.dcm").read_bytes() == data[:cut]
+    assert archived_files(root) == [] and index_rows(srv.db) == {}
+    assert list((root / ".journal").iterdir()) == []
+
+
 async def test_reconcile_without_an_index_and_again(make_cfg: Callable[..., Config],
                                                     dicom_files: DicomFiles) -> None:
     """Without an index (store_scp): an intent for a present, valid file is settled,
