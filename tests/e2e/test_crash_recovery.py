@@ -14,18 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pacs_testing import (
-    DicomFiles,
-    Scu,
-    archived_files,
-    contexts_for,
-    incoming_files,
-    index_rows,
-    send,
-)
-
 from pacs_server.errors import PacsError
 from pacs_server.services.reconcile import check_file
+from support.archive import archived_files, incoming_files, index_rows
+from support.instances import DicomFiles, sop_uid
+from support.scu import Scu, contexts_for, send
 
 ASSOCIATIONS = 4
 PER_ASSOCIATION = 80
@@ -34,7 +27,13 @@ SEED = 20261201
 
 
 class Sender(threading.Thread):
-    """Sends its files over one association until done or the server dies."""
+    """Sends its files over one association until done or the server dies.
+
+    A store without a response (status -1) means the connection is gone: the sender
+    stops there. `is_established` alone does not tell in time: pynetdicom clears it
+    in the association's reactor thread, which the next send may pause before it
+    runs, and that send would then wait out the whole DIMSE timeout.
+    """
 
     def __init__(self, port: int, paths: list[Path], acked: set[str],
                  lock: threading.Lock) -> None:
@@ -49,6 +48,8 @@ class Sender(threading.Thread):
                     if not assoc.is_established:
                         return
                     result = send(assoc, path)
+                    if result.status == -1:
+                        return      # no response: the server was killed under us
                     if result.ok:
                         with self.lock:
                             self.acked.add(path.stem.rsplit("-", 1)[1])
@@ -87,7 +88,7 @@ def test_sigkill_during_ingest_leaves_nothing_behind(
             batch = []
             for _ in range(PER_ASSOCIATION):
                 path = dicom_files.generated(directory=tmp_path / f"r{round_no}a{a}")
-                uid = str(_sop_uid(path))
+                uid = sop_uid(path)
                 batch.append(path.rename(path.with_name(f"{path.stem}-{uid}.dcm")))
             batches.append(batch)
         server = run_pacs()
@@ -106,9 +107,3 @@ def test_sigkill_during_ingest_leaves_nothing_behind(
         check_archive(root, db, acked)
     assert len(acked) > ROUNDS * 10, f"only {len(acked)} instances acknowledged"
     print(f"acknowledged {len(acked)}; reconciled at restart: {reconciled}")
-
-
-def _sop_uid(path: Path) -> Any:
-    import pydicom
-
-    return pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID

@@ -1,6 +1,6 @@
 """Never acknowledge what cannot be read back: mutated datasets over real sockets.
 
-A bounded, seeded fuzz: mutations of pydicom's test files (tests/dataset_mutations.py)
+A bounded, seeded fuzz: mutations of pydicom's test files (tests/support/mutations.py)
 are sent by a pynetdicom SCU to a running server, and dcmtk's dcmdump, an independent
 parser, judges each one. A dataset dcmdump calls malformed must get a failure status
 with an Error Comment, and leave nothing in the archive, the index or `.incoming`.
@@ -16,15 +16,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sqlite3
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from dataset_mutations import (
+
+from pacs_server.config import Config
+from support.archive import archived_files, incoming_files, index_rows
+from support.dcmtk import dcmtk_path
+from support.instances import DicomFiles
+from support.mutations import (
     cases,
     dcmdump_verdict,
     load_sample,
@@ -32,30 +35,14 @@ from dataset_mutations import (
     stricter_reason,
     write_case,
 )
-from pacs_testing import (
-    SUCCESS,
-    Scu,
-    archived_files,
-    dcmtk_path,
-    incoming_files,
-    send,
-    wait_until,
-)
-
-from pacs_server.config import Config
+from support.polling import wait_until
+from support.scu import SUCCESS, Scu, send
+from support.server import RunningServer
 
 DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 CASES = int(os.environ.get("PACS_FUZZ_CASES", "300"))
 SEED = int(os.environ.get("PACS_FUZZ_SEED", "20261201"))
-
-
-def _rows(db: Path) -> int:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return int(con.execute("SELECT count(*) FROM instances").fetchone()[0])
-    finally:
-        con.close()
 
 
 def _snapshot(root: Path) -> dict[Path, int]:
@@ -65,13 +52,13 @@ def _snapshot(root: Path) -> dict[Path, int]:
 @pytest.mark.dcmtk
 @pytest.mark.timeout(600 + CASES)
 async def test_mutated_datasets_are_never_acknowledged(
-        start_server: Callable[..., Any], make_cfg: Callable[..., Config],
+        start_server: Callable[..., Awaitable[RunningServer]], make_cfg: Callable[..., Config],
         tmp_path: Path, scu: Scu) -> None:
     dcmdump = dcmtk_path("dcmdump")
     assert dcmdump is not None
     # replace: a well-formed mutation of an instance already stored is stored again.
-    app = await start_server(make_cfg({"storage.duplicate_policy": "replace"}))
-    root, db = Path(app.cfg.storage.directory), Path(app.cfg.database.path)
+    srv = await start_server(make_cfg({"storage.duplicate_policy": "replace"}))
+    root, db = srv.archive, srv.db
     samples = samples_by_name()
     work = tmp_path / "cases"
     work.mkdir()
@@ -84,15 +71,15 @@ async def test_mutated_datasets_are_never_acknowledged(
     failures: list[str] = []
 
     def run() -> None:
-        with scu.associate(app.port, [(sop, [ts]) for sop, ts in contexts]) as assoc:
+        with scu.associate(srv.port, [(sop, [ts]) for sop, ts in contexts]) as assoc:
             for case, path, verdict in todo:
-                before, rows = _snapshot(root), _rows(db)
+                before, rows = _snapshot(root), index_rows(db)
                 result = send(assoc, path)
                 if verdict.malformed:
                     tally["malformed"] += 1
                     if result.ok or not result.comment:
                         failures.append(f"{case.label}: {result}")
-                    elif _snapshot(root) != before or _rows(db) != rows:
+                    elif _snapshot(root) != before or index_rows(db) != rows:
                         failures.append(f"{case.label}: refused but archived")
                     else:
                         tally["malformed refused"] += 1
@@ -117,11 +104,11 @@ async def test_mutated_datasets_are_never_acknowledged(
     await asyncio.to_thread(run)
     assert not failures, "\n".join(failures[:20])
     assert tally["malformed refused"] > CASES // 2 and tally["well-formed stored"] > 0, tally
-    assert await scu.aecho(app.port) == SUCCESS
+    assert await scu.aecho(srv.port) == SUCCESS
 
 
 async def test_trailing_garbage_and_junk_in_a_sequence_are_refused(
-        server: Any, scu: Scu, dicom_files: Any) -> None:
+        server: RunningServer, scu: Scu, dicom_files: DicomFiles) -> None:
     """The two cases of the issue, one by one: 0xC000 naming the tag and offset."""
     ct = load_sample("CT_small.dcm")
     at = ct.body.index(b"\x10\x00\x02\x10SQ\x00\x00")       # (0010,1002), defined length
@@ -135,4 +122,4 @@ async def test_trailing_garbage_and_junk_in_a_sequence_are_refused(
     assert [r.status for r in results] == [CANNOT_UNDERSTAND] * 2
     assert results[0].comment is not None and f"offset {len(ct.body)}" in results[0].comment
     assert results[1].comment is not None and "(0010,1002)" in results[1].comment
-    assert archived_files(Path(server.cfg.storage.directory)) == []
+    assert archived_files(server.archive) == []

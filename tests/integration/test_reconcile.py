@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-from pacs_testing import (
-    DicomFiles,
-    Scu,
-    archived_files,
-    index_rows,
-)
 
 from pacs_server.config import Config
 from pacs_server.services.archive import FileCatalog
 from pacs_server.services.reconcile import reconcile
 from pacs_server.storage.filestore import FileStore
+from support.archive import archived_files, index_rows
+from support.instances import DicomFiles
+from support.scu import Scu
+from support.server import RunningServer
 
 
 def intent(root: Path, rel: str, name: str) -> Path:
@@ -34,14 +31,14 @@ def place(root: Path, rel: str, content: bytes) -> None:
 
 
 async def test_open_intents_are_settled_at_start(
-        start_server: Callable[..., Any], make_cfg: Callable[..., Config],
+        start_server: Callable[..., Awaitable[RunningServer]], make_cfg: Callable[..., Config],
         dicom_files: DicomFiles, scu: Scu) -> None:
     cfg = make_cfg()
-    root, db = Path(cfg.storage.directory), Path(cfg.database.path)
-    app = await start_server(cfg)
+    srv = await start_server(cfg)
+    root, db = srv.archive, srv.db
     first, orphan, broken = (dicom_files.fresh("CT_small.dcm") for _ in range(3))
-    assert all(r.ok for r in await scu.astore(app.port, [first]))
-    await app.stop()
+    assert all(r.ok for r in await scu.astore(srv.port, [first]))
+    await asyncio.to_thread(srv.stop)
     (stored_rel,) = index_rows(db).values()
     copy_rel = "crafted/elsewhere/same-uid.dcm"
 
@@ -59,7 +56,7 @@ async def test_open_intents_are_settled_at_start(
     intent(root, stored_rel, "a5")
     intent(root, "../../etc/passwd", "a6")
 
-    app = await start_server(cfg)
+    srv = await start_server(cfg)
     rows = index_rows(db)
     assert sorted(rows.values()) == sorted([stored_rel, "crafted/orphan.dcm"])
     files = {str(p.relative_to(root)) for p in archived_files(root)}
@@ -68,7 +65,26 @@ async def test_open_intents_are_settled_at_start(
     assert (root / ".quarantine" / "crafted" / "broken.dcm").is_file()
     assert list((root / ".journal").iterdir()) == []
     # The orphan is a normal instance now: a retry by its sender is a duplicate.
-    assert [r.status for r in await scu.astore(app.port, [orphan])] == [0x0111]
+    assert [r.status for r in await scu.astore(srv.port, [orphan])] == [0x0111]
+
+
+async def test_a_file_cut_inside_a_sequence_is_quarantined_at_start(
+        start_server: Callable[..., Awaitable[RunningServer]], make_cfg: Callable[..., Config],
+        dicom_files: DicomFiles, scu: Scu) -> None:
+    """A placed file cut short in its header (with storage.fsync off, a power loss can
+    leave a renamed file short): the server starts, and the file is quarantined."""
+    cfg = make_cfg()
+    FileStore(cfg.storage.directory).prepare()
+    root = Path(cfg.storage.directory)
+    data = dicom_files.fresh("JPEG2000.dcm").read_bytes()
+    cut = data.index(b"\x08\x00\x12\x21SQ") + 24        # inside (0008,2112)'s item
+    place(root, "crafted/cut.dcm", data[:cut])
+    intent(root, "crafted/cut.dcm", "c1")
+    srv = await start_server(cfg)
+    assert await scu.aecho(srv.port) == 0x0000
+    assert (root / ".quarantine" / "crafted" / "cut.dcm").read_bytes() == data[:cut]
+    assert archived_files(root) == [] and index_rows(srv.db) == {}
+    assert list((root / ".journal").iterdir()) == []
 
 
 async def test_reconcile_without_an_index_and_again(make_cfg: Callable[..., Config],

@@ -20,4 +20,5 @@ tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
     commitment a Storage Commitment requester: N-ACTION, its own listener for reports
     security   a throw-away PKI, TLS and bound-address clients, raw PDUs and sockets
     fuzz_pdus  the socket fuzz harness against a server process (scripts/fuzz-sockets)
+    mutations  seeded mutations of pydicom's files, dcmdump's verdict on each
 """

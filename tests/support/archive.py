@@ -1,4 +1,5 @@
-"""What an archive holds: its files (outside .incoming) and its SQLite index rows.
+"""What an archive holds: its files (outside its private directories) and its SQLite
+index rows.
 
 The index is read with the stdlib sqlite3 module on a read-only connection, as any
 other reader of the file would, never through the app's own objects.
@@ -18,12 +19,17 @@ from support.polling import wait_until
 LEVELS = ("patients", "studies", "series", "instances")
 
 
+# The archive's own directories at its root: scratch, placement intents, quarantine.
+PRIVATE_DIRS = (".incoming", ".journal", ".quarantine")
+
+
 def archived_files(root: Path) -> list[Path]:
-    """Every file under the archive root except in the .incoming scratch directory."""
+    """Every file under the archive root except in its private directories (.incoming
+    scratch, .journal intents, .quarantine)."""
     out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        if ".incoming" in dirnames:
-            dirnames.remove(".incoming")
+        if Path(dirpath) == Path(root):
+            dirnames[:] = [d for d in dirnames if d not in PRIVATE_DIRS]
         out.extend(Path(dirpath) / f for f in filenames)
     return sorted(out)
 

@@ -11,17 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from dataset_mutations import (
-    SAMPLES,
-    Sample,
-    cases,
-    dcmdump_verdict,
-    load_sample,
-    stricter_reason,
-    top_level_elements,
-    write_case,
-)
-from pacs_testing import dcmtk_path, encode, new_dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -31,6 +20,18 @@ from pydicom.uid import (
 from pacs_server.errors import DatasetMismatch, PacsError, UnreadableDataset
 from pacs_server.services.dataset_check import check_dataset
 from pacs_server.services.ingest import dataset_offset
+from support.dcmtk import dcmtk_path
+from support.instances import encode, new_dataset
+from support.mutations import (
+    SAMPLES,
+    Sample,
+    cases,
+    dcmdump_verdict,
+    load_sample,
+    stricter_reason,
+    top_level_elements,
+    write_case,
+)
 
 # pydicom files that are broken on purpose (dcmdump refuses them too).
 BROKEN = ("MR_truncated.dcm", "rtplan_truncated.dcm", "SC_rgb_jpeg.dcm")

@@ -9,10 +9,15 @@ proportional to the stores interrupted, not to the archive. For each intent:
 * the file is indexed at that path: the crash came after the commit → dropped;
 * the file is not indexed: it was never acknowledged (the sender will retry, and
   duplicate_policy then applies), but it is complete (placement is an atomic rename of
-  a fsynced file), so it is checked to its last byte and indexed; indexed under another
-  path already: `replace` indexes this one, `reject`/`ignore` keep the first and
-  remove this copy, as the store itself would have;
+  a fsynced file), so it is indexed; indexed under another path already: `replace`
+  indexes this one, `reject`/`ignore` keep the first and remove this copy, as the
+  store itself would have;
 * the file cannot be read or indexed: it is moved to <archive>/.quarantine/ and logged.
+
+Every file is checked to its last byte (`check_dataset`) before its header is parsed,
+in the order of the store path: the header parser relies on a well-formed dataset, and
+a file cut short (storage.fsync off and a power loss) must be quarantined, not stop
+the start.
 
 `reconcile()` is the entry point for anything else that repairs (a `verify --repair`);
 `ArchiveReconciler` is the start-up component.
@@ -87,10 +92,6 @@ async def _settle(files: FileStore, catalog: Catalog, cfg: StorageConfig,
     indexed = await catalog.lookup(record)
     if indexed == str(rel):
         return "committed"
-    try:
-        await asyncio.to_thread(check_file, path)
-    except PacsError as exc:
-        return await _quarantine(files, rel, str(exc))
     replace = cfg.duplicate_policy == "replace"
     if indexed is not None and not replace:
         await asyncio.to_thread(files.remove, rel)
@@ -115,7 +116,8 @@ async def _quarantine(files: FileStore, rel: PurePosixPath, reason: str) -> str:
 
 
 def read_archived(path: Path, rel: PurePosixPath, naming: str) -> InstanceRecord:
-    """The index record of an archived Part-10 file (our File Meta, then the dataset).
+    """The index record of an archived Part-10 file (our File Meta, then the dataset,
+    checked to its last byte before its header is parsed).
 
     Raises:
         UnreadableDataset, DatasetMismatch: the file cannot be indexed.
@@ -127,6 +129,7 @@ def read_archived(path: Path, rel: PurePosixPath, naming: str) -> InstanceRecord
         raise UnreadableDataset(f"file meta unreadable: {exc}") from None
     with open(path, "rb") as fh:
         offset = dataset_offset(fh)
+        check_dataset(fh, offset, transfer_syntax)
         ds, header, header_syntax = read_record(fh, offset, transfer_syntax)
         record = build_record(ds, header, header_syntax, transfer_syntax,
                               str(meta.get("MediaStorageSOPClassUID", "")),

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from pacs_testing import bundled_file, dataset_bytes, file_meta, write_part10
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import read_dataset
 from pydicom.uid import (
@@ -25,6 +24,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
 )
+
+from support.instances import bundled_file, dataset_bytes, file_meta, write_part10
 
 # pydicom's test files across transfer syntaxes, nesting and encapsulation.
 SAMPLES = (
@@ -255,7 +256,6 @@ def dcmdump_verdict(dcmdump: str, path: Path) -> Verdict:
 
 def samples_by_name(samples: tuple[str, ...] = SAMPLES) -> dict[str, Sample]:
     return {n: load_sample(n) for n in samples}
-
 
 
 # Where the validator is deliberately stricter than dcmdump, which warns (or says
