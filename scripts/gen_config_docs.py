@@ -42,8 +42,10 @@ SECTIONS = {
     "database": "The index of patients, studies, series and instances.",
     "logging": "Logs: console (stderr) and an optional JSON-lines file.",
     "access_control": "Which calling AE titles may open an association.",
-    "monitoring": "Prometheus metrics endpoint.",
+    "monitoring": "The HTTP side: /metrics (Prometheus), /status, /healthz and the admin API.",
     "query": "C-FIND behaviour.",
+    "tls": "DICOM over TLS (not supported yet: only `enabled: false` is accepted).",
+    "admin": "The admin API (/api/...) and pacsctl: bearer token.",
     "peers": "Remote AEs that C-MOVE may send to.",
 }
 

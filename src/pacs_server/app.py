@@ -139,9 +139,9 @@ class PacsApp:
             bridge = LoopBridge(asyncio.get_running_loop(),
                                 timeout_s=max(cfg.server.dimse_timeout, 30.0))
             services = self.dicom_services(archive, bridge, queries, retrieve)
-            if cfg.monitoring.metrics_port >= 0:
+            if cfg.monitoring.serves:
                 endpoint = await self._start(MetricsEndpoint(
-                    self.metrics, cfg.monitoring.metrics_host, cfg.monitoring.metrics_port))
+                    self.metrics, cfg.monitoring.bind_host, cfg.monitoring.metrics_port))
                 self.metrics_port = endpoint.port
             server = DicomServer(cfg.server, cfg.access_control, services, self.metrics,
                                  str(files.incoming))

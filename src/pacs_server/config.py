@@ -26,6 +26,13 @@ Naming = Literal["hierarchical", "flat", "date"]
 DuplicatePolicy = Literal["reject", "replace", "ignore"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Synchronous = Literal["full", "normal"]
+TlsVersion = Literal["1.2", "1.3"]
+
+# Other spellings users write for an enum value, accepted as the value itself.
+_SPELLINGS: dict[str, str] = {"date-based": "date"}
+# Top-level keys of the files users have, and the keys of the schema they stand for
+# (store_scp's files list `accepted_sop_classes` at the top level).
+TOP_LEVEL_ALIASES: dict[str, str] = {"accepted_sop_classes": "storage.accepted_sop_classes"}
 
 
 def _f(default: Any, help: str, reload: bool = False) -> Any:
@@ -74,6 +81,8 @@ class LoggingConfig:
     level: LogLevel = _f("info", "debug | info | warning | error", reload=True)
     file: str = _f("./logs/pacs.log", "JSON-lines log file; empty = console only")
     json_console: bool = _f(False, "JSON on the console too (always JSON when not a terminal)")
+    audit_file: str = _f("", "JSON-lines audit trail (PS3.15 A.5 events); empty = off",
+                         reload=True)
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,62 @@ class AccessControlConfig:
 
 @dataclass(frozen=True)
 class MonitoringConfig:
-    metrics_host: str = _f("127.0.0.1", "address of the Prometheus /metrics endpoint")
-    metrics_port: int = _f(9110, "port of the /metrics endpoint; -1 disables it, 0 = ephemeral")
+    enabled: bool = _f(True, "serve the HTTP side (/metrics, /status, /healthz, /api)")
+    host: str = _f("127.0.0.1", "address of the HTTP side")
+    metrics_host: str = _f("", "older name of monitoring.host; when set it wins")
+    metrics_port: int = _f(9110, "port of the HTTP side; -1 disables it, 0 = ephemeral")
+
+    @property
+    def bind_host(self) -> str:
+        """The address the HTTP side listens on."""
+        return self.metrics_host or self.host
+
+    @property
+    def serves(self) -> bool:
+        """Whether the HTTP side runs at all."""
+        return self.enabled and self.metrics_port >= 0
+
+    def check(self, source: str) -> None:
+        if not -1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"{source}: monitoring.metrics_port: must be -1..65535")
+        if self.metrics_host and self.host not in ("127.0.0.1", self.metrics_host):
+            raise ConfigError(f"{source}: monitoring.metrics_host: {self.metrics_host!r} "
+                              f"contradicts monitoring.host {self.host!r}; set only host")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """DICOM over TLS (PS3.15 B.1). Only the schema for now: enabling it is refused."""
+
+    enabled: bool = _f(False, "DICOM over TLS; false = plain DICOM on server.port")
+    port: int = _f(2762, "TLS port (2762 is the registered dicom-tls port)")
+    cert_path: str = _f("", "server certificate (PEM)")
+    key_path: str = _f("", "private key of the certificate (PEM)")
+    ca_path: str = _f("", "CA bundle for verifying peer certificates; empty = no client auth")
+    min_version: TlsVersion = _f("1.2", "lowest TLS version accepted: 1.2 | 1.3")
+    ciphers: str = _f("", "OpenSSL cipher list; empty = the library's secure default")
+
+    def check(self, source: str) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{source}: tls.port: must be 0-65535, got {self.port}")
+        if self.enabled:
+            raise ConfigError(f"{source}: tls.enabled: DICOM over TLS is not supported yet; "
+                              "set it to false")
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The bearer token of the admin API (/api/...); without one the API is refused."""
+
+    token: str = _f("", "admin API bearer token; empty = see token_file", reload=True)
+    token_file: str = _f("", "file whose first line is the token (keeps it out of this file)",
+                         reload=True)
+
+    def check(self, source: str) -> None:
+        if self.token and self.token_file:
+            raise ConfigError(f"{source}: admin.token: set token or token_file, not both")
+        if self.token and len(self.token) < 16:
+            raise ConfigError(f"{source}: admin.token: must be at least 16 characters")
 
 
 @dataclass(frozen=True)
@@ -109,6 +172,8 @@ class Config:
     access_control: AccessControlConfig = field(default_factory=AccessControlConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     peers: list[PeerConfig] = field(
         default_factory=list,
         metadata={"help": "C-MOVE destinations: list of {ae_title, host, port}", "reload": True})
@@ -127,6 +192,8 @@ class Config:
 def load_config(path: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> Config:
     """Build the Config from an optional YAML file, then dotted-key overrides (CLI).
+
+    A top-level key of TOP_LEVEL_ALIASES in the file is read as the key it stands for.
 
     Raises:
         ConfigError: one line naming the file, the key and what is wrong.
@@ -153,6 +220,13 @@ def load_config(path: str | Path | None = None,
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections")
         data = loaded
+    for alias, dotted in TOP_LEVEL_ALIASES.items():
+        if alias in data:
+            section, _, key = dotted.partition(".")
+            sect = data.setdefault(section, {})
+            if not isinstance(sect, dict) or key in sect:
+                raise ConfigError(f"{source}: {alias}: also set as {dotted}; keep one")
+            sect[key] = data.pop(alias)
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if not key:                      # a top-level setting such as `peers`
@@ -191,8 +265,12 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         return _build(tp, value if value is not None else {}, source, key + ".")
     if origin is Literal:
         allowed = get_args(tp)
-        if isinstance(value, str) and value.lower() in allowed:
-            return value.lower()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)          # tls.min_version: 1.2 written unquoted
+        if isinstance(value, str):
+            spelled = _SPELLINGS.get(value.lower(), value.lower())
+            if spelled in allowed:
+                return spelled
         raise ConfigError(f"{source}: {key}: must be one of {' | '.join(allowed)}, "
                           f"got {value!r}")
     if origin is list:
@@ -264,8 +342,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"{s}: database.path: must not be empty (or set database.url)")
     if cfg.database.commit_batch < 1:
         raise ConfigError(f"{s}: database.commit_batch: must be at least 1")
-    if not -1 <= cfg.monitoring.metrics_port <= 65535:
-        raise ConfigError(f"{s}: monitoring.metrics_port: must be -1..65535")
+    for section in (cfg.monitoring, cfg.tls, cfg.admin):
+        section.check(s)
     if cfg.query.max_results < 0:
         raise ConfigError(f"{s}: query.max_results: must not be negative")
     for i, title in enumerate(cfg.access_control.allowed_ae_titles):
