@@ -23,22 +23,29 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from pacs_server.config import Config, merge_reloadable, reloadable_changes
+from pacs_server.audit import AuditLog
+from pacs_server.config import Config, PeerConfig, merge_reloadable, reloadable_changes
+from pacs_server.control import ServerControl, ServerParts
 from pacs_server.dicom import echo, find, get, move, runtime, store
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.server import DicomListener, DicomServer
 from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
+from pacs_server.events import EventHub
+from pacs_server.index.admin import AdminRepository
 from pacs_server.index.lifecycle import IndexComponent
 from pacs_server.index.repository import IndexRepository
 from pacs_server.logging import set_level
-from pacs_server.metrics import Metrics, MetricsEndpoint
+from pacs_server.metrics import Metrics
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
+from pacs_server.services.maintenance import Maintenance
 from pacs_server.services.query import QueryService
 from pacs_server.services.retrieve import RetrieveService
 from pacs_server.sop_classes import resolve_storage_classes
 from pacs_server.storage.filestore import FileStore
 from pacs_server.storage.housekeeping import IncomingSweeper
+from pacs_server.systemd import notify
+from pacs_server.web.site import HttpSide
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +91,8 @@ class PacsApp:
         self._subscribers: list[Callable[[Config], None]] = []
         self._index: IndexComponent | None = None
         self._listener: DicomListener | None = None
+        self.control: ServerControl | None = None
+        self._audit: AuditLog | None = None
 
     # ------------------------------------------------------------------ parts
     @property
@@ -110,10 +119,16 @@ class PacsApp:
             services += [
                 find.service(queries, bridge, metrics),
                 get.service(retrieve, bridge, metrics),
-                move.service(retrieve, bridge, lambda ae: self.cfg.peer(ae),
+                move.service(retrieve, bridge, self._peer,
                              cfg.server.max_pdu_size, metrics),
             ]
         return services
+
+    def _peer(self, ae_title: str) -> PeerConfig | None:
+        """A C-MOVE destination: the config file's, else one added through the API."""
+        if self.control is not None:
+            return self.control.peer(ae_title)
+        return self.cfg.peer(ae_title)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -139,28 +154,55 @@ class PacsApp:
             bridge = LoopBridge(asyncio.get_running_loop(),
                                 timeout_s=max(cfg.server.dimse_timeout, 30.0))
             services = self.dicom_services(archive, bridge, queries, retrieve)
-            if cfg.monitoring.serves:
-                endpoint = await self._start(MetricsEndpoint(
-                    self.metrics, cfg.monitoring.bind_host, cfg.monitoring.metrics_port))
-                self.metrics_port = endpoint.port
             server = DicomServer(cfg.server, cfg.access_control, services, self.metrics,
                                  str(files.incoming))
+            await self._start_operations(server, archive, queries, bridge)
             self._listener = await self._start(
                 DicomListener(server, cfg.server.shutdown_grace, self._force))
             self._subscribe(self._listener.reload)
             self.port = self._listener.port
+            assert self.control is not None
+            self.control.dicom_port = self.port
             max_age = max(cfg.server.idle_timeout, cfg.server.dimse_timeout) + 60
             await self._start(IncomingSweeper(files, max_age))
         except BaseException:
             await self._close()
             raise
         self.ready.set()
+        notify("READY=1")
         log.info("server.started", ae_title=cfg.server.ae_title, host=cfg.server.host,
                  port=self.port, metrics_port=self.metrics_port, storage=str(files.root),
                  database=self._index.url if self._index else None,
                  naming=cfg.storage.naming, duplicate_policy=cfg.storage.duplicate_policy,
                  services=[s.name for s in services],
                  **(await self._index.repo.counts() if self._index else {}))
+
+    async def _start_operations(self, server: DicomServer, archive: ArchiveService,
+                                queries: QueryService | None, bridge: LoopBridge) -> None:
+        """The audit log, the event feed, the admin state and the HTTP side."""
+        assert self._stack is not None
+        cfg = self.cfg
+        self._audit = audit = AuditLog(cfg.logging.audit_file, cfg.server.ae_title)
+        self._stack.callback(audit.close)
+        hub = EventHub(asyncio.get_running_loop())
+        server.tracker.listen(hub.publish)
+        server.tracker.listen(audit.association_event)
+        parts = ServerParts(server, archive, self.metrics, hub, audit=audit.admin_call)
+        if self._index is not None and queries is not None:
+            repo = self._index.repo
+            parts.repo, parts.queries = repo, queries
+            parts.admin = AdminRepository(repo.engine)
+            parts.maintenance = Maintenance(archive, repo, parts.admin, bridge.run)
+        self.control = control = ServerControl(parts, cfg)
+        await control.load()
+        self._subscribe(control.reconfigure)
+        self._subscribe(lambda c: audit.reopen(c.logging.audit_file))
+        if cfg.monitoring.serves:
+            http = await self._start(HttpSide(
+                control, cfg.monitoring.bind_host, cfg.monitoring.metrics_port,
+                lambda route, status: self.metrics.http_requests.labels(
+                    route, str(status)).inc()))
+            self.metrics_port = control.http_port = http.port
 
     async def _start(self, component: C) -> C:
         assert self._stack is not None
@@ -173,6 +215,7 @@ class PacsApp:
 
     async def stop(self) -> None:
         """Stop accepting, drain, abort stragglers, flush the index, close everything."""
+        notify("STOPPING=1")
         await self._close()
         log.info("server.stopped")
 
@@ -182,6 +225,7 @@ class PacsApp:
             await stack.aclose()
         self._listener = None
         self._index = None
+        self.control = None
         self._subscribers.clear()
         self.ready.clear()
 
@@ -193,7 +237,7 @@ class PacsApp:
         installed: list[int] = []
         for sig, handler in ((signal.SIGTERM, self._on_stop_signal),
                              (signal.SIGINT, self._on_stop_signal),
-                             (signal.SIGHUP, lambda _sig: self.reload())):
+                             (signal.SIGHUP, lambda _sig: self.hangup())):
             loop.add_signal_handler(sig, handler, sig)
             installed.append(sig)
         try:
@@ -218,6 +262,14 @@ class PacsApp:
         self._stop_requested.set()
 
     # ------------------------------------------------------------------ reload
+    def hangup(self) -> bool:
+        """SIGHUP: reopen the audit file (log rotation), then reload the config."""
+        if self._audit is not None:
+            self._audit.reopen()
+        if self.control is not None:
+            self.control.reconfigure(self.cfg)     # a token file may have changed
+        return self.reload()
+
     def reload(self, new: Config | None = None) -> bool:
         """Apply a new configuration: `new`, or the file re-read by `reload_config`.
 

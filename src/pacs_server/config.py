@@ -314,9 +314,14 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
+def is_valid_ae_title(value: str) -> bool:
+    """1-16 printable ASCII characters, not only spaces, no backslash (PS3.5 AE)."""
+    return bool(value.strip()) and len(value) <= 16 and "\\" not in value and all(
+        32 <= ord(c) <= 126 for c in value)
+
+
 def _check_ae_title(source: str, key: str, value: str) -> None:
-    if not value.strip() or len(value) > 16 or "\\" in value or any(
-            ord(c) < 32 or ord(c) > 126 for c in value):
+    if not is_valid_ae_title(value):
         raise ConfigError(f"{source}: {key}: {value!r} is not a valid AE title "
                           "(1-16 printable ASCII characters, no backslash)")
 

@@ -24,7 +24,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -32,6 +32,7 @@ from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs_server.config import AccessControlConfig, Config, ServerConfig
 from pacs_server.dicom import runtime
 from pacs_server.dicom.associations import AssociationTracker
+from pacs_server.dicom.gate import AccessEntry, AssociationGate
 from pacs_server.dicom.handler import HandlerGuard
 from pacs_server.dicom.service import (
     EXTENDED_EVENT,
@@ -94,8 +95,11 @@ class DicomServer:
         self._services = list(services)
         self._receive_dir = receive_dir
         self.tracker = AssociationTracker(metrics)
+        self.gate = AssociationGate(self.tracker)
         self._guard = HandlerGuard(self.tracker, metrics)
         self.ae = self._build_ae(cfg)
+        self._extra_access: tuple[AccessEntry, ...] = ()
+        self._access = access
         self.apply_access_control(access)
         self._server: ThreadedAssociationServer | None = None
 
@@ -118,10 +122,15 @@ class DicomServer:
                                                             TRANSFER_SYNTAXES), **roles)
         return ae
 
-    def apply_access_control(self, access: AccessControlConfig) -> None:
-        """Set the calling-AE whitelist (reloadable: SIGHUP calls this again)."""
-        titles = access.allowed_ae_titles
-        self.ae.require_calling_aet = [] if "*" in titles else list(titles)
+    def apply_access_control(self, access: AccessControlConfig,
+                             extra: tuple[AccessEntry, ...] | None = None) -> None:
+        """Set the calling-AE access list: the config's titles plus `extra` (the admin
+        API's entries; kept when None). Reloadable: SIGHUP and the API call this again."""
+        self._access = access
+        if extra is not None:
+            self._extra_access = extra
+        self.gate.set_access([AccessEntry(t) for t in access.allowed_ae_titles]
+                             + list(self._extra_access))
 
     def handlers(self) -> list[tuple[Any, ...]]:
         """The tracker's notification handlers, one dispatcher per DIMSE event, and the
@@ -130,7 +139,8 @@ class DicomServer:
         for svc in self._services:
             for op in svc.operations:
                 dispatcher.add(op)
-        out: list[tuple[Any, ...]] = [*self.tracker.handlers()]
+        out: list[tuple[Any, ...]] = [*self.tracker.handlers(),
+                                      (evt.EVT_REQUESTED, self.gate.on_requested)]
         out += [(event, dispatcher.handler_for(event)) for event in dispatcher.events()]
         extended = extended_negotiation(self._services)
         if extended is not None:
@@ -160,6 +170,13 @@ class DicomServer:
         assert server is not None
         self._server = server
         return self.port
+
+    @property
+    def listening(self) -> bool:
+        """Whether the listening socket is open (paused counts: it still answers)."""
+        server = self._server
+        return server is not None and server.socket is not None \
+            and server.socket.fileno() >= 0
 
     def active(self) -> list[Any]:
         return list(self._server.active_associations) if self._server else []

@@ -59,6 +59,7 @@ def suboperations(event: Event, service: str, refs: list[StoredRef],
                       sop_instance_uid=ref.sop_instance_uid, error=str(exc))
             ds = placeholder(ref)
         metrics.retrieved.labels(service).inc()
+        metrics.bytes_sent.inc(ref.size)
         if before_send is not None:
             before_send(resumed)
         yield PENDING, ds
