@@ -14,13 +14,13 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
 from sqlalchemy import text
 
 from pacs_server import __version__
+from pacs_server.admin_token import read_token
 from pacs_server.config import Config, PeerConfig, is_valid_ae_title
 from pacs_server.dicom.gate import AccessEntry
 from pacs_server.dicom.server import DicomServer
@@ -46,28 +46,6 @@ log = structlog.get_logger(__name__)
 
 HEALTH_TIMEOUT_S = 1.0
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,253})$")
-
-
-def read_token(cfg: Config) -> str:
-    """admin.token, or the first line of admin.token_file ("" = API off).
-
-    Raises:
-        StartupError: the token file cannot be read or holds a short token.
-    """
-    if cfg.admin.token:
-        return cfg.admin.token
-    if not cfg.admin.token_file:
-        return ""
-    try:
-        lines = Path(cfg.admin.token_file).expanduser().read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StartupError(f"admin.token_file {cfg.admin.token_file} cannot be read: "
-                           f"{getattr(exc, 'strerror', None) or exc}") from None
-    token = lines[0].strip() if lines else ""
-    if len(token) < 16:
-        raise StartupError(f"admin.token_file {cfg.admin.token_file}: the token must be "
-                           "at least 16 characters")
-    return token
 
 
 def check_host(host: str) -> str:

@@ -14,6 +14,7 @@ operation, release, abort and close; they run in pynetdicom's threads and must n
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import threading
 import time
@@ -265,6 +266,8 @@ class AssociationTracker:
         if rec is None:
             return
         rec.assoc = None
+        if rec.outcome != "released":
+            discard_partial_receive(event.assoc)
         if rec.accepted:
             with self._lock:
                 if rec.outcome in ("released", "aborted"):
@@ -279,6 +282,27 @@ class AssociationTracker:
                      called_ae=rec.called_ae, outcome=rec.outcome, operations=rec.operations,
                      failures=rec.failures, bytes=rec.bytes_in,
                      duration_ms=round((time.monotonic() - rec.started) * 1000, 1))
+
+
+def discard_partial_receive(assoc: Any) -> None:
+    """Remove the temporary file of a C-STORE whose data stopped arriving (abort).
+
+    pynetdicom's chunked receive (STORE_RECV_CHUNKED_DATASET) writes into a
+    NamedTemporaryFile(delete=False) held by the DIMSE message being decoded, and only the
+    completed message's handler path deletes it. Without this, an aborted transfer
+    leaves its buffer in <archive>/.incoming until the sweeper or the next start.
+    """
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    path = getattr(message, "_data_set_path", None)
+    if path is None:
+        return
+    handle = getattr(message, "_data_set_file", None)
+    try:
+        if handle is not None:
+            handle.close()
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def set_nodelay(event: Event) -> None:

@@ -88,6 +88,8 @@ class Maintenance:
             imported, failed = [], []
             for item in unindexed:
                 outcome = await self._import(root / item["path"])
+                if "error" not in outcome:
+                    await self._drop_copy(item["path"], outcome)
                 (failed if "error" in outcome else imported).append(
                     {"path": item["path"], **outcome})
             report.update(reindexed=imported, not_reindexed=failed,
@@ -114,6 +116,15 @@ class Maintenance:
             if n % 20 == 0 or n == len(files):
                 yield {"done": False, "checked": n, "total": len(files)}
         yield {"done": True, "files": len(files), **counts, "problems": problems[:100]}
+
+    async def _drop_copy(self, rel: str, outcome: dict[str, Any]) -> None:
+        """After re-indexing a file found outside its layout path, the archive holds the
+        indexed copy at the layout path: remove the stray original."""
+        indexed = await self._repo.instance_path(outcome["sop_instance_uid"])
+        files = self._archive.files
+        if indexed and indexed != rel and await asyncio.to_thread(files.exists, indexed):
+            await asyncio.to_thread(files.remove, rel)
+            outcome["moved_to"] = indexed
 
     def _import_list(self, root: Path) -> list[Path]:
         if not root.is_dir():
