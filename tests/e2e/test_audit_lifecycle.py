@@ -52,7 +52,7 @@ def ctl(url: str, token: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_audit_records_every_operation_with_the_documented_fields(
         spawn: Callable[..., Any], tmp_path: Path, dicom_files: DicomFiles) -> None:
     audit = tmp_path / "audit" / "audit.jsonl"
-    extra = (f"access_control:\n  allowed_ae_titles: [TESTSCU, FINDER]\n")
+    extra = ("access_control:\n  allowed_ae_titles: [TESTSCU, FINDER]\n")
     config_extra = extra
     pacs = start_pacs(spawn, tmp_path, config_extra)
     text = pacs.config.read_text().replace('  file: ""', f'  file: ""\n  audit_file: {audit}')
