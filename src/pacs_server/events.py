@@ -37,9 +37,15 @@ class EventHub:
             except asyncio.QueueFull:
                 pass
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """Events from now on (the subscription starts at this call, not at the first
+        iteration); closing the iterator ends it."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
         self._queues.add(queue)
+        return self._drain(queue)
+
+    async def _drain(self, queue: asyncio.Queue[dict[str, Any]]
+                     ) -> AsyncIterator[dict[str, Any]]:
         try:
             while True:
                 yield await queue.get()
