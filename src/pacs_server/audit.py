@@ -27,7 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import structlog
+
 from pacs_server.errors import StartupError
+
+log = structlog.get_logger(__name__)
 
 APPLICATION_ACTIVITY = ("110100", "Application Activity")
 BEGIN_TRANSFERRING = ("110102", "Begin Transferring DICOM Instances")
@@ -81,14 +85,21 @@ class AuditLog:
             raise StartupError(f"audit file {target} cannot be opened: {exc.strerror}") from None
 
     def reopen(self, path: str | None = None) -> None:
-        """Close and open again (SIGHUP: after rotation, or a new logging.audit_file)."""
+        """Close and open again (SIGHUP: after rotation, or a new logging.audit_file).
+
+        A new path that cannot be opened is logged and the old path kept.
+        """
         with self._lock:
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
-            if path is not None:
-                self._path = path
-            self._open()
+            old, self._path = self._path, (self._path if path is None else path)
+            try:
+                self._open()
+            except StartupError as exc:
+                log.error("audit.reopen_failed", error=str(exc), kept=old)
+                self._path = old
+                self._open()
 
     def close(self) -> None:
         with self._lock:
