@@ -277,7 +277,7 @@ def test_startup_errors_exit_1(tmp_path: Path, what: str) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         metrics_port = str(busy.getsockname()[1])
-        expected = f"metrics port {metrics_port} on 127.0.0.1 cannot be bound"
+        expected = f"HTTP port {metrics_port} on 127.0.0.1 is already in use"
     try:
         done = run_cli("--port", "0", "--host", "127.0.0.1", "--storage-dir", str(storage),
                        "--db", str(db), "--log-file", "", "--metrics-port", metrics_port,
