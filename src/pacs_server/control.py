@@ -216,7 +216,7 @@ class ServerControl:
                     + [{"ae_title": r.ae_title, "host": r.host, "origin": "api"}
                        for r in await admin.ae_titles()])
         ae_title = _ae_title(ae_title)
-        host = check_host(host) if host else ""
+        host = _ip_address(host) if host else ""
         if ae_title in configured:
             raise ConflictingRequest(f"{ae_title!r} is listed in the config file "
                                      f"({self._cfg.source}); change it there")
@@ -255,6 +255,14 @@ class ServerControl:
         self._p.dicom.apply_access_control(self._cfg.access_control, extra=entries)
         self._api_peers = {p.ae_title: PeerConfig(p.ae_title, p.host, p.port)
                            for p in await admin.peers()}
+
+
+def _ip_address(value: str) -> str:
+    """The peer address an access entry is bound to: compared with the connection's IP."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise InvalidRequest(f"host: {value!r} is not an IP address") from None
 
 
 def _ae_title(value: str) -> str:

@@ -144,6 +144,14 @@ async def test_bad_requests_get_a_json_reason(ops_server: PacsApp) -> None:
     assert (status, body["error"]) == (404, "no live association 99")
     status, body = await http_call(base, "POST", "/api/ae", body={"ae_title": "BAD\\AE"})
     assert status == 400 and "not a valid AE title" in body["error"]
+    status, body = await http_call(base, "POST", "/api/ae",
+                                   body={"ae_title": "CT1", "host": "example.org"})
+    assert (status, body["error"]) == (400, "host: 'example.org' is not an IP address")
+    status, body = await http_call(base, "POST", "/api/peers",
+                                   body={"ae_title": "V", "host": "127.0.0.1", "port": 0})
+    assert (status, body["error"]) == (400, "port: expected an integer 1-65535")
+    status, body = await http_call(base, "POST", "/api/backup", body={"destination": "x.db"})
+    assert status == 400 and "must be an absolute path" in body["error"]
     status, body = await http_call(base, "PUT", "/api/pause")
     assert status == 405 and body["status"] == 405
 
