@@ -45,6 +45,7 @@ from pacs_server.services.query import QueryService
 log = structlog.get_logger(__name__)
 
 HEALTH_TIMEOUT_S = 1.0
+COUNTS_TTL_S = 30.0         # /metrics and /status share one set of COUNT(*) queries
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,253})$")
 
 
@@ -83,6 +84,7 @@ class ServerControl:
         self.dicom_port: int | None = None
         self.http_port: int | None = None
         self._api_peers: dict[str, PeerConfig] = {}
+        self._counts: tuple[float, int, dict[str, int]] = (0.0, -1, {})
 
     # ----------------------------------------------------------------- lifecycle
     async def load(self) -> None:
@@ -116,8 +118,8 @@ class ServerControl:
                                        p.archive.files.free_bytes)}
         reason = await self._index_problem()
         if p.repo is not None and reason is None:
-            counts = await p.repo.counts()
-            storage.update(bytes=counts.pop("bytes"), instances=counts["instances"])
+            counts = await self._index_counts()
+            storage.update(bytes=counts["bytes"], instances=counts["instances"])
         stats = p.archive.stats
         return {
             "version": __version__, "uptime_s": round(time.monotonic() - self._started, 1),
@@ -153,11 +155,23 @@ class ServerControl:
             return f"index unavailable: {first[0][:200]}"
         return None
 
+    async def _index_counts(self) -> dict[str, int]:
+        """Rows per level and bytes: counted again when an instance was stored since, or
+        after COUNTS_TTL_S (a scrape every few seconds of an idle server must not count
+        a large index each time)."""
+        at, stored, counts = self._counts
+        now_stored = self._p.archive.stats.stored
+        if now_stored != stored or time.monotonic() - at > COUNTS_TTL_S:
+            assert self._p.repo is not None
+            counts = await self._p.repo.counts()
+            self._counts = (time.monotonic(), now_stored, counts)
+        return dict(counts)
+
     async def metrics(self) -> tuple[bytes, str]:
         p = self._p
         counts: dict[str, int] = {}
         if p.repo is not None and await self._index_problem() is None:
-            counts = await p.repo.counts()
+            counts = await self._index_counts()
         p.metrics.set_inventory(counts, await asyncio.to_thread(p.archive.files.free_bytes))
         return p.metrics.exposition()
 
