@@ -1,12 +1,14 @@
 """PacsApp: the composition root. Builds every part from the Config and runs the lifecycle.
 
 startup:  library settings → storage root check → index (engines, migrations, writer)
-          → services → metrics → DICOM listener (last, so nothing is accepted before the
-          archive is ready) → housekeeping; then `ready` is set
-run:      wait for SIGTERM/SIGINT (stop) or SIGHUP (reload)
+          → services → audit log, event feed, admin state, HTTP side → DICOM listener
+          (last, so nothing is accepted before the archive is ready) → housekeeping;
+          then `ready` is set and systemd told READY=1
+run:      wait for SIGTERM/SIGINT (stop) or SIGHUP (reopen the audit file, reload)
 shutdown: the components close in reverse order (an AsyncExitStack): housekeeping stops,
           the listener stops accepting and drains for `shutdown_grace` seconds (a second
-          signal skips the wait), metrics stop, queued index writes commit, engines close
+          signal skips the wait), the HTTP side stops, the audit file closes, queued
+          index writes commit, engines close
 
 Components have `start()` and `close()`; the ones that take a reloaded configuration
 subscribe to it (`_subscribe`), so SIGHUP reaches each of them without a list here.
