@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pacs_testing import wait_until_responds
+from support.scu import wait_until_responds
 
 TOKEN = "e2e-token-0123456789abcdef"
 

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pacs_testing import SUCCESS, DicomFiles, Scu, wait_until
 from pacsctl_helpers import TOKEN, start_pacs
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+
+from support.instances import DicomFiles
+from support.polling import wait_until
+from support.scu import SUCCESS, Scu
 
 STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 COMMON = {"time", "source_ae", "event", "event_id", "action", "outcome", "service"}

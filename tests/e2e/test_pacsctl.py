@@ -14,19 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pacs_testing import (
-    SUCCESS,
-    DicomFiles,
-    Scu,
-    archived_files,
-    contexts_for,
-    incoming_files,
-    send,
-    throttle,
-    wait_until,
-)
 from pacsctl_helpers import TOKEN, start_pacs, write_config
 from pynetdicom import AE
+
+from support.archive import archived_files, incoming_files
+from support.instances import DicomFiles
+from support.polling import wait_until
+from support.scu import SUCCESS, Scu, contexts_for, send, throttle
 
 LOCAL_LIMIT = (0x02, 0x03, 0x02)
 NOT_RECOGNISED = (0x01, 0x01, 0x03)

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pacs_testing import CT_IMAGE, SUCCESS, DicomFiles, Scu, archived_files, wait_until_responds
+
+from support.archive import archived_files
+from support.instances import CT_IMAGE, DicomFiles
+from support.scu import SUCCESS, Scu, wait_until_responds
 
 CONFIGS = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 

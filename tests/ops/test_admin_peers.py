@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import base_url
-from ops_helpers import http_call
-from pacs_testing import SUCCESS, DicomFiles, Scu
-from qr_helpers import StorageScp, movescu
 
-from pacs_server.app import PacsApp
+from support.dcmtk import movescu
+from support.http import base_url, http_call
+from support.instances import DicomFiles
+from support.scp import StorageScp
+from support.scu import SUCCESS, Scu
+from support.server import RunningServer
 
 MOVE_DESTINATION_UNKNOWN = 0xA801
 
 
 @pytest.mark.dcmtk
-async def test_api_peer_is_a_move_destination_at_once(ops_server: PacsApp,
+async def test_api_peer_is_a_move_destination_at_once(ops_server: RunningServer,
                                                       dicom_files: DicomFiles) -> None:
     base = base_url(ops_server)
     sent = dicom_files.fresh("CT_small.dcm", PatientID="MOVE1")

@@ -6,26 +6,21 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from conftest import base_url
-from ops_helpers import STUDY_FIND, TOKEN, held_association, http_call, http_get, metric
-from pacs_testing import SUCCESS, DicomFiles, Scu
-from pydicom.dataset import Dataset
-
-from pacs_server.app import PacsApp
 from pacs_server.config import Config
+from support.http import TOKEN, base_url, http_call, http_get, metric
+from support.instances import DicomFiles
+from support.postgres import PostgresCluster
+from support.scu import PENDING, SUCCESS, Scu, identifier
+from support.server import RunningServer
 
 
 def c_find_study(port: int) -> int:
     """A Study Root C-FIND for every study; returns the number of matches."""
-    ident = Dataset()
-    ident.QueryRetrieveLevel = "STUDY"
-    ident.StudyInstanceUID = ""
-    with held_association(port, contexts=(STUDY_FIND,)) as assoc:
-        return sum(1 for status, found in assoc.send_c_find(ident, STUDY_FIND)
-                   if status and status.Status == 0xFF00)
+    responses = Scu().find(port, identifier("STUDY", StudyInstanceUID=""))
+    return sum(1 for r in responses if r.status == PENDING)
 
 
-async def test_metrics_change_after_stores_and_queries(ops_server: PacsApp,
+async def test_metrics_change_after_stores_and_queries(ops_server: RunningServer,
                                                        dicom_files: DicomFiles) -> None:
     base = base_url(ops_server)
     status, before = await http_get(base, "/metrics")
@@ -49,14 +44,14 @@ async def test_metrics_change_after_stores_and_queries(ops_server: PacsApp,
     assert metric(after, "process_resident_memory_bytes") > 0
 
 
-async def test_status_lists_a_live_association(ops_server: PacsApp) -> None:
+async def test_status_lists_a_live_association(ops_server: RunningServer) -> None:
     base = base_url(ops_server)
     held = asyncio.Event()
     release = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def hold() -> None:
-        with held_association(ops_server.port, calling="MODALITY1") as assoc:
+        with Scu("MODALITY1").associate(ops_server.port) as assoc:
             assoc.send_c_echo()
             loop.call_soon_threadsafe(held.set)
             asyncio.run_coroutine_threadsafe(release.wait(), loop).result(30)
@@ -66,7 +61,8 @@ async def test_status_lists_a_live_association(ops_server: PacsApp) -> None:
     status, body = await http_get(base, "/status")
     assert status == 200
     assert body["ae_title"] == "PACS"
-    assert body["ports"] == {"dicom": ops_server.port, "http": ops_server.metrics_port}
+    assert body["ports"] == {"dicom": ops_server.port, "dicom_tls": None,
+                             "http": ops_server.http_port}
     assert body["state"] == "accepting" and body["paused"] is False
     (live,) = body["associations"]
     assert live["calling_ae"] == "MODALITY1"
@@ -84,7 +80,7 @@ async def test_status_lists_a_live_association(ops_server: PacsApp) -> None:
     assert after["associations"] == []
 
 
-async def test_healthz_ok_and_paused_is_healthy(ops_server: PacsApp) -> None:
+async def test_healthz_ok_and_paused_is_healthy(ops_server: RunningServer) -> None:
     base = base_url(ops_server)
     assert await http_get(base, "/healthz") == (200, "ok\n")
     assert (await http_call(base, "POST", "/api/pause"))[0] == 200
@@ -93,12 +89,12 @@ async def test_healthz_ok_and_paused_is_healthy(ops_server: PacsApp) -> None:
 
 async def test_healthz_503_when_the_index_is_unavailable(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config],
-        postgres_url: str, postgres_cluster: Any) -> None:
+        postgres_url: str, postgres_cluster: PostgresCluster) -> None:
     app = await start_server(make_cfg({"monitoring.metrics_port": 0,
                                        "database.url": postgres_url}))
     base = base_url(app)
     assert await http_get(base, "/healthz") == (200, "ok\n")
-    postgres_cluster._pg_ctl("stop", "-m", "fast")
+    postgres_cluster.halt()
     try:
         status, reason = await http_get(base, "/healthz")
         assert status == 503
@@ -110,7 +106,7 @@ async def test_healthz_503_when_the_index_is_unavailable(
     assert await http_get(base, "/healthz") == (200, "ok\n")
 
 
-async def test_api_refuses_without_or_with_a_wrong_token(ops_server: PacsApp) -> None:
+async def test_api_refuses_without_or_with_a_wrong_token(ops_server: RunningServer) -> None:
     base = base_url(ops_server)
     status, body = await http_get(base, "/api/status")
     assert status == 401
@@ -131,7 +127,7 @@ async def test_api_is_off_without_a_configured_token(
     assert (await http_get(base_url(app), "/status"))[0] == 200
 
 
-async def test_bad_requests_get_a_json_reason(ops_server: PacsApp) -> None:
+async def test_bad_requests_get_a_json_reason(ops_server: RunningServer) -> None:
     base = base_url(ops_server)
     assert await http_get(base, "/nowhere") == (404, {"error": "Not Found", "status": 404})
     status, body = await http_get(base, "/api/browse/studies?limit=abc", token=TOKEN)
@@ -160,4 +156,4 @@ async def test_monitoring_disabled_means_no_http_side(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
     app = await start_server(make_cfg({"monitoring.metrics_port": 0,
                                        "monitoring.enabled": False}))
-    assert app.metrics_port is None
+    assert app.http_port is None

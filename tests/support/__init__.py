@@ -14,5 +14,6 @@ tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
     mpps       MPPS N-CREATE/N-SET datasets, step_repository() on an index file
     dcmtk      finding dcmtk, require_dcmtk(), findscu/movescu/getscu runs, Storescp
     postgres   PostgresCluster, a throw-away PostgreSQL server
+    http       the HTTP side: base_url(), http_get(), http_call(), metric(), TOKEN
     polling    wait_until(), free_port(), port_open()
 """

@@ -48,8 +48,8 @@ class RunningServer:
     """PacsApp on its own loop; `start()` returns once the server answers a C-ECHO.
 
     `app_kwargs` go to PacsApp (e.g. `reload_config=`). Every method blocks. Tests look
-    at what the server does through `port`, `archive`, `db`, `sample()` and the logs,
-    never at the app's attributes (which the app is free to change).
+    at what the server does through `port`, `http_port`, `archive`, `db`, `sample()` and
+    the logs, never at the app's attributes (which the app is free to change).
     """
 
     def __init__(self, cfg: Config, **app_kwargs: Any) -> None:
@@ -57,6 +57,7 @@ class RunningServer:
         self.metrics = Metrics(CollectorRegistry())
         self._app = PacsApp(cfg, metrics=self.metrics, **app_kwargs)
         self.port = 0
+        self.http_port: int | None = None    # the HTTP side (/metrics, /status, /api)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="server-loop",
                                         daemon=True)
@@ -94,6 +95,7 @@ class RunningServer:
             self._run(self._app.start())
             assert self._app.port
             self.port = int(self._app.port)
+            self.http_port = self._app.metrics_port
             wait_until_responds(self.port, called=self.cfg.server.ae_title)
         except BaseException:
             self.stop()      # a server that failed to start leaves no loop thread behind
