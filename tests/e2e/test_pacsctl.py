@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 from pacsctl_helpers import TOKEN, start_pacs, write_config
+from pydicom.dataset import Dataset
 from pynetdicom import AE
+from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from support.archive import archived_files, incoming_files
 from support.instances import DicomFiles
 from support.polling import wait_until
-from support.scu import SUCCESS, Scu, contexts_for, send, throttle
+from support.scu import PENDING, SUCCESS, Scu, contexts_for, send, throttle
 
 LOCAL_LIMIT = (0x02, 0x03, 0x02)
 NOT_RECOGNISED = (0x01, 0x01, 0x03)
@@ -286,3 +288,43 @@ def test_pacsctl_usage_errors(tmp_path: Path, missing: str) -> None:
                             capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stderr.strip()) == (
         2, "pacsctl: no server: give --url, --config or set PACSCTL_URL")
+
+
+WORKLIST_ITEM = {"patientId": "WL001", "patientName": "DOE^JOHN", "accessionNumber": "ACC9",
+                 "scheduledStationAeTitle": "CT_01", "modality": "CT",
+                 "scheduledProcedureStepStartDate": "20241220",
+                 "scheduledProcedureStepId": "SPS9"}
+
+
+def test_worklist_and_mpps_commands_under_pacsctl(spawn: Callable[..., Any],
+                                                  tmp_path: Path) -> None:
+    """`pacsctl worklist|mpps` work on the configured index as `pacs_server worklist|mpps`
+    do (the older spelling, kept); a running server answers the new item at once."""
+    pacs = start_pacs(spawn, tmp_path)
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([WORKLIST_ITEM]), encoding="utf-8")
+    added = pacs.ctl("worklist", "add", str(items), use_config=True)
+    assert added.stdout.strip() == "added 1 worklist item(s): ids 1"
+    listed = pacs.ctl("worklist", "list", use_config=True).stdout
+    old = subprocess.run([sys.executable, "-m", "pacs_server", "--config", str(pacs.config),
+                          "worklist", "list"], capture_output=True, text=True, timeout=60)
+    assert old.returncode == 0 and old.stdout == listed and "ACC9" in listed
+    query = identifier_for_worklist()
+    found = Scu().find(pacs.port, query, model=str(ModalityWorklistInformationFind))
+    assert [r.identifier.AccessionNumber for r in found if r.status == PENDING] == ["ACC9"]
+    assert pacs.ctl("--json", "mpps", "list", use_config=True) == []
+    missing = pacs.ctl("worklist", "show", "7", use_config=True, check=False)
+    assert (missing.returncode, missing.stderr.strip()) == (
+        1, "pacs_server worklist: no worklist item 7")
+    assert pacs.proc.stop() == 0
+
+
+def identifier_for_worklist() -> Dataset:
+    step = Dataset()
+    step.Modality = "CT"
+    step.ScheduledProcedureStepStartDate = ""
+    query = Dataset()
+    query.PatientID = ""
+    query.AccessionNumber = ""
+    query.ScheduledProcedureStepSequence = [step]
+    return query

@@ -7,6 +7,10 @@ server's configuration file (--config: monitoring.host/metrics_port and admin.to
 admin.token_file). Exit codes: 0 done, 1 refused or failed (one line on stderr, the
 server's reason), 2 usage or configuration error; `verify` exits 1 when it found
 problems.
+
+`pacsctl [--config FILE] worklist ...` and `pacsctl [--config FILE] mpps ...` work on the
+index database the configuration names, without the API, exactly as `pacs_server
+worklist ...` and `pacs_server mpps ...` (the older spellings, kept).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from pacs_server.pacsctl.render import Progress, block, size, table
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# Commands on the index database itself, run by pacs_server's own command line.
+LOCAL_COMMANDS = {"worklist": "manage Modality Worklist items (as `pacs_server worklist`)",
+                  "mpps": "list or show procedure steps (as `pacs_server mpps`)"}
+_VALUED_OPTIONS = ("--url", "--token", "--config")
 BROWSE_COLUMNS = {
     "patients": ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
                  "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances"),
@@ -78,7 +86,36 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("ae_title", nargs="?")
     peers.add_argument("host", nargs="?")
     peers.add_argument("port", nargs="?", type=int)
+    for name, text in LOCAL_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False).add_argument(
+            "args", nargs=argparse.REMAINDER)
     return p
+
+
+def run_local(argv: Sequence[str]) -> int | None:
+    """`worklist ...` / `mpps ...` through pacs_server's command line, with pacsctl's
+    --config (and --json for mpps); None when the command is another one."""
+    config: list[str] = []
+    json_flag: list[str] = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        option, _, value = argv[i].partition("=")
+        if option in _VALUED_OPTIONS and not value:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+            i += 1
+        if option == "--config":
+            config = ["--config", value]
+        elif option == "--json":
+            json_flag = ["--json"]
+        i += 1
+    if i >= len(argv) or argv[i] not in LOCAL_COMMANDS:
+        return None
+    from pacs_server import cli
+
+    command, rest = argv[i], list(argv[i + 1:])
+    if command == "worklist":
+        return cli.main([*config, "worklist", *rest])
+    return cli.main(["mpps", *rest, *config, *json_flag])
 
 
 def connection(args: argparse.Namespace) -> Client:
@@ -104,6 +141,10 @@ def connection(args: argparse.Namespace) -> Client:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    local = run_local(argv)
+    if local is not None:
+        return local
     args = build_parser().parse_args(argv)
     try:
         client = connection(args)
