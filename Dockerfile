@@ -1,4 +1,5 @@
-# pacs_server in a container: DICOM on 11112, Prometheus /metrics on 9110, data in /data.
+# pacs_server in a container: DICOM on 11112, the HTTP side (/metrics, /status, /healthz,
+# /api) on 9110, data in /data.
 #
 #   docker build -t pacs_server .
 #   docker run -d --name pacs -p 11112:11112 -p 9110:9110 -v pacs-data:/data pacs_server
@@ -34,11 +35,11 @@ EXPOSE 11112 9110
 WORKDIR /data
 USER pacs
 
-# Healthy while the metrics endpoint answers. It is served by the server process itself,
-# which exits when the DICOM listener cannot be bound. (With monitoring.metrics_port: -1
-# in your own config, override or disable this check.)
+# Healthy while /healthz answers 200: the DICOM listener accepts (or is paused on
+# purpose) and the index answers a trivial query within a second; 503 otherwise. (With
+# monitoring.enabled: false in your own config, override or disable this check.)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9110/metrics', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9110/healthz', timeout=4)"]
 
 # SIGTERM (docker stop) drains associations for server.shutdown_grace seconds; give
 # `docker stop -t` more than that.

@@ -43,12 +43,13 @@ SECTIONS = {
     "database": "The index of patients, studies, series and instances.",
     "logging": "Logs: console (stderr) and an optional JSON-lines file.",
     "access_control": "Which calling AE titles may open an association.",
-    "monitoring": "Prometheus metrics endpoint.",
+    "monitoring": "The HTTP side: /metrics (Prometheus), /status, /healthz and the admin API.",
     "query": "C-FIND behaviour.",
     "commitment": "Storage Commitment: delivery of the N-EVENT-REPORT and its retries.",
     "worklist": "Modality Worklist items (managed with `pacs_server worklist`).",
     "tls": "DICOM over TLS (PS3.15 B.9): a second listener, certificates, mutual TLS.",
     "limits": "Rate and concurrency limits per calling AE and per source address.",
+    "admin": "The admin API (/api/...) and pacsctl: bearer token.",
     "peers": "Remote AEs: C-MOVE destinations, Storage Commitment requesters.",
 }
 

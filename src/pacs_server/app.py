@@ -1,13 +1,15 @@
 """PacsApp: the composition root. Builds every part from the Config and runs the lifecycle.
 
 startup:  library settings → storage root check → index (engines, migrations, writer)
-          → reconcile the placement journal with the index → services → metrics → Storage
-          Commitment delivery → DICOM listener (last, so nothing is accepted before the
-          archive is ready) → housekeeping; then `ready` is set
-run:      wait for SIGTERM/SIGINT (stop) or SIGHUP (reload)
+          → reconcile the placement journal with the index → services → audit log, event
+          feed, admin state, HTTP side → Storage Commitment delivery → DICOM listener (last,
+          so nothing is accepted before the archive is ready) → housekeeping; then `ready`
+          is set and systemd told READY=1
+run:      wait for SIGTERM/SIGINT (stop) or SIGHUP (reopen the audit file, reload)
 shutdown: the components close in reverse order (an AsyncExitStack): housekeeping stops,
           the listener stops accepting and drains for `shutdown_grace` seconds (a second
-          signal skips the wait), metrics stop, queued index writes commit, engines close
+          signal skips the wait), the HTTP side stops, the audit file closes, queued
+          index writes commit, engines close
 
 Components have `start()` and `close()`; the ones that take a reloaded configuration
 subscribe to it (`_subscribe`), so SIGHUP reaches each of them without a list here.
@@ -25,19 +27,23 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from pacs_server.config import Config, merge_reloadable, reloadable_changes
+from pacs_server.audit import AuditLog
+from pacs_server.config import Config, PeerConfig, merge_reloadable, reloadable_changes
+from pacs_server.control import ServerControl, ServerParts
 from pacs_server.dicom import commitment, echo, find, get, move, mpps, runtime, store, worklist
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.commitment_delivery import CommitmentDelivery
 from pacs_server.dicom.server import DicomListener, DicomServer
 from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
+from pacs_server.events import EventHub
 from pacs_server.index.lifecycle import IndexComponent
 from pacs_server.index.repository import IndexRepository
 from pacs_server.logging import set_level
-from pacs_server.metrics import Metrics, MetricsEndpoint
+from pacs_server.metrics import Metrics
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
 from pacs_server.services.commitment import CommitmentService
+from pacs_server.services.maintenance import Maintenance
 from pacs_server.services.mpps import MppsService
 from pacs_server.services.query import QueryService
 from pacs_server.services.reconcile import ArchiveReconciler
@@ -47,6 +53,8 @@ from pacs_server.services.worklist_retention import WorklistRetention
 from pacs_server.sop_classes import resolve_storage_classes
 from pacs_server.storage.filestore import FileStore
 from pacs_server.storage.housekeeping import IncomingSweeper
+from pacs_server.systemd import notify
+from pacs_server.web.site import HttpSide
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +103,8 @@ class PacsApp:
         self._index: IndexComponent | None = None
         self._listener: DicomListener | None = None
         self._commitments: CommitmentDelivery | None = None
+        self.control: ServerControl | None = None
+        self._audit: AuditLog | None = None
 
     # ------------------------------------------------------------------ parts
     @property
@@ -128,8 +138,7 @@ class PacsApp:
             services += [
                 find.service(queries, bridge, metrics),
                 get.service(retrieve, bridge, metrics, lambda: self.cfg.retrieve.transcode),
-                move.service(retrieve, bridge, lambda ae: self.cfg.peer(ae),
-                             cfg.server.max_pdu_size, metrics,
+                move.service(retrieve, bridge, self._peer, cfg.server.max_pdu_size, metrics,
                              lambda: self.cfg.retrieve.transcode, tls=self._peer_tls),
             ]
         if worklists is not None:
@@ -139,6 +148,12 @@ class PacsApp:
         if self._commitments is not None:
             services.append(commitment.service(self._commitments, bridge))
         return services
+
+    def _peer(self, ae_title: str) -> PeerConfig | None:
+        """A C-MOVE destination: the config file's, else one added through the API."""
+        if self.control is not None:
+            return self.control.peer(ae_title)
+        return self.cfg.peer(ae_title)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -172,12 +187,9 @@ class PacsApp:
             if self._index is not None:
                 self._commitments = self._commitment_delivery(files, bridge)
             services = self.dicom_services(archive, bridge, queries, retrieve, steps, worklists)
-            if cfg.monitoring.metrics_port >= 0:
-                endpoint = await self._start(MetricsEndpoint(
-                    self.metrics, cfg.monitoring.metrics_host, cfg.monitoring.metrics_port))
-                self.metrics_port = endpoint.port
             server = DicomServer(cfg.server, cfg.access_control, services, self.metrics,
                                  str(files.incoming), limits=cfg.limits, tls=cfg.tls)
+            await self._start_operations(server, archive, queries, bridge)
             if self._commitments is not None:
                 # Before the listener, so that it closes after the associations ended.
                 await self._start(self._commitments)
@@ -187,6 +199,8 @@ class PacsApp:
             self._subscribe(self._listener.reload, every_reload=True)
             self.port = self._listener.port
             self.tls_port = self._listener.tls_port
+            assert self.control is not None
+            self.control.dicom_port, self.control.tls_port = self.port, self.tls_port
             max_age = max(cfg.server.idle_timeout, cfg.server.dimse_timeout) + 60
             await self._start(IncomingSweeper(files, max_age))
             if self._index is not None:
@@ -197,6 +211,7 @@ class PacsApp:
             await self._close()
             raise
         self.ready.set()
+        notify("READY=1")
         log.info("server.started", ae_title=cfg.server.ae_title, host=cfg.server.host,
                  port=self.port, tls_port=self.tls_port, metrics_port=self.metrics_port,
                  storage=str(files.root),
@@ -213,8 +228,35 @@ class PacsApp:
             self._index.commitments, self._index.repo, files,
             resolve_storage_classes(cfg.storage.accepted_sop_classes), cfg.commitment)
         self._subscribe(lambda c: service.reconfigure(c.commitment))
-        return CommitmentDelivery(service, bridge, cfg.server, lambda ae: self.cfg.peer(ae),
-                                  self.metrics)
+        return CommitmentDelivery(service, bridge, cfg.server, self._peer, self.metrics)
+
+    async def _start_operations(self, server: DicomServer, archive: ArchiveService,
+                                queries: QueryService | None, bridge: LoopBridge) -> None:
+        """The audit log, the event feed, the admin state and the HTTP side."""
+        assert self._stack is not None
+        cfg = self.cfg
+        self._audit = audit = AuditLog(cfg.logging.audit_file, cfg.server.ae_title)
+        self._stack.callback(audit.close)
+        hub = EventHub(asyncio.get_running_loop())
+        server.tracker.listen(hub.publish)
+        server.tracker.listen(audit.association_event)
+        parts = ServerParts(server, archive, self.metrics, hub, audit=audit.admin_call)
+        if self._index is not None and queries is not None:
+            index = self._index
+            parts.repo, parts.queries = index.repo, queries
+            parts.admin, parts.inventory = index.admin, index.inventory
+            parts.maintenance = Maintenance(archive, index.repo, index.admin, index.inventory,
+                                            bridge.run)
+        self.control = control = ServerControl(parts, cfg)
+        await control.load()
+        self._subscribe(control.reconfigure)
+        self._subscribe(lambda c: audit.reopen(c.logging.audit_file))
+        if cfg.monitoring.serves:
+            http = await self._start(HttpSide(
+                control, cfg.monitoring.bind_host, cfg.monitoring.metrics_port,
+                lambda route, status: self.metrics.http_requests.labels(
+                    route, str(status)).inc()))
+            self.metrics_port = control.http_port = http.port
 
     async def _start(self, component: C) -> C:
         assert self._stack is not None
@@ -231,6 +273,7 @@ class PacsApp:
 
     async def stop(self) -> None:
         """Stop accepting, drain, abort stragglers, flush the index, close everything."""
+        notify("STOPPING=1")
         await self._close()
         log.info("server.stopped")
 
@@ -241,6 +284,7 @@ class PacsApp:
         self._listener = None
         self._index = None
         self._commitments = None
+        self.control = None
         self._subscribers.clear()
         self._refreshers.clear()
         self.ready.clear()
@@ -253,7 +297,7 @@ class PacsApp:
         installed: list[int] = []
         for sig, handler in ((signal.SIGTERM, self._on_stop_signal),
                              (signal.SIGINT, self._on_stop_signal),
-                             (signal.SIGHUP, lambda _sig: self.reload())):
+                             (signal.SIGHUP, lambda _sig: self.hangup())):
             loop.add_signal_handler(sig, handler, sig)
             installed.append(sig)
         try:
@@ -278,6 +322,14 @@ class PacsApp:
         self._stop_requested.set()
 
     # ------------------------------------------------------------------ reload
+    def hangup(self) -> bool:
+        """SIGHUP: reopen the audit file (log rotation), then reload the config."""
+        if self._audit is not None:
+            self._audit.reopen()
+        if self.control is not None:
+            self.control.reconfigure(self.cfg)     # a token file may have changed
+        return self.reload()
+
     def reload(self, new: Config | None = None) -> bool:
         """Apply a new configuration: `new`, or the file re-read by `reload_config`.
 

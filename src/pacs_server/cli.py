@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overrides logging.level")
     p.add_argument("--log-file", help="JSON log file, '' for none (overrides logging.file)")
     p.add_argument("--metrics-port", type=int,
-                   help="-1 disables (overrides monitoring.metrics_port)")
+                   help="port of the HTTP side (/metrics, /status, /healthz, /api); "
+                        "-1 disables it (overrides monitoring.metrics_port)")
     p.add_argument("--version", action="version", version=f"pacs_server {__version__}")
     return p
 

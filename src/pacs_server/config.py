@@ -27,6 +27,13 @@ Naming = Literal["hierarchical", "flat", "date"]
 DuplicatePolicy = Literal["reject", "replace", "ignore"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Synchronous = Literal["full", "normal"]
+TlsVersion = Literal["1.2", "1.3"]
+
+# Other spellings users write for an enum value, accepted as the value itself.
+_SPELLINGS: dict[str, str] = {"date-based": "date"}
+# Top-level keys of the files users have, and the keys of the schema they stand for
+# (store_scp's files list `accepted_sop_classes` at the top level).
+TOP_LEVEL_ALIASES: dict[str, str] = {"accepted_sop_classes": "storage.accepted_sop_classes"}
 
 
 def setting(default: Any, help: str, reload: bool = False) -> Any:
@@ -120,6 +127,8 @@ class LoggingConfig:
     level: LogLevel = setting("info", "debug | info | warning | error", reload=True)
     file: str = setting("./logs/pacs.log", "JSON-lines log file; empty = console only")
     json_console: bool = setting(False, "JSON on the console too (always JSON when not a terminal)")
+    audit_file: str = setting("", "JSON-lines audit trail (PS3.15 A.5 events); empty = off",
+                              reload=True)
 
 
 @dataclass(frozen=True)
@@ -164,9 +173,6 @@ class AccessControlConfig:
             if title.strip() in seen:
                 raise ConfigError(f"{source}: {key}: {title!r} listed twice")
             seen.add(title.strip())
-
-
-TlsVersion = Literal["1.2", "1.3"]
 
 
 @dataclass(frozen=True)
@@ -227,13 +233,42 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class MonitoringConfig:
-    metrics_host: str = setting("127.0.0.1", "address of the Prometheus /metrics endpoint")
-    metrics_port: int = setting(
-        9110, "port of the /metrics endpoint; -1 disables it, 0 = ephemeral")
+    enabled: bool = setting(True, "serve the HTTP side (/metrics, /status, /healthz, /api)")
+    host: str = setting("127.0.0.1", "address of the HTTP side")
+    metrics_host: str = setting("", "older name of monitoring.host; when set it wins")
+    metrics_port: int = setting(9110, "port of the HTTP side; -1 disables it, 0 = ephemeral")
+
+    @property
+    def bind_host(self) -> str:
+        """The address the HTTP side listens on."""
+        return self.metrics_host or self.host
+
+    @property
+    def serves(self) -> bool:
+        """Whether the HTTP side runs at all."""
+        return self.enabled and self.metrics_port >= 0
 
     def check(self, source: str) -> None:
         if not -1 <= self.metrics_port <= 65535:
             raise ConfigError(f"{source}: monitoring.metrics_port: must be -1..65535")
+        if self.metrics_host and self.host not in ("127.0.0.1", self.metrics_host):
+            raise ConfigError(f"{source}: monitoring.metrics_host: {self.metrics_host!r} "
+                              f"contradicts monitoring.host {self.host!r}; set only host")
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The bearer token of the admin API (/api/...); without one the API is refused."""
+
+    token: str = setting("", "admin API bearer token; empty = see token_file", reload=True)
+    token_file: str = setting("", "file whose first line is the token (keeps it out of this file)",
+                              reload=True)
+
+    def check(self, source: str) -> None:
+        if self.token and self.token_file:
+            raise ConfigError(f"{source}: admin.token: set token or token_file, not both")
+        if self.token and len(self.token) < 16:
+            raise ConfigError(f"{source}: admin.token: must be at least 16 characters")
 
 
 @dataclass(frozen=True)
@@ -317,6 +352,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     worklist: WorklistConfig = field(default_factory=WorklistConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     peers: list[PeerConfig] = field(
         default_factory=list,
         metadata={"help": "C-MOVE destinations and Storage Commitment requesters: "
@@ -336,6 +372,8 @@ class Config:
 def load_config(path: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> Config:
     """Build the Config from an optional YAML file, then dotted-key overrides (CLI).
+
+    A top-level key of TOP_LEVEL_ALIASES in the file is read as the key it stands for.
 
     Raises:
         ConfigError: one line naming the file, the key and what is wrong.
@@ -362,6 +400,13 @@ def load_config(path: str | Path | None = None,
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections")
         data = loaded
+    for alias, dotted in TOP_LEVEL_ALIASES.items():
+        if alias in data:
+            section, _, key = dotted.partition(".")
+            sect = data.setdefault(section, {})
+            if not isinstance(sect, dict) or key in sect:
+                raise ConfigError(f"{source}: {alias}: also set as {dotted}; keep one")
+            sect[key] = data.pop(alias)
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if not key:                      # a top-level setting such as `peers`
@@ -400,8 +445,12 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         return _build(tp, value if value is not None else {}, source, key + ".")
     if origin is Literal:
         allowed = get_args(tp)
-        if isinstance(value, str) and value.lower() in allowed:
-            return value.lower()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)          # tls.min_version: 1.2 written unquoted
+        if isinstance(value, str):
+            spelled = _SPELLINGS.get(value.lower(), value.lower())
+            if spelled in allowed:
+                return spelled
         raise ConfigError(f"{source}: {key}: must be one of {' | '.join(allowed)}, "
                           f"got {value!r}")
     if origin is list:
@@ -448,10 +497,15 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
+def is_valid_ae_title(value: str) -> bool:
+    """1-16 printable ASCII characters, not only spaces, no backslash (PS3.5 AE)."""
+    return bool(value.strip()) and len(value) <= 16 and "\\" not in value and all(
+        32 <= ord(c) <= 126 for c in value)
+
+
 def check_ae_title(source: str, key: str, value: str) -> None:
-    """Raise ConfigError unless `value` is a valid AE title (PS3.5 AE: 16 chars, no \\)."""
-    if not value.strip() or len(value) > 16 or "\\" in value or any(
-            ord(c) < 32 or ord(c) > 126 for c in value):
+    """Raise ConfigError unless `value` is a valid AE title."""
+    if not is_valid_ae_title(value):
         raise ConfigError(f"{source}: {key}: {value!r} is not a valid AE title "
                           "(1-16 printable ASCII characters, no backslash)")
 

@@ -138,3 +138,25 @@ class ReportNotDelivered(PacsError):
 
 class InvalidWorklistItem(PacsError):
     """A worklist item to import is refused; the message names the item and the field."""
+
+
+# --- admin API (web/errors.py maps these to HTTP statuses) ---------------------------
+
+class InvalidRequest(PacsError):
+    """A request parameter or body is not valid."""
+
+
+class NotAuthorized(PacsError):
+    """No valid bearer token (or no token configured: the API is off)."""
+
+
+class NotFound(PacsError):
+    """The named association, AE, peer or route does not exist."""
+
+
+class ConflictingRequest(PacsError):
+    """The request contradicts the current state (entry from the config file, exists)."""
+
+
+class ServiceUnavailable(PacsError):
+    """The server cannot do this now (stopping, no index)."""

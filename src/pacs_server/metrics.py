@@ -1,13 +1,20 @@
-"""Prometheus instruments, owned by one object with its own registry (no globals)."""
+"""Prometheus instruments, owned by one object with its own registry (no globals).
+
+The HTTP side (web/) serves `exposition()`; gauges of what the index and the archive
+hold are set just before each scrape (`set_inventory`).
+"""
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from pacs_server.errors import StartupError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 
 class Metrics:
@@ -51,39 +58,28 @@ class Metrics:
         self.commitment_reports = Counter(
             "pacs_commitment_reports", "Storage Commitment reports by outcome "
             "(same_association, new_association, retry, abandoned)", ["outcome"], registry=r)
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self.bytes_sent = Counter(
+            "pacs_bytes_sent", "bytes of stored instances sent by C-GET/C-MOVE", registry=r)
+        self.index_entities = Gauge(
+            "pacs_index_entities", "rows in the index, by level", ["level"], registry=r)
+        self.archive_bytes = Gauge(
+            "pacs_archive_bytes", "bytes of indexed instances in the archive", registry=r)
+        self.archive_free_bytes = Gauge(
+            "pacs_archive_free_bytes", "free space on the archive's filesystem", registry=r)
+        self.http_requests = Counter(
+            "pacs_http_requests", "HTTP requests, by route and status", ["route", "status"],
+            registry=r)
+        ProcessCollector(registry=r)
 
-    def serve(self, host: str, port: int) -> int:
-        """Expose /metrics on a side port; returns the bound port (port 0 = ephemeral)."""
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server, self._thread = server, thread
-        return int(server.server_port)
+    def set_inventory(self, counts: dict[str, int], free_bytes: int) -> None:
+        """What the index and the disk hold, set just before a scrape."""
+        for level in ("patients", "studies", "series", "instances"):
+            if level in counts:
+                self.index_entities.labels(level).set(counts[level])
+        if "bytes" in counts:
+            self.archive_bytes.set(counts["bytes"])
+        self.archive_free_bytes.set(free_bytes)
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
-class MetricsEndpoint:
-    """The /metrics side port as a component of the server."""
-
-    name = "metrics"
-
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
-        self._metrics = metrics
-        self._host = host
-        self._port = port
-        self.port: int | None = None
-
-    async def start(self) -> None:
-        try:
-            self.port = self._metrics.serve(self._host, self._port)
-        except OSError as exc:
-            raise StartupError(f"metrics port {self._port} on {self._host} cannot be bound: "
-                               f"{exc.strerror}") from None
-
-    async def close(self) -> None:
-        self._metrics.stop()
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text of every instrument, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,11 +1,14 @@
 """Storage SOP classes: the full list from the DICOM UID dictionary and `--accept` parsing.
 
 An entry of `storage.accepted_sop_classes` may be a modality code (CT), a SOP class name
-("CT Image Storage", case-insensitive) or a UID.
+("CT Image Storage", case-insensitive), a common short form of one ("US Image Storage",
+"Ultrasound Multi-frame", "Secondary Capture") or a UID.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from functools import cache
 
 from pydicom._uid_dict import UID_dictionary
@@ -76,6 +79,64 @@ _MODALITY_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
+# Abbreviations users put in front of a class name ("US Image Storage"), spelled out as in
+# the UID dictionary's names.
+_ABBREVIATIONS: dict[str, str] = {
+    "us": "ultrasound",
+    "cr": "computed radiography",
+    "dx": "digital x-ray",
+    "mg": "digital mammography x-ray",
+    "io": "digital intra-oral x-ray",
+    "xa": "x-ray angiographic",
+    "rf": "x-ray radiofluoroscopic",
+    "nm": "nuclear medicine",
+    "pet": "positron emission tomography",
+    "pt": "positron emission tomography",
+    "sc": "secondary capture",
+    "vl": "vl",
+}
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 /-]*")
+_WORDS = re.compile(r"[a-z0-9]+(?:[-/][a-z0-9]+)*")
+
+
+def _short_key(name: str) -> str:
+    """A name reduced to what users keep: lower case, abbreviation spelled out, without
+    the words "image" and "storage" ("US Image Storage" and "Ultrasound Image Storage"
+    both become "ultrasound")."""
+    words = _WORDS.findall(name.lower())
+    if words and words[0] in _ABBREVIATIONS:
+        words[0:1] = _ABBREVIATIONS[words[0]].split()
+    return " ".join(w for w in words if w not in ("image", "storage", "sop", "class"))
+
+
+@cache
+def _short_forms() -> dict[str, tuple[str, ...]]:
+    """Short key -> the storage classes it names (more than one = ambiguous)."""
+    out: dict[str, list[str]] = {}
+    for uid in all_storage_classes():
+        out.setdefault(_short_key(UID_dictionary[uid][0]), []).append(uid)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _by_short_form(entry: str) -> str:
+    """The one storage class a short form names.
+
+    Raises:
+        ValueError: no class, or several, go by that name.
+    """
+    key = _short_key(entry) if _PLAIN_NAME.fullmatch(entry) else ""
+    found = _short_forms().get(key, ()) if key else ()
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(repr(UID_dictionary[u][0]) for u in found)
+        raise ValueError(f"{entry!r} could mean any of {names}; write the full name")
+    close = difflib.get_close_matches(key, list(_short_forms()), n=1, cutoff=0.75)
+    hint = (f" (did you mean {UID_dictionary[_short_forms()[close[0]][0]][0]!r}?)"
+            if close and len(_short_forms()[close[0]]) == 1 else "")
+    raise ValueError(f"{entry!r} is not a modality code, storage SOP class name or UID{hint}")
+
+
 def resolve_storage_classes(entries: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Turn config entries into SOP class UIDs; an empty list means every storage class.
 
@@ -97,7 +158,8 @@ def resolve_storage_classes(entries: list[str] | tuple[str, ...]) -> tuple[str, 
             continue
         fragments = _MODALITY_NAMES.get(entry.upper())
         if fragments is None:
-            raise ValueError(f"{entry!r} is not a modality code, storage SOP class name or UID")
+            out.append(_by_short_form(entry))
+            continue
         out.extend(u for u in known
                    if any(f.lower() in UID_dictionary[u][0].lower() for f in fragments))
     return tuple(dict.fromkeys(out))

@@ -191,3 +191,16 @@ def run_store_scp(tmp_path: Path, processes: list[ServerProcess]) -> Callable[..
         return proc
 
     return start
+
+
+@pytest.fixture
+def spawn(processes: list[ServerProcess]) -> Callable[..., ServerProcess]:
+    """Factory: `spawn(argv, cwd)` starts any command as a ServerProcess (killed at
+    teardown if still running)."""
+
+    def start(argv: list[str], cwd: Path) -> ServerProcess:
+        proc = ServerProcess(argv, cwd=cwd)
+        processes.append(proc)
+        return proc
+
+    return start

@@ -92,10 +92,10 @@ def test_sigterm_aborts_a_transfer_in_flight(run_pacs: Callable[..., Any], tmp_p
     # nothing half-written outside .incoming, and no index row without its file
     assert archived_files(root) == []
     assert index_rows(db) == {}
-    # the next start clears the partial receive buffer
+    # the aborted association's receive buffer is gone already (dicom/associations.py
+    # discard_partial_receive); a crash would leave it for the next start to clear
+    assert incoming_files(root) == []
     again = run_pacs(config=config)
-    removed = again.wait_for_event("storage.partial_files_removed", timeout=1)
-    assert removed["count"] >= 1
     assert incoming_files(root) == []
     assert again.stop() == 0
 
@@ -267,7 +267,7 @@ def test_startup_errors_exit_1(tmp_path: Path, what: str) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         metrics_port = str(busy.getsockname()[1])
-        expected = f"metrics port {metrics_port} on 127.0.0.1 cannot be bound"
+        expected = f"HTTP port {metrics_port} on 127.0.0.1 is already in use"
     try:
         done = run_cli("--port", "0", "--host", "127.0.0.1", "--storage-dir", str(storage),
                        "--db", str(db), "--log-file", "", "--metrics-port", metrics_port,

@@ -16,6 +16,7 @@ tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
                worklist_repository() on an index file
     dcmtk      finding dcmtk, require_dcmtk(), findscu/movescu/getscu runs, Storescp
     postgres   PostgresCluster, a throw-away PostgreSQL server
+    http       the HTTP side: base_url(), http_get(), http_call(), metric(), TOKEN
     polling    wait_until(), free_port(), port_open()
     commitment a Storage Commitment requester: N-ACTION, its own listener for reports
     security   a throw-away PKI, TLS and bound-address clients, raw PDUs and sockets

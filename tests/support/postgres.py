@@ -90,6 +90,10 @@ class PostgresCluster:
         """Restart the server: every open connection is cut."""
         self._pg_ctl("restart", "-m", "fast")
 
+    def halt(self) -> None:
+        """Stop the server, keeping the cluster: `start()` brings it back."""
+        self._pg_ctl("stop", "-m", "fast")
+
     def stop(self) -> None:
         try:
             self._pg_ctl("stop", "-m", "immediate")

@@ -48,9 +48,10 @@ class RunningServer:
     """PacsApp on its own loop; `start()` returns once the server answers a C-ECHO.
 
     `app_kwargs` go to PacsApp (e.g. `reload_config=`). Every method blocks. Tests look
-    at what the server does through `port`, `tls_port`, `archive`, `db`, `sample()` and
-    the logs, never at the app's attributes (which the app is free to change). With the
-    plain listener off (`server.port: -1`) `port` is None and `start()` does not probe.
+    at what the server does through `port`, `tls_port`, `http_port`, `archive`, `db`,
+    `sample()` and the logs, never at the app's attributes (which the app is free to
+    change). With the plain listener off (`server.port: -1`) `port` is None and `start()`
+    does not probe.
     """
 
     def __init__(self, cfg: Config, **app_kwargs: Any) -> None:
@@ -58,6 +59,7 @@ class RunningServer:
         self.metrics = Metrics(CollectorRegistry())
         self._app = PacsApp(cfg, metrics=self.metrics, **app_kwargs)
         self.port: int | None = 0
+        self.http_port: int | None = None    # the HTTP side (/metrics, /status, /api)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="server-loop",
                                         daemon=True)
@@ -98,6 +100,7 @@ class RunningServer:
         self._started = True
         try:
             self._run(self._app.start())
+            self.http_port = self._app.metrics_port
             if self.cfg.server.port < 0:
                 self.port = self._app.port   # None: the test talks TLS to `tls_port`
             else:

@@ -245,6 +245,7 @@ def _other_value(key: str, default: Any) -> Any:
         "access_control.allowed_ae_titles": ["OTHER"],
         "peers": [{"ae_title": "VIEWER", "host": "10.0.0.2", "port": 104}],
         "tls.min_version": "1.3",
+        "admin.token": "a-token-of-twenty-four-c",
     }
     if key in special:
         return special[key]

@@ -166,5 +166,5 @@ def test_docker_config_is_valid_and_keeps_data_on_the_volume() -> None:
     assert cfg.storage.directory.startswith("/data/")
     assert cfg.database.path.startswith("/data/")
     assert cfg.logging.file == ""
-    assert cfg.monitoring.metrics_host == "0.0.0.0"
+    assert cfg.monitoring.bind_host == "0.0.0.0"
     assert cfg.monitoring.metrics_port == Config().monitoring.metrics_port

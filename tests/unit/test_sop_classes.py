@@ -76,7 +76,7 @@ def test_mixed_entries_are_deduplicated_in_order() -> None:
     assert MR_IMAGE in uids
 
 
-@pytest.mark.parametrize("entry", ["XX", "Image Storage", "CT Image", "1.2.", "", "../CT"])
+@pytest.mark.parametrize("entry", ["XX", "Image Storage", "Cardiac Imaging", "1.2.", "", "../CT"])
 def test_unknown_entries_are_refused(entry: str) -> None:
     with pytest.raises(ValueError, match="is not a modality code"):
         resolve_storage_classes([entry])

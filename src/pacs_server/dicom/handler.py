@@ -8,7 +8,8 @@ path; here, once for all of them:
   other exception as an error with its traceback);
 - every log line of the handler carries the association's id, calling AE and peer;
 - the operation is recorded on the association (tracker) and counted in the metrics
-  with its final status and duration.
+  with its final status and duration; the tracker's listeners (audit log, event feed)
+  get its plain facts (`operation_details`: UIDs, level and keys, counts).
 
 C-FIND, C-GET and C-MOVE handlers are generators. pynetdicom reads a preamble before
 any status (C-GET: the sub-operation count; C-MOVE: the destination, then the count), so
@@ -63,7 +64,7 @@ class HandlerGuard:
                 status = self._failed(op, event, exc, started)
                 return (status, None) if op.event in _N_EVENTS else status
             reply = result if isinstance(result, Reply) else Reply(result)
-            self._done(op, event, _code(reply.status), started, reply.nbytes)
+            self._done(op, event, _code(reply.status), started, reply.nbytes, extra=reply.details)
             if op.event in _N_EVENTS:
                 return reply.status, reply.dataset
             return reply.status
@@ -102,13 +103,13 @@ class HandlerGuard:
                         # Recorded before it is yielded: pynetdicom stops iterating
                         # after a final status and closes the generator.
                         final = code
-                        self._done(op, event, code, started)
+                        self._done(op, event, code, started, count=sent - preamble)
                 sent += 1
                 yield item
         finally:
             inner.close()
         if final is None:
-            self._done(op, event, SUCCESS, started)
+            self._done(op, event, SUCCESS, started, count=max(sent - preamble, 0))
 
     # ----------------------------------------------------------------- bookkeeping
     def _failed(self, op: Operation, event: Event, exc: Exception, started: float) -> Dataset:
@@ -123,9 +124,48 @@ class HandlerGuard:
         return status
 
     def _done(self, op: Operation, event: Event, code: int, started: float,
-              nbytes: int = 0) -> None:
-        self._tracker.operation(event, op.name, code, nbytes)
+              nbytes: int = 0, count: int | None = None,
+              extra: dict[str, str] | None = None) -> None:
+        details = operation_details(op.name, event, count)
+        self._tracker.operation(event, op.name, code, nbytes, {**details, **(extra or {})})
         self._metrics.dimse_seconds.labels(op.name).observe(time.perf_counter() - started)
+
+
+_AUDITED_KEYS = ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID",
+                 "SOPInstanceUID", "AccessionNumber", "StudyDate", "Modality",
+                 "ModalitiesInStudy", "ScheduledStationAETitle")
+
+
+def operation_details(name: str, event: Event, count: int | None) -> dict[str, Any]:
+    """What an operation was about, as plain values (the audit log's "what").
+
+    C-STORE: the SOP Instance and Class UIDs (and patient/study from the dataset's
+    header when pynetdicom decoded it, which with chunked receive it does not); query
+    and retrieve: level and the non-empty matching keys; `count` = responses sent (C-FIND)
+    or sub-operations (C-GET/C-MOVE).
+    """
+    out: dict[str, Any] = {}
+    try:
+        request = event.request
+        if name == "C-STORE":
+            out["sop_instance_uids"] = [str(request.AffectedSOPInstanceUID or "")]
+            out["sop_class_uid"] = str(request.AffectedSOPClassUID or "")
+        elif name != "C-ECHO" and hasattr(event, "identifier"):
+            ident = event.identifier
+            if ident is not None:
+                out["level"] = str(ident.get("QueryRetrieveLevel", "") or "")
+                keys = {kw: str(ident.get(kw)) for kw in _AUDITED_KEYS
+                        if ident.get(kw) not in (None, "")}
+                out["keys"] = keys
+                out["patient_id"] = keys.get("PatientID", "")
+                out["study_uid"] = keys.get("StudyInstanceUID", "")
+            if name == "C-MOVE":
+                out["destination"] = str(getattr(request, "MoveDestination", "") or "").strip()
+    except Exception:  # an undecodable identifier was already answered with its status
+        pass
+    if count is not None:
+        out["count"] = count
+    return out
 
 
 def _code(status: int | Dataset) -> int:

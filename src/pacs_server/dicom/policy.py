@@ -7,15 +7,21 @@ A-ASSOCIATE-RJ (PS3.8 9.3.4):
 
   calling AE not allowed, known AE from a host it is not pinned to, plain TCP where
   TLS is required    rejected-permanent, service-user, calling AE title not recognised
-  max_associations, concurrency or rate limit exceeded
+  max_associations, concurrency or rate limit exceeded, or paused (`pause()`: the
+  answer a modality reads as "try again later"; live associations continue)
                      rejected-transient, service-provider (presentation), local limit
                      exceeded
+
+The allowed calling AEs are the config file's `access_control.allowed_ae_titles` and
+the entries added through the admin API (`set_api_entries`, kept in the index); the
+config file is authoritative for a title it lists.
 
 `admit_connection()` runs in the accept loop, before any thread exists for the
 connection: it caps the connections that have not associated yet, per address and in
 total, so connections that never send a byte cannot starve everyone else.
 
-Every limit is read from the current configuration (`reconfigure`, SIGHUP).
+Every limit is read from the current configuration (`reconfigure`, SIGHUP); pause and
+the API's entries change at once (the admin API).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import ipaddress
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +63,14 @@ class _Rule:
     tls: bool
 
 
+@dataclass(frozen=True)
+class AccessEntry:
+    """A calling AE allowed through the admin API; from `host` only when it is set."""
+
+    ae_title: str
+    host: str = ""
+
+
 class TokenBucket:
     """`per_minute` tokens, refilled continuously; a burst may use them all at once."""
 
@@ -73,7 +88,8 @@ class TokenBucket:
         return False
 
 
-def _compile(access: AccessControlConfig) -> tuple[bool, dict[str, _Rule]]:
+def _compile(access: AccessControlConfig,
+             api: Iterable[AccessEntry]) -> tuple[bool, dict[str, _Rule]]:
     anyone = False
     rules: dict[str, _Rule] = {}
     for entry in access.allowed_ae_titles:
@@ -84,6 +100,19 @@ def _compile(access: AccessControlConfig) -> tuple[bool, dict[str, _Rule]]:
             anyone = True
         else:
             rules[entry.strip()] = _Rule((), False)
+    # The API's entries for a title: any host if one of them has none, else their hosts.
+    hosts: dict[str, list[Network] | None] = {}
+    for e in api:
+        title = e.ae_title.strip()
+        if title in rules:
+            continue                     # the config file decides what it lists
+        known = hosts.setdefault(title, [])
+        if not e.host or known is None:
+            hosts[title] = None
+        else:
+            known.append(ipaddress.ip_network(e.host, strict=False))
+    for title, nets in hosts.items():
+        rules[title] = _Rule(tuple(nets or ()), False)
     return anyone, rules
 
 
@@ -111,11 +140,14 @@ class AssociationPolicy:
         self._active = 0
         self._pending_addr: dict[str, int] = defaultdict(int)
         self._pending = 0
+        self._paused = False
+        self._api: tuple[AccessEntry, ...] = ()
         self.reconfigure(access, limits)
 
     def reconfigure(self, access: AccessControlConfig, limits: LimitsConfig) -> None:
-        anyone, rules = _compile(access)
         with self._lock:
+            self._access = access
+            anyone, rules = _compile(access, self._api)
             self._anyone, self._rules = anyone, rules
             self._require_tls = access.require_tls
             self._limits = limits
@@ -124,6 +156,23 @@ class AssociationPolicy:
                 bucket.capacity = float(limits.associations_per_minute_per_ae)
             for bucket in self._addr_buckets.values():
                 bucket.capacity = float(limits.associations_per_minute_per_address)
+
+    def set_api_entries(self, entries: Iterable[AccessEntry]) -> None:
+        """Replace the calling AEs allowed through the admin API (applied at once)."""
+        with self._lock:
+            self._api = tuple(entries)
+            self._anyone, self._rules = _compile(self._access, self._api)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Refuse new associations (transient) until `resume()`; live ones continue."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
 
     # ---------------------------------------------------------------- before associating
     def admit_connection(self, address: str) -> bool:
@@ -160,7 +209,10 @@ class AssociationPolicy:
         """None if the association may proceed (it is then counted as active until
         `release()`), else why not. Refusals are counted and logged here."""
         calling = calling_ae.strip()
-        refusal = self._check_access(calling, address, tls)
+        if self._paused:
+            refusal: Refusal | None = Refusal("paused", TRANSIENT_LOCAL_LIMIT, False)
+        else:
+            refusal = self._check_access(calling, address, tls)
         if refusal is None:
             refusal = self._take_slot(calling, address)
         if refusal is not None:
@@ -171,6 +223,8 @@ class AssociationPolicy:
                 fields["tls_subject"] = tls_subject
             if refusal.security:
                 log.warning("security.association_refused", **fields)
+            elif refusal.reason == "paused":
+                log.info("association.refused_paused", **fields)
             else:
                 log.warning("association.limit_exceeded", **fields)
         return refusal

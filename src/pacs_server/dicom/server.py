@@ -213,6 +213,12 @@ class DicomServer:
     def servers(self) -> list[ThreadedAssociationServer]:
         return [srv for srv in (self._server, self._tls_server) if srv is not None]
 
+    @property
+    def listening(self) -> bool:
+        """Whether a listening socket is open (paused counts: it still answers)."""
+        return any(srv.socket is not None and srv.socket.fileno() >= 0
+                   for srv in self.servers())
+
     def active(self) -> list[Any]:
         return [a for srv in self.servers() for a in srv.active_associations]
 

@@ -88,11 +88,13 @@ class Reply:
         status: the status code (or a status dataset with Error Comment etc.).
         dataset: the reply's attribute list (N-CREATE, N-SET, N-ACTION, N-GET).
         nbytes: bytes received for this operation (the association's record).
+        details: plain facts for the audit log (e.g. patient ID and study UID stored).
     """
 
     status: int | Dataset
     dataset: Dataset | None = None
     nbytes: int = 0
+    details: dict[str, str] | None = None
 
 
 def contexts_for(sop_classes: Iterable[Any], **roles: Any) -> tuple[Context, ...]:

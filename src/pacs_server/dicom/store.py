@@ -42,7 +42,8 @@ def handle_store(event: Event, archive: ArchiveService, bridge: LoopBridge,
     metrics.store_seconds.observe(time.perf_counter() - started)
     log.debug("c_store.stored", sop_instance_uid=stored.sop_instance_uid,
               outcome=stored.outcome.value, bytes=stored.size)
-    return Reply(SUCCESS, nbytes=stored.size)
+    return Reply(SUCCESS, nbytes=stored.size,
+                 details={"patient_id": stored.patient_id, "study_uid": stored.study_uid})
 
 
 def service(sop_classes: Iterable[str], archive: ArchiveService, bridge: LoopBridge,

@@ -61,6 +61,7 @@ def suboperations(event: Event, service: str, refs: list[StoredRef],
             log.error("retrieve.unreadable", service=service,
                       sop_instance_uid=ref.sop_instance_uid, error="file missing")
         metrics.retrieved.labels(service).inc()
+        metrics.bytes_sent.inc(ref.size)
         if before_send is not None:
             before_send(resumed)
         yield PENDING, StoredFile(path, ref.sop_class_uid, ref.sop_instance_uid,

@@ -65,7 +65,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from pacs_server.dicom.policy import AssociationPolicy
+from pacs_server.dicom.policy import AssociationPolicy, Refusal
 from pacs_server.dicom.tls import TlsContexts, peer_subject
 from pacs_server.errors import TranscodeFailed
 from pacs_server.services import transcode
@@ -245,6 +245,7 @@ class PolicyACSE(ACSE):
                                       assoc.tls_subject)
         assoc.pending.done()
         if refusal is not None:
+            assoc.refusal = refusal         # the tracker reports its reason
             self.send_reject(*refusal.rjt)
             evt.trigger(assoc, evt.EVT_REJECTED, {})
             assoc.kill()
@@ -378,6 +379,7 @@ class PacsAssociation(FileSending):
         self.tls = tls_subject is not None
         self.tls_subject = tls_subject or ""
         self.admitted = False
+        self.refusal: Refusal | None = None
 
     def run_reactor(self) -> None:
         """Wait for the A-ASSOCIATE-RQ only while the DUL lives, run upstream's reactor,

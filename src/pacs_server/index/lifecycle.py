@@ -6,8 +6,10 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pacs_server.config import DatabaseConfig
+from pacs_server.index.admin import AdminRepository
 from pacs_server.index.commitment import CommitmentRepository
 from pacs_server.index.engine import create_engine, database_url, migrate, safe_url
+from pacs_server.index.inventory import Inventory
 from pacs_server.index.mpps import MppsRepository
 from pacs_server.index.repository import IndexRepository
 from pacs_server.index.worklist import WorklistRepository
@@ -21,8 +23,9 @@ class IndexComponent:
 
     Two engines: the readers', and the writer's (one connection kept by the writer task,
     see index/engine.py), both disposed at close after queued writes are committed. The
-    index's other tables (MPPS steps, worklist items, Storage Commitments) have their
-    repositories on the readers' engine: each writes in short transactions of its own,
+    index's other tables (MPPS steps, worklist items, Storage Commitments, the admin
+    API's state) and the operators' whole-archive reads have their repositories on the
+    readers' engine: each writes in short transactions of its own,
     with the explicit BEGIN that engine emits. No engine is seen outside `index/`.
     """
 
@@ -36,6 +39,8 @@ class IndexComponent:
         self._steps: MppsRepository | None = None
         self._worklist: WorklistRepository | None = None
         self._commitments: CommitmentRepository | None = None
+        self._admin: AdminRepository | None = None
+        self._inventory: Inventory | None = None
 
     @property
     def repo(self) -> IndexRepository:
@@ -62,6 +67,18 @@ class IndexComponent:
         return self._commitments
 
     @property
+    def admin(self) -> AdminRepository:
+        """AE titles and peers added through the admin API, missing instances."""
+        assert self._admin is not None, "index not started"
+        return self._admin
+
+    @property
+    def inventory(self) -> Inventory:
+        """Whole-archive reads: verify's file list, stats, the health query."""
+        assert self._inventory is not None, "index not started"
+        return self._inventory
+
+    @property
     def url(self) -> str:
         """The database URL without its password."""
         return safe_url(database_url(self._cfg))
@@ -73,6 +90,8 @@ class IndexComponent:
         self._steps = MppsRepository(engine)
         self._worklist = WorklistRepository(engine)
         self._commitments = CommitmentRepository(engine)
+        self._admin = AdminRepository(engine)
+        self._inventory = Inventory(engine)
         writer = create_engine(self._cfg, writer=True)
         self._engines.append(writer)
         self._repo = IndexRepository(engine, self._cfg.commit_batch,
@@ -85,5 +104,6 @@ class IndexComponent:
             await self._repo.close()
             self._repo = None
         self._steps = self._worklist = self._commitments = None
+        self._admin = self._inventory = None
         while self._engines:
             await self._engines.pop().dispose()

@@ -89,6 +89,8 @@ class StoredInstance:
     sop_instance_uid: str
     size: int
     outcome: StoreOutcome
+    patient_id: str = ""
+    study_uid: str = ""
 
 
 @dataclass
@@ -190,7 +192,8 @@ class ArchiveService:
                 with self._stats_lock:
                     self.stats.failed += 1
             raise
-        return StoredInstance(rec.sop_instance_uid, rec.size, outcome)
+        return StoredInstance(rec.sop_instance_uid, rec.size, outcome,
+                              str(rec.patient.get("patient_id", "")), rec.study_instance_uid)
 
     # ----------------------------------------------------------- the store protocol
     def store(self, staged: StagedInstance, run: Runner) -> StoreOutcome:

@@ -1,0 +1,300 @@
+"""ServerControl: the running server as the HTTP side sees it (web/ports.py `Control`).
+
+Built by the composition root from the parts it already has (the DICOM server, its
+tracker and association policy, the index, the archive, the query service, the
+metrics); nothing here has logic of its own beyond putting those calls together and
+validating what the admin API hands in. `web/` never imports this module: it gets the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from pacs_server import __version__
+from pacs_server.admin_token import read_token
+from pacs_server.config import AllowedAE, Config, PeerConfig, is_valid_ae_title
+from pacs_server.dicom.policy import AccessEntry
+from pacs_server.dicom.server import DicomServer
+from pacs_server.errors import (
+    ConflictingRequest,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    StartupError,
+)
+from pacs_server.events import EventHub
+from pacs_server.index.admin import AdminRepository
+from pacs_server.index.backup import backup_sqlite
+from pacs_server.index.inventory import Inventory
+from pacs_server.index.repository import IndexRepository
+from pacs_server.metrics import Metrics
+from pacs_server.services.archive import ArchiveService
+from pacs_server.services.browse import browse
+from pacs_server.services.maintenance import Maintenance
+from pacs_server.services.query import QueryService
+
+log = structlog.get_logger(__name__)
+
+HEALTH_TIMEOUT_S = 1.0
+COUNTS_TTL_S = 30.0         # /metrics and /status share one set of COUNT(*) queries
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,253})$")
+
+
+def check_host(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        if _HOST.match(host):
+            return host
+    raise InvalidRequest(f"host: {host!r} is not an IP address or host name")
+
+
+@dataclass
+class ServerParts:
+    """What the composition root hands over; index parts are None without an index."""
+
+    dicom: DicomServer
+    archive: ArchiveService
+    metrics: Metrics
+    events: EventHub
+    repo: IndexRepository | None = None
+    admin: AdminRepository | None = None
+    inventory: Inventory | None = None
+    queries: QueryService | None = None
+    maintenance: Maintenance | None = None
+    audit: Callable[..., None] = field(default=lambda *a, **k: None)
+
+
+class ServerControl:
+    """Implements web.ports.Control over the server's parts."""
+
+    def __init__(self, parts: ServerParts, cfg: Config) -> None:
+        self._p = parts
+        self._cfg = cfg
+        self._token = read_token(cfg)
+        self._started = time.monotonic()
+        self.dicom_port: int | None = None
+        self.tls_port: int | None = None
+        self.http_port: int | None = None
+        self._api_peers: dict[str, PeerConfig] = {}
+        self._counts: tuple[float, int, dict[str, int]] = (0.0, -1, {})
+
+    # ----------------------------------------------------------------- lifecycle
+    async def load(self) -> None:
+        """Apply the API's AE titles and peers kept in the index (at start)."""
+        await self._refresh_access()
+
+    def reconfigure(self, cfg: Config) -> None:
+        """SIGHUP: the new token (re-read from its file) and config entries; a token
+        file that cannot be read keeps the old token."""
+        self._cfg = cfg
+        try:
+            self._token = read_token(cfg)
+        except StartupError as exc:
+            log.error("admin.token_reload_failed", error=str(exc))
+
+    def peer(self, ae_title: str) -> PeerConfig | None:
+        """A C-MOVE destination: the config file's first, then the API's."""
+        return self._cfg.peer(ae_title) or self._api_peers.get(ae_title.strip())
+
+    # ----------------------------------------------------------------- open views
+    def token(self) -> str:
+        return self._token
+
+    def audit(self, action: str, outcome: str, **fields: Any) -> None:
+        self._p.audit(action, outcome, **fields)
+
+    async def status(self) -> dict[str, Any]:
+        p, cfg = self._p, self._cfg
+        storage: dict[str, Any] = {"directory": str(p.archive.files.root),
+                                   "free_bytes": await asyncio.to_thread(
+                                       p.archive.files.free_bytes)}
+        reason = await self._index_problem()
+        if p.repo is not None and reason is None:
+            counts = await self._index_counts()
+            storage.update(bytes=counts["bytes"], instances=counts["instances"])
+        stats = p.archive.stats
+        return {
+            "version": __version__, "uptime_s": round(time.monotonic() - self._started, 1),
+            "ae_title": cfg.server.ae_title,
+            "ports": {"dicom": self.dicom_port, "dicom_tls": self.tls_port,
+                      "http": self.http_port},
+            "state": "paused" if p.dicom.policy.paused else "accepting",
+            "paused": p.dicom.policy.paused,
+            "associations": p.dicom.tracker.snapshot(),
+            "totals": {**p.dicom.tracker.totals(), "instances_stored": stats.stored,
+                       "bytes_stored": stats.bytes, "duplicates": stats.duplicates,
+                       "store_failures": stats.failed},
+            "storage": storage,
+            "database": {"healthy": reason is None, **({"error": reason} if reason else {})},
+        }
+
+    async def health(self) -> str | None:
+        if not self._p.dicom.listening:
+            return "DICOM listener is not accepting connections"
+        return await self._index_problem()
+
+    async def _index_problem(self) -> str | None:
+        inventory = self._p.inventory
+        if inventory is None:
+            return None
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await inventory.ping()
+        except TimeoutError:
+            return f"index did not answer within {HEALTH_TIMEOUT_S:g} s"
+        except Exception as exc:
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines() or ["?"]
+            return f"index unavailable: {first[0][:200]}"
+        return None
+
+    async def _index_counts(self) -> dict[str, int]:
+        """Rows per level and bytes: counted again when an instance was stored since, or
+        after COUNTS_TTL_S (a scrape every few seconds of an idle server must not count
+        a large index each time)."""
+        at, stored, counts = self._counts
+        now_stored = self._p.archive.stats.stored
+        if now_stored != stored or time.monotonic() - at > COUNTS_TTL_S:
+            assert self._p.repo is not None
+            counts = await self._p.repo.counts()
+            self._counts = (time.monotonic(), now_stored, counts)
+        return dict(counts)
+
+    async def metrics(self) -> tuple[bytes, str]:
+        p = self._p
+        counts: dict[str, int] = {}
+        if p.repo is not None and await self._index_problem() is None:
+            counts = await self._index_counts()
+        p.metrics.set_inventory(counts, await asyncio.to_thread(p.archive.files.free_bytes))
+        return p.metrics.exposition()
+
+    # ----------------------------------------------------------------- associations
+    def associations(self) -> list[dict[str, Any]]:
+        return self._p.dicom.tracker.snapshot()
+
+    def association(self, assoc_id: int) -> dict[str, Any] | None:
+        return self._p.dicom.tracker.detail(assoc_id)
+
+    def disconnect(self, assoc_id: int) -> bool:
+        return self._p.dicom.tracker.abort(assoc_id)
+
+    def pause(self) -> None:
+        self._p.dicom.policy.pause()
+
+    def resume(self) -> None:
+        self._p.dicom.policy.resume()
+
+    def events(self) -> AsyncIterator[dict[str, Any]]:
+        return self._p.events.subscribe()
+
+    # ----------------------------------------------------------------- index views
+    def _need(self, part: Any) -> Any:
+        if part is None:
+            raise ServiceUnavailable("this server runs without an index")
+        return part
+
+    async def browse(self, level: str, filters: dict[str, str], offset: int,
+                     limit: int) -> dict[str, Any]:
+        return await browse(self._need(self._p.queries), level, filters, offset, limit)
+
+    async def stats(self) -> dict[str, Any]:
+        repo: IndexRepository = self._need(self._p.repo)
+        inventory: Inventory = self._need(self._p.inventory)
+        return {"counts": await repo.counts(), **await inventory.statistics()}
+
+    def verify(self, repair: bool) -> AsyncIterator[dict[str, Any]]:
+        return self._need(self._p.maintenance).verify(repair)  # type: ignore[no-any-return]
+
+    def reindex(self, directory: str) -> AsyncIterator[dict[str, Any]]:
+        return self._need(self._p.maintenance).reindex(directory)  # type: ignore[no-any-return]
+
+    async def backup(self, destination: str) -> dict[str, Any]:
+        self._need(self._p.repo)
+        started = time.monotonic()
+        result = await asyncio.to_thread(backup_sqlite, self._cfg.database, destination)
+        return {"destination": destination, **result,
+                "seconds": round(time.monotonic() - started, 3)}
+
+    # ----------------------------------------------------------------- AE titles, peers
+    async def access(self, action: str, ae_title: str = "", host: str = "") -> Any:
+        admin: AdminRepository = self._need(self._p.admin)
+        configured = _configured_titles(self._cfg)
+        if action == "list":
+            return ([{**entry, "origin": "config"} for entry in configured.values()]
+                    + [{"ae_title": r.ae_title, "host": r.host, "origin": "api"}
+                       for r in await admin.ae_titles()])
+        ae_title = _ae_title(ae_title)
+        host = _ip_address(host) if host else ""
+        if ae_title in configured:
+            raise ConflictingRequest(f"{ae_title!r} is listed in the config file "
+                                     f"({self._cfg.source}); change it there")
+        if action == "add":
+            await admin.add_ae_title(ae_title, host)
+        elif not await admin.remove_ae_title(ae_title, host):
+            raise NotFound(f"{ae_title!r} was not added through the API"
+                           + (f" for host {host}" if host else ""))
+        await self._refresh_access()
+        return {"ae_title": ae_title, "host": host, "origin": "api", action: True}
+
+    async def peers(self, action: str, ae_title: str = "", host: str = "",
+                    port: int = 0) -> Any:
+        admin: AdminRepository = self._need(self._p.admin)
+        if action == "list":
+            return ([{"ae_title": p.ae_title, "host": p.host, "port": p.port,
+                      "origin": "config"} for p in self._cfg.peers]
+                    + [{"ae_title": p.ae_title, "host": p.host, "port": p.port,
+                        "origin": "api"} for p in await admin.peers()])
+        ae_title = _ae_title(ae_title)
+        if self._cfg.peer(ae_title) is not None:
+            raise ConflictingRequest(f"peer {ae_title!r} is in the config file "
+                                     f"({self._cfg.source}); change it there")
+        if action == "add":
+            await admin.add_peer(ae_title, check_host(host), port)
+        elif not await admin.remove_peer(ae_title):
+            raise NotFound(f"peer {ae_title!r} was not added through the API")
+        await self._refresh_access()
+        return {"ae_title": ae_title, "origin": "api", action: True}
+
+    async def _refresh_access(self) -> None:
+        admin = self._p.admin
+        if admin is None:
+            return
+        entries = tuple(AccessEntry(r.ae_title, r.host) for r in await admin.ae_titles())
+        self._p.dicom.policy.set_api_entries(entries)
+        self._api_peers = {p.ae_title: PeerConfig(p.ae_title, p.host, p.port)
+                           for p in await admin.peers()}
+
+
+def _configured_titles(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The config file's allowed calling AEs by title, as the API lists them."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in cfg.access_control.allowed_ae_titles:
+        if isinstance(entry, AllowedAE):
+            out[entry.ae_title.strip()] = {"ae_title": entry.ae_title.strip(),
+                                           "host": ", ".join(entry.hosts), "tls": entry.tls}
+        else:
+            out[entry.strip()] = {"ae_title": entry.strip(), "host": ""}
+    return out
+
+
+def _ip_address(value: str) -> str:
+    """The peer address an access entry is bound to: compared with the connection's IP."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise InvalidRequest(f"host: {value!r} is not an IP address") from None
+
+
+def _ae_title(value: str) -> str:
+    if not is_valid_ae_title(value):
+        raise InvalidRequest(f"ae_title: {value!r} is not a valid AE title "
+                             "(1-16 printable ASCII characters, no backslash)")
+    return value.strip()

@@ -1,0 +1,5 @@
+"""pacsctl: the administrator's command line over the admin API (/api/...)."""
+
+from pacs_server.pacsctl.cli import main
+
+__all__ = ["main"]

@@ -1,0 +1,5 @@
+import sys
+
+from pacs_server.pacsctl import main
+
+sys.exit(main())
