@@ -140,6 +140,12 @@ class ServerControl:
     async def health(self) -> str | None:
         if not self._p.dicom.listening:
             return "DICOM listener is not accepting connections"
+        reserve = self._p.archive.config.min_free_bytes
+        if reserve > 0:
+            free = await asyncio.to_thread(self._p.archive.files.free_bytes)
+            if free < reserve:
+                # C-STORE answers 0xA700 meanwhile (ArchiveService.check_free_space).
+                return f"archive below storage.min_free_bytes: {free} bytes free"
         return await self._index_problem()
 
     async def _index_problem(self) -> str | None:

@@ -87,6 +87,17 @@ async def test_healthz_ok_and_paused_is_healthy(ops_server: RunningServer) -> No
     assert await http_get(base, "/healthz") == (200, "ok\n")
 
 
+async def test_healthz_503_below_the_storage_reserve(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    """A reserve larger than any disk: C-STORE is refused (0xA700) and /healthz says why."""
+    app = await start_server(make_cfg({"monitoring.metrics_port": 0,
+                                       "storage.min_free_bytes": 1 << 60}))
+    status, reason = await http_get(base_url(app), "/healthz")
+    assert status == 503
+    assert reason.startswith("archive below storage.min_free_bytes: ")
+    assert reason.count("\n") == 1
+
+
 async def test_healthz_503_when_the_index_is_unavailable(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config],
         postgres_url: str, postgres_cluster: PostgresCluster) -> None:
