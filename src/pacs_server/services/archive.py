@@ -134,10 +134,9 @@ class ArchiveService:
         if reserve <= 0:
             return
         try:
-            st = os.statvfs(self.files.root)
+            free = self.files.free_bytes()
         except OSError:
             return   # the store itself will report an unusable archive
-        free = st.f_bavail * st.f_frsize
         if free - incoming < reserve:
             log.warning("storage.below_reserve", free_bytes=free, min_free_bytes=reserve)
             # Error Comment is LO (64 characters): the key first, then the numbers.

@@ -224,6 +224,7 @@ class FileStore:
         return files, size
 
     def free_bytes(self) -> int:
+        """Bytes this process may still write on the archive's filesystem (f_bavail)."""
         return shutil.disk_usage(self.root).free
 
     def _makedirs(self, directory: Path) -> list[Path]:
