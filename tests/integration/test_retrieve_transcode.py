@@ -8,6 +8,7 @@ only JPEG 2000 Lossless receive pixel data equal to pydicom's decode of the stor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ async def test_c_get_sends_the_stored_bytes(server: RunningServer, scu: Scu,
                                             dicom_files: DicomFiles, name: str) -> None:
     stored, ds = await stored_one(server, scu, dicom_files, name)
     syntax = str(pydicom.dcmread(stored, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-    statuses, received, _ = await _to_thread(c_get, server.port, str(ds.StudyInstanceUID),
+    statuses, received, _ = await asyncio.to_thread(c_get, server.port, str(ds.StudyInstanceUID),
                                              str(ds.SOPClassUID), [syntax])
     assert statuses[-1] == 0x0000, statuses
     assert [ts for ts, _ in received.items] == [syntax]
@@ -142,7 +143,7 @@ async def test_c_get_to_an_uncompressed_only_requester(server: RunningServer, sc
                                                        dicom_files: DicomFiles, name: str,
                                                        target: str) -> None:
     stored, ds = await stored_one(server, scu, dicom_files, name)
-    statuses, received, _ = await _to_thread(c_get, server.port, str(ds.StudyInstanceUID),
+    statuses, received, _ = await asyncio.to_thread(c_get, server.port, str(ds.StudyInstanceUID),
                                              str(ds.SOPClassUID), [target])
     assert statuses[-1] == 0x0000, statuses
     assert [ts for ts, _ in received.items] == [target]
@@ -160,7 +161,7 @@ async def test_c_get_to_a_jpeg2000_lossless_only_requester(server: RunningServer
                                                            dicom_files: DicomFiles,
                                                            name: str) -> None:
     stored, ds = await stored_one(server, scu, dicom_files, name)
-    statuses, received, _ = await _to_thread(c_get, server.port, str(ds.StudyInstanceUID),
+    statuses, received, _ = await asyncio.to_thread(c_get, server.port, str(ds.StudyInstanceUID),
                                              str(ds.SOPClassUID), [JPEG2000Lossless])
     assert statuses[-1] == 0x0000, statuses
     assert [ts for ts, _ in received.items] == [JPEG2000Lossless]
@@ -179,7 +180,7 @@ async def test_lossy_stays_lossy(server: RunningServer, scu: Scu, dicom_files: D
     (result,) = await scu.astore(server.port, [sent])
     assert result.ok
     ds = pydicom.dcmread(sent)
-    statuses, received, _ = await _to_thread(c_get, server.port, str(ds.StudyInstanceUID),
+    statuses, received, _ = await asyncio.to_thread(c_get, server.port, str(ds.StudyInstanceUID),
                                              str(ds.SOPClassUID), [ExplicitVRLittleEndian])
     assert statuses[-1] == 0x0000
     assert received.dataset().LossyImageCompression == "01"
@@ -193,7 +194,7 @@ async def test_no_transcoding_fails_the_suboperation(start_server: Callable[...,
     syntax fails its sub-operation (all failed: 0xA702, with its UID listed)."""
     app = await start_server(make_cfg({"retrieve.transcode": False}))
     stored, ds = await stored_one(app, scu, dicom_files, "MR_small_jp2klossless.dcm")
-    statuses, received, final = await _to_thread(c_get, app.port, str(ds.StudyInstanceUID),
+    statuses, received, final = await asyncio.to_thread(c_get, app.port, str(ds.StudyInstanceUID),
                                                  str(ds.SOPClassUID), [ExplicitVRLittleEndian])
     assert statuses[-1] == 0xA702
     assert received.items == []
@@ -206,14 +207,8 @@ async def test_big_endian_never_goes_out_as_big_endian_when_declined(
     latter gets the instance converted, with the pixel values intact."""
     stored, ds = await stored_one(server, scu, dicom_files, "MR_small_bigendian.dcm")
     assert pydicom.dcmread(stored).file_meta.TransferSyntaxUID == ExplicitVRBigEndian
-    statuses, received, _ = await _to_thread(c_get, server.port, str(ds.StudyInstanceUID),
+    statuses, received, _ = await asyncio.to_thread(c_get, server.port, str(ds.StudyInstanceUID),
                                              str(ds.SOPClassUID), [ExplicitVRLittleEndian])
     assert statuses[-1] == 0x0000
     got = received.dataset()
     assert np.array_equal(got.pixel_array, pydicom.dcmread(stored).pixel_array)
-
-
-async def _to_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    import asyncio
-
-    return await asyncio.to_thread(fn, *args)
