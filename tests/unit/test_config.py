@@ -16,6 +16,7 @@ from pacs_server.config import (
     reloadable_changes,
 )
 from pacs_server.errors import ConfigError
+from pacs_server.passwords import hash_password
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -246,6 +247,9 @@ def _other_value(key: str, default: Any) -> Any:
         "peers": [{"ae_title": "VIEWER", "host": "10.0.0.2", "port": 104}],
         "tls.min_version": "1.3",
         "admin.token": "a-token-of-twenty-four-c",
+        "dicomweb.token": "a-dicomweb-token-of-24ch",
+        "dicomweb.users": [{"name": "viewer", "password_hash": hash_password("secret")}],
+        "dicomweb.cors_origins": ["https://viewer.example.org"],
     }
     if key in special:
         return special[key]

@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from pacs_server.config import DicomWebConfig
 from pacs_server.errors import NotAuthorized, StartupError
 from pacs_server.web import api, status
+from pacs_server.web.dicomweb import routes as dicomweb_routes
 from pacs_server.web.errors import error_middleware
 from pacs_server.web.ports import Control
 
@@ -17,8 +19,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_app(control: Control,
-              count: Callable[[str, int], None] | None = None) -> web.Application:
-    """The aiohttp application: open routes, /api behind the token, one error table."""
+              count: Callable[[str, int], None] | None = None,
+              dicomweb: DicomWebConfig | None = None) -> web.Application:
+    """The aiohttp application: open routes, /api behind the token, DICOMweb under
+    `dicomweb.root` behind its own access rules, one error table."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -43,6 +47,8 @@ def build_app(control: Control,
                           client_max_size=1 << 20)
     app.add_routes(status.routes(control))
     app.add_routes(api.routes(control))
+    if dicomweb is not None and dicomweb.enabled:
+        dicomweb_routes.install(app, control, dicomweb)
     return app
 
 
@@ -52,8 +58,9 @@ class HttpSide:
     name = "http"
 
     def __init__(self, control: Control, host: str, port: int,
+                 dicomweb: DicomWebConfig | None = None,
                  count: Callable[[str, int], None] | None = None) -> None:
-        self._app = build_app(control, count)
+        self._app = build_app(control, count, dicomweb)
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
