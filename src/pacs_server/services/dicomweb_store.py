@@ -76,7 +76,10 @@ def store_part(archive: ArchiveService, part: Path, accepted: frozenset[str],
         sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
         sop_uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
         syntax = str(meta.get("TransferSyntaxUID", "") or "")
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
+    except InvalidDicomError:
+        return PartResult("", "", failure=CANNOT_UNDERSTAND,
+                          reason="not a DICOM Part-10 file (no DICM prefix and File Meta)")
+    except (OSError, EOFError, ValueError, KeyError) as exc:
         return PartResult("", "", failure=CANNOT_UNDERSTAND,
                           reason=f"not a DICOM Part-10 file: {exc}")
     if not syntax or not sop_class:
