@@ -17,6 +17,7 @@ from dicomweb_client.api import DICOMwebClient
 from pacs_server.passwords import hash_password
 from support.config import server_config
 from support.instances import bundled_dataset
+from support.security import make_pki
 from support.server import RunningServer
 
 TOKEN = "dicomweb-token-0123456789"
@@ -131,3 +132,23 @@ def test_cors_allowed_origin_preflight_and_streams(start: Start, tmp_path: Path)
     assert web[0]["event"] == "DICOM Instances Transferred" and web[0]["action"] == "C"
     assert web[1]["event"] == "Begin Transferring DICOM Instances"
     assert web[2]["outcome"] == "4" and web[2]["address"] == "127.0.0.1"
+
+
+def test_https_with_the_tls_certificate(start: Start, tmp_path_factory: pytest.TempPathFactory
+                                        ) -> None:
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    srv = start({"monitoring.https": True, "tls.cert_path": str(pki / "server.pem"),
+                 "tls.key_path": str(pki / "server.key"), "tls.ca_path": str(pki / "ca.pem")})
+    url = f"https://localhost:{srv.http_port}/dicom-web"
+    client = DICOMwebClient(url=url)
+    client.set_http_retry_params(retry=False)
+    session = client._session                       # noqa: SLF001  (trust the test CA)
+    session.trust_env = False                       # else REQUESTS_CA_BUNDLE wins
+    session.verify = str(pki / "ca.pem")
+    ds = bundled_dataset("CT_small.dcm")
+    # No client certificate: tls.ca_path asks for one on the DICOM TLS listener only.
+    stored = client.store_instances([ds])
+    assert stored.ReferencedSOPSequence[0].RetrieveURL.startswith("https://localhost")
+    assert len(client.search_for_studies()) == 1
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{url}/studies", timeout=10)       # the test CA is not the system's
