@@ -265,6 +265,14 @@ def test_frames_part_headers_and_no_preamble(site: Site, stored: Dataset) -> Non
     assert rsp.content.startswith(b"--")
     ((content_type, _),) = _multipart(rsp)
     assert content_type == f"application/octet-stream; transfer-syntax={JPEG2000Lossless}"
+    jp2 = requests.get(f"{site.url}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+                       headers={"Accept": 'multipart/related; type="image/jp2"'})
+    ((content_type, frame),) = _multipart(jp2)
+    assert content_type == f"image/jp2; transfer-syntax={JPEG2000Lossless}"
+    assert frame == _multipart(rsp)[0][1]
+    jls = requests.get(f"{site.url}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+                       headers={"Accept": 'multipart/related; type="image/jls"'})
+    assert jls.status_code == 406 and "image/jp2" in jls.json()["error"]
     bad = requests.get(f"{site.url}/studies/{study}/series/{series}/instances/{sop}/frames/2")
     assert bad.status_code == 404 and "frame 2" in bad.json()["error"]
 
