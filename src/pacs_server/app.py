@@ -30,7 +30,18 @@ import structlog
 from pacs_server.audit import AuditLog
 from pacs_server.config import Config, PeerConfig, merge_reloadable, reloadable_changes
 from pacs_server.control import ServerControl, ServerParts
-from pacs_server.dicom import commitment, echo, find, get, move, mpps, runtime, store, worklist
+from pacs_server.dicom import (
+    commitment,
+    echo,
+    find,
+    get,
+    move,
+    mpps,
+    runtime,
+    store,
+    tls,
+    worklist,
+)
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.commitment_delivery import CommitmentDelivery
 from pacs_server.dicom.server import DicomListener, DicomServer
@@ -43,6 +54,7 @@ from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
 from pacs_server.services.commitment import CommitmentService
+from pacs_server.services.dicomweb import DicomWeb
 from pacs_server.services.maintenance import Maintenance
 from pacs_server.services.mpps import MppsService
 from pacs_server.services.query import QueryService
@@ -240,22 +252,30 @@ class PacsApp:
         hub = EventHub(asyncio.get_running_loop())
         server.tracker.listen(hub.publish)
         server.tracker.listen(audit.association_event)
-        parts = ServerParts(server, archive, self.metrics, hub, audit=audit.admin_call)
+        parts = ServerParts(server, archive, self.metrics, hub, audit=audit.admin_call,
+                            audit_web=audit.web_request)
         if self._index is not None and queries is not None:
             index = self._index
             parts.repo, parts.queries = index.repo, queries
             parts.admin, parts.inventory = index.admin, index.inventory
             parts.maintenance = Maintenance(archive, index.repo, index.admin, index.inventory,
                                             bridge.run)
+            if cfg.dicomweb.enabled:
+                parts.dicomweb = DicomWeb(
+                    queries, index.repo, archive, bridge.run,
+                    resolve_storage_classes(cfg.storage.accepted_sop_classes),
+                    lambda: self.cfg.dicomweb)
         self.control = control = ServerControl(parts, cfg)
         await control.load()
         self._subscribe(control.reconfigure)
         self._subscribe(lambda c: audit.reopen(c.logging.audit_file))
         if cfg.monitoring.serves:
+            https = tls.https_context(cfg.tls) if cfg.monitoring.https else None
             http = await self._start(HttpSide(
                 control, cfg.monitoring.bind_host, cfg.monitoring.metrics_port,
+                cfg.dicomweb,
                 lambda route, status: self.metrics.http_requests.labels(
-                    route, str(status)).inc()))
+                    route, str(status)).inc(), ssl_context=https))
             self.metrics_port = control.http_port = http.port
 
     async def _start(self, component: C) -> C:

@@ -16,6 +16,7 @@ from pacs_server.config import (
     reloadable_changes,
 )
 from pacs_server.errors import ConfigError
+from pacs_server.passwords import hash_password
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -246,6 +247,9 @@ def _other_value(key: str, default: Any) -> Any:
         "peers": [{"ae_title": "VIEWER", "host": "10.0.0.2", "port": 104}],
         "tls.min_version": "1.3",
         "admin.token": "a-token-of-twenty-four-c",
+        "dicomweb.token": "a-dicomweb-token-of-24ch",
+        "dicomweb.users": [{"name": "viewer", "password_hash": hash_password("secret")}],
+        "dicomweb.cors_origins": ["https://viewer.example.org"],
     }
     if key in special:
         return special[key]
@@ -267,8 +271,8 @@ def _other_value(key: str, default: Any) -> Any:
 def test_each_change_is_reloadable_or_needs_a_restart(key: str, reloadable: bool) -> None:
     """Every setting, changed alone, lands on the side its `reload` metadata says."""
     default = dict((k, d) for k, _, d in iter_fields())[key]
-    # The TLS listener cannot be enabled without a certificate: both sides have one.
-    base = TLS_FILES if key == "tls.enabled" else {}
+    # The TLS listener and HTTPS need a certificate: both sides have one.
+    base = TLS_FILES if key in ("tls.enabled", "monitoring.https") else {}
     new = load_config(None, {**base, key: _other_value(key, default)})
     expected = ([key], []) if reloadable else ([], [key])
     assert reloadable_changes(load_config(None, base), new) == expected

@@ -4,12 +4,15 @@ server's loop (no thread, no signal handlers of its own: `handle_signals=False`)
 from __future__ import annotations
 
 import errno
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from pacs_server.config import DicomWebConfig
 from pacs_server.errors import NotAuthorized, StartupError
 from pacs_server.web import api, status
+from pacs_server.web.dicomweb import routes as dicomweb_routes
 from pacs_server.web.errors import error_middleware
 from pacs_server.web.ports import Control
 
@@ -17,8 +20,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_app(control: Control,
-              count: Callable[[str, int], None] | None = None) -> web.Application:
-    """The aiohttp application: open routes, /api behind the token, one error table."""
+              count: Callable[[str, int], None] | None = None,
+              dicomweb: DicomWebConfig | None = None) -> web.Application:
+    """The aiohttp application: open routes, /api behind the token, DICOMweb under
+    `dicomweb.root` behind its own access rules, one error table."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -43,6 +48,8 @@ def build_app(control: Control,
                           client_max_size=1 << 20)
     app.add_routes(status.routes(control))
     app.add_routes(api.routes(control))
+    if dicomweb is not None and dicomweb.enabled:
+        dicomweb_routes.install(app, control, dicomweb)
     return app
 
 
@@ -52,8 +59,11 @@ class HttpSide:
     name = "http"
 
     def __init__(self, control: Control, host: str, port: int,
-                 count: Callable[[str, int], None] | None = None) -> None:
-        self._app = build_app(control, count)
+                 dicomweb: DicomWebConfig | None = None,
+                 count: Callable[[str, int], None] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self._app = build_app(control, count, dicomweb)
+        self._ssl = ssl_context
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -63,7 +73,8 @@ class HttpSide:
         runner = web.AppRunner(self._app, handle_signals=False, access_log=None,
                                shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(runner, self._host, self._port, reuse_address=True,
+                           ssl_context=self._ssl)
         try:
             await site.start()
         except OSError as exc:
