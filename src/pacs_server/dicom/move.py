@@ -5,7 +5,6 @@ after the connection attempt (bounded by the AE's connection timeout)."""
 from __future__ import annotations
 
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,8 +64,7 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         **transport,
     }
     yield len(refs)
-    yield from suboperations(event, "C-MOVE", refs, retrieve, metrics, transcode,
-                             before_send=_settle)
+    yield from suboperations(event, "C-MOVE", refs, retrieve, metrics, transcode)
 
 
 def _transport(peer: PeerConfig,
@@ -101,20 +99,6 @@ def service(retrieve: RetrieveService, bridge: LoopBridge,
         operations=(Operation(evt.EVT_C_MOVE, handle, Service.C_MOVE, "C-MOVE",
                               frozenset(str(uid) for uid in QR_MOVE)),),
     )
-
-
-# pynetdicom's requestor reactor wakes after each send_c_store() and polls the DIMSE
-# queue once before pausing again; if the next sub-operation is sent inside that window
-# the reactor can take its C-STORE-RSP ("Received unexpected C-STORE service message")
-# and the sub-operation then waits for the DIMSE timeout. Leaving the reactor a few
-# milliseconds to pause again closes the window in practice (docs/performance.md).
-_SETTLE_S = 0.003
-
-
-def _settle(since: float) -> None:
-    remaining = _SETTLE_S - (time.monotonic() - since)
-    if remaining > 0:
-        time.sleep(remaining)
 
 
 def proposed_contexts(refs: list[StoredRef], transcode: bool = True) -> list[PresentationContext]:

@@ -60,6 +60,7 @@ from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
@@ -572,8 +573,64 @@ class PacsAssociationServer(ThreadedAssociationServer):
             raise
 
 
+class ExclusiveDimse(DIMSEServiceProvider):
+    """The DIMSE provider of our outgoing associations: while a thread of ours waits for
+    the response to its request, the association's reactor takes nothing off the queue."""
+
+    exchange: threading.Lock
+
+    def get_msg(self, block: bool = False) -> Any:
+        """Upstream's `get_msg`; the reactor's poll gets nothing during an exchange.
+
+        Upstream: the requestor reactor loops "sleep 1 ms; `_is_paused = True`; wait on
+        `_reactor_checkpoint`; `_is_paused = False`; `get_msg(block=False)`", and each
+        send_*() clears the checkpoint, spins until `_is_paused` is true, sends, waits
+        with `get_msg(block=True)` and sets the checkpoint again. Right after a send_*()
+        sets it, the woken reactor has not yet cleared `_is_paused`: the next send_*()
+        sees a stale "paused", sends, and when the reactor thread is scheduled late
+        (any CPU load) it takes the response off the queue ("Received unexpected
+        C-STORE service message") and drops it; the sender waits out the DIMSE timeout
+        and every later C-MOVE sub-operation fails (reproduced by
+        tests/e2e/test_move_under_load.py, 2 of 5 runs with a busy loop per core).
+        Here the sender holds `exchange` from before its request until its response
+        is taken (`RequestorAssociation`), and the reactor's poll takes a message only
+        while holding it too, so a response can never go to the reactor.
+        Upstream change that removes this: the reactor pausing under a lock that
+        send_*() holds (or a condition instead of the flag and the spin), cf.
+        pydicom/pynetdicom#435.
+        """
+        if block or threading.current_thread() is not self.assoc:
+            return super().get_msg(block)
+        if not self.exchange.acquire(blocking=False):
+            return None, None
+        try:
+            return super().get_msg(False)
+        finally:
+            self.exchange.release()
+
+
 class RequestorAssociation(FileSending):
-    """The class of our outgoing associations (C-MOVE sub-operations, reports)."""
+    """The class of our outgoing associations (C-MOVE sub-operations, reports): each
+    request and its response are one exchange the reactor stays out of
+    (`ExclusiveDimse`)."""
+
+    def send_c_store(self, dataset: Any, msg_id: int = 1, priority: int = 2,
+                     originator_aet: str | None = None,
+                     originator_id: int | None = None) -> Dataset:
+        with self._exchange():
+            return super().send_c_store(dataset, msg_id, priority, originator_aet,
+                                        originator_id)
+
+    def send_c_echo(self, msg_id: int = 1) -> Dataset:
+        with self._exchange():
+            return super().send_c_echo(msg_id)
+
+    def send_n_event_report(self, *args: Any, **kwargs: Any) -> Any:
+        with self._exchange():
+            return super().send_n_event_report(*args, **kwargs)
+
+    def _exchange(self) -> threading.Lock:
+        return cast(ExclusiveDimse, self.dimse).exchange
 
 
 class PacsAE(AE):
@@ -582,13 +639,16 @@ class PacsAE(AE):
 
     Upstream `AE.associate()` instantiates `Association` by name; rather than carry a
     copy of that long method, the established association's class is switched to the
-    subclass, which adds one method and no state. Upstream change that removes it: an
-    association class attribute on the AE.
+    subclass (which adds no state), and its DIMSE provider's to `ExclusiveDimse` (one
+    lock). Upstream change that removes it: an association class attribute on the AE.
     """
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:
         assoc = super().associate(*args, **kwargs)
         assoc.__class__ = RequestorAssociation
+        # Before any request of ours: until then nothing can be queued for us.
+        assoc.dimse.exchange = threading.Lock()
+        assoc.dimse.__class__ = ExclusiveDimse
         if assoc.is_established:
             bound_send_queue(assoc)
         return assoc
