@@ -62,6 +62,8 @@ PINNED: dict[str, tuple[Any, str]] = {
     "Association.send_c_echo": (Association.send_c_echo, "664d0e9b0ab20c53"),
     "Association.send_n_event_report": (Association.send_n_event_report,
                                         "e3d427e77369680c"),
+    # PacsAssociation._serve_request answers a refused C-MOVE itself, else upstream's.
+    "Association._serve_request": (Association._serve_request, "2f24c1759cdf6c8c"),
     # BoundedSendQueue: what the DUL does with its to-provider queue.
     "DULServiceProvider.send_pdu": (DULServiceProvider.send_pdu, "7cbce5da8594124e"),
     "DULServiceProvider._process_recv_primitive": (

@@ -152,13 +152,16 @@ class DicomServer:
         if self.tls is not None:
             self.tls.reload(cfg.tls)
 
-    def handlers(self) -> list[tuple[Any, ...]]:
-        """The tracker's notification handlers, one dispatcher per DIMSE event, and the
-        services' extended negotiation."""
-        dispatcher = Dispatcher(self._guard.wrap)
+    def _dispatcher(self) -> Dispatcher:
+        dispatcher = Dispatcher(self._guard.wrap, self._guard.wrap_precheck)
         for svc in self._services:
             for op in svc.operations:
                 dispatcher.add(op)
+        return dispatcher
+
+    def handlers(self, dispatcher: Dispatcher) -> list[tuple[Any, ...]]:
+        """The tracker's notification handlers, one dispatcher per DIMSE event, and the
+        services' extended negotiation."""
         out: list[tuple[Any, ...]] = [*self.tracker.handlers()]
         out += [(event, dispatcher.handler_for(event)) for event in dispatcher.events()]
         extended = extended_negotiation(self._services)
@@ -191,9 +194,11 @@ class DicomServer:
 
     def _serve(self, port: int, tls: TlsContexts | None) -> ThreadedAssociationServer:
         host = self._cfg.host
+        dispatcher = self._dispatcher()
         try:
             server = self.ae.make_server(
-                (host, port), evt_handlers=self.handlers(),
+                (host, port), evt_handlers=self.handlers(dispatcher),
+                prechecks=dispatcher.prechecks(),
                 contexts=shared_contexts(self.ae.supported_contexts),
                 server_class=PacsAssociationServer, policy=self.policy, limits=self.limits,
                 tls=tls, metrics=self._metrics)

@@ -61,12 +61,15 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_MOVE
+from pynetdicom.events import Event
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
+from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.tls import TlsContexts, peer_subject
 from pacs_server.errors import TranscodeFailed
 from pacs_server.services import transcode
@@ -381,6 +384,37 @@ class PacsAssociation(FileSending):
         self.tls_subject = tls_subject or ""
         self.admitted = False
         self.refusal: Refusal | None = None
+        self.move_precheck: Precheck | None = None
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """Upstream's `_serve_request`, except for a C-MOVE its precheck refuses: that
+        one is answered here with the precheck's status (and Error Comment).
+
+        Upstream: `QueryRetrieveServiceClass._move_scp` takes the destination and the
+        sub-operation count from the handler, then associates with the destination,
+        and only after that takes a status from it; so an identifier invalid for its
+        level (0xA900, PS3.4 C.4.2.1.5) could only be answered after an association
+        to the destination had been opened for nothing.
+        Upstream change that removes this: `_move_scp` accepting a failure status as
+        the handler's first yield.
+        """
+        check = self.move_precheck
+        cx = self._accepted_cx.get(context_id)
+        if (check is not None and cx is not None and isinstance(msg, C_MOVE)
+                and msg.is_valid_request and not self._sent_release):
+            event = Event(self, evt.EVT_C_MOVE, {"request": msg, "context": cx.as_tuple,
+                                                 "_is_cancelled": lambda _msg_id: False})
+            refusal = check(event)
+            if refusal is not None:
+                rsp = C_MOVE()
+                rsp.MessageIDBeingRespondedTo = msg.MessageID
+                rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+                for elem in refusal:        # Status, Error Comment (PS3.7 C.4.2)
+                    if hasattr(rsp, elem.keyword):
+                        setattr(rsp, elem.keyword, elem.value)
+                self.dimse.send_msg(rsp, context_id)
+                return
+        super()._serve_request(msg, context_id)
 
     def run_reactor(self) -> None:
         """Wait for the A-ASSOCIATE-RQ only while the DUL lives, run upstream's reactor,
@@ -498,6 +532,7 @@ class PacsRequestHandler(RequestHandler):
         ae = self.ae
         assoc = PacsAssociation(ae, srv.policy, srv.limits, pending, host, tls_subject)
         assoc._server = srv
+        assoc.move_precheck = srv.prechecks.get(evt.EVT_C_MOVE)
         bound_send_queue(assoc)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.acse_timeout = min(srv.limits.negotiation_timeout, srv.limits.acse_timeout)
@@ -536,11 +571,13 @@ class PacsAssociationServer(ThreadedAssociationServer):
     request_queue_size = 512
 
     def __init__(self, *args: Any, policy: AssociationPolicy, limits: ConnectionLimits,
-                 tls: TlsContexts | None, metrics: Any, **kwargs: Any) -> None:
+                 tls: TlsContexts | None, metrics: Any,
+                 prechecks: dict[Any, Precheck] | None = None, **kwargs: Any) -> None:
         self.policy = policy
         self.limits = limits
         self.tls = tls
         self.metrics = metrics
+        self.prechecks = prechecks or {}
         kwargs.setdefault("request_handler", PacsRequestHandler)
         super().__init__(*args, **kwargs)
 
