@@ -13,7 +13,7 @@ import copy
 import errno
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -159,6 +159,12 @@ class DicomServer:
                 dispatcher.add(op)
         return dispatcher
 
+    def _receive_gate(self) -> Callable[[], None] | None:
+        gates = [svc.receive_gate for svc in self._services if svc.receive_gate is not None]
+        if len(gates) > 1:
+            raise ValueError("more than one service gates C-STORE data sets")
+        return gates[0] if gates else None
+
     def handlers(self, dispatcher: Dispatcher) -> list[tuple[Any, ...]]:
         """The tracker's notification handlers, one dispatcher per DIMSE event, and the
         services' extended negotiation."""
@@ -198,7 +204,7 @@ class DicomServer:
         try:
             server = self.ae.make_server(
                 (host, port), evt_handlers=self.handlers(dispatcher),
-                prechecks=dispatcher.prechecks(),
+                prechecks=dispatcher.prechecks(), receive_gate=self._receive_gate(),
                 contexts=shared_contexts(self.ae.supported_contexts),
                 server_class=PacsAssociationServer, policy=self.policy, limits=self.limits,
                 tls=tls, metrics=self._metrics)

@@ -84,6 +84,10 @@ class DicomService:
     contexts: tuple[Context, ...]
     operations: tuple[Operation, ...]
     extended_negotiation: Mapping[str, ExtendedNegotiation] = field(default_factory=dict)
+    # Raises PacsError while C-STORE data sets must not be received at all (the
+    # archive below storage.min_free_bytes): they are then dropped unread
+    # (dicom/transport.py, gate_data_sets) and the handler refuses them.
+    receive_gate: Callable[[], None] | None = None
 
 
 @dataclass
