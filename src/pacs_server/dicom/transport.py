@@ -737,7 +737,7 @@ class GatedMessage(DIMSEMessage):
             for index, (context_id, data) in enumerate(pdvs):
                 if not data or data[0] & 3 != 3:
                     continue
-                refusal = self._refusal(bytes(data[1:]))
+                refusal = self._refusal(data)
                 if refusal is None:
                     break
                 # Earlier fragments of this primitive are command fragments too.
@@ -754,15 +754,16 @@ class GatedMessage(DIMSEMessage):
         return super().decode_msg(primitive, assoc)
 
     def _refusal(self, last_fragment: bytes) -> str | None:
-        """Why the data set of the command set ending in `last_fragment` must not be
-        received, or None (the gate is asked first: one statvfs, no decode)."""
+        """Why the data set of the command set ending in the PDV `last_fragment` (its
+        control header byte first) must not be received, or None (the gate is asked
+        first: one statvfs, nothing decoded or copied)."""
         try:
             self.gate()
             return None
         except PacsError as exc:
             reason = str(exc)
         try:
-            command = decode(BytesIO(self.encoded_command_set.getvalue() + last_fragment),
+            command = decode(BytesIO(self.encoded_command_set.getvalue() + last_fragment[1:]),
                              True, True)
             is_store = int(command.CommandField) == 0x0001 and _data_set_follows(command)
         except Exception:  # upstream reports a malformed command set
