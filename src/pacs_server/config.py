@@ -532,8 +532,9 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         return [_coerce(item_tp, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
+        if value is None and len(args) < len(get_args(tp)):
+            return None       # an optional setting left empty (a `str | AllowedAE`
+                              # entry written empty is checked as the text "")
         # A mapping picks the dataclass member of the union (allowed_ae_titles entries).
         chosen = next((a for a in args if dataclasses.is_dataclass(a)), args[0]) \
             if isinstance(value, dict) else args[0]

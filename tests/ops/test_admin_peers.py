@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pydicom
 import pytest
 
 from support.dcmtk import movescu
@@ -24,7 +25,9 @@ async def test_api_peer_is_a_move_destination_at_once(ops_server: RunningServer,
     assert (await Scu().astore(ops_server.port, [sent]))[0].status == SUCCESS
     dest = StorageScp("APIPEER")
     try:
-        keys = ["PatientID=MOVE1"]
+        # A STUDY-level retrieve names its study (PS3.4 C.4.2.1.4.1).
+        study = pydicom.dcmread(sent, stop_before_pixels=True).StudyInstanceUID
+        keys = [f"StudyInstanceUID={study}"]
         before = await asyncio.to_thread(movescu, ops_server.port, "STUDY", keys, "APIPEER")
         assert before.final_status == MOVE_DESTINATION_UNKNOWN
         status, body = await http_call(base, "POST", "/api/peers", body={

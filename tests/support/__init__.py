@@ -21,5 +21,7 @@ tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
     commitment a Storage Commitment requester: N-ACTION, its own listener for reports
     security   a throw-away PKI, TLS and bound-address clients, raw PDUs and sockets
     fuzz_pdus  the socket fuzz harness against a server process (scripts/fuzz-sockets)
+    fuzz_targets  atheris targets for our parsers, their seeds and saved cases;
+               fuzz_atheris runs one under atheris (scripts/fuzz-atheris)
     mutations  seeded mutations of pydicom's files, dcmdump's verdict on each
 """

@@ -14,12 +14,14 @@ from support.scu import NATIVE, SUCCESS, VERIFICATION
 
 
 class StorageScp:
-    """Accepts `sop_classes` (only those are negotiated) and answers 0xA700 to instances
-    of `fail_classes`; `received` and `failed` say what arrived."""
+    """Accepts `sop_classes` in `transfer_syntaxes` (only those are negotiated, besides
+    Verification) and answers 0xA700 to instances of `fail_classes`; `received` and
+    `failed` say what arrived."""
 
     def __init__(self, ae_title: str = "PYDEST", fail_classes: Iterable[str] = (),
                  sop_classes: Iterable[str] = (CT_IMAGE, MR_IMAGE, SECONDARY_CAPTURE,
-                                               CR_IMAGE)) -> None:
+                                               CR_IMAGE),
+                 transfer_syntaxes: Iterable[str] = NATIVE) -> None:
         self.ae_title = ae_title
         self.fail_classes = set(fail_classes)
         self.received: dict[str, Dataset] = {}
@@ -29,7 +31,7 @@ class StorageScp:
         ae.network_timeout = 30
         ae.add_supported_context(VERIFICATION)
         for uid in sop_classes:
-            ae.add_supported_context(uid, list(NATIVE))
+            ae.add_supported_context(uid, list(transfer_syntaxes))
         self.server = ae.start_server(("127.0.0.1", 0), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port = int(self.server.server_address[1])

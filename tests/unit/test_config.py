@@ -146,6 +146,9 @@ def test_bad_enum_lists_the_choices(tmp_path: Path, text: str, key: str) -> None
     ("storage:\n  accepted_sop_classes: [CT, NOPE]\n", "storage.accepted_sop_classes", "'NOPE'"),
     ("access_control:\n  allowed_ae_titles: [GOOD, 'BAD\\\\AE']\n",
      "access_control.allowed_ae_titles[1]", "not a valid AE title"),
+    # Found by scripts/fuzz-atheris (config): an empty entry was a traceback.
+    ("access_control:\n  allowed_ae_titles:\n    -\n", "access_control.allowed_ae_titles[0]",
+     "not a valid AE title"),
     ("peers:\n  - {ae_title: A, port: 0}\n", "peers[0].port", "1-65535"),
     ("peers:\n  - {ae_title: A, port: 1}\n  - {ae_title: A, port: 2}\n", "peers[1].ae_title",
      "listed twice"),

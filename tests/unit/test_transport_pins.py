@@ -17,6 +17,8 @@ import pytest
 from pynetdicom.acse import ACSE
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
 from pynetdicom.service_class import QueryRetrieveServiceClass
@@ -54,6 +56,22 @@ PINNED: dict[str, tuple[Any, str]] = {
                                            "8ca1538e3e56c4f7"),
     "QueryRetrieveServiceClass._move_scp": (QueryRetrieveServiceClass._move_scp,
                                             "5c14d1be3d737bef"),
+    # ExclusiveDimse / RequestorAssociation: the reactor's poll of the DIMSE queue and
+    # the send_*() methods (pause the reactor, send, wait with get_msg(block=True)).
+    "Association._run_reactor": (Association._run_reactor, "f28838c5559e462a"),
+    "DIMSEServiceProvider.get_msg": (DIMSEServiceProvider.get_msg, "890e3e04283f5aeb"),
+    "Association.send_c_echo": (Association.send_c_echo, "664d0e9b0ab20c53"),
+    "Association.send_n_event_report": (Association.send_n_event_report,
+                                        "e3d427e77369680c"),
+    # PacsAssociation._serve_request answers a refused C-MOVE itself, else upstream's.
+    "Association._serve_request": (Association._serve_request, "2f24c1759cdf6c8c"),
+    # GatedDimse / GatedMessage / DiscardedStore: a C-STORE data set dropped unread
+    # below storage.min_free_bytes.
+    "DIMSEMessage.decode_msg": (DIMSEMessage.decode_msg, "f51c777e841a76be"),
+    "DIMSEMessage.message_to_primitive": (DIMSEMessage.message_to_primitive,
+                                          "f8f43d34e43450ef"),
+    "DIMSEServiceProvider.receive_primitive": (DIMSEServiceProvider.receive_primitive,
+                                               "5f99c86b14a15cef"),
     # BoundedSendQueue: what the DUL does with its to-provider queue.
     "DULServiceProvider.send_pdu": (DULServiceProvider.send_pdu, "7cbce5da8594124e"),
     "DULServiceProvider._process_recv_primitive": (

@@ -19,7 +19,7 @@ a failure before the preamble is complete yields the missing items first.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -53,6 +53,22 @@ class HandlerGuard:
             preamble = _GENERATORS[op.event]
             return lambda event: self._stream(op, event, preamble)
         return lambda event: self._call(op, event)
+
+    def wrap_precheck(self, op: Operation) -> Callable[[Event], Dataset | None]:
+        """The operation's precheck: None when it passes, else the failure status,
+        logged and recorded like a failure of the operation itself."""
+        check = op.precheck
+        assert check is not None
+
+        def precheck(event: Event) -> Dataset | None:
+            started = time.perf_counter()
+            with bound_contextvars(**self._tracker.log_context(event)):
+                try:
+                    check(event)
+                except Exception as exc:
+                    return self._failed(op, event, exc, started)
+            return None
+        return precheck
 
     # ----------------------------------------------------------------- plain replies
     def _call(self, op: Operation, event: Event) -> Any:

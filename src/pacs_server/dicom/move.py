@@ -5,8 +5,9 @@ after the connection attempt (bounded by the AE's connection timeout)."""
 from __future__ import annotations
 
 import ssl
-import time
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -18,12 +19,13 @@ from pynetdicom.sop_class import Verification
 from pacs_server.config import PeerConfig
 from pacs_server.dicom.associations import set_nodelay
 from pacs_server.dicom.bridge import LoopBridge
-from pacs_server.dicom.identifiers import QR_MOVE
+from pacs_server.dicom.identifiers import QR_MOVE, parse_identifier
 from pacs_server.dicom.service import DicomService, Operation, contexts_for
 from pacs_server.dicom.status import Service
-from pacs_server.dicom.suboperations import resolve, suboperations
-from pacs_server.errors import PacsError, UnknownDestination
+from pacs_server.dicom.suboperations import suboperations
+from pacs_server.errors import UnknownDestination
 from pacs_server.metrics import Metrics
+from pacs_server.services.query import FindRequest
 from pacs_server.services.retrieve import RetrieveService, StoredRef
 from pacs_server.services.transcode import FALLBACKS
 
@@ -32,32 +34,72 @@ log = structlog.get_logger(__name__)
 MAX_CONTEXTS = 128
 
 
+@dataclass(frozen=True)
+class MovePlan:
+    """What a C-MOVE request asks for, checked: the destination and the instances."""
+
+    peer: PeerConfig
+    req: FindRequest
+    refs: list[StoredRef]
+
+
+def plan_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
+              peer_of: Callable[[str], PeerConfig | None]) -> MovePlan:
+    """The destination, the identifier and the instances, before anything is opened.
+
+    Raises:
+        UnknownDestination: not a configured peer, or one that needs TLS while TLS is
+            off (0xA801).
+        InvalidQuery: the identifier is invalid for its level (0xA900).
+        IndexUnavailable: the index did not answer (0xA701).
+    """
+    dest = str(event.move_destination or "").strip()
+    peer = peer_of(dest)
+    if peer is None:
+        raise UnknownDestination(f"move destination {dest!r} is not a configured peer")
+    req = parse_identifier(event.identifier, str(event.request.AffectedSOPClassUID))
+    retrieve.check(req)
+    return MovePlan(peer, req, bridge.run(retrieve.resolve(req)))
+
+
+class _Planned(threading.local):
+    """The plan the precheck made, for the handler that runs next in the same thread
+    on the same request (keyed by association and Message ID)."""
+
+    key: tuple[int, int] | None = None
+    plan: MovePlan | None = None
+
+    def put(self, event: Event, plan: MovePlan) -> None:
+        self.key, self.plan = _request_key(event), plan
+
+    def take(self, event: Event) -> MovePlan | None:
+        plan = self.plan if self.key == _request_key(event) else None
+        self.key = self.plan = None
+        return plan
+
+
+def _request_key(event: Event) -> tuple[int, int]:
+    return id(event.assoc), int(event.request.MessageID or 0)
+
+
+_planned = _Planned()
+
+
 def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
                 peer_of: Callable[[str], PeerConfig | None], max_pdu: int,
                 metrics: Metrics, transcode: bool = True,
                 tls: Callable[[], ssl.SSLContext | None] = lambda: None) -> Iterator[Any]:
     """Yields the destination, the sub-operation count, then (0xFF00, dataset) each.
 
-    An unknown destination is raised before anything is yielded (the wrapper makes
-    pynetdicom answer 0xA801); an invalid identifier after the destination (0xA900).
+    The precheck (`precheck_move`, run by dicom/transport.py before pynetdicom's SCP)
+    has refused an unknown destination, an invalid identifier and an index failure
+    with their own statuses, before any association; its plan is used here.
     """
-    dest = str(event.move_destination or "").strip()
-    peer = peer_of(dest)
-    if peer is None:
-        raise UnknownDestination(f"move destination {dest!r} is not a configured peer")
+    plan = _planned.take(event) or plan_move(event, retrieve, bridge, peer_of)
+    peer, refs = plan.peer, plan.refs
     transport = _transport(peer, tls)
-    try:
-        req, refs = resolve(event, retrieve, bridge)
-    except PacsError:
-        # pynetdicom needs a destination and a count before it accepts a final status,
-        # and it associates with the destination in between: propose Verification, or
-        # pynetdicom refuses to associate without contexts and answers 0xC515 instead.
-        yield peer.host, peer.port, {"contexts": [build_context(Verification)],
-                                     "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
-                                     **transport}
-        raise
-    log.info("c_move.started", destination=dest, qr_level=req.level, instances=len(refs),
-             tls=peer.tls)
+    log.info("c_move.started", destination=peer.ae_title, qr_level=plan.req.level,
+             instances=len(refs), tls=peer.tls)
     yield peer.host, peer.port, {
         "contexts": proposed_contexts(refs, transcode),
         "evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)],
@@ -65,8 +107,17 @@ def handle_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
         **transport,
     }
     yield len(refs)
-    yield from suboperations(event, "C-MOVE", refs, retrieve, metrics, transcode,
-                             before_send=_settle)
+    yield from suboperations(event, "C-MOVE", refs, retrieve, metrics, transcode)
+
+
+def precheck_move(event: Event, retrieve: RetrieveService, bridge: LoopBridge,
+                  peer_of: Callable[[str], PeerConfig | None],
+                  tls: Callable[[], ssl.SSLContext | None]) -> None:
+    """Everything that can refuse a C-MOVE before its destination is associated with
+    (PS3.4 C.4.2.1.5): raises as `plan_move` does, else keeps the plan for the handler."""
+    plan = plan_move(event, retrieve, bridge, peer_of)
+    _transport(plan.peer, tls)
+    _planned.put(event, plan)
 
 
 def _transport(peer: PeerConfig,
@@ -95,26 +146,16 @@ def service(retrieve: RetrieveService, bridge: LoopBridge,
     def handle(event: Event) -> Iterator[Any]:
         return handle_move(event, retrieve, bridge, peer_of, max_pdu, metrics, transcode(),
                            tls)
+
+    def precheck(event: Event) -> None:
+        precheck_move(event, retrieve, bridge, peer_of, tls)
+
     return DicomService(
         name="Query/Retrieve MOVE",
         contexts=contexts_for(QR_MOVE),
         operations=(Operation(evt.EVT_C_MOVE, handle, Service.C_MOVE, "C-MOVE",
-                              frozenset(str(uid) for uid in QR_MOVE)),),
+                              frozenset(str(uid) for uid in QR_MOVE), precheck=precheck),),
     )
-
-
-# pynetdicom's requestor reactor wakes after each send_c_store() and polls the DIMSE
-# queue once before pausing again; if the next sub-operation is sent inside that window
-# the reactor can take its C-STORE-RSP ("Received unexpected C-STORE service message")
-# and the sub-operation then waits for the DIMSE timeout. Leaving the reactor a few
-# milliseconds to pause again closes the window in practice (docs/performance.md).
-_SETTLE_S = 0.003
-
-
-def _settle(since: float) -> None:
-    remaining = _SETTLE_S - (time.monotonic() - since)
-    if remaining > 0:
-        time.sleep(remaining)
 
 
 def proposed_contexts(refs: list[StoredRef], transcode: bool = True) -> list[PresentationContext]:
@@ -125,6 +166,10 @@ def proposed_contexts(refs: list[StoredRef], transcode: bool = True) -> list[Pre
     per SOP class offering Explicit and Implicit VR Little Endian, the fallbacks any
     Storage SCP takes (PS3.5 10.1) and services/transcode.py can produce from anything
     it can decode. Whatever the destination accepts is what is sent.
+
+    Verification comes last, so that a destination taking none of the storage contexts
+    still associates: its sub-operations then fail one by one (0xA702 when all do,
+    PS3.4 C.4.2.1.5) instead of the whole C-MOVE failing as "destination unknown".
     """
     stored: dict[tuple[str, str], None] = {}
     for ref in refs:
@@ -135,12 +180,13 @@ def proposed_contexts(refs: list[StoredRef], transcode: bool = True) -> list[Pre
             fallbacks = [str(ts) for ts in FALLBACKS if (sop, str(ts)) not in stored]
             if fallbacks:
                 wanted.append((sop, fallbacks))
-    if len(wanted) > MAX_CONTEXTS:
+    if len(wanted) > MAX_CONTEXTS - 1:
         # More than one association may propose (PS3.8 9.3.2.2: odd IDs 1-255): one
         # context per SOP class offering every syntax held for it, fallbacks last.
         merged: dict[str, list[str]] = {}
         for sop, syntaxes in wanted:
             merged.setdefault(sop, [])
             merged[sop].extend(t for t in syntaxes if t not in merged[sop])
-        wanted = list(merged.items())[:MAX_CONTEXTS]
-    return [build_context(sop, syntaxes) for sop, syntaxes in wanted]
+        wanted = list(merged.items())[:MAX_CONTEXTS - 1]
+    return [*(build_context(sop, syntaxes) for sop, syntaxes in wanted),
+            build_context(Verification)]

@@ -13,7 +13,7 @@ import copy
 import errno
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -152,13 +152,22 @@ class DicomServer:
         if self.tls is not None:
             self.tls.reload(cfg.tls)
 
-    def handlers(self) -> list[tuple[Any, ...]]:
-        """The tracker's notification handlers, one dispatcher per DIMSE event, and the
-        services' extended negotiation."""
-        dispatcher = Dispatcher(self._guard.wrap)
+    def _dispatcher(self) -> Dispatcher:
+        dispatcher = Dispatcher(self._guard.wrap, self._guard.wrap_precheck)
         for svc in self._services:
             for op in svc.operations:
                 dispatcher.add(op)
+        return dispatcher
+
+    def _receive_gate(self) -> Callable[[], None] | None:
+        gates = [svc.receive_gate for svc in self._services if svc.receive_gate is not None]
+        if len(gates) > 1:
+            raise ValueError("more than one service gates C-STORE data sets")
+        return gates[0] if gates else None
+
+    def handlers(self, dispatcher: Dispatcher) -> list[tuple[Any, ...]]:
+        """The tracker's notification handlers, one dispatcher per DIMSE event, and the
+        services' extended negotiation."""
         out: list[tuple[Any, ...]] = [*self.tracker.handlers()]
         out += [(event, dispatcher.handler_for(event)) for event in dispatcher.events()]
         extended = extended_negotiation(self._services)
@@ -191,9 +200,11 @@ class DicomServer:
 
     def _serve(self, port: int, tls: TlsContexts | None) -> ThreadedAssociationServer:
         host = self._cfg.host
+        dispatcher = self._dispatcher()
         try:
             server = self.ae.make_server(
-                (host, port), evt_handlers=self.handlers(),
+                (host, port), evt_handlers=self.handlers(dispatcher),
+                prechecks=dispatcher.prechecks(), receive_gate=self._receive_gate(),
                 contexts=shared_contexts(self.ae.supported_contexts),
                 server_class=PacsAssociationServer, policy=self.policy, limits=self.limits,
                 tls=tls, metrics=self._metrics)

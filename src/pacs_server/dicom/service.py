@@ -30,6 +30,8 @@ from pynetdicom.events import Event, InterventionEvent
 from pacs_server.dicom.status import Service
 
 Handler = Callable[[Event], Any]
+# A wrapped precheck: None to go on, or the failure status (a status Dataset) to answer.
+Precheck = Callable[[Event], Dataset | None]
 # Extended negotiation: the requestor's Service-class-application-information for one
 # SOP class in, our reply out (None: do not answer for that class).
 ExtendedNegotiation = Callable[[bytes], bytes | None]
@@ -61,6 +63,9 @@ class Operation:
         name: the operation's name in logs and metrics ("C-FIND", "MWL C-FIND", ...).
         sop_classes: the requests it answers, by SOP class; None answers every request
             of its event that no other operation claims (C-STORE: every storage class).
+        precheck: raises (PacsError) for a request to refuse before pynetdicom's SCP
+            starts on it; C-MOVE only (dicom/transport.py: before the destination is
+            associated with).
     """
 
     event: InterventionEvent
@@ -68,6 +73,7 @@ class Operation:
     status: Service
     name: str
     sop_classes: frozenset[str] | None = None
+    precheck: Callable[[Event], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,10 @@ class DicomService:
     contexts: tuple[Context, ...]
     operations: tuple[Operation, ...]
     extended_negotiation: Mapping[str, ExtendedNegotiation] = field(default_factory=dict)
+    # Raises PacsError while C-STORE data sets must not be received at all (the
+    # archive below storage.min_free_bytes): they are then dropped unread
+    # (dicom/transport.py, gate_data_sets) and the handler refuses them.
+    receive_gate: Callable[[], None] | None = None
 
 
 @dataclass
@@ -113,13 +123,21 @@ def request_sop_class(event: Event) -> str:
 class Dispatcher:
     """Routes each intervention event to the operation registered for its SOP class."""
 
-    def __init__(self, wrap: Callable[[Operation], Handler]) -> None:
+    def __init__(self, wrap: Callable[[Operation], Handler],
+                 wrap_precheck: Callable[[Operation], Precheck] | None = None) -> None:
         self._wrap = wrap
+        self._wrap_precheck = wrap_precheck
         self._by_class: dict[tuple[InterventionEvent, str], Handler] = {}
         self._default: dict[InterventionEvent, Handler] = {}
+        self._prechecks: dict[tuple[InterventionEvent, str], Precheck] = {}
 
     def add(self, op: Operation) -> None:
         handler = self._wrap(op)
+        if op.precheck is not None and self._wrap_precheck is not None:
+            if op.sop_classes is None:
+                raise ValueError(f"a precheck of {op.event.name} needs its SOP classes")
+            for uid in op.sop_classes:
+                self._prechecks[(op.event, uid)] = self._wrap_precheck(op)
         if op.sop_classes is None:
             if op.event in self._default:
                 raise ValueError(f"two default operations for {op.event.name}")
@@ -146,6 +164,18 @@ class Dispatcher:
                                   f"{request_sop_class(event)}")
             return handler(event)
         return dispatch
+
+
+    def prechecks(self) -> dict[InterventionEvent, Precheck]:
+        """Per event, one precheck dispatching by SOP class (none for a class that has
+        no precheck)."""
+        out: dict[InterventionEvent, Precheck] = {}
+        for event_type in {e for e, _ in self._prechecks}:
+            def check(event: Event, event_type: InterventionEvent = event_type) -> Any:
+                found = self._prechecks.get((event_type, request_sop_class(event)))
+                return found(event) if found is not None else None
+            out[event_type] = check
+        return out
 
 
 def extended_negotiation(services: Iterable[DicomService]) -> Handler | None:

@@ -17,6 +17,8 @@ from pynetdicom.events import Event
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.service import DicomService, Operation, Reply, contexts_for
 from pacs_server.dicom.status import SUCCESS, Service
+from pacs_server.dicom.transport import refused_data_set
+from pacs_server.errors import StorageFull
 from pacs_server.metrics import Metrics
 from pacs_server.services.archive import ArchiveService
 
@@ -30,10 +32,15 @@ def handle_store(event: Event, archive: ArchiveService, bridge: LoopBridge,
     Returns:
         0x0000 stored (or already stored, policy `ignore`). Failures are raised and
         mapped by the handler wrapper: 0x0111 duplicate (policy `reject`), 0xA700 out of
-        resources, 0xA900 dataset does not match, 0xC000 cannot understand.
+        resources (also when the archive was below storage.min_free_bytes as the data
+        set arrived: it was dropped unread), 0xA900 dataset does not match, 0xC000
+        cannot understand.
     """
     started = time.perf_counter()
     request = event.request
+    refusal = refused_data_set(request)
+    if refusal is not None:
+        raise StorageFull(f"not received: {refusal}")
     stored = archive.receive(event.dataset_path, str(event.context.transfer_syntax),
                              str(request.AffectedSOPClassUID or ""),
                              event.assoc.requestor.ae_title, bridge.run,
@@ -58,4 +65,5 @@ def service(sop_classes: Iterable[str], archive: ArchiveService, bridge: LoopBri
         operations=(Operation(evt.EVT_C_STORE,
                               lambda event: handle_store(event, archive, bridge, metrics),
                               Service.C_STORE, "C-STORE"),),
+        receive_gate=archive.check_free_space,
     )

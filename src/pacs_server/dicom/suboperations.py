@@ -10,8 +10,7 @@ SOP Instance UID List.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -40,19 +39,16 @@ def resolve(event: Event, retrieve: RetrieveService,
 
 
 def suboperations(event: Event, service: str, refs: list[StoredRef],
-                  retrieve: RetrieveService, metrics: Metrics, transcode: bool = True,
-                  before_send: Callable[[float], None] | None = None) -> Iterator[Any]:
+                  retrieve: RetrieveService, metrics: Metrics,
+                  transcode: bool = True) -> Iterator[Any]:
     """Yield (0xFF00, StoredFile) per instance, or (0xFE00, None) after a C-CANCEL.
 
     Args:
         service: "C-GET" or "C-MOVE", for logs and metrics.
         transcode: whether an instance may be converted for a peer that does not take
             its stored transfer syntax (`retrieve.transcode`).
-        before_send: called with the time the previous sub-operation finished, just
-            before the next instance is handed over (C-MOVE paces its sends with it).
     """
     for ref in refs:
-        resumed = time.monotonic()
         if event.is_cancelled:
             yield CANCEL, None
             return
@@ -62,7 +58,5 @@ def suboperations(event: Event, service: str, refs: list[StoredRef],
                       sop_instance_uid=ref.sop_instance_uid, error="file missing")
         metrics.retrieved.labels(service).inc()
         metrics.bytes_sent.inc(ref.size)
-        if before_send is not None:
-            before_send(resumed)
         yield PENDING, StoredFile(path, ref.sop_class_uid, ref.sop_instance_uid,
                                   ref.transfer_syntax_uid, transcode)

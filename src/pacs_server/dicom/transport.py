@@ -48,9 +48,11 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
+from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
 
@@ -60,14 +62,20 @@ from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_MOVE
+from pynetdicom.dsutils import decode
+from pynetdicom.events import Event
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
+from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.tls import TlsContexts, peer_subject
-from pacs_server.errors import TranscodeFailed
+from pacs_server.errors import PacsError, TranscodeFailed
 from pacs_server.services import transcode
 
 log = structlog.get_logger(__name__)
@@ -380,6 +388,37 @@ class PacsAssociation(FileSending):
         self.tls_subject = tls_subject or ""
         self.admitted = False
         self.refusal: Refusal | None = None
+        self.move_precheck: Precheck | None = None
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        """Upstream's `_serve_request`, except for a C-MOVE its precheck refuses: that
+        one is answered here with the precheck's status (and Error Comment).
+
+        Upstream: `QueryRetrieveServiceClass._move_scp` takes the destination and the
+        sub-operation count from the handler, then associates with the destination,
+        and only after that takes a status from it; so an identifier invalid for its
+        level (0xA900, PS3.4 C.4.2.1.5) could only be answered after an association
+        to the destination had been opened for nothing.
+        Upstream change that removes this: `_move_scp` accepting a failure status as
+        the handler's first yield.
+        """
+        check = self.move_precheck
+        cx = self._accepted_cx.get(context_id)
+        if (check is not None and cx is not None and isinstance(msg, C_MOVE)
+                and msg.is_valid_request and not self._sent_release):
+            event = Event(self, evt.EVT_C_MOVE, {"request": msg, "context": cx.as_tuple,
+                                                 "_is_cancelled": lambda _msg_id: False})
+            refusal = check(event)
+            if refusal is not None:
+                rsp = C_MOVE()
+                rsp.MessageIDBeingRespondedTo = msg.MessageID
+                rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+                for elem in refusal:        # Status, Error Comment (PS3.7 C.4.2)
+                    if hasattr(rsp, elem.keyword):
+                        setattr(rsp, elem.keyword, elem.value)
+                self.dimse.send_msg(rsp, context_id)
+                return
+        super()._serve_request(msg, context_id)
 
     def run_reactor(self) -> None:
         """Wait for the A-ASSOCIATE-RQ only while the DUL lives, run upstream's reactor,
@@ -497,6 +536,8 @@ class PacsRequestHandler(RequestHandler):
         ae = self.ae
         assoc = PacsAssociation(ae, srv.policy, srv.limits, pending, host, tls_subject)
         assoc._server = srv
+        assoc.move_precheck = srv.prechecks.get(evt.EVT_C_MOVE)
+        gate_data_sets(assoc, srv.receive_gate)
         bound_send_queue(assoc)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.acse_timeout = min(srv.limits.negotiation_timeout, srv.limits.acse_timeout)
@@ -535,11 +576,15 @@ class PacsAssociationServer(ThreadedAssociationServer):
     request_queue_size = 512
 
     def __init__(self, *args: Any, policy: AssociationPolicy, limits: ConnectionLimits,
-                 tls: TlsContexts | None, metrics: Any, **kwargs: Any) -> None:
+                 tls: TlsContexts | None, metrics: Any,
+                 prechecks: dict[Any, Precheck] | None = None,
+                 receive_gate: Callable[[], None] | None = None, **kwargs: Any) -> None:
         self.policy = policy
         self.limits = limits
         self.tls = tls
         self.metrics = metrics
+        self.prechecks = prechecks or {}
+        self.receive_gate = receive_gate     # see gate_data_sets
         kwargs.setdefault("request_handler", PacsRequestHandler)
         super().__init__(*args, **kwargs)
 
@@ -572,8 +617,64 @@ class PacsAssociationServer(ThreadedAssociationServer):
             raise
 
 
+class ExclusiveDimse(DIMSEServiceProvider):
+    """The DIMSE provider of our outgoing associations: while a thread of ours waits for
+    the response to its request, the association's reactor takes nothing off the queue."""
+
+    exchange: threading.Lock
+
+    def get_msg(self, block: bool = False) -> Any:
+        """Upstream's `get_msg`; the reactor's poll gets nothing during an exchange.
+
+        Upstream: the requestor reactor loops "sleep 1 ms; `_is_paused = True`; wait on
+        `_reactor_checkpoint`; `_is_paused = False`; `get_msg(block=False)`", and each
+        send_*() clears the checkpoint, spins until `_is_paused` is true, sends, waits
+        with `get_msg(block=True)` and sets the checkpoint again. Right after a send_*()
+        sets it, the woken reactor has not yet cleared `_is_paused`: the next send_*()
+        sees a stale "paused", sends, and when the reactor thread is scheduled late
+        (any CPU load) it takes the response off the queue ("Received unexpected
+        C-STORE service message") and drops it; the sender waits out the DIMSE timeout
+        and every later C-MOVE sub-operation fails (reproduced by
+        tests/e2e/test_move_under_load.py, 2 of 5 runs with a busy loop per core).
+        Here the sender holds `exchange` from before its request until its response
+        is taken (`RequestorAssociation`), and the reactor's poll takes a message only
+        while holding it too, so a response can never go to the reactor.
+        Upstream change that removes this: the reactor pausing under a lock that
+        send_*() holds (or a condition instead of the flag and the spin), cf.
+        pydicom/pynetdicom#435.
+        """
+        if block or threading.current_thread() is not self.assoc:
+            return super().get_msg(block)
+        if not self.exchange.acquire(blocking=False):
+            return None, None
+        try:
+            return super().get_msg(False)
+        finally:
+            self.exchange.release()
+
+
 class RequestorAssociation(FileSending):
-    """The class of our outgoing associations (C-MOVE sub-operations, reports)."""
+    """The class of our outgoing associations (C-MOVE sub-operations, reports): each
+    request and its response are one exchange the reactor stays out of
+    (`ExclusiveDimse`)."""
+
+    def send_c_store(self, dataset: Any, msg_id: int = 1, priority: int = 2,
+                     originator_aet: str | None = None,
+                     originator_id: int | None = None) -> Dataset:
+        with self._exchange():
+            return super().send_c_store(dataset, msg_id, priority, originator_aet,
+                                        originator_id)
+
+    def send_c_echo(self, msg_id: int = 1) -> Dataset:
+        with self._exchange():
+            return super().send_c_echo(msg_id)
+
+    def send_n_event_report(self, *args: Any, **kwargs: Any) -> Any:
+        with self._exchange():
+            return super().send_n_event_report(*args, **kwargs)
+
+    def _exchange(self) -> threading.Lock:
+        return cast(ExclusiveDimse, self.dimse).exchange
 
 
 class PacsAE(AE):
@@ -582,13 +683,140 @@ class PacsAE(AE):
 
     Upstream `AE.associate()` instantiates `Association` by name; rather than carry a
     copy of that long method, the established association's class is switched to the
-    subclass, which adds one method and no state. Upstream change that removes it: an
-    association class attribute on the AE.
+    subclass (which adds no state), and its DIMSE provider's to `ExclusiveDimse` (one
+    lock). Upstream change that removes it: an association class attribute on the AE.
     """
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:
         assoc = super().associate(*args, **kwargs)
         assoc.__class__ = RequestorAssociation
+        # Before any request of ours: until then nothing can be queued for us.
+        assoc.dimse.exchange = threading.Lock()
+        assoc.dimse.__class__ = ExclusiveDimse
         if assoc.is_established:
             bound_send_queue(assoc)
         return assoc
+
+
+# ----------------------------------------------------------------------------------
+# Receiving into a full archive (storage.min_free_bytes)
+#
+# With chunked receive (dicom/runtime.py) pynetdicom opens a temporary file in the
+# archive's .incoming as soon as a C-STORE-RQ's command set is decoded, and appends
+# every data set fragment to it; the handler runs only once the whole data set is on
+# disk. Below the reserve that writes up to a whole instance (a 2 GB one fills what the
+# reserve is there to keep) before the answer can be 0xA700. Here the command set is
+# looked at first, and a C-STORE data set arriving below the reserve is read from the
+# socket and dropped: no file, nothing held in memory; the Storage SCP then answers
+# 0xA700 Out of Resources with an Error Comment (`refused_data_set`).
+
+def _data_set_follows(command_set: Dataset) -> bool:
+    return command_set.get("CommandDataSetType", 0x0101) != 0x0101
+
+
+class GatedMessage(DIMSEMessage):
+    """A DIMSE message being received; a C-STORE-RQ refused by the gate becomes a
+    `DiscardedStore`, any other message is upstream's."""
+
+    gate: Callable[[], None]
+
+    def decode_msg(self, primitive: Any, assoc: Any = None) -> bool:
+        """Upstream `decode_msg`, unless the last command fragment completes a
+        C-STORE-RQ while the gate refuses data sets: then the command set is decoded
+        as upstream does and the data set fragments are dropped.
+
+        Upstream: on the last command fragment of a C-STORE-RQ creates the data set's
+        temporary file (`NamedTemporaryFile`, the archive's .incoming) and writes
+        every later fragment to it; nothing above the DUL can intervene before the
+        whole data set is stored.
+        Upstream change that removes this: an event (or callback) on the decoded
+        command set of a C-STORE-RQ that may refuse its data set before it is written.
+        """
+        pdvs = getattr(primitive, "presentation_data_value_list", None) or []
+        if primitive.__class__ is P_DATA:
+            for index, (context_id, data) in enumerate(pdvs):
+                if not data or data[0] & 3 != 3:
+                    continue
+                refusal = self._refusal(data)
+                if refusal is None:
+                    break
+                # Earlier fragments of this primitive are command fragments too.
+                for _cx, earlier in pdvs[:index]:
+                    self.encoded_command_set.write(earlier[1:])
+                self.encoded_command_set.write(data[1:])
+                self.context_id = context_id
+                self.command_set = decode(self.encoded_command_set, True, True)
+                self.__class__ = DiscardedStore
+                cast(DiscardedStore, self).refusal = refusal
+                rest = P_DATA()
+                rest.presentation_data_value_list = pdvs[index + 1:]
+                return self.decode_msg(rest, assoc)
+        return super().decode_msg(primitive, assoc)
+
+    def _refusal(self, last_fragment: bytes) -> str | None:
+        """Why the data set of the command set ending in the PDV `last_fragment` (its
+        control header byte first) must not be received, or None (the gate is asked
+        first: one statvfs, nothing decoded or copied)."""
+        try:
+            self.gate()
+            return None
+        except PacsError as exc:
+            reason = str(exc)
+        try:
+            command = decode(BytesIO(self.encoded_command_set.getvalue() + last_fragment[1:]),
+                             True, True)
+            is_store = int(command.CommandField) == 0x0001 and _data_set_follows(command)
+        except Exception:  # upstream reports a malformed command set
+            return None
+        return reason if is_store else None
+
+
+class DiscardedStore(C_STORE_RQ):
+    """A C-STORE-RQ whose data set fragments are read and dropped."""
+
+    refusal: str
+
+    def decode_msg(self, primitive: Any, assoc: Any = None) -> bool:
+        for _cx, data in getattr(primitive, "presentation_data_value_list", None) or []:
+            if data and data[0] & 3 == 2:       # the last data set fragment
+                return True
+        return False
+
+    def message_to_primitive(self) -> Any:
+        # Upstream maps the message to its primitive by class name: be C_STORE_RQ again.
+        refusal = self.refusal
+        self.__class__ = C_STORE_RQ
+        primitive = self.message_to_primitive()
+        primitive.refused_data_set = refusal
+        return primitive
+
+
+def refused_data_set(request: Any) -> str | None:
+    """Why a C-STORE request's data set was dropped unread (None: it was received)."""
+    return getattr(request, "refused_data_set", None)
+
+
+class GatedDimse(DIMSEServiceProvider):
+    """The acceptor's DIMSE provider: each message is received as a `GatedMessage`."""
+
+    gate: Callable[[], None]
+
+    def receive_primitive(self, primitive: Any) -> None:
+        """Upstream's, with the next message started as a `GatedMessage` (upstream
+        starts a plain `DIMSEMessage` when none is in progress)."""
+        if self.message is None:
+            message = DIMSEMessage()            # upstream's __init__ keys on the class name
+            message.__class__ = GatedMessage
+            cast(GatedMessage, message).gate = self.gate
+            self.message = message
+        super().receive_primitive(primitive)
+
+
+def gate_data_sets(assoc: Association, gate: Callable[[], None] | None) -> None:
+    """Have `gate` (raising PacsError to refuse) decide on each C-STORE data set of the
+    association before any of it is written."""
+    if gate is None:
+        return
+    dimse = assoc.dimse
+    dimse.gate = gate
+    dimse.__class__ = GatedDimse
