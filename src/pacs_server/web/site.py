@@ -12,13 +12,15 @@ from pacs_server.errors import NotAuthorized, StartupError
 from pacs_server.web import api, status
 from pacs_server.web.errors import error_middleware
 from pacs_server.web.ports import Control
+from pacs_server.web.viewer import ViewerSite
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(control: Control,
-              count: Callable[[str, int], None] | None = None) -> web.Application:
-    """The aiohttp application: open routes, /api behind the token, one error table."""
+def build_app(control: Control, count: Callable[[str, int], None] | None = None,
+              viewer: ViewerSite | None = None) -> web.Application:
+    """The aiohttp application: open routes, /api behind the token, the viewer (when
+    given), one error table."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -43,6 +45,8 @@ def build_app(control: Control,
                           client_max_size=1 << 20)
     app.add_routes(status.routes(control))
     app.add_routes(api.routes(control))
+    if viewer is not None:
+        app.add_routes(viewer.routes())
     return app
 
 
@@ -52,8 +56,9 @@ class HttpSide:
     name = "http"
 
     def __init__(self, control: Control, host: str, port: int,
-                 count: Callable[[str, int], None] | None = None) -> None:
-        self._app = build_app(control, count)
+                 count: Callable[[str, int], None] | None = None,
+                 viewer: ViewerSite | None = None) -> None:
+        self._app = build_app(control, count, viewer)
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
