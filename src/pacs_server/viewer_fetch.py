@@ -52,6 +52,12 @@ _COMPRESS_MIN = 1024
 _SKIP = {"_headers", "_redirects", "app-config.js"}
 
 
+def viewer_link(study_uid: str) -> str:
+    """The path that opens a study in the viewer (web/viewer.py redirects `/viewer?...`
+    to OHIF's viewer route)."""
+    return f"{BASE.rstrip('/')}?StudyInstanceUIDs={study_uid}"
+
+
 class FetchError(Exception):
     """The viewer could not be fetched or unpacked; the message says why."""
 

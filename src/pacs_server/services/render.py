@@ -114,6 +114,39 @@ def render(path: Path, opts: RenderOptions) -> bytes:
     return _encode(image, opts)
 
 
+def representative(paths: list[Path]) -> Path:
+    """The instance a series or study thumbnail shows: among those with pixel data, the
+    middle one (by Instance Number) of the first series (by Series Number).
+
+    Raises:
+        NotFound: none has pixel data.
+    """
+    keyed = []
+    for path in paths:
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=_PICK_TAGS)
+        except (OSError, ValueError):
+            continue        # gone or unreadable: another one is shown
+        if "Rows" in ds:
+            keyed.append((_number(ds, "SeriesNumber"), str(ds.get("SeriesInstanceUID", "")),
+                          _number(ds, "InstanceNumber"), str(path)))
+    if not keyed:
+        raise NotFound("nothing here has pixel data to render")
+    keyed.sort()
+    first = [k for k in keyed if k[:2] == keyed[0][:2]]
+    return Path(first[(len(first) - 1) // 2][3])
+
+
+_PICK_TAGS = [0x00200011, 0x0020000E, 0x00200013, 0x00280010]
+
+
+def _number(ds: Dataset, keyword: str) -> int:
+    try:
+        return int(ds.get(keyword) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _to_8bit(arr: np.ndarray, ds: Dataset, window: Window | None) -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
