@@ -38,6 +38,8 @@ from pathlib import Path
 PACKAGE = "@ohif/app"
 # version -> the registry's dist.integrity (`npm view @ohif/app@<version> dist.integrity`).
 RELEASES = {
+    "3.12.10": "sha512-0kuF66Mq9c9dMD++bUsTjMrJpXJwaZhz9B4uS244DawAjSkTwIYFU93pxPuRUQixaRi7QAHlF3"
+               "Fe1qudBlZrmA==",
     "3.13.2": "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq"
               "+jd5xXZB9E8EA==",
 }
@@ -162,7 +164,7 @@ def _unpack(tarball: Path, out: Path) -> None:
 
 # What points at the root of the site in the npm build, and its form under `base`.
 _HTML_ATTR = re.compile(r'((?:href|src|content)=")/(?!/)')
-_PUBLIC_URL = re.compile(r'(window\.PUBLIC_URL\s*=\s*)"/"')
+_PUBLIC_URL = re.compile(r"""(window\.PUBLIC_URL\s*=\s*)(["'])/\2""")
 _WEBPACK_PUBLIC_PATH = re.compile(r'(__webpack_require__\.p\s*=\s*)"/"')
 _ROOT_STRING_JS = re.compile(r"""(['"])/(dicom-microscopy-viewer|assets|ort)/""")
 _CSS_URL = re.compile(r"""url\((['"]?)/(?!/)""")
@@ -176,7 +178,7 @@ def rewrite_text(name: str, text: str, base: str) -> str:
     suffix = Path(name).suffix
     if suffix == ".html":
         text = _HTML_ATTR.sub(lambda m: m.group(1) + base, text)
-        text = _PUBLIC_URL.sub(lambda m: f'{m.group(1)}"{base}"', text)
+        text = _PUBLIC_URL.sub(lambda m: f"{m.group(1)}{m.group(2)}{base}{m.group(2)}", text)
     elif suffix in (".js", ".mjs"):
         text = _WEBPACK_PUBLIC_PATH.sub(lambda m: f'{m.group(1)}"{base}"', text)
         text = _ROOT_STRING_JS.sub(lambda m: f"{m.group(1)}{prefix}/{m.group(2)}/", text)
