@@ -44,6 +44,7 @@ from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
 from pacs_server.services.commitment import CommitmentService
+from pacs_server.services.dicomweb import DicomWeb
 from pacs_server.services.maintenance import Maintenance
 from pacs_server.services.mpps import MppsService
 from pacs_server.services.query import QueryService
@@ -242,22 +243,29 @@ class PacsApp:
         hub = EventHub(asyncio.get_running_loop())
         server.tracker.listen(hub.publish)
         server.tracker.listen(audit.association_event)
-        parts = ServerParts(server, archive, self.metrics, hub, audit=audit.admin_call)
+        parts = ServerParts(server, archive, self.metrics, hub, audit=audit.admin_call,
+                            audit_web=audit.web_request)
         if self._index is not None and queries is not None:
             index = self._index
             parts.repo, parts.queries = index.repo, queries
             parts.admin, parts.inventory = index.admin, index.inventory
             parts.maintenance = Maintenance(archive, index.repo, index.admin, index.inventory,
                                             bridge.run)
+            if cfg.dicomweb.enabled:
+                parts.dicomweb = DicomWeb(
+                    queries, archive, bridge.run,
+                    resolve_storage_classes(cfg.storage.accepted_sop_classes),
+                    lambda: self.cfg.dicomweb, cfg.server.ae_title)
         self.control = control = ServerControl(parts, cfg)
         await control.load()
         self._subscribe(control.reconfigure)
         self._subscribe(lambda c: audit.reopen(c.logging.audit_file))
         if cfg.monitoring.serves:
-            viewer = (ViewerSite(Path(cfg.viewer.path), cfg.viewer.version, "/dicom-web")
+            viewer = (ViewerSite(Path(cfg.viewer.path), cfg.viewer.version, cfg.dicomweb.root)
                       if cfg.viewer.enabled else None)
             http = await self._start(HttpSide(
                 control, cfg.monitoring.bind_host, cfg.monitoring.metrics_port,
+                cfg.dicomweb,
                 lambda route, status: self.metrics.http_requests.labels(
                     route, str(status)).inc(), viewer))
             self.metrics_port = control.http_port = http.port

@@ -13,6 +13,9 @@ Event names follow DICOM PS3.15 A.5 / IHE ATNA (RFC 3881 vocabulary, DCM codes):
 | C-FIND (and worklist)           | Query (110112)                          | E      |
 | C-GET / C-MOVE                  | Begin Transferring DICOM Instances (110102) | R  |
 | admin API call                  | Application Activity (110100)           | E      |
+| DICOMweb QIDO-RS                | Query (110112)                          | E      |
+| DICOMweb WADO-RS / WADO-URI     | Begin Transferring DICOM Instances (110102) | R  |
+| DICOMweb STOW-RS                | DICOM Instances Transferred (110104)    | C      |
 
 `AuditLog` is thread-safe (association threads write), line-buffered and reopened by
 `reopen()` on SIGHUP, so logrotate can move the file away.
@@ -45,6 +48,12 @@ _OPERATION_EVENTS = {
     "MWL C-FIND": (QUERY, "E"),
     "C-GET": (BEGIN_TRANSFERRING, "R"),
     "C-MOVE": (BEGIN_TRANSFERRING, "R"),
+}
+_WEB_EVENTS = {
+    "QIDO-RS": (QUERY, "E"),
+    "WADO-RS": (BEGIN_TRANSFERRING, "R"),
+    "WADO-URI": (BEGIN_TRANSFERRING, "R"),
+    "STOW-RS": (INSTANCES_TRANSFERRED, "C"),
 }
 _PASSED = ("failed", "kind", "assoc", "peer", "calling_ae", "called_ae", "operation",
            "status", "bytes", "tls_subject")
@@ -157,3 +166,11 @@ class AuditLog:
                     "action": "E", "outcome": "0" if outcome == "success" else "4",
                     "service": "admin-api", "subtype": action, "result": outcome,
                     **fields})
+
+    def web_request(self, service: str, status: int, **fields: Any) -> None:
+        """A DICOMweb request (`service` QIDO-RS | WADO-RS | WADO-URI | STOW-RS), with its
+        HTTP status: 2xx success, 4xx minor failure, 5xx serious failure."""
+        (code, name), action = _WEB_EVENTS.get(service, (APPLICATION_ACTIVITY, "E"))
+        outcome = "0" if status < 400 else "4" if status < 500 else "8"
+        self.write({"event": name, "event_id": code, "action": action, "outcome": outcome,
+                    "service": service, "http_status": status, **fields})

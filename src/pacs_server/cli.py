@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pacs_server", allow_abbrev=False,
         epilog="administration: pacs_server worklist add|list|show|remove ... "
                "(pacs_server worklist --help); pacs_server mpps list|show "
-               "(pacs_server mpps --help)",
+               "(pacs_server mpps --help); pacs_server hash-password (a DICOMweb user's "
+               "password_hash, from stdin or a prompt)",
         description="DICOM archive: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET, Worklist, MPPS, "
                     "Storage Commitment.")
     p.add_argument("command", nargs="?", default="run",
@@ -66,6 +67,8 @@ def fail(message: str, code: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hash-password"]:
+        return hash_password_command(argv[1:])
     if argv[:1] == ["mpps"]:
         from pacs_server import mpps_cli
 
@@ -131,3 +134,28 @@ async def _init_db(cfg: Config) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def hash_password_command(argv: list[str]) -> int:
+    """`pacs_server hash-password`: print the hash of a password read from stdin (one
+    line) or typed at a prompt, for `dicomweb.users[].password_hash`."""
+    import getpass
+
+    from pacs_server.passwords import hash_password
+
+    if argv:
+        print("usage: pacs_server hash-password  (the password on stdin or at the prompt)",
+              file=sys.stderr)
+        return ExitCode.CONFIG
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("pacs_server: the passwords differ", file=sys.stderr)
+            return ExitCode.CONFIG
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("pacs_server: empty password", file=sys.stderr)
+        return ExitCode.CONFIG
+    print(hash_password(password))
+    return ExitCode.OK

@@ -346,6 +346,70 @@ class WorklistConfig:
                               f"got {self.retention_days}")
 
 
+DicomWebAccess = Literal["loopback", "open", "credentials"]
+
+
+@dataclass(frozen=True)
+class DicomWebUser:
+    name: str = setting("", "user name of HTTP Basic authentication")
+    password_hash: str = setting(
+        "", "the password hashed by `pacs_server hash-password` (never the password)")
+
+    def check(self, source: str, key: str) -> None:
+        if not self.name or ":" in self.name:
+            raise ConfigError(f"{source}: {key}.name: must be non-empty without ':'")
+        from pacs_server.passwords import is_password_hash
+
+        if not is_password_hash(self.password_hash):
+            raise ConfigError(f"{source}: {key}.password_hash: not a hash made by "
+                              "`pacs_server hash-password`")
+
+
+@dataclass(frozen=True)
+class DicomWebConfig:
+    """DICOMweb (PS3.18: QIDO-RS, WADO-RS, STOW-RS, WADO-URI) on the HTTP side."""
+
+    enabled: bool = setting(True, "serve DICOMweb on the HTTP side (needs the index)")
+    root: str = setting("/dicom-web", "path under which the DICOMweb services live")
+    access: DicomWebAccess = setting(
+        "loopback", "loopback: only clients on this host, no credentials | open: anyone | "
+        "credentials: a bearer token or an HTTP Basic user", reload=True)
+    token: str = setting("", "bearer token accepted when access is credentials; empty = none",
+                         reload=True)
+    users: list[DicomWebUser] = setting(
+        [], "HTTP Basic users when access is credentials: list of {name, password_hash}",
+        reload=True)
+    cors_origins: list[str] = setting(
+        [], "origins allowed by CORS (e.g. https://viewer.example.org, or *); "
+        "empty = same origin only", reload=True)
+    max_request_bytes: int = setting(
+        4 << 30, "largest STOW-RS request body accepted (413 above it)", reload=True)
+    read_timeout: float = setting(
+        30.0, "seconds a STOW-RS request may send nothing before it is answered 408",
+        reload=True)
+    max_results: int = setting(
+        1000, "QIDO-RS matches per response when the request has no limit", reload=True)
+
+    def check(self, source: str) -> None:
+        if not self.root.startswith("/") or self.root.endswith("/") or "//" in self.root:
+            raise ConfigError(f"{source}: dicomweb.root: must start with / and not end "
+                              f"with one, got {self.root!r}")
+        if self.token and len(self.token) < 16:
+            raise ConfigError(f"{source}: dicomweb.token: must be at least 16 characters")
+        for i, user in enumerate(self.users):
+            user.check(source, f"dicomweb.users[{i}]")
+        for origin in self.cors_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"{source}: dicomweb.cors_origins: {origin!r} is not "
+                                  "an origin such as https://host:port, or *")
+        if self.max_request_bytes < 1:
+            raise ConfigError(f"{source}: dicomweb.max_request_bytes: must be at least 1")
+        if self.read_timeout <= 0:
+            raise ConfigError(f"{source}: dicomweb.read_timeout: must be greater than 0")
+        if self.max_results < 1:
+            raise ConfigError(f"{source}: dicomweb.max_results: must be at least 1")
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     ae_title: str = setting("", "AE title of the remote node")
@@ -375,6 +439,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     worklist: WorklistConfig = field(default_factory=WorklistConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    dicomweb: DicomWebConfig = field(default_factory=DicomWebConfig)
     peers: list[PeerConfig] = field(
         default_factory=list,
         metadata={"help": "C-MOVE destinations and Storage Commitment requesters: "

@@ -38,6 +38,7 @@ from pacs_server.index.repository import IndexRepository
 from pacs_server.metrics import Metrics
 from pacs_server.services.archive import ArchiveService
 from pacs_server.services.browse import browse
+from pacs_server.services.dicomweb import DicomWeb
 from pacs_server.services.maintenance import Maintenance
 from pacs_server.services.query import QueryService
 from pacs_server.viewer_fetch import viewer_link
@@ -71,7 +72,9 @@ class ServerParts:
     inventory: Inventory | None = None
     queries: QueryService | None = None
     maintenance: Maintenance | None = None
+    dicomweb: DicomWeb | None = None
     audit: Callable[..., None] = field(default=lambda *a, **k: None)
+    audit_web: Callable[..., None] = field(default=lambda *a, **k: None)
 
 
 class ServerControl:
@@ -112,6 +115,12 @@ class ServerControl:
 
     def audit(self, action: str, outcome: str, **fields: Any) -> None:
         self._p.audit(action, outcome, **fields)
+
+    def dicomweb(self) -> DicomWeb | None:
+        return self._p.dicomweb
+
+    def audit_web(self, service: str, status: int, **fields: Any) -> None:
+        self._p.audit_web(service, status, **fields)
 
     async def status(self) -> dict[str, Any]:
         p, cfg = self._p, self._cfg

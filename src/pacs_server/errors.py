@@ -160,3 +160,25 @@ class ConflictingRequest(PacsError):
 
 class ServiceUnavailable(PacsError):
     """The server cannot do this now (stopping, no index)."""
+
+
+# --- DICOMweb (PS3.18; web/errors.py maps these to HTTP statuses) --------------------
+
+class Forbidden(PacsError):
+    """The client is known (or local policy decides) and may not do this."""
+
+
+class NotAcceptable(PacsError):
+    """None of the media types the client accepts can be produced (406)."""
+
+
+class UnsupportedMediaType(PacsError):
+    """A request body in a media type the service does not read (415)."""
+
+
+class RequestTooLarge(PacsError):
+    """A request body above the configured limit (413)."""
+
+
+class RequestTimeout(PacsError):
+    """The client stopped sending its request body (408)."""

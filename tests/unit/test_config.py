@@ -16,6 +16,7 @@ from pacs_server.config import (
     reloadable_changes,
 )
 from pacs_server.errors import ConfigError
+from pacs_server.passwords import hash_password
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -247,6 +248,9 @@ def _other_value(key: str, default: Any) -> Any:
         "tls.min_version": "1.3",
         "admin.token": "a-token-of-twenty-four-c",
         "viewer.version": "3.12.10",
+        "dicomweb.token": "a-dicomweb-token-of-24ch",
+        "dicomweb.users": [{"name": "viewer", "password_hash": hash_password("secret")}],
+        "dicomweb.cors_origins": ["https://viewer.example.org"],
     }
     if key in special:
         return special[key]

@@ -91,6 +91,7 @@ class StoredInstance:
     outcome: StoreOutcome
     patient_id: str = ""
     study_uid: str = ""
+    series_uid: str = ""
 
 
 @dataclass
@@ -192,7 +193,8 @@ class ArchiveService:
                     self.stats.failed += 1
             raise
         return StoredInstance(rec.sop_instance_uid, rec.size, outcome,
-                              str(rec.patient.get("patient_id", "")), rec.study_instance_uid)
+                              str(rec.patient.get("patient_id", "")), rec.study_instance_uid,
+                              rec.series_instance_uid)
 
     # ----------------------------------------------------------- the store protocol
     def store(self, staged: StagedInstance, run: Runner) -> StoreOutcome:

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr
 from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -113,6 +114,12 @@ def convert(path: Path, target: str) -> Dataset:
     ds.set_original_encoding(dest.is_implicit_VR, dest.is_little_endian,
                              ds.original_character_set)
     return ds
+
+
+def lossy_syntax(ts: str) -> bool:
+    """A syntax whose pixels may be lossy without the instance saying so (JPEG 2000
+    counted, since only Lossy Image Compression tells its two modes apart)."""
+    return ts in _ALWAYS_LOSSY or ts == JPEG2000
 
 
 def _is_lossy(ts: UID, ds: Dataset) -> bool:

@@ -29,7 +29,8 @@ from pacs_server.errors import StartupError, StorageFull, StorageUnavailable
 INCOMING = ".incoming"
 JOURNAL = ".journal"
 QUARANTINE = ".quarantine"
-_PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE)
+CACHE = ".cache"            # derived data (DICOMweb metadata), rebuilt when missing
+PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE, CACHE)
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -214,7 +215,7 @@ class FileStore:
         files = size = 0
         for dirpath, dirnames, filenames in os.walk(self.root):
             if dirpath == str(self.root):
-                dirnames[:] = [d for d in dirnames if d not in _PRIVATE_DIRS]
+                dirnames[:] = [d for d in dirnames if d not in PRIVATE_DIRS]
             for name in filenames:
                 try:
                     size += os.stat(os.path.join(dirpath, name)).st_size

@@ -12,15 +12,21 @@ from aiohttp import web
 
 from pacs_server.errors import (
     ConflictingRequest,
+    Forbidden,
     IndexUnavailable,
     InvalidQuery,
     InvalidRequest,
+    NotAcceptable,
     NotAuthorized,
     NotFound,
     PacsError,
+    RequestTimeout,
+    RequestTooLarge,
     ServiceUnavailable,
     StorageFull,
     StorageUnavailable,
+    TranscodeFailed,
+    UnsupportedMediaType,
 )
 
 log = structlog.get_logger(__name__)
@@ -29,8 +35,14 @@ HTTP_STATUS: dict[type[PacsError], int] = {
     InvalidRequest: 400,
     InvalidQuery: 400,
     NotAuthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
+    NotAcceptable: 406,
+    TranscodeFailed: 406,       # the requested transfer syntax cannot be produced
+    RequestTimeout: 408,
     ConflictingRequest: 409,
+    RequestTooLarge: 413,
+    UnsupportedMediaType: 415,
     StorageFull: 507,
     StorageUnavailable: 503,
     IndexUnavailable: 503,

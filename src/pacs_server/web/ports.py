@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from pacs_server.services.dicomweb import DicomWeb
+
 
 class Control(Protocol):
     """The running server as the HTTP side sees it. Plain values in and out."""
@@ -18,6 +20,12 @@ class Control(Protocol):
 
     def audit(self, action: str, outcome: str, **fields: Any) -> None:
         """Record an admin API call in the audit log."""
+
+    def dicomweb(self) -> DicomWeb | None:
+        """The DICOMweb use cases (None without an index)."""
+
+    def audit_web(self, service: str, status: int, **fields: Any) -> None:
+        """Record a DICOMweb request in the audit log."""
 
     async def status(self) -> dict[str, Any]: ...
 

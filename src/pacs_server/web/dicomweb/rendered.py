@@ -55,15 +55,48 @@ def options(request: web.Request, frame: int = 1, thumbnail: bool = False
         viewport: tuple[int, int] | None = render.parse_viewport(query["viewport"])
     else:
         viewport = (render.THUMBNAIL_SIZE,) * 2 if thumbnail else None
-    quality = 90
-    if query.get("quality"):
-        try:
-            quality = int(query["quality"])
-        except ValueError:
-            quality = 0
-        if not 1 <= quality <= 100:
-            raise InvalidQuery("quality: an integer 1-100")
+    quality = _int(query.get("quality", ""), "quality", 90, 100)
     return render.RenderOptions(media_type(request), frame, window, viewport, quality)
+
+
+def _int(text: str, name: str, default: int, high: int) -> int:
+    if not text:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= high:
+        raise InvalidQuery(f"{name}: an integer 1-{high}, got {text[:20]!r}")
+    return int(text)
+
+
+async def wado_uri(request: web.Request, backend: DicomWeb, kinds: list[str]
+                   ) -> web.Response:
+    """WADO-URI's rendered answer (PS3.18 9.1.2: contentType image/jpeg, the default, or
+    image/png; rows, columns, windowCenter with windowWidth, frameNumber, imageQuality).
+
+    Raises:
+        NotAcceptable: no contentType we render (406). InvalidQuery: a bad parameter.
+    """
+    mime = next((k for k in kinds if k in render.MEDIA_TYPES),
+                "image/jpeg" if {"*/*", "image/*"} & set(kinds) else None)
+    if mime is None:
+        raise NotAcceptable("WADO-URI answers contentType application/dicom, image/jpeg "
+                            f"or image/png, not {', '.join(kinds)}")
+    query = request.query
+    window = None
+    center, width = query.get("windowCenter", ""), query.get("windowWidth", "")
+    if center or width:
+        if not (center and width):
+            raise InvalidQuery("windowCenter and windowWidth go together")
+        window = render.parse_window(f"{center},{width}")
+    rows = _int(query.get("rows", ""), "rows", 0, render.MAX_VIEWPORT)
+    columns = _int(query.get("columns", ""), "columns", 0, render.MAX_VIEWPORT)
+    viewport = ((columns or render.MAX_VIEWPORT, rows or render.MAX_VIEWPORT)
+                if rows or columns else None)
+    opts = render.RenderOptions(
+        mime, _int(query.get("frameNumber", ""), "frameNumber", 1, 1 << 31), window,
+        viewport, _int(query.get("imageQuality", ""), "imageQuality", 90, 100))
+    return await rendered_response(backend, opts, StudyInstanceUID=query["studyUID"],
+                                   SeriesInstanceUID=query["seriesUID"],
+                                   SOPInstanceUID=query["objectUID"])
 
 
 def frame_number(text: str) -> int:

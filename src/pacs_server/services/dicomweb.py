@@ -1,0 +1,53 @@
+"""`DicomWeb`: what the DICOMweb endpoints (web/dicomweb/) are handed, built by the
+composition root from the parts the DICOM side uses: the QueryService (C-FIND
+matching), the archive (the C-STORE path) and its file store, and the bridge's runner
+for index calls from worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from pacs_server.config import DicomWebConfig
+from pacs_server.index.records import StoredRef
+from pacs_server.services.archive import ArchiveService, Runner
+from pacs_server.services.dicomweb_metadata import MetadataCache
+from pacs_server.services.dicomweb_query import DicomWebQueries
+from pacs_server.services.dicomweb_retrieve import DicomWebRetrieve
+from pacs_server.services.dicomweb_store import PartResult, store_part
+from pacs_server.services.query import QueryService
+
+__all__ = ["DicomWeb", "PartResult"]
+
+
+class DicomWeb:
+    """The DICOMweb use cases over the server's services; `config()` is the section
+    now in force (reloadable parts: access, users, CORS origins, limits)."""
+
+    def __init__(self, queries: QueryService, archive: ArchiveService, run: Runner,
+                 accepted_sop_classes: tuple[str, ...],
+                 config: Callable[[], DicomWebConfig], ae_title: str) -> None:
+        self.search = DicomWebQueries(queries)
+        self.retrieve = DicomWebRetrieve(queries, archive.files)
+        self.metadata = MetadataCache(archive.files.root)
+        self.config = config
+        self.ae_title = ae_title
+        self._archive = archive
+        self._run = run
+        self._accepted = frozenset(accepted_sop_classes)
+
+    @property
+    def incoming(self) -> Path:
+        """Where received parts are written (the archive's filesystem)."""
+        return self._archive.files.incoming
+
+    async def store(self, part: Path, study_uid: str, source: str) -> PartResult:
+        """One STOW-RS part through the C-STORE path, in a worker thread."""
+        return await asyncio.to_thread(store_part, self._archive, part, self._accepted,
+                                       study_uid, source, self._run)
+
+    async def series_metadata(self, series_refs: list[StoredRef], series_uid: str) -> bytes:
+        """The series' metadata JSON, gzipped (cached; built in a worker thread)."""
+        return await asyncio.to_thread(self.metadata.series, series_uid, series_refs,
+                                       self.retrieve.path)
