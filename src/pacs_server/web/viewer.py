@@ -49,7 +49,8 @@ window.config = {{
   investigationalUseDialog: {{ option: 'never' }},
   extensions: [],
   modes: [],
-  customizationService: {{}},
+  // No guided tour on the first visit of the viewer route.
+  customizationService: {{ 'ohif.tours': {{ $set: [] }} }},
   maxNumberOfWebWorkers: 3,
   showWarningMessageForCrossOrigin: false,
   showCPUFallbackMessage: true,
