@@ -31,7 +31,18 @@ import structlog
 from pacs_server.audit import AuditLog
 from pacs_server.config import Config, PeerConfig, merge_reloadable, reloadable_changes
 from pacs_server.control import ServerControl, ServerParts
-from pacs_server.dicom import commitment, echo, find, get, move, mpps, runtime, store, worklist
+from pacs_server.dicom import (
+    commitment,
+    echo,
+    find,
+    get,
+    move,
+    mpps,
+    runtime,
+    store,
+    tls,
+    worklist,
+)
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.commitment_delivery import CommitmentDelivery
 from pacs_server.dicom.server import DicomListener, DicomServer
@@ -263,11 +274,12 @@ class PacsApp:
         if cfg.monitoring.serves:
             viewer = (ViewerSite(Path(cfg.viewer.path), cfg.viewer.version, cfg.dicomweb.root)
                       if cfg.viewer.enabled else None)
+            https = tls.https_context(cfg.tls) if cfg.monitoring.https else None
             http = await self._start(HttpSide(
                 control, cfg.monitoring.bind_host, cfg.monitoring.metrics_port,
                 cfg.dicomweb,
                 lambda route, status: self.metrics.http_requests.labels(
-                    route, str(status)).inc(), viewer))
+                    route, str(status)).inc(), ssl_context=https, viewer=viewer))
             self.metrics_port = control.http_port = http.port
 
     async def _start(self, component: C) -> C:

@@ -237,6 +237,9 @@ class MonitoringConfig:
     host: str = setting("127.0.0.1", "address of the HTTP side")
     metrics_host: str = setting("", "older name of monitoring.host; when set it wins")
     metrics_port: int = setting(9110, "port of the HTTP side; -1 disables it, 0 = ephemeral")
+    https: bool = setting(
+        False, "serve the HTTP side (DICOMweb, /metrics, /api) over HTTPS with the "
+        "certificate of tls.cert_path and tls.key_path")
 
     @property
     def bind_host(self) -> str:
@@ -608,6 +611,8 @@ def validate(cfg: Config) -> None:
     if cfg.server.port == -1 and not cfg.tls.enabled:
         raise ConfigError(f"{s}: server.port: -1 turns the plain listener off, so tls.enabled "
                           "must be true (else nothing listens)")
+    if cfg.monitoring.https and not (cfg.tls.cert_path and cfg.tls.key_path):
+        raise ConfigError(f"{s}: monitoring.https: needs tls.cert_path and tls.key_path")
     seen: set[str] = set()
     for i, peer in enumerate(cfg.peers):
         peer.check(s, f"peers[{i}]")

@@ -272,8 +272,8 @@ def _other_value(key: str, default: Any) -> Any:
 def test_each_change_is_reloadable_or_needs_a_restart(key: str, reloadable: bool) -> None:
     """Every setting, changed alone, lands on the side its `reload` metadata says."""
     default = dict((k, d) for k, _, d in iter_fields())[key]
-    # The TLS listener cannot be enabled without a certificate: both sides have one.
-    base = TLS_FILES if key == "tls.enabled" else {}
+    # The TLS listener and HTTPS need a certificate: both sides have one.
+    base = TLS_FILES if key in ("tls.enabled", "monitoring.https") else {}
     new = load_config(None, {**base, key: _other_value(key, default)})
     expected = ([key], []) if reloadable else ([], [key])
     assert reloadable_changes(load_config(None, base), new) == expected

@@ -105,6 +105,15 @@ def server_context(cfg: TlsConfig) -> ssl.SSLContext:
     return ctx
 
 
+def https_context(cfg: TlsConfig) -> ssl.SSLContext:
+    """The HTTP side's context (monitoring.https): our certificate, the same versions and
+    ciphers; no client certificate asked (DICOMweb authenticates with a bearer token or
+    HTTP Basic, which browsers can send)."""
+    ctx = _base_context(cfg, ssl.Purpose.CLIENT_AUTH)
+    _load_identity(ctx, cfg)
+    return ctx
+
+
 def client_context(cfg: TlsConfig) -> ssl.SSLContext:
     """The context for associations we open to peers marked `tls: true`: the peer's
     certificate is verified (ca_path, else the system store) and ours is presented."""

@@ -4,6 +4,7 @@ server's loop (no thread, no signal handlers of its own: `handle_signals=False`)
 from __future__ import annotations
 
 import errno
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -66,8 +67,10 @@ class HttpSide:
     def __init__(self, control: Control, host: str, port: int,
                  dicomweb: DicomWebConfig | None = None,
                  count: Callable[[str, int], None] | None = None,
+                 ssl_context: ssl.SSLContext | None = None,
                  viewer: ViewerSite | None = None) -> None:
         self._app = build_app(control, count, dicomweb, viewer)
+        self._ssl = ssl_context
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -77,7 +80,8 @@ class HttpSide:
         runner = web.AppRunner(self._app, handle_signals=False, access_log=None,
                                shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        site = web.TCPSite(runner, self._host, self._port, reuse_address=True,
+                           ssl_context=self._ssl)
         try:
             await site.start()
         except OSError as exc:
