@@ -137,7 +137,11 @@ def install(dest: Path, version: str = DEFAULT_VERSION, tarball: Path | None = N
             {"package": PACKAGE, "version": version, "integrity": expected, "base": BASE}))
         if target.exists():
             shutil.rmtree(target)
-        os.replace(unpacked, target)
+        try:
+            os.replace(unpacked, target)
+        except OSError as exc:
+            if not is_installed(dest, version):     # else another run just finished it
+                raise FetchError(f"cannot move the viewer into {target}: {exc}") from None
     log(f"{PACKAGE}@{version} verified and unpacked into {target}")
     return target
 
@@ -243,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         install(dest, args.version, args.tarball)
-    except FetchError as exc:
+    except (FetchError, OSError) as exc:       # OSError: disk full, permissions
         print(f"fetch-viewer: {exc}", file=sys.stderr)
         return 1
     return 0
