@@ -264,7 +264,7 @@ class PacsApp:
                                             bridge.run)
             if cfg.dicomweb.enabled:
                 parts.dicomweb = DicomWeb(
-                    queries, archive, bridge.run,
+                    queries, index.repo, archive, bridge.run,
                     resolve_storage_classes(cfg.storage.accepted_sop_classes),
                     lambda: self.cfg.dicomweb, cfg.server.ae_title)
         self.control = control = ServerControl(parts, cfg)

@@ -177,6 +177,19 @@ class IndexReader:
             return (await conn.execute(select(Instance.path).where(
                 Instance.sop_instance_uid == sop_instance_uid))).scalar()
 
+    async def series_version(self, study_uid: str, series_uid: str) -> tuple[int, int]:
+        """(instances, newest instance row id) of a series of a study: (0, 0) when it has
+        none. Any store, replacement or removal in the series changes it (a replacement
+        is a new row), so derived data of the series can be keyed by it."""
+        stmt = (select(func.count(Instance.pk), func.coalesce(func.max(Instance.pk), 0))
+                .join(Series, Instance.series_pk == Series.pk)
+                .join(Study, Series.study_pk == Study.pk)
+                .where(Series.series_instance_uid == series_uid,
+                       Study.study_instance_uid == study_uid))
+        async with self._engine.connect() as conn:
+            count, newest = (await conn.execute(stmt)).one()
+        return int(count), int(newest)
+
     async def counts(self) -> dict[str, int]:
         """Rows per level, for start-up logs and store_scp's summary."""
         async with self._engine.connect() as conn:

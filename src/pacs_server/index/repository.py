@@ -52,5 +52,9 @@ class IndexRepository:
     async def counts(self) -> dict[str, int]:
         return await self.reader.counts()
 
+    async def series_version(self, study_uid: str, series_uid: str) -> tuple[int, int]:
+        """See `IndexReader.series_version`."""
+        return await self.reader.series_version(study_uid, series_uid)
+
     async def refs(self, sop_instance_uids: Iterable[str]) -> list[StoredRef]:
         return await self.reader.refs(sop_instance_uids)

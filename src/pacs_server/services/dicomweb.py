@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pacs_server.config import DicomWebConfig
-from pacs_server.index.records import StoredRef
+from pacs_server.errors import NotFound
+from pacs_server.index.repository import IndexRepository
 from pacs_server.services.archive import ArchiveService, Runner
 from pacs_server.services.dicomweb_metadata import MetadataCache
 from pacs_server.services.dicomweb_query import DicomWebQueries
@@ -25,8 +26,8 @@ class DicomWeb:
     """The DICOMweb use cases over the server's services; `config()` is the section
     now in force (reloadable parts: access, users, CORS origins, limits)."""
 
-    def __init__(self, queries: QueryService, archive: ArchiveService, run: Runner,
-                 accepted_sop_classes: tuple[str, ...],
+    def __init__(self, queries: QueryService, repo: IndexRepository, archive: ArchiveService,
+                 run: Runner, accepted_sop_classes: tuple[str, ...],
                  config: Callable[[], DicomWebConfig], ae_title: str) -> None:
         self.search = DicomWebQueries(queries)
         self.retrieve = DicomWebRetrieve(queries, archive.files)
@@ -34,6 +35,7 @@ class DicomWeb:
         self.config = config
         self.ae_title = ae_title
         self._archive = archive
+        self._repo = repo
         self._run = run
         self._accepted = frozenset(accepted_sop_classes)
 
@@ -47,7 +49,20 @@ class DicomWeb:
         return await asyncio.to_thread(store_part, self._archive, part, self._accepted,
                                        study_uid, source, self._run)
 
-    async def series_metadata(self, series_refs: list[StoredRef], series_uid: str) -> bytes:
-        """The series' metadata JSON, gzipped (cached; built in a worker thread)."""
-        return await asyncio.to_thread(self.metadata.series, series_uid, series_refs,
+    async def series_metadata(self, study_uid: str, series_uid: str) -> bytes:
+        """The series' metadata JSON, gzipped: from the cache when the series has not
+        changed, else built from its files in a worker thread. UIDs are checked ones.
+
+        Raises:
+            NotFound: no such series in the study.
+        """
+        version = await self._repo.series_version(study_uid, series_uid)
+        if version[0] == 0:
+            raise NotFound(f"no series {series_uid} in study {study_uid}")
+        cached = await asyncio.to_thread(self.metadata.cached, series_uid, version)
+        if cached is not None:
+            return cached
+        refs = await self.retrieve.select(StudyInstanceUID=study_uid,
+                                          SeriesInstanceUID=series_uid)
+        return await asyncio.to_thread(self.metadata.build, series_uid, version, refs,
                                        self.retrieve.path)

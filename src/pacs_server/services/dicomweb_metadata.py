@@ -3,9 +3,10 @@ data replaced by BulkDataURIs, and the series cache every viewer's hot path read
 
 A series' JSON is built on first request from the stored files (header read, pixel data
 never loaded) and kept gzipped under `<archive>/.cache/dicomweb/`, where every node
-sharing the archive finds it. Its name carries a digest of what the index says the series
-holds (each instance's UID, path and size) and each file's modification time, so a new,
-replaced or removed instance makes a new name: no invalidation message is needed.
+sharing the archive finds it. Its name carries the series' version from the index (its
+instance count and newest row id), so a new, replaced or removed instance makes a new
+name: no invalidation message is needed, and a warm request costs one small query and
+one file read.
 
 BulkDataURIs are relative references (RFC 3986 5.2), so they resolve through any
 reverse proxy: `instances/{sop}/bulk/{tag}` against the series' metadata URL (the form
@@ -16,18 +17,18 @@ instance level.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 
 from pacs_server.errors import MissingFile
 from pacs_server.index.records import StoredRef
+from pacs_server.services.dicomweb_json import dataset_json
 from pacs_server.storage.filestore import CACHE
 
 BULK_THRESHOLD = 1024                 # larger binary values are sent as BulkDataURIs
@@ -35,7 +36,7 @@ _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 _PIXEL_DATA = "7FE00010"
 
 
-def instance_json(path: Path, sop_uid: str, prefix: str) -> dict[str, Any]:
+def instance_json(path: Path, prefix: str) -> dict[str, Any]:
     """The DICOM JSON of one stored file; top-level bulk data as `{prefix}bulk/{tag}`.
 
     Pixel Data is never read: the header is parsed up to it, and the element is listed
@@ -47,7 +48,8 @@ def instance_json(path: Path, sop_uid: str, prefix: str) -> dict[str, Any]:
             more = fh.tell() < os.fstat(fh.fileno()).st_size
     except (OSError, EOFError) as exc:
         raise MissingFile(f"{path.name}: {exc}") from None
-    out = _to_json(ds)
+    # Bulk values inline first (nested ones stay inline); top-level ones are replaced.
+    out = dataset_json(ds)
     for key, elem in list(out.items()):
         if elem.get("vr") in _BINARY_VRS and len(elem.get("InlineBinary", "")) > \
                 BULK_THRESHOLD * 4 // 3:
@@ -59,41 +61,34 @@ def instance_json(path: Path, sop_uid: str, prefix: str) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
-def _to_json(ds: Dataset) -> dict[str, Any]:
-    # Bulk values inline first (nested ones stay inline); top-level ones are replaced.
-    return ds.to_json_dict(bulk_data_threshold=1 << 62)
 
 
 class MetadataCache:
-    """Gzipped series metadata under the archive (`<root>/.cache/dicomweb`)."""
+    """Gzipped series metadata under the archive (`<root>/.cache/dicomweb`), one file per
+    series and version (`IndexRepository.series_version`: instance count and newest row)."""
 
     def __init__(self, root: Path) -> None:
         self.directory = root / CACHE / "dicomweb"
 
-    def series(self, series_uid: str, refs: list[StoredRef],
-               path_of: Any) -> bytes:
-        """The series' metadata JSON, gzipped: from the cache when nothing changed,
-        else built and cached. Runs in a worker thread. `series_uid` is a checked UID."""
-        paths = [path_of(ref) for ref in refs]
-        digest = hashlib.sha256()
-        for ref, path in zip(refs, paths, strict=True):
-            try:
-                mtime = path.stat().st_mtime_ns
-            except OSError:
-                mtime = 0
-            digest.update(f"{ref.sop_instance_uid}|{ref.path}|{ref.size}|{mtime}\n".encode())
-        name = f"{series_uid}.{digest.hexdigest()[:24]}.json.gz"
-        cached = self.directory / name
+    def _file(self, series_uid: str, version: tuple[int, int]) -> Path:
+        return self.directory / f"{series_uid}.{version[0]}-{version[1]}.json.gz"
+
+    def cached(self, series_uid: str, version: tuple[int, int]) -> bytes | None:
+        """The cached gzipped JSON of this version of the series (a checked UID), if any."""
         try:
-            return cached.read_bytes()
-        except FileNotFoundError:
-            pass
-        body = json.dumps([instance_json(p, r.sop_instance_uid,
-                                         f"instances/{r.sop_instance_uid}/")
-                           for r, p in zip(refs, paths, strict=True)],
+            return self._file(series_uid, version).read_bytes()
+        except OSError:
+            return None
+
+    def build(self, series_uid: str, version: tuple[int, int], refs: list[StoredRef],
+              path_of: Callable[[StoredRef], Path]) -> bytes:
+        """Build the series' metadata from its files, cache it, return it gzipped.
+        Runs in a worker thread."""
+        body = json.dumps([instance_json(path_of(r), f"instances/{r.sop_instance_uid}/")
+                           for r in refs],
                           separators=(",", ":"), ensure_ascii=False).encode()
         packed = gzip.compress(body, compresslevel=5)
-        self._store(series_uid, cached, packed)
+        self._store(series_uid, self._file(series_uid, version), packed)
         return packed
 
     def _store(self, series_uid: str, cached: Path, packed: bytes) -> None:

@@ -37,6 +37,8 @@ from pacs_server.web.dicomweb.wado import path_uids
 log = structlog.get_logger(__name__)
 
 CHUNK = 1 << 20
+STORE_CONCURRENCY = 4        # parts stored at once (and kept in .incoming meanwhile)
+SOURCE_AE = "DICOMWEB"       # the Source AE Title of STOW-RS instances (an AE: 16 chars)
 
 
 def _check_content_type(request: web.Request) -> None:
@@ -59,27 +61,49 @@ async def store(request: web.Request, backend: DicomWeb) -> web.Response:
         raise RequestTooLarge(f"request body of {length} bytes is above "
                               f"dicomweb.max_request_bytes ({cfg.max_request_bytes})")
     reader = MultipartReader(request.headers, request.content)
-    results: list[PartResult] = []
+    outcomes: list[PartResult | asyncio.Task[PartResult]] = []
+    slots = asyncio.Semaphore(STORE_CONCURRENCY)
     received = 0
-    source = f"DICOMweb:{request.remote or ''}"[:64]
-    while True:
-        part = await _timed(reader.next(), cfg.read_timeout, "next part")
-        if part is None:
-            break
-        if not isinstance(part, BodyPartReader):
-            raise InvalidRequest("nested multipart bodies are not supported")
-        kind = parse_media(part.headers.get("Content-Type", "application/dicom")).mime
-        path = backend.incoming / f"stow-{uuid.uuid4().hex}.dcm"
+
+    async def store_one(path: Path) -> PartResult:
         try:
-            received += await _save(part, path, cfg.read_timeout,
-                                    cfg.max_request_bytes - received)
-            if kind != "application/dicom":
-                results.append(PartResult("", "", failure=CANNOT_UNDERSTAND,
-                                          reason=f"part of type {kind!r}, not application/dicom"))
-                continue
-            results.append(await backend.store(path, study, source))
+            return await backend.store(path, study, SOURCE_AE)
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
+            slots.release()
+
+    try:
+        while True:
+            part = await _timed(reader.next(), cfg.read_timeout, "next part")
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise InvalidRequest("nested multipart bodies are not supported")
+            kind = parse_media(part.headers.get("Content-Type", "application/dicom")).mime
+            path = backend.incoming / f"stow-{uuid.uuid4().hex}.dcm"
+            await slots.acquire()
+            try:
+                received += await _save(part, path, cfg.read_timeout,
+                                        cfg.max_request_bytes - received)
+            except BaseException:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+                slots.release()
+                raise
+            if kind != "application/dicom":
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+                slots.release()
+                outcomes.append(PartResult("", "", failure=CANNOT_UNDERSTAND,
+                                           reason=f"part of type {kind!r}, not "
+                                                  "application/dicom"))
+                continue
+            # Stored while the next part arrives: the index commits them together.
+            outcomes.append(asyncio.create_task(store_one(path)))
+    except BaseException:
+        # Parts already handed over finish (a store in a thread cannot be stopped).
+        await asyncio.gather(*(o for o in outcomes if isinstance(o, asyncio.Task)),
+                             return_exceptions=True)
+        raise
+    results = [o if isinstance(o, PartResult) else await o for o in outcomes]
     if not results:
         raise InvalidRequest("the multipart body has no parts")
     return _response(request, results, study)

@@ -84,13 +84,12 @@ async def metadata(request: web.Request, backend: DicomWeb) -> web.Response:
     uids = path_uids(request)
     if "SOPInstanceUID" in uids:
         (ref,) = await backend.retrieve.select(**uids)
-        item = await asyncio.to_thread(instance_json, backend.retrieve.path(ref),
-                                       ref.sop_instance_uid, "")
+        item = await asyncio.to_thread(instance_json, backend.retrieve.path(ref), "")
         return json_response([item])
     gzip_ok = "gzip" in request.headers.get("Accept-Encoding", "").lower()
     if "SeriesInstanceUID" in uids:
-        refs = await backend.retrieve.select(**uids)
-        packed = await backend.series_metadata(refs, uids["SeriesInstanceUID"])
+        packed = await backend.series_metadata(uids["StudyInstanceUID"],
+                                               uids["SeriesInstanceUID"])
         if gzip_ok:
             return raw_json_response(packed, headers={"Content-Encoding": "gzip",
                                                       "Vary": "Accept-Encoding"})
@@ -101,9 +100,7 @@ async def metadata(request: web.Request, backend: DicomWeb) -> web.Response:
         raise NotFound(f"no study {study}")
     parts = []
     for series_uid in series_uids:
-        refs = await backend.retrieve.select(StudyInstanceUID=study,
-                                             SeriesInstanceUID=series_uid)
-        packed = await backend.series_metadata(refs, series_uid)
+        packed = await backend.series_metadata(study, series_uid)
         body = await asyncio.to_thread(gzip.decompress, packed)
         parts.append(study_prefixed(body, series_uid)[1:-1])
     return raw_json_response(b"[" + b",".join(p for p in parts if p) + b"]")
