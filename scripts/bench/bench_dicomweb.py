@@ -41,17 +41,20 @@ BATCH = 50
 SERIES_SIZE = 300
 
 
+def _with_config(cmd: list[str], changes: dict[str, Any]) -> list[str]:
+    """The server command, its JSON config file (the last argument) updated."""
+    path = Path(cmd[-1])
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}, indent=1))
+    return cmd
+
+
 class PacsWeb(PacsServer):
     name = "pacs_server"
 
     def command(self) -> list[str]:
-        cmd = super().command()
-        path = Path(cmd[-1])
-        cfg = json.loads(path.read_text())
         self.http_port = free_port()
-        cfg["monitoring"] = {"metrics_port": self.http_port, "host": HOST}
-        path.write_text(json.dumps(cfg, indent=1))
-        return cmd
+        return _with_config(super().command(), {
+            "monitoring": {"metrics_port": self.http_port, "host": HOST}})
 
     @property
     def root(self) -> str:
@@ -62,13 +65,8 @@ class OrthancWeb(OrthancServer):
     name = "Orthanc+DICOMweb"
 
     def command(self) -> list[str]:
-        cmd = super().command()
-        path = Path(cmd[-1])
-        cfg = json.loads(path.read_text())
-        cfg["Plugins"] = [PLUGIN]
-        cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/"}
-        path.write_text(json.dumps(cfg, indent=1))
-        return cmd
+        return _with_config(super().command(), {
+            "Plugins": [PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}})
 
     @property
     def root(self) -> str:

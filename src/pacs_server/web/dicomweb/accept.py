@@ -119,3 +119,37 @@ def multipart_syntax(request: web.Request, part_type: str, also: tuple[str, ...]
             return ""
     raise NotAcceptable(f'this resource is multipart/related; type="{part_type}"; '
                         f"Accept was {request.headers.get('Accept', '')!r}")
+
+
+# PS3.18 Table 8.7.3-5: the media type of compressed frames by transfer syntax.
+FRAME_MEDIA = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg", "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx", "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.5": "image/x-dicom-rle",
+    "1.2.840.10008.1.2.4.201": "image/jphc", "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+}
+
+
+def frame_media(request: web.Request, stored: str) -> tuple[str, str]:
+    """(part media type, transfer-syntax asked) for frames or Pixel Data of an instance
+    stored as `stored`: `application/octet-stream` (any syntax we can produce), or the
+    compressed media type of the stored syntax (sent as stored).
+
+    Raises:
+        NotAcceptable: 406.
+    """
+    own = FRAME_MEDIA.get(stored, "")
+    for r in accepted(request):
+        kind = r.param("type").lower() if r.mime == "multipart/related" else r.mime
+        if kind in ("", "*/*", "multipart/*", "application/octet-stream"):
+            return "application/octet-stream", r.param("transfer-syntax")
+        if own and kind == own and r.param("transfer-syntax") in ("", "*", stored):
+            return own, stored
+    raise NotAcceptable(
+        "frames are multipart/related; type=\"application/octet-stream\""
+        + (f" or type=\"{own}\"" if own else "")
+        + f"; Accept was {request.headers.get('Accept', '')!r}")

@@ -22,7 +22,7 @@ from pacs_server.services.dicomweb import DicomWeb
 from pacs_server.services.dicomweb_metadata import instance_json, study_prefixed
 from pacs_server.services.dicomweb_retrieve import check_uid, selected_syntax
 from pacs_server.values import UID_RE
-from pacs_server.web.dicomweb.accept import multipart_syntax, want_json
+from pacs_server.web.dicomweb.accept import frame_media, multipart_syntax, want_json
 from pacs_server.web.dicomweb.dicomjson import json_response, raw_json_response
 from pacs_server.web.dicomweb.multipart import MultipartStream
 
@@ -118,35 +118,36 @@ def _frame_numbers(text: str) -> list[int]:
 async def frames(request: web.Request, backend: DicomWeb) -> web.StreamResponse:
     """frames/{list}: multipart/related; type="application/octet-stream", one part per
     frame with its transfer syntax in the part's Content-Type (`*` = as stored)."""
-    requested = requested_syntax(multipart_syntax(request, "application/octet-stream"))
     numbers = _frame_numbers(request.match_info["frames"])
     (ref,) = await backend.retrieve.select(**path_uids(request))
-    target = target_syntax(requested, ref)
+    media, requested = frame_media(request, ref.transfer_syntax_uid)
+    target = target_syntax(requested_syntax(requested), ref)
     data, syntax = await asyncio.to_thread(backend.retrieve.frames, ref, numbers, target)
-    return await _octet_parts(request, data, syntax)
+    return await _octet_parts(request, data, syntax, media)
 
 
 async def bulk(request: web.Request, backend: DicomWeb) -> web.StreamResponse:
     """bulk/{tag}: the value of a top-level element; Pixel Data as its frames."""
-    requested = requested_syntax(multipart_syntax(request, "application/octet-stream"))
     text = request.match_info["tag"]
     if not _TAG.match(text):
         raise InvalidQuery(f"bulk: {text[:20]!r} is not a tag (8 hex digits)")
     tag = int(text, 16)
     (ref,) = await backend.retrieve.select(**path_uids(request))
     if tag == _PIXEL_DATA:
-        target = target_syntax(requested, ref)
+        media, requested = frame_media(request, ref.transfer_syntax_uid)
+        target = target_syntax(requested_syntax(requested), ref)
         found = await asyncio.to_thread(backend.retrieve.frames_all, ref, target)
-        return await _octet_parts(request, *found)
+        return await _octet_parts(request, *found, media)
+    multipart_syntax(request, "application/octet-stream")
     value = await asyncio.to_thread(backend.retrieve.bulk, ref, tag)
     return await _octet_parts(request, [value], "")
 
 
-async def _octet_parts(request: web.Request, data: list[bytes],
-                       syntax: str) -> web.StreamResponse:
-    stream = MultipartStream(request, "application/octet-stream")
+async def _octet_parts(request: web.Request, data: list[bytes], syntax: str,
+                       media: str = "application/octet-stream") -> web.StreamResponse:
+    stream = MultipartStream(request, media)
     await stream.open()
-    content_type = "application/octet-stream"
+    content_type = media
     if syntax:
         content_type += f"; transfer-syntax={syntax}"
     for value in data:
