@@ -78,7 +78,7 @@ window.config = {{
         singlepart: 'bulkdata,video',
         dicomUploadEnabled: true,
         omitQuotationForMultipartRequest: true,
-        bulkDataURI: {{ enabled: true, relativeResolution: 'studies' }},
+        bulkDataURI: {{ enabled: true, relativeResolution: 'series' }},
       }},
     }},
   ],
