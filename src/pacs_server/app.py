@@ -266,7 +266,7 @@ class PacsApp:
                 parts.dicomweb = DicomWeb(
                     queries, index.repo, archive, bridge.run,
                     resolve_storage_classes(cfg.storage.accepted_sop_classes),
-                    lambda: self.cfg.dicomweb, cfg.server.ae_title)
+                    lambda: self.cfg.dicomweb)
         self.control = control = ServerControl(parts, cfg)
         await control.load()
         self._subscribe(control.reconfigure)

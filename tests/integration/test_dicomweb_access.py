@@ -21,7 +21,7 @@ from support.security import make_pki
 from support.server import RunningServer
 
 TOKEN = "dicomweb-token-0123456789"
-Start = Callable[[dict[str, Any]], RunningServer]
+Start = Callable[..., RunningServer]
 
 
 @pytest.fixture
@@ -29,10 +29,10 @@ def start(tmp_path: Path) -> Iterator[Start]:
     """Factory of servers with the HTTP side on an ephemeral port; stopped at teardown."""
     servers: list[RunningServer] = []
 
-    def make(overrides: dict[str, Any]) -> RunningServer:
+    def make(overrides: dict[str, Any], **app_kwargs: Any) -> RunningServer:
         cfg = server_config(tmp_path / f"server{len(servers)}",
                             {"monitoring.metrics_port": 0, **overrides})
-        servers.append(RunningServer(cfg))
+        servers.append(RunningServer(cfg, **app_kwargs))
         return servers[-1].start()
 
     yield make
@@ -152,3 +152,22 @@ def test_https_with_the_tls_certificate(start: Start, tmp_path_factory: pytest.T
     assert len(client.search_for_studies()) == 1
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(f"{url}/studies", timeout=10)       # the test CA is not the system's
+
+
+def test_access_and_origins_change_on_reload(start: Start, tmp_path: Path) -> None:
+    settings: dict[str, Any] = {}
+
+    def current() -> Any:
+        return server_config(tmp_path / "server0", {"monitoring.metrics_port": 0, **settings})
+
+    srv = start({}, reload_config=current)
+    url = _url(srv)
+    assert requests.get(f"{url}/studies", timeout=10).status_code == 200
+    settings.update({"dicomweb.access": "credentials", "dicomweb.token": TOKEN,
+                     "dicomweb.cors_origins": ["https://viewer.example.org"]})
+    assert srv.reload()
+    assert requests.get(f"{url}/studies", timeout=10).status_code == 401
+    rsp = requests.get(f"{url}/studies", timeout=10, headers={
+        "Authorization": f"Bearer {TOKEN}", "Origin": "https://viewer.example.org"})
+    assert rsp.status_code == 200
+    assert rsp.headers["Access-Control-Allow-Origin"] == "https://viewer.example.org"

@@ -28,12 +28,11 @@ class DicomWeb:
 
     def __init__(self, queries: QueryService, repo: IndexRepository, archive: ArchiveService,
                  run: Runner, accepted_sop_classes: tuple[str, ...],
-                 config: Callable[[], DicomWebConfig], ae_title: str) -> None:
+                 config: Callable[[], DicomWebConfig]) -> None:
         self.search = DicomWebQueries(queries)
         self.retrieve = DicomWebRetrieve(queries, archive.files)
         self.metadata = MetadataCache(archive.files.root)
         self.config = config
-        self.ae_title = ae_title
         self._archive = archive
         self._repo = repo
         self._run = run

@@ -90,7 +90,10 @@ def store_part(archive: ArchiveService, part: Path, accepted: frozenset[str],
                           reason=f"SOP class {sop_class} is not accepted")
     if study_uid:
         found = _study_of(part)
-        if found is not None and found != study_uid:
+        if found is None:
+            return PartResult(sop_class, sop_uid, failure=CANNOT_UNDERSTAND,
+                              reason="the Study Instance UID cannot be read")
+        if found != study_uid:
             return PartResult(sop_class, sop_uid, found, failure=STUDY_MISMATCH,
                               reason=f"instance of study {found}, not {study_uid}")
     try:
@@ -104,7 +107,7 @@ def store_part(archive: ArchiveService, part: Path, accepted: frozenset[str],
 
 
 def _study_of(part: Path) -> str | None:
-    """The Study Instance UID of the part (None when unreadable: the store reports it)."""
+    """The Study Instance UID of the part (None when the header cannot be parsed)."""
     try:
         ds = dcmread(part, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
         return str(ds.get("StudyInstanceUID", "") or "").strip("\0 ")

@@ -150,7 +150,8 @@ class Access:
         if origin:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
-            response.headers["Vary"] = "Origin"
+            vary = response.headers.get("Vary")
+            response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
 
 
 def _is_loopback(remote: str | None) -> bool:

@@ -93,7 +93,8 @@ async def metadata(request: web.Request, backend: DicomWeb) -> web.Response:
         if gzip_ok:
             return raw_json_response(packed, headers={"Content-Encoding": "gzip",
                                                       "Vary": "Accept-Encoding"})
-        return raw_json_response(await asyncio.to_thread(gzip.decompress, packed))
+        return raw_json_response(await asyncio.to_thread(gzip.decompress, packed),
+                                 headers={"Vary": "Accept-Encoding"})
     study = uids["StudyInstanceUID"]
     series_uids = await backend.search.series_of(study)
     if not series_uids:
