@@ -1,11 +1,22 @@
 # pacs_server in a container: DICOM on 11112, the HTTP side (/metrics, /status, /healthz,
-# /api) on 9110, data in /data.
+# /api, DICOMweb, the OHIF viewer at /viewer) on 9110, data in /data.
 #
 #   docker build -t pacs_server .
 #   docker run -d --name pacs -p 11112:11112 -p 9110:9110 -v pacs-data:/data pacs_server
 #
 # The configuration is /etc/pacs_server.yaml (docker/pacs_server.yaml); mount your own
 # file over it to change it, and `docker kill -s HUP pacs` to reload it.
+# Build stage: the OHIF viewer, fetched with npm pack and verified against the pinned
+# checksum by scripts/fetch-viewer (standard-library Python), unpacked for /viewer/.
+FROM python:3.11-slim AS viewer
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends npm ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+COPY scripts/fetch-viewer scripts/fetch-viewer
+COPY src/pacs_server/__init__.py src/pacs_server/viewer_fetch.py src/pacs_server/
+RUN python scripts/fetch-viewer --dest /opt/pacs_server/viewer
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -28,6 +39,7 @@ RUN groupadd --system --gid 10001 pacs \
     && mkdir -p /data \
     && chown pacs:pacs /data
 
+COPY --from=viewer /opt/pacs_server/viewer /opt/pacs_server/viewer
 COPY docker/pacs_server.yaml /etc/pacs_server.yaml
 
 VOLUME ["/data"]

@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 # scripts/bench/run.py runs its quick mode by default; BENCH_ARGS=--full for everything.
 BENCH_ARGS ?=
 
-.PHONY: help install run test bench lint check clean distclean
+.PHONY: help install run viewer test bench lint check clean distclean
 
 help:
 	@echo "make run        run pacs_server on the embedded defaults (AE PACS, port 11112,"
@@ -33,6 +33,7 @@ help:
 	@echo "make lint       ruff check, when ruff is installed"
 	@echo "make check      scripts/check: generated docs in sync, configs valid, layering"
 	@echo "make install    create .venv and install the package editable with test extras"
+	@echo "make viewer     fetch the OHIF viewer for /viewer into ./.viewer (scripts/fetch-viewer)"
 	@echo "make clean      remove caches and build artefacts (never archive/, pacs.db, logs/)"
 	@echo "make distclean  clean, and remove .venv too"
 
@@ -46,8 +47,14 @@ $(STAMP): | $(VENV_PY)
 
 install: $(STAMP)
 
+# The OHIF viewer at /viewer: fetched into ./.viewer on first use (a no-op after that);
+# without npm or network the server runs anyway and /viewer says how to install it.
 run: $(STAMP)
+	@scripts/fetch-viewer --if-npm || echo "make run: the viewer was not fetched; /viewer says how to install it" >&2
 	$(BIN)/pacs_server $(ARGS)
+
+viewer:
+	scripts/fetch-viewer
 
 # pytest exits 5 when it collected no tests; that is a failure here, not a pass.
 test: $(STAMP)

@@ -50,6 +50,7 @@ SECTIONS = {
     "tls": "DICOM over TLS (PS3.15 B.9): a second listener, certificates, mutual TLS.",
     "limits": "Rate and concurrency limits per calling AE and per source address.",
     "admin": "The admin API (/api/...) and pacsctl: bearer token.",
+    "viewer": "The built-in OHIF viewer at /viewer (fetched by scripts/fetch-viewer).",
     "dicomweb": "DICOMweb (PS3.18 QIDO-RS, WADO-RS, STOW-RS, WADO-URI) on the HTTP side.",
     "peers": "Remote AEs: C-MOVE destinations, Storage Commitment requesters.",
 }

@@ -23,6 +23,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import structlog
@@ -67,6 +68,7 @@ from pacs_server.storage.filestore import FileStore
 from pacs_server.storage.housekeeping import IncomingSweeper
 from pacs_server.systemd import notify
 from pacs_server.web.site import HttpSide
+from pacs_server.web.viewer import ViewerSite
 
 log = structlog.get_logger(__name__)
 
@@ -270,12 +272,14 @@ class PacsApp:
         self._subscribe(control.reconfigure)
         self._subscribe(lambda c: audit.reopen(c.logging.audit_file))
         if cfg.monitoring.serves:
+            viewer = (ViewerSite(Path(cfg.viewer.path), cfg.viewer.version, cfg.dicomweb.root)
+                      if cfg.viewer.enabled else None)
             https = tls.https_context(cfg.tls) if cfg.monitoring.https else None
             http = await self._start(HttpSide(
                 control, cfg.monitoring.bind_host, cfg.monitoring.metrics_port,
                 cfg.dicomweb,
                 lambda route, status: self.metrics.http_requests.labels(
-                    route, str(status)).inc(), ssl_context=https))
+                    route, str(status)).inc(), ssl_context=https, viewer=viewer))
             self.metrics_port = control.http_port = http.port
 
     async def _start(self, component: C) -> C:

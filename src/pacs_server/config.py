@@ -275,6 +275,27 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class ViewerConfig:
+    """The built-in OHIF viewer at /viewer on the HTTP side (scripts/fetch-viewer)."""
+
+    enabled: bool = setting(True, "serve the OHIF viewer at /viewer on the HTTP side")
+    path: str = setting(
+        "./.viewer", "directory holding ohif-<version>/, as unpacked by scripts/fetch-viewer")
+    version: str = setting("3.13.2", "the @ohif/app release served (one pinned in the "
+                           "source; fetch-viewer verifies its checksum)")
+
+    def check(self, source: str) -> None:
+        if not self.path:
+            raise ConfigError(f"{source}: viewer.path: must not be empty")
+        # The pins live with the fetcher; imported here to keep config a leaf.
+        from pacs_server.viewer_fetch import RELEASES
+
+        if self.version not in RELEASES:
+            raise ConfigError(f"{source}: viewer.version: {self.version!r} is not a pinned "
+                              f"@ohif/app release ({', '.join(sorted(RELEASES))})")
+
+
+@dataclass(frozen=True)
 class QueryConfig:
     case_sensitive_names: bool = setting(False, "Person Name matching respects case", reload=True)
     max_results: int = setting(0, "most matches a C-FIND returns; 0 = unlimited", reload=True)
@@ -417,6 +438,7 @@ class Config:
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     commitment: CommitmentConfig = field(default_factory=CommitmentConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     worklist: WorklistConfig = field(default_factory=WorklistConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)

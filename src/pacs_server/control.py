@@ -41,6 +41,7 @@ from pacs_server.services.browse import browse
 from pacs_server.services.dicomweb import DicomWeb
 from pacs_server.services.maintenance import Maintenance
 from pacs_server.services.query import QueryService
+from pacs_server.viewer_fetch import viewer_link
 
 log = structlog.get_logger(__name__)
 
@@ -218,7 +219,12 @@ class ServerControl:
 
     async def browse(self, level: str, filters: dict[str, str], offset: int,
                      limit: int) -> dict[str, Any]:
-        return await browse(self._need(self._p.queries), level, filters, offset, limit)
+        page = await browse(self._need(self._p.queries), level, filters, offset, limit)
+        if level == "studies" and self._cfg.viewer.enabled:
+            # Relative: the server does not know the name clients reach it by.
+            for row in page["rows"]:
+                row["viewer_url"] = viewer_link(row["StudyInstanceUID"])
+        return page
 
     async def stats(self) -> dict[str, Any]:
         repo: IndexRepository = self._need(self._p.repo)

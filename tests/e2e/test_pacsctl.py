@@ -171,6 +171,9 @@ def test_browse_and_stats(spawn: Callable[..., Any], tmp_path: Path,
     page = pacs.ctl("--json", "studies", "--limit", "1")
     assert len(page["rows"]) == 1 and page["more"] is True
     assert "--offset 1" in pacs.ctl("studies", "--limit", "1").stdout
+    # Each study row links to it in the built-in viewer.
+    assert f"{pacs.url}/viewer?StudyInstanceUIDs={study_uid}" in pacs.ctl(
+        "studies", "--date", "20240201-20240301").stdout
     assert "Doe^Jane" in pacs.ctl("patients").stdout
     stats = pacs.ctl("--json", "stats")
     assert stats["counts"]["instances"] == 2

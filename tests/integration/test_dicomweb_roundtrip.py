@@ -298,5 +298,8 @@ def test_wado_uri(site: Site, stored: Dataset) -> None:
     assert rsp.status_code == 200 and rsp.headers["Content-Type"] == "application/dicom"
     on_disk = indexed_path(site.server.archive, site.server.db, sop)
     assert on_disk is not None and rsp.content == on_disk.read_bytes()
-    jpeg = requests.get(f"{base}/wado?{query}")
-    assert jpeg.status_code == 406 and "image/jpeg" in jpeg.json()["error"]
+    jpeg = requests.get(f"{base}/wado?{query}")     # contentType defaults to image/jpeg
+    assert jpeg.status_code == 200 and jpeg.headers["Content-Type"] == "image/jpeg"
+    assert jpeg.content[:2] == b"\xff\xd8"
+    other = requests.get(f"{base}/wado?{query}&contentType=text%2Fhtml")
+    assert other.status_code == 406 and "image/jpeg" in other.json()["error"]

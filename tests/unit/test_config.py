@@ -250,6 +250,7 @@ def _other_value(key: str, default: Any) -> Any:
         "peers": [{"ae_title": "VIEWER", "host": "10.0.0.2", "port": 104}],
         "tls.min_version": "1.3",
         "admin.token": "a-token-of-twenty-four-c",
+        "viewer.version": "3.12.10",
         "dicomweb.token": "a-dicomweb-token-of-24ch",
         "dicomweb.users": [{"name": "viewer", "password_hash": hash_password("secret")}],
         "dicomweb.cors_origins": ["https://viewer.example.org"],

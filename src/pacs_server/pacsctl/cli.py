@@ -229,7 +229,12 @@ def cmd_browse(c: Client, args: argparse.Namespace) -> int:
     page = c.get(f"/api/browse/{args.command}", **query)
     if _out(args, page):
         return 0
-    table(page["rows"], BROWSE_COLUMNS[args.command])
+    columns = BROWSE_COLUMNS[args.command]
+    if any("viewer_url" in row for row in page["rows"]):
+        for row in page["rows"]:
+            row["viewer"] = c.url + row.get("viewer_url", "")
+        columns = (*columns, "viewer")
+    table(page["rows"], columns)
     if page["more"]:
         print(f"... more: --offset {page['offset'] + len(page['rows'])}")
     return 0

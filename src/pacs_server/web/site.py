@@ -12,18 +12,21 @@ from aiohttp import web
 from pacs_server.config import DicomWebConfig
 from pacs_server.errors import NotAuthorized, StartupError
 from pacs_server.web import api, status
+from pacs_server.web.dicomweb import rendered
 from pacs_server.web.dicomweb import routes as dicomweb_routes
 from pacs_server.web.errors import error_middleware
 from pacs_server.web.ports import Control
+from pacs_server.web.viewer import ViewerSite
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(control: Control,
-              count: Callable[[str, int], None] | None = None,
-              dicomweb: DicomWebConfig | None = None) -> web.Application:
+def build_app(control: Control, count: Callable[[str, int], None] | None = None,
+              dicomweb: DicomWebConfig | None = None,
+              viewer: ViewerSite | None = None) -> web.Application:
     """The aiohttp application: open routes, /api behind the token, DICOMweb under
-    `dicomweb.root` behind its own access rules, one error table."""
+    `dicomweb.root` behind its own access rules, the viewer (when given), one error
+    table."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -50,6 +53,9 @@ def build_app(control: Control,
     app.add_routes(api.routes(control))
     if dicomweb is not None and dicomweb.enabled:
         dicomweb_routes.install(app, control, dicomweb)
+        app.add_routes(rendered.routes(control, dicomweb))
+    if viewer is not None:
+        app.add_routes(viewer.routes())
     return app
 
 
@@ -61,8 +67,9 @@ class HttpSide:
     def __init__(self, control: Control, host: str, port: int,
                  dicomweb: DicomWebConfig | None = None,
                  count: Callable[[str, int], None] | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        self._app = build_app(control, count, dicomweb)
+                 ssl_context: ssl.SSLContext | None = None,
+                 viewer: ViewerSite | None = None) -> None:
+        self._app = build_app(control, count, dicomweb, viewer)
         self._ssl = ssl_context
         self._host = host
         self._port = port

@@ -1,8 +1,8 @@
 """WADO-URI (PS3.18 9): `GET /wado?requestType=WADO&studyUID=&seriesUID=&objectUID=`.
 
 `contentType=application/dicom` answers the instance itself (as stored, or in the
-`transferSyntax` asked, through the transcoding path). Rendered JPEG (the default
-contentType of PS3.18 9.1.2.1.3) is not produced yet: 406 says so.
+`transferSyntax` asked, through the transcoding path); image/jpeg (the default
+contentType of PS3.18 9.1.2.1.3) and image/png are rendered by web/dicomweb/rendered.py.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import asyncio
 
 from aiohttp import web
 
-from pacs_server.errors import InvalidQuery, NotAcceptable
+from pacs_server.errors import InvalidQuery
 from pacs_server.services.dicomweb import DicomWeb
 from pacs_server.services.dicomweb_retrieve import check_uid
+from pacs_server.web.dicomweb import rendered
 from pacs_server.web.dicomweb.accept import parse_media
 from pacs_server.web.dicomweb.wado import requested_syntax, target_syntax
 
@@ -27,9 +28,7 @@ async def retrieve(request: web.Request, backend: DicomWeb) -> web.StreamRespons
         raise InvalidQuery(f"missing {', '.join(missing)}")
     kinds = [parse_media(v).mime for v in query.get("contentType", "image/jpeg").split(",")]
     if "application/dicom" not in kinds:
-        # TODO(viewer): image/jpeg through the renderer of web/dicomweb/rendered.py.
-        raise NotAcceptable("WADO-URI answers contentType=application/dicom; rendered "
-                            f"{', '.join(kinds)} is not available")
+        return await rendered.wado_uri(request, backend, kinds)
     refs = await backend.retrieve.select(
         StudyInstanceUID=check_uid(query["studyUID"], "studyUID"),
         SeriesInstanceUID=check_uid(query["seriesUID"], "seriesUID"),
