@@ -274,8 +274,8 @@ async def test_incoming_directory_gone_fails_the_store(server: RunningServer, sc
     Whatever fails first, the association must end with a failure (no success
     status), nothing may be indexed, and the server must keep answering.
     """
-    root = server.archive
-    incoming = root / ".incoming"
+    # The server's own receive directory, <archive>/.incoming/<identity>.
+    (incoming,) = (server.archive / ".incoming").iterdir()
     os.rmdir(incoming)
     incoming.write_bytes(b"in the way")
     sent = dicom_files.generated()

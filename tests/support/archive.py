@@ -40,9 +40,9 @@ def archived_by_uid(root: Path) -> dict[str, Path]:
 
 
 def incoming_files(root: Path) -> list[Path]:
-    """What is in the archive's .incoming scratch directory."""
+    """The files in the archive's .incoming scratch directories (every process's)."""
     incoming = root / ".incoming"
-    return sorted(incoming.iterdir()) if incoming.is_dir() else []
+    return sorted(p for p in incoming.rglob("*") if not p.is_dir()) if incoming.is_dir() else []
 
 
 def query_index(db: Path, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:

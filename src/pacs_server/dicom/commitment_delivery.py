@@ -45,6 +45,7 @@ from pacs_server.dicom.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE, SYNTAX
 from pacs_server.dicom.server import our_ae
 from pacs_server.errors import PacsError, ReportNotDelivered
 from pacs_server.metrics import Metrics
+from pacs_server.periodic import Gate
 from pacs_server.services.commitment import CommitmentReport, CommitmentRequest, CommitmentService
 
 log = structlog.get_logger(__name__)
@@ -73,8 +74,12 @@ class CommitmentDelivery:
     name = "commitment-delivery"
 
     def __init__(self, commitments: CommitmentService, bridge: LoopBridge, server: ServerConfig,
-                 peer_of: Callable[[str], PeerConfig | None], metrics: Metrics) -> None:
+                 peer_of: Callable[[str], PeerConfig | None], metrics: Metrics,
+                 gate: Gate | None = None) -> None:
         self._service = commitments
+        # Reports sent over a new association go from one process of those sharing the
+        # index: the holder of this lease (index/leases.py).
+        self._gate = gate
         self._outcomes = metrics.commitment_reports
         self._bridge = bridge
         self._server = server
@@ -172,7 +177,7 @@ class CommitmentDelivery:
             self._wake.clear()
             delay = _IDLE_WAKE_S
             try:
-                skipped = await self._deliver_due()
+                skipped = await self._deliver_due() if await self._holds_lease() else False
                 nxt = await self._service.next_due()
                 if nxt is not None:
                     delay = min(delay, max(0.0, (nxt - datetime.now(UTC)).total_seconds()))
@@ -190,6 +195,11 @@ class CommitmentDelivery:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
                 pass
+
+    async def _holds_lease(self) -> bool:
+        if self._gate is None:
+            return True
+        return await self._gate(self.name, 2 * _IDLE_WAKE_S + 10.0)
 
     async def _deliver_due(self) -> bool:
         """Send every due report not owned by a worker; True if some were skipped."""

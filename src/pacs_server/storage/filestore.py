@@ -1,19 +1,27 @@
 """Atomic, durable file operations under the archive root.
 
 The write protocol (PS: "an acknowledged C-STORE is on disk"):
-  1. write the Part-10 file into <root>/.incoming/<random>.part and fsync it;
-  2. os.replace() it to its final name and fsync the directory (and any directory we
-     created on the way, so the new entry itself survives a crash);
+  1. write the Part-10 file into <root>/.incoming/<identity>/<random>.part and fsync it;
+  2. link it to its final name (create-if-absent: a name another process placed is
+     never overwritten) and fsync the directory (and any directory we created on the
+     way, so the new entry itself survives a crash);
   3. only then may the caller commit the index row and acknowledge.
-A crash leaves at most a *.part file in .incoming, which `prepare()` removes at start,
-or a placed file whose index row was never committed: every placement is announced in
-the `PlacementJournal` (<root>/.journal) first, so the start-up reconciliation
+A crash leaves at most a *.part file in the process's own .incoming directory, which
+`prepare()` removes at its next start, or a placed file whose index row was never
+committed: every placement is announced in the `PlacementJournal`
+(<root>/.journal/<identity>) first, so the start-up reconciliation
 (services/reconcile.py) finds those without walking the archive.
+
+Several processes (workers, nodes) share one root: each writes only under its own
+identity (identity.py) and touches a sibling's directories only by age (`stale_s`
+arguments), so a process that starts never empties a live transfer of another.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import hashlib
 import os
 import shutil
 import threading
@@ -45,12 +53,17 @@ def storage_errors() -> Iterator[None]:
 
 
 class FileStore:
-    """Files under one root directory; every path is relative and built by `layout`."""
+    """Files under one root directory; every path is relative and built by `layout`.
 
-    def __init__(self, root: str | Path, fsync: bool = True) -> None:
+    `identity` (identity.process_identity) gives this process its own receive directory
+    and journal; empty (tools, tests of one process) uses the shared ones directly.
+    """
+
+    def __init__(self, root: str | Path, fsync: bool = True, identity: str = "") -> None:
         self.root = Path(root).resolve()
-        self.incoming = self.root / INCOMING
-        self.journal = PlacementJournal(self.root / JOURNAL, fsync)
+        self.incoming_root = self.root / INCOMING
+        self.incoming = self.incoming_root / identity if identity else self.incoming_root
+        self.journal = PlacementJournal(self.root / JOURNAL, fsync, identity)
         self._fsync = fsync
 
     # -- lifecycle ------------------------------------------------------------------
@@ -61,7 +74,7 @@ class FileStore:
         """
         try:
             self.incoming.mkdir(parents=True, exist_ok=True)
-            self.journal.directory.mkdir(exist_ok=True)
+            self.journal.directory.mkdir(parents=True, exist_ok=True)
             probe = self.incoming / f"probe-{uuid.uuid4().hex}"
             with open(probe, "wb") as fh:
                 fh.write(b"ok")
@@ -69,34 +82,27 @@ class FileStore:
         except OSError as exc:
             raise StartupError(f"storage directory {self.root} is not writable: "
                                f"{exc.strerror or exc}") from None
-        removed = 0
-        for leftover in self.incoming.iterdir():
-            try:
-                leftover.unlink()
-                removed += 1
-            except OSError:
-                pass
+        # Our own directory is ours alone, and files directly in .incoming belong to no
+        # running process (the layout before per-process directories): both go now.
+        # A sibling's directory is left to the age-based `sweep_incoming`.
+        removed = _remove_files(self.incoming, None)
+        if self.incoming != self.incoming_root:
+            removed += _remove_files(self.incoming_root, None)
         return removed
 
     def sweep_incoming(self, max_age_s: float) -> int:
-        """Remove receive files nobody has written to for `max_age_s` seconds.
+        """Remove receive files nobody has written to for `max_age_s` seconds, in every
+        process's directory.
 
         A sender that drops mid-transfer leaves pynetdicom's partial file behind (no
         handler runs for it); a live transfer touches its file with every fragment.
+        The directories stay: an idle process may be alive and about to receive, and an
+        empty directory per identity ever used costs nothing.
         """
         cutoff = time.time() - max_age_s
-        removed = 0
-        try:
-            entries = list(os.scandir(self.incoming))
-        except OSError:
-            return 0
-        for entry in entries:
-            try:
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
-            except OSError:
-                pass
+        removed = _remove_files(self.incoming_root, cutoff)
+        for sub in _subdirs(self.incoming_root):
+            removed += _remove_files(sub, cutoff)
         return removed
 
     # -- writing --------------------------------------------------------------------
@@ -151,14 +157,43 @@ class FileStore:
             except OSError as exc:
                 if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
                     raise
-                # Filesystem without hard links: check, then rename (callers hold a
-                # per-UID claim, so nobody races us for this name).
-                if final.exists():
+                # Filesystem without hard links: rename without replacing.
+                if not _rename_noreplace(part, final):
                     return False
-                os.replace(part, final)
             else:
                 os.unlink(part)
             self._sync_new_entry(final, created)
+        return True
+
+    def set_aside(self, rel: PurePosixPath) -> bool:
+        """Move the file at `rel` to .quarantine if it is still the one seen now.
+
+        For a file no store has in flight and no row names (an orphan): it is moved,
+        never overwritten or deleted. The rename is atomic but not conditional, so if
+        the moved file turns out to be another one (placed in between by a new store)
+        it is linked back. Returns whether the name is free.
+        """
+        source = self.path(rel)
+        try:
+            seen = os.stat(source)
+        except FileNotFoundError:
+            return True
+        target = self.root / QUARANTINE / rel
+        target = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
+        with storage_errors():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(source, target)
+            except FileNotFoundError:
+                return True
+            moved = os.stat(target)
+            if (moved.st_ino, moved.st_dev) != (seen.st_ino, seen.st_dev):
+                try:
+                    os.link(target, source)
+                    os.unlink(target)
+                except FileExistsError:
+                    pass          # yet another store placed one: keep this copy aside
+                return False
         return True
 
     def _sync_new_entry(self, final: Path, created: list[Path]) -> None:
@@ -254,8 +289,9 @@ class PlacementJournal:
     undone; a crash in between leaves it for the reconciliation at start.
     """
 
-    def __init__(self, directory: Path, fsync: bool = True) -> None:
-        self.directory = directory
+    def __init__(self, root: Path, fsync: bool = True, identity: str = "") -> None:
+        self.root = root
+        self.directory = root / identity if identity else root
         self._fsync = fsync
         self._cond = threading.Condition()
         self._written = 0          # intents created (counted after the symlink exists)
@@ -263,8 +299,12 @@ class PlacementJournal:
         self._syncing = False
 
     def open(self, rel: PurePosixPath) -> Path:
-        """Announce that `rel` is about to be placed; durable when this returns."""
-        intent = self.directory / uuid.uuid4().hex
+        """Announce that `rel` is about to be placed; durable when this returns.
+
+        The intent's name starts with a digest of `rel`, so `in_flight(rel)` finds the
+        intents of every process for one path without reading the others.
+        """
+        intent = self.directory / f"{_path_key(rel)}.{uuid.uuid4().hex}"
         with storage_errors():
             os.symlink(str(rel), intent)
             if self._fsync:
@@ -277,18 +317,48 @@ class PlacementJournal:
             _unlink_quietly(intent)
 
     def pending(self) -> list[tuple[Path, str]]:
-        """Every open intent and the relative path it announces."""
-        try:
-            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
-        except FileNotFoundError:
-            return []
-        out = []
-        for entry in entries:
-            try:
-                out.append((Path(entry.path), os.readlink(entry.path)))
-            except OSError:             # not a symlink: not ours
-                out.append((Path(entry.path), ""))
+        """Every open intent of this process and the relative path it announces, with
+        the intents directly in the journal root (the layout before per-process
+        journals, which no running process writes)."""
+        out = _intents(self.directory, None)
+        if self.directory != self.root:
+            out += _intents(self.root, None)
         return out
+
+    def stale(self, max_age_s: float) -> list[tuple[Path, str]]:
+        """The intents of other processes older than `max_age_s`: a store holds its
+        intent from before the placement until its commit, so an older one was left by
+        a process that died or gave up on its index call."""
+        cutoff = time.time() - max_age_s
+        out: list[tuple[Path, str]] = []
+        for sub in _subdirs(self.root):
+            if sub != self.directory:
+                out += _intents(sub, cutoff)
+        return out
+
+    def in_flight(self, rel: PurePosixPath, max_age_s: float) -> bool:
+        """Whether a store of another process has announced `rel` within `max_age_s`
+        and not yet closed its intent. This process's own intents are not looked at:
+        its stores of one SOP Instance UID take turns (ArchiveService's claim), so an
+        own intent for `rel` is the caller's or one an earlier failure left open."""
+        prefix = f"{_path_key(rel)}."
+        cutoff = time.time() - max_age_s
+        for directory in (self.root, *_subdirs(self.root)):
+            if directory == self.directory:
+                continue
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if not entry.name.startswith(prefix):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                        return True
+                except OSError:
+                    pass        # closed while we looked
+        return False
 
     def _sync(self) -> None:
         with self._cond:
@@ -312,6 +382,89 @@ class PlacementJournal:
                 if done:
                     self._synced = max(self._synced, target)
                 self._cond.notify_all()
+
+
+def _path_key(rel: PurePosixPath | str) -> str:
+    return hashlib.sha1(str(rel).encode(), usedforsecurity=False).hexdigest()[:20]
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(directory)
+                if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _intents(directory: Path, cutoff: float | None) -> list[tuple[Path, str]]:
+    """(intent, target) of the symlinks in `directory` (older than `cutoff` if given)."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                continue            # another process's journal
+            if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                continue
+            out.append((Path(entry.path), os.readlink(entry.path)))
+        except FileNotFoundError:
+            continue                # closed while we looked
+        except OSError:             # not a symlink: not ours
+            out.append((Path(entry.path), ""))
+    return out
+
+
+def _remove_files(directory: Path, cutoff: float | None) -> int:
+    """Unlink the regular files in `directory` (only those older than `cutoff`)."""
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_file(follow_symlinks=False) and (
+                    cutoff is None or entry.stat().st_mtime < cutoff):
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _rename_noreplace(source: Path, target: Path) -> bool:
+    """renameat2(RENAME_NOREPLACE): False if `target` exists. Where the call is missing
+    (not Linux, old kernel or libc), a check then a rename: racy across processes, so
+    a shared archive needs a filesystem with hard links (docs/operations.md)."""
+    libc = _libc()
+    func = getattr(libc, "renameat2", None) if libc is not None else None
+    if func is not None:
+        if func(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+                _RENAME_NOREPLACE) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), str(target))
+    if target.exists():
+        return False
+    os.replace(source, target)
+    return True
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:
