@@ -2,7 +2,7 @@
 
 Only what could have been in flight is looked at: the intents left open in
 <archive>/.journal/<identity> (written before every placement, removed after its index
-commit; `storage/filestore.PlacementJournal`), not the whole tree, so the cost at start
+commit; `storage/journal.PlacementJournal`), not the whole tree, so the cost at start
 is proportional to the stores interrupted, not to the archive. A process settles its
 own intents at start, and those of other processes (nodes, workers sharing the archive)
 only once they are older than the longest a store can hold one (`stale_s`): a sibling's

@@ -21,35 +21,23 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import os
 import shutil
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from pacs_server.errors import StartupError, StorageFull, StorageUnavailable
+from pacs_server.errors import StartupError, StorageUnavailable
+from pacs_server.storage.fsops import fsync_dir, storage_errors, subdirs, unlink_quietly
+from pacs_server.storage.journal import PlacementJournal
+
+__all__ = ["FileStore", "PlacementJournal", "storage_errors"]
 
 INCOMING = ".incoming"
 JOURNAL = ".journal"
 QUARANTINE = ".quarantine"
 _PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE)
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-
-
-@contextmanager
-def storage_errors() -> Iterator[None]:
-    """Translate OSErrors from the archive filesystem into domain errors."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in _FULL_ERRNOS:
-            raise StorageFull(f"archive filesystem is full: {exc.strerror}") from exc
-        raise StorageUnavailable(f"archive write failed: {exc.strerror or exc}") from exc
 
 
 class FileStore:
@@ -101,7 +89,7 @@ class FileStore:
         """
         cutoff = time.time() - max_age_s
         removed = _remove_files(self.incoming_root, cutoff)
-        for sub in _subdirs(self.incoming_root):
+        for sub in subdirs(self.incoming_root):
             removed += _remove_files(sub, cutoff)
         return removed
 
@@ -126,7 +114,7 @@ class FileStore:
                     os.fsync(fd)
             except BaseException:
                 os.close(fd)
-                _unlink_quietly(part)
+                unlink_quietly(part)
                 raise
             os.close(fd)
         return part
@@ -200,19 +188,19 @@ class FileStore:
         """fsync the directory of a newly named file and of each directory created for
         it, so that the name itself survives a crash."""
         if self._fsync:
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             for d in created:
-                _fsync_dir(d.parent)
+                fsync_dir(d.parent)
 
     def discard(self, part: Path | None) -> None:
         """Remove a .part file that will not be placed."""
         if part is not None:
-            _unlink_quietly(part)
+            unlink_quietly(part)
 
     def remove(self, rel: PurePosixPath | str) -> None:
         """Delete an archived file (best effort) and prune empty parent directories."""
         path = self.path(rel)
-        _unlink_quietly(path)
+        unlink_quietly(path)
         parent = path.parent
         while parent != self.root and parent.is_relative_to(self.root):
             try:
@@ -276,145 +264,6 @@ class FileStore:
             except FileExistsError:
                 pass
         return created
-
-
-class PlacementJournal:
-    """Placements announced but not yet indexed: one intent per in-flight store.
-
-    An intent is a symbolic link <root>/.journal/<random> whose target is the relative
-    path being placed: created in one system call with its content, durable with one
-    fsync of the journal directory, and that fsync is shared by every store in flight
-    (group commit, like the index writer's). It is written before the file is placed
-    and removed (without fsync) once the index row is committed or the placement
-    undone; a crash in between leaves it for the reconciliation at start.
-    """
-
-    def __init__(self, root: Path, fsync: bool = True, identity: str = "") -> None:
-        self.root = root
-        self.directory = root / identity if identity else root
-        self._fsync = fsync
-        self._cond = threading.Condition()
-        self._written = 0          # intents created (counted after the symlink exists)
-        self._synced = 0           # intents known to be durable
-        self._syncing = False
-
-    def open(self, rel: PurePosixPath) -> Path:
-        """Announce that `rel` is about to be placed; durable when this returns.
-
-        The intent's name starts with a digest of `rel`, so `in_flight(rel)` finds the
-        intents of every process for one path without reading the others.
-        """
-        intent = self.directory / f"{_path_key(rel)}.{uuid.uuid4().hex}"
-        with storage_errors():
-            os.symlink(str(rel), intent)
-            if self._fsync:
-                self._sync()
-        return intent
-
-    def close(self, intent: Path | None) -> None:
-        """The placement is indexed or undone: forget it (a lost unlink is harmless)."""
-        if intent is not None:
-            _unlink_quietly(intent)
-
-    def pending(self) -> list[tuple[Path, str]]:
-        """Every open intent of this process and the relative path it announces, with
-        the intents directly in the journal root (the layout before per-process
-        journals, which no running process writes)."""
-        out = _intents(self.directory, None)
-        if self.directory != self.root:
-            out += _intents(self.root, None)
-        return out
-
-    def stale(self, max_age_s: float) -> list[tuple[Path, str]]:
-        """The intents of other processes older than `max_age_s`: a store holds its
-        intent from before the placement until its commit, so an older one was left by
-        a process that died or gave up on its index call."""
-        cutoff = time.time() - max_age_s
-        out: list[tuple[Path, str]] = []
-        for sub in _subdirs(self.root):
-            if sub != self.directory:
-                out += _intents(sub, cutoff)
-        return out
-
-    def in_flight(self, rel: PurePosixPath, max_age_s: float) -> bool:
-        """Whether a store of another process has announced `rel` within `max_age_s`
-        and not yet closed its intent. This process's own intents are not looked at:
-        its stores of one SOP Instance UID take turns (ArchiveService's claim), so an
-        own intent for `rel` is the caller's or one an earlier failure left open."""
-        prefix = f"{_path_key(rel)}."
-        cutoff = time.time() - max_age_s
-        for directory in (self.root, *_subdirs(self.root)):
-            if directory == self.directory:
-                continue
-            try:
-                entries = list(os.scandir(directory))
-            except OSError:
-                continue
-            for entry in entries:
-                if not entry.name.startswith(prefix):
-                    continue
-                try:
-                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                        return True
-                except OSError:
-                    pass        # closed while we looked
-        return False
-
-    def _sync(self) -> None:
-        with self._cond:
-            self._written += 1
-            mine = self._written
-            while self._synced < mine:
-                if not self._syncing:
-                    self._syncing = True
-                    target = self._written
-                    break
-                self._cond.wait()
-            else:
-                return
-        done = False
-        try:
-            _fsync_dir(self.directory)
-            done = True
-        finally:
-            with self._cond:
-                self._syncing = False
-                if done:
-                    self._synced = max(self._synced, target)
-                self._cond.notify_all()
-
-
-def _path_key(rel: PurePosixPath | str) -> str:
-    return hashlib.sha1(str(rel).encode(), usedforsecurity=False).hexdigest()[:20]
-
-
-def _subdirs(directory: Path) -> list[Path]:
-    try:
-        return [Path(e.path) for e in os.scandir(directory)
-                if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
-
-
-def _intents(directory: Path, cutoff: float | None) -> list[tuple[Path, str]]:
-    """(intent, target) of the symlinks in `directory` (older than `cutoff` if given)."""
-    try:
-        entries = sorted(os.scandir(directory), key=lambda e: e.name)
-    except OSError:
-        return []
-    out = []
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                continue            # another process's journal
-            if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime >= cutoff:
-                continue
-            out.append((Path(entry.path), os.readlink(entry.path)))
-        except FileNotFoundError:
-            continue                # closed while we looked
-        except OSError:             # not a symlink: not ours
-            out.append((Path(entry.path), ""))
-    return out
 
 
 def _remove_files(directory: Path, cutoff: float | None) -> int:
@@ -506,16 +355,3 @@ def _copy_plain(src: int, dst: int, pos: int, remaining: int) -> None:
         remaining -= len(chunk)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
