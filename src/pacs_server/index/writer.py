@@ -95,8 +95,6 @@ class IndexWriter:
         self._on_commit = on_commit  # callable(batch_size) for metrics
         self._on_retry = on_retry    # callable(reason) for metrics
         self.retries = 0
-        # (PatientID, issuer) -> (pk, the _FOLLOWING values as on the patient row)
-        self._patients: dict[tuple[Any, ...], tuple[int, tuple[Any, ...]]] = {}
         # uid -> (pk, patient_pk, modalities, sop classes)
         self._studies: dict[str, tuple[int, int, str, str]] = {}
         # uid -> (pk, study_pk, patient_pk)
@@ -226,7 +224,6 @@ class IndexWriter:
                  error=str(getattr(exc, "orig", None) or exc).splitlines()[0][:200])
 
     def _forget_caches(self) -> None:
-        self._patients.clear()
         self._studies.clear()
         self._series.clear()
 
@@ -297,25 +294,25 @@ class IndexWriter:
         values = level_values("PATIENT", rec.patient)
         following = tuple(values[r.column] for r in _FOLLOWING)
         key = tuple(values[column] for column in _PATIENT_KEY)
-        cached = self._patients.get(key) if key[0] else None
-        if cached is None and key[0]:
+        # Read, not found: another process may have changed the demographics since,
+        # and this runs once per new study, not per instance.
+        found = None
+        if key[0]:
             row = (await conn.execute(select(
                 Patient.pk, *(Patient.__table__.c[r.column] for r in _FOLLOWING)).where(
                 *(Patient.__table__.c[c] == v for c, v in zip(_PATIENT_KEY, key, strict=True))
             ))).first()
             if row is not None:
-                cached = (int(row[0]), tuple(row[1:]))
-        if cached is None:
+                found = (int(row[0]), tuple(row[1:]))
+        if found is None:
             result = await conn.execute(Patient.__table__.insert().values(
                 num_studies=0, num_series=0, num_instances=0,
                 header=rec.header, header_syntax=rec.header_syntax, **values))
             pk = int(result.inserted_primary_key[0])
         else:
-            pk, before = cached
+            pk, before = found
             if before != following:
                 await self._follow(conn, batch, pk, values, before, rec)
-        if key[0]:
-            self._patients[key] = (pk, following)
         return pk
 
     async def _follow(self, conn: AsyncConnection, batch: _Batch, pk: int,
