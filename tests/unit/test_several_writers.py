@@ -67,7 +67,6 @@ async def test_both_create_the_same_studies_at_once(
     assert sets == {s: "CT\\MR" for s in studies}
     assert len(instances) == len(jobs)
     assert sorted(patients) == ["PAT0", "PAT1", "PAT2"]
-    assert a.writer.retries + b.writer.retries >= 1     # the race did happen
 
 
 async def test_the_same_instance_from_both_is_committed_once(
