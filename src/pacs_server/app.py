@@ -173,6 +173,7 @@ class PacsApp:
         try:
             files = FileStore(cfg.storage.directory, fsync=cfg.storage.fsync,
                               identity=self.identity)
+            self._stack.callback(files.release)
             removed = await asyncio.to_thread(files.prepare)
             removed += await asyncio.to_thread(files.sweep_incoming, in_flight_s)
             if removed:

@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 import yaml
 
-from support.archive import archived_files, incoming_files, index_rows
+from support.archive import archived_files, incoming_files, index_rows, open_intents
 from support.dcmtk import Dcmtk
 from support.http import TOKEN, http_call
 from support.instances import DicomFiles, sop_uid
@@ -121,7 +121,7 @@ def race(scu: Scu, ports: list[int], path: Path) -> list[int]:
 def no_leftovers(archive: Path) -> None:
     """Nothing in any receive directory, no intent open, nothing set aside."""
     assert incoming_files(archive) == []
-    assert [p for p in (archive / ".journal").rglob("*") if not p.is_dir()] == []
+    assert open_intents(archive) == []
     assert not (archive / ".quarantine").exists()
 
 
@@ -315,3 +315,19 @@ def test_two_processes_on_one_sqlite_file(tmp_path: Path, spawn: Callable[..., S
     for proc in (a, b):
         assert "index.write_failed" not in proc.stderr
         assert proc.stop() == 0
+
+
+def test_a_second_process_with_the_same_identity_is_refused(
+        tmp_path: Path, spawn: Callable[..., ServerProcess]) -> None:
+    """Two live processes must never share a receive directory: the second is refused at
+    start, naming the key, and the first keeps running; once it stops, the name is free."""
+    nodes = Nodes(tmp_path, spawn, {"path": str(tmp_path / "pacs.db")})
+    a = nodes.start("node-a")
+    path = nodes.config("node-a")
+    twin = spawn([sys.executable, "-m", "pacs_server", "--config", str(path)], tmp_path)
+    assert twin.wait(60) != 0
+    assert "server.node_name: 'node-a' is in use by another running process" in twin.stderr
+    assert "Traceback" not in twin.stderr
+    wait_until_responds(a.port, 10)
+    assert a.stop() == 0
+    assert nodes.start("node-a").stop() == 0

@@ -11,7 +11,7 @@ from pacs_server.config import Config
 from pacs_server.services.archive import FileCatalog
 from pacs_server.services.reconcile import reconcile
 from pacs_server.storage.filestore import FileStore
-from support.archive import archived_files, index_rows
+from support.archive import archived_files, index_rows, open_intents
 from support.instances import DicomFiles
 from support.scu import Scu
 from support.server import RunningServer
@@ -22,11 +22,6 @@ def intent(root: Path, rel: str, name: str) -> Path:
     link = root / ".journal" / name
     os.symlink(rel, link)
     return link
-
-
-def open_intents(root: Path) -> list[Path]:
-    """Every intent left in the journal, of any process (directories are journals)."""
-    return [p for p in (root / ".journal").rglob("*") if not p.is_dir()]
 
 
 def place(root: Path, rel: str, content: bytes) -> None:

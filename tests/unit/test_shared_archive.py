@@ -24,7 +24,7 @@ from pacs_server.index.repository import IndexRepository
 from pacs_server.services.archive import ArchiveService, IndexCatalog, StoreOutcome
 from pacs_server.services.reconcile import reconcile
 from pacs_server.storage.filestore import FileStore
-from support.archive import archived_files
+from support.archive import archived_files, open_intents
 from support.index import sqlite_index
 from support.instances import DicomFiles, dataset_bytes, file_meta, sop_uid
 
@@ -90,10 +90,6 @@ def quarantined(root: Path) -> list[Path]:
     return sorted(p for p in q.rglob("*") if p.is_file()) if q.exists() else []
 
 
-def intents(root: Path) -> list[Path]:
-    return [p for p in (root / ".journal").rglob("*") if not p.is_dir()]
-
-
 @pytest.mark.parametrize(("policy", "second"), [
     ("reject", DuplicateInstance), ("ignore", StoreOutcome.ALREADY_STORED)])
 async def test_a_store_waits_for_the_siblings_store_in_flight(
@@ -119,7 +115,7 @@ async def test_a_store_waits_for_the_siblings_store_in_flight(
     rel = await shared.repo.instance_path(sop_uid(sent))
     assert archived_files(shared.root) == [shared.root / str(rel)]
     assert dataset_bytes(shared.root / str(rel)) == dataset_bytes(sent)
-    assert intents(shared.root) == [] and quarantined(shared.root) == []
+    assert open_intents(shared.root) == [] and quarantined(shared.root) == []
 
 
 async def test_a_store_in_flight_too_long_is_answered_path_taken(
@@ -136,7 +132,7 @@ async def test_a_store_in_flight_too_long_is_answered_path_taken(
     assert await first is StoreOutcome.STORED
     (placed,) = archived_files(shared.root)       # B removed nothing of A's
     assert dataset_bytes(placed) == dataset_bytes(sent)
-    assert intents(shared.root) == []
+    assert open_intents(shared.root) == []
 
 
 async def test_an_orphan_is_set_aside_not_overwritten(shared: Shared,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import time
@@ -37,7 +38,8 @@ __all__ = ["FileStore", "PlacementJournal", "storage_errors"]
 INCOMING = ".incoming"
 JOURNAL = ".journal"
 QUARANTINE = ".quarantine"
-_PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE)
+NODES = ".nodes"
+PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE, NODES)
 
 
 class FileStore:
@@ -53,6 +55,8 @@ class FileStore:
         self.incoming = self.incoming_root / identity if identity else self.incoming_root
         self.journal = PlacementJournal(self.root / JOURNAL, fsync, identity)
         self._fsync = fsync
+        self._identity = identity
+        self._identity_lock: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------
     def prepare(self) -> int:
@@ -70,6 +74,7 @@ class FileStore:
         except OSError as exc:
             raise StartupError(f"storage directory {self.root} is not writable: "
                                f"{exc.strerror or exc}") from None
+        self._lock_identity()
         # Our own directory is ours alone, and files directly in .incoming belong to no
         # running process (the layout before per-process directories): both go now.
         # A sibling's directory is left to the age-based `sweep_incoming`.
@@ -77,6 +82,38 @@ class FileStore:
         if self.incoming != self.incoming_root:
             removed += _remove_files(self.incoming_root, None)
         return removed
+
+    def _lock_identity(self) -> None:
+        """Hold <root>/.nodes/<identity>.lock (a POSIX record lock, released when the
+        process ends however it ends) so that a second live process with this identity
+        is refused before it empties the first one's receive directory.
+
+        Raises:
+            StartupError: another running process uses this identity on this archive.
+        """
+        if not self._identity or self._identity_lock is not None:
+            return
+        path = self.root / NODES / f"{self._identity}.lock"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StartupError(f"storage directory {self.root} is not writable: "
+                               f"{exc.strerror or exc}") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StartupError(
+                f"server.node_name: {self._identity!r} is in use by another running "
+                f"process on the archive {self.root}; give each node its own") from None
+        self._identity_lock = fd
+
+    def release(self) -> None:
+        """Let another process take this identity (at stop)."""
+        if self._identity_lock is not None:
+            os.close(self._identity_lock)
+            self._identity_lock = None
 
     def sweep_incoming(self, max_age_s: float) -> int:
         """Remove receive files nobody has written to for `max_age_s` seconds, in every
@@ -237,7 +274,7 @@ class FileStore:
         files = size = 0
         for dirpath, dirnames, filenames in os.walk(self.root):
             if dirpath == str(self.root):
-                dirnames[:] = [d for d in dirnames if d not in _PRIVATE_DIRS]
+                dirnames[:] = [d for d in dirnames if d not in PRIVATE_DIRS]
             for name in filenames:
                 try:
                     size += os.stat(os.path.join(dirpath, name)).st_size
