@@ -148,10 +148,31 @@ async def test_an_orphan_is_set_aside_not_overwritten(shared: Shared,
         other = Shared(shared.root, repo, shared.bridge)
         b = other.node("node-b")
         (shared.root / rel).write_bytes(b"orphan bytes")
+        os.utime(shared.root / rel, (OLD, OLD))    # older than any store in flight
         assert await other.receive(b, sent) is StoreOutcome.STORED
         assert dataset_bytes(shared.root / rel) == dataset_bytes(sent)
         (aside,) = quarantined(shared.root)
         assert aside.read_bytes() == b"orphan bytes"
+
+
+async def test_a_young_file_without_a_visible_intent_is_waited_for(
+        shared: Shared, dicom_files: DicomFiles) -> None:
+    """A file just written, no row, no intent listed: on a network filesystem another
+    node's intent may not be visible yet, so it is not taken for an orphan; its row
+    arrives and the store is a duplicate, or it never does and the answer is PathTaken,
+    with the file left alone either way."""
+    a = shared.node("node-a")
+    sent = dicom_files.generated()
+    assert await shared.receive(a, sent) is StoreOutcome.STORED
+    rel = str(await shared.repo.instance_path(sop_uid(sent)))
+    await shared.repo.writer.close()
+    async with sqlite_index(shared.root.parent / "other.db") as repo:
+        other = Shared(shared.root, repo, shared.bridge)
+        b = other.node("node-b", wait_s=0.5)
+        with pytest.raises(PathTaken):
+            await other.receive(b, sent)
+        assert dataset_bytes(shared.root / rel) == dataset_bytes(sent)
+        assert quarantined(shared.root) == [] and open_intents(shared.root) == []
 
 
 async def test_a_stale_sibling_intent_is_not_waited_for_and_is_settled(

@@ -47,7 +47,8 @@ from pacs_server.storage.filestore import FileStore
 log = structlog.get_logger(__name__)
 
 _PLACE_ATTEMPTS = 3          # an orphan set aside, then the name taken again: give up
-_POLL_S = 0.02               # while another process has the same name in flight
+_POLL_S = 0.02               # while another process has the same name in flight,
+_POLL_MAX_S = 0.5            # growing to this
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -235,7 +236,7 @@ class ArchiveService:
             # intent that the next start reconciles (services/reconcile.py).
             intent = journal.open(rec.rel_path)
             try:
-                outcome = self._place_and_index(staged, run, policy)
+                outcome = self._place_and_index(staged, run, policy, intent)
             except (DuplicateInstance, PathTaken):
                 journal.close(intent)     # nothing placed, or the placement undone
                 raise
@@ -246,10 +247,10 @@ class ArchiveService:
             self._count_stored(rec.size)
         return outcome
 
-    def _place_and_index(self, staged: StagedInstance, run: Runner,
-                         policy: str) -> StoreOutcome:
+    def _place_and_index(self, staged: StagedInstance, run: Runner, policy: str,
+                         intent: Path) -> StoreOutcome:
         rec = staged.record
-        replaced = self._place(staged, run, policy)
+        replaced = self._place(staged, run, policy, intent)
         if replaced is None:
             return self._duplicate(rec, policy)
         # Any other error leaves the placed file (and its intent): the row may or may
@@ -269,7 +270,8 @@ class ArchiveService:
             return self._duplicate(rec, policy)
         return StoreOutcome.STORED
 
-    def _place(self, staged: StagedInstance, run: Runner, policy: str) -> bool | None:
+    def _place(self, staged: StagedInstance, run: Runner, policy: str,
+               intent: Path) -> bool | None:
         """Give the staged file its final name: False placed new, True replaced a file
         (policy `replace`), None a duplicate (the staged file is discarded).
 
@@ -281,28 +283,54 @@ class ArchiveService:
         for _ in range(_PLACE_ATTEMPTS):
             if self.files.place_new(staged.part, rec.rel_path):
                 return False
-            # The name is taken by a file this store did not place: let a store that
-            # has it in flight, in this process or another, finish first.
-            self._wait_for_others(rec.rel_path)
+            # The name is taken by a file this store did not place.
             if policy == "replace":
+                self._wait_until(lambda: None if self.files.journal.in_flight(
+                    rec.rel_path, self._in_flight_s) else "free", rec.rel_path)
                 self.files.place(staged.part, rec.rel_path)
                 return True
-            if run(self.catalog.lookup(rec)) is not None:
+            verdict = self._wait_until(lambda: self._taken_by(rec, run, intent), rec.rel_path)
+            if verdict == "indexed":
                 self.files.discard(staged.part)
                 return None
             # Nobody stores it and no row names it: left by an interrupted store whose
             # intent is gone. Moved aside, never overwritten; then the name is ours.
-            if self.files.set_aside(rec.rel_path):
+            if verdict == "orphan" and self.files.set_aside(rec.rel_path):
                 log.warning("storage.orphan_set_aside", path=str(rec.rel_path))
         raise PathTaken(f"archive path stays taken: {rec.rel_path}")
 
-    def _wait_for_others(self, rel: PurePosixPath) -> None:
+    def _taken_by(self, rec: InstanceRecord, run: Runner, intent: Path) -> str | None:
+        """What holds the name: "indexed" (a duplicate), "orphan", "free" (gone since),
+        or None while another store may still be placing or committing it."""
+        rel = rec.rel_path
+        # Another process's store has it in flight (this process's stores of one UID
+        # take turns already, `_claim`): wait for its commit.
+        if self.files.journal.in_flight(rel, self._in_flight_s):
+            return None
+        if run(self.catalog.lookup(rec)) is not None:
+            return "indexed"
+        age = self.files.age(rel)
+        if age is None:
+            return "free"
+        # Written recently and no intent seen: on a network filesystem another node's
+        # intent may not be listed here yet, so wait for its row; unless no other
+        # process uses this archive, or this process left an intent for it open itself
+        # (an earlier ambiguous failure).
+        journal = self.files.journal
+        if age < self._in_flight_s and journal.shared() and not journal.left_open(rel, intent):
+            return None
+        return "orphan"
+
+    def _wait_until(self, verdict: Callable[[], str | None], rel: PurePosixPath) -> str:
         deadline = time.monotonic() + self._wait_s
-        while self.files.journal.in_flight(rel, self._in_flight_s):
+        delay = _POLL_S
+        while (found := verdict()) is None:
             if time.monotonic() >= deadline:
                 # Reason first: the Error Comment keeps only 64 characters.
                 raise PathTaken(f"being stored by another process: {rel}")
-            time.sleep(_POLL_S)
+            time.sleep(delay)
+            delay = min(delay * 1.5, _POLL_MAX_S)
+        return found
 
     def _duplicate(self, rec: InstanceRecord, policy: str) -> StoreOutcome:
         with self._stats_lock:

@@ -191,18 +191,19 @@ class FileStore:
         return True
 
     def set_aside(self, rel: PurePosixPath) -> bool:
-        """Move the file at `rel` to .quarantine if it is still the one seen now.
+        """Move the file at `rel` to .quarantine if it is still the one seen now;
+        returns whether a file was moved.
 
         For a file no store has in flight and no row names (an orphan): it is moved,
         never overwritten or deleted. The rename is atomic but not conditional, so if
         the moved file turns out to be another one (placed in between by a new store)
-        it is linked back. Returns whether the name is free.
+        it is linked back and False returned.
         """
         source = self.path(rel)
         try:
             seen = os.stat(source)
         except FileNotFoundError:
-            return True
+            return False
         target = self.root / QUARANTINE / rel
         target = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
         with storage_errors():
@@ -210,14 +211,14 @@ class FileStore:
             try:
                 os.rename(source, target)
             except FileNotFoundError:
-                return True
+                return False
             moved = os.stat(target)
             if (moved.st_ino, moved.st_dev) != (seen.st_ino, seen.st_dev):
                 try:
                     os.link(target, source)
                     os.unlink(target)
                 except FileExistsError:
-                    pass          # yet another store placed one: keep this copy aside
+                    return True     # yet another store placed one: this copy stays aside
                 return False
         return True
 
@@ -265,6 +266,13 @@ class FileStore:
         if not final.is_relative_to(self.root) or final == self.root:
             raise StorageUnavailable(f"refusing path outside the archive: {rel}")
         return final
+
+    def age(self, rel: PurePosixPath | str) -> float | None:
+        """Seconds since the file at `rel` was written (None: no file there)."""
+        try:
+            return time.time() - os.stat(self.path(rel)).st_mtime
+        except FileNotFoundError:
+            return None
 
     def exists(self, rel: PurePosixPath | str) -> bool:
         return self.path(rel).is_file()

@@ -95,6 +95,20 @@ class PlacementJournal:
                     pass        # closed while we looked
         return False
 
+    def shared(self) -> bool:
+        """Whether other processes (their journals) use this archive too."""
+        return any(d != self.directory for d in subdirs(self.root))
+
+    def left_open(self, rel: PurePosixPath, mine: Path) -> bool:
+        """Whether this process has an intent for `rel` besides `mine`: one an earlier
+        store left open (an ambiguous index failure), so the file at `rel` may be ours."""
+        prefix = f"{_path_key(rel)}."
+        try:
+            return any(e.name.startswith(prefix) and e.path != str(mine)
+                       for e in os.scandir(self.directory))
+        except OSError:
+            return False
+
     def _sync(self) -> None:
         with self._cond:
             self._written += 1
