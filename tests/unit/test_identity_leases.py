@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -31,17 +30,10 @@ def test_a_node_name_that_is_no_file_name_is_refused(bad: str) -> None:
         load_config(None, {"server.node_name": bad})
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def engine_cfg(request: pytest.FixtureRequest, tmp_path: Path) -> DatabaseConfig:
-    if request.param == "postgresql":
-        return DatabaseConfig(url=request.getfixturevalue("postgres_url"))
-    return DatabaseConfig(path=str(tmp_path / "index.db"))
-
-
 @pytest.fixture
-async def owners(engine_cfg: DatabaseConfig) -> AsyncIterator[list[LeaseRepository]]:
+async def owners(database_cfg: DatabaseConfig) -> AsyncIterator[list[LeaseRepository]]:
     """Three owners, each on an engine of its own (as separate processes are)."""
-    engines = [create_engine(engine_cfg) for _ in range(3)]
+    engines = [create_engine(database_cfg) for _ in range(3)]
     await migrate(engines[0])
     yield [LeaseRepository(e, f"node-{i}") for i, e in enumerate(engines)]
     for e in engines:

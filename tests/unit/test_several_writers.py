@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
@@ -23,12 +22,10 @@ from support.index import index_record
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def writers(request: pytest.FixtureRequest,
-                  tmp_path: Path) -> AsyncIterator[tuple[IndexRepository, IndexRepository]]:
-    cfg = DatabaseConfig(path=str(tmp_path / "index.db"))
-    if request.param == "postgresql":
-        cfg = DatabaseConfig(url=request.getfixturevalue("postgres_url"))
+@pytest.fixture
+async def writers(database_cfg: DatabaseConfig
+                  ) -> AsyncIterator[tuple[IndexRepository, IndexRepository]]:
+    cfg = database_cfg
     engines = [create_engine(cfg), create_engine(cfg, writer=True),
                create_engine(cfg), create_engine(cfg, writer=True)]
     await migrate(engines[0])
