@@ -216,3 +216,28 @@ async def test_a_start_leaves_a_siblings_live_receive_files(tmp_path: Path) -> N
     (b.incoming / "mine.part").write_bytes(b"x")
     assert b.prepare() == 1                                  # its own: all of them
     assert live.exists()
+
+
+async def test_two_processes_settling_one_intent_keep_its_file(
+        shared: Shared, dicom_files: DicomFiles) -> None:
+    """A dead node's placed, unindexed file, settled by two processes at once (its
+    restart and a sibling's stale sweep): indexed once, and the loser does not remove
+    the file the winner indexed."""
+    a = shared.node("node-a")
+    sent = dicom_files.generated()
+    assert await shared.receive(a, sent) is StoreOutcome.STORED
+    rel = str(await shared.repo.instance_path(sop_uid(sent)))
+    await shared.repo.writer.close()              # a fresh index: the file is unindexed
+    async with sqlite_index(shared.root.parent / "other.db") as repo:
+        dead = shared.root / ".journal" / "node-dead"
+        dead.mkdir()
+        link = dead / "0123.abc"
+        os.symlink(rel, link)
+        os.utime(link, (OLD, OLD), follow_symlinks=False)
+        b, c = (FileStore(shared.root, fsync=False, identity=n) for n in ("node-b", "node-c"))
+        catalog = IndexCatalog(repo)
+        reports = await asyncio.gather(*(
+            reconcile(f, catalog, a.archive.config, stale_s=60, own=False) for f in (b, c)))
+        assert sorted(r.indexed for r in reports) == [0, 1]
+        assert await repo.instance_path(sop_uid(sent)) == rel
+        assert dataset_bytes(shared.root / rel) == dataset_bytes(sent)

@@ -109,6 +109,10 @@ async def _settle(files: FileStore, catalog: Catalog, cfg: StorageConfig,
     try:
         old = await catalog.add(record, replace)
     except DuplicateInstance:
+        if await catalog.lookup(record) == str(rel):
+            # Another process settled this same intent meanwhile (its owner's start
+            # and a sibling's stale sweep): the file is indexed where it is.
+            return "committed"
         await asyncio.to_thread(files.remove, rel)
         return "removed"
     if old is not None and old != str(rel):
