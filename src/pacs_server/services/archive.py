@@ -264,9 +264,12 @@ class ArchiveService:
         try:
             run(self.catalog.add(rec, False))
         except DuplicateInstance:
-            # Indexed already, under another path (e.g. PatientID changed). The file at
-            # our path is the one we linked: ours to remove.
-            self.files.remove(rec.rel_path)
+            # Indexed already, normally under another path (e.g. PatientID changed):
+            # the file at our path is the one we linked, ours to remove. Unless the row
+            # names this very path (another process's reconciliation indexed the
+            # orphan we set aside meanwhile): then it names our file, which stays.
+            if run(self.catalog.lookup(rec)) != str(rec.rel_path):
+                self.files.remove(rec.rel_path)
             return self._duplicate(rec, policy)
         return StoreOutcome.STORED
 
