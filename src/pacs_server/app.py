@@ -245,7 +245,7 @@ class PacsApp:
             resolve_storage_classes(cfg.storage.accepted_sop_classes), cfg.commitment)
         self._subscribe(lambda c: service.reconfigure(c.commitment))
         return CommitmentDelivery(service, bridge, cfg.server, self._peer, self.metrics,
-                                  gate=self._index.leases.acquire)
+                                  gate=self._index.leases.acquire, owner=self.identity)
 
     async def _start_operations(self, server: DicomServer, archive: ArchiveService,
                                 queries: QueryService | None, bridge: LoopBridge) -> None:

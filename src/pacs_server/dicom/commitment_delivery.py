@@ -75,11 +75,14 @@ class CommitmentDelivery:
 
     def __init__(self, commitments: CommitmentService, bridge: LoopBridge, server: ServerConfig,
                  peer_of: Callable[[str], PeerConfig | None], metrics: Metrics,
-                 gate: Gate | None = None) -> None:
+                 gate: Gate | None = None, owner: str = "") -> None:
         self._service = commitments
         # Reports sent over a new association go from one process of those sharing the
         # index: the holder of this lease (index/leases.py).
         self._gate = gate
+        # This process's identity: the commitments it reports on their association are
+        # held under it in the index, so no other node's runner sends them meanwhile.
+        self._owner = owner
         self._outcomes = metrics.commitment_reports
         self._bridge = bridge
         self._server = server
@@ -98,6 +101,9 @@ class CommitmentDelivery:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        if self._owner:
+            # What this process held when it last stopped (a crash mid-report).
+            await self._service.release_holds(self._owner)
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -138,6 +144,14 @@ class CommitmentDelivery:
             self.wake()
             return pk
         self._claim(pk)
+        if self._owner:
+            try:
+                # The in-memory claim keeps this process's runner off it; the hold,
+                # every other node's, for as long as the worker may take.
+                await self._service.hold(pk, self._owner, self._server.acse_timeout
+                                         + self._server.dimse_timeout + _RELEASE_GRACE_S)
+            except Exception as exc:  # recorded all the same: a duplicate report at worst
+                log.warning("commitment.hold_failed", commitment=pk, error=str(exc))
         worker = threading.Thread(target=self._report_on_association, args=(assoc, pk),
                                   name=f"commitment-{pk}", daemon=True)
         self._workers.add(worker)
@@ -146,6 +160,7 @@ class CommitmentDelivery:
 
     def _report_on_association(self, assoc: Association, pk: int) -> None:
         started = time.monotonic()
+        sent = False
         try:
             report = self._bridge.run(self._service.report(pk))
             if report is None:
@@ -161,11 +176,14 @@ class CommitmentDelivery:
             self._bridge.run(self._service.delivered(report, report.attempts + 1,
                                                      "same association"))
             self._outcomes.labels("same_association").inc()
+            sent = True
         except PacsError as exc:
             log.info("commitment.same_association_failed", commitment=pk, error=str(exc))
         except Exception:
             log.exception("commitment.same_association_error", commitment=pk)
         finally:
+            if self._owner and not sent:
+                self._unhold(pk)
             self._release(pk)
             self._workers.discard(threading.current_thread())
             self.wake()
@@ -259,6 +277,13 @@ class CommitmentDelivery:
         finally:
             if assoc.is_established:
                 assoc.release()
+
+    def _unhold(self, pk: int) -> None:
+        """Hand a report the worker did not send to the runners at once."""
+        try:
+            self._bridge.run(self._service.unhold(pk))
+        except Exception as exc:  # the hold then simply expires
+            log.warning("commitment.unhold_failed", commitment=pk, error=str(exc))
 
     # ------------------------------------------------------------------ claims
     def _claim(self, pk: int) -> bool:

@@ -1,4 +1,5 @@
-"""Leases: which process runs each singleton job (index/leases.py)
+"""Leases: which process runs each singleton job (index/leases.py); the process holding
+a Storage Commitment while it reports on the requesting association
 
 Revision ID: 0008
 Revises: 0007
@@ -20,7 +21,10 @@ def upgrade() -> None:
         sa.Column("expires", sa.Float, nullable=False),
         sa.Column("runs", sa.Integer, nullable=False, server_default="0"),
     )
+    op.add_column("commitments", sa.Column("held_by", sa.String(128), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("commitments") as batch:
+        batch.drop_column("held_by")
     op.drop_table("leases")
