@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from pacs_server.config import Config
+from pacs_server.config import Config, DatabaseConfig
 from support.config import server_config
 from support.dcmtk import BASIC_TOOLS, Dcmtk, put_dcmtk_first_on_path, require_dcmtk
 from support.instances import DicomFiles
@@ -135,3 +135,11 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 def postgres_url(postgres_cluster: PostgresCluster) -> str:
     """The URL of a new, empty database on the session's PostgreSQL server."""
     return postgres_cluster.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_cfg(request: pytest.FixtureRequest, tmp_path: Path) -> DatabaseConfig:
+    """The index on a tmp SQLite file, then on a new PostgreSQL database."""
+    if request.param == "postgresql":
+        return DatabaseConfig(url=request.getfixturevalue("postgres_url"))
+    return DatabaseConfig(path=str(tmp_path / "index.db"))

@@ -30,7 +30,7 @@ import structlog
 
 from pacs_server.audit import AuditLog
 from pacs_server.config import Config, PeerConfig, merge_reloadable, reloadable_changes
-from pacs_server.control import ServerControl, ServerParts
+from pacs_server.control import AdminRefresh, ServerControl, ServerParts
 from pacs_server.dicom import (
     commitment,
     echo,
@@ -49,17 +49,19 @@ from pacs_server.dicom.server import DicomListener, DicomServer
 from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
 from pacs_server.events import EventHub
+from pacs_server.identity import process_identity
 from pacs_server.index.lifecycle import IndexComponent
 from pacs_server.index.repository import IndexRepository
 from pacs_server.logging import set_level
 from pacs_server.metrics import Metrics
+from pacs_server.periodic import PeriodicTask
 from pacs_server.services.archive import ArchiveService, Catalog, FileCatalog, IndexCatalog
 from pacs_server.services.commitment import CommitmentService
 from pacs_server.services.dicomweb import DicomWeb
 from pacs_server.services.maintenance import Maintenance
 from pacs_server.services.mpps import MppsService
 from pacs_server.services.query import QueryService
-from pacs_server.services.reconcile import ArchiveReconciler
+from pacs_server.services.reconcile import ArchiveReconciler, StaleIntentSweeper
 from pacs_server.services.retrieve import RetrieveService
 from pacs_server.services.worklist import WorklistService
 from pacs_server.services.worklist_retention import WorklistRetention
@@ -84,6 +86,7 @@ class Component(Protocol):
 
 
 C = TypeVar("C", bound=Component)
+P = TypeVar("P", bound=PeriodicTask)
 
 
 class PacsApp:
@@ -119,6 +122,7 @@ class PacsApp:
         self._commitments: CommitmentDelivery | None = None
         self.control: ServerControl | None = None
         self._audit: AuditLog | None = None
+        self.identity = process_identity(cfg.server.node_name)
 
     # ------------------------------------------------------------------ parts
     @property
@@ -175,15 +179,24 @@ class PacsApp:
         cfg = self.cfg
         runtime.configure_libraries()
         self._stack = AsyncExitStack()
+        # The longest a receive file goes untouched, or a store holds its placement
+        # intent, while its transfer is alive (the bridge's timeout is below it): a
+        # sibling's file or intent older than this is a leftover (docs/architecture.md).
+        in_flight_s = max(cfg.server.idle_timeout, cfg.server.dimse_timeout) + 60
+        bridge_timeout = max(cfg.server.dimse_timeout, 30.0)
         try:
-            files = FileStore(cfg.storage.directory, fsync=cfg.storage.fsync)
+            files = FileStore(cfg.storage.directory, fsync=cfg.storage.fsync,
+                              identity=self.identity)
+            self._stack.callback(files.release)
             removed = await asyncio.to_thread(files.prepare)
+            removed += await asyncio.to_thread(files.sweep_incoming, in_flight_s)
             if removed:
                 log.warning("storage.partial_files_removed", count=removed)
             catalog: Catalog = FileCatalog(files)
             queries = retrieve = steps = worklists = None
             if self.use_index:
-                self._index = await self._start(IndexComponent(cfg.database, self.metrics))
+                self._index = await self._start(IndexComponent(cfg.database, self.metrics,
+                                                               self.identity))
                 catalog = IndexCatalog(self._index.repo)
                 queries = QueryService(self._index.repo, cfg.query, cfg.server.ae_title)
                 self._subscribe(lambda c: queries.reconfigure(c.query))
@@ -193,11 +206,11 @@ class PacsApp:
                 steps = MppsService(self._index.steps, worklist=self._index.worklist)
             # Placements a crash left between the file and its index row, before the
             # listener accepts anything.
-            await self._start(ArchiveReconciler(files, catalog, cfg.storage))
-            self.archive = archive = ArchiveService(cfg.storage, files, catalog)
+            await self._start(ArchiveReconciler(files, catalog, cfg.storage, in_flight_s))
+            self.archive = archive = ArchiveService(cfg.storage, files, catalog,
+                                                    in_flight_s, wait_s=bridge_timeout)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
-            bridge = LoopBridge(asyncio.get_running_loop(),
-                                timeout_s=max(cfg.server.dimse_timeout, 30.0))
+            bridge = LoopBridge(asyncio.get_running_loop(), timeout_s=bridge_timeout)
             if self._index is not None:
                 self._commitments = self._commitment_delivery(files, bridge)
             services = self.dicom_services(archive, bridge, queries, retrieve, steps, worklists)
@@ -215,18 +228,21 @@ class PacsApp:
             self.tls_port = self._listener.tls_port
             assert self.control is not None
             self.control.dicom_port, self.control.tls_port = self.port, self.tls_port
-            max_age = max(cfg.server.idle_timeout, cfg.server.dimse_timeout) + 60
-            await self._start(IncomingSweeper(files, max_age))
+            await self._start(self._singleton(IncomingSweeper(files, in_flight_s)))
             if self._index is not None:
-                retention = await self._start(WorklistRetention(self._index.worklist,
-                                                                cfg.worklist))
+                stale = await self._start(self._singleton(
+                    StaleIntentSweeper(files, catalog, cfg.storage, in_flight_s)))
+                self._subscribe(lambda c: stale.reconfigure(c.storage))
+                retention = await self._start(self._singleton(
+                    WorklistRetention(self._index.worklist, cfg.worklist)))
                 self._subscribe(lambda c: retention.reconfigure(c.worklist))
         except BaseException:
             await self._close()
             raise
         self.ready.set()
         notify("READY=1")
-        log.info("server.started", ae_title=cfg.server.ae_title, host=cfg.server.host,
+        log.info("server.started", ae_title=cfg.server.ae_title, identity=self.identity,
+                 host=cfg.server.host,
                  port=self.port, tls_port=self.tls_port, metrics_port=self.metrics_port,
                  storage=str(files.root),
                  database=self._index.url if self._index else None,
@@ -242,7 +258,8 @@ class PacsApp:
             self._index.commitments, self._index.repo, files,
             resolve_storage_classes(cfg.storage.accepted_sop_classes), cfg.commitment)
         self._subscribe(lambda c: service.reconfigure(c.commitment))
-        return CommitmentDelivery(service, bridge, cfg.server, self._peer, self.metrics)
+        return CommitmentDelivery(service, bridge, cfg.server, self._peer, self.metrics,
+                                  gate=self._index.leases.acquire, owner=self.identity)
 
     async def _start_operations(self, server: DicomServer, archive: ArchiveService,
                                 queries: QueryService | None, bridge: LoopBridge) -> None:
@@ -269,6 +286,8 @@ class PacsApp:
                     lambda: self.cfg.dicomweb)
         self.control = control = ServerControl(parts, cfg)
         await control.load()
+        if self._index is not None:
+            await self._start(AdminRefresh(control))
         self._subscribe(control.reconfigure)
         self._subscribe(lambda c: audit.reopen(c.logging.audit_file))
         if cfg.monitoring.serves:
@@ -281,6 +300,12 @@ class PacsApp:
                 lambda route, status: self.metrics.http_requests.labels(
                     route, str(status)).inc(), ssl_context=https, viewer=viewer))
             self.metrics_port = control.http_port = http.port
+
+    def _singleton(self, task: P) -> P:
+        """A housekeeping job that runs in one process of those sharing the index."""
+        if self._index is not None:
+            task.singleton(self._index.leases.acquire)
+        return task
 
     async def _start(self, component: C) -> C:
         assert self._stack is not None

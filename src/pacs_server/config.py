@@ -22,6 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from pacs_server.errors import ConfigError
+from pacs_server.identity import NODE_NAME
 
 Naming = Literal["hierarchical", "flat", "date"]
 DuplicatePolicy = Literal["reject", "replace", "ignore"]
@@ -47,6 +48,8 @@ def setting(default: Any, help: str, reload: bool = False) -> Any:
 @dataclass(frozen=True)
 class ServerConfig:
     ae_title: str = setting("PACS", "AE title of this server (1-16 characters, no backslash)")
+    node_name: str = setting(
+        "", "this node among the nodes sharing one index and archive; empty = host name")
     host: str = setting("0.0.0.0", "address to listen on")
     port: int = setting(
         11112, "DICOM port; 0 binds an ephemeral port (logged at start); -1 = no plain listener")
@@ -65,6 +68,9 @@ class ServerConfig:
 
     def check(self, source: str) -> None:
         check_ae_title(source, "server.ae_title", self.ae_title)
+        if self.node_name and not NODE_NAME.match(self.node_name):
+            raise ConfigError(f"{source}: server.node_name: 1-63 letters, digits, '.', '_' "
+                              f"or '-', starting with a letter or digit, got {self.node_name!r}")
         if not -1 <= self.port <= 65535:
             raise ConfigError(f"{source}: server.port: must be -1 (off) or 0-65535, "
                               f"got {self.port}")

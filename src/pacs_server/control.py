@@ -36,6 +36,7 @@ from pacs_server.index.backup import backup_sqlite
 from pacs_server.index.inventory import Inventory
 from pacs_server.index.repository import IndexRepository
 from pacs_server.metrics import Metrics
+from pacs_server.periodic import PeriodicTask
 from pacs_server.services.archive import ArchiveService
 from pacs_server.services.browse import browse
 from pacs_server.services.dicomweb import DicomWeb
@@ -47,6 +48,7 @@ log = structlog.get_logger(__name__)
 
 HEALTH_TIMEOUT_S = 1.0
 COUNTS_TTL_S = 30.0         # /metrics and /status share one set of COUNT(*) queries
+ADMIN_REFRESH_S = 5.0       # the API's AE titles and peers, re-read from the index
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,253})$")
 
 
@@ -94,7 +96,7 @@ class ServerControl:
     # ----------------------------------------------------------------- lifecycle
     async def load(self) -> None:
         """Apply the API's AE titles and peers kept in the index (at start)."""
-        await self._refresh_access()
+        await self.refresh_access()
 
     def reconfigure(self, cfg: Config) -> None:
         """SIGHUP: the new token (re-read from its file) and config entries; a token
@@ -262,7 +264,7 @@ class ServerControl:
         elif not await admin.remove_ae_title(ae_title, host):
             raise NotFound(f"{ae_title!r} was not added through the API"
                            + (f" for host {host}" if host else ""))
-        await self._refresh_access()
+        await self.refresh_access()
         return {"ae_title": ae_title, "host": host, "origin": "api", action: True}
 
     async def peers(self, action: str, ae_title: str = "", host: str = "",
@@ -281,10 +283,12 @@ class ServerControl:
             await admin.add_peer(ae_title, check_host(host), port)
         elif not await admin.remove_peer(ae_title):
             raise NotFound(f"peer {ae_title!r} was not added through the API")
-        await self._refresh_access()
+        await self.refresh_access()
         return {"ae_title": ae_title, "origin": "api", action: True}
 
-    async def _refresh_access(self) -> None:
+    async def refresh_access(self) -> None:
+        """Re-read the API's AE titles and peers from the index: after a change made
+        here, and every `ADMIN_REFRESH_S` for changes made through another node."""
         admin = self._p.admin
         if admin is None:
             return
@@ -292,6 +296,24 @@ class ServerControl:
         self._p.dicom.policy.set_api_entries(entries)
         self._api_peers = {p.ae_title: PeerConfig(p.ae_title, p.host, p.port)
                            for p in await admin.peers()}
+
+
+class AdminRefresh(PeriodicTask):
+    """Every `ADMIN_REFRESH_S`, the API's AE titles and peers as the index has them now:
+    an entry added or removed through another node or worker takes effect here within
+    that bound (the only copy of shared state this process keeps; docs/architecture.md)."""
+
+    name = "admin-refresh"
+
+    def __init__(self, control: ServerControl, interval_s: float = ADMIN_REFRESH_S) -> None:
+        super().__init__(interval_s)
+        self._control = control
+
+    async def tick(self) -> None:
+        try:
+            await self._control.refresh_access()
+        except Exception as exc:  # the index is down: keep the last entries, retry
+            log.warning("admin.refresh_failed", error=str(exc))
 
 
 def _configured_titles(cfg: Config) -> dict[str, dict[str, Any]]:

@@ -52,6 +52,11 @@ class StorageUnavailable(PacsError):
     """The archive directory cannot be written (permissions, read-only fs, I/O error)."""
 
 
+class PathTaken(StorageUnavailable):
+    """The archive path stays held by another process's store: nothing was placed, the
+    sender should retry (answered as StorageUnavailable)."""
+
+
 class IndexUnavailable(PacsError):
     """The index did not answer (timeout, locked, connection lost)."""
 

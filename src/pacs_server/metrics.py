@@ -50,6 +50,10 @@ class Metrics:
         self.index_batch = Histogram(
             "pacs_index_commit_batch_size", "instances per index transaction (group commit)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.index_retries = Counter(
+            "pacs_index_write_retries",
+            "index transactions retried: busy (SQLite locked, serialisation failure, lost "
+            "connection) or integrity (a row another process created)", ["reason"], registry=r)
         self.find_matches = Counter(
             "pacs_find_matches", "C-FIND responses sent", ["level"], registry=r)
         self.retrieved = Counter(

@@ -16,7 +16,7 @@ from typing import Any
 
 from pacs_server.errors import PacsError
 from pacs_server.services.reconcile import check_file
-from support.archive import archived_files, incoming_files, index_rows
+from support.archive import archived_files, incoming_files, index_rows, open_intents
 from support.instances import DicomFiles, sop_uid
 from support.scu import Scu, contexts_for, send
 
@@ -65,7 +65,7 @@ def check_archive(root: Path, db: Path, acked: set[str]) -> dict[str, str]:
     assert on_disk == set(rows.values()), (
         f"files without rows: {sorted(on_disk - set(rows.values()))[:5]}, "
         f"rows without files: {sorted(set(rows.values()) - on_disk)[:5]}")
-    assert list((root / ".journal").iterdir()) == [], "open intents after start"
+    assert open_intents(root) == [], "open intents after start"
     assert incoming_files(root) == []
     for rel in rows.values():
         try:

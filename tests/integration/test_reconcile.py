@@ -11,7 +11,7 @@ from pacs_server.config import Config
 from pacs_server.services.archive import FileCatalog
 from pacs_server.services.reconcile import reconcile
 from pacs_server.storage.filestore import FileStore
-from support.archive import archived_files, index_rows
+from support.archive import archived_files, index_rows, open_intents
 from support.instances import DicomFiles
 from support.scu import Scu
 from support.server import RunningServer
@@ -63,7 +63,7 @@ async def test_open_intents_are_settled_at_start(
     assert files == set(rows.values())                       # no file without a row
     assert all((root / rel).is_file() for rel in rows.values())  # no row without a file
     assert (root / ".quarantine" / "crafted" / "broken.dcm").is_file()
-    assert list((root / ".journal").iterdir()) == []
+    assert open_intents(root) == []
     # The orphan is a normal instance now: a retry by its sender is a duplicate.
     assert [r.status for r in await scu.astore(srv.port, [orphan])] == [0x0111]
 
@@ -84,7 +84,7 @@ async def test_a_file_cut_inside_a_sequence_is_quarantined_at_start(
     assert await scu.aecho(srv.port) == 0x0000
     assert (root / ".quarantine" / "crafted" / "cut.dcm").read_bytes() == data[:cut]
     assert archived_files(root) == [] and index_rows(srv.db) == {}
-    assert list((root / ".journal").iterdir()) == []
+    assert open_intents(root) == []
 
 
 async def test_reconcile_without_an_index_and_again(make_cfg: Callable[..., Config],

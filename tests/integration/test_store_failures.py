@@ -164,8 +164,9 @@ async def test_patient_id_path_traversal(start_server: Callable[..., Any],
         top = path.relative_to(root).parts[0]
         assert len(path.relative_to(root).parts) == 4
         assert not top.startswith(".") and all(32 < ord(c) < 127 for c in top), repr(top)
-    # nothing anywhere else: only the archive, the index and the files we sent
-    outside = all_files(tmp_path) - set(stored) - set(sent)
+    # nothing anywhere else: only the archive, the index, the files we sent and the
+    # server's identity lock (<archive>/.nodes)
+    outside = all_files(tmp_path) - set(stored) - set(sent) - set((root / ".nodes").iterdir())
     assert {p for p in outside if not p.name.startswith("pacs.db")} == set()
     for path, pid in zip(sent, HOSTILE_PATIENT_IDS, strict=True):
         archived = stored_path(app, sop_uid(path))
@@ -274,8 +275,8 @@ async def test_incoming_directory_gone_fails_the_store(server: RunningServer, sc
     Whatever fails first, the association must end with a failure (no success
     status), nothing may be indexed, and the server must keep answering.
     """
-    root = server.archive
-    incoming = root / ".incoming"
+    # The server's own receive directory, <archive>/.incoming/<identity>.
+    (incoming,) = (server.archive / ".incoming").iterdir()
     os.rmdir(incoming)
     incoming.write_bytes(b"in the way")
     sent = dicom_files.generated()

@@ -20,7 +20,7 @@ LEVELS = ("patients", "studies", "series", "instances")
 
 
 # The archive's own directories at its root: scratch, placement intents, quarantine.
-PRIVATE_DIRS = (".incoming", ".journal", ".quarantine")
+PRIVATE_DIRS = (".incoming", ".journal", ".quarantine", ".nodes")
 
 
 def archived_files(root: Path) -> list[Path]:
@@ -40,9 +40,15 @@ def archived_by_uid(root: Path) -> dict[str, Path]:
 
 
 def incoming_files(root: Path) -> list[Path]:
-    """What is in the archive's .incoming scratch directory."""
+    """The files in the archive's .incoming scratch directories (every process's)."""
     incoming = root / ".incoming"
-    return sorted(incoming.iterdir()) if incoming.is_dir() else []
+    return sorted(p for p in incoming.rglob("*") if not p.is_dir()) if incoming.is_dir() else []
+
+
+def open_intents(root: Path) -> list[Path]:
+    """The placement intents left in the archive's journals (every process's)."""
+    journal = root / ".journal"
+    return sorted(p for p in journal.rglob("*") if not p.is_dir()) if journal.is_dir() else []
 
 
 def query_index(db: Path, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:

@@ -77,6 +77,24 @@ async def test_retries_wait_and_finished_commitments_are_never_due(env) -> None:
     assert [r.state for r in await repo.list()] == [DELIVERED, PENDING]
 
 
+async def test_a_held_commitment_waits_until_its_holder_lets_go(env) -> None:
+    """A node reporting on the requesting association holds the row: no runner of
+    another node sees it due; a failed attempt or the holder's restart releases it."""
+    repo, _ = env
+    first, _ = await repo.record("1.1", "A", [(CT_IMAGE, "1.2")], T0)
+    second, _ = await repo.record("2.2", "A", [(CT_IMAGE, "1.3")], T0)
+    later = T0 + timedelta(seconds=90)
+    await repo.hold(first, "node-a", later)
+    await repo.hold(second, "node-b", later)
+    assert await repo.due(T0 + timedelta(seconds=89)) == []
+    await repo.unhold(first, T0)                         # node-a's attempt failed
+    assert [r.pk for r in await repo.due(T0)] == [first]
+    await repo.release_holds("node-a", T0)               # not node-b's
+    assert [r.pk for r in await repo.due(T0)] == [first]
+    await repo.release_holds("node-b", T0)               # node-b restarted
+    assert [r.pk for r in await repo.due(T0)] == [first, second]
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = T0

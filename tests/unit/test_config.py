@@ -243,6 +243,7 @@ def _other_value(key: str, default: Any) -> Any:
     """A valid value for `key` that differs from its default."""
     special: dict[str, Any] = {
         "server.ae_title": "OTHER",
+        "server.node_name": "node-b",
         "server.max_pdu_size": 65536,
         "database.url": "postgresql+asyncpg://pacs@db.example/pacs",
         "storage.accepted_sop_classes": ["CT"],

@@ -45,6 +45,7 @@ from pacs_server.dicom.commitment import PUSH_MODEL, PUSH_MODEL_INSTANCE, SYNTAX
 from pacs_server.dicom.server import our_ae
 from pacs_server.errors import PacsError, ReportNotDelivered
 from pacs_server.metrics import Metrics
+from pacs_server.periodic import Gate
 from pacs_server.services.commitment import CommitmentReport, CommitmentRequest, CommitmentService
 
 log = structlog.get_logger(__name__)
@@ -73,8 +74,15 @@ class CommitmentDelivery:
     name = "commitment-delivery"
 
     def __init__(self, commitments: CommitmentService, bridge: LoopBridge, server: ServerConfig,
-                 peer_of: Callable[[str], PeerConfig | None], metrics: Metrics) -> None:
+                 peer_of: Callable[[str], PeerConfig | None], metrics: Metrics,
+                 gate: Gate | None = None, owner: str = "") -> None:
         self._service = commitments
+        # Reports sent over a new association go from one process of those sharing the
+        # index: the holder of this lease (index/leases.py).
+        self._gate = gate
+        # This process's identity: the commitments it reports on their association are
+        # held under it in the index, so no other node's runner sends them meanwhile.
+        self._owner = owner
         self._outcomes = metrics.commitment_reports
         self._bridge = bridge
         self._server = server
@@ -93,6 +101,9 @@ class CommitmentDelivery:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        if self._owner:
+            # What this process held when it last stopped (a crash mid-report).
+            await self._service.release_holds(self._owner)
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -133,6 +144,14 @@ class CommitmentDelivery:
             self.wake()
             return pk
         self._claim(pk)
+        if self._owner:
+            try:
+                # The in-memory claim keeps this process's runner off it; the hold,
+                # every other node's, for as long as the worker may take.
+                await self._service.hold(pk, self._owner, self._server.acse_timeout
+                                         + self._server.dimse_timeout + _RELEASE_GRACE_S)
+            except Exception as exc:  # recorded all the same: a duplicate report at worst
+                log.warning("commitment.hold_failed", commitment=pk, error=str(exc))
         worker = threading.Thread(target=self._report_on_association, args=(assoc, pk),
                                   name=f"commitment-{pk}", daemon=True)
         self._workers.add(worker)
@@ -141,6 +160,7 @@ class CommitmentDelivery:
 
     def _report_on_association(self, assoc: Association, pk: int) -> None:
         started = time.monotonic()
+        sent = False
         try:
             report = self._bridge.run(self._service.report(pk))
             if report is None:
@@ -156,11 +176,14 @@ class CommitmentDelivery:
             self._bridge.run(self._service.delivered(report, report.attempts + 1,
                                                      "same association"))
             self._outcomes.labels("same_association").inc()
+            sent = True
         except PacsError as exc:
             log.info("commitment.same_association_failed", commitment=pk, error=str(exc))
         except Exception:
             log.exception("commitment.same_association_error", commitment=pk)
         finally:
+            if self._owner and not sent:
+                self._unhold(pk)
             self._release(pk)
             self._workers.discard(threading.current_thread())
             self.wake()
@@ -172,7 +195,7 @@ class CommitmentDelivery:
             self._wake.clear()
             delay = _IDLE_WAKE_S
             try:
-                skipped = await self._deliver_due()
+                skipped = await self._deliver_due() if await self._holds_lease() else False
                 nxt = await self._service.next_due()
                 if nxt is not None:
                     delay = min(delay, max(0.0, (nxt - datetime.now(UTC)).total_seconds()))
@@ -190,6 +213,11 @@ class CommitmentDelivery:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
                 pass
+
+    async def _holds_lease(self) -> bool:
+        if self._gate is None:
+            return True
+        return await self._gate(self.name, 2 * _IDLE_WAKE_S + 10.0)
 
     async def _deliver_due(self) -> bool:
         """Send every due report not owned by a worker; True if some were skipped."""
@@ -249,6 +277,13 @@ class CommitmentDelivery:
         finally:
             if assoc.is_established:
                 assoc.release()
+
+    def _unhold(self, pk: int) -> None:
+        """Hand a report the worker did not send to the runners at once."""
+        try:
+            self._bridge.run(self._service.unhold(pk))
+        except Exception as exc:  # the hold then simply expires
+            log.warning("commitment.unhold_failed", commitment=pk, error=str(exc))
 
     # ------------------------------------------------------------------ claims
     def _claim(self, pk: int) -> bool:

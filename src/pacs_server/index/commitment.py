@@ -47,6 +47,9 @@ class CommitmentRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                          nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # The process (identity.py) reporting it on the requesting association right now;
+    # the runners of the others leave it alone until next_attempt_at (migration 0008).
+    held_by: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
 
 
 @dataclass
@@ -143,6 +146,21 @@ class CommitmentRepository:
     async def save_failures(self, pk: int, failures: dict[str, int]) -> None:
         """Keep the outcome of the instance checks (once: later attempts reuse it)."""
         await self._update(pk, failures=json.dumps(failures))
+
+    async def hold(self, pk: int, owner: str, until: datetime) -> None:
+        """`owner` sends it on the requesting association: not due before `until`."""
+        await self._update(pk, next_attempt_at=until, held_by=owner)
+
+    async def unhold(self, pk: int, now: datetime) -> None:
+        """Due at once again (the report did not go on the requesting association)."""
+        await self._update(pk, next_attempt_at=now, held_by=None)
+
+    async def release_holds(self, owner: str, now: datetime) -> None:
+        """At the start of `owner`: what it held when it stopped is due at once."""
+        async with self._engine.begin() as conn:
+            await conn.execute(update(CommitmentRow).where(
+                CommitmentRow.held_by == owner, CommitmentRow.state == PENDING).values(
+                next_attempt_at=now, held_by=None))
 
     async def retry_later(self, pk: int, attempts: int, at: datetime, error: str) -> None:
         await self._update(pk, attempts=attempts, next_attempt_at=at, last_error=error[:1000])

@@ -16,6 +16,7 @@ from pacs_server.config import DatabaseConfig
 from pacs_server.errors import StartupError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATE_LOCK = 0x5041435301      # PostgreSQL advisory lock key of the migrations
 
 
 def database_url(cfg: DatabaseConfig) -> str:
@@ -113,6 +114,10 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
                 await conn.run_sync(_foreign_keys, False)
             try:
                 async with conn.begin():
+                    if not sqlite:
+                        # Nodes starting together: one migrates, the others wait for
+                        # it and then find the schema current.
+                        await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK})")
                     changed = await conn.run_sync(_upgrade, revision)
             except BaseException:
                 if sqlite:

@@ -10,6 +10,7 @@ from pacs_server.index.admin import AdminRepository
 from pacs_server.index.commitment import CommitmentRepository
 from pacs_server.index.engine import create_engine, database_url, migrate, safe_url
 from pacs_server.index.inventory import Inventory
+from pacs_server.index.leases import LeaseRepository
 from pacs_server.index.mpps import MppsRepository
 from pacs_server.index.repository import IndexRepository
 from pacs_server.index.worklist import WorklistRepository
@@ -31,8 +32,10 @@ class IndexComponent:
 
     name = "index"
 
-    def __init__(self, cfg: DatabaseConfig, metrics: Metrics) -> None:
+    def __init__(self, cfg: DatabaseConfig, metrics: Metrics, identity: str = "") -> None:
         self._cfg = cfg
+        self._identity = identity
+        self._leases: LeaseRepository | None = None
         self._metrics = metrics
         self._engines: list[AsyncEngine] = []
         self._repo: IndexRepository | None = None
@@ -79,6 +82,12 @@ class IndexComponent:
         return self._inventory
 
     @property
+    def leases(self) -> LeaseRepository:
+        """The singleton jobs' leases of this process (its identity)."""
+        assert self._leases is not None, "index not started"
+        return self._leases
+
+    @property
     def url(self) -> str:
         """The database URL without its password."""
         return safe_url(database_url(self._cfg))
@@ -92,17 +101,26 @@ class IndexComponent:
         self._commitments = CommitmentRepository(engine)
         self._admin = AdminRepository(engine)
         self._inventory = Inventory(engine)
+        self._leases = LeaseRepository(engine, self._identity)
         writer = create_engine(self._cfg, writer=True)
         self._engines.append(writer)
         self._repo = IndexRepository(engine, self._cfg.commit_batch,
                                      on_commit=self._metrics.index_batch.observe,
-                                     writer_engine=writer)
+                                     writer_engine=writer,
+                                     on_retry=lambda r: self._metrics.index_retries.labels(
+                                         r).inc())
         await self._repo.start()
 
     async def close(self) -> None:
         if self._repo is not None:
             await self._repo.close()
             self._repo = None
+        if self._leases is not None:
+            try:
+                await self._leases.release_all()
+            except Exception as exc:  # the database is gone: the leases simply expire
+                log.warning("index.lease_release_failed", error=str(exc))
+            self._leases = None
         self._steps = self._worklist = self._commitments = None
         self._admin = self._inventory = None
         while self._engines:

@@ -3,7 +3,11 @@
 Writes go through one writer task. While a transaction commits, new requests queue up
 and the next transaction takes all of them (up to `commit_batch`), so N concurrent
 C-STOREs cost one commit, yet each caller resumes only once its own row is committed.
-Only the writer modifies the index, so it may cache the primary keys it has seen.
+The writer caches the primary keys it has seen. Other processes (workers, nodes) may
+write the same index: a key they created in between shows up as a UNIQUE or foreign-key
+violation on a patient, study or series, and the transaction is retried with the
+caches dropped (bounded, counted in `retries`); the study's attribute sets are re-read
+under a row lock before they are extended, so no writer loses another's values.
 
 A patient is found by (PatientID, IssuerOfPatientID); an instance with an empty
 PatientID gets the patient of its study, or a new one, never another study's.
@@ -79,7 +83,7 @@ class IndexWriter:
     """The one writer of the index. `start()` before use, `close()` after."""
 
     def __init__(self, engine: AsyncEngine, commit_batch: int = 256,
-                 on_commit: Any = None) -> None:
+                 on_commit: Any = None, on_retry: Any = None) -> None:
         """`engine` is the writer's own (create_engine(..., writer=True))."""
         self._engine = engine
         self._batch_size = commit_batch
@@ -89,8 +93,8 @@ class IndexWriter:
         # cost about a fifth of a single-instance commit.
         self._conn: AsyncConnection | None = None
         self._on_commit = on_commit  # callable(batch_size) for metrics
-        # (PatientID, issuer) -> (pk, the _FOLLOWING values as on the patient row)
-        self._patients: dict[tuple[Any, ...], tuple[int, tuple[Any, ...]]] = {}
+        self._on_retry = on_retry    # callable(reason) for metrics
+        self.retries = 0
         # uid -> (pk, patient_pk, modalities, sop classes)
         self._studies: dict[str, tuple[int, int, str, str]] = {}
         # uid -> (pk, study_pk, patient_pk)
@@ -196,19 +200,30 @@ class IndexWriter:
                 self._forget_caches()
                 if "sop_instance_uid" in str(exc.orig):
                     raise DuplicateInstance("SOP Instance is already stored") from None
-                raise
+                if attempt == _MAX_RETRIES:
+                    raise
+                # A patient, study or series another process created since we looked,
+                # or a cached key it removed: look again.
+                self._count_retry("integrity", exc)
             except (OperationalError, DBAPIError) as exc:
                 self._forget_caches()
                 # A broken connection (server restart, network) is not reused.
                 await self._drop_connection()
                 if attempt == _MAX_RETRIES or not _is_retryable(exc):
                     raise
+                self._count_retry("busy", exc)
                 # Orthanc's back-off for serialisation failures (PostgreSQL) and locks.
                 await asyncio.sleep((100 * attempt + 5 * random.randint(0, 9)) / 1000)
         raise AssertionError("unreachable")
 
+    def _count_retry(self, reason: str, exc: Exception) -> None:
+        self.retries += 1
+        if self._on_retry is not None:
+            self._on_retry(reason)
+        log.info("index.write_retry", reason=reason,
+                 error=str(getattr(exc, "orig", None) or exc).splitlines()[0][:200])
+
     def _forget_caches(self) -> None:
-        self._patients.clear()
         self._studies.clear()
         self._series.clear()
 
@@ -279,25 +294,25 @@ class IndexWriter:
         values = level_values("PATIENT", rec.patient)
         following = tuple(values[r.column] for r in _FOLLOWING)
         key = tuple(values[column] for column in _PATIENT_KEY)
-        cached = self._patients.get(key) if key[0] else None
-        if cached is None and key[0]:
+        # Read, not found: another process may have changed the demographics since,
+        # and this runs once per new study, not per instance.
+        found = None
+        if key[0]:
             row = (await conn.execute(select(
                 Patient.pk, *(Patient.__table__.c[r.column] for r in _FOLLOWING)).where(
                 *(Patient.__table__.c[c] == v for c, v in zip(_PATIENT_KEY, key, strict=True))
             ))).first()
             if row is not None:
-                cached = (int(row[0]), tuple(row[1:]))
-        if cached is None:
+                found = (int(row[0]), tuple(row[1:]))
+        if found is None:
             result = await conn.execute(Patient.__table__.insert().values(
                 num_studies=0, num_series=0, num_instances=0,
                 header=rec.header, header_syntax=rec.header_syntax, **values))
             pk = int(result.inserted_primary_key[0])
         else:
-            pk, before = cached
+            pk, before = found
             if before != following:
                 await self._follow(conn, batch, pk, values, before, rec)
-        if key[0]:
-            self._patients[key] = (pk, following)
         return pk
 
     async def _follow(self, conn: AsyncConnection, batch: _Batch, pk: int,
@@ -339,9 +354,19 @@ class IndexWriter:
         The related-instance counts are kept by triggers (migration 0002).
         """
         if batch.study_sets:
-            await conn.execute(_UPDATE_STUDY_SETS, [
-                {"pk": pk, "mods": mods, "sops": sops}
-                for pk, (mods, sops) in batch.study_sets.items()])
+            # Another process may have extended the sets since we cached them: merge
+            # with the row as it is now, locked until our commit (FOR UPDATE; SQLite
+            # holds the write lock already, after this transaction's inserts).
+            rows = {r.pk: r for r in await conn.execute(
+                select(Study.pk, Study.modalities, Study.sop_classes)
+                .where(Study.pk.in_(batch.study_sets)).with_for_update())}
+            params = []
+            for pk, (mods, sops) in batch.study_sets.items():
+                row = rows.get(pk)
+                if row is not None:
+                    mods, sops = _union(row.modalities, mods), _union(row.sop_classes, sops)
+                params.append({"pk": pk, "mods": mods, "sops": sops})
+            await conn.execute(_UPDATE_STUDY_SETS, params)
         batch.study_sets.clear()
 
     async def _remove_instance(self, conn: AsyncConnection, batch: _Batch, pk: int,
@@ -389,6 +414,12 @@ class IndexWriter:
         await conn.execute(update(Study).where(Study.pk == study_pk).values(
             modalities=mods, sop_classes=sops))
         self._forget_caches()
+
+
+def _union(current: str, ours: str) -> str:
+    for value in ours.split("\\") if ours else ():
+        current = join_values(current, value)
+    return current
 
 
 def _is_retryable(exc: DBAPIError) -> bool:

@@ -6,6 +6,13 @@ runner the caller passes (the bridge). Each placement is announced in the journa
 first, so a crash (or an ambiguous index failure) between placing the file and
 committing its row leaves an intent that the next start reconciles; never an index
 row without its file.
+
+Several processes (workers, nodes) may store the same SOP Instance UID at once into one
+archive and one index. The file name is taken with create-if-absent (a link), so a
+store never overwrites a file it did not place; a store that finds the name taken
+waits while another process has it in flight (its journal intent is open), then lets
+the index decide: indexed → duplicate_policy; not indexed and nobody storing it → an
+orphan, moved aside to .quarantine, never deleted.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import enum
 import os
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +31,7 @@ from typing import Any, Protocol
 import structlog
 
 from pacs_server.config import StorageConfig
-from pacs_server.errors import DuplicateInstance, StorageFull
+from pacs_server.errors import DuplicateInstance, PathTaken, StorageFull
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.dataset_check import check_dataset
@@ -37,6 +45,10 @@ from pacs_server.services.ingest import (
 from pacs_server.storage.filestore import FileStore
 
 log = structlog.get_logger(__name__)
+
+_PLACE_ATTEMPTS = 3          # an orphan set aside, then the name taken again: give up
+_POLL_S = 0.02               # while another process has the same name in flight,
+_POLL_MAX_S = 0.5            # growing to this
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -105,10 +117,20 @@ class ArchiveStats:
 
 
 class ArchiveService:
-    """Receives instances into the archive according to the storage configuration."""
+    """Receives instances into the archive according to the storage configuration.
 
-    def __init__(self, cfg: StorageConfig, files: FileStore, catalog: Catalog) -> None:
+    Args:
+        in_flight_s: how long a store may hold its placement intent (the longest index
+            call, the bridge's timeout, plus a margin); an older intent of another
+            process is taken for abandoned.
+        wait_s: how long a store waits for another process's store of the same name.
+    """
+
+    def __init__(self, cfg: StorageConfig, files: FileStore, catalog: Catalog,
+                 in_flight_s: float = 120.0, wait_s: float = 60.0) -> None:
         self._cfg = cfg
+        self._in_flight_s = in_flight_s
+        self._wait_s = wait_s
         self.files = files
         self.catalog = catalog
         self.stats = ArchiveStats()
@@ -216,8 +238,8 @@ class ArchiveService:
             # intent that the next start reconciles (services/reconcile.py).
             intent = journal.open(rec.rel_path)
             try:
-                outcome = self._place_and_index(staged, run, policy)
-            except DuplicateInstance:
+                outcome = self._place_and_index(staged, run, policy, intent)
+            except (DuplicateInstance, PathTaken):
                 journal.close(intent)     # nothing placed, or the placement undone
                 raise
             # Any other error keeps the intent open: an index timeout is ambiguous, and
@@ -227,33 +249,93 @@ class ArchiveService:
             self._count_stored(rec.size)
         return outcome
 
-    def _place_and_index(self, staged: StagedInstance, run: Runner,
-                         policy: str) -> StoreOutcome:
+    def _place_and_index(self, staged: StagedInstance, run: Runner, policy: str,
+                         intent: Path) -> StoreOutcome:
         rec = staged.record
-        if policy == "replace":
-            existed = self.files.exists(rec.rel_path)
-            self.files.place(staged.part, rec.rel_path)
-            old = run(self.catalog.add(rec, True))
-            if old is not None and old != str(rec.rel_path):
-                self.files.remove(PurePosixPath(old))
-            replaced = old is not None or existed
-            return StoreOutcome.REPLACED if replaced else StoreOutcome.STORED
-        if not self.files.place_new(staged.part, rec.rel_path):
-            if run(self.catalog.lookup(rec)) is not None:
-                self.files.discard(staged.part)
-                return self._duplicate(rec, policy)
-            # A file nobody indexed: left by an interrupted store. Take its place.
-            self.files.place(staged.part, rec.rel_path)
+        replaced = self._place(staged, run, policy, intent)
+        if replaced is None:
+            return self._duplicate(rec, policy)
         # Any other error leaves the placed file (and its intent): the row may or may
         # not have been committed (a timeout is ambiguous), and a row without its file
         # is the one outcome we never allow.
+        if policy == "replace":
+            old = run(self.catalog.add(rec, True))
+            if old is not None and old != str(rec.rel_path):
+                self.files.remove(PurePosixPath(old))
+            return StoreOutcome.REPLACED if old is not None or replaced else StoreOutcome.STORED
         try:
             run(self.catalog.add(rec, False))
         except DuplicateInstance:
-            # Indexed already, under another path (e.g. PatientID changed).
-            self.files.remove(rec.rel_path)
+            # Indexed already, normally under another path (e.g. PatientID changed):
+            # the file at our path is the one we linked, ours to remove. Unless the row
+            # names this very path (another process's reconciliation indexed the
+            # orphan we set aside meanwhile): then it names our file, which stays.
+            if run(self.catalog.lookup(rec)) != str(rec.rel_path):
+                self.files.remove(rec.rel_path)
             return self._duplicate(rec, policy)
         return StoreOutcome.STORED
+
+    def _place(self, staged: StagedInstance, run: Runner, policy: str,
+               intent: Path) -> bool | None:
+        """Give the staged file its final name: False placed new, True replaced a file
+        (policy `replace`), None a duplicate (the staged file is discarded).
+
+        Raises:
+            PathTaken: the name stayed taken (another process's store did not
+                finish within `wait_s`, or orphans kept reappearing).
+        """
+        rec = staged.record
+        for _ in range(_PLACE_ATTEMPTS):
+            if self.files.place_new(staged.part, rec.rel_path):
+                return False
+            # The name is taken by a file this store did not place.
+            if policy == "replace":
+                self._wait_until(lambda: None if self.files.journal.in_flight(
+                    rec.rel_path, self._in_flight_s) else "free", rec.rel_path)
+                self.files.place(staged.part, rec.rel_path)
+                return True
+            verdict = self._wait_until(lambda: self._taken_by(rec, run, intent), rec.rel_path)
+            if verdict == "indexed":
+                self.files.discard(staged.part)
+                return None
+            # Nobody stores it and no row names it: left by an interrupted store whose
+            # intent is gone. Moved aside, never overwritten; then the name is ours.
+            if verdict == "orphan" and self.files.set_aside(rec.rel_path):
+                log.warning("storage.orphan_set_aside", path=str(rec.rel_path))
+        raise PathTaken(f"archive path stays taken: {rec.rel_path}")
+
+    def _taken_by(self, rec: InstanceRecord, run: Runner, intent: Path) -> str | None:
+        """What holds the name: "indexed" (a duplicate), "orphan", "free" (gone since),
+        or None while another store may still be placing or committing it."""
+        rel = rec.rel_path
+        # Another process's store has it in flight (this process's stores of one UID
+        # take turns already, `_claim`): wait for its commit.
+        if self.files.journal.in_flight(rel, self._in_flight_s):
+            return None
+        if run(self.catalog.lookup(rec)) is not None:
+            return "indexed"
+        age = self.files.age(rel)
+        if age is None:
+            return "free"
+        # Written recently and no intent seen: on a network filesystem another node's
+        # intent may not be listed here yet, so wait for its row; unless no other
+        # process uses this archive, or this process left an intent for it open itself
+        # (an earlier ambiguous failure).
+        journal = self.files.journal
+        if age < self._in_flight_s and journal.shared() and not journal.left_open(rel, intent):
+            return None
+        return "orphan"
+
+    def _wait_until(self, verdict: Callable[[], str | None], rel: PurePosixPath) -> str:
+        deadline = time.monotonic() + self._wait_s
+        delay = _POLL_S
+        while (found := verdict()) is None:
+            if time.monotonic() >= deadline:
+                # Reason first: the Error Comment keeps only 64 characters.
+                raise PathTaken(f"being stored by another process: {rel}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, _POLL_MAX_S)
+        return found
 
     def _duplicate(self, rec: InstanceRecord, policy: str) -> StoreOutcome:
         with self._stats_lock:

@@ -180,6 +180,17 @@ class CommitmentService:
         return broken
 
     # ------------------------------------------------------------------ delivery
+    async def hold(self, pk: int, owner: str, seconds: float) -> None:
+        """Keep every other process's runner off this commitment for `seconds`: `owner`
+        is sending it on the requesting association."""
+        await self._repo.hold(pk, owner, self._clock() + timedelta(seconds=seconds))
+
+    async def unhold(self, pk: int) -> None:
+        await self._repo.unhold(pk, self._clock())
+
+    async def release_holds(self, owner: str) -> None:
+        await self._repo.release_holds(owner, self._clock())
+
     async def due(self) -> list[StoredCommitment]:
         return await self._repo.due(self._clock())
 

@@ -26,7 +26,7 @@ from pacs_server.index.admin import AdminRepository
 from pacs_server.index.inventory import Inventory
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.archive import ArchiveService, StoreOutcome
-from pacs_server.storage.filestore import CACHE, INCOMING
+from pacs_server.storage.filestore import PRIVATE_DIRS
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 PROGRESS_EVERY = 200
@@ -34,12 +34,12 @@ IMPORT_AE = "PACSCTL"
 
 
 def _archive_files(root: Path) -> dict[str, int]:
-    """Relative POSIX path -> size of every file under the archive (.incoming and the
-    derived .cache excluded)."""
+    """Relative POSIX path -> size of every file under the archive (its private
+    directories excluded: receive files, journals, quarantine, identity locks)."""
     out: dict[str, int] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         if dirpath == str(root):
-            dirnames[:] = [d for d in dirnames if d not in (INCOMING, CACHE)]
+            dirnames[:] = [d for d in dirnames if d not in PRIVATE_DIRS]
         for name in filenames:
             full = Path(dirpath) / name
             try:

@@ -1,9 +1,12 @@
 """Reconcile the archive with the index after a crash, from the placement journal.
 
 Only what could have been in flight is looked at: the intents left open in
-<archive>/.journal (written before every placement, removed after its index commit;
-`storage/filestore.PlacementJournal`), not the whole tree, so the cost at start is
-proportional to the stores interrupted, not to the archive. For each intent:
+<archive>/.journal/<identity> (written before every placement, removed after its index
+commit; `storage/journal.PlacementJournal`), not the whole tree, so the cost at start
+is proportional to the stores interrupted, not to the archive. A process settles its
+own intents at start, and those of other processes (nodes, workers sharing the archive)
+only once they are older than the longest a store can hold one (`stale_s`): a sibling's
+younger intent may be a live store. For each intent:
 
 * no file at the path: nothing was placed (or it was undone) → the intent is dropped;
 * the file is indexed at that path: the crash came after the commit → dropped;
@@ -36,6 +39,7 @@ from pydicom.filereader import read_file_meta_info
 from pacs_server.config import StorageConfig
 from pacs_server.errors import DuplicateInstance, PacsError, UnreadableDataset
 from pacs_server.index.records import InstanceRecord
+from pacs_server.periodic import PeriodicTask
 from pacs_server.services.archive import Catalog
 from pacs_server.services.dataset_check import check_dataset
 from pacs_server.services.ingest import build_record, dataset_offset, read_record
@@ -59,14 +63,19 @@ class ReconcileReport:
         return asdict(self)
 
 
-async def reconcile(files: FileStore, catalog: Catalog, cfg: StorageConfig) -> ReconcileReport:
-    """Settle every open placement intent of `files` against `catalog`.
+async def reconcile(files: FileStore, catalog: Catalog, cfg: StorageConfig,
+                    stale_s: float | None = None, own: bool = True) -> ReconcileReport:
+    """Settle the open placement intents of `files` against `catalog`: this process's
+    own (`own`), and other processes' older than `stale_s` (None: none of theirs).
 
     Blocking file work runs in worker threads; index calls are awaited on the running
     loop. Safe to run again: each intent is removed once settled.
     """
     report = ReconcileReport()
-    for intent, target in await asyncio.to_thread(files.journal.pending):
+    intents = await asyncio.to_thread(files.journal.pending) if own else []
+    if stale_s is not None:
+        intents += await asyncio.to_thread(files.journal.stale, stale_s)
+    for intent, target in intents:
         report.intents += 1
         outcome = await _settle(files, catalog, cfg, target)
         setattr(report, outcome, getattr(report, outcome) + 1)
@@ -100,6 +109,10 @@ async def _settle(files: FileStore, catalog: Catalog, cfg: StorageConfig,
     try:
         old = await catalog.add(record, replace)
     except DuplicateInstance:
+        if await catalog.lookup(record) == str(rel):
+            # Another process settled this same intent meanwhile (its owner's start
+            # and a sibling's stale sweep): the file is indexed where it is.
+            return "committed"
         await asyncio.to_thread(files.remove, rel)
         return "removed"
     if old is not None and old != str(rel):
@@ -152,14 +165,38 @@ class ArchiveReconciler:
 
     name = "reconcile"
 
-    def __init__(self, files: FileStore, catalog: Catalog, cfg: StorageConfig) -> None:
+    def __init__(self, files: FileStore, catalog: Catalog, cfg: StorageConfig,
+                 stale_s: float | None = None) -> None:
         self._files = files
         self._catalog = catalog
         self._cfg = cfg
+        self._stale_s = stale_s
         self.report: ReconcileReport | None = None
 
     async def start(self) -> None:
-        self.report = await reconcile(self._files, self._catalog, self._cfg)
+        self.report = await reconcile(self._files, self._catalog, self._cfg, self._stale_s)
 
     async def close(self) -> None:
         return None
+
+
+class StaleIntentSweeper(PeriodicTask):
+    """Every `interval_s`, settle other processes' intents older than `stale_s`: those
+    of a node that died and has not come back (a singleton job, index/leases.py)."""
+
+    name = "stale-intents"
+
+    def __init__(self, files: FileStore, catalog: Catalog, cfg: StorageConfig,
+                 stale_s: float, interval_s: float = 60.0) -> None:
+        super().__init__(interval_s)
+        self._files, self._catalog, self._stale_s = files, catalog, stale_s
+        self._cfg = cfg
+
+    def reconfigure(self, cfg: StorageConfig) -> None:
+        self._cfg = cfg
+
+    async def tick(self) -> None:
+        try:
+            await reconcile(self._files, self._catalog, self._cfg, self._stale_s, own=False)
+        except Exception as exc:  # the index or the archive is down: the next run retries
+            log.warning("storage.stale_intents_failed", error=str(exc))

@@ -1,58 +1,63 @@
 """Atomic, durable file operations under the archive root.
 
 The write protocol (PS: "an acknowledged C-STORE is on disk"):
-  1. write the Part-10 file into <root>/.incoming/<random>.part and fsync it;
-  2. os.replace() it to its final name and fsync the directory (and any directory we
-     created on the way, so the new entry itself survives a crash);
+  1. write the Part-10 file into <root>/.incoming/<identity>/<random>.part and fsync it;
+  2. link it to its final name (create-if-absent: a name another process placed is
+     never overwritten) and fsync the directory (and any directory we created on the
+     way, so the new entry itself survives a crash);
   3. only then may the caller commit the index row and acknowledge.
-A crash leaves at most a *.part file in .incoming, which `prepare()` removes at start,
-or a placed file whose index row was never committed: every placement is announced in
-the `PlacementJournal` (<root>/.journal) first, so the start-up reconciliation
+A crash leaves at most a *.part file in the process's own .incoming directory, which
+`prepare()` removes at its next start, or a placed file whose index row was never
+committed: every placement is announced in the `PlacementJournal`
+(<root>/.journal/<identity>) first, so the start-up reconciliation
 (services/reconcile.py) finds those without walking the archive.
+
+Several processes (workers, nodes) share one root: each writes only under its own
+identity (identity.py) and touches a sibling's directories only by age (`stale_s`
+arguments), so a process that starts never empties a live transfer of another.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import os
 import shutil
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from pacs_server.errors import StartupError, StorageFull, StorageUnavailable
+from pacs_server.errors import StartupError, StorageUnavailable
+from pacs_server.storage.fsops import fsync_dir, storage_errors, subdirs, unlink_quietly
+from pacs_server.storage.journal import PlacementJournal
+
+__all__ = ["FileStore", "PlacementJournal", "storage_errors"]
 
 INCOMING = ".incoming"
 JOURNAL = ".journal"
 QUARANTINE = ".quarantine"
+NODES = ".nodes"
 CACHE = ".cache"            # derived data (DICOMweb metadata), rebuilt when missing
-PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE, CACHE)
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-
-
-@contextmanager
-def storage_errors() -> Iterator[None]:
-    """Translate OSErrors from the archive filesystem into domain errors."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in _FULL_ERRNOS:
-            raise StorageFull(f"archive filesystem is full: {exc.strerror}") from exc
-        raise StorageUnavailable(f"archive write failed: {exc.strerror or exc}") from exc
+PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE, NODES, CACHE)
 
 
 class FileStore:
-    """Files under one root directory; every path is relative and built by `layout`."""
+    """Files under one root directory; every path is relative and built by `layout`.
 
-    def __init__(self, root: str | Path, fsync: bool = True) -> None:
+    `identity` (identity.process_identity) gives this process its own receive directory
+    and journal; empty (tools, tests of one process) uses the shared ones directly.
+    """
+
+    def __init__(self, root: str | Path, fsync: bool = True, identity: str = "") -> None:
         self.root = Path(root).resolve()
-        self.incoming = self.root / INCOMING
-        self.journal = PlacementJournal(self.root / JOURNAL, fsync)
+        self.incoming_root = self.root / INCOMING
+        self.incoming = self.incoming_root / identity if identity else self.incoming_root
+        self.journal = PlacementJournal(self.root / JOURNAL, fsync, identity)
         self._fsync = fsync
+        self._identity = identity
+        self._identity_lock: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------
     def prepare(self) -> int:
@@ -62,7 +67,7 @@ class FileStore:
         """
         try:
             self.incoming.mkdir(parents=True, exist_ok=True)
-            self.journal.directory.mkdir(exist_ok=True)
+            self.journal.directory.mkdir(parents=True, exist_ok=True)
             probe = self.incoming / f"probe-{uuid.uuid4().hex}"
             with open(probe, "wb") as fh:
                 fh.write(b"ok")
@@ -70,34 +75,60 @@ class FileStore:
         except OSError as exc:
             raise StartupError(f"storage directory {self.root} is not writable: "
                                f"{exc.strerror or exc}") from None
-        removed = 0
-        for leftover in self.incoming.iterdir():
-            try:
-                leftover.unlink()
-                removed += 1
-            except OSError:
-                pass
+        self._lock_identity()
+        # Our own directory is ours alone, and files directly in .incoming belong to no
+        # running process (the layout before per-process directories): both go now.
+        # A sibling's directory is left to the age-based `sweep_incoming`.
+        removed = _remove_files(self.incoming, None)
+        if self.incoming != self.incoming_root:
+            removed += _remove_files(self.incoming_root, None)
         return removed
 
+    def _lock_identity(self) -> None:
+        """Hold <root>/.nodes/<identity>.lock (a POSIX record lock, released when the
+        process ends however it ends) so that a second live process with this identity
+        is refused before it empties the first one's receive directory.
+
+        Raises:
+            StartupError: another running process uses this identity on this archive.
+        """
+        if not self._identity or self._identity_lock is not None:
+            return
+        path = self.root / NODES / f"{self._identity}.lock"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StartupError(f"storage directory {self.root} is not writable: "
+                               f"{exc.strerror or exc}") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StartupError(
+                f"server.node_name: {self._identity!r} is in use by another running "
+                f"process on the archive {self.root}; give each node its own") from None
+        self._identity_lock = fd
+
+    def release(self) -> None:
+        """Let another process take this identity (at stop)."""
+        if self._identity_lock is not None:
+            os.close(self._identity_lock)
+            self._identity_lock = None
+
     def sweep_incoming(self, max_age_s: float) -> int:
-        """Remove receive files nobody has written to for `max_age_s` seconds.
+        """Remove receive files nobody has written to for `max_age_s` seconds, in every
+        process's directory.
 
         A sender that drops mid-transfer leaves pynetdicom's partial file behind (no
         handler runs for it); a live transfer touches its file with every fragment.
+        The directories stay: an idle process may be alive and about to receive, and an
+        empty directory per identity ever used costs nothing.
         """
         cutoff = time.time() - max_age_s
-        removed = 0
-        try:
-            entries = list(os.scandir(self.incoming))
-        except OSError:
-            return 0
-        for entry in entries:
-            try:
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
-            except OSError:
-                pass
+        removed = _remove_files(self.incoming_root, cutoff)
+        for sub in subdirs(self.incoming_root):
+            removed += _remove_files(sub, cutoff)
         return removed
 
     # -- writing --------------------------------------------------------------------
@@ -121,7 +152,7 @@ class FileStore:
                     os.fsync(fd)
             except BaseException:
                 os.close(fd)
-                _unlink_quietly(part)
+                unlink_quietly(part)
                 raise
             os.close(fd)
         return part
@@ -152,33 +183,63 @@ class FileStore:
             except OSError as exc:
                 if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
                     raise
-                # Filesystem without hard links: check, then rename (callers hold a
-                # per-UID claim, so nobody races us for this name).
-                if final.exists():
+                # Filesystem without hard links: rename without replacing.
+                if not _rename_noreplace(part, final):
                     return False
-                os.replace(part, final)
             else:
                 os.unlink(part)
             self._sync_new_entry(final, created)
+        return True
+
+    def set_aside(self, rel: PurePosixPath) -> bool:
+        """Move the file at `rel` to .quarantine if it is still the one seen now;
+        returns whether a file was moved.
+
+        For a file no store has in flight and no row names (an orphan): it is moved,
+        never overwritten or deleted. The rename is atomic but not conditional, so if
+        the moved file turns out to be another one (placed in between by a new store)
+        it is linked back and False returned.
+        """
+        source = self.path(rel)
+        try:
+            seen = os.stat(source)
+        except FileNotFoundError:
+            return False
+        target = self.root / QUARANTINE / rel
+        target = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
+        with storage_errors():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(source, target)
+            except FileNotFoundError:
+                return False
+            moved = os.stat(target)
+            if (moved.st_ino, moved.st_dev) != (seen.st_ino, seen.st_dev):
+                try:
+                    os.link(target, source)
+                    os.unlink(target)
+                except FileExistsError:
+                    return True     # yet another store placed one: this copy stays aside
+                return False
         return True
 
     def _sync_new_entry(self, final: Path, created: list[Path]) -> None:
         """fsync the directory of a newly named file and of each directory created for
         it, so that the name itself survives a crash."""
         if self._fsync:
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             for d in created:
-                _fsync_dir(d.parent)
+                fsync_dir(d.parent)
 
     def discard(self, part: Path | None) -> None:
         """Remove a .part file that will not be placed."""
         if part is not None:
-            _unlink_quietly(part)
+            unlink_quietly(part)
 
     def remove(self, rel: PurePosixPath | str) -> None:
         """Delete an archived file (best effort) and prune empty parent directories."""
         path = self.path(rel)
-        _unlink_quietly(path)
+        unlink_quietly(path)
         parent = path.parent
         while parent != self.root and parent.is_relative_to(self.root):
             try:
@@ -206,6 +267,13 @@ class FileStore:
         if not final.is_relative_to(self.root) or final == self.root:
             raise StorageUnavailable(f"refusing path outside the archive: {rel}")
         return final
+
+    def age(self, rel: PurePosixPath | str) -> float | None:
+        """Seconds since the file at `rel` was written (None: no file there)."""
+        try:
+            return time.time() - os.stat(self.path(rel)).st_mtime
+        except FileNotFoundError:
+            return None
 
     def exists(self, rel: PurePosixPath | str) -> bool:
         return self.path(rel).is_file()
@@ -244,75 +312,54 @@ class FileStore:
         return created
 
 
-class PlacementJournal:
-    """Placements announced but not yet indexed: one intent per in-flight store.
-
-    An intent is a symbolic link <root>/.journal/<random> whose target is the relative
-    path being placed: created in one system call with its content, durable with one
-    fsync of the journal directory, and that fsync is shared by every store in flight
-    (group commit, like the index writer's). It is written before the file is placed
-    and removed (without fsync) once the index row is committed or the placement
-    undone; a crash in between leaves it for the reconciliation at start.
-    """
-
-    def __init__(self, directory: Path, fsync: bool = True) -> None:
-        self.directory = directory
-        self._fsync = fsync
-        self._cond = threading.Condition()
-        self._written = 0          # intents created (counted after the symlink exists)
-        self._synced = 0           # intents known to be durable
-        self._syncing = False
-
-    def open(self, rel: PurePosixPath) -> Path:
-        """Announce that `rel` is about to be placed; durable when this returns."""
-        intent = self.directory / uuid.uuid4().hex
-        with storage_errors():
-            os.symlink(str(rel), intent)
-            if self._fsync:
-                self._sync()
-        return intent
-
-    def close(self, intent: Path | None) -> None:
-        """The placement is indexed or undone: forget it (a lost unlink is harmless)."""
-        if intent is not None:
-            _unlink_quietly(intent)
-
-    def pending(self) -> list[tuple[Path, str]]:
-        """Every open intent and the relative path it announces."""
+def _remove_files(directory: Path, cutoff: float | None) -> int:
+    """Unlink the regular files in `directory` (only those older than `cutoff`)."""
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
         try:
-            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
-        except FileNotFoundError:
-            return []
-        out = []
-        for entry in entries:
-            try:
-                out.append((Path(entry.path), os.readlink(entry.path)))
-            except OSError:             # not a symlink: not ours
-                out.append((Path(entry.path), ""))
-        return out
+            if entry.is_file(follow_symlinks=False) and (
+                    cutoff is None or entry.stat().st_mtime < cutoff):
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            pass
+    return removed
 
-    def _sync(self) -> None:
-        with self._cond:
-            self._written += 1
-            mine = self._written
-            while self._synced < mine:
-                if not self._syncing:
-                    self._syncing = True
-                    target = self._written
-                    break
-                self._cond.wait()
-            else:
-                return
-        done = False
-        try:
-            _fsync_dir(self.directory)
-            done = True
-        finally:
-            with self._cond:
-                self._syncing = False
-                if done:
-                    self._synced = max(self._synced, target)
-                self._cond.notify_all()
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _rename_noreplace(source: Path, target: Path) -> bool:
+    """renameat2(RENAME_NOREPLACE): False if `target` exists. Where the call is missing
+    (not Linux, old kernel or libc), a check then a rename: racy across processes, so
+    a shared archive needs a filesystem with hard links (docs/operations.md)."""
+    libc = _libc()
+    func = getattr(libc, "renameat2", None) if libc is not None else None
+    if func is not None:
+        if func(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+                _RENAME_NOREPLACE) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), str(target))
+    if target.exists():
+        return False
+    os.replace(source, target)
+    return True
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -354,16 +401,3 @@ def _copy_plain(src: int, dst: int, pos: int, remaining: int) -> None:
         remaining -= len(chunk)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -1,0 +1,158 @@
+"""The placement journal: one intent per store between placing its file and
+committing its row, per process (<archive>/.journal/<identity>/)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import uuid
+from pathlib import Path, PurePosixPath
+
+from pacs_server.storage.fsops import fsync_dir, storage_errors, subdirs, unlink_quietly
+
+
+class PlacementJournal:
+    """Placements announced but not yet indexed: one intent per in-flight store.
+
+    An intent is a symbolic link <root>/.journal/<random> whose target is the relative
+    path being placed: created in one system call with its content, durable with one
+    fsync of the journal directory, and that fsync is shared by every store in flight
+    (group commit, like the index writer's). It is written before the file is placed
+    and removed (without fsync) once the index row is committed or the placement
+    undone; a crash in between leaves it for the reconciliation at start.
+    """
+
+    def __init__(self, root: Path, fsync: bool = True, identity: str = "") -> None:
+        self.root = root
+        self.directory = root / identity if identity else root
+        self._fsync = fsync
+        self._cond = threading.Condition()
+        self._written = 0          # intents created (counted after the symlink exists)
+        self._synced = 0           # intents known to be durable
+        self._syncing = False
+
+    def open(self, rel: PurePosixPath) -> Path:
+        """Announce that `rel` is about to be placed; durable when this returns.
+
+        The intent's name starts with a digest of `rel`, so `in_flight(rel)` finds the
+        intents of every process for one path without reading the others.
+        """
+        intent = self.directory / f"{_path_key(rel)}.{uuid.uuid4().hex}"
+        with storage_errors():
+            os.symlink(str(rel), intent)
+            if self._fsync:
+                self._sync()
+        return intent
+
+    def close(self, intent: Path | None) -> None:
+        """The placement is indexed or undone: forget it (a lost unlink is harmless)."""
+        if intent is not None:
+            unlink_quietly(intent)
+
+    def pending(self) -> list[tuple[Path, str]]:
+        """Every open intent of this process and the relative path it announces, with
+        the intents directly in the journal root (the layout before per-process
+        journals, which no running process writes)."""
+        out = _intents(self.directory, None)
+        if self.directory != self.root:
+            out += _intents(self.root, None)
+        return out
+
+    def stale(self, max_age_s: float) -> list[tuple[Path, str]]:
+        """The intents of other processes older than `max_age_s`: a store holds its
+        intent from before the placement until its commit, so an older one was left by
+        a process that died or gave up on its index call."""
+        cutoff = time.time() - max_age_s
+        out: list[tuple[Path, str]] = []
+        for sub in subdirs(self.root):
+            if sub != self.directory:
+                out += _intents(sub, cutoff)
+        return out
+
+    def in_flight(self, rel: PurePosixPath, max_age_s: float) -> bool:
+        """Whether a store of another process has announced `rel` within `max_age_s`
+        and not yet closed its intent. This process's own intents are not looked at:
+        its stores of one SOP Instance UID take turns (ArchiveService's claim), so an
+        own intent for `rel` is the caller's or one an earlier failure left open."""
+        prefix = f"{_path_key(rel)}."
+        cutoff = time.time() - max_age_s
+        for directory in (self.root, *subdirs(self.root)):
+            if directory == self.directory:
+                continue
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if not entry.name.startswith(prefix):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                        return True
+                except OSError:
+                    pass        # closed while we looked
+        return False
+
+    def shared(self) -> bool:
+        """Whether other processes (their journals) use this archive too."""
+        return any(d != self.directory for d in subdirs(self.root))
+
+    def left_open(self, rel: PurePosixPath, mine: Path) -> bool:
+        """Whether this process has an intent for `rel` besides `mine`: one an earlier
+        store left open (an ambiguous index failure), so the file at `rel` may be ours."""
+        prefix = f"{_path_key(rel)}."
+        try:
+            return any(e.name.startswith(prefix) and e.path != str(mine)
+                       for e in os.scandir(self.directory))
+        except OSError:
+            return False
+
+    def _sync(self) -> None:
+        with self._cond:
+            self._written += 1
+            mine = self._written
+            while self._synced < mine:
+                if not self._syncing:
+                    self._syncing = True
+                    target = self._written
+                    break
+                self._cond.wait()
+            else:
+                return
+        done = False
+        try:
+            fsync_dir(self.directory)
+            done = True
+        finally:
+            with self._cond:
+                self._syncing = False
+                if done:
+                    self._synced = max(self._synced, target)
+                self._cond.notify_all()
+
+
+def _path_key(rel: PurePosixPath | str) -> str:
+    return hashlib.sha1(str(rel).encode(), usedforsecurity=False).hexdigest()[:20]
+
+
+def _intents(directory: Path, cutoff: float | None) -> list[tuple[Path, str]]:
+    """(intent, target) of the symlinks in `directory` (older than `cutoff` if given)."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                continue            # another process's journal
+            if cutoff is not None and entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                continue
+            out.append((Path(entry.path), os.readlink(entry.path)))
+        except FileNotFoundError:
+            continue                # closed while we looked
+        except OSError:             # not a symlink: not ours
+            out.append((Path(entry.path), ""))
+    return out

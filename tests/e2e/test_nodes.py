@@ -1,0 +1,334 @@
+"""Several server processes on one index and one archive directory (`python -m
+pacs_server` subprocesses): two nodes on PostgreSQL, and two processes on one SQLite file.
+
+What one node acknowledged, the other finds and sends at once; the same instance sent
+to both at the same moment ends as one file and one row; the worklist and the admin
+API's AE titles are shared; singleton jobs run once; a node that starts leaves a
+sibling's live receive files alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import yaml
+
+from pacs_server.control import ADMIN_REFRESH_S
+from support.archive import archived_files, incoming_files, index_rows, open_intents
+from support.dcmtk import Dcmtk
+from support.http import TOKEN, http_call
+from support.instances import DicomFiles, sop_uid
+from support.polling import wait_until
+from support.scu import (
+    SUCCESS,
+    GetScu,
+    Scu,
+    contexts_for,
+    identifier,
+    send,
+    throttle,
+    wait_until_responds,
+)
+from support.worklist import accessions, item, query
+from support.worklist import find as mwl_find
+
+pytestmark = pytest.mark.timeout(600)
+
+STARTUP_TIMEOUT = 30.0
+ServerProcess = Any    # tests/e2e/conftest.py's, handed out by the `spawn` fixture
+
+DUPLICATE = 0x0111
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+class Nodes:
+    """Starts `python -m pacs_server` nodes sharing `root`/archive and one index."""
+
+    def __init__(self, root: Path, spawn: Callable[..., ServerProcess],
+                 database: dict[str, Any], **sections: dict[str, Any]) -> None:
+        self.root = root
+        self.archive = root / "archive"
+        self._spawn = spawn
+        self._database = database
+        self._sections = sections
+
+    def config(self, name: str, **sections: dict[str, Any]) -> Path:
+        cfg: dict[str, Any] = {
+            "server": {"node_name": name, "host": "127.0.0.1", "port": 0},
+            "storage": {"directory": str(self.archive)},
+            "database": self._database,
+            "logging": {"file": ""},
+            "monitoring": {"metrics_port": -1},
+        }
+        for merged in (self._sections, sections):
+            for key, values in merged.items():
+                cfg[key] = {**cfg.get(key, {}), **values}
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        return path
+
+    def start(self, name: str, **sections: dict[str, Any]) -> ServerProcess:
+        path = self.config(name, **sections)
+        proc = self._spawn([sys.executable, "-m", "pacs_server", "--config", str(path)],
+                           self.root)
+        started = proc.wait_for_event("server.started")
+        assert started["identity"] == name
+        proc.port = int(started["port"])
+        proc.http_port = started.get("metrics_port")  # type: ignore[attr-defined]
+        wait_until_responds(proc.port, STARTUP_TIMEOUT)
+        return proc
+
+
+@pytest.fixture
+def pg_nodes(tmp_path: Path, spawn: Callable[..., ServerProcess],
+             postgres_url: str) -> Iterator[Nodes]:
+    yield Nodes(tmp_path, spawn, {"url": postgres_url})
+
+
+async def pg_fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def race(scu: Scu, ports: list[int], path: Path) -> list[int]:
+    """Send `path` to every port at the same moment: each sender associates, waits at
+    a barrier, then sends its C-STORE. Returns the statuses, in port order."""
+    barrier = threading.Barrier(len(ports))
+
+    def one(port: int) -> int:
+        with scu.associate(port, contexts_for([path])) as assoc:
+            barrier.wait(30)
+            return send(assoc, path).status
+
+    with ThreadPoolExecutor(len(ports)) as pool:
+        return list(pool.map(one, ports))
+
+
+def no_leftovers(archive: Path) -> None:
+    """Nothing in any receive directory, no intent open, nothing set aside."""
+    assert incoming_files(archive) == []
+    assert open_intents(archive) == []
+    assert not (archive / ".quarantine").exists()
+
+
+# ----------------------------------------------------------------------- PostgreSQL
+@pytest.mark.parametrize("policy, rounds", [("reject", 30), ("ignore", 10)])
+def test_the_same_instance_sent_to_both_nodes_at_once(
+        pg_nodes: Nodes, postgres_url: str, dicom_files: DicomFiles, scu: Scu,
+        policy: str, rounds: int) -> None:
+    """The race the per-process claim lost: one file, one row, and the answers the
+    policy gives (reject: one Success, one duplicate; ignore: two Successes)."""
+    a = pg_nodes.start("node-a", storage={"duplicate_policy": policy})
+    b = pg_nodes.start("node-b", storage={"duplicate_policy": policy})
+    sent = []
+    for i in range(rounds):
+        # Half the rounds in a study of their own (both nodes create it at once),
+        # half in one shared study (its attribute sets extended by both).
+        path = dicom_files.generated(PatientID=f"RACE{i % 3}",
+                                     **({"StudyInstanceUID": "1.2.826.0.1.3680043.2.1143.77"}
+                                        if i % 2 else {}))
+        statuses = race(scu, [a.port, b.port], path)
+        expected = [SUCCESS, DUPLICATE] if policy == "reject" else [SUCCESS, SUCCESS]
+        assert sorted(statuses) == expected, f"round {i}: {statuses}"
+        sent.append(path)
+
+    rows = asyncio.run(pg_fetch(postgres_url, "SELECT sop_instance_uid, path FROM instances"))
+    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(sop_uid(p) for p in sent)
+    files = {str(p.relative_to(pg_nodes.archive)) for p in archived_files(pg_nodes.archive)}
+    assert files == {r["path"] for r in rows}                # one file per row, no other
+    for r in rows:
+        assert (pg_nodes.archive / r["path"]).stat().st_size > 0
+    no_leftovers(pg_nodes.archive)
+    # Both nodes agree, and a later copy is a duplicate everywhere.
+    (again,) = scu.store(b.port, [sent[0]])
+    assert again.status == (DUPLICATE if policy == "reject" else SUCCESS)
+    for proc in (a, b):
+        assert "storage.orphan_set_aside" not in proc.stderr
+        assert proc.stop() == 0
+
+
+def test_stored_on_one_node_found_and_retrieved_on_the_other_at_once(
+        pg_nodes: Nodes, dicom_files: DicomFiles, scu: Scu, tmp_path: Path) -> None:
+    a = pg_nodes.start("node-a")
+    b = pg_nodes.start("node-b")
+    for i in range(5):
+        path = dicom_files.fresh("CT_small.dcm")
+        assert scu.store(a.port, [path])[0].ok
+        study = identifier("STUDY", StudyInstanceUID="")
+        found = scu.find(b.port, identifier("IMAGE", SOPInstanceUID=sop_uid(path),
+                                            StudyInstanceUID="", SeriesInstanceUID=""))
+        matches = [r.identifier for r in found if r.status in (0xFF00, 0xFF01)]
+        assert len(matches) == 1, f"round {i}: {found}"
+        study = identifier("STUDY", StudyInstanceUID=str(matches[0].StudyInstanceUID))
+        getter = GetScu(CT_IMAGE)
+        responses = getter.get(b.port, study)
+        assert responses[-1].status == SUCCESS
+        assert list(getter.received) == [sop_uid(path)]
+    for proc in (a, b):
+        assert proc.stop() == 0
+
+
+def test_worklist_and_admin_entries_reach_the_other_node(
+        pg_nodes: Nodes, tmp_path: Path, scu: Scu) -> None:
+    """An item added through A's command is offered by B; an AE title added through A's
+    admin API is admitted by B within the refresh bound (control.ADMIN_REFRESH_S)."""
+    shared = {"admin": {"token": TOKEN},
+              "monitoring": {"metrics_port": 0, "host": "127.0.0.1"},
+              "access_control": {"allowed_ae_titles": [scu.ae_title]}}
+    a = pg_nodes.start("node-a", **shared)
+    b = pg_nodes.start("node-b", **shared)
+
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([item(1)]), encoding="utf-8")
+    added = subprocess.run([sys.executable, "-m", "pacs_server",
+                            "--config", str(pg_nodes.config("node-a", **shared)),
+                            "worklist", "add", str(items)],
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    found, final = mwl_find(scu, b.port, query())
+    assert accessions(found) == ["A0001"] and final.Status == SUCCESS
+
+    newcomer = Scu("NEWCOMER")
+    assert not _admitted(newcomer, b.port)
+    base = f"http://127.0.0.1:{a.http_port}"   # type: ignore[attr-defined]
+    status, _ = asyncio.run(http_call(base, "POST", "/api/ae", body={"ae_title": "NEWCOMER"}))
+    assert status == 200
+    added_at = time.monotonic()
+    wait_until(lambda: _admitted(newcomer, b.port), 10, "B admits the API's new AE title")
+    assert time.monotonic() - added_at <= ADMIN_REFRESH_S + 3.0   # the bound, and an association
+    status, _ = asyncio.run(http_call(base, "DELETE", "/api/ae", body={"ae_title": "NEWCOMER"}))
+    assert status == 200
+    wait_until(lambda: not _admitted(newcomer, b.port), 10, "B drops the removed AE title")
+    for proc in (a, b):
+        assert proc.stop() == 0
+
+
+def _admitted(scu: Scu, port: int | None) -> bool:
+    with scu.associate(port, require=False) as assoc:
+        return bool(assoc.is_established)
+
+
+def test_singleton_jobs_run_once(pg_nodes: Nodes, postgres_url: str) -> None:
+    """Worklist retention runs at start: in the first node only, the second finds the
+    lease held (the leases table counts the runs it granted)."""
+    a = pg_nodes.start("node-a")
+    a.wait_for_event("worklist.retention")
+    b = pg_nodes.start("node-b")
+    time.sleep(2.0)
+    assert "worklist.retention" not in b.stderr
+    rows = asyncio.run(pg_fetch(postgres_url,
+                                "SELECT name, owner, runs FROM leases ORDER BY name"))
+    by_name = {r["name"]: (r["owner"], r["runs"]) for r in rows}
+    assert by_name["worklist-retention"] == ("node-a", 1)
+    # A clean stop hands the leases over at once: a new node takes them at its start.
+    assert a.stop() == 0
+    c = pg_nodes.start("node-c")
+    c.wait_for_event("worklist.retention", timeout=10)
+    rows = asyncio.run(pg_fetch(postgres_url,
+                                "SELECT owner, runs FROM leases WHERE name = $1",
+                                "worklist-retention"))
+    assert [(r["owner"], r["runs"]) for r in rows] == [("node-c", 2)]
+    for proc in (b, c):
+        assert proc.stop() == 0
+
+
+def test_a_starting_node_leaves_a_siblings_transfer_alone(
+        pg_nodes: Nodes, dicom_files: DicomFiles, scu: Scu) -> None:
+    """Node B starts while a slow C-STORE streams into node A's receive directory: the
+    transfer completes and is stored. A receive file of a node gone long ago goes (its
+    empty directory stays: an idle node may be alive)."""
+    a = pg_nodes.start("node-a")
+    gone = pg_nodes.archive / ".incoming" / "node-gone"
+    gone.mkdir(parents=True)
+    (gone / "tmpabc.dcm").write_bytes(b"half a transfer")
+    old = time.time() - 3600
+    os.utime(gone / "tmpabc.dcm", (old, old))
+    os.utime(gone, (old, old))
+
+    big = dicom_files.big(3_000_000)
+    result: list[int] = []
+
+    def slow_store() -> None:
+        with scu.associate(a.port, contexts_for([big])) as assoc:
+            throttle(assoc, 400_000)          # about 7 s on the wire
+            result.append(send(assoc, big).status)
+
+    sender = threading.Thread(target=slow_store)
+    sender.start()
+    own = pg_nodes.archive / ".incoming" / "node-a"
+    wait_until(lambda: any(own.iterdir()), 10, "A receiving")
+    b = pg_nodes.start("node-b")
+    assert any(own.iterdir()), "B's start emptied A's receive directory"
+    sender.join(60)
+    assert result == [SUCCESS]
+    assert list(gone.iterdir()) == []
+    found = scu.find(b.port, identifier("IMAGE", SOPInstanceUID=sop_uid(big),
+                                        StudyInstanceUID="", SeriesInstanceUID=""))
+    assert sum(r.status in (0xFF00, 0xFF01) for r in found) == 1
+    for proc in (a, b):
+        assert proc.stop() == 0
+
+
+# --------------------------------------------------------------------------- SQLite
+def test_two_processes_on_one_sqlite_file(tmp_path: Path, spawn: Callable[..., ServerProcess],
+                                          dicom_files: DicomFiles, dcmtk: Dcmtk) -> None:
+    """Concurrent storescu to both processes: every instance stored and indexed once, and
+    no "database is locked" reaches a sender (the writers retry, bounded)."""
+    nodes = Nodes(tmp_path, spawn, {"path": str(tmp_path / "pacs.db")},
+                  storage={"fsync": False})
+    a = nodes.start("node-a")
+    b = nodes.start("node-b")
+    senders, per_sender = 6, 15
+    dirs, uids = [], set()
+    for i in range(senders):
+        d = tmp_path / f"sender{i}"
+        for _ in range(per_sender):
+            # Three patients and their studies, created by whichever process comes first.
+            uids.add(sop_uid(dicom_files.generated(directory=d, PatientID=f"SQ{i % 3}")))
+        dirs.append(d)
+    procs = [subprocess.Popen(
+        [dcmtk.tool("storescu"), "-aet", f"SEND{i}", "-aec", "PACS", "+sd", "127.0.0.1",
+         str((a, b)[i % 2].port), str(d)], env=dcmtk.env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i, d in enumerate(dirs)]
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * senders, "\n".join(outputs)
+    assert not any("Store Failed" in out or "Error" in out for out in outputs), outputs
+    rows = index_rows(tmp_path / "pacs.db")
+    assert set(rows) == uids
+    assert sorted(nodes.archive / r for r in rows.values()) == archived_files(nodes.archive)
+    no_leftovers(nodes.archive)
+    for proc in (a, b):
+        assert "index.write_failed" not in proc.stderr
+        assert proc.stop() == 0
+
+
+def test_a_second_process_with_the_same_identity_is_refused(
+        tmp_path: Path, spawn: Callable[..., ServerProcess]) -> None:
+    """Two live processes must never share a receive directory: the second is refused at
+    start, naming the key, and the first keeps running; once it stops, the name is free."""
+    nodes = Nodes(tmp_path, spawn, {"path": str(tmp_path / "pacs.db")})
+    a = nodes.start("node-a")
+    path = nodes.config("node-a")
+    twin = spawn([sys.executable, "-m", "pacs_server", "--config", str(path)], tmp_path)
+    assert twin.wait(60) != 0
+    assert "server.node_name: 'node-a' is in use by another running process" in twin.stderr
+    assert "Traceback" not in twin.stderr
+    wait_until_responds(a.port, 10)
+    assert a.stop() == 0
+    assert nodes.start("node-a").stop() == 0
