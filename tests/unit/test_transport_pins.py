@@ -1,8 +1,8 @@
-"""dicom/transport.py overrides pynetdicom internals; this fails loudly when their source
+"""dicom/transport.py and dicom/reactor.py override pynetdicom internals; this fails loudly when their source
 changes, so an upgrade of pynetdicom is a decision and not a surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
-replaces and why), adjust dicom/transport.py, then update the digest here and the pin in
+replaces and why), adjust dicom/transport.py or dicom/reactor.py, then update the digest here and the pin in
 pyproject.toml.
 """
 
@@ -17,6 +17,7 @@ import pytest
 from pynetdicom.acse import ACSE
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
 from pynetdicom.service_class import QueryRetrieveServiceClass
@@ -58,6 +59,31 @@ PINNED: dict[str, tuple[Any, str]] = {
     "DULServiceProvider.send_pdu": (DULServiceProvider.send_pdu, "7cbce5da8594124e"),
     "DULServiceProvider._process_recv_primitive": (
         DULServiceProvider._process_recv_primitive, "4c0ebbb3e646e35e"),
+    # dicom/reactor.py (server.transport: events): the reactors it replaces, the waits it
+    # turns into conditions, and what it relies on: the queues and timers the DUL and the
+    # DIMSE provider build, the socket check the DUL loop makes, the pause protocol.
+    "DULServiceProvider.__init__": (DULServiceProvider.__init__, "c82dafa9438ddf70"),
+    "DULServiceProvider.run_reactor": (DULServiceProvider.run_reactor, "e3a10eb3a0931e48"),
+    "DULServiceProvider.kill_dul": (DULServiceProvider.kill_dul, "5ceccf8dd01c2072"),
+    "DULServiceProvider.stop_dul": (DULServiceProvider.stop_dul, "28a7e0be126e7b30"),
+    "DULServiceProvider._is_transport_event": (DULServiceProvider._is_transport_event,
+                                               "8725ed03bb8fbdef"),
+    "AssociationSocket.ready": (AssociationSocket.ready.fget, "3eb58e3d39dc076d"),
+    "Association.__init__": (Association.__init__, "eb07516b8009ad8f"),
+    "Association._run_reactor": (Association._run_reactor, "f28838c5559e462a"),
+    "Association.kill": (Association.kill, "8f9713666a7f4cff"),
+    "Association.release": (Association.release, "c7d713502b77d702"),
+    "DIMSEServiceProvider.__init__": (DIMSEServiceProvider.__init__, "bbecd186810e7700"),
+    "DIMSEServiceProvider.get_msg": (DIMSEServiceProvider.get_msg, "890e3e04283f5aeb"),
+    "AE._create_socket": (ApplicationEntity._create_socket, "f56bca8888e1ce9f"),
+}
+
+# The methods that read or set Association._is_paused, which EventReactors turns into a
+# condition-backed property: a new one (or one gone) means the pause protocol changed.
+PAUSE_USERS = {
+    "__init__", "_run_reactor", "_serve_request", "kill", "release", "send_c_echo",
+    "send_c_find", "send_c_get", "send_c_move", "send_c_store", "send_n_action",
+    "send_n_create", "send_n_delete", "send_n_event_report", "send_n_get", "send_n_set",
 }
 
 
@@ -68,6 +94,14 @@ def test_overridden_upstream_source_unchanged(name: str) -> None:
     assert actual == digest, (
         f"pynetdicom {pynetdicom.__version__} changed {name} (digest {actual}, tested "
         f"{digest}): review the override in src/pacs_server/dicom/transport.py")
+
+
+def test_pause_protocol_users_unchanged() -> None:
+    users = {name for name, func in inspect.getmembers(Association, inspect.isfunction)
+             if "_is_paused" in inspect.getsource(func)}
+    assert users == PAUSE_USERS, (
+        f"pynetdicom {pynetdicom.__version__} changed who uses Association._is_paused: "
+        f"review EventReactors._is_paused in src/pacs_server/dicom/reactor.py")
 
 
 def test_pinned_minor_version() -> None:

@@ -1,8 +1,10 @@
 """Where the server goes below pynetdicom's handler API: the acceptor's transport,
 hardened, and retrieve from the archived files. Every override of pynetdicom lives in
-this module, and tests/unit/test_transport_pins.py fails when the source of an
-overridden or relied-upon upstream function changes (pynetdicom is pinned to the tested
-minor version).
+this module or in dicom/reactor.py (the event-driven reactors, `server.transport:
+events`, mixed into our association classes here: `EventPacsAssociation`,
+`EventRequestorAssociation`), and tests/unit/test_transport_pins.py fails when the
+source of an overridden or relied-upon upstream function changes (pynetdicom is pinned
+to the tested minor version).
 
 What a connection goes through here:
 
@@ -48,10 +50,10 @@ import socket
 import ssl
 import threading
 import time
-from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, cast
 
 import structlog
@@ -66,6 +68,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
+from pacs_server.dicom.reactor import EventReactors, WakingQueue
 from pacs_server.dicom.tls import TlsContexts, peer_subject
 from pacs_server.errors import TranscodeFailed
 from pacs_server.services import transcode
@@ -334,11 +337,13 @@ SEND_QUEUE_PDUS = 16
 _STALL_S = 60.0
 
 
-class BoundedSendQueue(queue.Queue[Any]):
-    """The DUL's to-provider queue, bounded for the threads that put P-DATA on it."""
+class BoundedSendQueue(WakingQueue):
+    """The DUL's to-provider queue, bounded for the threads that put P-DATA on it
+    (waking the event-driven DUL, dicom/reactor.py, like the queue it replaces)."""
 
-    def __init__(self, consumer: threading.Thread, limit: int = SEND_QUEUE_PDUS) -> None:
-        super().__init__()          # maxsize 0: Queue.put itself never blocks
+    def __init__(self, consumer: threading.Thread, limit: int = SEND_QUEUE_PDUS,
+                 on_put: Callable[[], None] | None = None) -> None:
+        super().__init__(on_put)    # maxsize 0: Queue.put itself never blocks
         self._consumer = consumer
         self._limit = limit
 
@@ -356,7 +361,7 @@ class BoundedSendQueue(queue.Queue[Any]):
 def bound_send_queue(assoc: Association) -> None:
     """Give the association's DUL a `BoundedSendQueue` (while nothing is queued)."""
     old = assoc.dul.to_provider_queue
-    bounded = BoundedSendQueue(assoc.dul)
+    bounded = BoundedSendQueue(assoc.dul, on_put=getattr(old, "on_put", None))
     while True:
         try:
             bounded.put(old.get_nowait())
@@ -415,11 +420,16 @@ class PacsAssociation(FileSending):
             self._dul_ready.wait()
         deadline = time.monotonic() + self.limits.negotiation_timeout
         while not self.dul.to_user_queue.qsize():
-            if not self.dul.is_alive() or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if not self.dul.is_alive() or remaining <= 0:
                 self._hard_stop()
                 return False
-            time.sleep(0.005)
+            self.wait_for_request(remaining)
         return True
+
+    def wait_for_request(self, timeout: float) -> None:
+        """Stock transport: look again in 5 ms (dicom/reactor.py waits on an event)."""
+        time.sleep(min(timeout, 0.005))
 
     def _hard_stop(self) -> None:
         self.dul.kill_dul()
@@ -494,8 +504,9 @@ class PacsRequestHandler(RequestHandler):
                                 tls_subject: str | None) -> PacsAssociation:
         # Mirrors RequestHandler._create_association (pynetdicom 3.0) with our classes.
         srv = self.server
-        ae = self.ae
-        assoc = PacsAssociation(ae, srv.policy, srv.limits, pending, host, tls_subject)
+        ae = cast(PacsAE, self.ae)
+        cls = EventPacsAssociation if ae.event_reactors else PacsAssociation
+        assoc = cls(ae, srv.policy, srv.limits, pending, host, tls_subject)
         assoc._server = srv
         bound_send_queue(assoc)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
@@ -508,7 +519,9 @@ class PacsRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(srv.contexts)
+        # Shared, not upstream's per-association deepcopy (0.5-1 ms for ~170 contexts):
+        # negotiation only reads them (dicom/server.py SharedContext).
+        assoc.acceptor.supported_contexts = srv.contexts
         assoc.requestor.address_info = self.remote
         for event, handlers in srv._handlers.items():
             if event.is_intervention and handlers:
@@ -572,23 +585,46 @@ class PacsAssociationServer(ThreadedAssociationServer):
             raise
 
 
+class EventPacsAssociation(EventReactors, PacsAssociation):
+    """`PacsAssociation` on the event-driven reactors (`server.transport: events`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.install_event_reactors()
+
+
 class RequestorAssociation(FileSending):
     """The class of our outgoing associations (C-MOVE sub-operations, reports)."""
 
 
+class EventRequestorAssociation(EventReactors, RequestorAssociation):
+    """`RequestorAssociation` on the event-driven reactors."""
+
+
 class PacsAE(AE):
     """pynetdicom's AE whose outgoing associations (C-MOVE sub-operations, reports) are
-    `RequestorAssociation`s.
+    `RequestorAssociation`s, on the event-driven reactors unless `event_reactors` is
+    False (`server.transport: stock`).
 
     Upstream `AE.associate()` instantiates `Association` by name; rather than carry a
-    copy of that long method, the established association's class is switched to the
-    subclass, which adds one method and no state. Upstream change that removes it: an
-    association class attribute on the AE.
+    copy of that long method, the association's class is switched to the subclass,
+    which adds methods and no state that upstream reads: for the event-driven reactors
+    in `_create_socket` (before its DUL thread starts), otherwise once established.
+    Upstream change that removes it: an association class attribute on the AE.
     """
+
+    event_reactors = True
+
+    def _create_socket(self, assoc: Association, *args: Any) -> AssociationSocket:
+        if self.event_reactors:
+            assoc.__class__ = EventRequestorAssociation
+            cast(EventRequestorAssociation, assoc).install_event_reactors()
+        return super()._create_socket(assoc, *args)
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:
         assoc = super().associate(*args, **kwargs)
-        assoc.__class__ = RequestorAssociation
+        if not isinstance(assoc, RequestorAssociation):
+            assoc.__class__ = RequestorAssociation
         if assoc.is_established:
             bound_send_queue(assoc)
         return assoc
