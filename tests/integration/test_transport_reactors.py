@@ -41,13 +41,13 @@ def server_associations() -> list[Association]:
             and t.is_acceptor and t.is_alive()]
 
 
-def wait_for(count: int, timeout: float = 5.0) -> list[Association]:
-    deadline = time.monotonic() + timeout
+async def established(count: int) -> list[Association]:
+    deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
         found = [a for a in server_associations() if a.is_established]
         if len(found) >= count:
             return found
-        time.sleep(0.02)
+        await asyncio.sleep(0.02)
     raise AssertionError(f"{count} established associations expected")
 
 
@@ -58,14 +58,14 @@ async def test_idle_associations_use_no_cpu(
     assert srv.port
     socks = [associated(srv.port) for _ in range(5)]
     try:
-        assocs = wait_for(5)
+        assocs = await established(5)
         assert all(isinstance(a, EventReactors) and isinstance(a.dul, EventDUL)
                    for a in assocs)
         ids = [t.native_id for a in assocs for t in (a, a.dul)]
         assert all(ids)
-        time.sleep(0.3)
+        await asyncio.sleep(0.3)
         before = sum(thread_cpu_s(i) for i in ids if i is not None)
-        time.sleep(2.0)
+        await asyncio.sleep(2.0)
         used = sum(thread_cpu_s(i) for i in ids if i is not None) - before
         # pynetdicom's own reactors: ~18 ms per second per association (two threads
         # waking every millisecond), i.e. ~0.18 s here; ours wake when data arrives.
@@ -90,7 +90,7 @@ async def test_transport_switch_selects_the_reactors(
         assert srv.port
         sock = associated(srv.port)
         try:
-            (assoc,) = wait_for(1)
+            (assoc,) = await established(1)
             assert isinstance(assoc, EventReactors) is (transport == "events")
             assert isinstance(assoc.dul, EventDUL) is (transport == "events")
         finally:

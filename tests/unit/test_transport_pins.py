@@ -1,9 +1,10 @@
-"""dicom/transport.py and dicom/reactor.py override pynetdicom internals; this fails loudly when their source
-changes, so an upgrade of pynetdicom is a decision and not a surprise.
+"""dicom/transport.py and dicom/reactor.py override pynetdicom internals; this fails
+loudly when their source changes, so an upgrade of pynetdicom is a decision and not a
+surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
-replaces and why), adjust dicom/transport.py or dicom/reactor.py, then update the digest here and the pin in
-pyproject.toml.
+replaces and why), adjust dicom/transport.py or dicom/reactor.py, then update the digest
+here and the pin in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 
 import pynetdicom
 import pytest
+from pynetdicom import fsm
 from pynetdicom.acse import ACSE
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import (
     AssociationServer,
@@ -76,6 +79,11 @@ PINNED: dict[str, tuple[Any, str]] = {
     "DIMSEServiceProvider.__init__": (DIMSEServiceProvider.__init__, "bbecd186810e7700"),
     "DIMSEServiceProvider.get_msg": (DIMSEServiceProvider.get_msg, "890e3e04283f5aeb"),
     "AE._create_socket": (ApplicationEntity._create_socket, "f56bca8888e1ce9f"),
+    # EventDUL._decode_pdu: an A-ASSOCIATE-RQ decoded once per distinct proposal; AE-6
+    # takes it from _recv_pdu and calls to_primitive() once per association.
+    "DULServiceProvider._decode_pdu": (DULServiceProvider._decode_pdu, "fc71dd1bf853e1ce"),
+    "A_ASSOCIATE_RQ.to_primitive": (A_ASSOCIATE_RQ.to_primitive, "92cb1a8bedf659e5"),
+    "fsm.AE_6": (fsm.AE_6, "385d595ed49432af"),
 }
 
 # The methods that read or set Association._is_paused, which EventReactors turns into a
