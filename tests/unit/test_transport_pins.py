@@ -20,6 +20,7 @@ from pynetdicom.acse import ACSE
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ASSOCIATE_RQ
@@ -84,6 +85,12 @@ PINNED: dict[str, tuple[Any, str]] = {
     "DULServiceProvider._decode_pdu": (DULServiceProvider._decode_pdu, "fc71dd1bf853e1ce"),
     "A_ASSOCIATE_RQ.to_primitive": (A_ASSOCIATE_RQ.to_primitive, "92cb1a8bedf659e5"),
     "fsm.AE_6": (fsm.AE_6, "385d595ed49432af"),
+    # ResponseDIMSE.send_msg: responses encoded directly, byte for byte what these do
+    # (tests/unit/test_reactor.py compares the two).
+    "DIMSEServiceProvider.send_msg": (DIMSEServiceProvider.send_msg, "a839cf2fb46976d9"),
+    "DIMSEMessage.primitive_to_message": (DIMSEMessage.primitive_to_message,
+                                          "71fd61d5997f0f0c"),
+    "DIMSEMessage.encode_msg": (DIMSEMessage.encode_msg, "73000c902c52832d"),
 }
 
 # The methods that read or set Association._is_paused, which EventReactors turns into a

@@ -26,19 +26,26 @@ Upstream change that would remove this module: event-driven reactors in pynetdic
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import queue
 import select
+import struct
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
 from pynetdicom import evt
+from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.association import LOGGER, Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 from pynetdicom.transport import AssociationSocket
 
 # Longest a reactor blocks without looking again, even with nothing to wait for: a
@@ -163,6 +170,8 @@ class EventDUL(DULServiceProvider):
     def __init__(self, assoc: Association, wake_assoc: Callable[[], None]) -> None:
         super().__init__(assoc)
         self._wakeup = Wakeup()
+        # The reactor closes the pipe when it ends; this, for a DUL never started.
+        weakref.finalize(self, self._wakeup.close)
         self._wake_assoc = wake_assoc
         self._changed = threading.Condition()
         self.event_queue = waking_copy(self.event_queue, self._wakeup.set)
@@ -287,6 +296,114 @@ class EventDUL(DULServiceProvider):
                 self._changed.wait(timeout)
 
 
+# The response command sets encoded directly (PS3.7 9.3, always Implicit VR Little
+# Endian, elements in tag order): CommandField per primitive, then what each element is.
+_RESPONSES: dict[type, tuple[type, int]] = {
+    C_STORE: (C_STORE_RSP, 0x8001), C_GET: (C_GET_RSP, 0x8010),
+    C_FIND: (C_FIND_RSP, 0x8020), C_MOVE: (C_MOVE_RSP, 0x8021),
+}
+_UI, _US = "UI", "US"
+_ELEMENTS: dict[str, tuple[int, str]] = {
+    "AffectedSOPClassUID": (0x0002, _UI),
+    "MessageIDBeingRespondedTo": (0x0120, _US),
+    "Status": (0x0900, _US),
+    "AffectedSOPInstanceUID": (0x1000, _UI),
+    "NumberOfRemainingSuboperations": (0x1020, _US),
+    "NumberOfCompletedSuboperations": (0x1021, _US),
+    "NumberOfFailedSuboperations": (0x1022, _US),
+    "NumberOfWarningSuboperations": (0x1023, _US),
+}
+_FIXED = {"CommandGroupLength", "CommandField", "CommandDataSetType"}
+# Per response message class: the primitive parameters its command set may carry.
+_KEYWORDS: dict[type, tuple[str, ...]] = {
+    msg: tuple(e.keyword for e in msg().command_set if e.keyword not in _FIXED)
+    for msg, _ in _RESPONSES.values()
+}
+
+
+def _element(elem: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
+
+
+def encode_response(primitive: Any) -> bytes | None:
+    """The command set of a C-STORE/C-FIND/C-GET/C-MOVE response, or None when it
+    carries anything but UIDs, the status and sub-operation counts (Error Comment,
+    Offending Element...: upstream encodes those)."""
+    kind = _RESPONSES.get(type(primitive))
+    if kind is None or primitive.MessageIDBeingRespondedTo is None:
+        return None
+    msg_cls, field = kind
+    values: list[tuple[int, bytes]] = [(0x0100, struct.pack("<H", field))]
+    for keyword in _KEYWORDS[msg_cls]:
+        value = getattr(primitive, keyword, None)
+        if value is None:
+            continue
+        spec = _ELEMENTS.get(keyword)
+        if spec is None:
+            return None
+        elem, vr = spec
+        if vr == _US:
+            values.append((elem, struct.pack("<H", int(value))))
+        else:
+            raw = str(value).encode("ascii")
+            values.append((elem, raw + b"\0" * (len(raw) % 2)))
+    has_data = getattr(primitive, "Identifier", None) is not None
+    values.append((0x0800, struct.pack("<H", 0x0001 if has_data else 0x0101)))
+    body = b"".join(_element(elem, value) for elem, value in sorted(values))
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def pdv_fragments(data: bytes, context_id: int, max_pdu: int, more: bytes,
+               last: bytes) -> list[P_DATA]:
+    size = len(data) if max_pdu == 0 else max_pdu - 6
+    out = []
+    for start in range(0, max(len(data), 1), max(size, 1)):
+        chunk = data[start:start + size]
+        pdata = P_DATA()
+        final = start + size >= len(data)
+        pdata.presentation_data_value_list.append((context_id, (last if final else more)
+                                                   + chunk))
+        out.append(pdata)
+    return out
+
+
+class ResponseDIMSE(DIMSEServiceProvider):
+    """The DIMSE provider of the event-driven transport: responses encoded directly."""
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        """Send C-STORE/C-FIND/C-GET/C-MOVE responses without building a message.
+
+        Upstream: builds a DIMSE message, sets each command element through pydicom,
+        encodes the command set twice (the second time for its group length), then
+        fragments it: ~0.35 ms of a C-FIND response's ~0.8 ms (docs/performance.md),
+        for a command set of six fixed-size elements.
+        Upstream change that would remove this: a direct encoding of command sets.
+        """
+        command = encode_response(primitive) if self._fast_path() else None
+        if command is None:
+            super().send_msg(primitive, context_id)
+            return
+        max_pdu = self.maximum_pdu_size
+        pdatas = pdv_fragments(command, context_id, max_pdu, b"\x01", b"\x03")
+        identifier = getattr(primitive, "Identifier", None)
+        if identifier is not None:
+            data = identifier.getvalue()
+            if data:
+                pdatas += pdv_fragments(data, context_id, max_pdu, b"\x00", b"\x02")
+        for pdata in pdatas:
+            self.dul.send_pdu(pdata)
+
+    def _fast_path(self) -> bool:
+        # EVT_DIMSE_SENT carries the message object: only pynetdicom's own logging
+        # handler may be bound (it logs nothing for these responses).
+        handlers = self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
+        return all(h[0] is standard_dimse_sent_handler for h in handlers) \
+            and not _DIMSE_LOG.isEnabledFor(logging.DEBUG)
+
+
+_DIMSE_LOG = logging.getLogger("pynetdicom")
+
+
 class EventReactors(Association):
     """The association thread's side: a mixin placed before our association classes.
 
@@ -311,6 +428,7 @@ class EventReactors(Association):
         new._idle_timer.timeout = old._idle_timer.timeout
         new.artim_timer.timeout = old.artim_timer.timeout
         self.dul = new
+        self.dimse.__class__ = ResponseDIMSE
         self.dimse.msg_queue = waking_copy(self.dimse.msg_queue, self._wake.set)
 
     # `_is_paused` is upstream's flag, which the send_*() methods and release() poll with
