@@ -23,12 +23,13 @@ PYTEST_ARGS ?=
 # scripts/bench/run.py runs its quick mode by default; BENCH_ARGS=--full for everything.
 BENCH_ARGS ?=
 
-.PHONY: help install run viewer test bench lint check clean distclean
+.PHONY: help install run viewer test test-stock bench lint check clean distclean
 
 help:
 	@echo "make run        run pacs_server on the embedded defaults (AE PACS, port 11112,"
 	@echo "                ./archive, ./pacs.db); extra options: make run ARGS='--port 4242'"
 	@echo "make test       run the whole test suite (PYTEST_ARGS='-k store' to narrow it)"
+	@echo "make test-stock tests/e2e again on server.transport: stock (CI runs both)"
 	@echo "make bench      quick benchmark (scripts/bench/run.py; BENCH_ARGS=--full for all)"
 	@echo "make lint       ruff check, when ruff is installed"
 	@echo "make check      scripts/check: generated docs in sync, configs valid, layering"
@@ -62,6 +63,10 @@ test: $(STAMP)
 	rc=0; $(VENV_PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
+
+# The interop subset again on pynetdicom's own reactors (server.transport: stock).
+test-stock: $(STAMP)
+	PACS_TRANSPORT=stock $(VENV_PY) -m pytest $(PYTEST_ARGS) tests/e2e
 
 bench: $(STAMP)
 	$(VENV_PY) scripts/bench/run.py $(BENCH_ARGS)

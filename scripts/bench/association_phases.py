@@ -131,7 +131,10 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--pacs-bin", help="the pacs_server executable (e.g. scripts/bench/what_if.py)")
     p.add_argument("--only-pacs", action="store_true", help="skip Orthanc and the floor")
+    p.add_argument("--transport", choices=("events", "stock"),
+                   help="pacs_server's server.transport")
     a = p.parse_args()
+    servers.TRANSPORT = a.transport
     if a.pacs_bin:
         servers.PACS_BIN = Path(a.pacs_bin).resolve()
     results: dict[str, list[float]] = {}

@@ -503,9 +503,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep server directories")
     p.add_argument("--pacs-bin", help="the pacs_server executable to start (default: the "
                    "venv's; scripts/bench/what_if.py measures proposed pynetdicom changes)")
+    p.add_argument("--transport", choices=("events", "stock"),
+                   help="pacs_server's server.transport (default: its default, events)")
     a = p.parse_args(argv)
     if a.pacs_bin:
         servers.PACS_BIN = Path(a.pacs_bin).resolve()
+    servers.TRANSPORT = a.transport
     a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
     a.phases = ([s.strip() for s in a.phases.split(",")] if a.phases
                 else [ph for ph in PHASES if a.full or ph != "huge"])

@@ -25,6 +25,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 PACS_BIN = REPO / ".venv" / "bin" / "pacs_server"
+# server.transport of the pacs_server under test; None = its default (events).
+TRANSPORT: str | None = None
 HOST = "127.0.0.1"
 CALLING_AE = "BENCH"
 
@@ -187,6 +189,8 @@ class PacsServer(Server):
             "logging": {"level": "warning", "file": ""},
             "monitoring": {"metrics_port": -1},
         }
+        if TRANSPORT is not None:
+            cfg["server"]["transport"] = TRANSPORT
         if self.move_dest is not None:
             cfg["peers"] = [{"ae_title": self.move_dest[0], "host": HOST,
                              "port": self.move_dest[1]}]

@@ -14,6 +14,9 @@ PACS_WHAT_IF (comma list):
                  no re-encode); the handler yields the archived file's path.
   fast-poll      pynetdicom's reactors poll every 0.1 ms instead of 1 ms: an approximation
                  of an event-driven reactor's latency (it costs CPU that one would not).
+
+PACS_SWITCH_INTERVAL (seconds): the server's sys.setswitchinterval instead of
+dicom/runtime.py's SWITCH_INTERVAL_S, to measure the value kept there.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ def main() -> int:
                   file=sys.stderr)
             return 2
         CHANGES[name]()
+    if os.environ.get("PACS_SWITCH_INTERVAL"):
+        from pacs_server.dicom import runtime
+        runtime.SWITCH_INTERVAL_S = float(os.environ["PACS_SWITCH_INTERVAL"])
     from pacs_server.cli import main as pacs_main
     return pacs_main()
 

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int,
                    help="port of the HTTP side (/metrics, /status, /healthz, /api); "
                         "-1 disables it (overrides monitoring.metrics_port)")
+    p.add_argument("--transport", choices=["events", "stock"],
+                   help="association reactors (overrides server.transport)")
     p.add_argument("--version", action="version", version=f"pacs_server {__version__}")
     return p
 
@@ -54,7 +56,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         "port": "server.port", "host": "server.host", "ae_title": "server.ae_title",
         "storage_dir": "storage.directory", "db": "database.path",
         "log_level": "logging.level", "log_file": "logging.file",
-        "metrics_port": "monitoring.metrics_port",
+        "metrics_port": "monitoring.metrics_port", "transport": "server.transport",
     }
     return {key: getattr(args, attr) for attr, key in mapping.items()
             if getattr(args, attr) is not None}

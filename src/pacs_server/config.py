@@ -29,6 +29,7 @@ DuplicatePolicy = Literal["reject", "replace", "ignore"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Synchronous = Literal["full", "normal"]
 TlsVersion = Literal["1.2", "1.3"]
+Transport = Literal["events", "stock"]
 
 # Other spellings users write for an enum value, accepted as the value itself.
 _SPELLINGS: dict[str, str] = {"date-based": "date"}
@@ -65,6 +66,9 @@ class ServerConfig:
     dimse_timeout: float = setting(60.0, "seconds to wait for a DIMSE message from the peer")
     negotiation_timeout: float = setting(
         5.0, "seconds a new connection has for its TLS handshake and A-ASSOCIATE-RQ", reload=True)
+    transport: Transport = setting(
+        "events", "association reactors: events (wait on the socket and queues) | stock "
+        "(pynetdicom's own polling reactors)")
 
     def check(self, source: str) -> None:
         check_ae_title(source, "server.ae_title", self.ae_title)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from support.config import transport_args
 from support.scu import wait_until_responds
 
 STARTUP_TIMEOUT = 30.0
@@ -156,7 +157,7 @@ def run_pacs(tmp_path: Path, processes: list[ServerProcess]) -> Callable[..., Se
         base = root or tmp_path
         argv = [sys.executable, "-m", "pacs_server", "--port", str(port), "--host", "127.0.0.1",
                 "--storage-dir", str(base / "archive"), "--db", str(base / "pacs.db"),
-                "--log-file", "", "--metrics-port", "-1", *extra]
+                "--log-file", "", "--metrics-port", "-1", *transport_args(), *extra]
         if config is not None:
             argv += ["--config", str(config)]
         proc = ServerProcess(argv, cwd=tmp_path)

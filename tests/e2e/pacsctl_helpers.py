@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from support.config import transport_args
 from support.scu import wait_until_responds
 
 TOKEN = "e2e-token-0123456789abcdef"
@@ -64,7 +65,8 @@ admin:
 
 def start_pacs(spawn: Any, root: Path, extra: str = "", config: Path | None = None) -> Pacs:
     config = config or write_config(root, extra)
-    proc = spawn([sys.executable, "-m", "pacs_server", "--config", str(config)], root)
+    proc = spawn([sys.executable, "-m", "pacs_server", "--config", str(config),
+                  *transport_args()], root)
     started = proc.wait_for_event("server.started")
     wait_until_responds(started["port"], called=started["ae_title"])
     return Pacs(proc, int(started["port"]), int(started["metrics_port"]), config, root)

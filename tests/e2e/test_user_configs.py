@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from support.archive import archived_files
+from support.config import transport_args
 from support.instances import CT_IMAGE, DicomFiles
 from support.scu import SUCCESS, Scu, wait_until_responds
 
@@ -45,7 +46,7 @@ def test_pacs_server_starts_with_the_file(spawn: Callable[..., Any], tmp_path: P
     path = copy_config("pacs_server.yaml", tmp_path)
     # Only the ports are overridden (the file's 11112 and 9090 may be taken here).
     proc = spawn([sys.executable, "-m", "pacs_server", "--config", str(path), "--port", "0",
-                  "--host", "127.0.0.1", "--metrics-port", "0"], tmp_path)
+                  "--host", "127.0.0.1", "--metrics-port", "0", *transport_args()], tmp_path)
     started = proc.wait_for_event("server.started")
     assert started["ae_title"] == "MY_PACS"
     assert started["naming"] == "hierarchical"

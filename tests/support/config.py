@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ FAST_STORAGE: dict[str, Any] = {"storage.fsync": False, "database.synchronous": 
 def server_config(root: Path, overrides: dict[str, Any] | None = None, *,
                   path: str | Path | None = None) -> Config:
     """Archive in <root>/archive, index in <root>/pacs.db, port 0 on 127.0.0.1, AE title
-    PACS, no log file, no metrics endpoint; then `overrides` (dotted keys, or top-level
+    PACS, no log file, no metrics endpoint, `server.transport` from $PACS_TRANSPORT if
+    set; then `overrides` (dotted keys, or top-level
     ones such as `peers`), on top of the YAML file `path` if given."""
     values: dict[str, Any] = {
         "server.port": 0,
@@ -28,8 +30,17 @@ def server_config(root: Path, overrides: dict[str, Any] | None = None, *,
         "logging.file": "",
         "monitoring.metrics_port": -1,
     }
+    # The interop subset runs a second time on pynetdicom's own reactors (.ci/run).
+    if os.environ.get("PACS_TRANSPORT"):
+        values["server.transport"] = os.environ["PACS_TRANSPORT"]
     values.update(overrides or {})
     return load_config(path, values)
+
+
+def transport_args() -> list[str]:
+    """`--transport` for a `python -m pacs_server` process when $PACS_TRANSPORT is set."""
+    transport = os.environ.get("PACS_TRANSPORT")
+    return ["--transport", transport] if transport else []
 
 
 def peer(ae_title: str, port: int, host: str = "127.0.0.1") -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
@@ -192,7 +193,7 @@ def association_threads() -> int:
     """Threads that belong to associations (acceptor, DUL, per-connection handler)."""
     return sum(1 for t in threading.enumerate()
                if t.name.startswith("AcceptorThread") or "process_request_thread" in t.name
-               or type(t).__name__ == "DULServiceProvider")
+               or isinstance(t, DULServiceProvider))
 
 
 def wait_threads(baseline: int, timeout: float = 3.0) -> int:

@@ -124,6 +124,7 @@ def test_wrong_type(tmp_path: Path, text: str, key: str, expected: str) -> None:
     ("storage:\n  duplicate_policy: overwrite\n", "storage.duplicate_policy"),
     ("logging:\n  level: verbose\n", "logging.level"),
     ("database:\n  synchronous: off\n", "database.synchronous"),
+    ("server:\n  transport: poll\n", "server.transport"),
 ])
 def test_bad_enum_lists_the_choices(tmp_path: Path, text: str, key: str) -> None:
     path = write(tmp_path, text)

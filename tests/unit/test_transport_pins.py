@@ -1,9 +1,10 @@
-"""dicom/transport.py overrides pynetdicom internals; this fails loudly when their source
-changes, so an upgrade of pynetdicom is a decision and not a surprise.
+"""dicom/transport.py and dicom/reactor.py override pynetdicom internals; this fails
+loudly when their source changes, so an upgrade of pynetdicom is a decision and not a
+surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
-replaces and why), adjust dicom/transport.py, then update the digest here and the pin in
-pyproject.toml.
+replaces and why), adjust dicom/transport.py or dicom/reactor.py, then update the digest
+here and the pin in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import pynetdicom
 import pytest
+from pynetdicom import fsm
 from pynetdicom.acse import ACSE
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
@@ -21,6 +23,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import (
     AssociationServer,
@@ -76,6 +79,40 @@ PINNED: dict[str, tuple[Any, str]] = {
     "DULServiceProvider.send_pdu": (DULServiceProvider.send_pdu, "7cbce5da8594124e"),
     "DULServiceProvider._process_recv_primitive": (
         DULServiceProvider._process_recv_primitive, "4c0ebbb3e646e35e"),
+    # dicom/reactor.py (server.transport: events): the reactors it replaces, the waits it
+    # turns into conditions, and what it relies on: the queues and timers the DUL and the
+    # DIMSE provider build, the socket check the DUL loop makes, the pause protocol.
+    "DULServiceProvider.__init__": (DULServiceProvider.__init__, "c82dafa9438ddf70"),
+    "DULServiceProvider.run_reactor": (DULServiceProvider.run_reactor, "e3a10eb3a0931e48"),
+    "DULServiceProvider.kill_dul": (DULServiceProvider.kill_dul, "5ceccf8dd01c2072"),
+    "DULServiceProvider.stop_dul": (DULServiceProvider.stop_dul, "28a7e0be126e7b30"),
+    "DULServiceProvider._is_transport_event": (DULServiceProvider._is_transport_event,
+                                               "8725ed03bb8fbdef"),
+    "AssociationSocket.ready": (AssociationSocket.ready.fget, "3eb58e3d39dc076d"),
+    "Association.__init__": (Association.__init__, "eb07516b8009ad8f"),
+    "Association.kill": (Association.kill, "8f9713666a7f4cff"),
+    "Association.release": (Association.release, "c7d713502b77d702"),
+    "DIMSEServiceProvider.__init__": (DIMSEServiceProvider.__init__, "bbecd186810e7700"),
+    "AE._create_socket": (ApplicationEntity._create_socket, "f56bca8888e1ce9f"),
+    # EventDUL._decode_pdu: an A-ASSOCIATE-RQ decoded once per distinct proposal; AE-6
+    # takes it from _recv_pdu and calls to_primitive() once per association.
+    "DULServiceProvider._decode_pdu": (DULServiceProvider._decode_pdu, "fc71dd1bf853e1ce"),
+    "A_ASSOCIATE_RQ.to_primitive": (A_ASSOCIATE_RQ.to_primitive, "92cb1a8bedf659e5"),
+    "fsm.AE_6": (fsm.AE_6, "385d595ed49432af"),
+    # ResponseDIMSE.send_msg: responses encoded directly, byte for byte what these do
+    # (tests/unit/test_reactor.py compares the two).
+    "DIMSEServiceProvider.send_msg": (DIMSEServiceProvider.send_msg, "a839cf2fb46976d9"),
+    "DIMSEMessage.primitive_to_message": (DIMSEMessage.primitive_to_message,
+                                          "71fd61d5997f0f0c"),
+    "DIMSEMessage.encode_msg": (DIMSEMessage.encode_msg, "73000c902c52832d"),
+}
+
+# The methods that read or set Association._is_paused, which EventReactors turns into a
+# condition-backed property: a new one (or one gone) means the pause protocol changed.
+PAUSE_USERS = {
+    "__init__", "_run_reactor", "_serve_request", "kill", "release", "send_c_echo",
+    "send_c_find", "send_c_get", "send_c_move", "send_c_store", "send_n_action",
+    "send_n_create", "send_n_delete", "send_n_event_report", "send_n_get", "send_n_set",
 }
 
 
@@ -86,6 +123,14 @@ def test_overridden_upstream_source_unchanged(name: str) -> None:
     assert actual == digest, (
         f"pynetdicom {pynetdicom.__version__} changed {name} (digest {actual}, tested "
         f"{digest}): review the override in src/pacs_server/dicom/transport.py")
+
+
+def test_pause_protocol_users_unchanged() -> None:
+    users = {name for name, func in inspect.getmembers(Association, inspect.isfunction)
+             if "_is_paused" in inspect.getsource(func)}
+    assert users == PAUSE_USERS, (
+        f"pynetdicom {pynetdicom.__version__} changed who uses Association._is_paused: "
+        f"review EventReactors._is_paused in src/pacs_server/dicom/reactor.py")
 
 
 def test_pinned_minor_version() -> None:

@@ -94,6 +94,7 @@ def our_ae(s: ServerConfig) -> AE:
     (dicom/transport.py).
     """
     ae = PacsAE(ae_title=s.ae_title)
+    ae.event_reactors = s.transport == "events"
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = s.acse_timeout

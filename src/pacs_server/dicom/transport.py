@@ -1,8 +1,10 @@
 """Where the server goes below pynetdicom's handler API: the acceptor's transport,
 hardened, and retrieve from the archived files. Every override of pynetdicom lives in
-this module, and tests/unit/test_transport_pins.py fails when the source of an
-overridden or relied-upon upstream function changes (pynetdicom is pinned to the tested
-minor version).
+this module or in dicom/reactor.py (the event-driven reactors, `server.transport:
+events`, mixed into our association classes here: `EventPacsAssociation`,
+`EventRequestorAssociation`), and tests/unit/test_transport_pins.py fails when the
+source of an overridden or relied-upon upstream function changes (pynetdicom is pinned
+to the tested minor version).
 
 What a connection goes through here:
 
@@ -42,6 +44,7 @@ Upstream change that removes it: a bounded `to_provider_queue` (or a send window
 
 from __future__ import annotations
 
+import functools
 import gc
 import queue
 import socket
@@ -49,7 +52,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
@@ -73,6 +75,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
+from pacs_server.dicom.reactor import EventReactors, WakingQueue
 from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.tls import TlsContexts, peer_subject
 from pacs_server.errors import PacsError, TranscodeFailed
@@ -342,11 +345,13 @@ SEND_QUEUE_PDUS = 16
 _STALL_S = 60.0
 
 
-class BoundedSendQueue(queue.Queue[Any]):
-    """The DUL's to-provider queue, bounded for the threads that put P-DATA on it."""
+class BoundedSendQueue(WakingQueue):
+    """The DUL's to-provider queue, bounded for the threads that put P-DATA on it
+    (waking the event-driven DUL, dicom/reactor.py, like the queue it replaces)."""
 
-    def __init__(self, consumer: threading.Thread, limit: int = SEND_QUEUE_PDUS) -> None:
-        super().__init__()          # maxsize 0: Queue.put itself never blocks
+    def __init__(self, consumer: threading.Thread, limit: int = SEND_QUEUE_PDUS,
+                 on_put: Callable[[], None] | None = None) -> None:
+        super().__init__(on_put)    # maxsize 0: Queue.put itself never blocks
         self._consumer = consumer
         self._limit = limit
 
@@ -361,10 +366,24 @@ class BoundedSendQueue(queue.Queue[Any]):
         super().put(item, block, timeout)
 
 
+def with_mixin(obj: Any, mixin: type) -> None:
+    """Give `obj` the behaviour of `mixin` on top of its present class (the event-driven
+    reactors replace the DIMSE provider's class too, so a plain assignment would undo
+    theirs): one combined class per pair, made once."""
+    obj.__class__ = _combined(mixin, type(obj))
+
+
+@functools.cache
+def _combined(mixin: type, base: type) -> type:
+    if issubclass(base, mixin):
+        return base
+    return type(f"{mixin.__name__}_{base.__name__}", (mixin, base), {})
+
+
 def bound_send_queue(assoc: Association) -> None:
     """Give the association's DUL a `BoundedSendQueue` (while nothing is queued)."""
     old = assoc.dul.to_provider_queue
-    bounded = BoundedSendQueue(assoc.dul)
+    bounded = BoundedSendQueue(assoc.dul, on_put=getattr(old, "on_put", None))
     while True:
         try:
             bounded.put(old.get_nowait())
@@ -454,11 +473,16 @@ class PacsAssociation(FileSending):
             self._dul_ready.wait()
         deadline = time.monotonic() + self.limits.negotiation_timeout
         while not self.dul.to_user_queue.qsize():
-            if not self.dul.is_alive() or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if not self.dul.is_alive() or remaining <= 0:
                 self._hard_stop()
                 return False
-            time.sleep(0.005)
+            self.wait_for_request(remaining)
         return True
+
+    def wait_for_request(self, timeout: float) -> None:
+        """Stock transport: look again in 5 ms (dicom/reactor.py waits on an event)."""
+        time.sleep(min(timeout, 0.005))
 
     def _hard_stop(self) -> None:
         self.dul.kill_dul()
@@ -533,8 +557,9 @@ class PacsRequestHandler(RequestHandler):
                                 tls_subject: str | None) -> PacsAssociation:
         # Mirrors RequestHandler._create_association (pynetdicom 3.0) with our classes.
         srv = self.server
-        ae = self.ae
-        assoc = PacsAssociation(ae, srv.policy, srv.limits, pending, host, tls_subject)
+        ae = cast(PacsAE, self.ae)
+        cls = EventPacsAssociation if ae.event_reactors else PacsAssociation
+        assoc = cls(ae, srv.policy, srv.limits, pending, host, tls_subject)
         assoc._server = srv
         assoc.move_precheck = srv.prechecks.get(evt.EVT_C_MOVE)
         gate_data_sets(assoc, srv.receive_gate)
@@ -549,7 +574,9 @@ class PacsRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(srv.contexts)
+        # Shared, not upstream's per-association deepcopy (0.5-1 ms for ~170 contexts):
+        # negotiation only reads them (dicom/server.py SharedContext).
+        assoc.acceptor.supported_contexts = srv.contexts
         assoc.requestor.address_info = self.remote
         for event, handlers in srv._handlers.items():
             if event.is_intervention and handlers:
@@ -653,6 +680,14 @@ class ExclusiveDimse(DIMSEServiceProvider):
             self.exchange.release()
 
 
+class EventPacsAssociation(EventReactors, PacsAssociation):
+    """`PacsAssociation` on the event-driven reactors (`server.transport: events`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.install_event_reactors()
+
+
 class RequestorAssociation(FileSending):
     """The class of our outgoing associations (C-MOVE sub-operations, reports): each
     request and its response are one exchange the reactor stays out of
@@ -677,22 +712,38 @@ class RequestorAssociation(FileSending):
         return cast(ExclusiveDimse, self.dimse).exchange
 
 
+class EventRequestorAssociation(EventReactors, RequestorAssociation):
+    """`RequestorAssociation` on the event-driven reactors."""
+
+
 class PacsAE(AE):
     """pynetdicom's AE whose outgoing associations (C-MOVE sub-operations, reports) are
-    `RequestorAssociation`s.
+    `RequestorAssociation`s, on the event-driven reactors unless `event_reactors` is
+    False (`server.transport: stock`).
 
     Upstream `AE.associate()` instantiates `Association` by name; rather than carry a
-    copy of that long method, the established association's class is switched to the
-    subclass (which adds no state), and its DIMSE provider's to `ExclusiveDimse` (one
-    lock). Upstream change that removes it: an association class attribute on the AE.
+    copy of that long method, the association's class is switched to the subclass,
+    which adds methods and no state that upstream reads: for the event-driven reactors
+    in `_create_socket` (before its DUL thread starts), otherwise once established;
+    its DIMSE provider gets `ExclusiveDimse` (one lock) mixed in once established.
+    Upstream change that removes it: an association class attribute on the AE.
     """
+
+    event_reactors = True
+
+    def _create_socket(self, assoc: Association, *args: Any) -> AssociationSocket:
+        if self.event_reactors:
+            assoc.__class__ = EventRequestorAssociation
+            cast(EventRequestorAssociation, assoc).install_event_reactors()
+        return super()._create_socket(assoc, *args)
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:
         assoc = super().associate(*args, **kwargs)
-        assoc.__class__ = RequestorAssociation
+        if not isinstance(assoc, RequestorAssociation):
+            assoc.__class__ = RequestorAssociation
         # Before any request of ours: until then nothing can be queued for us.
         assoc.dimse.exchange = threading.Lock()
-        assoc.dimse.__class__ = ExclusiveDimse
+        with_mixin(assoc.dimse, ExclusiveDimse)
         if assoc.is_established:
             bound_send_queue(assoc)
         return assoc
@@ -819,4 +870,4 @@ def gate_data_sets(assoc: Association, gate: Callable[[], None] | None) -> None:
         return
     dimse = assoc.dimse
     dimse.gate = gate
-    dimse.__class__ = GatedDimse
+    with_mixin(dimse, GatedDimse)
