@@ -43,7 +43,8 @@ def _rss() -> int:
 
 @dataclass
 class Watch:
-    """What appeared in a directory, and this process's peak RSS, while it ran."""
+    """The files that appeared under a directory (every process's receive directory of
+    `.incoming`), and this process's peak RSS, while it ran."""
 
     seen: set[str] = field(default_factory=set)
     peak_rss: int = 0
@@ -56,10 +57,8 @@ def watching(directory: Path) -> Iterator[Watch]:
 
     def poll() -> None:
         while not stop.is_set():
-            try:
-                watch.seen.update(os.listdir(directory))
-            except FileNotFoundError:
-                pass
+            for dirpath, _dirs, names in os.walk(directory):
+                watch.seen.update(os.path.join(dirpath, n) for n in names)
             watch.peak_rss = max(watch.peak_rss, _rss())
             stop.wait(0.0005)
 

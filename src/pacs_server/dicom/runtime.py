@@ -31,7 +31,12 @@ def configure_libraries() -> None:
     - Stream every received dataset to a file instead of memory (large instances), and
       send a file given by path from the file in chunks (C-GET/C-MOVE sub-operations,
       dicom/transport.py); without it pynetdicom reads and decodes the whole file.
-    - Keep patient identifiers out of pynetdicom's own logs.
+    - Keep patient identifiers out of pynetdicom's own logs, and bind none of its
+      per-PDU and per-message logging handlers: they format every PDU and message even
+      when nothing is logged at debug level, our own association and operation lines
+      replace them, and they look their decoder up by exact class, so the PDU and
+      message classes of dicom/reactor.py and dicom/transport.py (subclasses) made them
+      raise on every association.
     - Skip pydicom's read-time value validation: it checks every value it reads (each
       UID pynetdicom decodes from a PDU, each indexed header value) against the
       standard's regular expressions only to emit warnings, and nothing acts on them.
@@ -45,6 +50,7 @@ def configure_libraries() -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.LOG_HANDLER_LEVEL = "none"
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
