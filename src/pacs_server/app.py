@@ -21,18 +21,20 @@ import asyncio
 import signal
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
 
 import structlog
 
 from pacs_server.audit import AuditLog
 from pacs_server.config import Config, PeerConfig, merge_reloadable, reloadable_changes
-from pacs_server.control import ServerControl, ServerParts
+from pacs_server.control import DicomSide, LocalDicom, ServerControl, ServerParts
 from pacs_server.dicom import commitment, echo, find, get, move, mpps, runtime, store, worklist
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.commitment_delivery import CommitmentDelivery
+from pacs_server.dicom.policy import AssociationPolicy
 from pacs_server.dicom.server import DicomListener, DicomServer
 from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
@@ -72,6 +74,22 @@ class Component(Protocol):
 C = TypeVar("C", bound=Component)
 
 
+@dataclass(frozen=True)
+class Role:
+    """Which part of the server this process is (`server.workers`, workers/).
+
+    `server`: the single process, everything. `supervisor`: index, migrations, the
+    start-up reconciliation, housekeeping and the HTTP side, no DICOM listener; its
+    DICOM side is `fleet`, every worker. `worker`: a DICOM engine on a shared port
+    (SO_REUSEPORT) whose admission is the supervisor's `policy`; no HTTP side, no
+    housekeeping, and no start-up clean-up that could hit a sibling's live transfer.
+    """
+
+    kind: Literal["server", "supervisor", "worker"] = "server"
+    policy: AssociationPolicy | None = None
+    fleet: DicomSide | None = None
+
+
 class PacsApp:
     """The running server. `start()`/`stop()` for embedding and tests, `run()` for the CLI.
 
@@ -85,8 +103,9 @@ class PacsApp:
 
     def __init__(self, cfg: Config, metrics: Metrics | None = None,
                  reload_config: Callable[[], Config] | None = None,
-                 use_index: bool = True) -> None:
+                 use_index: bool = True, role: Role | None = None) -> None:
         self.cfg = cfg
+        self.role = role or Role()
         self.use_index = use_index
         self.metrics = metrics or Metrics()
         self.ready = asyncio.Event()
@@ -105,6 +124,8 @@ class PacsApp:
         self._commitments: CommitmentDelivery | None = None
         self.control: ServerControl | None = None
         self._audit: AuditLog | None = None
+        self._services: list[str] = []
+        self._storage_root = ""
 
     # ------------------------------------------------------------------ parts
     @property
@@ -163,13 +184,17 @@ class PacsApp:
         self._stack = AsyncExitStack()
         try:
             files = FileStore(cfg.storage.directory, fsync=cfg.storage.fsync)
-            removed = await asyncio.to_thread(files.prepare)
+            self._storage_root = str(files.root)
+            worker = self.role.kind == "worker"
+            removed = await asyncio.to_thread(files.prepare, not worker)
             if removed:
                 log.warning("storage.partial_files_removed", count=removed)
             catalog: Catalog = FileCatalog(files)
             queries = retrieve = steps = worklists = None
             if self.use_index:
-                self._index = await self._start(IndexComponent(cfg.database, self.metrics))
+                self._index = await self._start(IndexComponent(
+                    cfg.database, self.metrics, migrations=not worker,
+                    shared=self.role.kind != "server"))
                 catalog = IndexCatalog(self._index.repo)
                 queries = QueryService(self._index.repo, cfg.query, cfg.server.ae_title)
                 self._subscribe(lambda c: queries.reconfigure(c.query))
@@ -179,46 +204,74 @@ class PacsApp:
                 steps = MppsService(self._index.steps, worklist=self._index.worklist)
             # Placements a crash left between the file and its index row, before the
             # listener accepts anything.
-            await self._start(ArchiveReconciler(files, catalog, cfg.storage))
+            if not worker:      # once, before any worker (a sibling's placements are live)
+                await self._start(ArchiveReconciler(files, catalog, cfg.storage))
             self.archive = archive = ArchiveService(cfg.storage, files, catalog)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
             bridge = LoopBridge(asyncio.get_running_loop(),
                                 timeout_s=max(cfg.server.dimse_timeout, 30.0))
-            if self._index is not None:
-                self._commitments = self._commitment_delivery(files, bridge)
-            services = self.dicom_services(archive, bridge, queries, retrieve, steps, worklists)
-            server = DicomServer(cfg.server, cfg.access_control, services, self.metrics,
-                                 str(files.incoming), limits=cfg.limits, tls=cfg.tls)
-            await self._start_operations(server, archive, queries, bridge)
-            if self._commitments is not None:
-                # Before the listener, so that it closes after the associations ended.
-                await self._start(self._commitments)
-            self._listener = await self._start(
-                DicomListener(server, cfg.server.shutdown_grace, self._force))
-            # Every SIGHUP, changed or not: certificates are re-read from the same paths.
-            self._subscribe(self._listener.reload, every_reload=True)
-            self.port = self._listener.port
-            self.tls_port = self._listener.tls_port
-            assert self.control is not None
-            self.control.dicom_port, self.control.tls_port = self.port, self.tls_port
-            max_age = max(cfg.server.idle_timeout, cfg.server.dimse_timeout) + 60
-            await self._start(IncomingSweeper(files, max_age))
-            if self._index is not None:
-                retention = await self._start(WorklistRetention(self._index.worklist,
-                                                                cfg.worklist))
-                self._subscribe(lambda c: retention.reconfigure(c.worklist))
+            if self.role.fleet is not None:
+                fleet = self.role.fleet
+                self._subscribe(lambda c: fleet.policy.reconfigure(c.access_control, c.limits))
+                await self._start_operations(fleet, archive, queries, bridge)
+            else:
+                await self._start_dicom(files, archive, queries, retrieve, steps, worklists,
+                                        bridge)
+            if not worker:      # housekeeping runs once, in the supervisor
+                await self._start_housekeeping(files)
         except BaseException:
             await self._close()
             raise
         self.ready.set()
-        notify("READY=1")
+        if self.role.kind == "server":
+            notify("READY=1")
+            await self.log_started()
+
+    async def log_started(self, **fields: object) -> None:
+        """The one `server.started` line (the supervisor's once every worker listens)."""
+        cfg = self.cfg
         log.info("server.started", ae_title=cfg.server.ae_title, host=cfg.server.host,
                  port=self.port, tls_port=self.tls_port, metrics_port=self.metrics_port,
-                 storage=str(files.root),
+                 storage=self._storage_root,
                  database=self._index.url if self._index else None,
                  naming=cfg.storage.naming, duplicate_policy=cfg.storage.duplicate_policy,
-                 services=[s.name for s in services],
+                 services=self._services, **fields,
                  **(await self._index.repo.counts() if self._index else {}))
+
+    async def _start_housekeeping(self, files: FileStore) -> None:
+        cfg = self.cfg
+        max_age = max(cfg.server.idle_timeout, cfg.server.dimse_timeout) + 60
+        await self._start(IncomingSweeper(files, max_age))
+        if self._index is not None:
+            retention = await self._start(WorklistRetention(self._index.worklist,
+                                                            cfg.worklist))
+            self._subscribe(lambda c: retention.reconfigure(c.worklist))
+
+    async def _start_dicom(self, files: FileStore, archive: ArchiveService,
+                           queries: QueryService | None, retrieve: RetrieveService | None,
+                           steps: MppsService | None, worklists: WorklistService | None,
+                           bridge: LoopBridge) -> None:
+        """The DICOM engine: services, listener(s), Storage Commitment delivery."""
+        cfg = self.cfg
+        if self._index is not None:
+            self._commitments = self._commitment_delivery(files, bridge)
+        services = self.dicom_services(archive, bridge, queries, retrieve, steps, worklists)
+        self._services = [s.name for s in services]
+        server = DicomServer(cfg.server, cfg.access_control, services, self.metrics,
+                             str(files.incoming), limits=cfg.limits, tls=cfg.tls,
+                             policy=self.role.policy, reuse_port=self.role.kind == "worker")
+        await self._start_operations(LocalDicom(server, archive), archive, queries, bridge)
+        if self._commitments is not None:
+            # Before the listener, so that it closes after the associations ended.
+            await self._start(self._commitments)
+        self._listener = await self._start(
+            DicomListener(server, cfg.server.shutdown_grace, self._force))
+        # Every SIGHUP, changed or not: certificates are re-read from the same paths.
+        self._subscribe(self._listener.reload, every_reload=True)
+        self.port = self._listener.port
+        self.tls_port = self._listener.tls_port
+        assert self.control is not None
+        self.control.dicom_port, self.control.tls_port = self.port, self.tls_port
 
     def _commitment_delivery(self, files: FileStore, bridge: LoopBridge) -> CommitmentDelivery:
         """Storage Commitment: the use cases over the index and the report sender."""
@@ -230,7 +283,7 @@ class PacsApp:
         self._subscribe(lambda c: service.reconfigure(c.commitment))
         return CommitmentDelivery(service, bridge, cfg.server, self._peer, self.metrics)
 
-    async def _start_operations(self, server: DicomServer, archive: ArchiveService,
+    async def _start_operations(self, dicom: DicomSide, archive: ArchiveService,
                                 queries: QueryService | None, bridge: LoopBridge) -> None:
         """The audit log, the event feed, the admin state and the HTTP side."""
         assert self._stack is not None
@@ -238,9 +291,9 @@ class PacsApp:
         self._audit = audit = AuditLog(cfg.logging.audit_file, cfg.server.ae_title)
         self._stack.callback(audit.close)
         hub = EventHub(asyncio.get_running_loop())
-        server.tracker.listen(hub.publish)
-        server.tracker.listen(audit.association_event)
-        parts = ServerParts(server, archive, self.metrics, hub, audit=audit.admin_call)
+        dicom.listen(hub.publish)
+        dicom.listen(audit.association_event)
+        parts = ServerParts(dicom, archive, self.metrics, hub, audit=audit.admin_call)
         if self._index is not None and queries is not None:
             index = self._index
             parts.repo, parts.queries = index.repo, queries
@@ -289,11 +342,25 @@ class PacsApp:
         self._refreshers.clear()
         self.ready.clear()
 
-    async def run(self) -> None:
-        """Start, serve until SIGTERM/SIGINT, then stop. SIGHUP reloads the config."""
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` first when the app closes (the parts started after it)."""
+        assert self._stack is not None
+        self._stack.callback(callback)
+
+    async def run(self, started: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Start, serve until SIGTERM/SIGINT, then stop. SIGHUP reloads the config.
+
+        `started()` is awaited once the server is up (a worker reports to its supervisor).
+        """
         loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         await self.start()
+        if started is not None:
+            try:
+                await started()
+            except BaseException:
+                await self.stop()
+                raise
         installed: list[int] = []
         for sig, handler in ((signal.SIGTERM, self._on_stop_signal),
                              (signal.SIGINT, self._on_stop_signal),
@@ -322,13 +389,14 @@ class PacsApp:
         self._stop_requested.set()
 
     # ------------------------------------------------------------------ reload
-    def hangup(self) -> bool:
-        """SIGHUP: reopen the audit file (log rotation), then reload the config."""
+    def hangup(self, new: Config | None = None) -> bool:
+        """SIGHUP: reopen the audit file (log rotation), then reload the config (`new`,
+        already read and checked by the caller, or re-read here)."""
         if self._audit is not None:
             self._audit.reopen()
         if self.control is not None:
             self.control.reconfigure(self.cfg)     # a token file may have changed
-        return self.reload()
+        return self.reload(new)
 
     def reload(self, new: Config | None = None) -> bool:
         """Apply a new configuration: `new`, or the file re-read by `reload_config`.

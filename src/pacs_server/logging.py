@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 from pathlib import Path
 
@@ -19,8 +20,19 @@ from pacs_server.errors import StartupError
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
+def _add_worker(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+    """`worker: <i>` on every line of a worker process (server.workers > 1)."""
+    if _WORKER is not None:
+        event.setdefault("worker", _WORKER)
+    return event
+
+
+_WORKER = int(os.environ["PACS_WORKER_INDEX"]) if os.environ.get(
+    "PACS_WORKER_INDEX", "").isdigit() else None
+
 _SHARED: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
+    _add_worker,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -246,6 +246,7 @@ def _other_value(key: str, default: Any) -> Any:
         "peers": [{"ae_title": "VIEWER", "host": "10.0.0.2", "port": 104}],
         "tls.min_version": "1.3",
         "admin.token": "a-token-of-twenty-four-c",
+        "server.workers": "auto",
     }
     if key in special:
         return special[key]

@@ -31,9 +31,15 @@ class IndexComponent:
 
     name = "index"
 
-    def __init__(self, cfg: DatabaseConfig, metrics: Metrics) -> None:
+    def __init__(self, cfg: DatabaseConfig, metrics: Metrics, migrations: bool = True,
+                 shared: bool = False) -> None:
+        """`shared`: other processes write the index too (server.workers): the writer
+        keeps no primary keys across transactions. `migrations`: False in a worker,
+        whose supervisor ran them before starting it."""
         self._cfg = cfg
         self._metrics = metrics
+        self._migrations = migrations
+        self._shared = shared
         self._engines: list[AsyncEngine] = []
         self._repo: IndexRepository | None = None
         self._steps: MppsRepository | None = None
@@ -86,7 +92,8 @@ class IndexComponent:
     async def start(self) -> None:
         engine = create_engine(self._cfg)
         self._engines.append(engine)
-        await migrate(engine)
+        if self._migrations:
+            await migrate(engine)
         self._steps = MppsRepository(engine)
         self._worklist = WorklistRepository(engine)
         self._commitments = CommitmentRepository(engine)
@@ -96,7 +103,7 @@ class IndexComponent:
         self._engines.append(writer)
         self._repo = IndexRepository(engine, self._cfg.commit_batch,
                                      on_commit=self._metrics.index_batch.observe,
-                                     writer_engine=writer)
+                                     writer_engine=writer, shared=self._shared)
         await self._repo.start()
 
     async def close(self) -> None:

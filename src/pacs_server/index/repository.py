@@ -24,11 +24,12 @@ class IndexRepository:
     """The archive index. Create one per process; `start()` before use, `close()` after."""
 
     def __init__(self, engine: AsyncEngine, commit_batch: int = 256,
-                 on_commit: Any = None, writer_engine: AsyncEngine | None = None) -> None:
+                 on_commit: Any = None, writer_engine: AsyncEngine | None = None,
+                 shared: bool = False) -> None:
         """`writer_engine` (create_engine(..., writer=True)) serves the write path;
         `engine` the reads."""
         self.reader = IndexReader(engine)
-        self.writer = IndexWriter(writer_engine or engine, commit_batch, on_commit)
+        self.writer = IndexWriter(writer_engine or engine, commit_batch, on_commit, shared)
 
     async def start(self) -> None:
         await self.writer.start()

@@ -5,6 +5,12 @@ and the next transaction takes all of them (up to `commit_batch`), so N concurre
 C-STOREs cost one commit, yet each caller resumes only once its own row is committed.
 Only the writer modifies the index, so it may cache the primary keys it has seen.
 
+With worker processes (`shared`), each process has its writer: the caches then live for
+one transaction only (another process may have changed a study's modalities or removed
+a row since), and a unique-key conflict on a patient, study or series row another
+writer created meanwhile is retried (the retry finds the row). Never on the instance's
+own UID: that is a duplicate, answered as one.
+
 A patient is found by (PatientID, IssuerOfPatientID); an instance with an empty
 PatientID gets the patient of its study, or a new one, never another study's.
 """
@@ -79,9 +85,11 @@ class IndexWriter:
     """The one writer of the index. `start()` before use, `close()` after."""
 
     def __init__(self, engine: AsyncEngine, commit_batch: int = 256,
-                 on_commit: Any = None) -> None:
-        """`engine` is the writer's own (create_engine(..., writer=True))."""
+                 on_commit: Any = None, shared: bool = False) -> None:
+        """`engine` is the writer's own (create_engine(..., writer=True)); `shared`: other
+        processes write the same index."""
         self._engine = engine
+        self._shared = shared
         self._batch_size = commit_batch
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -177,6 +185,8 @@ class IndexWriter:
     async def _run_with_retry(self, jobs: list[_Job]
                               ) -> tuple[list[str | None], list[dict[str, Any]]]:
         for attempt in range(1, _MAX_RETRIES + 1):
+            if self._shared:
+                self._forget_caches()
             try:
                 if self._conn is None:
                     self._conn = await self._engine.connect()
@@ -196,7 +206,10 @@ class IndexWriter:
                 self._forget_caches()
                 if "sop_instance_uid" in str(exc.orig):
                     raise DuplicateInstance("SOP Instance is already stored") from None
-                raise
+                if not self._shared or attempt == _MAX_RETRIES:
+                    raise
+                # Another process created the same patient, study or series meanwhile.
+                log.info("index.concurrent_insert_retried", attempt=attempt)
             except (OperationalError, DBAPIError) as exc:
                 self._forget_caches()
                 # A broken connection (server restart, network) is not reused.

@@ -54,10 +54,12 @@ class FileStore:
         self._fsync = fsync
 
     # -- lifecycle ------------------------------------------------------------------
-    def prepare(self) -> int:
+    def prepare(self, clean_incoming: bool = True) -> int:
         """Create the root, check it is writable, and remove leftovers of a crash.
 
-        Returns the number of stale partial files removed.
+        Returns the number of stale partial files removed. A worker process starting
+        next to live siblings passes `clean_incoming=False`: their transfers are in
+        .incoming, and the age-based sweep (`sweep_incoming`) takes a dead one's files.
         """
         try:
             self.incoming.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,7 @@ class FileStore:
             raise StartupError(f"storage directory {self.root} is not writable: "
                                f"{exc.strerror or exc}") from None
         removed = 0
-        for leftover in self.incoming.iterdir():
+        for leftover in self.incoming.iterdir() if clean_incoming else ():
             try:
                 leftover.unlink()
                 removed += 1
