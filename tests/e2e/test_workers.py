@@ -24,6 +24,7 @@ from support.http import http_get, metric
 from support.instances import DicomFiles, sop_uid
 from support.polling import wait_until
 from support.scu import SUCCESS, Scu
+from support.security import client_context, make_pki, tls_echo
 
 TOKEN = "workers-token-0123456789abcdef"
 DUPLICATE = 0x0111          # the retry of an instance whose first answer was lost
@@ -138,6 +139,28 @@ def test_eight_concurrent_storescu_are_stored_and_indexed_once_then_sigterm_drai
     assert stopped == {1, 2, None}
     assert server.wait_for_event("supervisor.stopped", timeout=1)["workers"] == {"1": 0, "2": 0}
     assert index_rows(db) == rows
+
+
+def test_both_workers_serve_the_tls_port_too(run_pacs: Callable[..., Any],
+                                             tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server = start(run_pacs, write_config(tmp_path, extra=f"""
+tls:
+  enabled: true
+  port: 0
+  cert_path: {pki / 'server.pem'}
+  key_path: {pki / 'server.key'}
+  ca_path: {pki / 'ca.pem'}
+"""))
+    tls_port = server.wait_for_event("server.started")["tls_port"]
+    assert tls_port and tls_port != server.port
+    ctx = client_context(pki)
+    for _ in range(60):
+        assert tls_echo(tls_port, ctx, calling="TLSSCU") == "accepted"
+        if served_by(server, "TLSSCU") == {1, 2}:
+            break
+    assert served_by(server, "TLSSCU") == {1, 2}
+    assert server.stop() == 0, server.stderr
 
 
 # --------------------------------------------------------------------------- SIGHUP

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from alembic import command
@@ -23,6 +27,39 @@ def database_url(cfg: DatabaseConfig) -> str:
     if cfg.url:
         return cfg.url
     return f"sqlite+aiosqlite:///{Path(cfg.path).expanduser().resolve()}"
+
+
+class WriterLock:
+    """A lock file next to a SQLite index, taken by the writer of every process around
+    each transaction (server.workers).
+
+    SQLite lets one writer in at a time; the others wait in its busy handler, which
+    polls with sleeps of 1 to 100 ms. An flock is handed over by the kernel the moment
+    the holder lets go, and only one process is ever inside SQLite's write lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @classmethod
+    def for_engine(cls, engine: AsyncEngine) -> WriterLock | None:
+        """The lock of a SQLite engine's file (None for another database)."""
+        if engine.url.get_backend_name() != "sqlite" or not engine.url.database:
+            return None
+        return cls(Path(f"{engine.url.database}.writer-lock"))
+
+    async def __aenter__(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_EX)
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:

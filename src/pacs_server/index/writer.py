@@ -18,6 +18,7 @@ PatientID gets the patient of its study, or a new one, never another study's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pacs_server.errors import DuplicateInstance, IndexUnavailable, PacsError
 from pacs_server.index.attributes import QR_ATTRIBUTES
+from pacs_server.index.engine import WriterLock
 from pacs_server.index.models import Instance, Patient, Series, Study
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.text import join_values, name_key
@@ -90,6 +92,7 @@ class IndexWriter:
         processes write the same index."""
         self._engine = engine
         self._shared = shared
+        self._lock = WriterLock.for_engine(engine) if shared else None
         self._batch_size = commit_batch
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -114,6 +117,9 @@ class IndexWriter:
             await self._writer
             self._writer = None
         await self._drop_connection()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     async def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -191,7 +197,7 @@ class IndexWriter:
                 if self._conn is None:
                     self._conn = await self._engine.connect()
                 conn = self._conn
-                async with conn.begin():
+                async with self._lock or contextlib.nullcontext(), conn.begin():
                     batch = _Batch()
                     results: list[str | None] = []
                     rows = []
