@@ -5,11 +5,17 @@ and the next transaction takes all of them (up to `commit_batch`), so N concurre
 C-STOREs cost one commit, yet each caller resumes only once its own row is committed.
 Only the writer modifies the index, so it may cache the primary keys it has seen.
 
-With worker processes (`shared`), each process has its writer: the caches then live for
-one transaction only (another process may have changed a study's modalities or removed
-a row since), and a unique-key conflict on a patient, study or series row another
-writer created meanwhile is retried (the retry finds the row). Never on the instance's
-own UID: that is a duplicate, answered as one.
+With worker processes (`shared`), each process has its writer. Primary keys stay
+cached. A row another process removed since: on PostgreSQL the insert fails its foreign
+key (keys are never reused); on SQLite, which reuses the rowid of a deleted last row,
+the writers take an flock around each transaction (`WriterLock`) that also counts
+removals, and a writer forgets its keys when another one removed rows. A patient, study
+or series another process created meanwhile fails the unique key. Both failures are
+retried with the caches emptied (the retry finds the rows as they are); never a
+conflict on the instance's own UID: that is a duplicate, answered as one. A study's
+ModalitiesInStudy/SOPClassesInStudy sets are re-read (FOR UPDATE where the database has
+it) before this writer adds to them. Patient demographics follow the newest study this
+process has seen.
 
 A patient is found by (PatientID, IssuerOfPatientID); an instance with an empty
 PatientID gets the patient of its study, or a new one, never another study's.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +51,7 @@ _MAX_RETRIES = 5
 # Statements of the write path, built once: compiling expressions per instance costs
 # more than executing them.
 _INSERT_INSTANCE = insert(Instance)
+_STUDY_SETS = select(Study.modalities, Study.sop_classes).with_for_update()
 _UPDATE_STUDY_SETS = text(
     "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk")
 
@@ -93,6 +101,7 @@ class IndexWriter:
         self._engine = engine
         self._shared = shared
         self._lock = WriterLock.for_engine(engine) if shared else None
+        self._generation = 0        # the removals of other writers seen (WriterLock)
         self._batch_size = commit_batch
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -191,13 +200,11 @@ class IndexWriter:
     async def _run_with_retry(self, jobs: list[_Job]
                               ) -> tuple[list[str | None], list[dict[str, Any]]]:
         for attempt in range(1, _MAX_RETRIES + 1):
-            if self._shared:
-                self._forget_caches()
             try:
                 if self._conn is None:
                     self._conn = await self._engine.connect()
                 conn = self._conn
-                async with self._lock or contextlib.nullcontext(), conn.begin():
+                async with self._exclusive(), conn.begin():
                     batch = _Batch()
                     results: list[str | None] = []
                     rows = []
@@ -226,6 +233,19 @@ class IndexWriter:
                 await asyncio.sleep((100 * attempt + 5 * random.randint(0, 9)) / 1000)
         raise AssertionError("unreachable")
 
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """The other processes' writers wait (SQLite); the caches are emptied when one of
+        them removed rows since this writer last looked."""
+        if self._lock is None:
+            yield
+            return
+        async with self._lock:
+            if self._lock.generation != self._generation:
+                self._forget_caches()
+                self._generation = self._lock.generation
+            yield
+
     def _forget_caches(self) -> None:
         self._patients.clear()
         self._studies.clear()
@@ -248,6 +268,12 @@ class IndexWriter:
         pk, ppk, mods, sops = self._studies[rec.study_instance_uid]
         new_mods = join_values(mods, rec.series["modality"])
         new_sops = join_values(sops, rec.sop_class_uid)
+        if (new_mods, new_sops) != (mods, sops) and self._shared and pk not in batch.study_sets:
+            # Another process may have added to the sets since this one cached them.
+            mods, sops = (await conn.execute(_STUDY_SETS.where(Study.pk == pk))).one()
+            self._studies[rec.study_instance_uid] = (pk, ppk, mods, sops)
+            new_mods = join_values(mods, rec.series["modality"])
+            new_sops = join_values(sops, rec.sop_class_uid)
         if (new_mods, new_sops) != (mods, sops):
             self._studies[rec.study_instance_uid] = (pk, ppk, new_mods, new_sops)
             batch.study_sets[pk] = (new_mods, new_sops)
@@ -367,6 +393,8 @@ class IndexWriter:
                                series_pk: int) -> None:
         """Delete one instance row (triggers keep the counts); prune emptied parents."""
         await self._flush_study_sets(conn, batch)
+        if self._lock is not None:
+            self._generation = self._lock.bump()
         await conn.execute(delete(Instance).where(Instance.pk == pk))
         series = (await conn.execute(select(Series.pk, Series.study_pk, Series.num_instances)
                                      .where(Series.pk == series_pk))).one()
