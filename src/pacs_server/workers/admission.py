@@ -5,8 +5,8 @@ rate limits, unassociated connections) and every access decision (allowed callin
 from the file and the admin API, pause) is taken by the supervisor's one policy, so
 the limits mean what they say across workers. A worker's `RemotePolicy` has the
 policy's interface and asks the supervisor's `AdmissionDesk` over the control channel
-(workers/channel.py): one round trip per connection admitted, per association decided
-and per release (measured in docs/performance.md).
+(workers/channel.py): one round trip per connection admitted and per association
+decided; giving a slot back is sent without waiting (measured in docs/performance.md).
 
 The desk remembers what each worker connection holds; when a worker dies its slots
 are given back (`closed`), so a SIGKILLed worker leaks no association slot.
@@ -105,6 +105,13 @@ class RemotePolicy:
             log.error("admission.unavailable", error=str(exc), op=request.get("op"))
             return None
 
+    def _tell(self, **request: Any) -> None:
+        """A slot given back: no answer awaited (a lost one is freed with the channel)."""
+        try:
+            self._channel.tell(request)
+        except ChannelError as exc:
+            log.error("admission.unavailable", error=str(exc), op=request.get("op"))
+
     def hello(self, worker: int, pid: int) -> None:
         self._call(op="hello", worker=worker, pid=pid)
 
@@ -113,7 +120,7 @@ class RemotePolicy:
         return bool(reply and reply.get("ok"))
 
     def connection_done(self, address: str) -> None:
-        self._call(op="done", address=address)
+        self._tell(op="done", address=address)
 
     def decide(self, calling_ae: str, address: str, tls: bool,
                tls_subject: str = "") -> Refusal | None:
@@ -127,7 +134,7 @@ class RemotePolicy:
         return Refusal(reason, (rjt[0], rjt[1], rjt[2]), security)
 
     def release(self, calling_ae: str, address: str) -> None:
-        self._call(op="release", calling_ae=calling_ae, address=address)
+        self._tell(op="release", calling_ae=calling_ae, address=address)
 
     # The supervisor's policy holds these; a worker's control and listener call them.
     paused = False

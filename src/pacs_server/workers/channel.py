@@ -1,6 +1,7 @@
 """The control channel between the supervisor and its workers: JSON lines over Unix sockets.
 
-Every exchange is one request and one reply, each a JSON object on one line. `serve()`
+Every exchange is one request and one reply, each a JSON object on one line (a request
+with `"noreply": true` gets none: `Channel.tell`, for what needs no answer). `serve()`
 answers on an asyncio loop (the supervisor's admission desk, each worker's command
 socket) with a per-connection `session` dict the handler may keep state in;
 `on_close(session)` runs when the peer goes away (a dead worker gives back its slots).
@@ -48,6 +49,8 @@ async def serve(path: Path, handle: Handler,
                 except Exception as exc:  # one bad request must not end the channel
                     log.exception("channel.request_failed", path=str(path))
                     reply = {"error": str(exc) or type(exc).__name__}
+                if isinstance(request, dict) and request.get("noreply"):
+                    continue
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
@@ -92,6 +95,18 @@ class Channel:
         self._file: Any = None
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send `request` and wait for its reply."""
+        line = self._exchange(request, reply=True)
+        if not line:
+            raise ChannelError(f"{self._path.name}: closed")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def tell(self, request: dict[str, Any]) -> None:
+        """Send `request` without waiting: the other side answers nothing."""
+        self._exchange({**request, "noreply": True}, reply=False)
+
+    def _exchange(self, request: dict[str, Any], reply: bool) -> bytes:
         data = json.dumps(request).encode() + b"\n"
         with self._lock:
             try:
@@ -101,15 +116,13 @@ class Channel:
                     sock.connect(str(self._path))
                     self._sock, self._file = sock, sock.makefile("rb")
                 self._sock.sendall(data)
-                line = self._file.readline(LINE_LIMIT)
+                line: bytes = self._file.readline(LINE_LIMIT) if reply else b"-"
             except OSError as exc:
                 self._drop()
                 raise ChannelError(f"{self._path.name}: {exc}") from None
             if not line:
                 self._drop()
-                raise ChannelError(f"{self._path.name}: closed")
-        reply: dict[str, Any] = json.loads(line)
-        return reply
+            return line
 
     def _drop(self) -> None:
         if self._sock is not None:
