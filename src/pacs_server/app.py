@@ -24,7 +24,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
 
@@ -81,13 +81,15 @@ class Role:
     `server`: the single process, everything. `supervisor`: index, migrations, the
     start-up reconciliation, housekeeping and the HTTP side, no DICOM listener; its
     DICOM side is `fleet`, every worker. `worker`: a DICOM engine on a shared port
-    (SO_REUSEPORT) whose admission is the supervisor's `policy`; no HTTP side, no
+    (SO_REUSEPORT) whose admission is the supervisor's `policy` and whose association
+    events also go to `events` (the supervisor's live feed); no HTTP side, no
     housekeeping, and no start-up clean-up that could hit a sibling's live transfer.
     """
 
     kind: Literal["server", "supervisor", "worker"] = "server"
     policy: AssociationPolicy | None = None
     fleet: DicomSide | None = None
+    events: Callable[[str, dict[str, Any]], None] | None = None
 
 
 class PacsApp:
@@ -292,7 +294,10 @@ class PacsApp:
         self._stack.callback(audit.close)
         hub = EventHub(asyncio.get_running_loop())
         dicom.listen(hub.publish)
-        dicom.listen(audit.association_event)
+        if self.role.kind != "supervisor":     # each worker audits its own associations
+            dicom.listen(audit.association_event)
+        if self.role.events is not None:       # a worker: to the supervisor's live feed
+            dicom.listen(self.role.events)
         parts = ServerParts(dicom, archive, self.metrics, hub, audit=audit.admin_call)
         if self._index is not None and queries is not None:
             index = self._index

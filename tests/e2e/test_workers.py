@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from support.archive import archived_files, index_rows, wait_for_rows
@@ -323,6 +324,36 @@ def test_status_and_pacsctl_see_every_worker_and_disconnect_reaches_the_other_on
             1, "pacsctl: 404 no live association 2-4242")
     finally:
         held.release()
+    assert server.stop() == 0, server.stderr
+
+
+def test_the_live_feed_shows_every_workers_associations(run_pacs: Callable[..., Any],
+                                                        tmp_path: Path) -> None:
+    server = start(run_pacs, write_config(tmp_path))
+
+    async def watch() -> set[int]:
+        seen: set[int] = set()
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession() as session, session.get(
+                server.http + "/api/events", headers=headers) as rsp:
+            assert rsp.status == 200
+            await rsp.content.readline()                     # ": connected"
+            for _ in range(60):
+                await asyncio.to_thread(echo_outcome, server.port, "WATCHED")
+                while seen != {1, 2}:
+                    line = await asyncio.wait_for(rsp.content.readline(), 10)
+                    if line.startswith(b"data: "):
+                        event = json.loads(line[6:])
+                        if event["kind"] == "associate" and event["calling_ae"] == "WATCHED":
+                            assert event["assoc"] == f"{event['worker']}-" \
+                                                     f"{event['assoc'].split('-')[1]}"
+                            seen.add(event["worker"])
+                            break
+                if seen == {1, 2}:
+                    break
+        return seen
+
+    assert asyncio.run(watch()) == {1, 2}
     assert server.stop() == 0, server.stderr
 
 

@@ -32,10 +32,11 @@ UNAVAILABLE = Refusal("admission_unavailable", TRANSIENT_LOCAL_LIMIT, False)
 class AdmissionDesk:
     """The supervisor's side: answers the workers' policy calls with the one policy."""
 
-    def __init__(self, policy: AssociationPolicy,
-                 on_hello: Callable[[int, int], None]) -> None:
+    def __init__(self, policy: AssociationPolicy, on_hello: Callable[[int, int], None],
+                 on_events: Callable[[int, list[Any]], None] = lambda _w, _e: None) -> None:
         self.policy = policy
         self._on_hello = on_hello
+        self._on_events = on_events
 
     def handle(self, req: dict[str, Any], session: dict[str, Any]) -> dict[str, Any]:
         pending: Counter[str] = session.setdefault("pending", Counter())
@@ -66,6 +67,9 @@ class AdmissionDesk:
             if active[key] > 0:
                 active[key] -= 1
                 self.policy.release(*key)
+            return {}
+        if op == "events":       # a worker's association events, for the live feed
+            self._on_events(int(req["worker"]), list(req["events"]))
             return {}
         if op == "hello":
             session["worker"] = int(req["worker"])

@@ -107,7 +107,7 @@ class Channel:
         self._exchange({**request, "noreply": True}, reply=False)
 
     def _exchange(self, request: dict[str, Any], reply: bool) -> bytes:
-        data = json.dumps(request).encode() + b"\n"
+        data = json.dumps(request, default=str).encode() + b"\n"
         with self._lock:
             try:
                 if self._sock is None:

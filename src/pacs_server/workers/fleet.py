@@ -42,6 +42,7 @@ class Fleet:
     def __init__(self, policy: AssociationPolicy, workers: dict[int, WorkerState]) -> None:
         self.policy = policy
         self._workers = workers
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
 
     @property
     def listening(self) -> bool:
@@ -100,7 +101,18 @@ class Fleet:
         await self._each({"op": "refresh_access"})
 
     def listen(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
-        """Association events stay in each worker (its audit log); not fanned in."""
+        """Call `listener(kind, fields)` with every worker's association events (the
+        supervisor's live feed); ids as in `snapshot`."""
+        self._listeners.append(listener)
+
+    def publish(self, worker: int, events: list[Any]) -> None:
+        """Events a worker forwarded (workers/worker.py EventForwarder)."""
+        for kind, fields in events:
+            if "assoc" in fields:
+                fields["assoc"] = f"{worker}-{fields['assoc']}"
+            fields["worker"] = worker
+            for listener in self._listeners:
+                listener(str(kind), fields)
 
 
 def _tagged(worker: int, assoc: dict[str, Any]) -> dict[str, Any]:

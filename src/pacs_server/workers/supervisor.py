@@ -89,11 +89,11 @@ class Supervisor:
         self.metrics = Metrics()
         self.policy = AssociationPolicy(cfg.access_control, cfg.limits,
                                         cfg.server.max_associations, self.metrics)
-        self.desk = AdmissionDesk(self.policy, self._hello)
         self.workers = {i: WorkerState(i, rundir / f"worker-{i}.sock")
                         for i in range(1, self.count + 1)}
-        self.app = PacsApp(cfg, metrics=self.metrics,
-                           role=Role("supervisor", fleet=Fleet(self.policy, self.workers)))
+        fleet = Fleet(self.policy, self.workers)
+        self.desk = AdmissionDesk(self.policy, self._hello, fleet.publish)
+        self.app = PacsApp(cfg, metrics=self.metrics, role=Role("supervisor", fleet=fleet))
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._ready: dict[int, asyncio.Event] = {i: asyncio.Event() for i in self.workers}
         self._stopping = asyncio.Event()

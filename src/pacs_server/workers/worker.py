@@ -11,9 +11,12 @@ supervisor validated the file first). A worker whose supervisor is gone stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import queue
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +28,55 @@ from pacs_server.control import store_totals
 from pacs_server.errors import ConfigError, ExitCode, StartupError
 from pacs_server.logging import configure_logging
 from pacs_server.workers.admission import RemotePolicy
-from pacs_server.workers.channel import Channel, serve
+from pacs_server.workers.channel import Channel, ChannelError, serve
 
 log = structlog.get_logger("pacs_server.workers.worker")
 
 ORPHAN_CHECK_S = 1.0
+EVENT_QUEUE = 10_000
+EVENT_BATCH = 200
+
+
+class EventForwarder:
+    """A tracker listener sending association events to the supervisor's live feed.
+
+    pynetdicom's threads only queue (dropping when the supervisor does not keep up);
+    one thread sends them in batches, without waiting for an answer.
+    """
+
+    def __init__(self, path: Path, worker: int) -> None:
+        self._channel = Channel(path)
+        self._worker = worker
+        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(EVENT_QUEUE)
+        self._thread = threading.Thread(target=self._run, name="event-forwarder", daemon=True)
+        self._thread.start()
+
+    def __call__(self, kind: str, fields: dict[str, Any]) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait((kind, fields))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            batch = [item]
+            while len(batch) < EVENT_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            try:
+                self._channel.tell({"op": "events", "worker": self._worker,
+                                    "events": batch})
+            except ChannelError:
+                pass          # the live feed misses them; the audit log has them
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(5)
+        self._channel.close()
 
 
 class Commands:
@@ -60,8 +107,9 @@ async def run_worker(cfg: Config, spec: dict[str, Any]) -> None:
     index = int(spec["index"])
     channel = Channel(Path(spec["admission"]))
     policy = RemotePolicy(channel)
+    events = EventForwarder(Path(spec["admission"]), index)
     app = PacsApp(cfg, reload_config=lambda: load_config(spec["config"], spec["overrides"]),
-                  role=Role("worker", policy=policy))
+                  role=Role("worker", policy=policy, events=events))
     parent = os.getppid()
 
     async def started() -> None:
@@ -84,6 +132,7 @@ async def run_worker(cfg: Config, spec: dict[str, Any]) -> None:
     try:
         await app.run(started)
     finally:
+        events.close()
         channel.close()
 
 
