@@ -55,11 +55,11 @@ class ServerProcess:
                 self._cond.notify_all()
 
     # -- stderr ---------------------------------------------------------------------
-    def events(self) -> list[dict[str, Any]]:
-        """The JSON log events written so far."""
+    def events(self, start: int = 0) -> list[dict[str, Any]]:
+        """The JSON log events written so far (from stderr line `start`, see `mark`)."""
         out = []
         with self._cond:
-            lines = list(self.lines)
+            lines = self.lines[start:]
         for line in lines:
             try:
                 obj = json.loads(line)

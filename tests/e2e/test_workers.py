@@ -21,10 +21,11 @@ import aiohttp
 import pytest
 
 from support.archive import archived_files, index_rows, wait_for_rows
+from support.dcmtk import concurrent_storescu
 from support.http import http_get, metric
-from support.instances import DicomFiles, sop_uid
+from support.instances import DicomFiles, sender_dirs, sop_uid
 from support.polling import wait_until
-from support.scu import SUCCESS, Scu
+from support.scu import SUCCESS, Scu, association_outcome
 from support.security import client_context, make_pki, tls_echo
 
 TOKEN = "workers-token-0123456789abcdef"
@@ -63,31 +64,10 @@ def get(server: Any, path: str) -> Any:
     return body
 
 
-def events_since(server: Any, mark: int) -> list[dict[str, Any]]:
-    """The JSON log events from stderr line `mark` (server.mark()) on."""
-    out = []
-    for line in server.lines[mark:]:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and "event" in event:
-            out.append(event)
-    return out
-
-
 def served_by(server: Any, calling: str, mark: int = 0) -> set[int]:
     """The workers that accepted an association from `calling` (their log lines)."""
-    return {e["worker"] for e in events_since(server, mark)
+    return {e["worker"] for e in server.events(mark)
             if e["event"] == "association.accepted" and e.get("calling_ae") == calling}
-
-
-def echo_outcome(port: int, calling: str) -> str:
-    try:
-        Scu(calling).echo(port)
-        return "accepted"
-    except ConnectionError as exc:
-        return "rejected" if "rejected=True" in str(exc) else "failed"
 
 
 def pacsctl(server: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -105,21 +85,10 @@ def test_eight_concurrent_storescu_are_stored_and_indexed_once_then_sigterm_drai
         dicom_files: DicomFiles) -> None:
     server = start(run_pacs, write_config(tmp_path))
     senders, per_sender = 8, 4
-    dirs, uids = [], set()
-    for i in range(senders):
-        d = tmp_path / f"sender{i}"
-        for _ in range(per_sender):
-            # Shared patients: both workers' index writers create and find the same rows.
-            uids.add(sop_uid(dicom_files.generated(directory=d, PatientID=f"P{i % 3}",
-                                                   pixel_bytes=2048)))
-        dirs.append(d)
-    procs = [subprocess.Popen(
-        [dcmtk.tool("storescu"), "-aet", f"SEND{i}", "-aec", "PACS", "+sd", "127.0.0.1",
-         str(server.port), str(d)], env=dcmtk.env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i, d in enumerate(dirs)]
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * senders, "\n".join(outputs)
+    # Shared patients: both workers' index writers create and find the same rows.
+    dirs, uids = sender_dirs(dicom_files, tmp_path, senders, per_sender)
+    done = concurrent_storescu(dcmtk, server.port, dirs)
+    assert [code for code, _ in done] == [0] * senders, "\n".join(out for _, out in done)
     db, root = tmp_path / "pacs.db", tmp_path / "archive"
     rows = wait_for_rows(db, senders * per_sender)
     assert set(rows) == uids
@@ -173,11 +142,11 @@ def test_sighup_reaches_every_worker_and_an_invalid_file_is_refused_once(
     server = start(run_pacs, config)
     # Enough associations that both workers served FIRST.
     for _ in range(60):
-        assert echo_outcome(server.port, "FIRST") == "accepted"
+        assert association_outcome(server.port, "FIRST") == "accepted"
         if served_by(server, "FIRST") == {1, 2}:
             break
     assert served_by(server, "FIRST") == {1, 2}
-    assert echo_outcome(server.port, "SECOND") == "rejected"
+    assert association_outcome(server.port, "SECOND") == "rejected"
 
     config.write_text(config.read_text().replace("[FIRST]", "[SECOND]"))
     mark = server.mark()
@@ -186,20 +155,20 @@ def test_sighup_reaches_every_worker_and_an_invalid_file_is_refused_once(
         reloaded = server.wait_for_event("config.reloaded", start=mark, worker=worker)
         assert reloaded["keys"] == ["access_control.allowed_ae_titles"]
     wait_until(lambda: any(e["event"] == "config.reloaded" and "worker" not in e
-                           for e in events_since(server, mark)), what="the supervisor's reload")
+                           for e in server.events(mark)), what="the supervisor's reload")
     for _ in range(60):
-        assert echo_outcome(server.port, "SECOND") == "accepted"
+        assert association_outcome(server.port, "SECOND") == "accepted"
         if served_by(server, "SECOND", mark) == {1, 2}:
             break
     assert served_by(server, "SECOND", mark) == {1, 2}
-    assert [echo_outcome(server.port, "FIRST") for _ in range(6)] == ["rejected"] * 6
+    assert [association_outcome(server.port, "FIRST") for _ in range(6)] == ["rejected"] * 6
 
     config.write_text("server: [not, a, mapping\n")
     mark = server.mark()
     server.signal(signal.SIGHUP)
     server.wait_for_event("config.reload_rejected", start=mark)
-    assert echo_outcome(server.port, "SECOND") == "accepted"   # a round trip later
-    later = events_since(server, mark)
+    assert association_outcome(server.port, "SECOND") == "accepted"   # a round trip later
+    later = server.events(mark)
     rejected = [e for e in later if e["event"] == "config.reload_rejected"]
     assert len(rejected) == 1 and "worker" not in rejected[0]
     assert not any(e.get("worker") and e["event"].startswith("config.") for e in later)
@@ -258,7 +227,7 @@ def test_a_killed_worker_is_restarted_and_nothing_acknowledged_is_lost(
     assert metric(get(server, "/metrics"), "pacs_worker_restarts_total") == 1
     # The restarted worker serves again.
     for _ in range(40):
-        echo_outcome(server.port, "AFTERKILL")
+        association_outcome(server.port, "AFTERKILL")
         if 1 in served_by(server, "AFTERKILL"):
             break
     assert 1 in served_by(server, "AFTERKILL")
@@ -339,7 +308,7 @@ def test_the_live_feed_shows_every_workers_associations(run_pacs: Callable[..., 
             assert rsp.status == 200
             await rsp.content.readline()                     # ": connected"
             for _ in range(60):
-                await asyncio.to_thread(echo_outcome, server.port, "WATCHED")
+                await asyncio.to_thread(association_outcome, server.port, "WATCHED")
                 while seen != {1, 2}:
                     line = await asyncio.wait_for(rsp.content.readline(), 10)
                     if line.startswith(b"data: "):
@@ -364,13 +333,13 @@ def test_max_associations_is_server_wide(run_pacs: Callable[..., Any], tmp_path:
         for i in range(3):
             assert held.open(server.port, f"LIMIT{i}").is_established
         # Whichever worker the kernel hands them to, the fourth and later are refused.
-        assert [echo_outcome(server.port, "FOURTH") for _ in range(8)] == ["rejected"] * 8
+        assert [association_outcome(server.port, "FOURTH") for _ in range(8)] == ["rejected"] * 8
         text = get(server, "/metrics")
         assert metric(text, "pacs_associations_rejected_total", reason="max_associations") == 8
         held.assocs.pop().release()
         wait_until(lambda: len(get(server, "/status")["associations"]) == 2, 10,
                    "a slot to be free")
-        assert echo_outcome(server.port, "FOURTH") == "accepted"
+        assert association_outcome(server.port, "FOURTH") == "accepted"
     finally:
         held.release()
     assert server.stop() == 0, server.stderr
