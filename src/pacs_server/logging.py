@@ -10,7 +10,9 @@ import logging
 import logging.handlers
 import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -20,7 +22,8 @@ from pacs_server.errors import StartupError
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
-def _add_worker(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+def _add_worker(_logger: Any, _name: str, event: MutableMapping[str, Any]
+                ) -> MutableMapping[str, Any]:
     """`worker: <i>` on every line of a worker process (server.workers > 1)."""
     if _WORKER is not None:
         event.setdefault("worker", _WORKER)

@@ -105,7 +105,7 @@ class Metrics:
         if not directory:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, directory)
+        multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
         ProcessCollector(registry=registry)      # the supervisor's own process
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
@@ -114,4 +114,4 @@ def process_dead(pid: int) -> None:
     """Drop the live gauges of a worker process that ended (multiprocess mode)."""
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
-        multiprocess.mark_process_dead(pid, directory)
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

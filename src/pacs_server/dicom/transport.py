@@ -555,7 +555,7 @@ class PacsAssociationServer(ThreadedAssociationServer):
         reuse-port option on `AE.make_server`.
         """
         if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     _GC_INTERVAL_S = 10.0

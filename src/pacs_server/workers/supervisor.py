@@ -283,7 +283,7 @@ def run_supervisor(cfg: Config, reload_config: Callable[[], Config], config_path
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         from prometheus_client import values
 
-        values.ValueClass = values.get_value_class()
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
         return asyncio.run(_main(cfg, reload_config, config_path, overrides, rundir))
     finally:
         shutil.rmtree(rundir, ignore_errors=True)

@@ -18,13 +18,14 @@ import queue
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
 from pacs_server.app import PacsApp, Role
 from pacs_server.config import Config, load_config
 from pacs_server.control import store_totals
+from pacs_server.dicom.policy import AssociationPolicy
 from pacs_server.errors import ConfigError, ExitCode, StartupError
 from pacs_server.logging import configure_logging
 from pacs_server.workers.admission import RemotePolicy
@@ -109,7 +110,8 @@ async def run_worker(cfg: Config, spec: dict[str, Any]) -> None:
     policy = RemotePolicy(channel)
     events = EventForwarder(Path(spec["admission"]), index)
     app = PacsApp(cfg, reload_config=lambda: load_config(spec["config"], spec["overrides"]),
-                  role=Role("worker", policy=policy, events=events))
+                  # RemotePolicy has AssociationPolicy's interface (workers/admission.py)
+                  role=Role("worker", policy=cast(AssociationPolicy, policy), events=events))
     parent = os.getppid()
 
     async def started() -> None:
