@@ -331,7 +331,8 @@ class PacsApp:
 
     async def stop(self) -> None:
         """Stop accepting, drain, abort stragglers, flush the index, close everything."""
-        notify("STOPPING=1")
+        if self.role.kind == "server":     # the supervisor says it once, for all
+            notify("STOPPING=1")
         await self._close()
         log.info("server.stopped")
 

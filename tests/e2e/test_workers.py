@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -343,3 +344,51 @@ def test_max_associations_is_server_wide(run_pacs: Callable[..., Any], tmp_path:
     finally:
         held.release()
     assert server.stop() == 0, server.stderr
+
+
+def test_one_ready_for_systemd_once_every_worker_listens(
+        run_pacs: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(30)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    try:
+        server = run_pacs("--metrics-port", "0", config=write_config(tmp_path), ready=False)
+        assert sock.recv(256) == b"READY=1"
+        # Each worker logs that it listens before it reports to the supervisor.
+        for worker in (1, 2):
+            server.wait_for_event("worker.started", timeout=5, worker=worker)
+        ready = server.wait_for_event("server.started", timeout=5)
+        assert ready["workers"] == 2
+        server.signal(signal.SIGTERM)
+        assert sock.recv(256) == b"STOPPING=1"
+        assert server.wait(60) == 0, server.stderr
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):     # the workers tell systemd nothing
+            sock.recv(256)
+    finally:
+        sock.close()
+
+
+def test_a_busy_port_fails_the_start_before_any_worker(run_pacs: Callable[..., Any],
+                                                        tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = run_pacs(config=write_config(tmp_path), port=port, ready=False)
+        assert server.wait(60) == 1
+    assert server.stderr.splitlines()[-1] == (
+        f"pacs_server: port {port} on 127.0.0.1 is already in use")
+    assert not any(e["event"] == "worker.spawned" for e in server.events())
+
+
+def test_sigterm_while_the_workers_start_stops_them_cleanly(run_pacs: Callable[..., Any],
+                                                             tmp_path: Path) -> None:
+    server = run_pacs(config=write_config(tmp_path), ready=False)
+    server.wait_for_event("worker.spawned", worker=2)
+    server.signal(signal.SIGTERM)
+    assert server.wait(60) == 0, server.stderr
+    assert server.wait_for_event("supervisor.stopped", timeout=1)["workers"] == {"1": 0, "2": 0}
+    assert not any(e["event"] == "server.started" for e in server.events())

@@ -23,6 +23,7 @@ spreads new connections over them. The supervisor:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -49,6 +50,22 @@ RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 STABLE_S = 30.0
 KILL_AFTER_S = 30.0     # past shutdown_grace: a worker that still has not exited
+RUNDIR_PREFIX = "pacs-server-"
+EARLY_SIGNALS: list[int] = []      # SIGTERM/SIGINT before the loop's handlers
+
+
+def remove_stale_rundirs() -> None:
+    """Run directories of supervisors that were killed (SIGKILL leaves them behind)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{RUNDIR_PREFIX}*-*"):
+        pid = path.name[len(RUNDIR_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or path.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 def reserve_port(host: str, port: int, what: str) -> socket.socket:
@@ -139,14 +156,18 @@ class Supervisor:
             self._ready[index].set()
 
     async def _await_ready(self) -> None:
-        """Every worker listening, or StartupError naming the first that exited."""
+        """Every worker listening (or a stop requested meanwhile), or StartupError naming
+        the first that exited."""
         waits = {i: asyncio.ensure_future(self._ready[i].wait()) for i in self.workers}
         exits = {asyncio.ensure_future(p.wait()): i for i, p in self._procs.items()}
+        stop = asyncio.ensure_future(self._stopping.wait())
         try:
             async with asyncio.timeout(READY_TIMEOUT_S):
                 while not all(w.done() for w in waits.values()):
-                    done, _ = await asyncio.wait([*waits.values(), *exits],
+                    done, _ = await asyncio.wait([*waits.values(), *exits, stop],
                                                  return_when=asyncio.FIRST_COMPLETED)
+                    if stop.done():
+                        return
                     for fut in done:
                         if fut in exits:
                             raise StartupError(f"worker {exits[fut]} exited with code "
@@ -154,7 +175,7 @@ class Supervisor:
         except TimeoutError:
             raise StartupError(f"workers not listening after {READY_TIMEOUT_S:g} s") from None
         finally:
-            for fut in [*waits.values(), *exits]:
+            for fut in [*waits.values(), *exits, stop]:
                 fut.cancel()
 
     # ------------------------------------------------------------------ run
@@ -164,6 +185,12 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self._reserve()
         desk = await serve(self._rundir / "admission.sock", self.desk.handle, self.desk.closed)
+        # From the start: a SIGTERM while the workers start stops them too.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        for sig in EARLY_SIGNALS:
+            self._on_stop_signal(sig)
         try:
             await self.app.start()
             self.app.port, self.app.tls_port = self.port, self.tls_port
@@ -171,27 +198,26 @@ class Supervisor:
             self.app.control.dicom_port, self.app.control.tls_port = self.port, self.tls_port
             try:
                 for index in self.workers:
-                    await self._spawn(index)
+                    if not self._stopping.is_set():
+                        await self._spawn(index)
                 await self._await_ready()
             except BaseException:
                 await self._stop_workers()
                 raise
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_stop_signal, sig)
-            loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
-            notify("READY=1")
-            await self.app.log_started(workers=self.count,
-                                       worker_pids=[w.pid for w in self.workers.values()])
-            watchers = [asyncio.create_task(self._watch(i)) for i in self.workers]
+            if not self._stopping.is_set():
+                notify("READY=1")
+                await self.app.log_started(workers=self.count,
+                                           worker_pids=[w.pid for w in self.workers.values()])
+            watchers = [asyncio.create_task(self._watch(i)) for i in self._procs]
             await self._stopping.wait()
             notify("STOPPING=1")
             codes = await self._stop_workers()
             for task in watchers:
                 task.cancel()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
             await self.app.stop()
         finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
             desk.close()
             for sock in self._reserved:
                 sock.close()
@@ -238,7 +264,17 @@ class Supervisor:
         self._stopping.set()
 
     async def _stop_workers(self) -> dict[int, int]:
-        """SIGTERM every worker, wait for all of them (SIGKILL past the grace)."""
+        """SIGTERM every worker, wait for all of them (SIGKILL past the grace).
+
+        A worker still starting is signalled once it has reported (or exited): before
+        its handlers exist a SIGTERM would kill it instead of stopping it.
+        """
+        starting = [i for i, p in self._procs.items()
+                    if p.returncode is None and not self.workers[i].ready]
+        if starting:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(
+                    *(self._started_or_exited(i) for i in starting)), READY_TIMEOUT_S)
         self._signal_workers(signal.SIGTERM)
         codes: dict[int, int] = {}
         limit = self.cfg.server.shutdown_grace + KILL_AFTER_S
@@ -251,6 +287,15 @@ class Supervisor:
                 codes[index] = await proc.wait()
         return codes
 
+    async def _started_or_exited(self, index: int) -> None:
+        ready = asyncio.ensure_future(self._ready[index].wait())
+        exited = asyncio.ensure_future(self._procs[index].wait())
+        try:
+            await asyncio.wait([ready, exited], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            exited.cancel()
+
     def _signal_workers(self, sig: int) -> None:
         for proc in self._procs.values():
             if proc.returncode is None:
@@ -261,6 +306,9 @@ class Supervisor:
 
     def _on_hangup(self) -> None:
         """SIGHUP: check the file once; if it is valid apply it here, then in every worker."""
+        if self.app.control is None:
+            log.info("config.reload_unavailable", reason="starting")
+            return
         try:
             new = self._reload_config()
         except ConfigError as exc:
@@ -275,7 +323,11 @@ class Supervisor:
 def run_supervisor(cfg: Config, reload_config: Callable[[], Config], config_path: str | None,
                    overrides: dict[str, Any]) -> int:
     """Set up the run directory and metrics files, then run the supervisor."""
-    rundir = Path(tempfile.mkdtemp(prefix="pacs-server-"))
+    # Until the loop's handlers are in place, a stop request is remembered, not fatal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: EARLY_SIGNALS.append(signum))
+    remove_stale_rundirs()
+    rundir = Path(tempfile.mkdtemp(prefix=f"{RUNDIR_PREFIX}{os.getpid()}-"))
     try:
         metrics_dir = rundir / "metrics"
         metrics_dir.mkdir()

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -119,10 +120,9 @@ async def run_worker(cfg: Config, spec: dict[str, Any]) -> None:
         await asyncio.to_thread(commands.unlink, missing_ok=True)
         server = await serve(commands, Commands(app).handle)
         app.on_close(server.close)
-        await asyncio.to_thread(policy.hello, index, os.getpid())
         log.info("worker.started", worker=index, pid=os.getpid(), port=app.port,
                  tls_port=app.tls_port)
-        asyncio.get_running_loop().create_task(watch_parent())
+        await asyncio.to_thread(policy.hello, index, os.getpid())
 
     async def watch_parent() -> None:
         # No event to wait on: a reparented process only notices through getppid().
@@ -131,9 +131,16 @@ async def run_worker(cfg: Config, spec: dict[str, Any]) -> None:
         log.error("worker.supervisor_gone", worker=index)
         app.request_stop()
 
+    # From the start: a supervisor killed, or its SIGTERM, while this worker starts
+    # (PacsApp.run installs its own handlers once the server is up).
+    watcher = asyncio.create_task(watch_parent())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: loop.call_soon_threadsafe(app.request_stop))
     try:
         await app.run(started)
     finally:
+        watcher.cancel()
         events.close()
         channel.close()
 
