@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -204,3 +205,18 @@ def spawn(processes: list[ServerProcess]) -> Callable[..., ServerProcess]:
         return proc
 
     return start
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A datagram socket standing in for systemd's: NOTIFY_SOCKET points at it for the
+    processes the test starts; 30 s receive timeout."""
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(30)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    try:
+        yield sock
+    finally:
+        sock.close()

@@ -347,28 +347,20 @@ def test_max_associations_is_server_wide(run_pacs: Callable[..., Any], tmp_path:
 
 
 def test_one_ready_for_systemd_once_every_worker_listens(
-        run_pacs: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    address = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(address)
-    sock.settimeout(30)
-    monkeypatch.setenv("NOTIFY_SOCKET", address)
-    try:
-        server = run_pacs("--metrics-port", "0", config=write_config(tmp_path), ready=False)
-        assert sock.recv(256) == b"READY=1"
-        # Each worker logs that it listens before it reports to the supervisor.
-        for worker in (1, 2):
-            server.wait_for_event("worker.started", timeout=5, worker=worker)
-        ready = server.wait_for_event("server.started", timeout=5)
-        assert ready["workers"] == 2
-        server.signal(signal.SIGTERM)
-        assert sock.recv(256) == b"STOPPING=1"
-        assert server.wait(60) == 0, server.stderr
-        sock.settimeout(0.5)
-        with pytest.raises(TimeoutError):     # the workers tell systemd nothing
-            sock.recv(256)
-    finally:
-        sock.close()
+        run_pacs: Callable[..., Any], tmp_path: Path, notify_socket: socket.socket) -> None:
+    server = run_pacs("--metrics-port", "0", config=write_config(tmp_path), ready=False)
+    assert notify_socket.recv(256) == b"READY=1"
+    # Each worker logs that it listens before it reports to the supervisor.
+    for worker in (1, 2):
+        server.wait_for_event("worker.started", timeout=5, worker=worker)
+    ready = server.wait_for_event("server.started", timeout=5)
+    assert ready["workers"] == 2
+    server.signal(signal.SIGTERM)
+    assert notify_socket.recv(256) == b"STOPPING=1"
+    assert server.wait(60) == 0, server.stderr
+    notify_socket.settimeout(0.5)
+    with pytest.raises(TimeoutError):     # the workers tell systemd nothing
+        notify_socket.recv(256)
 
 
 def test_a_busy_port_fails_the_start_before_any_worker(run_pacs: Callable[..., Any],

@@ -91,6 +91,8 @@ class Supervisor:
 
     def __init__(self, cfg: Config, reload_config: Callable[[], Config],
                  config_path: str | None, overrides: dict[str, Any], rundir: Path) -> None:
+        # Imported here, after run_supervisor switched prometheus_client to multiprocess
+        # mode: the instruments must be created after that.
         from pacs_server.app import PacsApp, Role
         from pacs_server.dicom.policy import AssociationPolicy
         from pacs_server.metrics import Metrics
@@ -189,8 +191,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
-        for sig in EARLY_SIGNALS:
-            self._on_stop_signal(sig)
+        for early in EARLY_SIGNALS:
+            self._on_stop_signal(early)
         try:
             await self.app.start()
             self.app.port, self.app.tls_port = self.port, self.tls_port
@@ -229,6 +231,8 @@ class Supervisor:
 
     async def _watch(self, index: int) -> None:
         """Restart worker `index` whenever it dies, with back-off."""
+        from pacs_server.metrics import process_dead
+
         delay = RESTART_MIN_S
         while True:
             proc = self._procs[index]
@@ -237,8 +241,6 @@ class Supervisor:
             worker = self.workers[index]
             worker.ready = False
             self._ready[index].clear()
-            from pacs_server.metrics import process_dead
-
             process_dead(proc.pid)
             if self._stopping.is_set():
                 return
