@@ -23,7 +23,7 @@ import pytest
 
 from support.archive import archived_files, index_rows, wait_for_rows
 from support.dcmtk import concurrent_storescu
-from support.http import http_get, metric
+from support.http import http_call, http_get, metric
 from support.instances import DicomFiles, sender_dirs, sop_uid
 from support.polling import wait_until
 from support.scu import SUCCESS, Scu, association_outcome
@@ -173,6 +173,27 @@ def test_sighup_reaches_every_worker_and_an_invalid_file_is_refused_once(
     rejected = [e for e in later if e["event"] == "config.reload_rejected"]
     assert len(rejected) == 1 and "worker" not in rejected[0]
     assert not any(e.get("worker") and e["event"].startswith("config.") for e in later)
+    assert server.stop() == 0, server.stderr
+
+
+def test_an_ae_title_added_through_the_api_is_accepted_by_every_worker(
+        run_pacs: Callable[..., Any], tmp_path: Path) -> None:
+    server = start(run_pacs, write_config(
+        tmp_path, extra="access_control:\n  allowed_ae_titles: [KNOWN]\n"))
+    assert association_outcome(server.port, "ADDED") == "rejected"
+    status, body = asyncio.run(http_call(server.http, "POST", "/api/ae", token=TOKEN,
+                                         body={"ae_title": "ADDED"}))
+    assert status == 200, body
+    mark = server.mark()
+    for _ in range(60):
+        assert association_outcome(server.port, "ADDED") == "accepted"
+        if served_by(server, "ADDED", mark) == {1, 2}:
+            break
+    assert served_by(server, "ADDED", mark) == {1, 2}
+    status, body = asyncio.run(http_call(server.http, "DELETE", "/api/ae", token=TOKEN,
+                                         body={"ae_title": "ADDED"}))
+    assert status == 200, body
+    assert [association_outcome(server.port, "ADDED") for _ in range(6)] == ["rejected"] * 6
     assert server.stop() == 0, server.stderr
 
 
