@@ -67,17 +67,22 @@ class Results:
     # ---------------------------------------------------------------- rendering
     def servers(self) -> list[str]:
         seen = {s for r in self.rows.values() for s in r.cells}
-        return [s for s in SERVERS if s in seen]
+        # pacs_server-w2 and the like (server.workers) next to pacs_server
+        workers = sorted(s for s in seen if s.startswith("pacs_server-w"))
+        return [s for s in SERVERS[:1] + workers + SERVERS[1:] if s in seen]
 
     def markdown(self) -> str:
         servers = self.servers()
         ratio_cols = [s for s in ("Orthanc", "storescp")
                       if s in servers and "pacs_server" in servers]
-        head = ["Measurement", "unit", *servers, *[f"pacs/{s}" for s in ratio_cols]]
+        pacs = [s for s in servers if s.startswith("pacs_server")]
+        pairs = [(p, s) for s in ratio_cols for p in pacs]
+        head = ["Measurement", "unit", *servers,
+                *[f"{p.replace('pacs_server', 'pacs')}/{s}" for p, s in pairs]]
         lines = [_row(head), _row(["---"] * len(head))]
         for r in self.rows.values():
             cells = [_fmt_cell(r.cells.get(s)) for s in servers]
-            ratios = [_ratio(r, "pacs_server", s) for s in ratio_cols]
+            ratios = [_ratio(r, p, s) for p, s in pairs]
             arrow = "↑" if r.higher_is_better else "↓"
             lines.append(_row([r.label, f"{r.unit} {arrow}", *cells, *ratios]))
         out = ["\n".join(lines)]
@@ -87,7 +92,7 @@ class Results:
                    "and Orthanc/storescp for ↓ rows.")
         if self.rss:
             out.append("")
-            rss_servers = [s for s in SERVERS if any(s in v for v in self.rss.values())]
+            rss_servers = [s for s in self.servers() if any(s in v for v in self.rss.values())]
             lines = [_row(["Peak RSS (MB) during", *rss_servers]),
                      _row(["---"] * (1 + len(rss_servers)))]
             for phase, per in self.rss.items():

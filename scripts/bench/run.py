@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench/run.py            # quick mode (a few minutes)
     .venv/bin/python scripts/bench/run.py --full     # everything: 100k index, 1 GB instance
     .venv/bin/python scripts/bench/run.py --phases store1,find --servers pacs_server,Orthanc
+    .venv/bin/python scripts/bench/run.py --phases store4 --servers pacs_server,pacs_server-w2
 
 Phases (each server measured in turn, the order rotating from run to run):
   store1    C-STORE N small instances over 1 association                  instances/s
@@ -85,8 +86,9 @@ class Bench:
     def make(self, name: str, tag: str, move_dest: tuple[str, int] | None = None,
              fork: bool = False) -> Server:
         wd = self.work / f"{name}-{tag}"
-        if name == "pacs_server":
-            return PacsServer(wd, move_dest)
+        if name == "pacs_server" or name.startswith("pacs_server-w"):
+            # pacs_server-w2: server.workers 2 (pacs_server-wauto: workers auto)
+            return PacsServer(wd, move_dest, workers=name.partition("-w")[2] or "1")
         if name == "Orthanc":
             return OrthancServer(wd, move_dest)
         if name == "storescp":

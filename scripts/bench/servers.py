@@ -88,7 +88,20 @@ class RssMonitor:
 
     def _poll(self) -> None:
         while not self._stop.wait(0.05):
-            self._peak_kb = max(self._peak_kb, self._status("VmRSS"))
+            self._peak_kb = max(self._peak_kb, self._status("VmRSS") + self._children_rss())
+
+    def _children_rss(self) -> int:
+        """VmRSS of the child processes (server.workers), summed, in kB."""
+        total = 0
+        try:
+            for task in Path(f"/proc/{self.pid}/task").iterdir():
+                for child in (task / "children").read_text().split():
+                    for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return total
 
     def stop(self) -> float:
         """Stop polling; returns the peak in MB."""
@@ -169,20 +182,39 @@ class Server:
         self.stop()
 
 
+def listeners(port: int) -> int:
+    """Sockets listening on `port` (one per worker with SO_REUSEPORT), from /proc/net/tcp."""
+    suffix = f":{port:04X}"
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(suffix) and fields[3] == "0A":
+            count += 1
+    return count
+
+
+def worker_count(workers: str) -> int:
+    return len(os.sched_getaffinity(0)) if workers == "auto" else int(workers)
+
+
 class PacsServer(Server):
     name = "pacs_server"
     ae = "PACS"
     supports_qr = True
 
     def __init__(self, workdir: Path, move_dest: tuple[str, int] | None = None,
-                 fsync: bool = True, synchronous: str = "full") -> None:
+                 fsync: bool = True, synchronous: str = "full", workers: str = "1") -> None:
         super().__init__(workdir, move_dest)
         self.fsync = fsync
         self.synchronous = synchronous
+        self.workers = workers
+        if workers != "1":
+            self.name = f"pacs_server-w{workers}"
 
     def command(self) -> list[str]:
         cfg: dict[str, Any] = {
-            "server": {"ae_title": self.ae, "host": HOST, "port": self.port},
+            "server": {"ae_title": self.ae, "host": HOST, "port": self.port,
+                       "workers": self.workers},
             "storage": {"directory": str(self.workdir / "archive"), "fsync": self.fsync},
             "database": {"path": str(self.workdir / "index.db"),
                          "synchronous": self.synchronous},
@@ -197,6 +229,16 @@ class PacsServer(Server):
         path = self.workdir / "pacs.yaml"
         path.write_text(json.dumps(cfg, indent=1))   # JSON is valid YAML
         return [str(PACS_BIN), "--config", str(path)]
+
+    def start(self) -> Server:
+        super().start()
+        if self.workers != "1":     # the first worker answers; wait for all of them
+            deadline = time.monotonic() + 60
+            while listeners(self.port) < worker_count(self.workers):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"workers not all listening on {self.port}")
+                time.sleep(0.1)
+        return self
 
     def count(self) -> int:
         db = self.workdir / "index.db"

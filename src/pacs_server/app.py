@@ -21,16 +21,23 @@ import asyncio
 import signal
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
 
 from pacs_server.audit import AuditLog
 from pacs_server.config import Config, PeerConfig, merge_reloadable, reloadable_changes
-from pacs_server.control import AdminRefresh, ServerControl, ServerParts
+from pacs_server.control import (
+    AdminRefresh,
+    DicomSide,
+    LocalDicom,
+    ServerControl,
+    ServerParts,
+)
 from pacs_server.dicom import (
     commitment,
     echo,
@@ -45,6 +52,7 @@ from pacs_server.dicom import (
 )
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.commitment_delivery import CommitmentDelivery
+from pacs_server.dicom.policy import AssociationPolicy
 from pacs_server.dicom.server import DicomListener, DicomServer
 from pacs_server.dicom.service import DicomService
 from pacs_server.errors import ConfigError
@@ -89,6 +97,24 @@ C = TypeVar("C", bound=Component)
 P = TypeVar("P", bound=PeriodicTask)
 
 
+@dataclass(frozen=True)
+class Role:
+    """Which part of the server this process is (`server.workers`, workers/).
+
+    `server`: the single process, everything. `supervisor`: index, migrations, the
+    start-up reconciliation, housekeeping and the HTTP side, no DICOM listener; its
+    DICOM side is `fleet`, every worker. `worker`: a DICOM engine on a shared port
+    (SO_REUSEPORT) whose admission is the supervisor's `policy` and whose association
+    events also go to `events` (the supervisor's live feed); no HTTP side, no
+    housekeeping, and no start-up clean-up that could hit a sibling's live transfer.
+    """
+
+    kind: Literal["server", "supervisor", "worker"] = "server"
+    policy: AssociationPolicy | None = None
+    fleet: DicomSide | None = None
+    events: Callable[[str, dict[str, Any]], None] | None = None
+
+
 class PacsApp:
     """The running server. `start()`/`stop()` for embedding and tests, `run()` for the CLI.
 
@@ -102,8 +128,9 @@ class PacsApp:
 
     def __init__(self, cfg: Config, metrics: Metrics | None = None,
                  reload_config: Callable[[], Config] | None = None,
-                 use_index: bool = True) -> None:
+                 use_index: bool = True, role: Role | None = None) -> None:
         self.cfg = cfg
+        self.role = role or Role()
         self.use_index = use_index
         self.metrics = metrics or Metrics()
         self.ready = asyncio.Event()
@@ -123,6 +150,8 @@ class PacsApp:
         self.control: ServerControl | None = None
         self._audit: AuditLog | None = None
         self.identity = process_identity(cfg.server.node_name)
+        self._services: list[str] = []
+        self._storage_root = ""
 
     # ------------------------------------------------------------------ parts
     @property
@@ -188,6 +217,9 @@ class PacsApp:
             files = FileStore(cfg.storage.directory, fsync=cfg.storage.fsync,
                               identity=self.identity)
             self._stack.callback(files.release)
+            self._storage_root = str(files.root)
+            worker = self.role.kind == "worker"
+            # Only this process's own receive directory: a sibling's is swept by age.
             removed = await asyncio.to_thread(files.prepare)
             removed += await asyncio.to_thread(files.sweep_incoming, in_flight_s)
             if removed:
@@ -195,8 +227,8 @@ class PacsApp:
             catalog: Catalog = FileCatalog(files)
             queries = retrieve = steps = worklists = None
             if self.use_index:
-                self._index = await self._start(IndexComponent(cfg.database, self.metrics,
-                                                               self.identity))
+                self._index = await self._start(IndexComponent(
+                    cfg.database, self.metrics, self.identity, migrations=not worker))
                 catalog = IndexCatalog(self._index.repo)
                 queries = QueryService(self._index.repo, cfg.query, cfg.server.ae_title)
                 self._subscribe(lambda c: queries.reconfigure(c.query))
@@ -205,50 +237,80 @@ class PacsApp:
                 # The worklist items follow the performed steps (services/mpps.py).
                 steps = MppsService(self._index.steps, worklist=self._index.worklist)
             # Placements a crash left between the file and its index row, before the
-            # listener accepts anything.
+            # listener accepts anything: every process settles its own journal, and a
+            # sibling's once it is stale.
             await self._start(ArchiveReconciler(files, catalog, cfg.storage, in_flight_s))
             self.archive = archive = ArchiveService(cfg.storage, files, catalog,
                                                     in_flight_s, wait_s=bridge_timeout)
             self._subscribe(lambda c: archive.reconfigure(c.storage))
             bridge = LoopBridge(asyncio.get_running_loop(), timeout_s=bridge_timeout)
-            if self._index is not None:
-                self._commitments = self._commitment_delivery(files, bridge)
-            services = self.dicom_services(archive, bridge, queries, retrieve, steps, worklists)
-            server = DicomServer(cfg.server, cfg.access_control, services, self.metrics,
-                                 str(files.incoming), limits=cfg.limits, tls=cfg.tls)
-            await self._start_operations(server, archive, queries, bridge)
-            if self._commitments is not None:
-                # Before the listener, so that it closes after the associations ended.
-                await self._start(self._commitments)
-            self._listener = await self._start(
-                DicomListener(server, cfg.server.shutdown_grace, self._force))
-            # Every SIGHUP, changed or not: certificates are re-read from the same paths.
-            self._subscribe(self._listener.reload, every_reload=True)
-            self.port = self._listener.port
-            self.tls_port = self._listener.tls_port
-            assert self.control is not None
-            self.control.dicom_port, self.control.tls_port = self.port, self.tls_port
-            await self._start(self._singleton(IncomingSweeper(files, in_flight_s)))
-            if self._index is not None:
-                stale = await self._start(self._singleton(
-                    StaleIntentSweeper(files, catalog, cfg.storage, in_flight_s)))
-                self._subscribe(lambda c: stale.reconfigure(c.storage))
-                retention = await self._start(self._singleton(
-                    WorklistRetention(self._index.worklist, cfg.worklist)))
-                self._subscribe(lambda c: retention.reconfigure(c.worklist))
+            if self.role.fleet is not None:
+                fleet = self.role.fleet
+                self._subscribe(lambda c: fleet.policy.reconfigure(c.access_control, c.limits))
+                await self._start_operations(fleet, archive, queries, bridge)
+            else:
+                await self._start_dicom(files, archive, queries, retrieve, steps, worklists,
+                                        bridge)
+            if not worker:      # the workers' supervisor runs it for them
+                await self._start_housekeeping(files, catalog, in_flight_s)
         except BaseException:
             await self._close()
             raise
         self.ready.set()
-        notify("READY=1")
+        if self.role.kind == "server":
+            notify("READY=1")
+            await self.log_started()
+
+    async def log_started(self, **fields: object) -> None:
+        """The one `server.started` line (the supervisor's once every worker listens)."""
+        cfg = self.cfg
         log.info("server.started", ae_title=cfg.server.ae_title, identity=self.identity,
                  host=cfg.server.host,
                  port=self.port, tls_port=self.tls_port, metrics_port=self.metrics_port,
-                 storage=str(files.root),
+                 storage=self._storage_root,
                  database=self._index.url if self._index else None,
                  naming=cfg.storage.naming, duplicate_policy=cfg.storage.duplicate_policy,
-                 services=[s.name for s in services],
+                 services=self._services, **fields,
                  **(await self._index.repo.counts() if self._index else {}))
+
+    async def _start_housekeeping(self, files: FileStore, catalog: Catalog,
+                                  in_flight_s: float) -> None:
+        """Sweeps and retention: each runs in one process of those sharing the index."""
+        cfg = self.cfg
+        await self._start(self._singleton(IncomingSweeper(files, in_flight_s)))
+        if self._index is not None:
+            stale = await self._start(self._singleton(
+                StaleIntentSweeper(files, catalog, cfg.storage, in_flight_s)))
+            self._subscribe(lambda c: stale.reconfigure(c.storage))
+            retention = await self._start(self._singleton(
+                WorklistRetention(self._index.worklist, cfg.worklist)))
+            self._subscribe(lambda c: retention.reconfigure(c.worklist))
+
+    async def _start_dicom(self, files: FileStore, archive: ArchiveService,
+                           queries: QueryService | None, retrieve: RetrieveService | None,
+                           steps: MppsService | None, worklists: WorklistService | None,
+                           bridge: LoopBridge) -> None:
+        """The DICOM engine: services, listener(s), Storage Commitment delivery."""
+        cfg = self.cfg
+        if self._index is not None:
+            self._commitments = self._commitment_delivery(files, bridge)
+        services = self.dicom_services(archive, bridge, queries, retrieve, steps, worklists)
+        self._services = [s.name for s in services]
+        server = DicomServer(cfg.server, cfg.access_control, services, self.metrics,
+                             str(files.incoming), limits=cfg.limits, tls=cfg.tls,
+                             policy=self.role.policy, reuse_port=self.role.kind == "worker")
+        await self._start_operations(LocalDicom(server, archive), archive, queries, bridge)
+        if self._commitments is not None:
+            # Before the listener, so that it closes after the associations ended.
+            await self._start(self._commitments)
+        self._listener = await self._start(
+            DicomListener(server, cfg.server.shutdown_grace, self._force))
+        # Every SIGHUP, changed or not: certificates are re-read from the same paths.
+        self._subscribe(self._listener.reload, every_reload=True)
+        self.port = self._listener.port
+        self.tls_port = self._listener.tls_port
+        assert self.control is not None
+        self.control.dicom_port, self.control.tls_port = self.port, self.tls_port
 
     def _commitment_delivery(self, files: FileStore, bridge: LoopBridge) -> CommitmentDelivery:
         """Storage Commitment: the use cases over the index and the report sender."""
@@ -261,7 +323,7 @@ class PacsApp:
         return CommitmentDelivery(service, bridge, cfg.server, self._peer, self.metrics,
                                   gate=self._index.leases.acquire, owner=self.identity)
 
-    async def _start_operations(self, server: DicomServer, archive: ArchiveService,
+    async def _start_operations(self, dicom: DicomSide, archive: ArchiveService,
                                 queries: QueryService | None, bridge: LoopBridge) -> None:
         """The audit log, the event feed, the admin state and the HTTP side."""
         assert self._stack is not None
@@ -269,9 +331,12 @@ class PacsApp:
         self._audit = audit = AuditLog(cfg.logging.audit_file, cfg.server.ae_title)
         self._stack.callback(audit.close)
         hub = EventHub(asyncio.get_running_loop())
-        server.tracker.listen(hub.publish)
-        server.tracker.listen(audit.association_event)
-        parts = ServerParts(server, archive, self.metrics, hub, audit=audit.admin_call,
+        dicom.listen(hub.publish)
+        if self.role.kind != "supervisor":     # each worker audits its own associations
+            dicom.listen(audit.association_event)
+        if self.role.events is not None:       # a worker: to the supervisor's live feed
+            dicom.listen(self.role.events)
+        parts = ServerParts(dicom, archive, self.metrics, hub, audit=audit.admin_call,
                             audit_web=audit.web_request)
         if self._index is not None and queries is not None:
             index = self._index
@@ -322,7 +387,8 @@ class PacsApp:
 
     async def stop(self) -> None:
         """Stop accepting, drain, abort stragglers, flush the index, close everything."""
-        notify("STOPPING=1")
+        if self.role.kind == "server":     # the supervisor says it once, for all
+            notify("STOPPING=1")
         await self._close()
         log.info("server.stopped")
 
@@ -338,11 +404,25 @@ class PacsApp:
         self._refreshers.clear()
         self.ready.clear()
 
-    async def run(self) -> None:
-        """Start, serve until SIGTERM/SIGINT, then stop. SIGHUP reloads the config."""
+    def on_close(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` first when the app closes (the parts started after it)."""
+        assert self._stack is not None
+        self._stack.callback(callback)
+
+    async def run(self, started: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Start, serve until SIGTERM/SIGINT, then stop. SIGHUP reloads the config.
+
+        `started()` is awaited once the server is up (a worker reports to its supervisor).
+        """
         loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         await self.start()
+        if started is not None:
+            try:
+                await started()
+            except BaseException:
+                await self.stop()
+                raise
         installed: list[int] = []
         for sig, handler in ((signal.SIGTERM, self._on_stop_signal),
                              (signal.SIGINT, self._on_stop_signal),
@@ -371,13 +451,14 @@ class PacsApp:
         self._stop_requested.set()
 
     # ------------------------------------------------------------------ reload
-    def hangup(self) -> bool:
-        """SIGHUP: reopen the audit file (log rotation), then reload the config."""
+    def hangup(self, new: Config | None = None) -> bool:
+        """SIGHUP: reopen the audit file (log rotation), then reload the config (`new`,
+        already read and checked by the caller, or re-read here)."""
         if self._audit is not None:
             self._audit.reopen()
         if self.control is not None:
             self.control.reconfigure(self.cfg)     # a token file may have changed
-        return self.reload()
+        return self.reload(new)
 
     def reload(self, new: Config | None = None) -> bool:
         """Apply a new configuration: `new`, or the file re-read by `reload_config`.

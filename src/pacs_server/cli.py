@@ -102,12 +102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{cfg.source}: OK")
         return 0
-    return run(cfg, reload, init_only=args.command == "init-db")
+    return run(cfg, reload, init_only=args.command == "init-db",
+               source=(args.config, overrides))
 
 
-def run(cfg: Config, reload: Any = None, init_only: bool = False) -> int:
-    """Run the server (or just migrate the index) with a built config; returns the exit code."""
-    from pacs_server.app import PacsApp
+def run(cfg: Config, reload: Any = None, init_only: bool = False,
+        source: tuple[str | None, dict[str, Any]] = (None, {})) -> int:
+    """Run the server (or just migrate the index) with a built config; returns the exit code.
+
+    `source` (the config file and the command line's overrides) is what worker
+    processes build their configuration from (`server.workers` > 1).
+    """
     from pacs_server.logging import configure_logging
 
     try:
@@ -116,6 +121,12 @@ def run(cfg: Config, reload: Any = None, init_only: bool = False) -> int:
             asyncio.run(_init_db(cfg))
             print(f"index ready: {cfg.database.url or cfg.database.path}")
             return 0
+        if cfg.server.worker_count > 1:
+            from pacs_server.workers.supervisor import run_supervisor
+
+            return run_supervisor(cfg, reload or (lambda: cfg), *source)
+        from pacs_server.app import PacsApp
+
         asyncio.run(PacsApp(cfg, reload_config=reload).run())
     except StartupError as exc:
         return fail(str(exc), EXIT_STARTUP)

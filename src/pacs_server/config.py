@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,6 +70,16 @@ class ServerConfig:
     transport: Transport = setting(
         "events", "association reactors: events (wait on the socket and queues) | stock "
         "(pynetdicom's own polling reactors)")
+    workers: str = setting(
+        "1", "DICOM worker processes: 1 = one process; N; auto = the CPUs this process may "
+        "use (os.sched_getaffinity)")
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes `workers` asks for (1: the single-process server)."""
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return int(self.workers)
 
     def check(self, source: str) -> None:
         check_ae_title(source, "server.ae_title", self.ae_title)
@@ -87,6 +98,10 @@ class ServerConfig:
                 raise ConfigError(f"{source}: server.{key}: must be greater than 0")
         if self.shutdown_grace < 0:
             raise ConfigError(f"{source}: server.shutdown_grace: must not be negative")
+        count = self.workers
+        if count != "auto" and not (count.isdigit() and 1 <= int(count) <= 256):
+            raise ConfigError(f"{source}: server.workers: must be auto or 1-256, "
+                              f"got {self.workers!r}")
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from pacs_server import __version__
 from pacs_server.admin_token import read_token
 from pacs_server.config import AllowedAE, Config, PeerConfig, is_valid_ae_title
-from pacs_server.dicom.policy import AccessEntry
+from pacs_server.dicom.policy import AccessEntry, AssociationPolicy
 from pacs_server.dicom.server import DicomServer
 from pacs_server.errors import (
     ConflictingRequest,
@@ -61,11 +61,72 @@ def check_host(host: str) -> str:
     raise InvalidRequest(f"host: {host!r} is not an IP address or host name")
 
 
+class DicomSide(Protocol):
+    """The DICOM engine(s) as the control sees them: this process's (`LocalDicom`) or
+    every worker's (workers/fleet.py). Association ids are strings ("7", or "2-7" for
+    association 7 of worker 2)."""
+
+    policy: AssociationPolicy
+
+    @property
+    def listening(self) -> bool: ...
+
+    async def snapshot(self) -> list[dict[str, Any]]: ...
+
+    async def totals(self) -> dict[str, int]:
+        """The tracker's totals and the archive's store counts."""
+
+    async def detail(self, assoc_id: str) -> dict[str, Any] | None: ...
+
+    async def abort(self, assoc_id: str) -> bool: ...
+
+    async def access_changed(self) -> None:
+        """The admin API's AE titles or peers changed (the policy has them already)."""
+
+    def listen(self, listener: Callable[[str, dict[str, Any]], None]) -> None: ...
+
+
+class LocalDicom:
+    """The DicomSide of the single process: its DicomServer and ArchiveService."""
+
+    def __init__(self, server: DicomServer, archive: ArchiveService) -> None:
+        self._server, self._archive = server, archive
+        self.policy = server.policy
+
+    @property
+    def listening(self) -> bool:
+        return self._server.listening
+
+    async def snapshot(self) -> list[dict[str, Any]]:
+        return self._server.tracker.snapshot()
+
+    async def totals(self) -> dict[str, int]:
+        return {**self._server.tracker.totals(), **store_totals(self._archive)}
+
+    async def detail(self, assoc_id: str) -> dict[str, Any] | None:
+        return self._server.tracker.detail(int(assoc_id)) if assoc_id.isdigit() else None
+
+    async def abort(self, assoc_id: str) -> bool:
+        return assoc_id.isdigit() and self._server.tracker.abort(int(assoc_id))
+
+    async def access_changed(self) -> None:
+        pass
+
+    def listen(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        self._server.tracker.listen(listener)
+
+
+def store_totals(archive: ArchiveService) -> dict[str, int]:
+    stats = archive.stats
+    return {"instances_stored": stats.stored, "bytes_stored": stats.bytes,
+            "duplicates": stats.duplicates, "store_failures": stats.failed}
+
+
 @dataclass
 class ServerParts:
     """What the composition root hands over; index parts are None without an index."""
 
-    dicom: DicomServer
+    dicom: DicomSide
     archive: ArchiveService
     metrics: Metrics
     events: EventHub
@@ -133,7 +194,6 @@ class ServerControl:
         if p.repo is not None and reason is None:
             counts = await self._index_counts()
             storage.update(bytes=counts["bytes"], instances=counts["instances"])
-        stats = p.archive.stats
         return {
             "version": __version__, "uptime_s": round(time.monotonic() - self._started, 1),
             "ae_title": cfg.server.ae_title,
@@ -141,10 +201,8 @@ class ServerControl:
                       "http": self.http_port},
             "state": "paused" if p.dicom.policy.paused else "accepting",
             "paused": p.dicom.policy.paused,
-            "associations": p.dicom.tracker.snapshot(),
-            "totals": {**p.dicom.tracker.totals(), "instances_stored": stats.stored,
-                       "bytes_stored": stats.bytes, "duplicates": stats.duplicates,
-                       "store_failures": stats.failed},
+            "associations": await p.dicom.snapshot(),
+            "totals": await p.dicom.totals(),
             "storage": storage,
             "database": {"healthy": reason is None, **({"error": reason} if reason else {})},
         }
@@ -179,7 +237,7 @@ class ServerControl:
         after COUNTS_TTL_S (a scrape every few seconds of an idle server must not count
         a large index each time)."""
         at, stored, counts = self._counts
-        now_stored = self._p.archive.stats.stored
+        now_stored = (await self._p.dicom.totals())["instances_stored"]
         if now_stored != stored or time.monotonic() - at > COUNTS_TTL_S:
             assert self._p.repo is not None
             counts = await self._p.repo.counts()
@@ -195,14 +253,14 @@ class ServerControl:
         return p.metrics.exposition()
 
     # ----------------------------------------------------------------- associations
-    def associations(self) -> list[dict[str, Any]]:
-        return self._p.dicom.tracker.snapshot()
+    async def associations(self) -> list[dict[str, Any]]:
+        return await self._p.dicom.snapshot()
 
-    def association(self, assoc_id: int) -> dict[str, Any] | None:
-        return self._p.dicom.tracker.detail(assoc_id)
+    async def association(self, assoc_id: str) -> dict[str, Any] | None:
+        return await self._p.dicom.detail(assoc_id)
 
-    def disconnect(self, assoc_id: int) -> bool:
-        return self._p.dicom.tracker.abort(assoc_id)
+    async def disconnect(self, assoc_id: str) -> bool:
+        return await self._p.dicom.abort(assoc_id)
 
     def pause(self) -> None:
         self._p.dicom.policy.pause()
@@ -265,6 +323,7 @@ class ServerControl:
             raise NotFound(f"{ae_title!r} was not added through the API"
                            + (f" for host {host}" if host else ""))
         await self.refresh_access()
+        await self._p.dicom.access_changed()
         return {"ae_title": ae_title, "host": host, "origin": "api", action: True}
 
     async def peers(self, action: str, ae_title: str = "", host: str = "",
@@ -284,6 +343,7 @@ class ServerControl:
         elif not await admin.remove_peer(ae_title):
             raise NotFound(f"peer {ae_title!r} was not added through the API")
         await self.refresh_access()
+        await self._p.dicom.access_changed()
         return {"ae_title": ae_title, "origin": "api", action: True}
 
     async def refresh_access(self) -> None:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -19,8 +22,20 @@ from pacs_server.errors import StartupError
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
+def _add_worker(_logger: Any, _name: str, event: MutableMapping[str, Any]
+                ) -> MutableMapping[str, Any]:
+    """`worker: <i>` on every line of a worker process (server.workers > 1)."""
+    if _WORKER is not None:
+        event.setdefault("worker", _WORKER)
+    return event
+
+
+_WORKER = int(os.environ["PACS_WORKER_INDEX"]) if os.environ.get(
+    "PACS_WORKER_INDEX", "").isdigit() else None
+
 _SHARED: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
+    _add_worker,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),

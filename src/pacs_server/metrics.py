@@ -2,9 +2,17 @@
 
 The HTTP side (web/) serves `exposition()`; gauges of what the index and the archive
 hold are set just before each scrape (`set_inventory`).
+
+With worker processes (`server.workers`), every process of the server writes its
+samples to files in $PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode,
+set up by the supervisor before any instrument exists) and the supervisor's
+`exposition()` adds them up: counters and histograms of a worker that died keep
+counting in the total, the live gauge of a dead one is dropped (`process_dead`).
 """
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -14,7 +22,10 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     generate_latest,
+    multiprocess,
 )
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -36,7 +47,8 @@ class Metrics:
             ["operation"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30), registry=r)
         self.associations_active = Gauge(
-            "pacs_association_active", "associations currently established", registry=r)
+            "pacs_association_active", "associations currently established", registry=r,
+            multiprocess_mode="livesum")
         self.associations = Counter(
             "pacs_associations", "associations by outcome (accepted, rejected, aborted, released)",
             ["outcome"], registry=r)
@@ -65,14 +77,20 @@ class Metrics:
         self.bytes_sent = Counter(
             "pacs_bytes_sent", "bytes of stored instances sent by C-GET/C-MOVE", registry=r)
         self.index_entities = Gauge(
-            "pacs_index_entities", "rows in the index, by level", ["level"], registry=r)
+            "pacs_index_entities", "rows in the index, by level", ["level"], registry=r,
+            multiprocess_mode="mostrecent")
         self.archive_bytes = Gauge(
-            "pacs_archive_bytes", "bytes of indexed instances in the archive", registry=r)
+            "pacs_archive_bytes", "bytes of indexed instances in the archive", registry=r,
+            multiprocess_mode="mostrecent")
         self.archive_free_bytes = Gauge(
-            "pacs_archive_free_bytes", "free space on the archive's filesystem", registry=r)
+            "pacs_archive_free_bytes", "free space on the archive's filesystem", registry=r,
+            multiprocess_mode="mostrecent")
         self.http_requests = Counter(
             "pacs_http_requests", "HTTP requests, by route and status", ["route", "status"],
             registry=r)
+        self.worker_restarts = Counter(
+            "pacs_worker_restarts", "worker processes restarted after they died "
+            "(server.workers)", registry=r)
         ProcessCollector(registry=r)
 
     def set_inventory(self, counts: dict[str, int], free_bytes: int) -> None:
@@ -85,5 +103,19 @@ class Metrics:
         self.archive_free_bytes.set(free_bytes)
 
     def exposition(self) -> tuple[bytes, str]:
-        """The Prometheus text of every instrument, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The Prometheus text of every instrument, and its content type (of every
+        process of the server in multiprocess mode)."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+        ProcessCollector(registry=registry)      # the supervisor's own process
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def process_dead(pid: int) -> None:
+    """Drop the live gauges of a worker process that ended (multiprocess mode)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -56,11 +57,11 @@ class ServerProcess:
                 self._cond.notify_all()
 
     # -- stderr ---------------------------------------------------------------------
-    def events(self) -> list[dict[str, Any]]:
-        """The JSON log events written so far."""
+    def events(self, start: int = 0) -> list[dict[str, Any]]:
+        """The JSON log events written so far (from stderr line `start`, see `mark`)."""
         out = []
         with self._cond:
-            lines = list(self.lines)
+            lines = self.lines[start:]
         for line in lines:
             try:
                 obj = json.loads(line)
@@ -205,3 +206,18 @@ def spawn(processes: list[ServerProcess]) -> Callable[..., ServerProcess]:
         return proc
 
     return start
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """A datagram socket standing in for systemd's: NOTIFY_SOCKET points at it for the
+    processes the test starts; 30 s receive timeout."""
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(30)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    try:
+        yield sock
+    finally:
+        sock.close()

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pacsctl_helpers import TOKEN, start_pacs
 from pydicom.dataset import Dataset
 from pynetdicom import AE
@@ -130,17 +129,9 @@ def test_sighup_reloads_the_token_and_the_log_level(spawn: Callable[..., Any],
 
 
 def test_systemd_ready_and_stopping(spawn: Callable[..., Any], tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    address = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(address)
-    sock.settimeout(30)
-    monkeypatch.setenv("NOTIFY_SOCKET", address)
-    try:
-        pacs = start_pacs(spawn, tmp_path)
-        assert sock.recv(256) == b"READY=1"
-        pacs.proc.signal(signal.SIGTERM)
-        assert sock.recv(256) == b"STOPPING=1"
-        assert pacs.proc.wait(30) == 0
-    finally:
-        sock.close()
+                                    notify_socket: socket.socket) -> None:
+    pacs = start_pacs(spawn, tmp_path)
+    assert notify_socket.recv(256) == b"READY=1"
+    pacs.proc.signal(signal.SIGTERM)
+    assert notify_socket.recv(256) == b"STOPPING=1"
+    assert pacs.proc.wait(30) == 0

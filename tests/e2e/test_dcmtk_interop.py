@@ -11,7 +11,8 @@ import pydicom
 import pytest
 
 from support.archive import archived_files, incoming_files, index_rows, wait_for_rows
-from support.instances import DicomFiles, file_meta, sop_uid
+from support.dcmtk import concurrent_storescu
+from support.instances import DicomFiles, file_meta, sender_dirs, sop_uid
 
 pytestmark = pytest.mark.dcmtk
 
@@ -92,21 +93,9 @@ def test_concurrent_storescu_processes(run_pacs: Callable[..., Any], dcmtk: Any,
                                        tmp_path: Path, dicom_files: DicomFiles) -> None:
     server = run_pacs()
     senders, per_sender = 8, 4
-    dirs = []
-    uids: set[str] = set()
-    for i in range(senders):
-        d = tmp_path / f"sender{i}"
-        for _ in range(per_sender):
-            p = dicom_files.generated(directory=d, PatientID=f"P{i % 3}", pixel_bytes=2048)
-            uids.add(sop_uid(p))
-        dirs.append(d)
-    procs = [subprocess.Popen(
-        [dcmtk.tool("storescu"), "-aet", f"SEND{i}", "-aec", "PACS", "+sd", "127.0.0.1",
-         str(server.port), str(d)], env=dcmtk.env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i, d in enumerate(dirs)]
-    outputs = [p.communicate(timeout=90)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0] * senders, "\n".join(outputs)
+    dirs, uids = sender_dirs(dicom_files, tmp_path, senders, per_sender)
+    done = concurrent_storescu(dcmtk, server.port, dirs, timeout=90)
+    assert [code for code, _ in done] == [0] * senders, "\n".join(out for _, out in done)
     rows = wait_for_rows(tmp_path / "pacs.db", senders * per_sender)
     assert set(rows) == uids
     root = tmp_path / "archive"

@@ -16,7 +16,15 @@ import pytest
 from support.archive import archived_files, incoming_files, index_rows
 from support.instances import DicomFiles, dataset_bytes, sop_uid
 from support.polling import wait_until
-from support.scu import SUCCESS, Scu, StoreResult, contexts_for, send, throttle
+from support.scu import (
+    SUCCESS,
+    Scu,
+    StoreResult,
+    association_outcome,
+    contexts_for,
+    send,
+    throttle,
+)
 
 MiB = 1024 * 1024
 
@@ -24,14 +32,6 @@ MiB = 1024 * 1024
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def association_outcome(port: int, calling: str) -> str:
-    try:
-        Scu(calling).echo(port)
-        return "accepted"
-    except ConnectionError as exc:
-        return "rejected" if "rejected=True" in str(exc) else "failed"
 
 
 class BigTransfer:

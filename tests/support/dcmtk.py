@@ -246,3 +246,15 @@ class Storescp:
                 self.proc.kill()
                 self.proc.wait(10)
         self._log.close()
+
+
+def concurrent_storescu(dcmtk: Dcmtk, port: int, dirs: Sequence[Path],
+                        timeout: float = 120) -> list[tuple[int, str]]:
+    """One storescu per directory (calling AE SEND<i>), all at once: (exit code, output)."""
+    procs = [subprocess.Popen(
+        [dcmtk.tool("storescu"), "-aet", f"SEND{i}", "-aec", "PACS", "+sd", "127.0.0.1",
+         str(port), str(d)], env=dcmtk.env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i, d in enumerate(dirs)]
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    return [(p.returncode, out) for p, out in zip(procs, outputs, strict=True)]

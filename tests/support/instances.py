@@ -242,3 +242,17 @@ class DicomFiles:
                 fh.write(piece)
                 remaining -= len(piece)
         return target
+
+
+def sender_dirs(files: DicomFiles, root: Path, senders: int,
+                per_sender: int) -> tuple[list[Path], set[str]]:
+    """`senders` directories of `per_sender` small instances each (3 patients shared
+    across them) and every SOP Instance UID."""
+    dirs, uids = [], set()
+    for i in range(senders):
+        d = root / f"sender{i}"
+        for _ in range(per_sender):
+            uids.add(sop_uid(files.generated(directory=d, PatientID=f"P{i % 3}",
+                                             pixel_bytes=2048)))
+        dirs.append(d)
+    return dirs, uids

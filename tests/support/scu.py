@@ -300,6 +300,15 @@ def throttle(assoc: Association, bytes_per_second: float) -> None:
     sock.send = slow_send  # type: ignore[method-assign,assignment]
 
 
+def association_outcome(port: int, calling: str) -> str:
+    """'accepted' (C-ECHO answered), 'rejected' (A-ASSOCIATE-RJ) or 'failed'."""
+    try:
+        Scu(calling).echo(port)
+        return "accepted"
+    except ConnectionError as exc:
+        return "rejected" if "rejected=True" in str(exc) else "failed"
+
+
 def wait_until_responds(port: int | None, timeout: float = 15.0, called: str = SERVER_AE) -> None:
     """Poll until the server answers an A-ASSOCIATE-RQ (datasette's wait_until_responds).
 

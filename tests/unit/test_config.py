@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -256,6 +257,7 @@ def _other_value(key: str, default: Any) -> Any:
         "dicomweb.token": "a-dicomweb-token-of-24ch",
         "dicomweb.users": [{"name": "viewer", "password_hash": hash_password("secret")}],
         "dicomweb.cors_origins": ["https://viewer.example.org"],
+        "server.workers": "auto",
     }
     if key in special:
         return special[key]
@@ -327,3 +329,18 @@ def test_commitment_retries_are_reloadable() -> None:
     assert sorted(hot) == ["commitment.give_up_after", "commitment.retry_interval"]
     assert not cold
     assert merge_reloadable(old, new).commitment.retry_interval == 2.5
+
+
+def test_workers_auto_is_the_cpus_this_process_may_use() -> None:
+    assert load_config(None).server.worker_count == 1
+    assert load_config(None, {"server.workers": 3}).server.worker_count == 3
+    auto = load_config(None, {"server.workers": "auto"}).server
+    assert auto.worker_count == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("value", ["0", "many", "-2", "300"])
+def test_workers_must_be_auto_or_a_count(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"server.workers": value})
+    assert str(err.value) == (f"<defaults>: server.workers: must be auto or 1-256, "
+                              f"got {value!r}")

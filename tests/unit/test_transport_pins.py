@@ -46,6 +46,8 @@ PINNED: dict[str, tuple[Any, str]] = {
     "StateMachine.do_action": (StateMachine.do_action, "9a883f44c7f31641"),
     "AssociationServer.service_actions": (AssociationServer.service_actions, "0a0853a3615ac7c5"),
     "AssociationServer.get_request": (AssociationServer.get_request, "925a4f3a3042f6e4"),
+    # SO_REUSEPORT is set before upstream's bind (server.workers).
+    "AssociationServer.server_bind": (AssociationServer.server_bind, "cf69278a05a5c777"),
     "ThreadedAssociationServer.process_request_thread": (
         ThreadedAssociationServer.process_request_thread, "9e76e9b9c8a3d8b1"),
     "DULServiceProvider._read_pdu_data": (DULServiceProvider._read_pdu_data,

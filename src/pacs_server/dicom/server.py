@@ -112,7 +112,8 @@ class DicomServer:
     def __init__(self, cfg: ServerConfig, access: AccessControlConfig,
                  services: Sequence[DicomService], metrics: Metrics,
                  receive_dir: str, limits: LimitsConfig | None = None,
-                 tls: TlsConfig | None = None) -> None:
+                 tls: TlsConfig | None = None, policy: AssociationPolicy | None = None,
+                 reuse_port: bool = False) -> None:
         self._cfg = cfg
         self._services = list(services)
         self._receive_dir = receive_dir
@@ -125,8 +126,10 @@ class DicomServer:
         self.tls = TlsContexts(self._tls_cfg) if self._tls_cfg is not None else None
         self.limits = ConnectionLimits(cfg.negotiation_timeout, cfg.idle_timeout,
                                        cfg.acse_timeout, cfg.max_pdu_size)
-        self.policy = AssociationPolicy(access, limits or LimitsConfig(),
-                                        cfg.max_associations, metrics)
+        # A worker process is handed the supervisor's (server-wide limits, workers/).
+        self.policy = policy or AssociationPolicy(access, limits or LimitsConfig(),
+                                                  cfg.max_associations, metrics)
+        self._reuse_port = reuse_port
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
         self._stopped = False
@@ -208,7 +211,7 @@ class DicomServer:
                 prechecks=dispatcher.prechecks(), receive_gate=self._receive_gate(),
                 contexts=shared_contexts(self.ae.supported_contexts),
                 server_class=PacsAssociationServer, policy=self.policy, limits=self.limits,
-                tls=tls, metrics=self._metrics)
+                tls=tls, metrics=self._metrics, reuse_port=self._reuse_port)
         except OSError as exc:
             what = "TLS port" if tls is not None else "port"
             if exc.errno == errno.EADDRINUSE:

@@ -605,15 +605,30 @@ class PacsAssociationServer(ThreadedAssociationServer):
     def __init__(self, *args: Any, policy: AssociationPolicy, limits: ConnectionLimits,
                  tls: TlsContexts | None, metrics: Any,
                  prechecks: dict[Any, Precheck] | None = None,
-                 receive_gate: Callable[[], None] | None = None, **kwargs: Any) -> None:
+                 receive_gate: Callable[[], None] | None = None,
+                 reuse_port: bool = False, **kwargs: Any) -> None:
         self.policy = policy
         self.limits = limits
         self.tls = tls
         self.metrics = metrics
         self.prechecks = prechecks or {}
         self.receive_gate = receive_gate     # see gate_data_sets
+        self.reuse_port = reuse_port
         kwargs.setdefault("request_handler", PacsRequestHandler)
         super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        """Upstream's bind, with SO_REUSEPORT first when worker processes share the port.
+
+        Upstream `AssociationServer.server_bind` sets SO_REUSEADDR and binds in the
+        constructor, so the option must be set here, before it. With SO_REUSEPORT the
+        kernel spreads new connections over every process listening on the port
+        (`server.workers`, docs/operations.md). Upstream change that removes it: a
+        reuse-port option on `AE.make_server`.
+        """
+        if self.reuse_port:
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     _GC_INTERVAL_S = 10.0
     _last_gc = 0.0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from alembic import command
@@ -24,6 +28,53 @@ def database_url(cfg: DatabaseConfig) -> str:
     if cfg.url:
         return cfg.url
     return f"sqlite+aiosqlite:///{Path(cfg.path).expanduser().resolve()}"
+
+
+class WriterLock:
+    """A lock file next to a SQLite index, taken by the writer of every process around
+    each transaction (worker processes, or several servers on one file).
+
+    SQLite lets one writer in at a time; the others wait in its busy handler, which
+    polls with sleeps of 1 to 100 ms. An flock is handed over by the kernel the moment
+    the holder lets go, and only one process is ever inside SQLite's write lock.
+
+    The file also holds the removal `generation`, read under the lock: a writer that
+    deletes a patient, study or series row bumps it, and the others then forget the
+    primary keys they cached (SQLite reuses the rowid of a deleted last row, so a
+    stale key may name another row without failing any constraint).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.generation = 0
+
+    @classmethod
+    def for_engine(cls, engine: AsyncEngine) -> WriterLock | None:
+        """The lock of a SQLite engine's file (None for another database, or memory)."""
+        database = engine.url.database
+        if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+            return None
+        return cls(Path(f"{engine.url.database}.writer-lock"))
+
+    async def __aenter__(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_EX)
+        self.generation = int.from_bytes(os.pread(self._fd, 8, 0).ljust(8, b"\0"), "little")
+
+    def bump(self) -> int:
+        """Count a removal (while holding the lock); returns the new generation."""
+        self.generation += 1
+        os.pwrite(self._fd, self.generation.to_bytes(8, "little"), 0)
+        return self.generation
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:

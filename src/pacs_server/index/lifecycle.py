@@ -32,11 +32,15 @@ class IndexComponent:
 
     name = "index"
 
-    def __init__(self, cfg: DatabaseConfig, metrics: Metrics, identity: str = "") -> None:
+    def __init__(self, cfg: DatabaseConfig, metrics: Metrics, identity: str = "",
+                 migrations: bool = True) -> None:
+        """`identity`: this process's (identity.py), the owner of its leases.
+        `migrations`: False in a worker, whose supervisor ran them before starting it."""
         self._cfg = cfg
         self._identity = identity
         self._leases: LeaseRepository | None = None
         self._metrics = metrics
+        self._migrations = migrations
         self._engines: list[AsyncEngine] = []
         self._repo: IndexRepository | None = None
         self._steps: MppsRepository | None = None
@@ -95,7 +99,8 @@ class IndexComponent:
     async def start(self) -> None:
         engine = create_engine(self._cfg)
         self._engines.append(engine)
-        await migrate(engine)
+        if self._migrations:
+            await migrate(engine)
         self._steps = MppsRepository(engine)
         self._worklist = WorklistRepository(engine)
         self._commitments = CommitmentRepository(engine)

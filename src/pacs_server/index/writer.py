@@ -4,10 +4,18 @@ Writes go through one writer task. While a transaction commits, new requests que
 and the next transaction takes all of them (up to `commit_batch`), so N concurrent
 C-STOREs cost one commit, yet each caller resumes only once its own row is committed.
 The writer caches the primary keys it has seen. Other processes (workers, nodes) may
-write the same index: a key they created in between shows up as a UNIQUE or foreign-key
-violation on a patient, study or series, and the transaction is retried with the
-caches dropped (bounded, counted in `retries`); the study's attribute sets are re-read
-under a row lock before they are extended, so no writer loses another's values.
+write the same index, each with its own writer:
+- a patient, study or series another process created in between fails the unique key,
+  and a cached key it removed fails the foreign key on PostgreSQL (keys are never
+  reused); both are retried with the caches dropped (bounded, counted in `retries`);
+  never a conflict on the instance's own UID: that is a duplicate, answered as one;
+- SQLite reuses the rowid of a deleted last row, so a stale key may name another row
+  without failing any constraint: the writers of a SQLite file take an flock around each
+  transaction (`WriterLock`, which also hands the write lock over without SQLite's
+  busy-handler sleeps) that counts removals, and a writer forgets its keys when another
+  one removed rows;
+- the study's ModalitiesInStudy/SOPClassesInStudy sets are merged with the row read
+  under a row lock before they are written, so no writer loses another's values.
 
 A patient is found by (PatientID, IssuerOfPatientID); an instance with an empty
 PatientID gets the patient of its study, or a new one, never another study's.
@@ -16,7 +24,9 @@ PatientID gets the patient of its study, or a new one, never another study's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pacs_server.errors import DuplicateInstance, IndexUnavailable, PacsError
 from pacs_server.index.attributes import QR_ATTRIBUTES
+from pacs_server.index.engine import WriterLock
 from pacs_server.index.models import Instance, Patient, Series, Study
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.text import join_values, name_key
@@ -40,6 +51,7 @@ _MAX_RETRIES = 5
 # Statements of the write path, built once: compiling expressions per instance costs
 # more than executing them.
 _INSERT_INSTANCE = insert(Instance)
+_STUDY_SETS = select(Study.modalities, Study.sop_classes).with_for_update()
 _UPDATE_STUDY_SETS = text(
     "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk")
 
@@ -86,6 +98,8 @@ class IndexWriter:
                  on_commit: Any = None, on_retry: Any = None) -> None:
         """`engine` is the writer's own (create_engine(..., writer=True))."""
         self._engine = engine
+        self._lock = WriterLock.for_engine(engine)
+        self._generation = 0        # the removals of other writers seen (WriterLock)
         self._batch_size = commit_batch
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -110,6 +124,9 @@ class IndexWriter:
             await self._writer
             self._writer = None
         await self._drop_connection()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     async def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -185,7 +202,7 @@ class IndexWriter:
                 if self._conn is None:
                     self._conn = await self._engine.connect()
                 conn = self._conn
-                async with conn.begin():
+                async with self._exclusive(), conn.begin():
                     batch = _Batch()
                     results: list[str | None] = []
                     rows = []
@@ -222,6 +239,19 @@ class IndexWriter:
             self._on_retry(reason)
         log.info("index.write_retry", reason=reason,
                  error=str(getattr(exc, "orig", None) or exc).splitlines()[0][:200])
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """The other processes' writers wait (SQLite); the caches are emptied when one of
+        them removed rows since this writer last looked."""
+        if self._lock is None:
+            yield
+            return
+        async with self._lock:
+            if self._lock.generation != self._generation:
+                self._forget_caches()
+                self._generation = self._lock.generation
+            yield
 
     def _forget_caches(self) -> None:
         self._studies.clear()
@@ -373,6 +403,8 @@ class IndexWriter:
                                series_pk: int) -> None:
         """Delete one instance row (triggers keep the counts); prune emptied parents."""
         await self._flush_study_sets(conn, batch)
+        if self._lock is not None:
+            self._generation = self._lock.bump()
         await conn.execute(delete(Instance).where(Instance.pk == pk))
         series = (await conn.execute(select(Series.pk, Series.study_pk, Series.num_instances)
                                      .where(Series.pk == series_pk))).one()

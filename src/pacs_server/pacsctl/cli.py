@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -43,6 +44,13 @@ BROWSE_COLUMNS = {
 }
 
 
+def assoc_id(value: str) -> str:
+    """An association id as /status lists it: 7, or 2-7 (association 7 of worker 2)."""
+    if not re.fullmatch(r"[1-9][0-9]{0,17}(-[1-9][0-9]{0,17})?", value):
+        raise argparse.ArgumentTypeError(f"not an association id: {value!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pacsctl", description="Steer a running pacs_server.")
     p.add_argument("--url", help="HTTP side of the server, e.g. http://127.0.0.1:9110")
@@ -53,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("status", help="version, uptime, state, associations, storage")
     a = sub.add_parser("associations", help="live associations (or one in detail)")
-    a.add_argument("id", nargs="?", type=int)
-    sub.add_parser("disconnect", help="abort a live association").add_argument("id", type=int)
+    a.add_argument("id", nargs="?", type=assoc_id)
+    sub.add_parser("disconnect", help="abort a live association").add_argument(
+        "id", type=assoc_id)
     sub.add_parser("pause", help="refuse new associations (live ones continue)")
     sub.add_parser("resume", help="accept new associations again")
     for level in BROWSE_COLUMNS:

@@ -63,7 +63,8 @@ class FileStore:
     def prepare(self) -> int:
         """Create the root, check it is writable, and remove leftovers of a crash.
 
-        Returns the number of stale partial files removed.
+        Returns the number of stale partial files removed: only this process's own (its
+        identity's directory), never a sibling's live transfer.
         """
         try:
             self.incoming.mkdir(parents=True, exist_ok=True)

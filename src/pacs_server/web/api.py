@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,6 +47,16 @@ def int_param(value: str | None, name: str, default: int, low: int, high: int) -
     if not low <= number <= high:
         raise InvalidRequest(f"{name}: must be {low}-{high}, got {number}")
     return number
+
+
+_ASSOC_ID = re.compile(r"^[1-9][0-9]{0,17}(-[1-9][0-9]{0,17})?$")
+
+
+def assoc_param(value: str) -> str:
+    """An association id: "7", or "<worker>-<n>" ("2-7") with server.workers."""
+    if not _ASSOC_ID.match(value):
+        raise InvalidRequest(f"id: expected an association id such as 7 or 2-7, got {value!r}")
+    return value
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
@@ -90,18 +101,18 @@ def routes(control: Control) -> list[web.RouteDef]:
         return web.json_response(await control.status())
 
     async def associations(_r: web.Request) -> web.Response:
-        return web.json_response({"associations": control.associations()})
+        return web.json_response({"associations": await control.associations()})
 
     async def association(request: web.Request) -> web.Response:
-        assoc_id = int_param(request.match_info["id"], "id", 0, 1, 2**62)
-        found = control.association(assoc_id)
+        assoc_id = assoc_param(request.match_info["id"])
+        found = await control.association(assoc_id)
         if found is None:
             raise NotFound(f"no live association {assoc_id}")
         return web.json_response(found)
 
     async def disconnect(request: web.Request) -> web.Response:
-        assoc_id = int_param(request.match_info["id"], "id", 0, 1, 2**62)
-        if not control.disconnect(assoc_id):
+        assoc_id = assoc_param(request.match_info["id"])
+        if not await control.disconnect(assoc_id):
             raise NotFound(f"no live association {assoc_id}")
         audited("disconnect", association=assoc_id)
         return web.json_response({"disconnected": assoc_id})
