@@ -1,4 +1,4 @@
-"""Two index writers on one database (`shared=True`, as server.workers runs them): each
+"""Two index writers on one database (as worker processes and nodes run them): each
 its own engines, as two worker processes have, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ async def two_writers(request: pytest.FixtureRequest, tmp_path: Path
     for _ in range(2):
         engine, writer = create_engine(cfg), create_engine(cfg, writer=True)
         engines += [engine, writer]
-        repo = IndexRepository(engine, writer_engine=writer, shared=True)
+        repo = IndexRepository(engine, writer_engine=writer)
         await repo.start()
         repos.append(repo)
     yield repos[0], repos[1], reads
