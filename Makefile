@@ -29,7 +29,7 @@ help:
 	@echo "make run        run pacs_server on the embedded defaults (AE PACS, port 11112,"
 	@echo "                ./archive, ./pacs.db); extra options: make run ARGS='--port 4242'"
 	@echo "make test       run the whole test suite (PYTEST_ARGS='-k store' to narrow it)"
-	@echo "make test-stock tests/e2e again on server.transport: stock (CI runs both)"
+	@echo "make test-stock the interop tests (dcmtk peers) again on server.transport: stock"
 	@echo "make bench      quick benchmark (scripts/bench/run.py; BENCH_ARGS=--full for all)"
 	@echo "make lint       ruff check, when ruff is installed"
 	@echo "make check      scripts/check: generated docs in sync, configs valid, layering"
@@ -65,8 +65,15 @@ test: $(STAMP)
 	exit $$rc
 
 # The interop subset again on pynetdicom's own reactors (server.transport: stock).
+# The interop tests (dcmtk peers over the DICOM transport) again on pynetdicom's own
+# reactors; the rest of the suite does not depend on the transport, and
+# tests/integration/test_transport_reactors.py covers both in `make test`.
+INTEROP_TESTS := $(wildcard tests/e2e/test_dcmtk_*.py) tests/e2e/test_move_under_load.py \
+	tests/e2e/test_move_refusals.py tests/e2e/test_store_reserve.py \
+	tests/e2e/test_storage_commitment_process.py tests/e2e/test_mpps_process.py
+
 test-stock: $(STAMP)
-	PACS_TRANSPORT=stock $(VENV_PY) -m pytest $(PYTEST_ARGS) tests/e2e
+	PACS_TRANSPORT=stock $(VENV_PY) -m pytest $(PYTEST_ARGS) $(INTEROP_TESTS)
 
 bench: $(STAMP)
 	$(VENV_PY) scripts/bench/run.py $(BENCH_ARGS)
