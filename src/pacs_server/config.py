@@ -353,7 +353,7 @@ class CommitmentConfig:
         reload=True)
 
     def check(self, source: str) -> None:
-        """Range checks of the section (the lead's `validate()` calls each section)."""
+        """Range checks of the section (`validate()` calls each section's)."""
         if self.retry_interval <= 0:
             raise ConfigError(f"{source}: commitment.retry_interval: must be greater than 0")
         if self.max_retry_interval < self.retry_interval:
