@@ -101,12 +101,12 @@ P = TypeVar("P", bound=PeriodicTask)
 class Role:
     """Which part of the server this process is (`server.workers`, workers/).
 
-    `server`: the single process, everything. `supervisor`: index, migrations, the
-    start-up reconciliation, housekeeping and the HTTP side, no DICOM listener; its
-    DICOM side is `fleet`, every worker. `worker`: a DICOM engine on a shared port
-    (SO_REUSEPORT) whose admission is the supervisor's `policy` and whose association
-    events also go to `events` (the supervisor's live feed); no HTTP side, no
-    housekeeping, and no start-up clean-up that could hit a sibling's live transfer.
+    `server`: the single process, everything. `supervisor`: index, migrations,
+    housekeeping and the HTTP side, no DICOM listener; its DICOM side is `fleet`, every
+    worker. `worker`: a DICOM engine on a shared port (SO_REUSEPORT) whose admission is
+    the supervisor's `policy` and whose association events also go to `events` (the
+    supervisor's live feed); no HTTP side, no migrations, no housekeeping. Every role
+    empties and reconciles only its own receive directory and journal (identity.py).
     """
 
     kind: Literal["server", "supervisor", "worker"] = "server"
