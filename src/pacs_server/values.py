@@ -9,8 +9,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# PS3.5 9.1: components of digits separated by dots (length is checked by callers).
+# PS3.5 9.1: components of digits separated by dots (length: `is_uid`).
 UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+UID_MAX_LENGTH = 64
+
+
+def is_uid(text: str) -> bool:
+    """Whether `text` is a UID: the grammar of PS3.5 9.1, at most 64 characters."""
+    return len(text) <= UID_MAX_LENGTH and UID_RE.match(text) is not None
 
 
 def value_text(value: Any) -> str:

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from pacs_server.errors import InvalidRequest
 from pacs_server.services.query import FindRequest, QueryKey, QueryService
+from pacs_server.values import is_uid
 
 LEVEL = {"patients": "PATIENT", "studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}
 
@@ -33,7 +34,6 @@ COLUMNS = {
 }
 
 _DATE = re.compile(r"^(\d{8})?-?(\d{8})?$")
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _CODE = re.compile(r"^[A-Za-z0-9_]{1,16}$")
 
 
@@ -53,7 +53,7 @@ def _filters(level: str, filters: dict[str, str]) -> dict[str, str]:
                                      "YYYYMMDD-")
             out["StudyDate"] = value
         elif name in ("study_uid", "series_uid"):
-            if not _UID.match(value) or len(value) > 64:
+            if not is_uid(value):
                 raise InvalidRequest(f"{name}: {value!r} is not a UID")
             out["StudyInstanceUID" if name == "study_uid" else "SeriesInstanceUID"] = value
         elif name == "modality":

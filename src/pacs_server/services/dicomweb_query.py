@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pacs_server.errors import InvalidQuery, TooManyMatches
 from pacs_server.index.attributes import QR_ATTRIBUTES
 from pacs_server.services.query import FindRequest, QueryKey, QueryService, key_vr
-from pacs_server.values import UID_RE
+from pacs_server.values import is_uid
 
 RESOURCE_LEVELS = {"studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}
 
@@ -147,7 +147,7 @@ def _key(tag: int, value: str) -> QueryKey:
         # PS3.18 8.3.4.1: a UID list is comma-separated in a URL, backslash in DICOM.
         uids = [u.strip() for u in text.replace(",", "\\").split("\\") if u.strip()]
         for uid in uids:
-            if not UID_RE.match(uid) or len(uid) > 64:
+            if not is_uid(uid):
                 raise InvalidQuery(f"{keyword}: {uid!r} is not a UID")
         text = "\\".join(uids)
     return QueryKey(tag, keyword, vr, text)

@@ -22,7 +22,7 @@ from pacs_server.index.records import StoredRef
 from pacs_server.services import transcode
 from pacs_server.services.query import FindRequest, QueryKey, QueryService
 from pacs_server.storage.filestore import FileStore
-from pacs_server.values import UID_RE
+from pacs_server.values import is_uid
 
 __all__ = ["DicomWebRetrieve", "check_uid", "selected_syntax"]
 
@@ -38,7 +38,7 @@ def check_uid(uid: str, what: str = "UID") -> str:
     Raises:
         InvalidQuery: not a UID (PS3.5 9.1), 400.
     """
-    if not UID_RE.match(uid) or len(uid) > 64:
+    if not is_uid(uid):
         raise InvalidQuery(f"{what}: {uid[:70]!r} is not a UID")
     return uid
 

@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import PurePosixPath
 
 from pacs_server.errors import DatasetMismatch
-from pacs_server.values import UID_RE
+from pacs_server.values import is_uid
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _DATE_RE = re.compile(r"^\d{8}$")
@@ -26,7 +26,7 @@ def check_uid(name: str, value: str) -> str:
     value = (value or "").strip().rstrip("\0")
     if not value:
         raise DatasetMismatch(f"{name} is missing")
-    if len(value) > 64 or not UID_RE.match(value):
+    if not is_uid(value):
         # Reason first: the Error Comment (LO) keeps only 64 characters of this message.
         raise DatasetMismatch(f"{name} is not a valid UID: {value[:80]!r}")
     return value

@@ -21,7 +21,7 @@ from pacs_server.services import transcode
 from pacs_server.services.dicomweb import DicomWeb
 from pacs_server.services.dicomweb_metadata import instance_json, study_prefixed
 from pacs_server.services.dicomweb_retrieve import check_uid, selected_syntax
-from pacs_server.values import UID_RE
+from pacs_server.values import is_uid
 from pacs_server.web.dicomweb.accept import frame_media, multipart_syntax, want_json
 from pacs_server.web.dicomweb.dicomjson import json_response, raw_json_response
 from pacs_server.web.dicomweb.multipart import MultipartStream
@@ -40,7 +40,7 @@ def path_uids(request: web.Request) -> dict[str, str]:
 
 
 def requested_syntax(value: str) -> str:
-    if value and value != "*" and (not UID_RE.match(value) or len(value) > 64):
+    if value and value != "*" and not is_uid(value):
         raise InvalidQuery(f"transfer-syntax: {value[:70]!r} is not a UID or *")
     return value
 
