@@ -215,13 +215,19 @@ async def test_below_min_free_bytes_c_store_answers_a700(
     def current() -> Config:
         return make_cfg(reserve)
 
-    app: RunningServer = await start_server(current(), reload_config=current)
     path = dicom_files.fresh("CT_small.dcm")
-    [refused] = await Scu().astore(app.port, [path])
-    assert refused.status == 0xA700
-    assert "storage.min_free_bytes" in str(refused.comment)
+    with capture_logs() as logs:
+        app: RunningServer = await start_server(current(), reload_config=current)
+        refused = await Scu().astore(app.port, [path, path, path])
+    assert {r.status for r in refused} == {0xA700}
+    assert "storage.min_free_bytes" in str(refused[0].comment)
     assert archived_files(app.archive) == []
+    # One warning when the reserve is crossed, not one per refused store.
+    assert [e["event"] for e in logs if e["event"].startswith("storage.")] == \
+        ["storage.below_reserve"]
     # The reserve is reloadable: lowered, the same instance is stored.
     reserve["storage.min_free_bytes"] = 1
     assert app.reload() is True
-    assert [r.status for r in await Scu().astore(app.port, [path])] == [SUCCESS]
+    with capture_logs() as logs:
+        assert [r.status for r in await Scu().astore(app.port, [path])] == [SUCCESS]
+    assert "storage.reserve_recovered" in [e["event"] for e in logs]

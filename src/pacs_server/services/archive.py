@@ -137,6 +137,7 @@ class ArchiveService:
         self._stats_lock = threading.Lock()
         self._claims: set[str] = set()
         self._claims_cond = threading.Condition()
+        self._below_reserve = False     # logged once per crossing, not per refused store
 
     def reconfigure(self, cfg: StorageConfig) -> None:
         """Swap in a new storage section (duplicate_policy is reloadable)."""
@@ -161,9 +162,14 @@ class ArchiveService:
         except OSError:
             return   # the store itself will report an unusable archive
         if free - incoming < reserve:
-            log.warning("storage.below_reserve", free_bytes=free, min_free_bytes=reserve)
+            if not self._below_reserve:
+                self._below_reserve = True
+                log.warning("storage.below_reserve", free_bytes=free, min_free_bytes=reserve)
             # Error Comment is LO (64 characters): the key first, then the numbers.
             raise StorageFull(f"storage.min_free_bytes: only {free} bytes free")
+        if self._below_reserve:
+            self._below_reserve = False
+            log.info("storage.reserve_recovered", free_bytes=free, min_free_bytes=reserve)
 
     # ----------------------------------------------------------- worker thread side
     def stage(self, received: Path, transfer_syntax: str, request_sop_class: str,
