@@ -1,10 +1,12 @@
 """C-FIND responses on the wire are, byte for byte, the P-DATA-TF PDUs pynetdicom's own
 C-FIND SCP sends for the same answers (dicom/find_scp.py sends identifiers encoded by
 services/answers.py and command sets encoded once per request), in both native transfer
-syntaxes, fragmented or not, with answers in other character sets."""
+syntaxes, fragmented or not, with answers in other character sets; and the Modality
+Worklist SCP's, which yields Datasets through the same loop."""
 
 from __future__ import annotations
 
+import asyncio
 from io import BytesIO
 from typing import Any
 
@@ -19,9 +21,12 @@ from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
+from pacs_server.index.worklist import WorklistRepository
 from support.instances import DicomFiles
 from support.scu import FIND_S, PENDING, SUCCESS, Scu, identifier
 from support.server import RunningServer
+from support.worklist import MWL, add_items, item
+from support.worklist import query as mwl_query
 
 CHARSETS = ["chrH31.dcm", "chrRuss.dcm", "chrKoreanMulti.dcm"]
 STUDY_KEYS = dict(PatientName="", PatientID="", StudyInstanceUID="", StudyDate="",
@@ -44,18 +49,43 @@ def as_values(ds: Dataset) -> Dataset:
     return out
 
 
-def upstream_pdus(status: int, ident: Dataset | None, cx_id: int, max_pdu: int,
+def upstream_pdus(status: int, ident: Dataset | None, model: str, cx_id: int, max_pdu: int,
                   implicit: bool) -> list[bytes]:
     """What pynetdicom's `_c_find_scp` and DIMSE provider send for this response."""
     rsp = C_FIND()
     rsp.MessageIDBeingRespondedTo = 1
-    rsp.AffectedSOPClassUID = FIND_S
+    rsp.AffectedSOPClassUID = model
     rsp.Status = status
     if ident is not None:
         rsp.Identifier = BytesIO(encode(as_values(ident), implicit, True))
     msg = C_FIND_RSP()
     msg.primitive_to_message(rsp)
     return [bytes(P_DATA_TF(p).encode()) for p in msg.encode_msg(cx_id, max_pdu)]
+
+
+def find_on_the_wire(scu: Scu, port: int, model: str, query: Dataset, syntax: str,
+                     max_pdu: int) -> list[Dataset]:
+    """C-FIND `query`; asserts the P-DATA-TF PDUs received are upstream's for the
+    answers received, and returns the answers."""
+    received: list[bytes] = []
+
+    def on_data(event: Any) -> None:
+        if event.data[:1] == b"\x04":
+            received.append(bytes(event.data))
+
+    ae = scu.ae([(model, [syntax])])
+    with scu.associate(port, ae=ae, max_pdu=max_pdu,
+                       evt_handlers=[(evt.EVT_DATA_RECV, on_data)]) as assoc:
+        (cx,) = [c for c in assoc.accepted_contexts if c.abstract_syntax == model]
+        responses = list(assoc.send_c_find(query, model))
+    statuses = [int(st.Status) for st, _ in responses]
+    assert statuses == [PENDING] * (len(statuses) - 1) + [SUCCESS]
+    expected: list[bytes] = []
+    for st, ident in responses:
+        expected += upstream_pdus(int(st.Status), ident, model, cx.context_id, max_pdu,
+                                  syntax == ImplicitVRLittleEndian)
+    assert received == expected
+    return [ident for _, ident in responses[:-1]]
 
 
 @pytest.fixture
@@ -71,24 +101,19 @@ def stored(server: RunningServer, scu: Scu, dicom_files: DicomFiles) -> RunningS
 def test_find_responses_are_upstreams_bytes(stored: RunningServer, scu: Scu, syntax: str,
                                             max_pdu: int, level: str,
                                             keys: dict[str, Any]) -> None:
-    received: list[bytes] = []
-
-    def on_data(event: Any) -> None:
-        if event.data[:1] == b"\x04":
-            received.append(bytes(event.data))
-
-    ae = scu.ae([(FIND_S, [syntax])])
-    with scu.associate(stored.port, ae=ae, max_pdu=max_pdu,
-                       evt_handlers=[(evt.EVT_DATA_RECV, on_data)]) as assoc:
-        (cx,) = [c for c in assoc.accepted_contexts if c.abstract_syntax == FIND_S]
-        responses = list(assoc.send_c_find(identifier(level, **keys), FIND_S))
-    statuses = [int(st.Status) for st, _ in responses]
-    assert statuses == [PENDING] * (len(statuses) - 1) + [SUCCESS]
-    assert len(statuses) == 6         # five instances, five studies
-    answers = [ident for _, ident in responses[:-1]]
+    answers = find_on_the_wire(scu, stored.port, FIND_S, identifier(level, **keys), syntax,
+                               max_pdu)
+    assert len(answers) == 5         # five instances, five studies
     assert any("SpecificCharacterSet" in ds for ds in answers)
-    expected: list[bytes] = []
-    for (st, ident) in responses:
-        expected += upstream_pdus(int(st.Status), ident, cx.context_id, max_pdu,
-                                  syntax == ImplicitVRLittleEndian)
-    assert received == expected
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+async def test_worklist_responses_are_upstreams_bytes(server: RunningServer,
+                                                      worklist: WorklistRepository, scu: Scu,
+                                                      syntax: str) -> None:
+    await add_items(worklist, [item(1, patientName="Wang^XiaoDong=王^小東"),
+                               item(2, patientName="GÜNTHER^ÉLODIE"), item(3)])
+    answers = await asyncio.to_thread(find_on_the_wire, scu, server.port, MWL, mwl_query(),
+                                      syntax, 256)
+    assert len(answers) == 3
+    assert answers[0].SpecificCharacterSet == "ISO_IR 192"

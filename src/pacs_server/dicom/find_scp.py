@@ -134,7 +134,9 @@ class EncodedFind(ServiceClass):
                 else:
                     data = encode(cast(Dataset, dataset), syntax.is_implicit_VR,
                                   syntax.is_little_endian, syntax.is_deflated)
-                if not pending.send(ii, int(rsp.Status), data or b"", rsp):
+                # A status Dataset may have set more than Status (an Error Comment).
+                extra = rsp if isinstance(rsp_status, Dataset) else None
+                if not pending.send(ii, int(rsp.Status), data or b"", extra):
                     return
         if not self.assoc.is_established:
             return

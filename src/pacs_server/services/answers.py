@@ -75,7 +75,6 @@ def encode(elements: Sequence[Element], implicit_vr: bool) -> bytes:
     if isinstance(charset, DataElement):
         charset = charset.value
     utf8 = charset == UTF8
-    encodings = convert_encodings(charset or "iso8859")
     out = []
     for tag in sorted(by_tag):
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
@@ -83,7 +82,7 @@ def encode(elements: Sequence[Element], implicit_vr: bool) -> bytes:
         _, vr, value = by_tag[tag]
         raw = None if isinstance(value, DataElement) else _text(vr, value, utf8)
         if raw is None:
-            out.append(_by_pydicom(tag, vr, value, implicit_vr, encodings))
+            out.append(_by_pydicom(tag, vr, value, implicit_vr, charset))
         elif implicit_vr:
             out.append(struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(raw)) + raw)
         elif vr in _LONG_VRS:
@@ -93,7 +92,7 @@ def encode(elements: Sequence[Element], implicit_vr: bool) -> bytes:
             out.append(struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(),
                                    len(raw)) + raw)
         else:
-            out.append(_by_pydicom(tag, vr, value, implicit_vr, encodings))
+            out.append(_by_pydicom(tag, vr, value, implicit_vr, charset))
     return b"".join(out)
 
 
@@ -123,11 +122,11 @@ def _text(vr: str, value: Any, utf8: bool) -> bytes | None:
     return raw
 
 
-def _by_pydicom(tag: int, vr: str, value: Any, implicit_vr: bool,
-                encodings: list[str]) -> bytes:
+def _by_pydicom(tag: int, vr: str, value: Any, implicit_vr: bool, charset: Any) -> bytes:
+    """One element written by pydicom, with the answer's character set."""
     elem = value if isinstance(value, DataElement) else DataElement(tag, vr, value)
     fp = DicomBytesIO()
     fp.is_little_endian = True
     fp.is_implicit_VR = implicit_vr
-    write_data_element(fp, elem, encodings)
+    write_data_element(fp, elem, convert_encodings(charset or "iso8859"))
     return bytes(fp.getvalue())
