@@ -7,6 +7,7 @@ Worklist SCP's, which yields Datasets through the same loop."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from io import BytesIO
 from typing import Any
 
@@ -21,6 +22,7 @@ from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
+from pacs_server.config import Config
 from pacs_server.index.worklist import WorklistRepository
 from support.instances import DicomFiles
 from support.scu import FIND_S, PENDING, SUCCESS, Scu, identifier
@@ -49,13 +51,15 @@ def as_values(ds: Dataset) -> Dataset:
     return out
 
 
-def upstream_pdus(status: int, ident: Dataset | None, model: str, cx_id: int, max_pdu: int,
-                  implicit: bool) -> list[bytes]:
+def upstream_pdus(status: Dataset, ident: Dataset | None, model: str, cx_id: int,
+                  max_pdu: int, implicit: bool) -> list[bytes]:
     """What pynetdicom's `_c_find_scp` and DIMSE provider send for this response."""
     rsp = C_FIND()
     rsp.MessageIDBeingRespondedTo = 1
     rsp.AffectedSOPClassUID = model
-    rsp.Status = status
+    rsp.Status = int(status.Status)
+    if "ErrorComment" in status:
+        rsp.ErrorComment = status.ErrorComment
     if ident is not None:
         rsp.Identifier = BytesIO(encode(as_values(ident), implicit, True))
     msg = C_FIND_RSP()
@@ -64,9 +68,9 @@ def upstream_pdus(status: int, ident: Dataset | None, model: str, cx_id: int, ma
 
 
 def find_on_the_wire(scu: Scu, port: int, model: str, query: Dataset, syntax: str,
-                     max_pdu: int) -> list[Dataset]:
+                     max_pdu: int, final: int = SUCCESS) -> list[Dataset]:
     """C-FIND `query`; asserts the P-DATA-TF PDUs received are upstream's for the
-    answers received, and returns the answers."""
+    responses received and the last status is `final`; returns the answers."""
     received: list[bytes] = []
 
     def on_data(event: Any) -> None:
@@ -79,10 +83,10 @@ def find_on_the_wire(scu: Scu, port: int, model: str, query: Dataset, syntax: st
         (cx,) = [c for c in assoc.accepted_contexts if c.abstract_syntax == model]
         responses = list(assoc.send_c_find(query, model))
     statuses = [int(st.Status) for st, _ in responses]
-    assert statuses == [PENDING] * (len(statuses) - 1) + [SUCCESS]
+    assert statuses == [PENDING] * (len(statuses) - 1) + [final]
     expected: list[bytes] = []
     for st, ident in responses:
-        expected += upstream_pdus(int(st.Status), ident, model, cx.context_id, max_pdu,
+        expected += upstream_pdus(st, ident, model, cx.context_id, max_pdu,
                                   syntax == ImplicitVRLittleEndian)
     assert received == expected
     return [ident for _, ident in responses[:-1]]
@@ -117,3 +121,15 @@ async def test_worklist_responses_are_upstreams_bytes(server: RunningServer,
                                       syntax, 256)
     assert len(answers) == 3
     assert answers[0].SpecificCharacterSet == "ISO_IR 192"
+
+
+async def test_a_failure_after_matches_is_upstreams_bytes(
+        start_server: Callable[..., Awaitable[RunningServer]], make_cfg: Callable[..., Config],
+        scu: Scu, dicom_files: DicomFiles) -> None:
+    srv = await start_server(make_cfg({"query.max_results": 2}))
+    paths = [dicom_files.fresh(name) for name in CHARSETS]
+    assert all(r.ok for r in await asyncio.to_thread(scu.store, srv.port, paths))
+    answers = await asyncio.to_thread(find_on_the_wire, scu, srv.port, FIND_S,
+                                      identifier("STUDY", **STUDY_KEYS),
+                                      ImplicitVRLittleEndian, 256, 0xA700)
+    assert len(answers) == 2        # then 0xA700 with its Error Comment

@@ -72,7 +72,8 @@ PINNED: dict[str, tuple[Any, str]] = {
     "Association.send_c_echo": (Association.send_c_echo, "664d0e9b0ab20c53"),
     "Association.send_n_event_report": (Association.send_n_event_report,
                                         "e3d427e77369680c"),
-    # PacsAssociation._serve_request answers a refused C-MOVE itself, else upstream's.
+    # PacsAssociation._serve_request answers a refused C-MOVE itself, runs a C-FIND with
+    # find_scp.serve_find (a copy of its last part), else calls upstream's.
     "Association._serve_request": (Association._serve_request, "2f24c1759cdf6c8c"),
     # GatedDimse / GatedMessage / DiscardedStore: a C-STORE data set dropped unread
     # below storage.min_free_bytes.

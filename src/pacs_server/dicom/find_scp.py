@@ -54,6 +54,10 @@ from pynetdicom.sop_class import uid_to_service_class
 
 from pacs_server.dicom.reactor import encode_response
 
+# How upstream logs a response of each final (or warning) category.
+_OUTCOMES = {STATUS_CANCEL: "Cancel", STATUS_FAILURE: "Failure - {}",
+             STATUS_SUCCESS: "Success", STATUS_WARNING: "Warning - {}"}
+
 
 class EncodedFind(ServiceClass):
     """`_c_find_scp` taking `bytes` identifiers; mixed before a pynetdicom class."""
@@ -109,25 +113,6 @@ class EncodedFind(ServiceClass):
                 self.dimse.send_msg(rsp, cx_id)         # unknown status
                 return
             category, text = self.statuses[rsp.Status]
-            if category == STATUS_CANCEL:
-                LOGGER.info("Received C-CANCEL-FIND RQ from peer")
-                LOGGER.info(f"Find SCP Response {ii + 1}: 0x{rsp.Status:04X} (Cancel)")
-                self.dimse.send_msg(rsp, cx_id)
-                return
-            if category == STATUS_FAILURE:
-                LOGGER.info(f"Find SCP Response {ii + 1}: 0x{rsp.Status:04X} "
-                            f"(Failure - {text})")
-                self.dimse.send_msg(rsp, cx_id)
-                return
-            if category == STATUS_SUCCESS:
-                LOGGER.info(f"Find SCP Response {ii + 1}: 0x0000 (Success)")
-                self.dimse.send_msg(rsp, cx_id)
-                return
-            if category == STATUS_WARNING:
-                LOGGER.info(f"Find SCP Response {ii + 1}: 0x{rsp.Status:04X} "
-                            f"(Warning - {text})")
-                self.dimse.send_msg(rsp, cx_id)
-                continue
             if category == STATUS_PENDING:
                 if isinstance(dataset, bytes):
                     data: bytes | None = dataset
@@ -138,6 +123,17 @@ class EncodedFind(ServiceClass):
                 extra = rsp if isinstance(rsp_status, Dataset) else None
                 if not pending.send(ii, int(rsp.Status), data or b"", extra):
                     return
+                continue
+            outcome = _OUTCOMES.get(category)
+            if outcome is None:
+                continue
+            if category == STATUS_CANCEL:
+                LOGGER.info("Received C-CANCEL-FIND RQ from peer")
+            LOGGER.info(f"Find SCP Response {ii + 1}: 0x{rsp.Status:04X} "
+                        f"({outcome.format(text)})")
+            self.dimse.send_msg(rsp, cx_id)
+            if category != STATUS_WARNING:      # a warning goes on, as upstream
+                return
         if not self.assoc.is_established:
             return
         rsp.Identifier = None
