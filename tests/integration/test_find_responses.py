@@ -7,6 +7,7 @@ Worklist SCP's, which yields Datasets through the same loop."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from io import BytesIO
 from typing import Any
@@ -16,6 +17,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
@@ -133,3 +135,20 @@ async def test_a_failure_after_matches_is_upstreams_bytes(
                                       identifier("STUDY", **STUDY_KEYS),
                                       ImplicitVRLittleEndian, 256, 0xA700)
     assert len(answers) == 2        # then 0xA700 with its Error Comment
+
+
+def test_with_pynetdicom_debug_logging_the_bytes_are_the_same(
+        stored: RunningServer, scu: Scu, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pynetdicom logs every message at DEBUG: the responses then go through its own
+    # message encoding (ResponseDIMSE._fast_path) and the identifiers are logged.
+    monkeypatch.setattr(pynetdicom_config, "LOG_RESPONSE_IDENTIFIERS", True)
+    log = logging.getLogger("pynetdicom")
+    level = log.level
+    log.setLevel(logging.DEBUG)
+    try:
+        answers = find_on_the_wire(scu, stored.port, FIND_S,
+                                   identifier("STUDY", **STUDY_KEYS),
+                                   ExplicitVRLittleEndian, 256)
+    finally:
+        log.setLevel(level)
+    assert len(answers) == 5
