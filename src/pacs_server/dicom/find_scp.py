@@ -30,6 +30,7 @@ from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import _config, evt
 from pynetdicom._globals import (
     STATUS_CANCEL,
@@ -90,8 +91,9 @@ class EncodedFind(ServiceClass):
             generator = iter([(0x0000, None)])
         pending = _PendingSender(self, rsp, cx_id)
         ii = -1
-        for ii, (result, exc) in enumerate(self._wrap_handler(generator)):
-            if exc:
+        for ii, (result, exc_info) in enumerate(self._wrap_handler(generator)):
+            if exc_info:
+                exc = cast(Any, exc_info)
                 LOGGER.error("Exception in handler bound to 'evt.EVT_C_FIND'")
                 LOGGER.error("\nTraceback (most recent call last):\n"
                              + "".join(traceback.format_tb(exc[2]))
@@ -99,7 +101,7 @@ class EncodedFind(ServiceClass):
                 rsp_status: Any = 0xC311
                 dataset: Any = None
             else:
-                rsp_status, dataset = result
+                rsp_status, dataset = cast(tuple[Any, Any], result)
             if not self.assoc.is_established:
                 return
             if type(rsp_status) is int and rsp_status in pending.codes \
@@ -156,7 +158,7 @@ class _PendingSender:
         """Send one pending response (upstream's 0xC312 for an empty identifier);
         False when the request is over. `rsp`: a primitive holding more than the
         request's own fields (an Error Comment from a status Dataset)."""
-        dimse = self.scp.dimse
+        dimse: Any = self.scp.dimse      # ResponseDIMSE on the events transport
         if not data:
             LOGGER.error("Failed encoding the response 'Identifier' dataset")
             out = rsp or self.rsp
@@ -241,7 +243,7 @@ def serve_find(assoc: Association, msg: Any, context_id: int) -> bool:
     context = assoc._accepted_cx.get(context_id)
     if context is None:
         return False
-    uid = str(msg.AffectedSOPClassUID)
+    uid = UID(str(msg.AffectedSOPClassUID))
     try:
         uid = assoc.acceptor.accepted_common_extended[uid][0]
     except KeyError:

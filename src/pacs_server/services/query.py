@@ -9,7 +9,7 @@ as pydicom Datasets or, for the C-FIND SCP, already encoded.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -91,7 +91,8 @@ class QueryService:
             async for found in batches:
                 yield [answers.encode(a, implicit_vr) for a in found]
 
-    async def _answers(self, req: FindRequest, batch: int) -> AsyncIterator[list[list[Element]]]:
+    async def _answers(self, req: FindRequest,
+                       batch: int) -> AsyncGenerator[list[list[Element]], None]:
         self.validate(req)
         cfg = self._cfg
         limit = cfg.max_results
