@@ -1,7 +1,8 @@
 """C-FIND responses on the wire are, byte for byte, the P-DATA-TF PDUs pynetdicom's own
 C-FIND SCP sends for the same answers (dicom/find_scp.py sends identifiers encoded by
 services/answers.py and command sets encoded once per request), in both native transfer
-syntaxes, fragmented or not, with answers in other character sets; and the Modality
+syntaxes (and Deflated and Big Endian, where the answers are still Datasets encoded by
+pydicom), fragmented or not, with answers in other character sets; and the Modality
 Worklist SCP's, which yields Datasets through the same loop."""
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import pytest
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.dimse_messages import C_FIND_RSP
@@ -54,7 +61,7 @@ def as_values(ds: Dataset) -> Dataset:
 
 
 def upstream_pdus(status: Dataset, ident: Dataset | None, model: str, cx_id: int,
-                  max_pdu: int, implicit: bool) -> list[bytes]:
+                  max_pdu: int, syntax: UID) -> list[bytes]:
     """What pynetdicom's `_c_find_scp` and DIMSE provider send for this response."""
     rsp = C_FIND()
     rsp.MessageIDBeingRespondedTo = 1
@@ -63,7 +70,8 @@ def upstream_pdus(status: Dataset, ident: Dataset | None, model: str, cx_id: int
     if "ErrorComment" in status:
         rsp.ErrorComment = status.ErrorComment
     if ident is not None:
-        rsp.Identifier = BytesIO(encode(as_values(ident), implicit, True))
+        rsp.Identifier = BytesIO(encode(as_values(ident), syntax.is_implicit_VR,
+                                        syntax.is_little_endian, syntax.is_deflated))
     msg = C_FIND_RSP()
     msg.primitive_to_message(rsp)
     return [bytes(P_DATA_TF(p).encode()) for p in msg.encode_msg(cx_id, max_pdu)]
@@ -89,7 +97,7 @@ def find_on_the_wire(scu: Scu, port: int, model: str, query: Dataset, syntax: st
     expected: list[bytes] = []
     for st, ident in responses:
         expected += upstream_pdus(st, ident, model, cx.context_id, max_pdu,
-                                  syntax == ImplicitVRLittleEndian)
+                                  UID(syntax))
     assert received == expected
     return [ident for _, ident in responses[:-1]]
 
@@ -101,7 +109,8 @@ def stored(server: RunningServer, scu: Scu, dicom_files: DicomFiles) -> RunningS
     return server
 
 
-@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
+                                    DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian])
 @pytest.mark.parametrize("max_pdu", [0, 256])
 @pytest.mark.parametrize(("level", "keys"), [("STUDY", STUDY_KEYS), ("IMAGE", IMAGE_KEYS)])
 def test_find_responses_are_upstreams_bytes(stored: RunningServer, scu: Scu, syntax: str,
