@@ -60,7 +60,8 @@ def stream_pending(event: Event, batches: Any) -> Generator[tuple[int, Any], Non
     return sent, False
 
 
-def answers(event: Event, queries: QueryService, req: FindRequest) -> AsyncIterator[Any]:
+def answer_batches(event: Event, queries: QueryService,
+                   req: FindRequest) -> AsyncIterator[Any]:
     """The answers in batches: already encoded (bytes, dicom/find_scp.py sends them as
     they are) in Implicit or Explicit VR Little Endian, else as Datasets."""
     syntax = event.context.transfer_syntax
@@ -80,8 +81,8 @@ def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
     req = parse_identifier(event.identifier, sop_class,
                            combined_datetime=combined_requested(event, sop_class))
     queries.validate(req)
-    sent, cancelled = yield from stream_pending(event, bridge.iterate(answers(event, queries,
-                                                                              req)))
+    batches = bridge.iterate(answer_batches(event, queries, req))
+    sent, cancelled = yield from stream_pending(event, batches)
     if cancelled:
         log.info("c_find.cancelled", qr_level=req.level, sent=sent)
         return
