@@ -1,10 +1,10 @@
-"""dicom/transport.py and dicom/reactor.py override pynetdicom internals; this fails
-loudly when their source changes, so an upgrade of pynetdicom is a decision and not a
-surprise.
+"""dicom/transport.py, dicom/reactor.py and dicom/find_scp.py override pynetdicom
+internals; this fails loudly when their source changes, so an upgrade of pynetdicom is a
+decision and not a surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
-replaces and why), adjust dicom/transport.py or dicom/reactor.py, then update the digest
-here and the pin in pyproject.toml.
+replaces and why), adjust the override module, then update the digest here and the pin
+in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pynetdicom
 import pytest
-from pynetdicom import fsm
+from pynetdicom import fsm, sop_class
 from pynetdicom.acse import ACSE
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
@@ -24,7 +24,11 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.service_class import (
+    BasicWorklistManagementServiceClass,
+    QueryRetrieveServiceClass,
+    ServiceClass,
+)
 from pynetdicom.transport import (
     AssociationServer,
     AssociationSocket,
@@ -68,7 +72,8 @@ PINNED: dict[str, tuple[Any, str]] = {
     "Association.send_c_echo": (Association.send_c_echo, "664d0e9b0ab20c53"),
     "Association.send_n_event_report": (Association.send_n_event_report,
                                         "e3d427e77369680c"),
-    # PacsAssociation._serve_request answers a refused C-MOVE itself, else upstream's.
+    # PacsAssociation._serve_request answers a refused C-MOVE itself, runs a C-FIND with
+    # find_scp.serve_find (a copy of its last part), else calls upstream's.
     "Association._serve_request": (Association._serve_request, "2f24c1759cdf6c8c"),
     # GatedDimse / GatedMessage / DiscardedStore: a C-STORE data set dropped unread
     # below storage.min_free_bytes.
@@ -107,6 +112,15 @@ PINNED: dict[str, tuple[Any, str]] = {
     "DIMSEMessage.primitive_to_message": (DIMSEMessage.primitive_to_message,
                                           "71fd61d5997f0f0c"),
     "DIMSEMessage.encode_msg": (DIMSEMessage.encode_msg, "73000c902c52832d"),
+    # dicom/find_scp.py: EncodedFind._c_find_scp is upstream's loop taking encoded
+    # identifiers; serve_find picks its class where _serve_request (above) would pick
+    # upstream's, and the SCP methods and the handler wrapper it relies on.
+    "ServiceClass._c_find_scp": (ServiceClass._c_find_scp, "da242b908ef4848c"),
+    "ServiceClass._wrap_handler": (ServiceClass._wrap_handler, "4322159402f181cd"),
+    "QueryRetrieveServiceClass.SCP": (QueryRetrieveServiceClass.SCP, "e59ba54b9071ffc3"),
+    "BasicWorklistManagementServiceClass.SCP": (BasicWorklistManagementServiceClass.SCP,
+                                                "e34e6118c2ba502e"),
+    "sop_class.uid_to_service_class": (sop_class.uid_to_service_class, "88fa4636b8cbaacd"),
 }
 
 # The methods that read or set Association._is_paused, which EventReactors turns into a
@@ -124,7 +138,8 @@ def test_overridden_upstream_source_unchanged(name: str) -> None:
     actual = hashlib.sha256(inspect.getsource(func).encode()).hexdigest()[:16]
     assert actual == digest, (
         f"pynetdicom {pynetdicom.__version__} changed {name} (digest {actual}, tested "
-        f"{digest}): review the override in src/pacs_server/dicom/transport.py")
+        f"{digest}): review its override in src/pacs_server/dicom/ (transport.py, "
+        f"reactor.py or find_scp.py)")
 
 
 def test_pause_protocol_users_unchanged() -> None:

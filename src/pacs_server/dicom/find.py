@@ -6,10 +6,11 @@ C-CANCEL stops the iteration (and closes the database cursor) at the next result
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 import structlog
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.events import Event
 
@@ -18,7 +19,7 @@ from pacs_server.dicom.identifiers import QR_FIND, parse_identifier
 from pacs_server.dicom.service import DicomService, Operation, contexts_for
 from pacs_server.dicom.status import CANCEL, PENDING, SUCCESS, Service
 from pacs_server.metrics import Metrics
-from pacs_server.services.query import QueryService
+from pacs_server.services.query import FindRequest, QueryService
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +42,8 @@ def negotiate_extended(info: bytes) -> bytes:
 
 def stream_pending(event: Event, batches: Any) -> Generator[tuple[int, Any], None,
                                                              tuple[int, bool]]:
-    """Yield (0xFF00, identifier) per result of `batches` (a bridge iterator of lists);
+    """Yield (0xFF00, identifier) per result of `batches` (a bridge iterator of lists
+    of Datasets, or of encoded identifiers);
     after a C-CANCEL yield (0xFE00, None) instead and stop. Returns (sent, cancelled);
     the iterator (and the database cursor behind it) is closed either way."""
     sent = 0
@@ -58,6 +60,16 @@ def stream_pending(event: Event, batches: Any) -> Generator[tuple[int, Any], Non
     return sent, False
 
 
+def answer_batches(event: Event, queries: QueryService,
+                   req: FindRequest) -> AsyncIterator[Any]:
+    """The answers in batches: already encoded (bytes, dicom/find_scp.py sends them as
+    they are) in Implicit or Explicit VR Little Endian, else as Datasets."""
+    syntax = event.context.transfer_syntax
+    if syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        return queries.find_encoded(req, implicit_vr=syntax == ImplicitVRLittleEndian)
+    return queries.find(req)
+
+
 def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
                 metrics: Metrics) -> Iterator[tuple[Any, Any]]:
     """Yields (0xFF00, identifier) per match, then 0x0000; or 0xFE00 after C-CANCEL.
@@ -69,7 +81,8 @@ def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
     req = parse_identifier(event.identifier, sop_class,
                            combined_datetime=combined_requested(event, sop_class))
     queries.validate(req)
-    sent, cancelled = yield from stream_pending(event, bridge.iterate(queries.find(req)))
+    batches = bridge.iterate(answer_batches(event, queries, req))
+    sent, cancelled = yield from stream_pending(event, batches)
     if cancelled:
         log.info("c_find.cancelled", qr_level=req.level, sent=sent)
         return

@@ -18,6 +18,7 @@ a failure before the preamble is complete yields the missing items first.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,7 +27,7 @@ import structlog
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars, bound_contextvars
 
 from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.service import Handler, Operation, Reply
@@ -88,31 +89,34 @@ class HandlerGuard:
     # ----------------------------------------------------------------- generators
     def _stream(self, op: Operation, event: Event, preamble: int) -> Iterator[Any]:
         started = time.perf_counter()
-        context = self._tracker.log_context(event)
+        # The handler's steps run in a context of their own holding the association's
+        # log fields: entering it per item is a call, binding the fields per item cost
+        # ~11 µs (of a C-FIND response's ~0.13 ms).
+        bound = contextvars.copy_context()
+        bound.run(bind_contextvars, **self._tracker.log_context(event))
         inner = op.handler(event)
         sent = 0
         final: int | None = None
         try:
             while True:
-                with bound_contextvars(**context):
-                    try:
-                        item = next(inner)
-                    except StopIteration:
-                        break
-                    except Exception as exc:
-                        status = self._failed(op, event, exc, started)
-                        if sent == 0 and preamble == 2:
-                            # No destination yet. pynetdicom answers (None, None) with
-                            # 0xA801 and anything raised with 0xC511, C-MOVE's generic
-                            # failure; it has no way to send another code here.
-                            if int(status.Status) == 0xA801:
-                                yield None, None
-                                return
-                            raise
-                        for _ in range(sent, preamble):
-                            yield 1          # the sub-operation count pynetdicom wants
-                        yield status, None
-                        return
+                try:
+                    item = bound.run(next, inner)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    status = bound.run(self._failed, op, event, exc, started)
+                    if sent == 0 and preamble == 2:
+                        # No destination yet. pynetdicom answers (None, None) with
+                        # 0xA801 and anything raised with 0xC511, C-MOVE's generic
+                        # failure; it has no way to send another code here.
+                        if int(status.Status) == 0xA801:
+                            yield None, None
+                            return
+                        raise
+                    for _ in range(sent, preamble):
+                        yield 1          # the sub-operation count pynetdicom wants
+                    yield status, None
+                    return
                 if sent >= preamble and final is None:
                     code = _item_status(item)
                     if code is not None and code not in (PENDING, PENDING_WARNING):

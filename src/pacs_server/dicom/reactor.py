@@ -393,6 +393,18 @@ class ResponseDIMSE(DIMSEServiceProvider):
         for pdata in pdatas:
             self.dul.send_pdu(pdata)
 
+    def send_encoded(self, command: bytes, data: bytes, context_id: int) -> bool:
+        """Send a response whose command set and data set are both encoded already
+        (dicom/find_scp.py: C-FIND pending responses); False, with nothing sent, when
+        the message object must be built (`_fast_path`)."""
+        if not self._fast_path():
+            return False
+        max_pdu = self.maximum_pdu_size
+        for pdata in pdv_fragments(command, context_id, max_pdu, b"\x01", b"\x03") + \
+                pdv_fragments(data, context_id, max_pdu, b"\x00", b"\x02"):
+            self.dul.send_pdu(pdata)
+        return True
+
     def _fast_path(self) -> bool:
         # EVT_DIMSE_SENT carries the message object: only pynetdicom's own logging
         # handler may be bound (it logs nothing for these responses).

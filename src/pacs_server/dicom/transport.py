@@ -1,10 +1,11 @@
 """Where the server goes below pynetdicom's handler API: the acceptor's transport,
 hardened, and retrieve from the archived files. Every override of pynetdicom lives in
-this module or in dicom/reactor.py (the event-driven reactors, `server.transport:
+this module, in dicom/reactor.py (the event-driven reactors, `server.transport:
 events`, mixed into our association classes here: `EventPacsAssociation`,
-`EventRequestorAssociation`), and tests/unit/test_transport_pins.py fails when the
-source of an overridden or relied-upon upstream function changes (pynetdicom is pinned
-to the tested minor version).
+`EventRequestorAssociation`) or in dicom/find_scp.py (the C-FIND response loop, run
+from `PacsAssociation._serve_request`), and tests/unit/test_transport_pins.py fails
+when the source of an overridden or relied-upon upstream function changes (pynetdicom
+is pinned to the tested minor version).
 
 What a connection goes through here:
 
@@ -74,6 +75,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from pacs_server.dicom.find_scp import serve_find
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
 from pacs_server.dicom.reactor import EventReactors, WakingQueue
 from pacs_server.dicom.service import Precheck
@@ -420,6 +422,8 @@ class PacsAssociation(FileSending):
         to the destination had been opened for nothing.
         Upstream change that removes this: `_move_scp` accepting a failure status as
         the handler's first yield.
+        A C-FIND goes to dicom/find_scp.py's SCP (`serve_find`, same wrapper as
+        upstream's), which sends identifiers our handlers already encoded.
         """
         check = self.move_precheck
         cx = self._accepted_cx.get(context_id)
@@ -437,6 +441,8 @@ class PacsAssociation(FileSending):
                         setattr(rsp, elem.keyword, elem.value)
                 self.dimse.send_msg(rsp, context_id)
                 return
+        if serve_find(self, msg, context_id):
+            return
         super()._serve_request(msg, context_id)
 
     def run_reactor(self) -> None:

@@ -1,14 +1,15 @@
 """QueryService: C-FIND results and retrieve resolution over the index.
 
 Requests arrive as `FindRequest` (built by dicom/identifiers.py). The index matches
-them and streams typed `Match` rows (`index/reader.py`); this module builds the answers:
-pydicom Datasets holding exactly the requested keys plus the ones PS3.4 C.4.1.1.3 asks
-for, filled from index columns, computed counts, or the stored header (never from files).
+them and streams typed `Match` rows (`index/reader.py`); this module builds the answers
+(`services/answers.py`): exactly the requested keys plus the ones PS3.4 C.4.1.1.3 asks
+for, filled from index columns, computed counts, or the stored header (never from files),
+as pydicom Datasets or, for the C-FIND SCP, already encoded.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -24,6 +25,8 @@ from pacs_server.errors import InvalidQuery, TooManyMatches
 from pacs_server.index.attributes import QR_ATTRIBUTES, QR_LEVELS, InformationModel, Level
 from pacs_server.index.matching import is_universal
 from pacs_server.index.repository import IndexRepository, Match, StoredRef
+from pacs_server.services import answers
+from pacs_server.services.answers import Element
 
 # Keys the SCP adds to every response (PS3.4 C.4.1.1.3.2, C.6.1.1.5/C.6.2.1).
 _ALWAYS = {"QueryRetrieveLevel", "RetrieveAETitle", "InstanceAvailability",
@@ -76,6 +79,20 @@ class QueryService:
             InvalidQuery: bad level for the model.
             TooManyMatches: more than query.max_results matches (after yielding that many).
         """
+        async with aclosing(self._answers(req, batch)) as batches:
+            async for found in batches:
+                yield [answers.to_dataset(a) for a in found]
+
+    async def find_encoded(self, req: FindRequest, implicit_vr: bool,
+                           batch: int = 200) -> AsyncIterator[list[bytes]]:
+        """`find()`, each identifier already encoded in Implicit (or Explicit) VR Little
+        Endian: the bytes pydicom would write for `find()`'s Dataset."""
+        async with aclosing(self._answers(req, batch)) as batches:
+            async for found in batches:
+                yield [answers.encode(a, implicit_vr) for a in found]
+
+    async def _answers(self, req: FindRequest,
+                       batch: int) -> AsyncGenerator[list[list[Element]], None]:
         self.validate(req)
         cfg = self._cfg
         limit = cfg.max_results
@@ -108,30 +125,31 @@ class QueryService:
                                case_sensitive_names=self._cfg.case_sensitive_names,
                                combined_datetime=req.combined_datetime)
 
-    def _response(self, req: FindRequest, row: Match) -> Dataset:
-        ds = Dataset()
+    def _response(self, req: FindRequest, row: Match) -> list[Element]:
+        """The answer for one match: the requested keys plus the ones always returned."""
+        out: list[Element] = []
         for key in req.keys:
             if key.keyword in _ALWAYS:
                 continue
             found = row.indexed(key.keyword)
             if found is not None:
-                _put(ds, key, _column_value(*found))
+                out.append(_put(key, _column_value(*found)))
                 continue
             if QR_ATTRIBUTES.indexed(key.keyword):
-                _put(ds, key, None)     # below the query level: returned empty
+                out.append(_put(key, None))     # below the query level: returned empty
                 continue
             header = row.header()
             if key.tag in header:
                 elem = header[key.tag]
-                ds.add(DataElement(key.tag, elem.VR, _decoded(elem.value)))
+                out.append((key.tag, elem.VR,
+                            DataElement(key.tag, elem.VR, _decoded(elem.value))))
             else:
-                _put(ds, key, None)
-        ds.QueryRetrieveLevel = req.level
-        ds.RetrieveAETitle = self._ae_title
-        ds.InstanceAvailability = "ONLINE"
-        if _has_non_ascii(ds):
-            ds.SpecificCharacterSet = "ISO_IR 192"
-        return ds
+                out.append(_put(key, None))
+        out += [(0x00080052, "CS", req.level), (0x00080054, "AE", self._ae_title),
+                (0x00080056, "CS", "ONLINE")]
+        if answers.has_non_ascii(out):
+            out.append((answers.CHARSET_TAG, "CS", answers.UTF8))
+        return out
 
 
 def _column_value(value: Any, kind: str) -> Any:
@@ -144,12 +162,10 @@ def _column_value(value: Any, kind: str) -> Any:
     return str(value)
 
 
-def _put(ds: Dataset, key: QueryKey, value: Any) -> None:
-    vr = key.vr
-    if vr == "SQ":
-        ds.add(DataElement(key.tag, "SQ", DicomSequence([])))
-        return
-    ds.add(DataElement(key.tag, vr, value))
+def _put(key: QueryKey, value: Any) -> Element:
+    if key.vr == "SQ":
+        return key.tag, "SQ", DataElement(key.tag, "SQ", DicomSequence([]))
+    return key.tag, key.vr, value
 
 
 def _decoded(value: Any) -> Any:
@@ -169,17 +185,6 @@ def _decoded(value: Any) -> Any:
                 clean.add(DataElement(elem.tag, elem.VR, _decoded(elem.value)))
         items.append(clean)
     return DicomSequence(items)
-
-
-def _has_non_ascii(ds: Dataset) -> bool:
-    for elem in ds:
-        if elem.VR == "SQ":
-            if any(_has_non_ascii(item) for item in elem.value or []):
-                return True
-        elif elem.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC") and elem.value:
-            if not str(elem.value).isascii():
-                return True
-    return False
 
 
 def key_vr(tag: int, fallback: str) -> str:
