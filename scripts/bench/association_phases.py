@@ -1,18 +1,26 @@
 #!/usr/bin/env python3
 """Server-side latency of each step of an association, seen from a raw-socket client.
 
-    .venv/bin/python scripts/bench/association_phases.py [--runs 30]
+    .venv/bin/python scripts/bench/association_phases.py [--runs 30] [--proposal storescu]
 
 For pacs_server, Orthanc and the pynetdicom floor (scripts/bench/pynetdicom_floor.py), a
 client with no DICOM library in its loop (pre-encoded PDUs, blocking socket, TCP_NODELAY)
 times: TCP connect, A-ASSOCIATE-RQ -> A-ASSOCIATE-AC, C-ECHO-RQ -> C-ECHO-RSP, and
 A-RELEASE-RQ -> A-RELEASE-RP. Each is almost entirely the server's time, so this splits
-the whole-echoscu figure of run.py into set-up, one DIMSE exchange and release.
+the whole-echoscu figure of run.py into set-up, one DIMSE exchange and release. The
+server's CPU time per association (utime + stime of the process from /proc, over all
+the measured associations) is printed too: unlike the latencies, it hardly depends on
+what else the machine runs.
+
+`--proposal echo` (the default) proposes Verification alone, as echoscu does;
+`--proposal storescu` proposes Verification and 127 storage SOP classes with three
+transfer syntaxes each (128 contexts, like dcmtk's storescu): the negotiation's cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import struct
@@ -30,25 +38,31 @@ from pynetdicom.pdu_primitives import (
     ImplementationClassUIDNotification,
     MaximumLengthNotification,
 )
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import StoragePresentationContexts, build_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import servers  # noqa: E402
-from servers import ENV, HOST, OrthancServer, PacsServer, free_port  # noqa: E402
+from servers import ENV, HOST, OrthancServer, PacsServer, cpu_seconds, free_port  # noqa: E402
 
 VERIFICATION = "1.2.840.10008.1.1"
 RELEASE_RQ = bytes.fromhex("05000000000400000000")
 STEPS = ["connect", "A-ASSOCIATE-RQ -> AC", "C-ECHO-RQ -> RSP", "A-RELEASE-RQ -> RP"]
 
 
-def associate_rq(called: str) -> bytes:
+def associate_rq(called: str, proposal: str = "echo") -> bytes:
     prim = A_ASSOCIATE()
     prim.application_context_name = "1.2.840.10008.3.1.1.1"
     prim.calling_ae_title = "BENCH"
     prim.called_ae_title = called
-    cx = build_context(VERIFICATION)
-    cx.context_id = 1
-    prim.presentation_context_definition_list = [cx]
+    contexts = [build_context(VERIFICATION)]
+    if proposal == "storescu":
+        contexts += [build_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1",
+                                                        "1.2.840.10008.1.2.2",
+                                                        "1.2.840.10008.1.2"])
+                     for cx in StoragePresentationContexts[:127]]
+    for number, cx in enumerate(contexts):
+        cx.context_id = 2 * number + 1
+    prim.presentation_context_definition_list = contexts
     max_len = MaximumLengthNotification()
     max_len.maximum_length_received = 16384
     impl = ImplementationClassUIDNotification()
@@ -105,11 +119,16 @@ def one_association(port: int, rq: bytes, echo: bytes) -> list[float]:
     return [(b - a) * 1e3 for a, b in ((t0, t1), (t1, t2), (t2, t3), (t3, t4))]
 
 
-def measure(port: int, ae: str, runs: int) -> list[float]:
-    rq, echo = associate_rq(ae), echo_rq()
-    one_association(port, rq, echo)          # warm-up
+def measure(port: int, ae: str, runs: int, proposal: str = "echo",
+            pid: int | None = None) -> list[float]:
+    """Median latency of each step, then the server's CPU ms per association (NaN
+    without `pid`)."""
+    rq, echo = associate_rq(ae, proposal), echo_rq()
+    one_association(port, rq, echo)          # warm-up (and the negotiation cached)
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     rows = [one_association(port, rq, echo) for _ in range(runs)]
-    return [statistics.median(col) for col in zip(*rows, strict=True)]
+    cpu = (cpu_seconds(pid) - cpu0) * 1e3 / runs if pid else float("nan")
+    return [statistics.median(col) for col in zip(*rows, strict=True)] + [cpu]
 
 
 def floor_server(port: int) -> subprocess.Popen[bytes]:
@@ -133,6 +152,8 @@ def main() -> int:
     p.add_argument("--only-pacs", action="store_true", help="skip Orthanc and the floor")
     p.add_argument("--transport", choices=("events", "stock"),
                    help="pacs_server's server.transport")
+    p.add_argument("--proposal", choices=("echo", "storescu"), default="echo",
+                   help="the presentation contexts proposed (1, or 128 like storescu)")
     a = p.parse_args()
     servers.TRANSPORT = a.transport
     if a.pacs_bin:
@@ -141,21 +162,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="assoc-phases-") as tmp:
         for cls in (PacsServer,) if a.only_pacs else (PacsServer, OrthancServer):
             with cls(Path(tmp) / cls.name) as srv:   # __enter__ starts it
-                results[cls.name] = measure(srv.port, srv.ae, a.runs)
+                results[cls.name] = measure(srv.port, srv.ae, a.runs, a.proposal, srv.pid)
     if not a.only_pacs:
         port = free_port()
         proc = floor_server(port)
         try:
             time.sleep(0.5)   # the probe connection above holds a thread; let it settle
-            results["pynetdicom floor"] = measure(port, "FLOOR", a.runs)
+            results["pynetdicom floor"] = measure(port, "FLOOR", a.runs, a.proposal,
+                                                  proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
-    print(f"median of {a.runs} associations, server-side latency in ms\n")
+    load = os.getloadavg()[0]
+    print(f"median of {a.runs} associations ({a.proposal} proposal), server-side latency "
+          f"in ms; 1-minute load average {load:.2f}\n")
     print("| step | " + " | ".join(results) + " |")
     print("| --- |" + " --- |" * len(results))
-    for i, step in enumerate(STEPS + ["total"]):
-        cells = [sum(v) if step == "total" else v[i] for v in results.values()]
+    rows = [(step, [v[i] for v in results.values()]) for i, step in enumerate(STEPS)]
+    rows.append(("total", [sum(v[:len(STEPS)]) for v in results.values()]))
+    rows.append(("server CPU per association", [v[-1] for v in results.values()]))
+    for step, cells in rows:
         print(f"| {step} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     return 0
 
