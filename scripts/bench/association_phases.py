@@ -13,8 +13,9 @@ the measured associations) is printed too: unlike the latencies, it hardly depen
 what else the machine runs.
 
 `--proposal echo` (the default) proposes Verification alone, as echoscu does;
-`--proposal storescu` proposes Verification and 127 storage SOP classes with three
-transfer syntaxes each (128 contexts, like dcmtk's storescu): the negotiation's cost.
+`--proposal storescu` proposes Verification and pynetdicom's 120 storage SOP classes
+with three transfer syntaxes each (121 contexts; dcmtk's storescu proposes 128): what
+the negotiation costs.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def associate_rq(called: str, proposal: str = "echo") -> bytes:
         contexts += [build_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1",
                                                         "1.2.840.10008.1.2.2",
                                                         "1.2.840.10008.1.2"])
-                     for cx in StoragePresentationContexts[:127]]
+                     for cx in StoragePresentationContexts]
     for number, cx in enumerate(contexts):
         cx.context_id = 2 * number + 1
     prim.presentation_context_definition_list = contexts
@@ -153,7 +154,7 @@ def main() -> int:
     p.add_argument("--transport", choices=("events", "stock"),
                    help="pacs_server's server.transport")
     p.add_argument("--proposal", choices=("echo", "storescu"), default="echo",
-                   help="the presentation contexts proposed (1, or 128 like storescu)")
+                   help="the presentation contexts proposed (1, or 121 like storescu)")
     a = p.parse_args()
     servers.TRANSPORT = a.transport
     if a.pacs_bin:
