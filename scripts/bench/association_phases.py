@@ -2,6 +2,7 @@
 """Server-side latency of each step of an association, seen from a raw-socket client.
 
     .venv/bin/python scripts/bench/association_phases.py [--runs 30] [--proposal storescu]
+    .venv/bin/python scripts/bench/association_phases.py --interleave BIN BIN... [--runs 200]
 
 For pacs_server, Orthanc and the pynetdicom floor (scripts/bench/pynetdicom_floor.py), a
 client with no DICOM library in its loop (pre-encoded PDUs, blocking socket, TCP_NODELAY)
@@ -16,6 +17,10 @@ what else the machine runs.
 `--proposal storescu` proposes Verification and pynetdicom's 120 storage SOP classes
 with three transfer syntaxes each (121 contexts; dcmtk's storescu proposes 128): what
 the negotiation costs.
+
+`--interleave` runs several pacs_server executables at once (e.g. a wrapper that puts
+another checkout's src/ first on PYTHONPATH) and sends one association to each in turn:
+on a shared machine every variant then sees the same load, which separate runs do not.
 """
 
 from __future__ import annotations
@@ -132,6 +137,40 @@ def measure(port: int, ae: str, runs: int, proposal: str = "echo",
     return [statistics.median(col) for col in zip(*rows, strict=True)] + [cpu]
 
 
+def interleaved(bins: list[str], runs: int, proposal: str, root: Path) -> dict[str, list[float]]:
+    """`measure` for several pacs_server executables running at once, one association
+    to each in turn, so that every one sees the same load (A/B on a busy machine)."""
+    rq, echo = associate_rq(PacsServer.ae, proposal), echo_rq()
+    started: list[tuple[str, PacsServer]] = []
+    try:
+        for n, name in enumerate(bins):
+            srv = _Variant(root / f"pacs{n}", Path(name).resolve())
+            started.append((f"{n}: {name}", srv.start()))
+            one_association(srv.port, rq, echo)       # warm-up
+        rows: dict[str, list[list[float]]] = {name: [] for name, _ in started}
+        cpu0 = {name: cpu_seconds(srv.pid) for name, srv in started}
+        for run in range(runs):
+            # Each in turn goes first: the one before still winds its association down.
+            shift = run % len(started)
+            for name, srv in started[shift:] + started[:shift]:
+                rows[name].append(one_association(srv.port, rq, echo))
+        return {name: [statistics.median(col) for col in zip(*rows[name], strict=True)]
+                + [(cpu_seconds(srv.pid) - cpu0[name]) * 1e3 / runs]
+                for name, srv in started}
+    finally:
+        for _, srv in started:
+            srv.stop()
+
+
+class _Variant(PacsServer):
+    def __init__(self, workdir: Path, executable: Path) -> None:
+        super().__init__(workdir)
+        self.executable = executable
+
+    def command(self) -> list[str]:
+        return [str(self.executable), *super().command()[1:]]
+
+
 def floor_server(port: int) -> subprocess.Popen[bytes]:
     script = Path(__file__).resolve().parent / "pynetdicom_floor.py"
     proc = subprocess.Popen([sys.executable, str(script), "chunked", str(port)], env=ENV)
@@ -155,16 +194,22 @@ def main() -> int:
                    help="pacs_server's server.transport")
     p.add_argument("--proposal", choices=("echo", "storescu"), default="echo",
                    help="the presentation contexts proposed (1, or 121 like storescu)")
+    p.add_argument("--interleave", nargs="+", metavar="BIN",
+                   help="pacs_server executables run side by side, one association to "
+                        "each in turn (nothing else is measured)")
     a = p.parse_args()
     servers.TRANSPORT = a.transport
     if a.pacs_bin:
         servers.PACS_BIN = Path(a.pacs_bin).resolve()
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="assoc-phases-") as tmp:
-        for cls in (PacsServer,) if a.only_pacs else (PacsServer, OrthancServer):
+        if a.interleave:
+            results = interleaved(a.interleave, a.runs, a.proposal, Path(tmp))
+        for cls in () if a.interleave else (PacsServer,) if a.only_pacs \
+                else (PacsServer, OrthancServer):
             with cls(Path(tmp) / cls.name) as srv:   # __enter__ starts it
                 results[cls.name] = measure(srv.port, srv.ae, a.runs, a.proposal, srv.pid)
-    if not a.only_pacs:
+    if not a.only_pacs and not a.interleave:
         port = free_port()
         proc = floor_server(port)
         try:

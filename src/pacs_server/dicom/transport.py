@@ -13,8 +13,7 @@ What a connection goes through here:
    unassociated, or closed at once when its address or the server holds too many;
    no thread is started for a refused connection.
 2. the connection's own thread (`PacsRequestHandler.handle`): the TLS handshake, with
-   `server.negotiation_timeout` as its deadline; then the association. Without TLS
-   on the event-driven transport the accept loop starts the association itself.
+   `server.negotiation_timeout` as its deadline; then the association.
 3. `PacsAssociation`: waits `negotiation_timeout` for the A-ASSOCIATE-RQ (not
    `acse_timeout`), and stops waiting when the DUL thread dies on a malformed PDU;
    on the event-driven transport it reads the RQ and sends the answer in its own
@@ -697,26 +696,6 @@ class PacsAssociationServer(ThreadedAssociationServer):
         return self.policy.admit_connection(str(client_address[0]))
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Start the association's thread from here (plain TCP, event-driven transport),
-        else upstream's thread per connection, which starts it.
-
-        Upstream: `ThreadingMixIn.process_request` starts a thread that only builds the
-        association and starts the association's own thread: one more thread start,
-        and one more hand-off, per connection. With no TLS handshake to do, building
-        the association (`PacsRequestHandler.handle`) does not block, so the accept
-        loop does it.
-        Upstream change that would remove this: the association started by
-        `process_request` itself.
-        """
-        if self.tls is None and cast(PacsAE, self.ae).event_reactors:
-            # What upstream's process_request_thread does (pinned); handle() gives
-            # the policy slot back when it fails.
-            try:
-                self.finish_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-                self.shutdown_request(request)
-            return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread: nobody else will give the slot back
