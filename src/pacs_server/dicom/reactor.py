@@ -180,6 +180,9 @@ class EventDUL(DULServiceProvider):
         weakref.finalize(self, self._wakeup.close)
         self._wake_assoc = wake_assoc
         self._changed = threading.Condition()
+        # Cleared while the association's thread runs the set-up (`read_request`).
+        self._handed_over = threading.Event()
+        self._handed_over.set()
         self.event_queue = waking_copy(self.event_queue, self._wakeup.set)
         self.to_provider_queue = waking_copy(self.to_provider_queue, self._wakeup.set)
         self.to_user_queue = waking_copy(self.to_user_queue, wake_assoc)
@@ -194,6 +197,7 @@ class EventDUL(DULServiceProvider):
         Upstream change that would remove this: wait on the socket and a queue
         notification in `run_reactor` (pynetdicom's own TODO in `__init__`).
         """
+        self._handed_over.wait()
         self._idle_timer.start()
         self.socket = cast(AssociationSocket, self.socket)
         self.assoc._dul_ready.set()
@@ -235,19 +239,22 @@ class EventDUL(DULServiceProvider):
     def read_request(self, deadline: float) -> bool:
         """Run the reactor in the calling (association) thread until the
         A-ASSOCIATE-RQ is handed to it: True; False when the connection ends, a PDU is
-        malformed or `deadline` (monotonic) passes. The reactor's own thread starts
-        when the answer is sent (`send_pdu`).
+        malformed or `deadline` (monotonic) passes. The reactor's own thread is
+        started first and waits until the answer is sent (`send_pdu`), so its start
+        overlaps the set-up instead of delaying the first request after it.
 
         Upstream: the association thread starts the DUL thread, waits for it to be
         ready, then waits for the A-ASSOCIATE-RQ on its queue; the DUL thread reads
-        it, hands it over, waits for the answer and sends it: two thread hand-offs
-        between the RQ and the AC, each a scheduler wake-up (0.1-1 ms on a loaded
-        machine, docs/performance.md), plus the thread start before the RQ is read.
+        it, hands it over, waits for the answer and sends it: a wait for the DUL
+        thread to run, then two thread hand-offs between the RQ and the AC, each a
+        scheduler wake-up (0.1-1 ms on a loaded machine, docs/performance.md).
         The state machine runs the same actions, in one thread at a time.
         Upstream change that would remove this: the acceptor's reactor reading and
         answering the A-ASSOCIATE-RQ before it hands over to the association.
         """
         self._inline = True
+        self._handed_over.clear()
+        self.start()
         while not self._kill_thread and not self.to_user_queue.qsize():
             if self.state_machine.current_state == "Sta1" and self.event_queue.empty():
                 break                       # the connection ended (AA-2, AA-3, AA-5)
@@ -258,23 +265,26 @@ class EventDUL(DULServiceProvider):
                 self._wait(remaining)
         if self.to_user_queue.qsize() and not self._kill_thread:
             return True
-        self._inline = False
+        self._hand_over()
         return False
+
+    def _hand_over(self) -> None:
+        self._inline = False
+        self._handed_over.set()
 
     def send_pdu(self, primitive: Any) -> None:
         """Upstream's, with an accept's A-ASSOCIATE-AC encoded in the caller's thread
         (dicom/negotiation.py) and, while the set-up runs in the association thread
         (`read_request`), the first primitive sent from it: then the reactor's
-        thread starts."""
+        thread takes over."""
         if type(primitive) is A_ASSOCIATE and primitive.result == 0x00 \
                 and self.assoc.is_acceptor:
             primitive = encode_accept(primitive)
         super().send_pdu(primitive)
         if self._inline:
-            self._inline = False
             while self.to_provider_queue.qsize() and not self._kill_thread:
                 self._step()
-            self.start()
+            self._hand_over()
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         """Upstream's decode, with A-ASSOCIATE-RQs decoded once per distinct proposal.
@@ -333,6 +343,7 @@ class EventDUL(DULServiceProvider):
     def kill_dul(self) -> None:
         """Upstream's flag, and a wake-up so the reactor sees it now."""
         self._kill_thread = True
+        self._handed_over.set()
         self._wakeup.set()
 
     def stop_dul(self) -> bool:
