@@ -281,7 +281,8 @@ class EventDUL(DULServiceProvider):
                 and self.assoc.is_acceptor:
             primitive = encode_accept(primitive)
         super().send_pdu(primitive)
-        if self._inline:
+        # Another thread (an abort at shutdown) only queues: the set-up's thread acts.
+        if self._inline and threading.current_thread() is self.assoc:
             while self.to_provider_queue.qsize() and not self._kill_thread:
                 self._step()
             self._hand_over()
