@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -125,5 +127,27 @@ async def test_the_policy_decides_every_association_of_a_kept_proposal(
     assert rejection(await asyncio.to_thread(exchange, app.port, rq)) == (1, 1, 3)
     other = storescu_rq("OTHER")
     assert (await asyncio.to_thread(exchange, app.port, other))[:1] == b"\x02"
+    await asyncio.to_thread(wait_until, lambda: association_threads() == 0, 10.0,
+                            "no association thread left")
+
+
+@pytest.mark.parametrize("transport", ["events", "stock"])
+async def test_stop_during_set_up_aborts_the_connection(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config],
+        transport: str) -> None:
+    """A connection that has not sent its A-ASSOCIATE-RQ when the server stops gets an
+    A-ABORT (or the connection closed) and the stop does not wait for it."""
+    app = await start_server(make_cfg({"server.transport": transport,
+                                       "server.shutdown_grace": 0.5,
+                                       "server.negotiation_timeout": 30}))
+    assert app.port is not None
+    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+        await asyncio.to_thread(wait_until, lambda: association_threads() > 0, 5.0,
+                                "the connection's association thread")
+        started = time.monotonic()
+        await asyncio.to_thread(app.stop)
+        assert time.monotonic() - started < 10
+        answer = await asyncio.to_thread(read_pdu, sock, 10)
+        assert answer[:1] in (b"", b"\x07"), answer[:10].hex()
     await asyncio.to_thread(wait_until, lambda: association_threads() == 0, 10.0,
                             "no association thread left")
