@@ -18,6 +18,7 @@ from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
+    SOPClassExtendedNegotiation,
 )
 from pynetdicom.presentation import StoragePresentationContexts, build_context
 
@@ -28,6 +29,7 @@ from support.security import association_threads, echo_rq_pdata, read_pdu
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 NOT_SUPPORTED = "1.2.826.0.1.3680043.9.9999.1"      # a private SOP class nobody serves
 NATIVE = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2"]
 RELEASE_RQ = bytes([0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0])
@@ -36,14 +38,15 @@ RELEASE_RQ = bytes([0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0])
 def storescu_rq(calling: str = "SETUP") -> bytes:
     """Contexts as dcmtk's storescu proposes them (Verification, and pynetdicom's storage
     classes with three uncompressed syntaxes each), one more for a class we do not
-    serve, and an SCP/SCU role selection item."""
+    serve, Study Root C-FIND with SOP Class Extended Negotiation, and an SCP/SCU role
+    selection item."""
     primitive = A_ASSOCIATE()
     primitive.application_context_name = "1.2.840.10008.3.1.1.1"
     primitive.calling_ae_title = calling
     primitive.called_ae_title = SERVER_AE
     classes = [cx.abstract_syntax for cx in StoragePresentationContexts]
     contexts = [build_context(VERIFICATION)]
-    contexts += [build_context(uid, NATIVE) for uid in [*classes, NOT_SUPPORTED]]
+    contexts += [build_context(uid, NATIVE) for uid in [*classes, STUDY_FIND, NOT_SUPPORTED]]
     for number, cx in enumerate(contexts):
         cx.context_id = 2 * number + 1
     primitive.presentation_context_definition_list = contexts
@@ -53,7 +56,10 @@ def storescu_rq(calling: str = "SETUP") -> bytes:
     role.sop_class_uid = CT_IMAGE
     role.scu_role = True
     role.scp_role = False
-    primitive.user_information = [max_len, role]
+    extended = SOPClassExtendedNegotiation()     # relational queries, combined date-time
+    extended.sop_class_uid = STUDY_FIND
+    extended.service_class_application_information = b"\x01\x01"
+    primitive.user_information = [max_len, role, extended]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return bytes(pdu.encode())
@@ -102,9 +108,14 @@ async def test_a_kept_proposal_is_answered_as_upstream_answers_it(
     answers = [await asyncio.to_thread(exchange, events.port, rq) for _ in range(3)]
     assert answers == [upstream] * 3
     outcome = results(upstream)
-    assert len(outcome) == len(StoragePresentationContexts) + 2
+    assert len(outcome) == len(StoragePresentationContexts) + 3
     assert outcome[1] == 0x00                  # Verification
     assert outcome[max(outcome)] == 0x03       # NOT_SUPPORTED: abstract syntax not supported
+    pdu = A_ASSOCIATE_AC()
+    pdu.decode(upstream)
+    replies = [item for item in pdu.to_primitive().user_information
+               if isinstance(item, SOPClassExtendedNegotiation)]
+    assert [str(item.sop_class_uid) for item in replies] == [STUDY_FIND]
 
 
 async def test_the_policy_decides_every_association_of_a_kept_proposal(
