@@ -31,7 +31,7 @@ import copy
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from pynetdicom import evt
 from pynetdicom.acse import ACSE, LOGGER
@@ -93,22 +93,26 @@ class Negotiated:
     accept: EncodedAccept
 
 
-class NegotiationCache:
-    """The negotiated proposals of one listener, least recently used dropped first."""
+V = TypeVar("V")
 
-    def __init__(self, size: int = NEGOTIATION_CACHE) -> None:
+
+class ByProposal(Generic[V]):
+    """What is kept per A-ASSOCIATE-RQ's bytes, least recently used dropped first;
+    thread-safe (the decoded RQs, dicom/reactor.py, and the negotiations)."""
+
+    def __init__(self, size: int) -> None:
         self._size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[bytes, Negotiated] = OrderedDict()
+        self._entries: OrderedDict[bytes, V] = OrderedDict()
 
-    def get(self, key: bytes) -> Negotiated | None:
+    def get(self, key: bytes) -> V | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries.move_to_end(key)
             return entry
 
-    def put(self, key: bytes, entry: Negotiated) -> None:
+    def put(self, key: bytes, entry: V) -> None:
         with self._lock:
             self._entries[key] = entry
             while len(self._entries) > self._size:
@@ -122,6 +126,13 @@ class NegotiationCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+class NegotiationCache(ByProposal[Negotiated]):
+    """The negotiated proposals of one listener."""
+
+    def __init__(self, size: int = NEGOTIATION_CACHE) -> None:
+        super().__init__(size)
 
 
 def proposal_key(acse: ACSE) -> bytes | None:

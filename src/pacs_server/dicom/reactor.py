@@ -34,7 +34,6 @@ import struct
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -49,7 +48,7 @@ from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 from pynetdicom.transport import AssociationSocket
 
-from pacs_server.dicom.negotiation import encode_accept
+from pacs_server.dicom.negotiation import ByProposal, encode_accept
 
 # Longest a reactor blocks without looking again, even with nothing to wait for: a
 # safety net for a wake-up that no put() announces (none is known), not a poll.
@@ -141,18 +140,15 @@ class DecodedAssociateRQ(A_ASSOCIATE_RQ):
 # Distinct A-ASSOCIATE-RQs kept decoded (a site has a few kinds of peer, each sending the
 # same bytes every time); the largest PDU is bounded by transport.MAX_CONTROL_PDU.
 ASSOCIATE_RQ_CACHE = 32
-_rq_cache: OrderedDict[bytes, DecodedAssociateRQ] = OrderedDict()
-_rq_lock = threading.Lock()
+_rq_cache: ByProposal[DecodedAssociateRQ] = ByProposal(ASSOCIATE_RQ_CACHE)
 
 
 def decoded_associate_rq(raw: bytes) -> DecodedAssociateRQ:
     """The decoded A-ASSOCIATE-RQ `raw`, from the cache when the same bytes came before
     (one that fails to become a primitive is returned plain, and not kept)."""
-    with _rq_lock:
-        pdu = _rq_cache.get(raw)
-        if pdu is not None:
-            _rq_cache.move_to_end(raw)
-            return pdu
+    pdu = _rq_cache.get(raw)
+    if pdu is not None:
+        return pdu
     decoded = A_ASSOCIATE_RQ()
     decoded.decode(raw)
     try:
@@ -163,10 +159,7 @@ def decoded_associate_rq(raw: bytes) -> DecodedAssociateRQ:
     pdu = cast(DecodedAssociateRQ, decoded)
     pdu.primitive = primitive
     pdu.raw = raw
-    with _rq_lock:
-        _rq_cache[raw] = pdu
-        while len(_rq_cache) > ASSOCIATE_RQ_CACHE:
-            _rq_cache.popitem(last=False)
+    _rq_cache.put(raw, pdu)
     return pdu
 
 
