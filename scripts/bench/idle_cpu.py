@@ -12,7 +12,6 @@ after `--seconds` of silence. Prints the CPU used as a percentage of one core.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import tempfile
@@ -22,16 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import servers  # noqa: E402
 from association_phases import associate_rq, read_pdu  # noqa: E402
-from servers import HOST, OrthancServer, PacsServer  # noqa: E402
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+from servers import HOST, OrthancServer, PacsServer, cpu_seconds  # noqa: E402
 
 
 def idle_cpu(srv: servers.Server, n: int, seconds: float) -> float:

@@ -35,6 +35,13 @@ CALLING_AE = "BENCH"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process (all its threads, also ended ones), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

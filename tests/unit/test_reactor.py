@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.dimse import _RSP_TO_MESSAGE
-from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
@@ -142,10 +142,15 @@ def upstream_pdvs(primitive: Any, max_pdu: int) -> list[Any]:
     return [p.presentation_data_value_list for p in msg.encode_msg(5, max_pdu)]
 
 
+def echo_rsp() -> C_ECHO:
+    return primitive(C_ECHO, MessageIDBeingRespondedTo=1, Status=0x0000,
+                     AffectedSOPClassUID="1.2.840.10008.1.1")
+
+
 @pytest.mark.parametrize("primitive", [
     find_rsp(), find_rsp(0xFF01), find_rsp(0x0000, with_identifier=False), get_rsp(),
-    get_rsp(C_MOVE), store_rsp()], ids=["find", "find-ff01", "find-final", "get", "move",
-                                        "store"])
+    get_rsp(C_MOVE), store_rsp(), echo_rsp()],
+    ids=["find", "find-ff01", "find-final", "get", "move", "store", "echo"])
 @pytest.mark.parametrize("max_pdu", [0, 16384, 40])
 def test_responses_encoded_as_upstream_does(primitive: Any, max_pdu: int) -> None:
     command = encode_response(primitive)

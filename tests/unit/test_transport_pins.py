@@ -1,6 +1,6 @@
-"""dicom/transport.py, dicom/reactor.py and dicom/find_scp.py override pynetdicom
-internals; this fails loudly when their source changes, so an upgrade of pynetdicom is a
-decision and not a surprise.
+"""dicom/transport.py, dicom/reactor.py, dicom/find_scp.py and dicom/negotiation.py
+override pynetdicom internals; this fails loudly when their source changes, so an
+upgrade of pynetdicom is a decision and not a surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
 replaces and why), adjust the override module, then update the digest here and the pin
@@ -18,7 +18,7 @@ import pytest
 from pynetdicom import fsm, sop_class
 from pynetdicom.acse import ACSE
 from pynetdicom.ae import ApplicationEntity
-from pynetdicom.association import Association
+from pynetdicom.association import Association, ServiceUser
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
@@ -106,6 +106,14 @@ PINNED: dict[str, tuple[Any, str]] = {
     "DULServiceProvider._decode_pdu": (DULServiceProvider._decode_pdu, "fc71dd1bf853e1ce"),
     "A_ASSOCIATE_RQ.to_primitive": (A_ASSOCIATE_RQ.to_primitive, "92cb1a8bedf659e5"),
     "fsm.AE_6": (fsm.AE_6, "385d595ed49432af"),
+    # dicom/negotiation.py: a proposal's outcome replayed (what upstream's negotiation
+    # leaves on the association; once the acceptor's primitive is set, its user
+    # information is read from it), the A-ASSOCIATE-AC encoded ahead of AE-7 (which
+    # GuardedStateMachine replaces for it), the accept built by send_accept.
+    "fsm.AE_7": (fsm.AE_7, "c62284735836c78a"),
+    "ACSE.send_accept": (ACSE.send_accept, "c03855deabefe975"),
+    "ServiceUser.user_information": (ServiceUser.user_information.fget, "b10b0366589d5cfc"),
+    "ServiceUser.writeable": (ServiceUser.writeable.fget, "23590ca1ce9969c3"),
     # ResponseDIMSE.send_msg: responses encoded directly, byte for byte what these do
     # (tests/unit/test_reactor.py compares the two).
     "DIMSEServiceProvider.send_msg": (DIMSEServiceProvider.send_msg, "a839cf2fb46976d9"),

@@ -32,8 +32,8 @@ import queue
 import select
 import struct
 import threading
+import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -41,12 +41,14 @@ from pynetdicom import evt
 from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.association import LOGGER, Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 from pynetdicom.transport import AssociationSocket
+
+from pacs_server.dicom.negotiation import ByProposal, encode_accept
 
 # Longest a reactor blocks without looking again, even with nothing to wait for: a
 # safety net for a wake-up that no put() announces (none is known), not a poll.
@@ -120,6 +122,7 @@ class DecodedAssociateRQ(A_ASSOCIATE_RQ):
     read-only, and `to_primitive()` hands out copies of the primitive built once."""
 
     primitive: A_ASSOCIATE
+    raw: bytes
 
     def to_primitive(self) -> A_ASSOCIATE:
         # Each association gets its own primitive and lists (AE-6 sets a rejection's
@@ -130,24 +133,22 @@ class DecodedAssociateRQ(A_ASSOCIATE_RQ):
         out._presentation_context_definition_list = list(
             self.primitive.presentation_context_definition_list)
         out._user_information = list(self.primitive.user_information)
+        out.proposal = self.raw        # the negotiation cache's key (dicom/negotiation.py)
         return out
 
 
 # Distinct A-ASSOCIATE-RQs kept decoded (a site has a few kinds of peer, each sending the
 # same bytes every time); the largest PDU is bounded by transport.MAX_CONTROL_PDU.
 ASSOCIATE_RQ_CACHE = 32
-_rq_cache: OrderedDict[bytes, DecodedAssociateRQ] = OrderedDict()
-_rq_lock = threading.Lock()
+_rq_cache: ByProposal[DecodedAssociateRQ] = ByProposal(ASSOCIATE_RQ_CACHE)
 
 
 def decoded_associate_rq(raw: bytes) -> DecodedAssociateRQ:
     """The decoded A-ASSOCIATE-RQ `raw`, from the cache when the same bytes came before
     (one that fails to become a primitive is returned plain, and not kept)."""
-    with _rq_lock:
-        pdu = _rq_cache.get(raw)
-        if pdu is not None:
-            _rq_cache.move_to_end(raw)
-            return pdu
+    pdu = _rq_cache.get(raw)
+    if pdu is not None:
+        return pdu
     decoded = A_ASSOCIATE_RQ()
     decoded.decode(raw)
     try:
@@ -157,10 +158,8 @@ def decoded_associate_rq(raw: bytes) -> DecodedAssociateRQ:
     decoded.__class__ = DecodedAssociateRQ
     pdu = cast(DecodedAssociateRQ, decoded)
     pdu.primitive = primitive
-    with _rq_lock:
-        _rq_cache[raw] = pdu
-        while len(_rq_cache) > ASSOCIATE_RQ_CACHE:
-            _rq_cache.popitem(last=False)
+    pdu.raw = raw
+    _rq_cache.put(raw, pdu)
     return pdu
 
 
@@ -174,6 +173,9 @@ class EventDUL(DULServiceProvider):
         weakref.finalize(self, self._wakeup.close)
         self._wake_assoc = wake_assoc
         self._changed = threading.Condition()
+        # Cleared while the association's thread runs the set-up (`read_request`).
+        self._handed_over = threading.Event()
+        self._handed_over.set()
         self.event_queue = waking_copy(self.event_queue, self._wakeup.set)
         self.to_provider_queue = waking_copy(self.to_provider_queue, self._wakeup.set)
         self.to_user_queue = waking_copy(self.to_user_queue, wake_assoc)
@@ -188,35 +190,95 @@ class EventDUL(DULServiceProvider):
         Upstream change that would remove this: wait on the socket and a queue
         notification in `run_reactor` (pynetdicom's own TODO in `__init__`).
         """
+        self._handed_over.wait()
         self._idle_timer.start()
         self.socket = cast(AssociationSocket, self.socket)
         self.assoc._dul_ready.set()
         try:
             while not self._kill_thread:
-                if self.artim_timer.expired:
-                    self.event_queue.put("Evt18")
-                try:
-                    if self._process_recv_primitive():
-                        pass
-                    elif self._is_transport_event():
-                        self._idle_timer.restart()
-                except Exception:
-                    self._abort_after_error()
-                    return
-                try:
-                    event = self.event_queue.get(block=False)
-                except queue.Empty:
+                if not self._step():
                     self._wait()
-                    continue
-                self.state_machine.do_action(event)
-                with self._changed:
-                    self._changed.notify_all()
         finally:
             self._kill_thread = True
             self._wakeup.close()
             with self._changed:
                 self._changed.notify_all()
             self._wake_assoc()
+
+    def _step(self) -> bool:
+        """One pass of upstream's loop body; False when there was nothing to act on."""
+        if self.artim_timer.expired:
+            self.event_queue.put("Evt18")
+        try:
+            if self._process_recv_primitive():
+                pass
+            elif self._is_transport_event():
+                self._idle_timer.restart()
+        except Exception:
+            self._abort_after_error()       # sets _kill_thread: the loop ends
+            return True
+        try:
+            event = self.event_queue.get(block=False)
+        except queue.Empty:
+            return False
+        self.state_machine.do_action(event)
+        with self._changed:
+            self._changed.notify_all()
+        return True
+
+    # Set while the association's thread runs this reactor itself (`read_request`).
+    _inline = False
+
+    def read_request(self, deadline: float) -> bool:
+        """Run the reactor in the calling (association) thread until the
+        A-ASSOCIATE-RQ is handed to it: True; False when the connection ends, a PDU is
+        malformed or `deadline` (monotonic) passes. The reactor's own thread is
+        started first and waits until the answer is sent (`send_pdu`), so its start
+        overlaps the set-up instead of delaying the first request after it.
+
+        Upstream: the association thread starts the DUL thread, waits for it to be
+        ready, then waits for the A-ASSOCIATE-RQ on its queue; the DUL thread reads
+        it, hands it over, waits for the answer and sends it: a wait for the DUL
+        thread to run, then two thread hand-offs between the RQ and the AC, each a
+        scheduler wake-up (0.1-1 ms on a loaded machine, docs/performance.md).
+        The state machine runs the same actions, in one thread at a time.
+        Upstream change that would remove this: the acceptor's reactor reading and
+        answering the A-ASSOCIATE-RQ before it hands over to the association.
+        """
+        self._inline = True
+        self._handed_over.clear()
+        self.start()
+        while not self._kill_thread and not self.to_user_queue.qsize():
+            if self.state_machine.current_state == "Sta1" and self.event_queue.empty():
+                break                       # the connection ended (AA-2, AA-3, AA-5)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if not self._step():
+                self._wait(remaining)
+        if self.to_user_queue.qsize() and not self._kill_thread:
+            return True
+        self._hand_over()
+        return False
+
+    def _hand_over(self) -> None:
+        self._inline = False
+        self._handed_over.set()
+
+    def send_pdu(self, primitive: Any) -> None:
+        """Upstream's, with an accept's A-ASSOCIATE-AC encoded in the caller's thread
+        (dicom/negotiation.py) and, while the set-up runs in the association thread
+        (`read_request`), the first primitive sent from it: then the reactor's
+        thread takes over."""
+        if type(primitive) is A_ASSOCIATE and primitive.result == 0x00 \
+                and self.assoc.is_acceptor:
+            primitive = encode_accept(primitive)
+        super().send_pdu(primitive)
+        # Another thread (an abort at shutdown) only queues: the set-up's thread acts.
+        if self._inline and threading.current_thread() is self.assoc:
+            while self.to_provider_queue.qsize() and not self._kill_thread:
+                self._step()
+            self._hand_over()
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         """Upstream's decode, with A-ASSOCIATE-RQs decoded once per distinct proposal.
@@ -250,9 +312,10 @@ class EventDUL(DULServiceProvider):
         self.assoc._kill = True
         self._kill_thread = True
 
-    def _wait(self) -> None:
-        """Block until the socket is readable, something is queued, or a timer is due."""
-        timeout = _MAX_WAIT_S
+    def _wait(self, limit: float = _MAX_WAIT_S) -> None:
+        """Block until the socket is readable, something is queued, a timer is due, or
+        `limit` seconds have passed."""
+        timeout = min(limit, _MAX_WAIT_S)
         artim = self.artim_timer
         if artim._start_time is not None and artim._end_time is None \
                 and artim.timeout is not None:
@@ -274,6 +337,7 @@ class EventDUL(DULServiceProvider):
     def kill_dul(self) -> None:
         """Upstream's flag, and a wake-up so the reactor sees it now."""
         self._kill_thread = True
+        self._handed_over.set()
         self._wakeup.set()
 
     def stop_dul(self) -> bool:
@@ -301,6 +365,7 @@ class EventDUL(DULServiceProvider):
 _RESPONSES: dict[type, tuple[type, int]] = {
     C_STORE: (C_STORE_RSP, 0x8001), C_GET: (C_GET_RSP, 0x8010),
     C_FIND: (C_FIND_RSP, 0x8020), C_MOVE: (C_MOVE_RSP, 0x8021),
+    C_ECHO: (C_ECHO_RSP, 0x8030),
 }
 _UI, _US = "UI", "US"
 _ELEMENTS: dict[str, tuple[int, str]] = {
@@ -326,8 +391,8 @@ def _element(elem: int, value: bytes) -> bytes:
 
 
 def encode_response(primitive: Any) -> bytes | None:
-    """The command set of a C-STORE/C-FIND/C-GET/C-MOVE response, or None when it
-    carries anything but UIDs, the status and sub-operation counts (Error Comment,
+    """The command set of a C-ECHO/C-STORE/C-FIND/C-GET/C-MOVE response, or None when
+    it carries anything but UIDs, the status and sub-operation counts (Error Comment,
     Offending Element...: upstream encodes those)."""
     kind = _RESPONSES.get(type(primitive))
     if kind is None or primitive.MessageIDBeingRespondedTo is None:
@@ -371,7 +436,7 @@ class ResponseDIMSE(DIMSEServiceProvider):
     """The DIMSE provider of the event-driven transport: responses encoded directly."""
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
-        """Send C-STORE/C-FIND/C-GET/C-MOVE responses without building a message.
+        """Send C-ECHO/C-STORE/C-FIND/C-GET/C-MOVE responses without building a message.
 
         Upstream: builds a DIMSE message, sets each command element through pydicom,
         encodes the command set twice (the second time for its group length), then
@@ -556,8 +621,3 @@ class EventReactors(Association):
         dul = cast(EventDUL, self.dul)
         while dul.is_alive() and not dul.stop_dul():
             dul.wait_changed(_MAX_WAIT_S)
-
-    def wait_for_request(self, timeout: float) -> None:
-        """Block until the DUL hands something to this thread, ends, or `timeout`."""
-        self._wake.wait(timeout)
-        self._wake.clear()

@@ -14,7 +14,7 @@ import errno
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydicom.uid import (
@@ -153,6 +153,8 @@ class DicomServer:
         """Apply reloaded access control, limits, timeouts and certificates (SIGHUP)."""
         self.policy.reconfigure(cfg.access_control, cfg.limits)
         self.limits.negotiation_timeout = cfg.server.negotiation_timeout
+        for srv in self.servers():   # negotiated afresh under the new configuration
+            cast(PacsAssociationServer, srv).negotiations.clear()
         if self.tls is not None:
             self.tls.reload(cfg.tls)
 

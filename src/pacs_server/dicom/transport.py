@@ -2,10 +2,11 @@
 hardened, and retrieve from the archived files. Every override of pynetdicom lives in
 this module, in dicom/reactor.py (the event-driven reactors, `server.transport:
 events`, mixed into our association classes here: `EventPacsAssociation`,
-`EventRequestorAssociation`) or in dicom/find_scp.py (the C-FIND response loop, run
-from `PacsAssociation._serve_request`), and tests/unit/test_transport_pins.py fails
-when the source of an overridden or relied-upon upstream function changes (pynetdicom
-is pinned to the tested minor version).
+`EventRequestorAssociation`), in dicom/find_scp.py (the C-FIND response loop, run
+from `PacsAssociation._serve_request`) or in dicom/negotiation.py (a proposal
+negotiated once, the A-ASSOCIATE-AC encoded once), and tests/unit/test_transport_pins.py
+fails when the source of an overridden or relied-upon upstream function changes
+(pynetdicom is pinned to the tested minor version).
 
 What a connection goes through here:
 
@@ -15,8 +16,11 @@ What a connection goes through here:
 2. the connection's own thread (`PacsRequestHandler.handle`): the TLS handshake, with
    `server.negotiation_timeout` as its deadline; then the association.
 3. `PacsAssociation`: waits `negotiation_timeout` for the A-ASSOCIATE-RQ (not
-   `acse_timeout`), and stops waiting when the DUL thread dies on a malformed PDU.
-4. `PolicyACSE`: `AssociationPolicy.decide()` before pynetdicom negotiates.
+   `acse_timeout`), and stops waiting when the DUL thread dies on a malformed PDU;
+   on the event-driven transport it reads the RQ and sends the answer in its own
+   thread, and the DUL thread starts then (`EventDUL.read_request`).
+4. `PolicyACSE`: `AssociationPolicy.decide()` before pynetdicom negotiates, or before
+   the outcome of the same proposal is replayed (dicom/negotiation.py).
 5. `GuardedSocket`: a declared PDU length above the limit gets an A-ABORT before its
    body is read, and a PDU must arrive whole within the read deadline (slow senders).
 
@@ -76,8 +80,16 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_server.dicom.find_scp import serve_find
+from pacs_server.dicom.negotiation import (
+    NegotiationCache,
+    capture,
+    is_encoded_accept_due,
+    proposal_key,
+    replay,
+    send_encoded_accept,
+)
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
-from pacs_server.dicom.reactor import EventReactors, WakingQueue
+from pacs_server.dicom.reactor import EventDUL, EventReactors, WakingQueue
 from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.tls import TlsContexts, peer_subject
 from pacs_server.errors import PacsError, TranscodeFailed
@@ -210,7 +222,10 @@ class GuardedStateMachine(StateMachine):
         try/except, which already sends A-ABORT for transport errors.
         """
         try:
-            super().do_action(event)
+            if is_encoded_accept_due(self.dul, event):
+                self._act("AE-7", event, send_encoded_accept)
+            else:
+                super().do_action(event)
         except Exception as exc:
             dul = self.dul
             sock = cast(GuardedSocket, dul.socket)
@@ -232,6 +247,15 @@ class GuardedStateMachine(StateMachine):
             remote = assoc.requestor.address_info
             evt.trigger(assoc, evt.EVT_CONN_CLOSE,
                         {"address": remote.as_tuple if remote is not None else ("?", 0)})
+
+
+    def _act(self, name: str, event: str, action: Callable[[Any], str]) -> None:
+        # What upstream's do_action does around the action it looks up (pinned).
+        next_state = action(self.dul)
+        evt.trigger(self.dul.assoc, evt.EVT_FSM_TRANSITION,
+                    {"action": name, "current_state": self.current_state,
+                     "fsm_event": event, "next_state": next_state})
+        self.transition(next_state)
 
 
 class PolicyACSE(ACSE):
@@ -264,9 +288,27 @@ class PolicyACSE(ACSE):
             assoc.kill()
             return
         assoc.admitted = True
-        super()._negotiate_as_acceptor()
+        self._negotiate(assoc)
         if assoc.is_established:
             cast(GuardedSocket, assoc.dul.socket).associated = True
+
+
+    def _negotiate(self, assoc: PacsAssociation) -> None:
+        """Upstream's negotiation, or its outcome for the same proposal replayed
+        (dicom/negotiation.py; event-driven transport only)."""
+        key = proposal_key(self)
+        cache = assoc._server.negotiations if assoc._server is not None else None
+        if key is None or cache is None:
+            super()._negotiate_as_acceptor()
+            return
+        outcome = cache.get(key)
+        if outcome is not None:
+            replay(self, outcome)
+            return
+        super()._negotiate_as_acceptor()
+        outcome = capture(self)
+        if outcome is not None:
+            cache.put(key, outcome)
 
 
 class StoredFile(Dataset):
@@ -487,14 +529,15 @@ class PacsAssociation(FileSending):
         return True
 
     def wait_for_request(self, timeout: float) -> None:
-        """Stock transport: look again in 5 ms (dicom/reactor.py waits on an event)."""
+        """Stock transport: look again in 5 ms (the event-driven one reads the RQ itself)."""
         time.sleep(min(timeout, 0.005))
 
     def _hard_stop(self) -> None:
         self.dul.kill_dul()
         self._kill = True
         self.is_established = False
-        self.dul.join(2)
+        if self.dul.is_alive():
+            self.dul.join(2)
 
 
 class PacsRequestHandler(RequestHandler):
@@ -620,6 +663,7 @@ class PacsAssociationServer(ThreadedAssociationServer):
         self.prechecks = prechecks or {}
         self.receive_gate = receive_gate     # see gate_data_sets
         self.reuse_port = reuse_port
+        self.negotiations = NegotiationCache()    # dicom/negotiation.py
         kwargs.setdefault("request_handler", PacsRequestHandler)
         super().__init__(*args, **kwargs)
 
@@ -707,6 +751,16 @@ class EventPacsAssociation(EventReactors, PacsAssociation):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.install_event_reactors()
+
+    def _await_request(self) -> bool:
+        """Read the A-ASSOCIATE-RQ in this thread; the DUL's thread starts once the
+        answer is sent (`EventDUL.read_request`)."""
+        self._started_dul = True        # upstream's run_reactor must not start it
+        dul = cast(EventDUL, self.dul)
+        if dul.read_request(time.monotonic() + self.limits.negotiation_timeout):
+            return True
+        self._hard_stop()
+        return False
 
 
 class RequestorAssociation(FileSending):
