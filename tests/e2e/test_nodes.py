@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,8 +25,11 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 
 from pacs_server.control import ADMIN_REFRESH_S
+from pacs_server.index.engine import MIGRATIONS
 from support.archive import archived_files, incoming_files, index_rows, open_intents
 from support.dcmtk import Dcmtk
 from support.http import TOKEN, http_call
@@ -79,10 +83,17 @@ class Nodes:
         path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
         return path
 
-    def start(self, name: str, **sections: dict[str, Any]) -> ServerProcess:
+    def launch(self, name: str, *command: str, **sections: dict[str, Any]) -> ServerProcess:
+        """`python -m pacs_server --config <name>.yaml [command]`, not waited for."""
         path = self.config(name, **sections)
-        proc = self._spawn([sys.executable, "-m", "pacs_server", "--config", str(path)],
-                           self.root)
+        return self._spawn([sys.executable, "-m", "pacs_server", "--config", str(path),
+                            *command], self.root)
+
+    def start(self, name: str, **sections: dict[str, Any]) -> ServerProcess:
+        return self.started(self.launch(name, **sections), name)
+
+    def started(self, proc: ServerProcess, name: str) -> ServerProcess:
+        """`proc` once it listens (its `port` and `http_port` set)."""
         started = proc.wait_for_event("server.started")
         assert started["identity"] == name
         proc.port = int(started["port"])
@@ -124,6 +135,54 @@ def no_leftovers(archive: Path) -> None:
     assert incoming_files(archive) == []
     assert open_intents(archive) == []
     assert not (archive / ".quarantine").exists()
+
+
+def _head() -> str:
+    acfg = AlembicConfig()
+    acfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(acfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def _schema_version(database: dict[str, Any]) -> list[str]:
+    if "url" in database:
+        rows = asyncio.run(pg_fetch(database["url"], "SELECT version_num FROM alembic_version"))
+        return [r["version_num"] for r in rows]
+    with sqlite3.connect(database["path"]) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_starting_together_on_a_fresh_database_all_come_up(
+        tmp_path: Path, spawn: Callable[..., ServerProcess], request: pytest.FixtureRequest,
+        backend: str) -> None:
+    """Several processes migrating one empty database at the same moment take turns
+    (SQLite: the writer lock file; PostgreSQL: an advisory lock): one creates the schema,
+    the others find it current. Rounds of three `init-db`, then two servers."""
+    def fresh(i: int) -> dict[str, Any]:
+        if backend == "sqlite":
+            return {"path": str(tmp_path / f"round{i}.db")}
+        return {"url": request.getfixturevalue("postgres_cluster").create_database()}
+
+    head = _head()
+    for i in range(6):
+        database = fresh(i)
+        nodes = Nodes(tmp_path, spawn, database)
+        procs = [nodes.launch(f"init{j}", "init-db") for j in range(3)]
+        codes = [proc.wait(120) for proc in procs]
+        assert codes == [0, 0, 0], f"round {i}: " + "\n".join(p.stderr for p in procs)
+        assert _schema_version(database) == [head]
+    database = fresh(6)
+    nodes = Nodes(tmp_path, spawn, database)
+    both = [(nodes.launch(name), name) for name in ("node-a", "node-b")]
+    for proc, name in both:
+        nodes.started(proc, name)      # both listen
+    for proc, name in both:
+        assert "Traceback" not in proc.stderr
+        assert proc.stop() == 0, f"{name}: {proc.stderr}"
+    assert _schema_version(database) == [head]
 
 
 # ----------------------------------------------------------------------- PostgreSQL

@@ -157,25 +157,20 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     table by copying it and dropping the original, and dropping a parent table with
     foreign keys on would cascade to its children. They are checked before switching
     back on.
+
+    Processes starting together on one database take turns: on SQLite under the
+    writer lock file (`WriterLock`), taken before the first connection (whose WAL
+    switch already needs the file to itself), on PostgreSQL under an advisory lock.
+    The later ones find the schema at `revision` and change nothing.
     """
+    lock = None
     try:
-        async with engine.connect() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            if sqlite:
-                await conn.run_sync(_foreign_keys, False)
-            try:
-                async with conn.begin():
-                    if not sqlite:
-                        # Nodes starting together: one migrates, the others wait for
-                        # it and then find the schema current.
-                        await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK})")
-                    changed = await conn.run_sync(_upgrade, revision)
-            except BaseException:
-                if sqlite:
-                    await conn.invalidate()   # never back to the pool with keys off
-                raise
-            if sqlite:
-                await conn.run_sync(_foreign_keys, True, changed)
+        lock = WriterLock.for_engine(engine)
+        if lock is None:
+            await _migrate(engine, revision)
+        else:
+            async with lock:
+                await _migrate(engine, revision)
     except StartupError:
         raise
     except Exception as exc:
@@ -183,6 +178,30 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
         # "Background on this error" line; the driver's own message says what is wrong.
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)]
         raise StartupError(f"index database cannot be opened or upgraded: {reason[0]}") from None
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+async def _migrate(engine: AsyncEngine, revision: str) -> None:
+    """One upgrade on one connection (`migrate` holds the lock around it)."""
+    async with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            await conn.run_sync(_foreign_keys, False)
+        try:
+            async with conn.begin():
+                if not sqlite:
+                    # Nodes starting together: one migrates, the others wait for
+                    # it and then find the schema current.
+                    await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK})")
+                changed = await conn.run_sync(_upgrade, revision)
+        except BaseException:
+            if sqlite:
+                await conn.invalidate()   # never back to the pool with keys off
+            raise
+        if sqlite:
+            await conn.run_sync(_foreign_keys, True, changed)
 
 
 def safe_url(url: str) -> str:
