@@ -27,6 +27,9 @@ import pytest
 import yaml
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
 
 from pacs_server.control import ADMIN_REFRESH_S
 from pacs_server.index.engine import MIGRATIONS
@@ -34,6 +37,8 @@ from support.archive import archived_files, incoming_files, index_rows, open_int
 from support.dcmtk import Dcmtk
 from support.http import TOKEN, http_call
 from support.instances import DicomFiles, sop_uid
+from support.mpps import CONTEXTS as MPPS_CONTEXTS
+from support.mpps import MPPS, Modality, create_attributes, final_modification
 from support.polling import wait_until
 from support.scu import (
     SUCCESS,
@@ -130,6 +135,20 @@ def race(scu: Scu, ports: list[int], path: Path) -> list[int]:
         return list(pool.map(one, ports))
 
 
+def race_n_sets(scu: Scu, ports: list[int], uid: str, finals: tuple[str, ...]) -> list[Dataset]:
+    """A final N-SET of step `uid` to each port at the same moment (`finals[i]` to
+    `ports[i]`, each associated first, then a barrier). Returns the status datasets."""
+    barrier = threading.Barrier(len(ports))
+
+    def one(i: int) -> Dataset:
+        with scu.associate(ports[i], MPPS_CONTEXTS) as assoc:
+            barrier.wait(30)
+            return assoc.send_n_set(final_modification(finals[i]), MPPS, uid)[0]
+
+    with ThreadPoolExecutor(len(ports)) as pool:
+        return list(pool.map(one, range(len(ports))))
+
+
 def no_leftovers(archive: Path) -> None:
     """Nothing in any receive directory, no intent open, nothing set aside."""
     assert incoming_files(archive) == []
@@ -183,6 +202,61 @@ def test_processes_starting_together_on_a_fresh_database_all_come_up(
         assert "Traceback" not in proc.stderr
         assert proc.stop() == 0, f"{name}: {proc.stderr}"
     assert _schema_version(database) == [head]
+
+
+def _query(database: dict[str, Any], sql: str) -> list[tuple[Any, ...]]:
+    """Rows of `sql` (no parameters) on the shared index, SQLite or PostgreSQL."""
+    if "url" in database:
+        return [tuple(r) for r in asyncio.run(pg_fetch(database["url"], sql))]
+    with sqlite3.connect(database["path"]) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_final_n_sets_of_one_step_on_two_nodes_have_one_winner(
+        tmp_path: Path, spawn: Callable[..., ServerProcess], request: pytest.FixtureRequest,
+        scu: Scu, backend: str) -> None:
+    """N-CREATE on A, then COMPLETED sent to A and DISCONTINUED to B at the same moment:
+    one N-SET succeeds, the other is refused as PS3.4 F.7.2.2.3 says for a step no
+    longer IN PROGRESS (0x0110 Processing Failure, Error ID A710's comment); the stored
+    step and its worklist item carry the winner's status."""
+    database = ({"path": str(tmp_path / "pacs.db")} if backend == "sqlite"
+                else {"url": request.getfixturevalue("postgres_url")})
+    nodes = Nodes(tmp_path, spawn, database)
+    a = nodes.start("node-a")
+    b = nodes.start("node-b")
+    rounds = 8
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([item(n) for n in range(1, rounds + 1)]), encoding="utf-8")
+    added = subprocess.run([sys.executable, "-m", "pacs_server", "--config",
+                            str(nodes.config("node-a")), "worklist", "add", str(items)],
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    modalities = [Modality(a.port, scu), Modality(b.port, scu)]
+    finals = ("COMPLETED", "DISCONTINUED")
+    winners = {}
+    for n in range(1, rounds + 1):
+        step = Dataset()
+        step.StudyInstanceUID, step.AccessionNumber = f"1.2.9.{n}", f"A{n:04d}"
+        step.ScheduledProcedureStepID = f"S{n:04d}"
+        uid = generate_uid()
+        created, _ = asyncio.run(modalities[n % 2].create(
+            create_attributes(ScheduledStepAttributesSequence=Sequence([step])), uid))
+        assert created.Status == SUCCESS
+        answers = race_n_sets(scu, [a.port, b.port], uid, finals)
+        assert sorted(r.Status for r in answers) == [SUCCESS, 0x0110], f"round {n}"
+        loser = next(r for r in answers if r.Status != SUCCESS)
+        assert loser.ErrorComment == "Performed Procedure Step Object may no longer be updated"
+        winners[uid] = finals[next(i for i, r in enumerate(answers) if r.Status == SUCCESS)]
+        winners[f"A{n:04d}"] = winners[uid]
+    steps = dict(_query(database, "SELECT sop_instance_uid, status FROM mpps"))
+    assert steps == {uid: final for uid, final in winners.items() if not uid.startswith("A")}
+    wait_until(lambda: dict(_query(database, "SELECT accession_number, sps_status "
+                                             "FROM worklist_items"))
+               == {acc: final for acc, final in winners.items() if acc.startswith("A")},
+               10, "every worklist item follows its step's winner")
+    for proc in (a, b):
+        assert proc.stop() == 0
 
 
 # ----------------------------------------------------------------------- PostgreSQL

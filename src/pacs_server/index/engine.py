@@ -21,6 +21,7 @@ from pacs_server.errors import StartupError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATE_LOCK = 0x5041435301      # PostgreSQL advisory lock key of the migrations
+_IMMEDIATE = "pacs_immediate"     # execution option: SQLite BEGIN IMMEDIATE (immediate())
 
 
 def database_url(cfg: DatabaseConfig) -> str:
@@ -116,9 +117,23 @@ def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:
     if not writer:
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(
+                _IMMEDIATE) else "BEGIN")
 
     return engine
+
+
+def immediate(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` for read-modify-write transactions that other processes may run at once.
+
+    On SQLite its transactions start with BEGIN IMMEDIATE: the write lock is taken (or
+    waited for, busy_timeout) before the first read, so no process reads a row that
+    another changes before this one writes it; a deferred BEGIN that read first could
+    not upgrade once another process committed (SQLITE_BUSY at once, no retry). On
+    PostgreSQL nothing changes: the statements lock the rows they read
+    (SELECT ... FOR UPDATE, which SQLAlchemy leaves out on SQLite).
+    """
+    return engine.execution_options(**{_IMMEDIATE: True})
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:
