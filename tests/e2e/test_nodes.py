@@ -121,18 +121,20 @@ async def pg_fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         await conn.close()
 
 
-def race(scu: Scu, ports: list[int], path: Path) -> list[int]:
-    """Send `path` to every port at the same moment: each sender associates, waits at
-    a barrier, then sends its C-STORE. Returns the statuses, in port order."""
+def race(scu: Scu, ports: list[int], *paths: Path) -> list[int]:
+    """Send `paths[i]` (or the one path given) to `ports[i]`, all at the same moment:
+    each sender associates, waits at a barrier, then sends its C-STORE. Returns the
+    statuses, in port order."""
     barrier = threading.Barrier(len(ports))
+    files = list(paths) if len(paths) > 1 else list(paths) * len(ports)
 
-    def one(port: int) -> int:
-        with scu.associate(port, contexts_for([path])) as assoc:
+    def one(i: int) -> int:
+        with scu.associate(ports[i], contexts_for([files[i]])) as assoc:
             barrier.wait(30)
-            return send(assoc, path).status
+            return send(assoc, files[i]).status
 
     with ThreadPoolExecutor(len(ports)) as pool:
-        return list(pool.map(one, ports))
+        return list(pool.map(one, range(len(ports))))
 
 
 def race_n_sets(scu: Scu, ports: list[int], uid: str, finals: tuple[str, ...]) -> list[Dataset]:
@@ -292,6 +294,39 @@ def test_the_same_instance_sent_to_both_nodes_at_once(
     assert again.status == (DUPLICATE if policy == "reject" else SUCCESS)
     for proc in (a, b):
         assert "storage.orphan_set_aside" not in proc.stderr
+        assert proc.stop() == 0
+
+
+def test_two_versions_of_one_instance_replaced_on_both_nodes_at_once(
+        pg_nodes: Nodes, postgres_url: str, dicom_files: DicomFiles, scu: Scu) -> None:
+    """duplicate_policy: replace. Each round sends two versions of one SOP instance (of
+    different sizes), one to A and one to B, at the same moment: a new instance (one
+    path), a re-send of a stored one (its file exists), and a corrected Patient ID and
+    study (two paths). Both answer Success; one row remains per instance, naming a file
+    that holds what the row says (its size), and no other file."""
+    a = pg_nodes.start("node-a", storage={"duplicate_policy": "replace"})
+    b = pg_nodes.start("node-b", storage={"duplicate_policy": "replace"})
+    rounds = 9
+    for i in range(rounds):
+        same = {"SOPInstanceUID": generate_uid(), "StudyInstanceUID": generate_uid(),
+                "SeriesInstanceUID": generate_uid(), "PatientID": "REPL"}
+        if i % 3 == 1:
+            assert scu.store(a.port, [dicom_files.generated(**same)])[0].ok
+        moved = ({"PatientID": "REPL-2", "StudyInstanceUID": generate_uid(),
+                  "SeriesInstanceUID": generate_uid()} if i % 3 == 2 else {})
+        versions = [dicom_files.generated(pixel_bytes=64, **same),
+                    dicom_files.generated(pixel_bytes=96, **{**same, **moved})]
+        statuses = race(scu, [a.port, b.port], *versions)
+        assert statuses == [SUCCESS, SUCCESS], f"round {i}: {statuses}"
+
+    rows = asyncio.run(pg_fetch(postgres_url, "SELECT path, size FROM instances"))
+    assert len(rows) == rounds
+    files = {str(p.relative_to(pg_nodes.archive)): p.stat().st_size
+             for p in archived_files(pg_nodes.archive)}
+    assert files == {r["path"]: r["size"] for r in rows}
+    no_leftovers(pg_nodes.archive)
+    assert list((pg_nodes.archive / ".claims").iterdir()) == []
+    for proc in (a, b):
         assert proc.stop() == 0
 
 
