@@ -430,18 +430,24 @@ def test_a_starting_node_leaves_a_siblings_transfer_alone(
 
     big = dicom_files.big(3_000_000)
     result: list[int] = []
+    b_listens = threading.Event()
 
     def slow_store() -> None:
         with scu.associate(a.port, contexts_for([big])) as assoc:
-            throttle(assoc, 400_000)          # about 7 s on the wire
+            # A third of the instance, then the rest once B listens (however long
+            # B's start takes on a loaded machine).
+            throttle(assoc, 400_000, hold=(b_listens, 1_000_000))
             result.append(send(assoc, big).status)
 
     sender = threading.Thread(target=slow_store)
     sender.start()
     own = pg_nodes.archive / ".incoming" / "node-a"
     wait_until(lambda: any(own.iterdir()), 10, "A receiving")
-    b = pg_nodes.start("node-b")
-    assert any(own.iterdir()), "B's start emptied A's receive directory"
+    try:
+        b = pg_nodes.start("node-b")
+        assert any(own.iterdir()), "B's start emptied A's receive directory"
+    finally:
+        b_listens.set()
     sender.join(60)
     assert result == [SUCCESS]
     assert list(gone.iterdir()) == []
