@@ -32,9 +32,11 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
+from pacs_server.errors import IndexUnavailable
 from pacs_server.index.attributes import Kind
 from pacs_server.index.engine import immediate
 from pacs_server.index.matching import sql_condition
@@ -235,14 +237,19 @@ class WorklistRepository:
         if status == "STARTED":
             conds.append(WorklistItem.sps_status.not_in(FINAL_STATUSES))
         updated = 0
-        async with self._writes.begin() as conn:
-            found = (await conn.execute(select(WorklistItem.pk, WorklistItem.dataset)
-                                        .where(and_(*conds)).with_for_update())).all()
-            for pk, dataset in found:
-                await conn.execute(update(WorklistItem).where(WorklistItem.pk == pk).values(
-                    sps_status=status, finished_at=finished,
-                    dataset=with_step_status(dataset, status)))
-                updated += 1
+        try:
+            async with self._writes.begin() as conn:
+                found = (await conn.execute(select(WorklistItem.pk, WorklistItem.dataset)
+                                            .where(and_(*conds)).with_for_update())).all()
+                for pk, dataset in found:
+                    await conn.execute(update(WorklistItem).where(WorklistItem.pk == pk)
+                                       .values(sps_status=status, finished_at=finished,
+                                               dataset=with_step_status(dataset, status)))
+                    updated += 1
+        except DBAPIError as exc:
+            # A PacsError, so that MPPS logs it: the step itself is already stored.
+            reason = str(exc.orig or exc).strip().splitlines()
+            raise IndexUnavailable(f"worklist: {reason[0] if reason else exc}") from None
         return updated
 
     async def purge_finished(self, before: datetime) -> int:
