@@ -246,7 +246,8 @@ def test_two_final_n_sets_of_one_step_on_two_nodes_have_one_winner(
             create_attributes(ScheduledStepAttributesSequence=Sequence([step])), uid))
         assert created.Status == SUCCESS
         answers = race_n_sets(scu, [a.port, b.port], uid, finals)
-        assert sorted(r.Status for r in answers) == [SUCCESS, 0x0110], f"round {n}: {[(hex(r.Status), r.get('ErrorComment')) for r in answers]}"
+        said = [(hex(r.Status), r.get("ErrorComment")) for r in answers]
+        assert sorted(r.Status for r in answers) == [SUCCESS, 0x0110], f"round {n}: {said}"
         loser = next(r for r in answers if r.Status != SUCCESS)
         assert loser.ErrorComment == "Performed Procedure Step Object may no longer be updated"
         winners[uid] = finals[next(i for i, r in enumerate(answers) if r.Status == SUCCESS)]
