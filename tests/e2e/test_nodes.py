@@ -290,9 +290,12 @@ def test_the_same_instance_sent_to_both_nodes_at_once(
     for r in rows:
         assert (pg_nodes.archive / r["path"]).stat().st_size > 0
     no_leftovers(pg_nodes.archive)
-    # Both nodes agree, and a later copy is a duplicate everywhere.
+    # Both nodes agree, and a later copy is a duplicate everywhere, also sent to both
+    # at once (both find the file's name taken and each other's intent open).
     (again,) = scu.store(b.port, [sent[0]])
     assert again.status == (DUPLICATE if policy == "reject" else SUCCESS)
+    answer = DUPLICATE if policy == "reject" else SUCCESS
+    assert race(scu, [a.port, b.port], sent[1]) == [answer, answer]
     for proc in (a, b):
         assert "storage.orphan_set_aside" not in proc.stderr
         assert proc.stop() == 0

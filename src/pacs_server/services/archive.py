@@ -323,12 +323,14 @@ class ArchiveService:
         """What holds the name: "indexed" (a duplicate), "orphan", "free" (gone since),
         or None while another store may still be placing or committing it."""
         rel = rec.rel_path
+        # Indexed already: a duplicate, whoever else is storing it now (two stores of a
+        # stored instance at once would otherwise wait for each other's intent).
+        if run(self.catalog.lookup(rec)) is not None:
+            return "indexed"
         # Another process's store has it in flight (this process's stores of one UID
         # take turns already, `_claim`): wait for its commit.
         if self.files.journal.in_flight(rel, self._in_flight_s):
             return None
-        if run(self.catalog.lookup(rec)) is not None:
-            return "indexed"
         age = self.files.age(rel)
         if age is None:
             return "free"
