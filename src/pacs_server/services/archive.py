@@ -12,7 +12,9 @@ archive and one index. The file name is taken with create-if-absent (a link), so
 store never overwrites a file it did not place; a store that finds the name taken
 waits while another process has it in flight (its journal intent is open), then lets
 the index decide: indexed → duplicate_policy; not indexed and nobody storing it → an
-orphan, moved aside to .quarantine, never deleted.
+orphan, moved aside to .quarantine, never deleted. With `replace`, which does overwrite,
+the stores of one path take turns across processes under a path claim
+(storage/journal.PathClaims).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any, Protocol
 import structlog
 
 from pacs_server.config import StorageConfig
-from pacs_server.errors import DuplicateInstance, PathTaken, StorageFull
+from pacs_server.errors import DuplicateInstance, PacsError, PathTaken, StorageFull
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.dataset_check import check_dataset
@@ -286,9 +288,14 @@ class ArchiveService:
         that path's claim, unless the row names it again: another node's replace of
         the same instance at `old` (the old Patient ID, say) committed after ours, and
         its file must stay."""
-        with self._path_claim(old, "replace"):
-            if run(self.catalog.lookup(rec)) != str(old):
-                self.files.remove(old)
+        try:
+            with self._path_claim(old, "replace"):
+                if run(self.catalog.lookup(rec)) != str(old):
+                    self.files.remove(old)
+        except PacsError as exc:
+            # The new row is committed: the store succeeded. The old file stays, a file
+            # without a row, listed by `pacsctl verify` as unindexed.
+            log.warning("storage.superseded_kept", path=str(old), error=str(exc))
 
     def _place(self, staged: StagedInstance, run: Runner, policy: str,
                intent: Path) -> bool | None:
