@@ -261,6 +261,12 @@ class PacsApp:
             notify("READY=1")
             await self.log_started()
 
+    @property
+    def services(self) -> list[str]:
+        """The names of the DICOM services this process listens for (none before the
+        listener starts, and none in the supervisor: its workers serve them)."""
+        return list(self._services)
+
     async def log_started(self, **fields: object) -> None:
         """The one `server.started` line (the supervisor's once every worker listens)."""
         cfg = self.cfg
@@ -270,7 +276,7 @@ class PacsApp:
                  storage=self._storage_root,
                  database=self._index.url if self._index else None,
                  naming=cfg.storage.naming, duplicate_policy=cfg.storage.duplicate_policy,
-                 services=self._services, **fields,
+                 **{"services": self._services, **fields},
                  **(await self._index.repo.counts() if self._index else {}))
 
     async def _start_housekeeping(self, files: FileStore, catalog: Catalog,

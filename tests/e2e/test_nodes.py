@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,12 +25,20 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
 
 from pacs_server.control import ADMIN_REFRESH_S
+from pacs_server.index.engine import MIGRATIONS
 from support.archive import archived_files, incoming_files, index_rows, open_intents
 from support.dcmtk import Dcmtk
 from support.http import TOKEN, http_call
 from support.instances import DicomFiles, sop_uid
+from support.mpps import CONTEXTS as MPPS_CONTEXTS
+from support.mpps import MPPS, Modality, create_attributes, final_modification
 from support.polling import wait_until
 from support.scu import (
     SUCCESS,
@@ -79,10 +88,17 @@ class Nodes:
         path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
         return path
 
-    def start(self, name: str, **sections: dict[str, Any]) -> ServerProcess:
+    def launch(self, name: str, *command: str, **sections: dict[str, Any]) -> ServerProcess:
+        """`python -m pacs_server --config <name>.yaml [command]`, not waited for."""
         path = self.config(name, **sections)
-        proc = self._spawn([sys.executable, "-m", "pacs_server", "--config", str(path)],
-                           self.root)
+        return self._spawn([sys.executable, "-m", "pacs_server", "--config", str(path),
+                            *command], self.root)
+
+    def start(self, name: str, **sections: dict[str, Any]) -> ServerProcess:
+        return self.started(self.launch(name, **sections), name)
+
+    def started(self, proc: ServerProcess, name: str) -> ServerProcess:
+        """`proc` once it listens (its `port` and `http_port` set)."""
         started = proc.wait_for_event("server.started")
         assert started["identity"] == name
         proc.port = int(started["port"])
@@ -105,18 +121,34 @@ async def pg_fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         await conn.close()
 
 
-def race(scu: Scu, ports: list[int], path: Path) -> list[int]:
-    """Send `path` to every port at the same moment: each sender associates, waits at
-    a barrier, then sends its C-STORE. Returns the statuses, in port order."""
+def race(scu: Scu, ports: list[int], *paths: Path) -> list[int]:
+    """Send `paths[i]` (or the one path given) to `ports[i]`, all at the same moment:
+    each sender associates, waits at a barrier, then sends its C-STORE. Returns the
+    statuses, in port order."""
     barrier = threading.Barrier(len(ports))
+    files = list(paths) if len(paths) > 1 else list(paths) * len(ports)
 
-    def one(port: int) -> int:
-        with scu.associate(port, contexts_for([path])) as assoc:
+    def one(i: int) -> int:
+        with scu.associate(ports[i], contexts_for([files[i]])) as assoc:
             barrier.wait(30)
-            return send(assoc, path).status
+            return send(assoc, files[i]).status
 
     with ThreadPoolExecutor(len(ports)) as pool:
-        return list(pool.map(one, ports))
+        return list(pool.map(one, range(len(ports))))
+
+
+def race_n_sets(scu: Scu, ports: list[int], uid: str, finals: tuple[str, ...]) -> list[Dataset]:
+    """A final N-SET of step `uid` to each port at the same moment (`finals[i]` to
+    `ports[i]`, each associated first, then a barrier). Returns the status datasets."""
+    barrier = threading.Barrier(len(ports))
+
+    def one(i: int) -> Dataset:
+        with scu.associate(ports[i], MPPS_CONTEXTS) as assoc:
+            barrier.wait(30)
+            return assoc.send_n_set(final_modification(finals[i]), MPPS, uid)[0]
+
+    with ThreadPoolExecutor(len(ports)) as pool:
+        return list(pool.map(one, range(len(ports))))
 
 
 def no_leftovers(archive: Path) -> None:
@@ -124,6 +156,110 @@ def no_leftovers(archive: Path) -> None:
     assert incoming_files(archive) == []
     assert open_intents(archive) == []
     assert not (archive / ".quarantine").exists()
+
+
+def _head() -> str:
+    acfg = AlembicConfig()
+    acfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(acfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def _schema_version(database: dict[str, Any]) -> list[str]:
+    if "url" in database:
+        rows = asyncio.run(pg_fetch(database["url"], "SELECT version_num FROM alembic_version"))
+        return [r["version_num"] for r in rows]
+    with sqlite3.connect(database["path"]) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return [r[0] for r in conn.execute("SELECT version_num FROM alembic_version")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_starting_together_on_a_fresh_database_all_come_up(
+        tmp_path: Path, spawn: Callable[..., ServerProcess], request: pytest.FixtureRequest,
+        backend: str) -> None:
+    """Several processes migrating one empty database at the same moment take turns
+    (SQLite: the writer lock file; PostgreSQL: an advisory lock): one creates the schema,
+    the others find it current. Rounds of three `init-db`, then two servers."""
+    def fresh(i: int) -> dict[str, Any]:
+        if backend == "sqlite":
+            return {"path": str(tmp_path / f"round{i}.db")}
+        return {"url": request.getfixturevalue("postgres_cluster").create_database()}
+
+    head = _head()
+    for i in range(6):
+        database = fresh(i)
+        nodes = Nodes(tmp_path, spawn, database)
+        procs = [nodes.launch(f"init{j}", "init-db") for j in range(3)]
+        codes = [proc.wait(120) for proc in procs]
+        assert codes == [0, 0, 0], f"round {i}: " + "\n".join(p.stderr for p in procs)
+        assert _schema_version(database) == [head]
+    database = fresh(6)
+    nodes = Nodes(tmp_path, spawn, database)
+    both = [(nodes.launch(name), name) for name in ("node-a", "node-b")]
+    for proc, name in both:
+        nodes.started(proc, name)      # both listen
+    for proc, name in both:
+        assert "Traceback" not in proc.stderr
+        assert proc.stop() == 0, f"{name}: {proc.stderr}"
+    assert _schema_version(database) == [head]
+
+
+def _query(database: dict[str, Any], sql: str) -> list[tuple[Any, ...]]:
+    """Rows of `sql` (no parameters) on the shared index, SQLite or PostgreSQL."""
+    if "url" in database:
+        return [tuple(r) for r in asyncio.run(pg_fetch(database["url"], sql))]
+    with sqlite3.connect(database["path"]) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_final_n_sets_of_one_step_on_two_nodes_have_one_winner(
+        tmp_path: Path, spawn: Callable[..., ServerProcess], request: pytest.FixtureRequest,
+        scu: Scu, backend: str) -> None:
+    """N-CREATE on A, then COMPLETED sent to A and DISCONTINUED to B at the same moment:
+    one N-SET succeeds, the other is refused as PS3.4 F.7.2.2.3 says for a step no
+    longer IN PROGRESS (0x0110 Processing Failure, Error ID A710's comment); the stored
+    step and its worklist item carry the winner's status."""
+    database = ({"path": str(tmp_path / "pacs.db")} if backend == "sqlite"
+                else {"url": request.getfixturevalue("postgres_url")})
+    nodes = Nodes(tmp_path, spawn, database)
+    a = nodes.start("node-a")
+    b = nodes.start("node-b")
+    rounds = 8
+    items = tmp_path / "items.json"
+    items.write_text(json.dumps([item(n) for n in range(1, rounds + 1)]), encoding="utf-8")
+    added = subprocess.run([sys.executable, "-m", "pacs_server", "--config",
+                            str(nodes.config("node-a")), "worklist", "add", str(items)],
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    modalities = [Modality(a.port, scu), Modality(b.port, scu)]
+    finals = ("COMPLETED", "DISCONTINUED")
+    winners = {}
+    for n in range(1, rounds + 1):
+        step = Dataset()
+        step.StudyInstanceUID, step.AccessionNumber = f"1.2.9.{n}", f"A{n:04d}"
+        step.ScheduledProcedureStepID = f"S{n:04d}"
+        uid = generate_uid()
+        created, _ = asyncio.run(modalities[n % 2].create(
+            create_attributes(ScheduledStepAttributesSequence=Sequence([step])), uid))
+        assert created.Status == SUCCESS
+        answers = race_n_sets(scu, [a.port, b.port], uid, finals)
+        said = [(hex(r.Status), r.get("ErrorComment")) for r in answers]
+        assert sorted(r.Status for r in answers) == [SUCCESS, 0x0110], f"round {n}: {said}"
+        loser = next(r for r in answers if r.Status != SUCCESS)
+        assert loser.ErrorComment == "Performed Procedure Step Object may no longer be updated"
+        winners[uid] = finals[next(i for i, r in enumerate(answers) if r.Status == SUCCESS)]
+        winners[f"A{n:04d}"] = winners[uid]
+    steps = dict(_query(database, "SELECT sop_instance_uid, status FROM mpps"))
+    assert steps == {uid: final for uid, final in winners.items() if not uid.startswith("A")}
+    wait_until(lambda: dict(_query(database, "SELECT accession_number, sps_status "
+                                             "FROM worklist_items"))
+               == {acc: final for acc, final in winners.items() if acc.startswith("A")},
+               10, "every worklist item follows its step's winner")
+    for proc in (a, b):
+        assert proc.stop() == 0
 
 
 # ----------------------------------------------------------------------- PostgreSQL
@@ -154,11 +290,47 @@ def test_the_same_instance_sent_to_both_nodes_at_once(
     for r in rows:
         assert (pg_nodes.archive / r["path"]).stat().st_size > 0
     no_leftovers(pg_nodes.archive)
-    # Both nodes agree, and a later copy is a duplicate everywhere.
+    # Both nodes agree, and a later copy is a duplicate everywhere, also sent to both
+    # at once (both find the file's name taken and each other's intent open).
     (again,) = scu.store(b.port, [sent[0]])
     assert again.status == (DUPLICATE if policy == "reject" else SUCCESS)
+    answer = DUPLICATE if policy == "reject" else SUCCESS
+    assert race(scu, [a.port, b.port], sent[1]) == [answer, answer]
     for proc in (a, b):
         assert "storage.orphan_set_aside" not in proc.stderr
+        assert proc.stop() == 0
+
+
+def test_two_versions_of_one_instance_replaced_on_both_nodes_at_once(
+        pg_nodes: Nodes, postgres_url: str, dicom_files: DicomFiles, scu: Scu) -> None:
+    """duplicate_policy: replace. Each round sends two versions of one SOP instance (of
+    different sizes), one to A and one to B, at the same moment: a new instance (one
+    path), a re-send of a stored one (its file exists), and a corrected Patient ID and
+    study (two paths). Both answer Success; one row remains per instance, naming a file
+    that holds what the row says (its size), and no other file."""
+    a = pg_nodes.start("node-a", storage={"duplicate_policy": "replace"})
+    b = pg_nodes.start("node-b", storage={"duplicate_policy": "replace"})
+    rounds = 9
+    for i in range(rounds):
+        same = {"SOPInstanceUID": generate_uid(), "StudyInstanceUID": generate_uid(),
+                "SeriesInstanceUID": generate_uid(), "PatientID": "REPL"}
+        if i % 3 == 1:
+            assert scu.store(a.port, [dicom_files.generated(**same)])[0].ok
+        moved = ({"PatientID": "REPL-2", "StudyInstanceUID": generate_uid(),
+                  "SeriesInstanceUID": generate_uid()} if i % 3 == 2 else {})
+        versions = [dicom_files.generated(pixel_bytes=64, **same),
+                    dicom_files.generated(pixel_bytes=96, **{**same, **moved})]
+        statuses = race(scu, [a.port, b.port], *versions)
+        assert statuses == [SUCCESS, SUCCESS], f"round {i}: {statuses}"
+
+    rows = asyncio.run(pg_fetch(postgres_url, "SELECT path, size FROM instances"))
+    assert len(rows) == rounds
+    files = {str(p.relative_to(pg_nodes.archive)): p.stat().st_size
+             for p in archived_files(pg_nodes.archive)}
+    assert files == {r["path"]: r["size"] for r in rows}
+    no_leftovers(pg_nodes.archive)
+    assert list((pg_nodes.archive / ".claims").iterdir()) == []
+    for proc in (a, b):
         assert proc.stop() == 0
 
 
@@ -262,18 +434,24 @@ def test_a_starting_node_leaves_a_siblings_transfer_alone(
 
     big = dicom_files.big(3_000_000)
     result: list[int] = []
+    b_listens = threading.Event()
 
     def slow_store() -> None:
         with scu.associate(a.port, contexts_for([big])) as assoc:
-            throttle(assoc, 400_000)          # about 7 s on the wire
+            # A third of the instance, then the rest once B listens (however long
+            # B's start takes on a loaded machine).
+            throttle(assoc, 400_000, hold=(b_listens, 1_000_000))
             result.append(send(assoc, big).status)
 
     sender = threading.Thread(target=slow_store)
     sender.start()
     own = pg_nodes.archive / ".incoming" / "node-a"
     wait_until(lambda: any(own.iterdir()), 10, "A receiving")
-    b = pg_nodes.start("node-b")
-    assert any(own.iterdir()), "B's start emptied A's receive directory"
+    try:
+        b = pg_nodes.start("node-b")
+        assert any(own.iterdir()), "B's start emptied A's receive directory"
+    finally:
+        b_listens.set()
     sender.join(60)
     assert result == [SUCCESS]
     assert list(gone.iterdir()) == []

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -260,25 +260,41 @@ def test_backup_opens_with_the_same_counts(spawn: Callable[..., Any], tmp_path: 
 
 
 def test_watch_shows_association_events(spawn: Callable[..., Any], tmp_path: Path) -> None:
-    extra = "access_control:\n  allowed_ae_titles: [KNOWN]\n"
+    extra = "access_control:\n  allowed_ae_titles: [KNOWN, PROBE]\n"
     pacs = start_pacs(spawn, tmp_path, extra)
     watcher = subprocess.Popen(
         [sys.executable, "-m", "pacs_server.pacsctl", "--url", pacs.url, "--token", TOKEN,
-         "--json", "watch", "--count", "7"], stdout=subprocess.PIPE, text=True)
+         "--json", "watch"], stdout=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in watcher.stdout or ()],
+                     daemon=True).start()
+    events: list[dict[str, Any]] = []
+
+    def probe_seen() -> bool:
+        # The feed starts once pacsctl has connected: C-ECHOs until it shows one.
+        assert try_associate(pacs.port, "PROBE") == (True, ())
+        try:
+            events.append(json.loads(lines.get(timeout=0.5)))
+        except queue.Empty:
+            return False
+        return True
+
     try:
-        time.sleep(1.0)  # the subscription is made once pacsctl has connected
+        wait_until(probe_seen, 30, "pacsctl watch subscribed")
         assert try_associate(pacs.port, "KNOWN") == (True, ())
         assert try_associate(pacs.port, "STRANGER") == (False, NOT_RECOGNISED)
-        out, _ = watcher.communicate(timeout=30)
+        while not any(e["kind"] == "refusal" for e in events):
+            events.append(json.loads(lines.get(timeout=30)))
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-    events = [json.loads(line) for line in out.splitlines()]
-    kinds = [e["kind"] for e in events]
-    assert kinds[:4] == ["connect", "associate", "operation", "release"], kinds
-    assert events[2]["operation"] == "C-ECHO" and events[1]["calling_ae"] == "KNOWN"
-    assert "refusal" in kinds
-    refusal = events[kinds.index("refusal")]
+        watcher.kill()
+        watcher.wait(10)
+    known = next(e["assoc"] for e in events
+                 if e["kind"] == "associate" and e["calling_ae"] == "KNOWN")
+    mine = [e for e in events if e.get("assoc") == known]
+    kinds = [e["kind"] for e in mine]
+    assert kinds == ["connect", "associate", "operation", "release"], kinds
+    assert mine[2]["operation"] == "C-ECHO"
+    refusal = next(e for e in events if e["kind"] == "refusal")
     assert refusal["calling_ae"] == "STRANGER" and refusal["reason"] == "calling_ae_not_allowed"
     assert pacs.proc.stop() == 0
 

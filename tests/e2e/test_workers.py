@@ -52,6 +52,9 @@ def start(run_pacs: Callable[..., Any], config: Path) -> Any:
     server = run_pacs("--metrics-port", "0", config=config)
     started = server.wait_for_event("server.started")
     assert started["workers"] == 2
+    # What the workers serve, not the supervisor's own (empty) DICOM side.
+    assert {"Verification", "Storage", "Query/Retrieve FIND",
+            "Modality Performed Procedure Step"} <= set(started["services"]), started
     server.http = f"http://127.0.0.1:{started['metrics_port']}"
     server.pids = {e["worker"]: e["pid"] for e in server.events()
                    if e["event"] == "worker.started"}

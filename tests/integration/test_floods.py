@@ -86,11 +86,16 @@ async def test_silent_connection_is_closed_after_negotiation_timeout(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
     app: RunningServer = await start_server(make_cfg({"server.negotiation_timeout": 0.5}))
     assert app.port
-    sock = connect_from("127.0.0.2", app.port)
-    started = time.monotonic()
-    assert await asyncio.to_thread(read_pdu, sock, 5.0) == b""   # closed by the server
-    assert time.monotonic() - started < 2.0
-    sock.close()
+    with capture_logs() as logs:
+        sock = connect_from("127.0.0.2", app.port)
+        started = time.monotonic()
+        assert await asyncio.to_thread(read_pdu, sock, 5.0) == b""   # closed by the server
+        assert time.monotonic() - started < 2.0
+        sock.close()
+    # The log names the deadline that closed it (the peer only sees a closed socket).
+    timeouts = {e.get("timeout") for e in logs
+                if e.get("event") in ("pdu.read_timeout", "association.negotiation_timeout")}
+    assert timeouts == {"server.negotiation_timeout"}, logs
 
 
 async def test_rq_sent_one_byte_at_a_time_is_cut_off(

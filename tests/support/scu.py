@@ -284,18 +284,26 @@ def keep_responses_for_the_caller(assoc: Association) -> None:
     dimse.get_msg = get_msg  # type: ignore[method-assign]
 
 
-def throttle(assoc: Association, bytes_per_second: float) -> None:
+def throttle(assoc: Association, bytes_per_second: float,
+             hold: tuple[threading.Event, int] | None = None) -> None:
     """Slow down what this (client) association sends, so a test can act mid-transfer.
 
+    `hold=(event, n)`: once `n` bytes are sent, the rest waits until `event` is set (at
+    most 60 s), so the test's action falls mid-transfer however slow the machine is.
     Only our own SCU is slowed: the server under test runs unmodified.
     """
     sock = assoc.dul.socket
     assert sock is not None
     original = sock.send
+    sent = 0
 
     def slow_send(data: bytes) -> None:
+        nonlocal sent
+        if hold is not None and sent >= hold[1]:
+            hold[0].wait(60)
         time.sleep(len(data) / bytes_per_second)
         original(data)
+        sent += len(data)
 
     sock.send = slow_send  # type: ignore[method-assign,assignment]
 

@@ -238,3 +238,25 @@ def test_quarantine_keeps_the_relative_path(store: FileStore) -> None:
     moved = store.quarantine(rel)
     assert moved == store.root / ".quarantine" / rel and moved.read_bytes() == b"not dicom"
     assert not (store.root / "P").exists()          # emptied directories pruned
+
+
+def test_a_path_claim_is_one_process_s_until_released_or_stale(tmp_path: Path) -> None:
+    """PathClaims (duplicate_policy: replace): one holder per path across processes; a
+    claim older than its bound is broken; a start drops its own identity's claims."""
+    a, b = (FileStore(tmp_path / "archive", fsync=False, identity=n) for n in ("a", "b"))
+    for store in (a, b):
+        store.prepare()
+    rel = PurePosixPath("P/1.2.3/1.2.3.4/1.2.3.4.5.dcm")
+    held = a.claims.take(rel, 60)
+    assert held is not None
+    assert b.claims.take(rel, 60) is None
+    assert a.claims.take(PurePosixPath("other.dcm"), 60) is not None
+    a.claims.release(held)
+    taken = b.claims.take(rel, 60)
+    assert taken is not None
+    old = time.time() - 3600
+    os.utime(taken, (old, old), follow_symlinks=False)      # b died holding it
+    assert a.claims.take(rel, 60) is not None
+    assert sorted(os.readlink(p) for p in a.claims.directory.iterdir()) == ["a", "a"]
+    a.prepare()                                              # a's next start
+    assert list(a.claims.directory.iterdir()) == []

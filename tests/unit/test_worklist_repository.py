@@ -3,6 +3,7 @@ narrowing with the indexes, set_step_status, the retention purge."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -118,3 +119,41 @@ async def test_date_and_station_query_uses_an_index(tmp_path: Path) -> None:
         assert "ix_worklist_date_station" in plan or "ix_worklist_station_date" in plan, plan
     finally:
         await engine.dispose()
+
+
+async def test_a_late_started_does_not_reopen_a_finished_item(repo: WorklistRepository) -> None:
+    """The N-CREATE's STARTED reaching the index after the final N-SET's COMPLETED (two
+    workers or nodes) leaves the item COMPLETED."""
+    (pk,) = await repo.add([(columns(1), dataset(1))])
+    assert await repo.set_step_status("", "A1", "", "COMPLETED") == 1
+    assert await repo.set_step_status("", "A1", "", "STARTED") == 0
+    row = await repo.get(pk)
+    assert row is not None and row.columns["sps_status"] == "COMPLETED"
+    assert json.loads(row.dataset)["00400100"]["Value"][0]["00400020"]["Value"] == ["COMPLETED"]
+    assert row.finished_at is not None
+
+
+async def test_two_processes_updating_one_item_take_turns(database_cfg: DatabaseConfig) -> None:
+    """Two engines (as two processes have) updating the same items at once: none fails
+    with a stale read ("database is locked" on SQLite), none overwrites what the other
+    wrote from an old read (PostgreSQL), and every item ends final."""
+    engines = [create_engine(database_cfg) for _ in range(2)]
+    await migrate(engines[0])
+    a, b = (WorklistRepository(e) for e in engines)
+    try:
+        for n in range(1, 9):
+            (pk,) = await a.add([(columns(n), dataset(n))])
+            final = ("COMPLETED", "DISCONTINUED")[n % 2]
+            # Both processes at once, several connections each: STARTED from one,
+            # the final status from the other, in both orders.
+            calls = [(a if i % 2 else b).set_step_status("", f"A{n}", "", "STARTED")
+                     for i in range(4)]
+            calls.insert(n % 4, (b if n % 2 else a).set_step_status("", f"A{n}", "", final))
+            await asyncio.gather(*calls)
+            row = await b.get(pk)
+            assert row is not None and row.columns["sps_status"] == final, n
+            step = json.loads(row.dataset)["00400100"]["Value"][0]
+            assert step["00400020"]["Value"] == [final], n
+    finally:
+        for engine in engines:
+            await engine.dispose()

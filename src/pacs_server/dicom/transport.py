@@ -160,7 +160,14 @@ class GuardedSocket(AssociationSocket):
         lim = self.limits
         deadline = time.monotonic() + (lim.idle_timeout if self.associated
                                        else lim.negotiation_timeout)
-        data = self._recv_until(nr_bytes, deadline)
+        try:
+            data = self._recv_until(nr_bytes, deadline)
+        except TimeoutError:
+            # Which deadline closed the connection (the peer only sees it closed).
+            log.warning("pdu.read_timeout", peer=self._peer(), timeout=(
+                "server.idle_timeout" if self.associated else "server.negotiation_timeout"),
+                seconds=lim.idle_timeout if self.associated else lim.negotiation_timeout)
+            raise
         if not is_body and nr_bytes == 6 and len(data) == 6:
             pdu_type, length = data[0], int.from_bytes(data[2:6], "big")
             limit = (lim.max_pdu if pdu_type == P_DATA_TF else MAX_CONTROL_PDU)
@@ -523,6 +530,10 @@ class PacsAssociation(FileSending):
         while not self.dul.to_user_queue.qsize():
             remaining = deadline - time.monotonic()
             if not self.dul.is_alive() or remaining <= 0:
+                if remaining <= 0:
+                    log.warning("association.negotiation_timeout", peer=self.peer_host,
+                                timeout="server.negotiation_timeout",
+                                seconds=self.limits.negotiation_timeout)
                 self._hard_stop()
                 return False
             self.wait_for_request(remaining)

@@ -21,6 +21,7 @@ from pacs_server.errors import StartupError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATE_LOCK = 0x5041435301      # PostgreSQL advisory lock key of the migrations
+_IMMEDIATE = "pacs_immediate"     # execution option: SQLite BEGIN IMMEDIATE (immediate())
 
 
 def database_url(cfg: DatabaseConfig) -> str:
@@ -116,9 +117,23 @@ def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:
     if not writer:
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(
+                _IMMEDIATE) else "BEGIN")
 
     return engine
+
+
+def immediate(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` for read-modify-write transactions that other processes may run at once.
+
+    On SQLite its transactions start with BEGIN IMMEDIATE: the write lock is taken (or
+    waited for, busy_timeout) before the first read, so no process reads a row that
+    another changes before this one writes it; a deferred BEGIN that read first could
+    not upgrade once another process committed (SQLITE_BUSY at once, no retry). On
+    PostgreSQL nothing changes: the statements lock the rows they read
+    (SELECT ... FOR UPDATE, which SQLAlchemy leaves out on SQLite).
+    """
+    return engine.execution_options(**{_IMMEDIATE: True})
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:
@@ -157,25 +172,20 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     table by copying it and dropping the original, and dropping a parent table with
     foreign keys on would cascade to its children. They are checked before switching
     back on.
+
+    Processes starting together on one database take turns: on SQLite under the
+    writer lock file (`WriterLock`), taken before the first connection (whose WAL
+    switch already needs the file to itself), on PostgreSQL under an advisory lock.
+    The later ones find the schema at `revision` and change nothing.
     """
+    lock = None
     try:
-        async with engine.connect() as conn:
-            sqlite = conn.dialect.name == "sqlite"
-            if sqlite:
-                await conn.run_sync(_foreign_keys, False)
-            try:
-                async with conn.begin():
-                    if not sqlite:
-                        # Nodes starting together: one migrates, the others wait for
-                        # it and then find the schema current.
-                        await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK})")
-                    changed = await conn.run_sync(_upgrade, revision)
-            except BaseException:
-                if sqlite:
-                    await conn.invalidate()   # never back to the pool with keys off
-                raise
-            if sqlite:
-                await conn.run_sync(_foreign_keys, True, changed)
+        lock = WriterLock.for_engine(engine)
+        if lock is None:
+            await _migrate(engine, revision)
+        else:
+            async with lock:
+                await _migrate(engine, revision)
     except StartupError:
         raise
     except Exception as exc:
@@ -183,6 +193,30 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
         # "Background on this error" line; the driver's own message says what is wrong.
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)]
         raise StartupError(f"index database cannot be opened or upgraded: {reason[0]}") from None
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+async def _migrate(engine: AsyncEngine, revision: str) -> None:
+    """One upgrade on one connection (`migrate` holds the lock around it)."""
+    async with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            await conn.run_sync(_foreign_keys, False)
+        try:
+            async with conn.begin():
+                if not sqlite:
+                    # Nodes starting together: one migrates, the others wait for
+                    # it and then find the schema current.
+                    await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK})")
+                changed = await conn.run_sync(_upgrade, revision)
+        except BaseException:
+            if sqlite:
+                await conn.invalidate()   # never back to the pool with keys off
+            raise
+        if sqlite:
+            await conn.run_sync(_foreign_keys, True, changed)
 
 
 def safe_url(url: str) -> str:

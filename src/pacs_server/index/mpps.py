@@ -5,10 +5,10 @@ as columns, what the admin command lists by and what links the step to its workl
 item: the first item of the Scheduled Step Attributes Sequence (Study Instance UID,
 Accession Number, Scheduled Procedure Step ID).
 
-Writes take the write lock with their first statement (the INSERT, or the UPDATE that
-touches the row before it is read), so a read-modify-write never works on a stale
-snapshot: on SQLite a deferred transaction that read first could not upgrade once the
-index writer committed in between, and on PostgreSQL the UPDATE locks the row.
+Writes take the lock before they read (`engine.immediate`: BEGIN IMMEDIATE on SQLite,
+SELECT ... FOR UPDATE on PostgreSQL), so a read-modify-write never works on a stale
+row: two N-SETs of one step, from two workers or two nodes, take turns, and the second
+reads what the first committed (a final step then refuses it, PS3.4 F.7.2.2.3).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pacs_server.errors import IndexUnavailable, InstanceExists, NoSuchInstance
+from pacs_server.index.engine import immediate
 from pacs_server.index.models import Base
 
 
@@ -89,13 +90,14 @@ class MppsRepository:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._writes = immediate(engine)
 
     async def create(self, record: StepRecord) -> StepRecord:
         """Insert a new step; InstanceExists if its SOP Instance UID is taken."""
         now = datetime.now(UTC)
         record = replace(record, created_at=now, updated_at=now)
         try:
-            async with self._engine.begin() as conn:
+            async with self._writes.begin() as conn:
                 await conn.execute(insert(PerformedStep).values(
                     **{c: getattr(record, c) for c in _COLUMNS}))
         except IntegrityError:
@@ -115,13 +117,11 @@ class MppsRepository:
         now = datetime.now(UTC)
         where = PerformedStep.sop_instance_uid == sop_instance_uid
         try:
-            async with self._engine.begin() as conn:
-                # The write lock (SQLite) or row lock (PostgreSQL) before the read.
-                touched = await conn.execute(update(PerformedStep).where(where)
-                                             .values(updated_at=now))
-                if touched.rowcount == 0:
+            async with self._writes.begin() as conn:
+                row = (await conn.execute(select(PerformedStep).where(where)
+                                          .with_for_update())).first()
+                if row is None:
                     raise NoSuchInstance(f"no procedure step {sop_instance_uid}")
-                row = (await conn.execute(select(PerformedStep).where(where))).one()
                 new = replace(change(_record(row)), updated_at=now)
                 await conn.execute(update(PerformedStep).where(where).values(
                     **{c: getattr(new, c) for c in _UPDATED}))

@@ -32,10 +32,13 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
+from pacs_server.errors import IndexUnavailable
 from pacs_server.index.attributes import Kind
+from pacs_server.index.engine import immediate
 from pacs_server.index.matching import sql_condition
 from pacs_server.index.models import Base
 
@@ -172,6 +175,7 @@ class WorklistRepository:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._writes = immediate(engine)
 
     async def add(self, items: list[tuple[Mapping[str, str], str]]) -> list[int]:
         """Store (columns, DICOM JSON) pairs in one transaction; returns their ids."""
@@ -216,8 +220,11 @@ class WorklistRepository:
         """Set ScheduledProcedureStepStatus (0040,0020) of the matching items' step.
 
         Matches on the non-empty ones of the three keys (none given: nothing matches).
-        COMPLETED and DISCONTINUED record when, for `purge_finished`. Returns the number
-        of items updated.
+        COMPLETED and DISCONTINUED record when, for `purge_finished`. STARTED never
+        reopens a finished item: the N-CREATE that started a step and the N-SET that
+        ended it may reach two workers or nodes, whose updates then land in either
+        order. The items are read and written under the lock (`engine.immediate`), so
+        two processes' updates take turns. Returns the number of items updated.
         """
         if status not in STEP_STATUSES:
             raise ValueError(f"unknown step status {status!r}")
@@ -227,15 +234,22 @@ class WorklistRepository:
         if not conds:
             return 0
         finished = datetime.now(UTC) if status in FINAL_STATUSES else None
+        if status == "STARTED":
+            conds.append(WorklistItem.sps_status.not_in(FINAL_STATUSES))
         updated = 0
-        async with self._engine.begin() as conn:
-            found = (await conn.execute(select(WorklistItem.pk, WorklistItem.dataset)
-                                        .where(and_(*conds)))).all()
-            for pk, dataset in found:
-                await conn.execute(update(WorklistItem).where(WorklistItem.pk == pk).values(
-                    sps_status=status, finished_at=finished,
-                    dataset=with_step_status(dataset, status)))
-                updated += 1
+        try:
+            async with self._writes.begin() as conn:
+                found = (await conn.execute(select(WorklistItem.pk, WorklistItem.dataset)
+                                            .where(and_(*conds)).with_for_update())).all()
+                for pk, dataset in found:
+                    await conn.execute(update(WorklistItem).where(WorklistItem.pk == pk)
+                                       .values(sps_status=status, finished_at=finished,
+                                               dataset=with_step_status(dataset, status)))
+                    updated += 1
+        except DBAPIError as exc:
+            # A PacsError, so that MPPS logs it: the step itself is already stored.
+            reason = str(exc.orig or exc).strip().splitlines()
+            raise IndexUnavailable(f"worklist: {reason[0] if reason else exc}") from None
         return updated
 
     async def purge_finished(self, before: datetime) -> int:

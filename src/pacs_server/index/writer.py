@@ -216,7 +216,11 @@ class IndexWriter:
             except IntegrityError as exc:
                 self._forget_caches()
                 if "sop_instance_uid" in str(exc.orig):
-                    raise DuplicateInstance("SOP Instance is already stored") from None
+                    if not any(job.replace for job in jobs) or attempt == _MAX_RETRIES:
+                        raise DuplicateInstance("SOP Instance is already stored") from None
+                    # `replace`: another process committed the same instance since
+                    # `_take_existing` looked (PostgreSQL; SQLite writers take turns):
+                    # look again, and this time replace its row.
                 if attempt == _MAX_RETRIES:
                     raise
                 # A patient, study or series another process created since we looked,

@@ -12,7 +12,9 @@ archive and one index. The file name is taken with create-if-absent (a link), so
 store never overwrites a file it did not place; a store that finds the name taken
 waits while another process has it in flight (its journal intent is open), then lets
 the index decide: indexed → duplicate_policy; not indexed and nobody storing it → an
-orphan, moved aside to .quarantine, never deleted.
+orphan, moved aside to .quarantine, never deleted. With `replace`, which does overwrite,
+the stores of one path take turns across processes under a path claim
+(storage/journal.PathClaims).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any, Protocol
 import structlog
 
 from pacs_server.config import StorageConfig
-from pacs_server.errors import DuplicateInstance, PathTaken, StorageFull
+from pacs_server.errors import DuplicateInstance, PacsError, PathTaken, StorageFull
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.dataset_check import check_dataset
@@ -239,36 +241,42 @@ class ArchiveService:
         rec = staged.record
         policy = self._cfg.duplicate_policy
         journal = self.files.journal
-        with self._claim(rec.sop_instance_uid):
+        with self._claim(rec.sop_instance_uid), self._path_claim(rec.rel_path, policy):
             # Announced before it is placed: a crash from here to the commit leaves an
             # intent that the next start reconciles (services/reconcile.py).
             intent = journal.open(rec.rel_path)
             try:
-                outcome = self._place_and_index(staged, run, policy, intent)
+                outcome, superseded = self._place_and_index(staged, run, policy, intent)
             except (DuplicateInstance, PathTaken):
                 journal.close(intent)     # nothing placed, or the placement undone
                 raise
             # Any other error keeps the intent open: an index timeout is ambiguous, and
             # a failed fsync may follow a rename. The next start sorts it out.
             journal.close(intent)
+        if superseded is not None:
+            self._remove_superseded(rec, superseded, run)
         if outcome is not StoreOutcome.ALREADY_STORED:
             self._count_stored(rec.size)
         return outcome
 
     def _place_and_index(self, staged: StagedInstance, run: Runner, policy: str,
-                         intent: Path) -> StoreOutcome:
+                         intent: Path) -> tuple[StoreOutcome, PurePosixPath | None]:
+        """The outcome, and with `replace` the path of the file the new row superseded
+        (to remove once this path's claim is released), if it was another path."""
         rec = staged.record
         replaced = self._place(staged, run, policy, intent)
         if replaced is None:
-            return self._duplicate(rec, policy)
+            return self._duplicate(rec, policy), None
         # Any other error leaves the placed file (and its intent): the row may or may
         # not have been committed (a timeout is ambiguous), and a row without its file
         # is the one outcome we never allow.
         if policy == "replace":
             old = run(self.catalog.add(rec, True))
+            outcome = (StoreOutcome.REPLACED if old is not None or replaced
+                       else StoreOutcome.STORED)
             if old is not None and old != str(rec.rel_path):
-                self.files.remove(PurePosixPath(old))
-            return StoreOutcome.REPLACED if old is not None or replaced else StoreOutcome.STORED
+                return outcome, PurePosixPath(old)
+            return outcome, None
         try:
             run(self.catalog.add(rec, False))
         except DuplicateInstance:
@@ -278,8 +286,22 @@ class ArchiveService:
             # orphan we set aside meanwhile): then it names our file, which stays.
             if run(self.catalog.lookup(rec)) != str(rec.rel_path):
                 self.files.remove(rec.rel_path)
-            return self._duplicate(rec, policy)
-        return StoreOutcome.STORED
+            return self._duplicate(rec, policy), None
+        return StoreOutcome.STORED, None
+
+    def _remove_superseded(self, rec: InstanceRecord, old: PurePosixPath, run: Runner) -> None:
+        """With `replace`, remove the file at `old` that the new row superseded, under
+        that path's claim, unless the row names it again: another node's replace of
+        the same instance at `old` (the old Patient ID, say) committed after ours, and
+        its file must stay."""
+        try:
+            with self._path_claim(old, "replace"):
+                if run(self.catalog.lookup(rec)) != str(old):
+                    self.files.remove(old)
+        except PacsError as exc:
+            # The new row is committed: the store succeeded. The old file stays, a file
+            # without a row, listed by `pacsctl verify` as unindexed.
+            log.warning("storage.superseded_kept", path=str(old), error=str(exc))
 
     def _place(self, staged: StagedInstance, run: Runner, policy: str,
                intent: Path) -> bool | None:
@@ -314,12 +336,14 @@ class ArchiveService:
         """What holds the name: "indexed" (a duplicate), "orphan", "free" (gone since),
         or None while another store may still be placing or committing it."""
         rel = rec.rel_path
+        # Indexed already: a duplicate, whoever else is storing it now (two stores of a
+        # stored instance at once would otherwise wait for each other's intent).
+        if run(self.catalog.lookup(rec)) is not None:
+            return "indexed"
         # Another process's store has it in flight (this process's stores of one UID
         # take turns already, `_claim`): wait for its commit.
         if self.files.journal.in_flight(rel, self._in_flight_s):
             return None
-        if run(self.catalog.lookup(rec)) is not None:
-            return "indexed"
         age = self.files.age(rel)
         if age is None:
             return "free"
@@ -355,6 +379,32 @@ class ArchiveService:
         with self._stats_lock:
             self.stats.stored += 1
             self.stats.bytes += size
+
+    @contextmanager
+    def _path_claim(self, rel: PurePosixPath, policy: str) -> Iterator[None]:
+        """With `replace`: this store alone, among all processes, places and indexes a
+        file at `rel` (storage/journal.PathClaims), waiting up to `wait_s` for another.
+
+        Raises:
+            PathTaken: another store kept the claim for `wait_s`.
+        """
+        if policy != "replace":
+            yield
+            return
+        taken: list[Path] = []
+
+        def take() -> str | None:
+            claim = self.files.claims.take(rel, self._in_flight_s)
+            if claim is None:
+                return None
+            taken.append(claim)
+            return "claimed"
+
+        self._wait_until(take, rel)
+        try:
+            yield
+        finally:
+            self.files.claims.release(taken[0])
 
     @contextmanager
     def _claim(self, uid: str) -> Iterator[None]:

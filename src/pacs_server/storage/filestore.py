@@ -31,16 +31,17 @@ from typing import BinaryIO
 
 from pacs_server.errors import StartupError, StorageUnavailable
 from pacs_server.storage.fsops import fsync_dir, storage_errors, subdirs, unlink_quietly
-from pacs_server.storage.journal import PlacementJournal
+from pacs_server.storage.journal import PathClaims, PlacementJournal
 
-__all__ = ["FileStore", "PlacementJournal", "storage_errors"]
+__all__ = ["FileStore", "PathClaims", "PlacementJournal", "storage_errors"]
 
 INCOMING = ".incoming"
 JOURNAL = ".journal"
 QUARANTINE = ".quarantine"
 NODES = ".nodes"
 CACHE = ".cache"            # derived data (DICOMweb metadata), rebuilt when missing
-PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE, NODES, CACHE)
+CLAIMS = ".claims"          # duplicate_policy: replace, one store per path (PathClaims)
+PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE, NODES, CACHE, CLAIMS)
 
 
 class FileStore:
@@ -55,6 +56,7 @@ class FileStore:
         self.incoming_root = self.root / INCOMING
         self.incoming = self.incoming_root / identity if identity else self.incoming_root
         self.journal = PlacementJournal(self.root / JOURNAL, fsync, identity)
+        self.claims = PathClaims(self.root / CLAIMS, identity)
         self._fsync = fsync
         self._identity = identity
         self._identity_lock: int | None = None
@@ -83,6 +85,7 @@ class FileStore:
         removed = _remove_files(self.incoming, None)
         if self.incoming != self.incoming_root:
             removed += _remove_files(self.incoming_root, None)
+        self.claims.clear_own()
         return removed
 
     def _lock_identity(self) -> None:

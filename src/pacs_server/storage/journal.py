@@ -133,6 +133,82 @@ class PlacementJournal:
                 self._cond.notify_all()
 
 
+class PathClaims:
+    """Which process may replace the file at a path: one claim per path, across
+    processes and hosts (<root>/.claims/<digest of the path>, a symbolic link to the
+    holder's identity).
+
+    `duplicate_policy: replace` overwrites a placed file, so two stores of one path
+    must not interleave their placement and commit (the row would describe the other's
+    file). A claim is created with one atomic system call that fails if it exists, on
+    a local or network filesystem alike. It is taken before the store's intent is
+    opened, so the holder never waits for another claimant's intent. A claim older
+    than `stale_s` is taken for abandoned (its holder died); a process drops its own
+    at start.
+    """
+
+    def __init__(self, directory: Path, identity: str = "") -> None:
+        self.directory = directory
+        self._holder = identity or "-"
+
+    def take(self, rel: PurePosixPath, stale_s: float) -> Path | None:
+        """Claim `rel`; the claim to `release`, or None while another store holds it."""
+        claim = self.directory / _path_key(rel)
+        with storage_errors():
+            for _ in range(3):
+                try:
+                    os.symlink(self._holder, claim)
+                    return claim
+                except FileExistsError:
+                    pass
+                except FileNotFoundError:       # made with the first claim
+                    self.directory.mkdir(exist_ok=True)
+                    continue
+                if not self._break_stale(claim, stale_s):
+                    return None
+        return None
+
+    def _break_stale(self, claim: Path, stale_s: float) -> bool:
+        """Remove `claim` if it is older than `stale_s`; False if it is held."""
+        try:
+            if time.time() - claim.lstat().st_mtime < stale_s:
+                return False
+            # Renamed first: of two processes breaking it at once only one gets it.
+            broken = claim.with_name(f"{claim.name}.{uuid.uuid4().hex}")
+            os.rename(claim, broken)
+        except FileNotFoundError:
+            return True                 # released meanwhile
+        try:
+            if time.time() - broken.lstat().st_mtime < stale_s:
+                # A fresh claim taken after the stale one went: given back.
+                os.link(broken, claim, follow_symlinks=False)
+        except OSError:
+            pass
+        unlink_quietly(broken)
+        return True
+
+    def release(self, claim: Path | None) -> None:
+        if claim is not None:
+            unlink_quietly(claim)
+
+    def clear_own(self) -> int:
+        """Drop the claims a previous run of this identity left (it is not running:
+        the identity lock is held); returns how many."""
+        removed = 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            return 0
+        for entry in entries:
+            try:
+                if os.readlink(entry.path) == self._holder:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
+
 def _path_key(rel: PurePosixPath | str) -> str:
     return hashlib.sha1(str(rel).encode(), usedforsecurity=False).hexdigest()[:20]
 

@@ -32,7 +32,8 @@ UNAVAILABLE = Refusal("admission_unavailable", TRANSIENT_LOCAL_LIMIT, False)
 class AdmissionDesk:
     """The supervisor's side: answers the workers' policy calls with the one policy."""
 
-    def __init__(self, policy: AssociationPolicy, on_hello: Callable[[int, int], None],
+    def __init__(self, policy: AssociationPolicy,
+                 on_hello: Callable[[int, int, list[str]], None],
                  on_events: Callable[[int, list[Any]], None] = lambda _w, _e: None) -> None:
         self.policy = policy
         self._on_hello = on_hello
@@ -73,7 +74,8 @@ class AdmissionDesk:
             return {}
         if op == "hello":
             session["worker"] = int(req["worker"])
-            self._on_hello(int(req["worker"]), int(req["pid"]))
+            self._on_hello(int(req["worker"]), int(req["pid"]),
+                           [str(name) for name in req.get("services", [])])
             return {}
         return {"error": f"unknown operation {op!r}"}
 
@@ -116,8 +118,9 @@ class RemotePolicy:
         except ChannelError as exc:
             log.error("admission.unavailable", error=str(exc), op=request.get("op"))
 
-    def hello(self, worker: int, pid: int) -> None:
-        self._call(op="hello", worker=worker, pid=pid)
+    def hello(self, worker: int, pid: int, services: list[str]) -> None:
+        """This worker listens; `services` names the DICOM services it serves."""
+        self._call(op="hello", worker=worker, pid=pid, services=services)
 
     def admit_connection(self, address: str) -> bool:
         reply = self._call(op="admit", address=address)

@@ -34,6 +34,7 @@ class WorkerState:
     commands: Path
     pid: int = 0
     ready: bool = False
+    services: tuple[str, ...] = ()
 
 
 class Fleet:

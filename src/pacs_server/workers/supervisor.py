@@ -151,11 +151,20 @@ class Supervisor:
         self.workers[index].pid = proc.pid
         log.info("worker.spawned", worker=index, pid=proc.pid)
 
-    def _hello(self, index: int, pid: int) -> None:
+    def _hello(self, index: int, pid: int, services: list[str]) -> None:
         worker = self.workers.get(index)
         if worker is not None and worker.pid == pid:
             worker.ready = True
+            worker.services = tuple(services)
             self._ready[index].set()
+
+    def _served(self) -> list[str]:
+        """The DICOM services the workers serve, in the order the first one lists them
+        (every worker runs the same configuration)."""
+        served: list[str] = []
+        for worker in self.workers.values():
+            served += [name for name in worker.services if name not in served]
+        return served
 
     async def _await_ready(self) -> None:
         """Every worker listening (or a stop requested meanwhile), or StartupError naming
@@ -208,7 +217,7 @@ class Supervisor:
                 raise
             if not self._stopping.is_set():
                 notify("READY=1")
-                await self.app.log_started(workers=self.count,
+                await self.app.log_started(services=self._served(), workers=self.count,
                                            worker_pids=[w.pid for w in self.workers.values()])
             watchers = [asyncio.create_task(self._watch(i)) for i in self._procs]
             await self._stopping.wait()

@@ -122,7 +122,7 @@ async def run_worker(cfg: Config, spec: dict[str, Any]) -> None:
         app.on_close(server.close)
         log.info("worker.started", worker=index, pid=os.getpid(), port=app.port,
                  tls_port=app.tls_port)
-        await asyncio.to_thread(policy.hello, index, os.getpid())
+        await asyncio.to_thread(policy.hello, index, os.getpid(), app.services)
 
     async def watch_parent() -> None:
         # No event to wait on: a reparented process only notices through getppid().
