@@ -69,7 +69,6 @@ from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
-from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -77,6 +76,13 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
 from pacs_server.dicom.reactor import EventReactors, WakingQueue
 from pacs_server.dicom.service import Precheck
+from pacs_server.dicom.store_send import (
+    RawPData,
+    RawSendStateMachine,
+    raw_send_allowed,
+    send_file,
+    store_rq_command,
+)
 from pacs_server.dicom.tls import TlsContexts, peer_subject
 from pacs_server.errors import PacsError, TranscodeFailed
 from pacs_server.services import transcode
@@ -193,7 +199,7 @@ class GuardedSocket(AssociationSocket):
             return "?"
 
 
-class GuardedStateMachine(StateMachine):
+class GuardedStateMachine(RawSendStateMachine):
     """The DUL state machine; an action that raises aborts the association at once."""
 
     def do_action(self, event: str) -> None:
@@ -299,8 +305,61 @@ class FileSending(Association):
             TranscodeFailed: no accepted syntax can be produced.
         """
         if isinstance(dataset, StoredFile):
-            dataset = self._payload(dataset)
+            stored, dataset = dataset, self._payload(dataset)
+            if isinstance(dataset, Path):
+                status = self._send_from_file(stored, dataset, msg_id, priority,
+                                              originator_aet, originator_id)
+                if status is not None:
+                    return status
         return super().send_c_store(dataset, msg_id, priority, originator_aet, originator_id)
+
+    def _send_from_file(self, stored: StoredFile, path: Path, msg_id: int, priority: int,
+                        originator_aet: str | None,
+                        originator_id: int | None) -> Dataset | None:
+        """Upstream `send_c_store(path)` with the C-STORE-RQ encoded and queued by
+        dicom/store_send.py (the event-driven transport; upstream's otherwise), or None
+        before anything is sent when that path does not apply.
+
+        Upstream: ~1.2 ms of CPU per 39 KB instance before the request is on the wire
+        (primitive, message, pydicom command set encoded twice, File Meta read with
+        pydicom, one P-DATA and one PDU object per fragment); see store_send.py.
+        Upstream change that removes it: see store_send.py.
+        """
+        if not (self.is_established and isinstance(self, EventReactors)
+                and isinstance(self.dul.state_machine, RawSendStateMachine)
+                and raw_send_allowed(self)):
+            return None
+        context = self._get_valid_context(stored.SOPClassUID, stored.stored_syntax, "scu",
+                                          allow_conversion=False)
+        command = store_rq_command(str(stored.SOPClassUID), str(stored.SOPInstanceUID),
+                                   msg_id, priority, originator_aet, originator_id)
+        queued = 0
+
+        def send(pdata: RawPData) -> None:
+            nonlocal queued
+            queued += 1
+            self.dul.send_pdu(pdata)
+
+        # Upstream's pause of the reactor around the exchange (send_c_store).
+        self._reactor_checkpoint.clear()
+        while not self._is_paused:
+            time.sleep(0.0001)
+        try:
+            if not send_file(send, path, command, int(cast(int, context.context_id)),
+                             self.dimse.maximum_pdu_size):
+                self._reactor_checkpoint.set()
+                return None
+        except BaseException:
+            self._reactor_checkpoint.set()
+            if queued:      # part of a message is on the wire: nothing can follow it
+                self.abort()
+            raise
+        _cx, rsp = self.dimse.get_msg(block=True)
+        self._reactor_checkpoint.set()
+        if rsp is None:
+            self._handle_no_response()
+            return Dataset()
+        return self._check_received_status(rsp)
 
     def _payload(self, stored: StoredFile) -> Path | Dataset:
         accepted = self.accepted_syntaxes(str(stored.SOPClassUID))
@@ -749,6 +808,7 @@ class PacsAE(AE):
     def _create_socket(self, assoc: Association, *args: Any) -> AssociationSocket:
         if self.event_reactors:
             assoc.__class__ = EventRequestorAssociation
+            assoc.dul.state_machine = RawSendStateMachine(assoc.dul)
             cast(EventRequestorAssociation, assoc).install_event_reactors()
         return super()._create_socket(assoc, *args)
 

@@ -1,0 +1,98 @@
+"""The C-STORE-RQ that dicom/store_send.py puts on the wire is upstream's, byte for byte."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import split_dataset
+from pynetdicom.pdu import P_DATA_TF
+
+from pacs_server.dicom import store_send
+from pacs_server.dicom.store_send import RawPData, send_file, store_rq_command
+
+
+def upstream_bytes(path: Path, context_id: int, max_pdu: int, msg_id: int, priority: int,
+                   aet: str | None, orig_id: int | None) -> bytes:
+    """What pynetdicom's send_c_store(path) sends (chunked dataset), as encoded PDUs."""
+    meta, offset = split_dataset(path)
+    req = C_STORE()
+    req.MessageID = msg_id
+    req.Priority = priority
+    req.MoveOriginatorApplicationEntityTitle = aet
+    req.MoveOriginatorMessageID = orig_id
+    req._dataset_path = (path, offset)
+    req.AffectedSOPClassUID = meta.MediaStorageSOPClassUID
+    req.AffectedSOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    return b"".join(P_DATA_TF(p).encode() for p in msg.encode_msg(context_id, max_pdu))
+
+
+def our_bytes(path: Path, context_id: int, max_pdu: int, msg_id: int, priority: int,
+              aet: str | None, orig_id: int | None) -> tuple[bytes, int]:
+    meta = dcmread(path, stop_before_pixels=True).file_meta
+    command = store_rq_command(str(meta.MediaStorageSOPClassUID),
+                               str(meta.MediaStorageSOPInstanceUID), msg_id, priority, aet,
+                               orig_id)
+    items: list[RawPData] = []
+    assert send_file(items.append, path, command, context_id, max_pdu)
+    return b"".join(item.encoded for item in items), len(items)
+
+
+@pytest.fixture
+def ct_small(tmp_path: Path) -> Path:
+    path = tmp_path / "ct.dcm"
+    # As the archive writes it: File Meta with its group length, then the data set.
+    dcmread(get_testdata_file("CT_small.dcm")).save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize(("max_pdu", "msg_id", "priority", "aet", "orig_id"), [
+    (16384, 1, 2, None, None),
+    (131072, 7, 0, "MOVESCU", 3),          # odd-length AE title: padded with a space
+    (1000, 65535, 1, "ORTHANC", 65535),    # many fragments
+    (39000, 2, 2, "AE16CHARACTERSXX", 1),  # a PDU boundary near the end of the data
+])
+def test_request_bytes_equal_upstream(ct_small: Path, max_pdu: int, msg_id: int,
+                                      priority: int, aet: str | None,
+                                      orig_id: int | None) -> None:
+    args = (ct_small, 3, max_pdu, msg_id, priority, aet, orig_id)
+    ours, _ = our_bytes(*args)
+    assert ours == upstream_bytes(*args)
+
+
+def test_large_file_is_sent_in_bounded_chunks(ct_small: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Chunks of 4 fragments: the data set spans several queue items, each whole PDUs.
+    monkeypatch.setattr(store_send, "CHUNK_BYTES", 4 * (2000 - 6))
+    args = (ct_small, 1, 2000, 9, 2, "X", 2)
+    ours, items = our_bytes(*args)
+    assert items > 2
+    assert ours == upstream_bytes(*args)
+
+
+def test_empty_data_set_equals_upstream(ct_small: Path, tmp_path: Path) -> None:
+    meta_only = tmp_path / "meta-only.dcm"
+    _meta, offset = split_dataset(ct_small)
+    meta_only.write_bytes(ct_small.read_bytes()[:offset])
+    args = (meta_only, 5, 16384, 1, 2, None, None)
+    assert our_bytes(*args)[0] == upstream_bytes(*args)
+
+
+def test_file_without_group_length_is_left_to_upstream(tmp_path: Path) -> None:
+    src = Path(get_testdata_file("CT_small.dcm"))
+    raw = src.read_bytes()
+    path = tmp_path / "no-preamble.dcm"
+    path.write_bytes(raw[128:])                     # no preamble: not found by us
+    items: list[RawPData] = []
+    assert not send_file(items.append, path, b"", 1, 16384)
+    assert not items
+    shutil.copy(src, tmp_path / "copy.dcm")
+    assert not send_file(items.append, tmp_path / "copy.dcm", b"", 1, 0)   # max PDU 0
+    assert not items
