@@ -1,4 +1,5 @@
-"""The C-STORE-RQ that dicom/store_send.py puts on the wire is upstream's, byte for byte."""
+"""The C-STORE-RQ that dicom/store_send.py puts on the wire is upstream's, byte for byte,
+and the C-STORE-RSP it reads is the primitive upstream would make."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import split_dataset
+from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
 from pacs_server.dicom import store_send
-from pacs_server.dicom.store_send import RawPData, send_file, store_rq_command
+from pacs_server.dicom.store_send import RawPData, send_file, store_response, store_rq_command
 
 
 def upstream_bytes(path: Path, context_id: int, max_pdu: int, msg_id: int, priority: int,
@@ -96,3 +98,46 @@ def test_file_without_group_length_is_left_to_upstream(tmp_path: Path) -> None:
     shutil.copy(src, tmp_path / "copy.dcm")
     assert not send_file(items.append, tmp_path / "copy.dcm", b"", 1, 0)   # max PDU 0
     assert not items
+
+
+def upstream_response(command: bytes) -> C_STORE:
+    msg = DIMSEMessage()
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((1, b"\x03" + command))
+    assert msg.decode_msg(pdata)
+    return msg.message_to_primitive()
+
+
+def response_command(status: int, error_comment: str | None = None,
+                     instance: str | None = "1.2.3.4.5") -> bytes:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 513
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    rsp.AffectedSOPInstanceUID = instance
+    rsp.Status = status
+    rsp.ErrorComment = error_comment
+    msg = C_STORE_RSP()
+    msg.primitive_to_message(rsp)
+    return encode(msg.command_set, True, True)
+
+
+KEYWORDS = ("MessageIDBeingRespondedTo", "Status", "AffectedSOPClassUID",
+            "AffectedSOPInstanceUID", "ErrorComment", "OffendingElement")
+
+
+@pytest.mark.parametrize(("status", "instance"), [
+    (0x0000, "1.2.3.4.5"), (0xB000, "1.2.3.4.56"), (0xA700, None)])
+def test_plain_response_reads_as_upstream(status: int, instance: str | None) -> None:
+    command = response_command(status, instance=instance)
+    ours, theirs = store_response(command), upstream_response(command)
+    assert ours is not None
+    assert {k: getattr(ours, k) for k in KEYWORDS} == {k: getattr(theirs, k) for k in KEYWORDS}
+    assert ours.is_valid_response
+
+
+def test_other_responses_are_left_to_upstream() -> None:
+    assert store_response(response_command(0xC000, error_comment="no space")) is None
+    assert store_response(response_command(0)[:-3]) is None           # truncated
+    echo = bytearray(response_command(0))
+    echo[echo.index(b"\x01\x80")] = 0x30                               # C-ECHO-RSP
+    assert store_response(bytes(echo)) is None

@@ -79,6 +79,7 @@ from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.store_send import (
     RawPData,
     RawSendStateMachine,
+    StoreResponses,
     raw_send_allowed,
     send_file,
     store_rq_command,
@@ -622,6 +623,8 @@ class PacsRequestHandler(RequestHandler):
         assoc._server = srv
         assoc.move_precheck = srv.prechecks.get(evt.EVT_C_MOVE)
         gate_data_sets(assoc, srv.receive_gate)
+        if ae.event_reactors:
+            with_mixin(assoc.dimse, StoreResponses)
         bound_send_queue(assoc)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.acse_timeout = min(srv.limits.negotiation_timeout, srv.limits.acse_timeout)
@@ -819,6 +822,8 @@ class PacsAE(AE):
         # Before any request of ours: until then nothing can be queued for us.
         assoc.dimse.exchange = threading.Lock()
         with_mixin(assoc.dimse, ExclusiveDimse)
+        if self.event_reactors:
+            with_mixin(assoc.dimse, StoreResponses)
         if assoc.is_established:
             bound_send_queue(assoc)
         return assoc
