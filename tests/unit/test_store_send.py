@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
@@ -16,7 +17,14 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
 from pacs_server.dicom import store_send
-from pacs_server.dicom.store_send import RawPData, send_file, store_response, store_rq_command
+from pacs_server.dicom.store_send import (
+    RawPData,
+    plain_status,
+    send_file,
+    store_response,
+    store_rq_command,
+)
+from pacs_server.dicom.transport import StoredFile
 
 
 def upstream_bytes(path: Path, context_id: int, max_pdu: int, msg_id: int, priority: int,
@@ -141,3 +149,25 @@ def test_other_responses_are_left_to_upstream() -> None:
     echo = bytearray(response_command(0))
     echo[echo.index(b"\x01\x80")] = 0x30                               # C-ECHO-RSP
     assert store_response(bytes(echo)) is None
+
+
+def test_plain_status_is_upstreams_status_and_read_only() -> None:
+    rsp = store_response(response_command(0xB000))
+    assert rsp is not None
+    shared = plain_status(rsp)
+    assert shared == Association._check_received_status(None, rsp)   # type: ignore[arg-type]
+    assert plain_status(rsp) is shared
+    with pytest.raises(TypeError):
+        shared.Status = 0
+    with pytest.raises(TypeError):
+        del shared.Status
+    rsp.ErrorComment = "coerced"     # an optional status element: upstream's Dataset
+    assert plain_status(rsp) is None
+
+
+def test_stored_file_names_its_instance() -> None:
+    stored = StoredFile(Path("/a/b.dcm"), "1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.840.10008.1.2")
+    assert "SOPInstanceUID" in stored and stored.SOPInstanceUID == "1.2.3"
+    assert str(stored.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.2"
+    assert (stored.stored_path, stored.stored_syntax, stored.allow_transcode) == \
+        (Path("/a/b.dcm"), "1.2.840.10008.1.2", True)

@@ -13,7 +13,7 @@ cost (py-spy, docs/performance.md "Results: C-GET and C-MOVE from the file").
 
 Here the command set comes from `store_rq_command` (a direct Implicit VR Little
 Endian encoding, the same bytes), the data set bytes are read after the File Meta
-group (its length from (0002,0000), no pydicom) in chunks of about 1 MiB, and each
+group (its length from (0002,0000), no pydicom) in chunks of about 256 KiB, and each
 chunk becomes the finished P-DATA-TF PDUs (`pdata_tf`, one PDV each, as upstream
 fragments) in one `RawPData` queue item, which `RawSendStateMachine` writes to the
 socket as it is: one hand-off and one `send` per chunk instead of one per fragment.
@@ -38,6 +38,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
@@ -54,8 +55,8 @@ _META_START = 132
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"
 _HEADER = _META_START + len(_GROUP_LENGTH) + 4
 # Bytes read from the file per queue item (rounded to whole fragments): a 1 GB instance
-# is never in memory; with transport.SEND_QUEUE_PDUS items queued at most ~16 MiB.
-CHUNK_BYTES = 1 << 20
+# is never in memory; with transport.SEND_QUEUE_PDUS items queued at most ~4 MiB.
+CHUNK_BYTES = 256 * 1024
 
 
 class RawPData(P_DATA):
@@ -89,7 +90,9 @@ class RawSendStateMachine(StateMachine):
             if pending and isinstance(pending[0], RawPData):
                 item = dul.to_provider_queue.get(False)
                 if dul.socket is not None:
-                    dul.socket.send(item.encoded)
+                    # A view: upstream's send() slices what is left after a partial
+                    # send, a copy of up to a whole chunk each time.
+                    dul.socket.send(memoryview(item.encoded))
                 self.transition(nxt)
                 return
         super().do_action(event)
@@ -206,8 +209,10 @@ def raw_send_allowed(assoc: Any) -> bool:
     """Whether skipping upstream's per-message and per-PDU events loses nothing: only
     pynetdicom's standard logging handlers are bound to EVT_DIMSE_SENT and EVT_PDU_SENT
     (they log nothing for a C-STORE-RQ or a P-DATA-TF below DEBUG), none to
-    EVT_FSM_TRANSITION, and pynetdicom does not log at DEBUG."""
-    if _LOG.isEnabledFor(logging.DEBUG) or assoc.get_handlers(evt.EVT_FSM_TRANSITION):
+    EVT_FSM_TRANSITION or EVT_DATA_SENT (handed a view of several PDUs), and pynetdicom
+    does not log at DEBUG."""
+    if _LOG.isEnabledFor(logging.DEBUG) or assoc.get_handlers(evt.EVT_FSM_TRANSITION) \
+            or assoc.get_handlers(evt.EVT_DATA_SENT):
         return False
     return all(h[0] is standard_dimse_sent_handler
                for h in assoc.get_handlers(evt.EVT_DIMSE_SENT)) \
@@ -290,3 +295,54 @@ def raw_receive_allowed(assoc: Any) -> bool:
     handler, which logs a C-STORE-RSP at INFO, and pynetdicom logs below that)."""
     return not _LOG.isEnabledFor(logging.INFO) and all(
         h[0] is standard_dimse_recv_handler for h in assoc.get_handlers(evt.EVT_DIMSE_RECV))
+
+
+class StatusDataset(Dataset):
+    """A status Dataset that cannot be changed once made, so that one can be shared."""
+
+    _sealed = False
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        self.Status = status
+        object.__setattr__(self, "_sealed", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._sealed:
+            raise TypeError("a shared status Dataset is read-only")
+        super().__setattr__(name, value)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if self._sealed:
+            raise TypeError("a shared status Dataset is read-only")
+        super().__setitem__(key, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise TypeError("a shared status Dataset is read-only")
+
+    def __delitem__(self, key: Any) -> None:
+        raise TypeError("a shared status Dataset is read-only")
+
+
+_STATUSES: dict[int, StatusDataset] = {}
+_MAX_STATUSES = 64
+
+
+def plain_status(rsp: Any) -> Dataset | None:
+    """What upstream's `_check_received_status` returns for a valid response carrying a
+    status and no optional status element (one shared, read-only Dataset per status
+    code: pynetdicom's retrieve SCPs only read its Status), else None.
+
+    Upstream builds a new Dataset per response (~0.04-0.1 ms, several percent of a
+    sub-operation).
+    """
+    if not rsp.is_valid_response or any(getattr(rsp, keyword, None) is not None
+                                        for keyword in rsp.STATUS_OPTIONAL_KEYWORDS):
+        return None
+    code = int(rsp.Status)
+    status = _STATUSES.get(code)
+    if status is None:
+        status = StatusDataset(code)
+        if len(_STATUSES) < _MAX_STATUSES:
+            _STATUSES[code] = status
+    return status

@@ -59,7 +59,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import structlog
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pynetdicom import AE, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
@@ -80,6 +82,7 @@ from pacs_server.dicom.store_send import (
     RawPData,
     RawSendStateMachine,
     StoreResponses,
+    plain_status,
     raw_send_allowed,
     send_file,
     store_rq_command,
@@ -274,6 +277,9 @@ class PolicyACSE(ACSE):
             cast(GuardedSocket, assoc.dul.socket).associated = True
 
 
+_SOP_CLASS, _SOP_INSTANCE = Tag(0x00080016), Tag(0x00080018)
+
+
 class StoredFile(Dataset):
     """A sub-operation's instance by reference to its archived Part-10 file.
 
@@ -282,14 +288,20 @@ class StoredFile(Dataset):
     else of the instance is read until it is sent.
     """
 
+    stored_path: Path
+    stored_syntax: str
+    allow_transcode: bool
+
     def __init__(self, path: Path, sop_class: str, sop_instance: str,
                  transfer_syntax: str, allow_transcode: bool = True) -> None:
-        super().__init__()
-        self.SOPClassUID = sop_class
-        self.SOPInstanceUID = sop_instance
-        self.stored_path = path
-        self.stored_syntax = transfer_syntax
-        self.allow_transcode = allow_transcode
+        # The elements handed to Dataset, and plain attributes set past Dataset's
+        # __setattr__ (its keyword lookup): one is made per sub-operation.
+        super().__init__({_SOP_CLASS: DataElement(_SOP_CLASS, "UI", sop_class),
+                          _SOP_INSTANCE: DataElement(_SOP_INSTANCE, "UI", sop_instance)})
+        plain = object.__setattr__
+        plain(self, "stored_path", path)
+        plain(self, "stored_syntax", transfer_syntax)
+        plain(self, "allow_transcode", allow_transcode)
 
 
 class FileSending(Association):
@@ -360,7 +372,7 @@ class FileSending(Association):
         if rsp is None:
             self._handle_no_response()
             return Dataset()
-        return self._check_received_status(rsp)
+        return plain_status(rsp) or self._check_received_status(rsp)
 
     def _payload(self, stored: StoredFile) -> Path | Dataset:
         accepted = self.accepted_syntaxes(str(stored.SOPClassUID))
