@@ -1,17 +1,27 @@
 """The C-STORE-RQ that dicom/store_send.py puts on the wire is upstream's, byte for byte,
-and the C-STORE-RSP it reads is the primitive upstream would make."""
+the C-STORE-RSP it reads is the primitive upstream would make, and the C-GET/C-MOVE
+responses it sends are upstream's bytes."""
 
 from __future__ import annotations
 
 import shutil
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP, DIMSEMessage
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import (
+    C_GET_RSP,
+    C_MOVE_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    DIMSEMessage,
+)
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
@@ -20,6 +30,7 @@ from pacs_server.dicom import store_send
 from pacs_server.dicom.store_send import (
     RawPData,
     plain_status,
+    response_pdus,
     send_file,
     store_response,
     store_rq_command,
@@ -171,3 +182,30 @@ def test_stored_file_names_its_instance() -> None:
     assert str(stored.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.2"
     assert (stored.stored_path, stored.stored_syntax, stored.allow_transcode) == \
         (Path("/a/b.dcm"), "1.2.840.10008.1.2", True)
+
+
+def upstream_response_pdus(primitive: Any, context_id: int, max_pdu: int) -> bytes:
+    msg = C_GET_RSP() if isinstance(primitive, C_GET) else C_MOVE_RSP()
+    msg.primitive_to_message(primitive)
+    return b"".join(P_DATA_TF(p).encode() for p in msg.encode_msg(context_id, max_pdu))
+
+
+@pytest.mark.parametrize("kind", [C_GET, C_MOVE])
+@pytest.mark.parametrize("final", [False, True])
+def test_retrieve_responses_equal_upstream(kind: type, final: bool) -> None:
+    rsp = kind()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.3"
+    rsp.NumberOfCompletedSuboperations = 3
+    rsp.NumberOfFailedSuboperations = 1
+    rsp.NumberOfWarningSuboperations = 0
+    if final:       # 0xB000 with the Failed SOP Instance UID List (PS3.4 C.4.3.1.3.1)
+        rsp.Status = 0xB000
+        failed = Dataset()
+        failed.FailedSOPInstanceUIDList = ["1.2.3.4", "1.2.3.5"]
+        rsp.Identifier = BytesIO(encode(failed, True, True))
+    else:
+        rsp.Status = 0xFF00
+        rsp.NumberOfRemainingSuboperations = 496
+    for max_pdu in (16384, 40):
+        assert response_pdus(rsp, 5, max_pdu) == upstream_response_pdus(rsp, 5, max_pdu)

@@ -1,8 +1,10 @@
 """Where the server goes below pynetdicom's handler API: the acceptor's transport,
 hardened, and retrieve from the archived files. Every override of pynetdicom lives in
-this module or in dicom/reactor.py (the event-driven reactors, `server.transport:
+this module, in dicom/reactor.py (the event-driven reactors, `server.transport:
 events`, mixed into our association classes here: `EventPacsAssociation`,
-`EventRequestorAssociation`), and tests/unit/test_transport_pins.py fails when the
+`EventRequestorAssociation`) or in dicom/store_send.py (a retrieve's C-STORE-RQ from the
+file and its C-STORE-RSP on the event-driven transport, used by
+`FileSending._send_from_file`), and tests/unit/test_transport_pins.py fails when the
 source of an overridden or relied-upon upstream function changes (pynetdicom is pinned
 to the tested minor version).
 
@@ -29,7 +31,8 @@ held three times in memory (docs/performance.md). `send_c_store()` itself can st
 Part-10 file from disk (chunked send). The handler therefore yields a `StoredFile`, a
 Dataset that only names the archived file, and `PacsAssociation.send_c_store()` hands
 the file path to upstream when the peer accepted the stored syntax, or a converted
-dataset (services/transcode.py) when it accepted another one.
+dataset (services/transcode.py) when it accepted another one. On the event-driven
+transport a file sent as stored bypasses upstream's send_c_store: dicom/store_send.py.
 Upstream change that removes it: let retrieve handlers yield a file path.
 
 Bounded send queue
@@ -81,7 +84,7 @@ from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.store_send import (
     RawPData,
     RawSendStateMachine,
-    StoreResponses,
+    RetrieveDimse,
     plain_status,
     raw_send_allowed,
     send_file,
@@ -636,7 +639,7 @@ class PacsRequestHandler(RequestHandler):
         assoc.move_precheck = srv.prechecks.get(evt.EVT_C_MOVE)
         gate_data_sets(assoc, srv.receive_gate)
         if ae.event_reactors:
-            with_mixin(assoc.dimse, StoreResponses)
+            with_mixin(assoc.dimse, RetrieveDimse)
         bound_send_queue(assoc)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.acse_timeout = min(srv.limits.negotiation_timeout, srv.limits.acse_timeout)
@@ -835,7 +838,7 @@ class PacsAE(AE):
         assoc.dimse.exchange = threading.Lock()
         with_mixin(assoc.dimse, ExclusiveDimse)
         if self.event_reactors:
-            with_mixin(assoc.dimse, StoreResponses)
+            with_mixin(assoc.dimse, RetrieveDimse)
         if assoc.is_established:
             bound_send_queue(assoc)
         return assoc
