@@ -290,21 +290,6 @@ class RetrieveDimse(DIMSEServiceProvider):
                 return
         super().send_msg(primitive, context_id)
 
-
-def response_pdus(primitive: Any, context_id: int, max_pdu: int) -> bytes | None:
-    """A C-GET/C-MOVE (or C-FIND/C-STORE) response as P-DATA-TF PDUs, as upstream
-    fragments it, or None when `encode_response` leaves it to upstream."""
-    command = encode_response(primitive)
-    frag = fragment_size(max_pdu)
-    if command is None or frag <= 0:
-        return None
-    parts = pdata_tf(command, context_id, frag, 0x01, 0x03)
-    identifier = getattr(primitive, "Identifier", None)
-    data = identifier.getvalue() if identifier is not None else b""
-    if data:
-        parts += pdata_tf(data, context_id, frag, 0x00, 0x02)
-    return b"".join(parts)
-
     def receive_primitive(self, primitive: Any) -> None:
         """Upstream's, except for a C-STORE-RSP read by `store_response`.
 
@@ -326,6 +311,21 @@ def response_pdus(primitive: Any, context_id: int, max_pdu: int) -> bytes | None
                     self.msg_queue.put((context_id, rsp))
                     return
         super().receive_primitive(primitive)
+
+
+def response_pdus(primitive: Any, context_id: int, max_pdu: int) -> bytes | None:
+    """A C-GET/C-MOVE (or C-FIND/C-STORE) response as P-DATA-TF PDUs, as upstream
+    fragments it, or None when `encode_response` leaves it to upstream."""
+    command = encode_response(primitive)
+    frag = fragment_size(max_pdu)
+    if command is None or frag <= 0:
+        return None
+    parts = pdata_tf(command, context_id, frag, 0x01, 0x03)
+    identifier = getattr(primitive, "Identifier", None)
+    data = identifier.getvalue() if identifier is not None else b""
+    if data:
+        parts += pdata_tf(data, context_id, frag, 0x00, 0x02)
+    return b"".join(parts)
 
 
 def raw_receive_allowed(assoc: Any) -> bool:
