@@ -50,7 +50,7 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu_primitives import P_DATA
 
-from pacs_server.dicom.reactor import encode_response
+from pacs_server.dicom.reactor import _element, encode_response
 
 # Preamble, "DICM", then (0002,0000) UL 4 in Explicit VR Little Endian (PS3.10 7.1).
 _META_START = 132
@@ -98,10 +98,6 @@ class RawSendStateMachine(StateMachine):
                 self.transition(nxt)
                 return
         super().do_action(event)
-
-
-def _element(elem: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
 
 
 def _text(value: str, pad: bytes) -> bytes:
