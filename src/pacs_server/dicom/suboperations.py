@@ -48,12 +48,11 @@ def suboperations(event: Event, service: str, refs: list[StoredRef],
         transcode: whether an instance may be converted for a peer that does not take
             its stored transfer syntax (`retrieve.transcode`).
     """
-    for ref in refs:
+    for ref, path, present in retrieve.files(refs):
         if event.is_cancelled:
             yield CANCEL, None
             return
-        path = retrieve.path(ref)
-        if not path.is_file():
+        if not present:
             log.error("retrieve.unreadable", service=service,
                       sop_instance_uid=ref.sop_instance_uid, error="file missing")
         metrics.retrieved.labels(service).inc()

@@ -1,12 +1,15 @@
 """RetrieveService: which files a C-MOVE/C-GET sends.
 
 `check` runs first, anywhere (no I/O): a C-MOVE is refused on it before any association
-to the destination is opened. `resolve` runs on the loop (index); `path` is called in
-the association thread, which sends the file (dicom/transport.py).
+to the destination is opened. `resolve` runs on the loop (index); `files` (or `path`) is
+called in the association thread, which sends the file (dicom/transport.py).
 """
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pydicom.uid import UID
@@ -41,6 +44,41 @@ class RetrieveService:
 
     def path(self, ref: StoredRef) -> Path:
         return self._files.path(ref.path)
+
+    def files(self, refs: Iterable[StoredRef]) -> Iterator[tuple[StoredRef, Path, bool]]:
+        """Each instance with its archived file and whether that file is there.
+
+        `FileStore.path` resolves every path component (a realpath: ~0.1-0.3 ms, a
+        tenth of a sub-operation); a retrieve's files share a few directories, so each
+        directory is resolved and checked once, and each file is one `lstat`: a regular
+        file there is the same path `path()` gives; anything else (a link, a name
+        such as "..") goes through `path()`.
+
+        Raises:
+            StorageUnavailable: a path outside the archive.
+        """
+        dirs: dict[str, Path] = {}
+        for ref in refs:
+            parent, _, name = ref.path.rpartition("/")
+            if not parent or name in ("", ".", ".."):
+                yield self._checked(ref)
+                continue
+            base = dirs.get(parent)
+            if base is None:
+                base = dirs[parent] = self._files.path(parent)
+            path = base / name
+            try:
+                regular = stat.S_ISREG(os.lstat(path).st_mode)
+            except FileNotFoundError:
+                yield ref, path, False
+                continue
+            except OSError:
+                regular = False
+            yield (ref, path, True) if regular else self._checked(ref)
+
+    def _checked(self, ref: StoredRef) -> tuple[StoredRef, Path, bool]:
+        path = self.path(ref)
+        return ref, path, path.is_file()
 
 
 def check_identifier(req: FindRequest) -> None:
