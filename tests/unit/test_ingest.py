@@ -211,3 +211,40 @@ def test_truncated_pixel_data_is_refused(tmp_path: Path, name: str) -> None:
             else:
                 with pytest.raises(UnreadableDataset, match="truncated"):
                     read_record(fh, dataset_offset(fh), syntax)
+
+
+def _local_testdata() -> list[Path]:
+    root = Path(pydicom.data.get_testdata_file("CT_small.dcm", download=False)).parent
+    return sorted(p for p in root.rglob("*.dcm") if p.stat().st_size < 5_000_000)
+
+
+def test_indexed_values_are_pydicoms_for_every_test_file(tmp_path: Path) -> None:
+    # build_record decodes raw header elements without building pydicom's DataElements
+    # (ingest._Values); the record must be the one the fully converted dataset gives,
+    # whatever the character set, VR and syntax of the file.
+    compared = 0
+    for path in _local_testdata():
+        try:
+            syntax = str(pydicom.dcmread(path, stop_before_pixels=True)
+                         .file_meta.TransferSyntaxUID)
+            with open(path, "rb") as fh:
+                fast, header, hs = read_record(fh, dataset_offset(fh), syntax)
+            with open(path, "rb") as fh:
+                slow, _, _ = read_record(fh, dataset_offset(fh), syntax)
+        except Exception:       # not a Part-10 file we would accept: nothing to compare
+            continue
+        for _elem in slow:      # iterating converts every element
+            pass
+        try:
+            want = build_record(slow, header, hs, syntax, "1.2.3", "", "flat")
+        except DatasetMismatch:
+            with pytest.raises(DatasetMismatch):
+                build_record(fast, header, hs, syntax, "1.2.3", "", "flat")
+            continue
+        got = build_record(fast, header, hs, syntax, "1.2.3", "", "flat")
+        for field in ("sop_instance_uid", "sop_class_uid", "study_instance_uid",
+                      "series_instance_uid", "patient", "study", "series", "instance",
+                      "rel_path"):
+            assert getattr(got, field) == getattr(want, field), (path.name, field)
+        compared += 1
+    assert compared > 20, compared
