@@ -22,9 +22,9 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.events import Event
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.events import Event
 from pynetdicom.service_class import QueryRetrieveServiceClass, StorageServiceClass
 from pynetdicom.transport import (
     AssociationServer,

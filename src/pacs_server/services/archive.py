@@ -36,6 +36,7 @@ from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.dataset_check import check_dataset
 from pacs_server.services.ingest import (
+    INDEXED_TAGS,
     StagedInstance,
     build_record,
     dataset_offset,
@@ -181,8 +182,8 @@ class ArchiveService:
         with open(received, "rb") as fh:
             offset = dataset_offset(fh)
             # The whole dataset, to its last byte, before anything is parsed or kept.
-            check_dataset(fh, offset, transfer_syntax)
-            ds, header, header_syntax = read_record(fh, offset, transfer_syntax)
+            walked = check_dataset(fh, offset, transfer_syntax, INDEXED_TAGS)
+            ds, header, header_syntax = read_record(fh, offset, transfer_syntax, walked)
             record = build_record(ds, header, header_syntax, transfer_syntax,
                                   request_sop_class, source_ae, self._cfg.naming)
             length = os.fstat(fh.fileno()).st_size - offset

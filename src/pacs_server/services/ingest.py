@@ -35,6 +35,7 @@ from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs_server.errors import DatasetMismatch, UnreadableDataset
 from pacs_server.index.attributes import QR_ATTRIBUTES, Attribute
 from pacs_server.index.records import InstanceRecord
+from pacs_server.services.dataset_check import Walked
 from pacs_server.services.header_scan import ScanError, scan
 from pacs_server.storage import layout
 from pacs_server.values import value_text
@@ -93,12 +94,16 @@ def _meta_elem(element: int, vr: str, value: str, pad: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr.encode(), len(raw)) + raw
 
 
-def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Dataset, bytes, str]:
+def read_record(fh: BinaryIO, offset: int, transfer_syntax: str,
+                walked: Walked | None = None) -> tuple[Dataset, bytes, str]:
     """Parse the header (up to Pixel Data) of the dataset at `offset`.
+
+    `walked`: what `check_dataset(..., INDEXED_TAGS)` found in this very file, so that
+    the header is not walked a second time.
 
     Returns the dataset, the header bytes to keep in the index and their transfer syntax.
     """
-    fast = _read_fast(fh, offset, transfer_syntax)
+    fast = _read_fast(fh, offset, transfer_syntax, walked)
     if fast is not None:
         return fast
     fh.seek(0)
@@ -126,13 +131,13 @@ def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Datase
 
 # What build_record reads (and the character set to decode it); the fast path decodes
 # only these (with pydicom, lazily).
-_INDEXED_TAGS = QR_ATTRIBUTES.tags | {int(Tag("SpecificCharacterSet"))}
+INDEXED_TAGS = QR_ATTRIBUTES.tags | {int(Tag("SpecificCharacterSet"))}
 _RECORD_ATTRS = {level: QR_ATTRIBUTES.recorded(level) for level in QR_ATTRIBUTES.levels}
 _FAST_SYNTAXES_IMPLICIT = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
 
 
-def _read_fast(fh: BinaryIO, offset: int,
-               transfer_syntax: str) -> tuple[Dataset, bytes, str] | None:
+def _read_fast(fh: BinaryIO, offset: int, transfer_syntax: str,
+               walked: Walked | None) -> tuple[Dataset, bytes, str] | None:
     """The common case without pydicom's full parse: Little Endian, header under
     MAX_RAW_HEADER, the three identifying UIDs present. None means: use the full parser
     (it also produces the precise error for anything malformed)."""
@@ -143,13 +148,19 @@ def _read_fast(fh: BinaryIO, offset: int,
     else:
         implicit = False                  # encapsulated: Explicit VR Little Endian
     fh.seek(offset)
-    head = fh.read(MAX_RAW_HEADER + 12)
-    try:
-        found, pixel = scan(head, 0, len(head), implicit, _INDEXED_TAGS)
-    except ScanError:
-        return None
-    if pixel == len(head) and len(head) > MAX_RAW_HEADER:
-        return None                       # header larger than we keep raw
+    if walked is not None:
+        if walked.pixel > MAX_RAW_HEADER:
+            return None                   # header larger than we keep raw
+        head = fh.read(walked.pixel)
+        found, pixel = walked.found, walked.pixel
+    else:
+        head = fh.read(MAX_RAW_HEADER + 12)
+        try:
+            found, pixel = scan(head, 0, len(head), implicit, INDEXED_TAGS)
+        except ScanError:
+            return None
+        if pixel == len(head) and len(head) > MAX_RAW_HEADER:
+            return None                   # header larger than we keep raw
     if not {_SOP_INSTANCE, _STUDY_UID, _SERIES_UID} <= found.keys():
         return None
     _check_complete(fh, offset + pixel, transfer_syntax)
