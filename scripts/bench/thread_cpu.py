@@ -29,17 +29,7 @@ import clients  # noqa: E402
 import generate  # noqa: E402
 from profile_store import ROLES, pyspy  # noqa: E402
 from servers import PacsServer  # noqa: E402
-from workers_scaling import TICK  # noqa: E402
-
-
-def processes(pid: int) -> list[int]:
-    out = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            out += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    return out
+from workers_scaling import TICK, processes  # noqa: E402
 
 
 class TaskPoller(threading.Thread):
