@@ -50,7 +50,7 @@ from typing import Any, cast
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.values import convert_AE_string, convert_UI
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
@@ -251,6 +251,8 @@ class ReceivingMessage(GatedMessage):
     def _receive(self, command: bytes, context_id: int, assoc: Any) -> bool:
         """Become the `ReceivedStore` of `command`, its receive file open with the
         archive's File Meta; False leaves the message to upstream (and the gate)."""
+        if not _config.STORE_RECV_CHUNKED_DATASET:
+            return False        # upstream then receives into memory
         fields = store_command(command)
         cx = assoc._accepted_cx.get(context_id)
         if fields is None or cx is None or assoc.get_handlers(evt.EVT_DIMSE_RECV):
