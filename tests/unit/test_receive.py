@@ -7,6 +7,7 @@ from io import BytesIO
 from typing import Any
 
 import pytest
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
@@ -67,7 +68,10 @@ def ours(raw: bytes) -> Any:
     {"MoveOriginatorApplicationEntityTitle": "MOVER", "MoveOriginatorMessageID": 3},
     {"MoveOriginatorApplicationEntityTitle": " A B "},
 ], ids=["plain", "priority-id", "odd-uid", "move-originator", "ae-spaces"])
-def test_store_command_sets_become_the_primitive_upstream_builds(fields: dict[str, Any]) -> None:
+def test_store_command_sets_become_the_primitive_upstream_builds(
+        fields: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Upstream's in-memory receive (the server turns chunked receive on process-wide).
+    monkeypatch.setattr(pynetdicom_config, "STORE_RECV_CHUNKED_DATASET", False)
     raw = command_bytes(store_rq(**fields))
     want, got = upstream_primitive(raw), ours(raw)
     for name in FIELDS:
