@@ -127,6 +127,7 @@ class Server:
     def __init__(self, workdir: Path, move_dest: tuple[str, int] | None = None) -> None:
         self.workdir = workdir
         self.move_dest = move_dest
+        self.env: dict[str, str] = {}       # added to ENV for the server process
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -146,7 +147,8 @@ class Server:
         self.port = free_port()
         cmd = self.command()
         self._log = open(self.workdir / "server.log", "wb")
-        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=ENV, stdout=self._log,
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env={**ENV, **self.env},
+                                     stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_for_echo(self.port, self.ae, self.proc)

@@ -27,16 +27,21 @@ from servers import OrthancServer, PacsServer, Server  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_s(pid: int) -> float:
-    """utime + stime of `pid` and its live children, in seconds."""
+def processes(pid: int) -> list[int]:
+    """`pid` and its live children (the workers of a supervisor)."""
     pids = [pid]
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             pids += [int(c) for c in (task / "children").read_text().split()]
     except OSError:
         pass
+    return pids
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime + stime of `pid` and its live children, in seconds."""
     total = 0
-    for p in pids:
+    for p in processes(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
             total += int(fields[11]) + int(fields[12])

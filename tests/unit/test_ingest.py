@@ -23,7 +23,9 @@ from pydicom.uid import (
 from pacs_server import IMPLEMENTATION_CLASS_UID
 from pacs_server.errors import DatasetMismatch, UnreadableDataset
 from pacs_server.index.headers import decode_header
+from pacs_server.services.dataset_check import check_dataset
 from pacs_server.services.ingest import (
+    INDEXED_TAGS,
     MAX_RAW_HEADER,
     build_record,
     dataset_offset,
@@ -211,3 +213,65 @@ def test_truncated_pixel_data_is_refused(tmp_path: Path, name: str) -> None:
             else:
                 with pytest.raises(UnreadableDataset, match="truncated"):
                     read_record(fh, dataset_offset(fh), syntax)
+
+
+def _local_testdata() -> Iterator[tuple[Path, str, int]]:
+    """pydicom's bundled files we would parse: (path, transfer syntax, dataset offset)."""
+    root = Path(pydicom.data.get_testdata_file("CT_small.dcm", download=False)).parent
+    for path in sorted(p for p in root.rglob("*.dcm") if p.stat().st_size < 5_000_000):
+        try:
+            syntax = str(pydicom.dcmread(path, stop_before_pixels=True)
+                         .file_meta.TransferSyntaxUID)
+            with open(path, "rb") as fh:
+                offset = dataset_offset(fh)
+                read_record(fh, offset, syntax)
+        except Exception:       # not a Part-10 file we would accept: nothing to compare
+            continue
+        yield path, syntax, offset
+
+
+def test_indexed_values_are_pydicoms_for_every_test_file(tmp_path: Path) -> None:
+    # build_record decodes raw header elements without building pydicom's DataElements
+    # (ingest._Values); the record must be the one the fully converted dataset gives,
+    # whatever the character set, VR and syntax of the file.
+    compared = 0
+    for path, syntax, offset in _local_testdata():
+        with open(path, "rb") as fh:
+            fast, header, hs = read_record(fh, offset, syntax)
+            slow, _, _ = read_record(fh, offset, syntax)
+        for _elem in slow:      # iterating converts every element
+            pass
+        try:
+            want = build_record(slow, header, hs, syntax, "1.2.3", "", "flat")
+        except DatasetMismatch:
+            with pytest.raises(DatasetMismatch):
+                build_record(fast, header, hs, syntax, "1.2.3", "", "flat")
+            continue
+        got = build_record(fast, header, hs, syntax, "1.2.3", "", "flat")
+        for field in ("sop_instance_uid", "sop_class_uid", "study_instance_uid",
+                      "series_instance_uid", "patient", "study", "series", "instance",
+                      "rel_path"):
+            assert getattr(got, field) == getattr(want, field), (path.name, field)
+        compared += 1
+    assert compared > 20, compared
+
+
+def test_the_structure_walk_finds_what_the_header_scan_finds() -> None:
+    # The store path walks a file once (check_dataset, which also notes where the
+    # indexed elements are); read_record given that walk must parse as it does alone.
+    compared = 0
+    for path, syntax, offset in _local_testdata():
+        with open(path, "rb") as fh:
+            try:
+                walked = check_dataset(fh, offset, syntax, INDEXED_TAGS)
+            except (UnreadableDataset, DatasetMismatch):    # refused: never parsed
+                continue
+            alone = read_record(fh, offset, syntax)
+            given = read_record(fh, offset, syntax, walked)
+        assert given[1:] == alone[1:], path.name
+        assert list(given[0].keys()) == list(alone[0].keys()), path.name
+        for tag in alone[0].keys():
+            want, got = alone[0].get_item(tag), given[0].get_item(tag)
+            assert (got.VR, got.value) == (want.VR, want.value), (path.name, tag)
+        compared += 1
+    assert compared > 20, compared

@@ -1,6 +1,7 @@
-"""dicom/transport.py, dicom/reactor.py, dicom/negotiation.py, dicom/find_scp.py and
-dicom/store_send.py override pynetdicom internals; this fails loudly when their source
-changes, so an upgrade of pynetdicom is a decision and not a surprise.
+"""dicom/transport.py, dicom/reactor.py, dicom/negotiation.py, dicom/find_scp.py,
+dicom/store_send.py and dicom/receive.py override pynetdicom internals; this fails
+loudly when their source changes, so an upgrade of pynetdicom is a decision and not a
+surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
 replaces and why), adjust the override module, then update the digest here and the pin
@@ -22,12 +23,14 @@ from pynetdicom.association import Association, ServiceUser
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.events import Event
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
 from pynetdicom.service_class import (
     BasicWorklistManagementServiceClass,
     QueryRetrieveServiceClass,
     ServiceClass,
+    StorageServiceClass,
 )
 from pynetdicom.transport import (
     AssociationServer,
@@ -75,13 +78,18 @@ PINNED: dict[str, tuple[Any, str]] = {
     # PacsAssociation._serve_request answers a refused C-MOVE itself, runs a C-FIND with
     # find_scp.serve_find (a copy of its last part), else calls upstream's.
     "Association._serve_request": (Association._serve_request, "2f24c1759cdf6c8c"),
-    # GatedDimse / GatedMessage / DiscardedStore: a C-STORE data set dropped unread
-    # below storage.min_free_bytes.
+    # dicom/receive.py: GatedDimse / ReceivingMessage / ReceivedStore (a C-STORE data
+    # set written straight into its receive file, the primitive built from the decoded
+    # fields as message_to_primitive does) and GatedMessage / DiscardedStore (dropped
+    # unread below storage.min_free_bytes); the Storage SCP closes and unlinks
+    # `_dataset_file` by its `name`, the event hands the handler `_dataset_path`.
     "DIMSEMessage.decode_msg": (DIMSEMessage.decode_msg, "f51c777e841a76be"),
     "DIMSEMessage.message_to_primitive": (DIMSEMessage.message_to_primitive,
                                           "f8f43d34e43450ef"),
     "DIMSEServiceProvider.receive_primitive": (DIMSEServiceProvider.receive_primitive,
                                                "5f99c86b14a15cef"),
+    "StorageServiceClass.SCP": (StorageServiceClass.SCP, "63afca7fc6c6e7ee"),
+    "Event.dataset_path": (Event.dataset_path.fget, "7eba7552ff800249"),
     # BoundedSendQueue: what the DUL does with its to-provider queue.
     "DULServiceProvider.send_pdu": (DULServiceProvider.send_pdu, "7cbce5da8594124e"),
     "DULServiceProvider._process_recv_primitive": (
@@ -161,8 +169,7 @@ def test_overridden_upstream_source_unchanged(name: str) -> None:
     actual = hashlib.sha256(inspect.getsource(func).encode()).hexdigest()[:16]
     assert actual == digest, (
         f"pynetdicom {pynetdicom.__version__} changed {name} (digest {actual}, tested "
-        f"{digest}): review its override in src/pacs_server/dicom/ (transport.py, "
-        f"reactor.py or find_scp.py)")
+        f"{digest}): review the override in src/pacs_server/dicom/")
 
 
 def test_pause_protocol_users_unchanged() -> None:

@@ -15,9 +15,9 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.receive import refused_data_set
 from pacs_server.dicom.service import DicomService, Operation, Reply, contexts_for
 from pacs_server.dicom.status import SUCCESS, Service
-from pacs_server.dicom.transport import refused_data_set
 from pacs_server.errors import StorageFull
 from pacs_server.metrics import Metrics
 from pacs_server.services.archive import ArchiveService
@@ -44,7 +44,8 @@ def handle_store(event: Event, archive: ArchiveService, bridge: LoopBridge,
     stored = archive.receive(event.dataset_path, str(event.context.transfer_syntax),
                              str(request.AffectedSOPClassUID or ""),
                              event.assoc.requestor.ae_title, bridge.run,
-                             request_uid=str(request.AffectedSOPInstanceUID or ""))
+                             request_uid=str(request.AffectedSOPInstanceUID or ""),
+                             adopt=True)
     metrics.store_bytes.inc(stored.size)
     metrics.store_seconds.observe(time.perf_counter() - started)
     log.debug("c_store.stored", sop_instance_uid=stored.sop_instance_uid,

@@ -6,7 +6,9 @@ events`, mixed into our association classes here: `EventPacsAssociation`,
 from `PacsAssociation._serve_request`), in dicom/negotiation.py (a proposal
 negotiated once, the A-ASSOCIATE-AC encoded once) or in dicom/store_send.py (a
 retrieve's C-STORE-RQ from the file and its C-STORE-RSP on the event-driven
-transport, used by `FileSending._send_from_file`), and
+transport, used by `FileSending._send_from_file`) or in dicom/receive.py (C-STORE
+data sets received into their archive file, or dropped unread below the reserve:
+`gate_data_sets` installs it), and
 tests/unit/test_transport_pins.py fails when the source of an overridden or
 relied-upon upstream function changes (pynetdicom is pinned to the tested minor
 version).
@@ -63,7 +65,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
 
@@ -76,9 +77,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_MOVE
-from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
@@ -95,6 +94,7 @@ from pacs_server.dicom.negotiation import (
 )
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
 from pacs_server.dicom.reactor import EventDUL, EventReactors, WakingQueue
+from pacs_server.dicom.receive import GatedDimse, receive_stores
 from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.store_send import (
     RawPData,
@@ -106,7 +106,7 @@ from pacs_server.dicom.store_send import (
     store_rq_command,
 )
 from pacs_server.dicom.tls import TlsContexts, peer_subject
-from pacs_server.errors import PacsError, TranscodeFailed
+from pacs_server.errors import TranscodeFailed
 from pacs_server.services import transcode
 
 log = structlog.get_logger(__name__)
@@ -916,125 +916,8 @@ class PacsAE(AE):
         return assoc
 
 
-# ----------------------------------------------------------------------------------
-# Receiving into a full archive (storage.min_free_bytes)
-#
-# With chunked receive (dicom/runtime.py) pynetdicom opens a temporary file in the
-# archive's .incoming as soon as a C-STORE-RQ's command set is decoded, and appends
-# every data set fragment to it; the handler runs only once the whole data set is on
-# disk. Below the reserve that writes up to a whole instance (a 2 GB one fills what the
-# reserve is there to keep) before the answer can be 0xA700. Here the command set is
-# looked at first, and a C-STORE data set arriving below the reserve is read from the
-# socket and dropped: no file, nothing held in memory; the Storage SCP then answers
-# 0xA700 Out of Resources with an Error Comment (`refused_data_set`).
-
-def _data_set_follows(command_set: Dataset) -> bool:
-    return command_set.get("CommandDataSetType", 0x0101) != 0x0101
-
-
-class GatedMessage(DIMSEMessage):
-    """A DIMSE message being received; a C-STORE-RQ refused by the gate becomes a
-    `DiscardedStore`, any other message is upstream's."""
-
-    gate: Callable[[], None]
-
-    def decode_msg(self, primitive: Any, assoc: Any = None) -> bool:
-        """Upstream `decode_msg`, unless the last command fragment completes a
-        C-STORE-RQ while the gate refuses data sets: then the command set is decoded
-        as upstream does and the data set fragments are dropped.
-
-        Upstream: on the last command fragment of a C-STORE-RQ creates the data set's
-        temporary file (`NamedTemporaryFile`, the archive's .incoming) and writes
-        every later fragment to it; nothing above the DUL can intervene before the
-        whole data set is stored.
-        Upstream change that removes this: an event (or callback) on the decoded
-        command set of a C-STORE-RQ that may refuse its data set before it is written.
-        """
-        pdvs = getattr(primitive, "presentation_data_value_list", None) or []
-        if primitive.__class__ is P_DATA:
-            for index, (context_id, data) in enumerate(pdvs):
-                if not data or data[0] & 3 != 3:
-                    continue
-                refusal = self._refusal(data)
-                if refusal is None:
-                    break
-                # Earlier fragments of this primitive are command fragments too.
-                for _cx, earlier in pdvs[:index]:
-                    self.encoded_command_set.write(earlier[1:])
-                self.encoded_command_set.write(data[1:])
-                self.context_id = context_id
-                self.command_set = decode(self.encoded_command_set, True, True)
-                self.__class__ = DiscardedStore
-                cast(DiscardedStore, self).refusal = refusal
-                rest = P_DATA()
-                rest.presentation_data_value_list = pdvs[index + 1:]
-                return self.decode_msg(rest, assoc)
-        return super().decode_msg(primitive, assoc)
-
-    def _refusal(self, last_fragment: bytes) -> str | None:
-        """Why the data set of the command set ending in the PDV `last_fragment` (its
-        control header byte first) must not be received, or None (the gate is asked
-        first: one statvfs, nothing decoded or copied)."""
-        try:
-            self.gate()
-            return None
-        except PacsError as exc:
-            reason = str(exc)
-        try:
-            command = decode(BytesIO(self.encoded_command_set.getvalue() + last_fragment[1:]),
-                             True, True)
-            is_store = int(command.CommandField) == 0x0001 and _data_set_follows(command)
-        except Exception:  # upstream reports a malformed command set
-            return None
-        return reason if is_store else None
-
-
-class DiscardedStore(C_STORE_RQ):
-    """A C-STORE-RQ whose data set fragments are read and dropped."""
-
-    refusal: str
-
-    def decode_msg(self, primitive: Any, assoc: Any = None) -> bool:
-        for _cx, data in getattr(primitive, "presentation_data_value_list", None) or []:
-            if data and data[0] & 3 == 2:       # the last data set fragment
-                return True
-        return False
-
-    def message_to_primitive(self) -> Any:
-        # Upstream maps the message to its primitive by class name: be C_STORE_RQ again.
-        refusal = self.refusal
-        self.__class__ = C_STORE_RQ
-        primitive = self.message_to_primitive()
-        primitive.refused_data_set = refusal
-        return primitive
-
-
-def refused_data_set(request: Any) -> str | None:
-    """Why a C-STORE request's data set was dropped unread (None: it was received)."""
-    return getattr(request, "refused_data_set", None)
-
-
-class GatedDimse(DIMSEServiceProvider):
-    """The acceptor's DIMSE provider: each message is received as a `GatedMessage`."""
-
-    gate: Callable[[], None]
-
-    def receive_primitive(self, primitive: Any) -> None:
-        """Upstream's, with the next message started as a `GatedMessage` (upstream
-        starts a plain `DIMSEMessage` when none is in progress)."""
-        if self.message is None:
-            message = DIMSEMessage()            # upstream's __init__ keys on the class name
-            message.__class__ = GatedMessage
-            cast(GatedMessage, message).gate = self.gate
-            self.message = message
-        super().receive_primitive(primitive)
-
-
 def gate_data_sets(assoc: Association, gate: Callable[[], None] | None) -> None:
-    """Have `gate` (raising PacsError to refuse) decide on each C-STORE data set of the
-    association before any of it is written."""
-    if gate is None:
-        return
-    dimse = assoc.dimse
-    dimse.gate = gate
-    with_mixin(dimse, GatedDimse)
+    """Receive the association's C-STORE data sets into their files (dicom/receive.py),
+    `gate` (raising PacsError to refuse) deciding on each before any of it is written."""
+    receive_stores(assoc.dimse, gate)
+    with_mixin(assoc.dimse, GatedDimse)

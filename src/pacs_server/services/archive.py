@@ -38,6 +38,7 @@ from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
 from pacs_server.services.dataset_check import check_dataset
 from pacs_server.services.ingest import (
+    INDEXED_TAGS,
     StagedInstance,
     build_record,
     dataset_offset,
@@ -175,8 +176,12 @@ class ArchiveService:
 
     # ----------------------------------------------------------- worker thread side
     def stage(self, received: Path, transfer_syntax: str, request_sop_class: str,
-              source_ae: str) -> StagedInstance:
+              source_ae: str, adopt: bool = False) -> StagedInstance:
         """Parse the received file and copy it, with our File Meta, into a .part file.
+
+        With `adopt` the received file itself becomes the staged file (fsynced, not
+        copied) when it lies in this process's receive directory and already starts
+        with the File Meta we would write (dicom/receive.py writes it so).
 
         Raises:
             UnreadableDataset, DatasetMismatch: the dataset is not acceptable.
@@ -185,23 +190,28 @@ class ArchiveService:
         with open(received, "rb") as fh:
             offset = dataset_offset(fh)
             # The whole dataset, to its last byte, before anything is parsed or kept.
-            check_dataset(fh, offset, transfer_syntax)
-            ds, header, header_syntax = read_record(fh, offset, transfer_syntax)
+            walked = check_dataset(fh, offset, transfer_syntax, INDEXED_TAGS)
+            ds, header, header_syntax = read_record(fh, offset, transfer_syntax, walked)
             record = build_record(ds, header, header_syntax, transfer_syntax,
                                   request_sop_class, source_ae, self._cfg.naming)
             length = os.fstat(fh.fileno()).st_size - offset
             meta = file_meta_bytes(record.sop_class_uid, record.sop_instance_uid,
                                    transfer_syntax, source_ae)
-            part = self.files.write_part(meta, fh, offset, length)
+            if adopt and offset == len(meta) and self.files.holds_incoming(received) \
+                    and os.pread(fh.fileno(), offset, 0) == meta:
+                part = self.files.adopt_part(received, fh.fileno())
+            else:
+                part = self.files.write_part(meta, fh, offset, length)
         record.size = len(meta) + length
         return StagedInstance(record, part)
 
     def receive(self, received: Path, transfer_syntax: str, request_sop_class: str,
-                source_ae: str, run: Runner, request_uid: str = "") -> StoredInstance:
+                source_ae: str, run: Runner, request_uid: str = "",
+                adopt: bool = False) -> StoredInstance:
         """Stage and store one received file: the whole C-STORE in one call.
 
         The staged copy is removed on any failure; failures other than a duplicate are
-        counted in `stats.failed`.
+        counted in `stats.failed`. `adopt`: as `stage()` (the caller gives the file up).
 
         Raises:
             PacsError: as `stage()` and `store()`.
@@ -209,7 +219,8 @@ class ArchiveService:
         self.check_free_space(received.stat().st_size if received.exists() else 0)
         staged: StagedInstance | None = None
         try:
-            staged = self.stage(received, transfer_syntax, request_sop_class, source_ae)
+            staged = self.stage(received, transfer_syntax, request_sop_class, source_ae,
+                                adopt)
             rec = staged.record
             if request_uid and request_uid != rec.sop_instance_uid:
                 log.warning("c_store.uid_mismatch", request_uid=request_uid,

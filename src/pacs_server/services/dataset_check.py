@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from pydicom.datadict import DicomDictionary
@@ -83,13 +85,33 @@ class _Malformed(Exception):
         self.what, self.pos, self.tag = what, pos, tag
 
 
-def check_dataset(fh: BinaryIO, offset: int, transfer_syntax: str) -> None:
+@dataclass
+class Walked:
+    """What the walk saw at the top level, so that the header need not be walked again.
+
+    Attributes:
+        found: tag -> (VR, or None in Implicit VR; offset of the value; its length) of
+            each `wanted` top-level element, offsets counted from the dataset's start.
+        pixel: offset of the top-level Pixel Data element, or the dataset's size.
+    """
+
+    found: dict[int, tuple[str | None, int, int]]
+    pixel: int
+
+
+def check_dataset(fh: BinaryIO, offset: int, transfer_syntax: str,
+                  wanted: Collection[int] = ()) -> Walked | None:
     """Walk the whole dataset that starts at `offset` of `fh` and ends at its end.
 
     Args:
         fh: the received file, opened for binary reading (it is read, never written).
         offset: where the dataset starts (after the File Meta Information).
         transfer_syntax: the UID the dataset was sent in.
+        wanted: top-level tags whose place to report.
+
+    Returns:
+        Where the wanted elements and Pixel Data are (None for a Deflated dataset,
+        whose offsets are in the inflated stream).
 
     Raises:
         UnreadableDataset: the bytes are not a well-formed dataset in that syntax; the
@@ -104,7 +126,7 @@ def check_dataset(fh: BinaryIO, offset: int, transfer_syntax: str) -> None:
     else:
         implicit, big, encapsulated = False, False, not deflated
     source: _Window = _Inflated(fh, offset) if deflated else _Window(fh, offset)
-    walk = _Walk(source, big, encapsulated)
+    walk = _Walk(source, big, encapsulated, frozenset(wanted))
     try:
         walk.dataset(0, source.size, implicit, 0)
     except _Malformed as exc:
@@ -114,6 +136,10 @@ def check_dataset(fh: BinaryIO, offset: int, transfer_syntax: str) -> None:
     except zlib.error as exc:
         raise UnreadableDataset(f"deflated stream is corrupt: {exc}") from None
     walk.check_pixel_length()
+    if deflated:
+        return None
+    return Walked(walk.found, walk.pixel_at if walk.pixel_at is not None else
+                  os.fstat(fh.fileno()).st_size - offset)
 
 
 class _Window:
@@ -210,12 +236,16 @@ class _Inflated(_Window):
 class _Walk:
     """One walk over one dataset; the window is shared by every level."""
 
-    def __init__(self, w: _Window, big: bool, encapsulated: bool) -> None:
+    def __init__(self, w: _Window, big: bool, encapsulated: bool,
+                 wanted: frozenset[int] = frozenset()) -> None:
         self.w = w
         self.big = big
         self.encapsulated = encapsulated
         self.pixel: dict[int, bytes] = {}
         self.pixel_length: tuple[int, int] | None = None      # (length, pos)
+        self.wanted = wanted
+        self.found: dict[int, tuple[str | None, int, int]] = {}
+        self.pixel_at: int | None = None
 
     def _header(self, pos: int, n: int) -> tuple[bytes, int]:
         w = self.w
@@ -239,7 +269,7 @@ class _Walk:
         head = _HEAD_IMPLICIT if implicit else _HEAD_BE if big else _HEAD_LE
         long_length = _U32_BE if big else _U32_LE
         beyond = "the end" if depth == 0 else "its item"
-        opened = _OPENED_TOP if depth == 0 else _OPENED
+        opened = _OPENED_TOP | self.wanted if depth == 0 else _OPENED
         vr = b""
         buf, base = w.buf, w.start
         limit = base + len(buf)
@@ -292,6 +322,8 @@ class _Walk:
                     (length,) = long_length.unpack_from(buf, i + 8)
                     value = pos + 12
             if kind == _SEQUENCE or length == _UNDEFINED or tag in opened:
+                if depth == 0 and tag in self.wanted:
+                    self.found[tag] = (vr.decode() if vr else None, value, length)
                 pos = self._special(tag, kind == _SEQUENCE, implicit and not kind or
                                     vr == b"UN", pos, value, length, end, implicit, depth)
                 buf, base = w.buf, w.start
@@ -310,6 +342,7 @@ class _Walk:
         implicit-syntax element of unknown VR, or VR UN: CP-246).
         """
         if tag == _PIXEL_DATA and depth == 0:
+            self.pixel_at = pos
             return self._pixel_data(tag, pos, value, length)
         if length == _UNDEFINED:
             if tag == _PIXEL_DATA:

@@ -12,10 +12,11 @@ import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
-from pydicom.datadict import dictionary_has_tag
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -28,11 +29,13 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pydicom.values import convert_value
 
 from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs_server.errors import DatasetMismatch, UnreadableDataset
 from pacs_server.index.attributes import QR_ATTRIBUTES, Attribute
 from pacs_server.index.records import InstanceRecord
+from pacs_server.services.dataset_check import Walked
 from pacs_server.services.header_scan import ScanError, scan
 from pacs_server.storage import layout
 from pacs_server.values import value_text
@@ -91,12 +94,16 @@ def _meta_elem(element: int, vr: str, value: str, pad: bytes) -> bytes:
     return struct.pack("<HH2sH", 0x0002, element, vr.encode(), len(raw)) + raw
 
 
-def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Dataset, bytes, str]:
+def read_record(fh: BinaryIO, offset: int, transfer_syntax: str,
+                walked: Walked | None = None) -> tuple[Dataset, bytes, str]:
     """Parse the header (up to Pixel Data) of the dataset at `offset`.
+
+    `walked`: what `check_dataset(..., INDEXED_TAGS)` found in this very file, so that
+    the header is not walked a second time.
 
     Returns the dataset, the header bytes to keep in the index and their transfer syntax.
     """
-    fast = _read_fast(fh, offset, transfer_syntax)
+    fast = _read_fast(fh, offset, transfer_syntax, walked)
     if fast is not None:
         return fast
     fh.seek(0)
@@ -124,13 +131,13 @@ def read_record(fh: BinaryIO, offset: int, transfer_syntax: str) -> tuple[Datase
 
 # What build_record reads (and the character set to decode it); the fast path decodes
 # only these (with pydicom, lazily).
-_INDEXED_TAGS = QR_ATTRIBUTES.tags | {int(Tag("SpecificCharacterSet"))}
+INDEXED_TAGS = QR_ATTRIBUTES.tags | {int(Tag("SpecificCharacterSet"))}
 _RECORD_ATTRS = {level: QR_ATTRIBUTES.recorded(level) for level in QR_ATTRIBUTES.levels}
 _FAST_SYNTAXES_IMPLICIT = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
 
 
-def _read_fast(fh: BinaryIO, offset: int,
-               transfer_syntax: str) -> tuple[Dataset, bytes, str] | None:
+def _read_fast(fh: BinaryIO, offset: int, transfer_syntax: str,
+               walked: Walked | None) -> tuple[Dataset, bytes, str] | None:
     """The common case without pydicom's full parse: Little Endian, header under
     MAX_RAW_HEADER, the three identifying UIDs present. None means: use the full parser
     (it also produces the precise error for anything malformed)."""
@@ -141,13 +148,19 @@ def _read_fast(fh: BinaryIO, offset: int,
     else:
         implicit = False                  # encapsulated: Explicit VR Little Endian
     fh.seek(offset)
-    head = fh.read(MAX_RAW_HEADER + 12)
-    try:
-        found, pixel = scan(head, 0, len(head), implicit, _INDEXED_TAGS)
-    except ScanError:
-        return None
-    if pixel == len(head) and len(head) > MAX_RAW_HEADER:
-        return None                       # header larger than we keep raw
+    if walked is not None:
+        if walked.pixel > MAX_RAW_HEADER:
+            return None                   # header larger than we keep raw
+        head = fh.read(walked.pixel)
+        found, pixel = walked.found, walked.pixel
+    else:
+        head = fh.read(MAX_RAW_HEADER + 12)
+        try:
+            found, pixel = scan(head, 0, len(head), implicit, INDEXED_TAGS)
+        except ScanError:
+            return None
+        if pixel == len(head) and len(head) > MAX_RAW_HEADER:
+            return None                   # header larger than we keep raw
     if not {_SOP_INSTANCE, _STUDY_UID, _SERIES_UID} <= found.keys():
         return None
     _check_complete(fh, offset + pixel, transfer_syntax)
@@ -239,7 +252,61 @@ def _encode_without_bulk(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
+# VRs whose raw value `_Values` hands straight to pydicom's converter (no hook of
+# pydicom's changes them: no UN, no ambiguous US/SS, no numeric length checks).
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH",
+                       "ST", "TM", "UC", "UI", "UR", "UT"})
+_CHARSET = BaseTag(0x00080005)
+_TAGS = {a.keyword: BaseTag(a.tag) for level in _RECORD_ATTRS.values() for a in level} | {
+    kw: BaseTag(Tag(kw)) for kw in ("SOPInstanceUID", "StudyInstanceUID",
+                                    "SeriesInstanceUID", "SOPClassUID")}
+
+
+class _Values:
+    """The values `build_record` reads from a header, each decoded once.
+
+    `Dataset.get(keyword)` of a raw element builds a DataElement through pydicom's
+    hooks and replaces the raw one (about 20 µs an element, most of build_record);
+    here a raw text element goes straight to pydicom's value converter with the
+    dataset's character set, which is what those hooks end in. Anything else (an
+    element already converted, a VR of another kind) is `Dataset.get`'s.
+    """
+
+    def __init__(self, ds: Dataset) -> None:
+        self._ds = ds
+        self._seen: dict[str, Any] = {}
+        self._encodings: list[str] | None = None
+
+    def get(self, keyword: str) -> Any:
+        if keyword in self._seen:
+            return self._seen[keyword]
+        ds = self._ds
+        tag = _TAGS.get(keyword)
+        elem = ds.get_item(tag) if tag is not None else None
+        if type(elem) is RawDataElement and (elem.VR or _dictionary_vr(tag)) in _TEXT_VRS:
+            value = convert_value(elem.VR or dictionary_VR(tag), elem, self._charset())
+        else:
+            value = ds.get(keyword)
+        self._seen[keyword] = value
+        return value
+
+    def _charset(self) -> list[str]:
+        # What Dataset._character_set gives a top-level dataset.
+        if self._encodings is None:
+            elem = self._ds.get(_CHARSET)
+            self._encodings = (convert_encodings(elem.value) if elem and elem.value
+                               else [default_encoding])
+        return self._encodings
+
+
+def _dictionary_vr(tag: BaseTag | None) -> str | None:
+    try:
+        return dictionary_VR(tag) if tag is not None else None
+    except KeyError:
+        return None
+
+
+def _text(ds: _Values, keyword: str, limit: int = 256) -> str:
     try:
         value = ds.get(keyword)
     except Exception:  # a malformed value must not sink the whole instance
@@ -247,13 +314,13 @@ def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
     return value_text(value).strip().rstrip("\0")[:limit]
 
 
-def _date(ds: Dataset, keyword: str) -> str:
+def _date(ds: _Values, keyword: str) -> str:
     """A DA value as YYYYMMDD; ACR-NEMA style 'YYYY.MM.DD' is normalised, not cut."""
     value = _text(ds, keyword, 64).replace(".", "").replace("-", "")
     return value[:8]
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(ds: _Values, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
@@ -261,7 +328,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _value(ds: Dataset, attr: Attribute) -> str | int | None:
+def _value(ds: _Values, attr: Attribute) -> str | int | None:
     """The indexed form of one attribute (free text cut at 256 characters)."""
     if attr.kind == "date":
         return _date(ds, attr.keyword)
@@ -273,13 +340,14 @@ def _value(ds: Dataset, attr: Attribute) -> str | int | None:
 def build_record(ds: Dataset, header: bytes, header_syntax: str, transfer_syntax: str,
                  request_sop_class: str, source_ae: str, naming: str) -> InstanceRecord:
     """Validate the identifying UIDs and collect the indexed attributes."""
-    sop_uid = layout.check_uid("SOPInstanceUID", _text(ds, "SOPInstanceUID"))
-    study_uid = layout.check_uid("StudyInstanceUID", _text(ds, "StudyInstanceUID"))
-    series_uid = layout.check_uid("SeriesInstanceUID", _text(ds, "SeriesInstanceUID"))
-    sop_class = _text(ds, "SOPClassUID") or request_sop_class
+    values = _Values(ds)
+    sop_uid = layout.check_uid("SOPInstanceUID", _text(values, "SOPInstanceUID"))
+    study_uid = layout.check_uid("StudyInstanceUID", _text(values, "StudyInstanceUID"))
+    series_uid = layout.check_uid("SeriesInstanceUID", _text(values, "SeriesInstanceUID"))
+    sop_class = _text(values, "SOPClassUID") or request_sop_class
     layout.check_uid("SOPClassUID", sop_class)
     now = datetime.now(UTC)
-    levels = {level: {a.column: _value(ds, a) for a in attrs}
+    levels = {level: {a.column: _value(values, a) for a in attrs}
               for level, attrs in _RECORD_ATTRS.items()}
     record = InstanceRecord(
         sop_instance_uid=sop_uid,

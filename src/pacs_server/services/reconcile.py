@@ -42,7 +42,12 @@ from pacs_server.index.records import InstanceRecord
 from pacs_server.periodic import PeriodicTask
 from pacs_server.services.archive import Catalog
 from pacs_server.services.dataset_check import check_dataset
-from pacs_server.services.ingest import build_record, dataset_offset, read_record
+from pacs_server.services.ingest import (
+    INDEXED_TAGS,
+    build_record,
+    dataset_offset,
+    read_record,
+)
 from pacs_server.storage.filestore import FileStore
 
 log = structlog.get_logger(__name__)
@@ -142,8 +147,8 @@ def read_archived(path: Path, rel: PurePosixPath, naming: str) -> InstanceRecord
         raise UnreadableDataset(f"file meta unreadable: {exc}") from None
     with open(path, "rb") as fh:
         offset = dataset_offset(fh)
-        check_dataset(fh, offset, transfer_syntax)
-        ds, header, header_syntax = read_record(fh, offset, transfer_syntax)
+        walked = check_dataset(fh, offset, transfer_syntax, INDEXED_TAGS)
+        ds, header, header_syntax = read_record(fh, offset, transfer_syntax, walked)
         record = build_record(ds, header, header_syntax, transfer_syntax,
                               str(meta.get("MediaStorageSOPClassUID", "")),
                               str(meta.get("SourceApplicationEntityTitle", "")).strip(),

@@ -161,6 +161,18 @@ class FileStore:
             os.close(fd)
         return part
 
+    def holds_incoming(self, path: Path) -> bool:
+        """Whether `path` is directly in this process's receive directory."""
+        return path.parent == self.incoming
+
+    def adopt_part(self, path: Path, fd: int) -> Path:
+        """Make a complete received file in the receive directory (`fd` open on it) the
+        staged file as it is: fsynced like `write_part`'s, then placed like one."""
+        if self._fsync:
+            with storage_errors():
+                os.fsync(fd)
+        return path
+
     def place(self, part: Path, rel: PurePosixPath) -> Path:
         """Atomically move a fsynced .part file to its final name and make that durable."""
         final = self.path(rel)

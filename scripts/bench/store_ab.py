@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""A/B of the C-STORE path's CPU: two source trees of pacs_server, alternated.
+
+    .venv/bin/python scripts/bench/store_ab.py --a /tmp/base/src [--b src] [--pairs 4]
+        [--associations 1|4] [--workers 1|2|auto] [--count 1000]
+
+Each pair starts a fresh server (SQLite, durable defaults) from tree A and one from tree
+B, in alternating order (AB, BA, AB...), and sends the small set over 1 storescu
+association (or 4 at once). The tree is chosen with PYTHONPATH, so both run in this
+virtualenv with the same libraries. Reported per run and as medians: server CPU (every
+process of the server: supervisor and workers, from /proc/<pid>/stat) per instance,
+instances/s, and the 1-minute load average. On a shared machine the CPU per instance
+is the number to compare; the rate moves with whatever else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import clients  # noqa: E402
+import generate  # noqa: E402
+from servers import REPO, PacsServer  # noqa: E402
+from workers_scaling import tree_cpu_s  # noqa: E402
+
+
+def once(srv: PacsServer, dirs: list[Path], expected: int) -> tuple[float, float, float]:
+    """(instances/s, server CPU ms per instance, load average) of one fresh server."""
+    srv.start()
+    try:
+        before = tree_cpu_s(srv.pid)
+        if len(dirs) == 1:
+            t = clients.store(srv.port, srv.ae, dirs)
+        else:
+            t = clients.store_parallel(srv.port, srv.ae, dirs)
+        time.sleep(0.2)       # the association's end, on the server side
+        cpu = tree_cpu_s(srv.pid) - before
+        load = os.getloadavg()[0]
+        n = srv.count()
+        if t.returncode or n < expected:
+            raise RuntimeError(f"{n}/{expected} stored: {t.error()} | {srv.log_tail()}")
+        return n / t.seconds, cpu / n * 1000, load
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--a", required=True, help="src directory of version A")
+    p.add_argument("--b", default=str(REPO / "src"), help="src directory of version B")
+    p.add_argument("--pairs", type=int, default=4)
+    p.add_argument("--associations", type=int, choices=(1, 4), default=1)
+    p.add_argument("--workers", default="1")
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--transport", choices=("events", "stock"), default=None)
+    p.add_argument("--data-dir", default="/tmp/pacs-bench-data")
+    a = p.parse_args()
+    if a.transport:
+        import servers
+        servers.TRANSPORT = a.transport
+    root = Path(a.data_dir) / f"small-{a.count}"
+    m = generate.generate(root, a.count, split=4)
+    dirs = [root] if a.associations == 1 else sorted(root.glob("part*"))
+    trees = {"A": a.a, "B": a.b}
+    rows: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory(prefix="pacs-ab-") as work:
+        for pair in range(a.pairs):
+            for name in ("AB" if pair % 2 == 0 else "BA"):
+                srv = PacsServer(Path(work) / f"{name}{pair}", workers=a.workers)
+                srv.env = {"PYTHONPATH": trees[name]}
+                rate, cpu, load = once(srv, dirs, m.files)
+                rows[name].append((rate, cpu, load))
+                print(f"pair {pair} {name}: {rate:6.1f}/s  {cpu:5.2f} ms CPU/instance  "
+                      f"load {load:.1f}", flush=True)
+    print(f"\n{m.files} small instances, {a.associations} association(s), workers "
+          f"{a.workers}; A = {a.a}, B = {a.b}\n")
+    print("| version | CPU ms/instance (median) | runs | instances/s (median) | load |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, got in rows.items():
+        cpus = [c for _, c, _ in got]
+        loads = [x for _, _, x in got]
+        print(f"| {name} | {statistics.median(cpus):.2f} | "
+              f"{', '.join(f'{c:.2f}' for c in cpus)} | "
+              f"{statistics.median(r for r, _, _ in got):.0f} | "
+              f"{min(loads):.1f}–{max(loads):.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
