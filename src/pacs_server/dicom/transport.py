@@ -607,13 +607,17 @@ class PacsAssociation(FileSending):
             remaining = deadline - time.monotonic()
             if not self.dul.is_alive() or remaining <= 0:
                 if remaining <= 0:
-                    log.warning("association.negotiation_timeout", peer=self.peer_host,
-                                timeout="server.negotiation_timeout",
-                                seconds=self.limits.negotiation_timeout)
+                    self._log_negotiation_timeout()
                 self._hard_stop()
                 return False
             self.wait_for_request(remaining)
         return True
+
+    def _log_negotiation_timeout(self) -> None:
+        # The peer only sees a closed socket: the log names the deadline that closed it.
+        log.warning("association.negotiation_timeout", peer=self.peer_host,
+                    timeout="server.negotiation_timeout",
+                    seconds=self.limits.negotiation_timeout)
 
     def wait_for_request(self, timeout: float) -> None:
         """Stock transport: look again in 5 ms (the event-driven one reads the RQ itself)."""
@@ -846,8 +850,11 @@ class EventPacsAssociation(EventReactors, PacsAssociation):
         answer is sent (`EventDUL.read_request`)."""
         self._started_dul = True        # upstream's run_reactor must not start it
         dul = cast(EventDUL, self.dul)
-        if dul.read_request(time.monotonic() + self.limits.negotiation_timeout):
+        deadline = time.monotonic() + self.limits.negotiation_timeout
+        if dul.read_request(deadline):
             return True
+        if time.monotonic() >= deadline:
+            self._log_negotiation_timeout()
         self._hard_stop()
         return False
 
