@@ -22,6 +22,7 @@ from support.archive import indexed_path
 from support.config import FAST_STORAGE, peer, server_config
 from support.dcmtk import QR_TOOLS, Storescp, getscu, movescu, require_dcmtk
 from support.instances import DicomFiles, dataset_bytes
+from support.scp import start_listener
 from support.scu import Scu
 from support.server import RunningServer
 
@@ -57,8 +58,8 @@ class ExplicitOnlyScp:
         ae = AE(ae_title="EXPLICIT")
         for uid in sorted(set(sop_classes)):
             ae.add_supported_context(uid, [ExplicitVRLittleEndian])
-        self.server = ae.start_server(("127.0.0.1", 0), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.server = start_listener(ae, ("127.0.0.1", 0),
+                                     evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port = int(self.server.server_address[1])
 
     def _on_store(self, event: Any) -> int:

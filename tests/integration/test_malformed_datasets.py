@@ -29,7 +29,7 @@ from support.dcmtk import dcmtk_path
 from support.instances import DicomFiles
 from support.mutations import (
     cases,
-    dcmdump_verdict,
+    dcmdump_verdicts,
     load_sample,
     samples_by_name,
     stricter_reason,
@@ -62,10 +62,11 @@ async def test_mutated_datasets_are_never_acknowledged(
     samples = samples_by_name()
     work = tmp_path / "cases"
     work.mkdir()
-    todo = []
-    for n, case in enumerate(cases(SEED, CASES)):
-        path = write_case(case, samples[case.sample], work / f"{n:05d}.dcm")
-        todo.append((case, path, dcmdump_verdict(dcmdump, path)))
+    written = [(case, write_case(case, samples[case.sample], work / f"{n:05d}.dcm"))
+               for n, case in enumerate(cases(SEED, CASES))]
+    verdicts = dcmdump_verdicts(dcmdump, [path for _, path in written])
+    todo = [(case, path, verdict)
+            for (case, path), verdict in zip(written, verdicts, strict=True)]
     contexts = sorted({(samples[c.sample].sop_class, c.transfer_syntax) for c, _, _ in todo})
     tally: Counter[str] = Counter()
     failures: list[str] = []

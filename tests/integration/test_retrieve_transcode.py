@@ -9,7 +9,7 @@ only JPEG 2000 Lossless receive pixel data equal to pydicom's decode of the stor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from pacs_server.config import Config
 from support.archive import indexed_path
-from support.config import SERVER_AE
+from support.config import SERVER_AE, server_config
 from support.instances import DicomFiles, dataset_bytes
 from support.scu import Scu
 from support.server import RunningServer
@@ -112,6 +112,16 @@ def c_get(port: int, study_uid: str, sop_class: str, syntaxes: Sequence[str]
     finally:
         assoc.release()
     return statuses, received, final
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the module, instead of conftest's one per test: each test stores an
+    instance of a new study and retrieves that study only, so none depends on what the
+    others stored (a test that needs its own configuration starts its own server)."""
+    srv = RunningServer(server_config(tmp_path_factory.mktemp("transcode"))).start()
+    yield srv
+    srv.stop()
 
 
 async def stored_one(server: RunningServer, scu: Scu, dicom_files: DicomFiles,

@@ -5,13 +5,14 @@ the page that says how to install a missing viewer."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from pacs_server.config import Config
+from support.config import server_config
 from support.http import TOKEN, base_url, http_get
 from support.instances import DicomFiles
 from support.scu import SUCCESS, Scu
@@ -21,11 +22,15 @@ from support.viewer import ohif_dir
 StartServer = Callable[..., Awaitable[RunningServer]]
 
 
-@pytest.fixture
-async def viewer_server(start_server: StartServer, make_cfg: Callable[..., Config]
-                        ) -> RunningServer:
-    return await start_server(make_cfg({"monitoring.metrics_port": 0, "admin.token": TOKEN,
-                                        "viewer.path": str(ohif_dir())}))
+@pytest.fixture(scope="module")
+def viewer_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server for the module's tests of /viewer: they only read it, except
+    test_study_rows_link_to_the_viewer, the one test that stores (a study of its own)."""
+    srv = RunningServer(server_config(tmp_path_factory.mktemp("viewer"), {
+        "monitoring.metrics_port": 0, "admin.token": TOKEN, "viewer.path": str(ohif_dir())}))
+    srv.start()
+    yield srv
+    srv.stop()
 
 
 async def get(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:

@@ -7,7 +7,8 @@ tests/conftest.py (and tests/e2e/conftest.py for the subprocess servers).
     config     SERVER_AE, FAST_STORAGE, server_config(): a Config rooted in a directory
     server     RunningServer: a PacsApp on its own event loop in a thread
     scu        Scu (echo, store, find, move), GetScu, the requestor race workaround
-    scp        StorageScp: a pynetdicom C-MOVE destination that can fail SOP classes
+    scp        StorageScp: a pynetdicom C-MOVE destination that can fail SOP classes;
+               start_listener(): a test listener whose stop() takes 50 ms, not 0.5 s
     instances  SOP class UIDs, new_dataset(), bundled_dataset(), DicomFiles, dataset_bytes()
     archive    what an archive directory and its SQLite index hold (stdlib sqlite3)
     index      sqlite_index(): a started IndexRepository on a tmp file; index_record()

@@ -25,6 +25,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 from support.config import SERVER_AE, peer
 from support.instances import bundled_dataset
 from support.polling import wait_until
+from support.scp import start_listener
 from support.scu import Scu, nodelay
 
 REQUESTER = "MODALITY"
@@ -134,8 +135,8 @@ class RequesterScp:
         self.associations = 0
         ae = AE(ae_title=REQUESTER)
         ae.add_supported_context(PUSH_MODEL, SYNTAXES, scu_role=False, scp_role=True)
-        self.server = ae.start_server(
-            ("127.0.0.1", port), block=False,
+        self.server = start_listener(
+            ae, ("127.0.0.1", port),
             evt_handlers=[(evt.EVT_N_EVENT_REPORT, self.reports.handler("new")),
                           (evt.EVT_ACCEPTED, self._accepted)])
         self.port = int(self.server.server_address[1])

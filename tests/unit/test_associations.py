@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from pacs_server.dicom.associations import AssociationRecord, AssociationTracker
 from pacs_server.metrics import Metrics
 from support.polling import wait_until
+from support.scp import start_listener
 from support.scu import NATIVE, SUCCESS, VERIFICATION, Scu
 
 ACCEPTOR = "ACCEPTOR"
@@ -53,8 +54,8 @@ def start_acceptor() -> Iterator[Callable[..., Acceptor]]:
         ae.add_supported_context(VERIFICATION, list(NATIVE))
         if allowed is not None:
             ae.require_calling_aet = allowed
-        server = ae.start_server(
-            ("127.0.0.1", 0), block=False,
+        server = start_listener(
+            ae, ("127.0.0.1", 0),
             evt_handlers=[*acceptor.tracker.handlers(), (evt.EVT_C_ECHO, acceptor.on_echo)])
         servers.append(server)
         acceptor.port = int(server.server_address[1])

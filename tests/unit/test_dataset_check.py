@@ -26,7 +26,7 @@ from support.mutations import (
     SAMPLES,
     Sample,
     cases,
-    dcmdump_verdict,
+    dcmdump_verdicts,
     load_sample,
     stricter_reason,
     top_level_elements,
@@ -180,9 +180,11 @@ def test_mutations_dcmdump_refuses_are_refused(tmp_path: Path) -> None:
     assert dcmdump is not None
     samples: dict[str, Sample] = {n: load_sample(n) for n in SAMPLES}
     tally: Counter[str] = Counter()
-    for case in cases(seed=11, count=400):
-        path = write_case(case, samples[case.sample], tmp_path / "case.dcm")
-        verdict = dcmdump_verdict(dcmdump, path)
+    all_cases = cases(seed=11, count=400)
+    paths = [write_case(case, samples[case.sample], tmp_path / f"{n:03d}.dcm")
+             for n, case in enumerate(all_cases)]
+    verdicts = dcmdump_verdicts(dcmdump, paths)
+    for case, path, verdict in zip(all_cases, paths, verdicts, strict=True):
         try:
             with open(path, "rb") as fh:
                 check_dataset(fh, dataset_offset(fh), case.transfer_syntax)
