@@ -408,3 +408,27 @@ def test_sigterm_while_the_workers_start_stops_them_cleanly(run_pacs: Callable[.
     assert server.wait(60) == 0, server.stderr
     assert server.wait_for_event("supervisor.stopped", timeout=1)["workers"] == {"1": 0, "2": 0}
     assert not any(e["event"] == "server.started" for e in server.events())
+
+
+def _running(pid: int) -> bool:
+    # A zombie (dead, not yet reaped by whoever inherited it) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_exit_when_the_supervisor_is_killed_while_they_start(
+        run_pacs: Callable[..., Any], tmp_path: Path) -> None:
+    server = run_pacs(config=write_config(tmp_path), ready=False)
+    pids = [server.wait_for_event("worker.spawned", worker=i)["pid"] for i in (1, 2)]
+    # Before the workers have even imported the server: they must not take init
+    # for the supervisor they watch.
+    server.signal(signal.SIGKILL)
+    try:
+        wait_until(lambda: not any(_running(pid) for pid in pids), timeout=60)
+    finally:
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -139,7 +139,8 @@ class Supervisor:
             overrides["tls.port"] = self.tls_port
         return json.dumps({"index": index, "config": self._config_path, "overrides": overrides,
                            "admission": str(self._rundir / "admission.sock"),
-                           "commands": str(self.workers[index].commands)})
+                           "commands": str(self.workers[index].commands),
+                           "supervisor": os.getpid()})
 
     async def _spawn(self, index: int) -> None:
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}

@@ -113,7 +113,10 @@ async def run_worker(cfg: Config, spec: dict[str, Any]) -> None:
     app = PacsApp(cfg, reload_config=lambda: load_config(spec["config"], spec["overrides"]),
                   # RemotePolicy has AssociationPolicy's interface (workers/admission.py)
                   role=Role("worker", policy=cast(AssociationPolicy, policy), events=events))
-    parent = os.getppid()
+    # The supervisor's PID from the spec, not getppid() here: a supervisor killed while
+    # this worker was still importing has already left it to init, and getppid() would
+    # then name init as the parent to watch, for ever.
+    parent = int(spec.get("supervisor") or os.getppid())
 
     async def started() -> None:
         commands = Path(spec["commands"])
