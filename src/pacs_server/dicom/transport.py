@@ -269,7 +269,6 @@ class GuardedStateMachine(RawSendStateMachine):
             evt.trigger(assoc, evt.EVT_CONN_CLOSE,
                         {"address": remote.as_tuple if remote is not None else ("?", 0)})
 
-
     def _act(self, name: str, event: str, action: Callable[[Any], str]) -> None:
         # What upstream's do_action does around the action it looks up (pinned).
         next_state = action(self.dul)
