@@ -327,6 +327,7 @@ class Bench:
             times: dict[str, list[float]] = {n: [] for n in names}
             errors: dict[str, str] = {}
             counts: dict[str, int] = {}
+            self.note_load()
             for i in range(self.a.find_reps):
                 for name in rotate(names, i):
                     if name in errors:
