@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -49,7 +49,7 @@ from pacs_server.storage.filestore import FileStore
 
 log = structlog.get_logger(__name__)
 
-_PLACE_ATTEMPTS = 3          # an orphan set aside, then the name taken again: give up
+_PLACE_ATTEMPTS = 4          # taking turns, an orphan set aside, the name taken again: give up
 _POLL_S = 0.02               # while another process has the same name in flight,
 _POLL_MAX_S = 0.5            # growing to this
 
@@ -252,18 +252,21 @@ class ArchiveService:
         rec = staged.record
         policy = self._cfg.duplicate_policy
         journal = self.files.journal
-        with self._claim(rec.sop_instance_uid), self._path_claim(rec.rel_path, policy):
+        with self._claim(rec.sop_instance_uid), ExitStack() as held:
+            if policy == "replace":
+                held.enter_context(self._path_claim(rec.rel_path))
             # Announced before it is placed: a crash from here to the commit leaves an
             # intent that the next start reconciles (services/reconcile.py).
-            intent = journal.open(rec.rel_path)
+            intent = [journal.open(rec.rel_path)]
             try:
-                outcome, superseded = self._place_and_index(staged, run, policy, intent)
+                outcome, superseded = self._place_and_index(staged, run, policy, intent,
+                                                            held)
             except (DuplicateInstance, PathTaken):
-                journal.close(intent)     # nothing placed, or the placement undone
+                journal.close(intent[0])  # nothing placed, or the placement undone
                 raise
             # Any other error keeps the intent open: an index timeout is ambiguous, and
             # a failed fsync may follow a rename. The next start sorts it out.
-            journal.close(intent)
+            journal.close(intent[0])
         if superseded is not None:
             self._remove_superseded(rec, superseded, run)
         if outcome is not StoreOutcome.ALREADY_STORED:
@@ -271,11 +274,13 @@ class ArchiveService:
         return outcome
 
     def _place_and_index(self, staged: StagedInstance, run: Runner, policy: str,
-                         intent: Path) -> tuple[StoreOutcome, PurePosixPath | None]:
+                         intent: list[Path | None], held: ExitStack
+                         ) -> tuple[StoreOutcome, PurePosixPath | None]:
         """The outcome, and with `replace` the path of the file the new row superseded
-        (to remove once this path's claim is released), if it was another path."""
+        (to remove once this path's claim is released), if it was another path.
+        `intent`: this store's open intent (replaced if `_place` takes turns)."""
         rec = staged.record
-        replaced = self._place(staged, run, policy, intent)
+        replaced = self._place(staged, run, policy, intent, held)
         if replaced is None:
             return self._duplicate(rec, policy), None
         # Any other error leaves the placed file (and its intent): the row may or may
@@ -306,7 +311,7 @@ class ArchiveService:
         the same instance at `old` (the old Patient ID, say) committed after ours, and
         its file must stay."""
         try:
-            with self._path_claim(old, "replace"):
+            with self._path_claim(old):
                 if run(self.catalog.lookup(rec)) != str(old):
                     self.files.remove(old)
         except PacsError as exc:
@@ -315,7 +320,7 @@ class ArchiveService:
             log.warning("storage.superseded_kept", path=str(old), error=str(exc))
 
     def _place(self, staged: StagedInstance, run: Runner, policy: str,
-               intent: Path) -> bool | None:
+               intent: list[Path | None], held: ExitStack) -> bool | None:
         """Give the staged file its final name: False placed new, True replaced a file
         (policy `replace`), None a duplicate (the staged file is discarded).
 
@@ -324,6 +329,7 @@ class ArchiveService:
                 finish within `wait_s`, or orphans kept reappearing).
         """
         rec = staged.record
+        turns = policy == "replace"
         for _ in range(_PLACE_ATTEMPTS):
             if self.files.place_new(staged.part, rec.rel_path):
                 return False
@@ -333,7 +339,15 @@ class ArchiveService:
                     rec.rel_path, self._in_flight_s) else "free", rec.rel_path)
                 self.files.place(staged.part, rec.rel_path)
                 return True
-            verdict = self._wait_until(lambda: self._taken_by(rec, run, intent), rec.rel_path)
+            if not turns:
+                if run(self.catalog.lookup(rec)) is not None:
+                    self.files.discard(staged.part)     # a duplicate, at once
+                    return None
+                self._take_turns(rec.rel_path, intent, held)
+                turns = True
+                continue
+            verdict = self._wait_until(lambda: self._taken_by(rec, run, intent[0]),
+                                       rec.rel_path)
             if verdict == "indexed":
                 self.files.discard(staged.part)
                 return None
@@ -343,7 +357,26 @@ class ArchiveService:
                 log.warning("storage.orphan_set_aside", path=str(rec.rel_path))
         raise PathTaken(f"archive path stays taken: {rec.rel_path}")
 
-    def _taken_by(self, rec: InstanceRecord, run: Runner, intent: Path) -> str | None:
+    def _take_turns(self, rel: PurePosixPath, intent: list[Path | None],
+                    held: ExitStack) -> None:
+        """The name is taken and not indexed (`reject`/`ignore`): from here this store
+        takes turns with every other store of `rel` that met the same conflict, under
+        the path claim `replace` uses, held until the row is committed.
+
+        Several stores can meet one orphan (or one store in flight) at the same moment;
+        each waiting for the others' open intents, none would go on (0xA700 for all).
+        So the intent is closed before waiting for the claim (this store placed
+        nothing yet) and opened again once the claim is held: the holder waits only
+        for stores that placed a file and are committing its row, never for another
+        claimant. The common case (the name free) never gets here.
+        """
+        journal = self.files.journal
+        journal.close(intent[0])
+        intent[0] = None
+        held.enter_context(self._path_claim(rel))
+        intent[0] = journal.open(rel)
+
+    def _taken_by(self, rec: InstanceRecord, run: Runner, intent: Path | None) -> str | None:
         """What holds the name: "indexed" (a duplicate), "orphan", "free" (gone since),
         or None while another store may still be placing or committing it."""
         rel = rec.rel_path
@@ -363,7 +396,8 @@ class ArchiveService:
         # process uses this archive, or this process left an intent for it open itself
         # (an earlier ambiguous failure).
         journal = self.files.journal
-        if age < self._in_flight_s and journal.shared() and not journal.left_open(rel, intent):
+        if age < self._in_flight_s and journal.shared() and not (
+                intent is not None and journal.left_open(rel, intent)):
             return None
         return "orphan"
 
@@ -392,16 +426,14 @@ class ArchiveService:
             self.stats.bytes += size
 
     @contextmanager
-    def _path_claim(self, rel: PurePosixPath, policy: str) -> Iterator[None]:
-        """With `replace`: this store alone, among all processes, places and indexes a
-        file at `rel` (storage/journal.PathClaims), waiting up to `wait_s` for another.
+    def _path_claim(self, rel: PurePosixPath) -> Iterator[None]:
+        """This store alone, among all processes, places and indexes a file at `rel`
+        (storage/journal.PathClaims), waiting up to `wait_s` for another: every store
+        with `replace`, and the others once they found the name taken (`_take_turns`).
 
         Raises:
             PathTaken: another store kept the claim for `wait_s`.
         """
-        if policy != "replace":
-            yield
-            return
         taken: list[Path] = []
 
         def take() -> str | None:
