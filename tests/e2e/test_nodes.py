@@ -301,6 +301,43 @@ def test_the_same_instance_sent_to_both_nodes_at_once(
         assert proc.stop() == 0
 
 
+@pytest.mark.parametrize("policy", ["reject", "ignore"])
+def test_an_orphan_sent_to_both_nodes_at_once_is_stored_once(
+        pg_nodes: Nodes, postgres_url: str, dicom_files: DicomFiles, scu: Scu,
+        policy: str) -> None:
+    """Each round leaves an orphan (the instance's file, its row gone, older than any
+    store in flight), then sends the instance to A and B at the same moment: one sets
+    the orphan aside and stores it, the other gets the policy's duplicate answer (both
+    answered 0xA700 when each waited for the other's intent)."""
+    a = pg_nodes.start("node-a", storage={"duplicate_policy": policy})
+    b = pg_nodes.start("node-b", storage={"duplicate_policy": policy})
+    rounds, sent = 12, []
+    old = time.time() - 3600
+    for i in range(rounds):
+        path = dicom_files.generated(PatientID=f"ORPHAN{i % 2}")
+        assert scu.store((a, b)[i % 2].port, [path])[0].ok
+        (row,) = asyncio.run(pg_fetch(
+            postgres_url, "DELETE FROM instances WHERE sop_instance_uid = $1 RETURNING path",
+            sop_uid(path)))
+        os.utime(pg_nodes.archive / row["path"], (old, old))
+        statuses = race(scu, [a.port, b.port], path)
+        expected = [SUCCESS, DUPLICATE] if policy == "reject" else [SUCCESS, SUCCESS]
+        assert sorted(statuses) == expected, f"round {i}: {statuses}"
+        sent.append(path)
+
+    rows = asyncio.run(pg_fetch(postgres_url, "SELECT sop_instance_uid, path FROM instances"))
+    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(sop_uid(p) for p in sent)
+    files = {str(p.relative_to(pg_nodes.archive)) for p in archived_files(pg_nodes.archive)}
+    assert files == {r["path"] for r in rows}
+    aside = [p for p in (pg_nodes.archive / ".quarantine").rglob("*") if p.is_file()]
+    assert len(aside) == rounds                            # each orphan set aside once
+    assert incoming_files(pg_nodes.archive) == [] and open_intents(pg_nodes.archive) == []
+    assert list((pg_nodes.archive / ".claims").iterdir()) == []
+    for proc in (a, b):
+        assert proc.stop() == 0
+    assert sum(proc.stderr.count("storage.orphan_set_aside") for proc in (a, b)) == rounds
+
+
 def test_two_versions_of_one_instance_replaced_on_both_nodes_at_once(
         pg_nodes: Nodes, postgres_url: str, dicom_files: DicomFiles, scu: Scu) -> None:
     """duplicate_policy: replace. Each round sends two versions of one SOP instance (of
