@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import cached_property
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -30,6 +31,8 @@ from pacs_server.services import answers
 from pacs_server.services.worklist_items import (
     SPS_TAG,
     Item,
+    Key,
+    compile_query,
     elements,
     item_matches,
     load_item,
@@ -49,6 +52,11 @@ class WorklistQuery:
 
     identifier: Dataset
     combined_datetime: bool = False
+
+    @cached_property
+    def keys(self) -> tuple[Key, ...]:
+        """The identifier's keys, read once for every item they are checked against."""
+        return compile_query(self.identifier)
 
     def step(self) -> Dataset | None:
         """The query's Scheduled Procedure Step Sequence item, if it has keys."""
@@ -108,7 +116,7 @@ class WorklistService:
         """Response identifiers for the items that match, in batches."""
         async with aclosing(self._matching(query, batch)) as stream:
             async for pairs in stream:
-                yield [answers.to_dataset(response(item, query.identifier))
+                yield [answers.to_dataset(response(item, query.keys))
                        for _, item in pairs]
 
     async def find_encoded(self, query: WorklistQuery, implicit_vr: bool, batch: int = 200
@@ -117,7 +125,7 @@ class WorklistService:
         Endian: the bytes pydicom would write for `find()`'s Dataset."""
         async with aclosing(self._matching(query, batch)) as stream:
             async for pairs in stream:
-                yield [answers.encode(response(item, query.identifier), implicit_vr)
+                yield [answers.encode(response(item, query.keys), implicit_vr)
                        for _, item in pairs]
 
     async def _matching(self, query: WorklistQuery, batch: int,
@@ -138,7 +146,7 @@ class WorklistService:
                 kept: list[tuple[WorklistRow, Item]] = []
                 for row in part:
                     item = load_item(row.dataset)
-                    if item_matches(item, query.identifier, query.combined_datetime):
+                    if item_matches(item, query.keys, query.combined_datetime):
                         kept.append((row, item))
                 if kept:
                     yield kept

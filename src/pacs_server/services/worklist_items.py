@@ -14,6 +14,7 @@ validated again.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -70,49 +71,87 @@ def _from_json(data: dict[str, Any]) -> Item:
     return out
 
 
+# ---------------------------------------------------------------------- the query
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key of the identifier, read once per request rather than once per item."""
+
+    tag: int
+    vr: str                     # for a key the item lacks: the dictionary's VR
+    text: str                   # the matching value as text ("" and "*" universal)
+    kind: str                   # how it matches (index/matching.VR_KIND)
+    universal: bool
+    # SQ: the keys of the query's item; None for a zero-length sequence or an empty
+    # item (the stored items are returned whole).
+    items: tuple[Key, ...] | None = None
+    selective: bool = False     # SQ: its item has a key that is not universal
+
+
+def compile_query(query: Dataset) -> tuple[Key, ...]:
+    """The identifier's keys (not the request's character set or a Q/R level)."""
+    keys = []
+    for elem in query:
+        tag = int(elem.tag)
+        if tag in NOT_KEYS or elem.tag.group == 0:
+            continue
+        if elem.VR == "SQ":
+            wanted = elem.value[0] if elem.value else None
+            items = compile_query(wanted) if wanted is not None and len(wanted) else None
+            keys.append(Key(tag, "SQ", "", "", True, items,
+                            wanted is not None and _has_keys(wanted)))
+            continue
+        text = query_text(elem.value)
+        keys.append(Key(tag, _vr(tag, elem.VR), text, VR_KIND.get(elem.VR, "str"),
+                        is_universal(text)))
+    return tuple(keys)
+
+
+def _keys(query: Dataset | tuple[Key, ...]) -> tuple[Key, ...]:
+    return compile_query(query) if isinstance(query, Dataset) else query
+
+
+def _has_keys(item: Dataset) -> bool:
+    return any(e.VR == "SQ" and e.value and _has_keys(e.value[0])
+               or e.VR != "SQ" and not is_universal(query_text(e.value)) for e in item)
+
+
 # ---------------------------------------------------------------------- matching
 
-def item_matches(item: Item, query: Dataset, combined: bool = False) -> bool:
+def item_matches(item: Item, query: Dataset | tuple[Key, ...], combined: bool = False
+                 ) -> bool:
     """Does a stored item match every key of the identifier (PS3.4 C.2.2.2)?
 
     A sequence key matches when one of the stored items matches all the keys of the
     query's item; a zero-length sequence or an item without keys matches anything
     (C.2.2.2.6). Person names match case-insensitively (as Q/R C-FIND by default).
     """
+    keys = _keys(query)
     pairs: set[int] = set()
     if combined:
+        by_tag = {k.tag: k for k in keys}
         for date_tag, time_tag in _DATE_TIME_PAIRS:
-            if date_tag in query and time_tag in query:
-                day, clock = (query_text(query[t].value) for t in (date_tag, time_tag))
-                if is_universal(day) or is_universal(clock):
-                    continue
-                pairs.update((date_tag, time_tag))
-                stored = stored_text(item, date_tag) + stored_text(item, time_tag)
-                if not matches(stored, combine_range(day, clock), "datetime"):
-                    return False
-    for elem in query:
-        tag = int(elem.tag)
-        if tag in NOT_KEYS or elem.tag.group == 0 or tag in pairs:
-            continue
-        if elem.VR == "SQ":
-            wanted = elem.value[0] if elem.value else None
-            if wanted is None or not _has_keys(wanted):
+            day, clock = by_tag.get(date_tag), by_tag.get(time_tag)
+            if day is None or clock is None or day.universal or clock.universal:
                 continue
-            if not any(item_matches(s, wanted, combined) for s in _items(item, tag)):
+            pairs.update((date_tag, time_tag))
+            stored = stored_text(item, date_tag) + stored_text(item, time_tag)
+            if not matches(stored, combine_range(day.text, clock.text), "datetime"):
+                return False
+    for key in keys:
+        if key.universal and not key.selective or key.tag in pairs:
+            continue
+        if key.items is not None and key.selective:
+            wanted = key.items
+            if not any(item_matches(s, wanted, combined) for s in _items(item, key.tag)):
                 return False
             continue
-        value = query_text(elem.value)
-        if is_universal(value):
+        if key.vr == "SQ":
             continue
-        kind = VR_KIND.get(elem.VR, "str")
-        if not matches(stored_text(item, tag), value, kind, case_sensitive_names=False):
+        if not matches(stored_text(item, key.tag), key.text, key.kind,
+                       case_sensitive_names=False):
             return False
     return True
-
-
-def _has_keys(item: Dataset) -> bool:
-    return any(e.VR == "SQ" and e.value and _has_keys(e.value[0])
-               or e.VR != "SQ" and not is_universal(query_text(e.value)) for e in item)
 
 
 def _items(item: Item, tag: int) -> list[Item]:
@@ -123,7 +162,7 @@ def _items(item: Item, tag: int) -> list[Item]:
 
 # ---------------------------------------------------------------------- the answer
 
-def response(item: Item, query: Dataset) -> list[Element]:
+def response(item: Item, query: Dataset | tuple[Key, ...]) -> list[Element]:
     """Exactly the requested keys, valued from the item (zero length where it has none).
 
     A requested sequence with a zero-length value or one empty item returns the stored
@@ -131,23 +170,20 @@ def response(item: Item, query: Dataset) -> list[Element]:
     Table K.6-1); otherwise each stored item with the query item's keys. Non-ASCII text
     makes the answer ISO_IR 192 (PS3.5 6.1.2.3; the stored values are Unicode).
     """
-    out = _pick(item, query)
+    out = _pick(item, _keys(query))
     if answers.has_non_ascii(out):
         out.append((CHARSET_TAG, "CS", answers.UTF8))
     return out
 
 
-def _pick(item: Item, query: Dataset) -> list[Element]:
+def _pick(item: Item, keys: tuple[Key, ...]) -> list[Element]:
     out: list[Element] = []
-    for elem in query:
-        tag = int(elem.tag)
-        if tag in NOT_KEYS or elem.tag.group == 0:
-            continue
-        if elem.VR == "SQ":
-            wanted = elem.value[0] if elem.value else None
+    for key in keys:
+        tag = key.tag
+        if key.vr == "SQ":
             items = _items(item, tag)
-            if wanted is not None and len(wanted):
-                out.append((tag, "SQ", [_pick(s, wanted) for s in items]))
+            if key.items is not None:
+                out.append((tag, "SQ", [_pick(s, key.items) for s in items]))
             elif tag == SPS_TAG:
                 out.append((tag, "SQ", [_completed_step(s) for s in items]))
             else:
@@ -155,7 +191,7 @@ def _pick(item: Item, query: Dataset) -> list[Element]:
         elif tag in item:
             out.append(_stored(tag, *item[tag]))
         else:
-            out.append((tag, _vr(tag, elem.VR), None))
+            out.append((tag, key.vr, None))
     return out
 
 
