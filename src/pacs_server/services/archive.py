@@ -14,7 +14,8 @@ waits while another process has it in flight (its journal intent is open), then 
 the index decide: indexed → duplicate_policy; not indexed and nobody storing it → an
 orphan, moved aside to .quarantine, never deleted. With `replace`, which does overwrite,
 the stores of one path take turns across processes under a path claim
-(storage/journal.PathClaims).
+(storage/journal.PathClaims); so do stores of any policy once they found the name taken
+and not indexed (two stores meeting one orphan).
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import asyncio
 import enum
 import os
 import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Coroutine
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -45,13 +45,12 @@ from pacs_server.services.ingest import (
     file_meta_bytes,
     read_record,
 )
+from pacs_server.services.store_turns import StoreTurns
 from pacs_server.storage.filestore import FileStore
 
 log = structlog.get_logger(__name__)
 
 _PLACE_ATTEMPTS = 4          # taking turns, an orphan set aside, the name taken again: give up
-_POLL_S = 0.02               # while another process has the same name in flight,
-_POLL_MAX_S = 0.5            # growing to this
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -133,13 +132,11 @@ class ArchiveService:
                  in_flight_s: float = 120.0, wait_s: float = 60.0) -> None:
         self._cfg = cfg
         self._in_flight_s = in_flight_s
-        self._wait_s = wait_s
         self.files = files
         self.catalog = catalog
         self.stats = ArchiveStats()
         self._stats_lock = threading.Lock()
-        self._claims: set[str] = set()
-        self._claims_cond = threading.Condition()
+        self._turns = StoreTurns(files.claims, in_flight_s, wait_s)
         self._below_reserve = False     # logged once per crossing, not per refused store
 
     def reconfigure(self, cfg: StorageConfig) -> None:
@@ -252,9 +249,9 @@ class ArchiveService:
         rec = staged.record
         policy = self._cfg.duplicate_policy
         journal = self.files.journal
-        with self._claim(rec.sop_instance_uid), ExitStack() as held:
+        with self._turns.uid(rec.sop_instance_uid), ExitStack() as held:
             if policy == "replace":
-                held.enter_context(self._path_claim(rec.rel_path))
+                held.enter_context(self._turns.path(rec.rel_path))
             # Announced before it is placed: a crash from here to the commit leaves an
             # intent that the next start reconciles (services/reconcile.py).
             intent = [journal.open(rec.rel_path)]
@@ -311,7 +308,7 @@ class ArchiveService:
         the same instance at `old` (the old Patient ID, say) committed after ours, and
         its file must stay."""
         try:
-            with self._path_claim(old):
+            with self._turns.path(old):
                 if run(self.catalog.lookup(rec)) != str(old):
                     self.files.remove(old)
         except PacsError as exc:
@@ -335,7 +332,7 @@ class ArchiveService:
                 return False
             # The name is taken by a file this store did not place.
             if policy == "replace":
-                self._wait_until(lambda: None if self.files.journal.in_flight(
+                self._turns.wait_until(lambda: None if self.files.journal.in_flight(
                     rec.rel_path, self._in_flight_s) else "free", rec.rel_path)
                 self.files.place(staged.part, rec.rel_path)
                 return True
@@ -346,7 +343,7 @@ class ArchiveService:
                 self._take_turns(rec.rel_path, intent, held)
                 turns = True
                 continue
-            verdict = self._wait_until(lambda: self._taken_by(rec, run, intent[0]),
+            verdict = self._turns.wait_until(lambda: self._taken_by(rec, run, intent[0]),
                                        rec.rel_path)
             if verdict == "indexed":
                 self.files.discard(staged.part)
@@ -373,7 +370,7 @@ class ArchiveService:
         journal = self.files.journal
         journal.close(intent[0])
         intent[0] = None
-        held.enter_context(self._path_claim(rel))
+        held.enter_context(self._turns.path(rel))
         intent[0] = journal.open(rel)
 
     def _taken_by(self, rec: InstanceRecord, run: Runner, intent: Path | None) -> str | None:
@@ -385,7 +382,7 @@ class ArchiveService:
         if run(self.catalog.lookup(rec)) is not None:
             return "indexed"
         # Another process's store has it in flight (this process's stores of one UID
-        # take turns already, `_claim`): wait for its commit.
+        # take turns already, `StoreTurns.uid`): wait for its commit.
         if self.files.journal.in_flight(rel, self._in_flight_s):
             return None
         age = self.files.age(rel)
@@ -401,17 +398,6 @@ class ArchiveService:
             return None
         return "orphan"
 
-    def _wait_until(self, verdict: Callable[[], str | None], rel: PurePosixPath) -> str:
-        deadline = time.monotonic() + self._wait_s
-        delay = _POLL_S
-        while (found := verdict()) is None:
-            if time.monotonic() >= deadline:
-                # Reason first: the Error Comment keeps only 64 characters.
-                raise PathTaken(f"being stored by another process: {rel}")
-            time.sleep(delay)
-            delay = min(delay * 1.5, _POLL_MAX_S)
-        return found
-
     def _duplicate(self, rec: InstanceRecord, policy: str) -> StoreOutcome:
         with self._stats_lock:
             self.stats.duplicates += 1
@@ -424,41 +410,3 @@ class ArchiveService:
         with self._stats_lock:
             self.stats.stored += 1
             self.stats.bytes += size
-
-    @contextmanager
-    def _path_claim(self, rel: PurePosixPath) -> Iterator[None]:
-        """This store alone, among all processes, places and indexes a file at `rel`
-        (storage/journal.PathClaims), waiting up to `wait_s` for another: every store
-        with `replace`, and the others once they found the name taken (`_take_turns`).
-
-        Raises:
-            PathTaken: another store kept the claim for `wait_s`.
-        """
-        taken: list[Path] = []
-
-        def take() -> str | None:
-            claim = self.files.claims.take(rel, self._in_flight_s)
-            if claim is None:
-                return None
-            taken.append(claim)
-            return "claimed"
-
-        self._wait_until(take, rel)
-        try:
-            yield
-        finally:
-            self.files.claims.release(taken[0])
-
-    @contextmanager
-    def _claim(self, uid: str) -> Iterator[None]:
-        """Serialise concurrent stores of the same SOP Instance UID (across threads)."""
-        with self._claims_cond:
-            while uid in self._claims:
-                self._claims_cond.wait()
-            self._claims.add(uid)
-        try:
-            yield
-        finally:
-            with self._claims_cond:
-                self._claims.discard(uid)
-                self._claims_cond.notify_all()
