@@ -137,6 +137,24 @@ def race(scu: Scu, ports: list[int], *paths: Path) -> list[int]:
         return list(pool.map(one, range(len(ports))))
 
 
+def race_once(scu: Scu, ports: list[int], path: Path, policy: str, round_: int) -> None:
+    """`path` sent to every port at once: stored once, the others answered as
+    `policy` answers a duplicate (reject: 0x0111, ignore: Success)."""
+    statuses = race(scu, ports, path)
+    duplicate = DUPLICATE if policy == "reject" else SUCCESS
+    expected = sorted([SUCCESS] + [duplicate] * (len(ports) - 1))
+    assert sorted(statuses) == expected, f"round {round_}: {statuses}"
+
+
+def one_file_per_row(nodes: Nodes, url: str, sent: list[Path]) -> list[asyncpg.Record]:
+    """One row per instance sent, and one file per row, no other; the rows."""
+    rows = asyncio.run(pg_fetch(url, "SELECT sop_instance_uid, path FROM instances"))
+    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(sop_uid(p) for p in sent)
+    files = {str(p.relative_to(nodes.archive)) for p in archived_files(nodes.archive)}
+    assert files == {r["path"] for r in rows}
+    return rows
+
+
 def race_n_sets(scu: Scu, ports: list[int], uid: str, finals: tuple[str, ...]) -> list[Dataset]:
     """A final N-SET of step `uid` to each port at the same moment (`finals[i]` to
     `ports[i]`, each associated first, then a barrier). Returns the status datasets."""
@@ -278,15 +296,10 @@ def test_the_same_instance_sent_to_both_nodes_at_once(
         path = dicom_files.generated(PatientID=f"RACE{i % 3}",
                                      **({"StudyInstanceUID": "1.2.826.0.1.3680043.2.1143.77"}
                                         if i % 2 else {}))
-        statuses = race(scu, [a.port, b.port], path)
-        expected = [SUCCESS, DUPLICATE] if policy == "reject" else [SUCCESS, SUCCESS]
-        assert sorted(statuses) == expected, f"round {i}: {statuses}"
+        race_once(scu, [a.port, b.port], path, policy, i)
         sent.append(path)
 
-    rows = asyncio.run(pg_fetch(postgres_url, "SELECT sop_instance_uid, path FROM instances"))
-    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(sop_uid(p) for p in sent)
-    files = {str(p.relative_to(pg_nodes.archive)) for p in archived_files(pg_nodes.archive)}
-    assert files == {r["path"] for r in rows}                # one file per row, no other
+    rows = one_file_per_row(pg_nodes, postgres_url, sent)
     for r in rows:
         assert (pg_nodes.archive / r["path"]).stat().st_size > 0
     no_leftovers(pg_nodes.archive)
@@ -320,15 +333,10 @@ def test_an_orphan_sent_to_both_nodes_at_once_is_stored_once(
             postgres_url, "DELETE FROM instances WHERE sop_instance_uid = $1 RETURNING path",
             sop_uid(path)))
         os.utime(pg_nodes.archive / row["path"], (old, old))
-        statuses = race(scu, [a.port, b.port], path)
-        expected = [SUCCESS, DUPLICATE] if policy == "reject" else [SUCCESS, SUCCESS]
-        assert sorted(statuses) == expected, f"round {i}: {statuses}"
+        race_once(scu, [a.port, b.port], path, policy, i)
         sent.append(path)
 
-    rows = asyncio.run(pg_fetch(postgres_url, "SELECT sop_instance_uid, path FROM instances"))
-    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(sop_uid(p) for p in sent)
-    files = {str(p.relative_to(pg_nodes.archive)) for p in archived_files(pg_nodes.archive)}
-    assert files == {r["path"] for r in rows}
+    one_file_per_row(pg_nodes, postgres_url, sent)
     aside = [p for p in (pg_nodes.archive / ".quarantine").rglob("*") if p.is_file()]
     assert len(aside) == rounds                            # each orphan set aside once
     assert incoming_files(pg_nodes.archive) == [] and open_intents(pg_nodes.archive) == []
