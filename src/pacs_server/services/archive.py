@@ -326,7 +326,7 @@ class ArchiveService:
                 finish within `wait_s`, or orphans kept reappearing).
         """
         rec = staged.record
-        turns = policy == "replace"
+        turns = False           # taking turns with other stores of this path
         for _ in range(_PLACE_ATTEMPTS):
             if self.files.place_new(staged.part, rec.rel_path):
                 return False
@@ -344,7 +344,7 @@ class ArchiveService:
                 turns = True
                 continue
             verdict = self._turns.wait_until(lambda: self._taken_by(rec, run, intent[0]),
-                                       rec.rel_path)
+                                             rec.rel_path)
             if verdict == "indexed":
                 self.files.discard(staged.part)
                 return None
