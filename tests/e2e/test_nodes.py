@@ -137,6 +137,24 @@ def race(scu: Scu, ports: list[int], *paths: Path) -> list[int]:
         return list(pool.map(one, range(len(ports))))
 
 
+def race_once(scu: Scu, ports: list[int], path: Path, policy: str, round_: int) -> None:
+    """`path` sent to every port at once: stored once, the others answered as
+    `policy` answers a duplicate (reject: 0x0111, ignore: Success)."""
+    statuses = race(scu, ports, path)
+    duplicate = DUPLICATE if policy == "reject" else SUCCESS
+    expected = sorted([SUCCESS] + [duplicate] * (len(ports) - 1))
+    assert sorted(statuses) == expected, f"round {round_}: {statuses}"
+
+
+def one_file_per_row(nodes: Nodes, url: str, sent: list[Path]) -> list[asyncpg.Record]:
+    """One row per instance sent, and one file per row, no other; the rows."""
+    rows = asyncio.run(pg_fetch(url, "SELECT sop_instance_uid, path FROM instances"))
+    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(sop_uid(p) for p in sent)
+    files = {str(p.relative_to(nodes.archive)) for p in archived_files(nodes.archive)}
+    assert files == {r["path"] for r in rows}
+    return rows
+
+
 def race_n_sets(scu: Scu, ports: list[int], uid: str, finals: tuple[str, ...]) -> list[Dataset]:
     """A final N-SET of step `uid` to each port at the same moment (`finals[i]` to
     `ports[i]`, each associated first, then a barrier). Returns the status datasets."""
@@ -278,15 +296,10 @@ def test_the_same_instance_sent_to_both_nodes_at_once(
         path = dicom_files.generated(PatientID=f"RACE{i % 3}",
                                      **({"StudyInstanceUID": "1.2.826.0.1.3680043.2.1143.77"}
                                         if i % 2 else {}))
-        statuses = race(scu, [a.port, b.port], path)
-        expected = [SUCCESS, DUPLICATE] if policy == "reject" else [SUCCESS, SUCCESS]
-        assert sorted(statuses) == expected, f"round {i}: {statuses}"
+        race_once(scu, [a.port, b.port], path, policy, i)
         sent.append(path)
 
-    rows = asyncio.run(pg_fetch(postgres_url, "SELECT sop_instance_uid, path FROM instances"))
-    assert sorted(r["sop_instance_uid"] for r in rows) == sorted(sop_uid(p) for p in sent)
-    files = {str(p.relative_to(pg_nodes.archive)) for p in archived_files(pg_nodes.archive)}
-    assert files == {r["path"] for r in rows}                # one file per row, no other
+    rows = one_file_per_row(pg_nodes, postgres_url, sent)
     for r in rows:
         assert (pg_nodes.archive / r["path"]).stat().st_size > 0
     no_leftovers(pg_nodes.archive)
@@ -301,14 +314,49 @@ def test_the_same_instance_sent_to_both_nodes_at_once(
         assert proc.stop() == 0
 
 
+@pytest.mark.parametrize("policy", ["reject", "ignore"])
+def test_an_orphan_sent_to_both_nodes_at_once_is_stored_once(
+        pg_nodes: Nodes, postgres_url: str, dicom_files: DicomFiles, scu: Scu,
+        policy: str) -> None:
+    """Each round leaves an orphan (the instance's file, its row gone, older than any
+    store in flight), then sends the instance to A and B at the same moment: one sets
+    the orphan aside and stores it, the other gets the policy's duplicate answer (both
+    answered 0xA700 when each waited for the other's intent)."""
+    a = pg_nodes.start("node-a", storage={"duplicate_policy": policy})
+    b = pg_nodes.start("node-b", storage={"duplicate_policy": policy})
+    rounds, sent = 12, []
+    old = time.time() - 3600
+    for i in range(rounds):
+        path = dicom_files.generated(PatientID=f"ORPHAN{i % 2}")
+        assert scu.store((a, b)[i % 2].port, [path])[0].ok
+        (row,) = asyncio.run(pg_fetch(
+            postgres_url, "DELETE FROM instances WHERE sop_instance_uid = $1 RETURNING path",
+            sop_uid(path)))
+        os.utime(pg_nodes.archive / row["path"], (old, old))
+        race_once(scu, [a.port, b.port], path, policy, i)
+        sent.append(path)
+
+    one_file_per_row(pg_nodes, postgres_url, sent)
+    aside = [p for p in (pg_nodes.archive / ".quarantine").rglob("*") if p.is_file()]
+    assert len(aside) == rounds                            # each orphan set aside once
+    assert incoming_files(pg_nodes.archive) == [] and open_intents(pg_nodes.archive) == []
+    assert list((pg_nodes.archive / ".claims").iterdir()) == []
+    for proc in (a, b):
+        assert proc.stop() == 0
+    assert sum(proc.stderr.count("storage.orphan_set_aside") for proc in (a, b)) == rounds
+
+
+@pytest.mark.parametrize("policy_a", ["replace", "reject", "ignore"])
 def test_two_versions_of_one_instance_replaced_on_both_nodes_at_once(
-        pg_nodes: Nodes, postgres_url: str, dicom_files: DicomFiles, scu: Scu) -> None:
-    """duplicate_policy: replace. Each round sends two versions of one SOP instance (of
-    different sizes), one to A and one to B, at the same moment: a new instance (one
-    path), a re-send of a stored one (its file exists), and a corrected Patient ID and
-    study (two paths). Both answer Success; one row remains per instance, naming a file
-    that holds what the row says (its size), and no other file."""
-    a = pg_nodes.start("node-a", storage={"duplicate_policy": "replace"})
+        pg_nodes: Nodes, postgres_url: str, dicom_files: DicomFiles, scu: Scu,
+        policy_a: str) -> None:
+    """duplicate_policy: replace on B (and on A, or a mixed deployment: A rejects or
+    ignores). Each round sends two versions of one SOP instance (of different sizes),
+    one to A and one to B, at the same moment: a new instance (one path), a re-send of
+    a stored one (its file exists), and a corrected Patient ID and study (two paths).
+    B answers Success, A Success or its policy's duplicate answer; one row remains per
+    instance, naming a file that holds what the row says (its size), and no other file."""
+    a = pg_nodes.start("node-a", storage={"duplicate_policy": policy_a})
     b = pg_nodes.start("node-b", storage={"duplicate_policy": "replace"})
     rounds = 9
     for i in range(rounds):
@@ -321,7 +369,8 @@ def test_two_versions_of_one_instance_replaced_on_both_nodes_at_once(
         versions = [dicom_files.generated(pixel_bytes=64, **same),
                     dicom_files.generated(pixel_bytes=96, **{**same, **moved})]
         statuses = race(scu, [a.port, b.port], *versions)
-        assert statuses == [SUCCESS, SUCCESS], f"round {i}: {statuses}"
+        a_may = {SUCCESS, DUPLICATE} if policy_a == "reject" else {SUCCESS}
+        assert statuses[0] in a_may and statuses[1] == SUCCESS, f"round {i}: {statuses}"
 
     rows = asyncio.run(pg_fetch(postgres_url, "SELECT path, size FROM instances"))
     assert len(rows) == rounds

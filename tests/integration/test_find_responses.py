@@ -3,7 +3,7 @@ C-FIND SCP sends for the same answers (dicom/find_scp.py sends identifiers encod
 services/answers.py and command sets encoded once per request), in both native transfer
 syntaxes (and Deflated and Big Endian, where the answers are still Datasets encoded by
 pydicom), fragmented or not, with answers in other character sets; and the Modality
-Worklist SCP's, which yields Datasets through the same loop."""
+Worklist SCP's, whose answers are encoded the same way."""
 
 from __future__ import annotations
 
@@ -122,7 +122,8 @@ def test_find_responses_are_upstreams_bytes(stored: RunningServer, scu: Scu, syn
     assert any("SpecificCharacterSet" in ds for ds in answers)
 
 
-@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian,
+                                    DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian])
 async def test_worklist_responses_are_upstreams_bytes(server: RunningServer,
                                                       worklist: WorklistRepository, scu: Scu,
                                                       syntax: str) -> None:

@@ -72,6 +72,28 @@ def test_plain_answer() -> None:
     assert_same(with_charset(PLAIN))
 
 
+ITEMS: list[Element] = [
+    (0x00100010, "PN", "GÜNTHER^ÉLODIE"),
+    (0x00081110, "SQ", [[(0x00081150, "UI", "1.2.840.10008.3.1.2.3.1"),
+                         (0x00081155, "UI", "1.2.3")], []]),        # two items, one empty
+    (0x00321064, "SQ", [[(0x00080100, "SH", "RPC1"), (0x00080102, "SH", "L"),
+                         (0x00080104, "LO", "Röntgen Thorax")]]),   # non-ASCII in an item
+    (0x00400100, "SQ", [[(0x00400001, "AE", ["CT_01", "CT_02"]),
+                         (0x00400002, "DA", "20241220"), (0x00400003, "TM", None),
+                         (0x00400008, "SQ", [[(0x00080100, "SH", "P1"),
+                                              (0x00080104, "LO", "x" * 63)]]),
+                         (0x00400009, "SH", "S1")]]),               # nested
+    (0x00081120, "SQ", []),                                        # zero length
+    (0x00101030, "DS", 70.5),                                      # JSON numbers
+    (0x00201208, "IS", 12),
+]
+
+
+def test_sequences_of_element_lists() -> None:
+    assert_same(with_charset(ITEMS))
+    assert_same(with_charset([e for e in ITEMS if e[1] != "PN"]))
+
+
 def test_a_value_pydicom_refuses_is_refused_alike() -> None:
     bad: list[Element] = [(0x00101030, "DS", "not a number")]
     with pytest.raises(ValueError):

@@ -155,6 +155,57 @@ async def test_an_orphan_is_set_aside_not_overwritten(shared: Shared,
         assert aside.read_bytes() == b"orphan bytes"
 
 
+class MeetingCatalog(IndexCatalog):
+    """The real index, whose first lookup of each store waits for the other store's:
+    two stores that found one name taken, both with their intents open."""
+
+    def __init__(self, repo: IndexRepository, meeting: threading.Barrier) -> None:
+        super().__init__(repo)
+        self.meeting = meeting
+        self.met = False
+
+    async def lookup(self, record: InstanceRecord) -> str | None:
+        if not self.met:
+            self.met = True
+            await asyncio.to_thread(self.meeting.wait, 10)
+        return await super().lookup(record)
+
+
+@pytest.mark.parametrize(("policy", "second"), [
+    ("reject", DuplicateInstance), ("ignore", StoreOutcome.ALREADY_STORED)])
+async def test_two_stores_of_one_orphan_at_once_store_it_once(
+        shared: Shared, dicom_files: DicomFiles, policy: str, second: object) -> None:
+    """An orphan (a file, no row, nobody storing it) met by two stores at the same
+    moment, each seeing the other's intent: one sets it aside and stores, the other
+    gets its policy's duplicate answer (before, both waited for the other's intent and
+    answered PathTaken)."""
+    sent = dicom_files.generated()
+    assert await shared.receive(shared.node("node-0"), sent) is StoreOutcome.STORED
+    rel = str(await shared.repo.instance_path(sop_uid(sent)))
+    await shared.repo.writer.close()              # forget the row: a fresh index
+    async with sqlite_index(shared.root.parent / "other.db") as repo:
+        other = Shared(shared.root, repo, shared.bridge)
+        meeting = threading.Barrier(2)
+        a, b = (other.node(name, policy, catalog=MeetingCatalog(repo, meeting), wait_s=5)
+                for name in ("node-a", "node-b"))
+        (shared.root / rel).write_bytes(b"orphan bytes")
+        os.utime(shared.root / rel, (OLD, OLD))    # older than any store in flight
+        outcomes = await asyncio.gather(other.receive(a, sent), other.receive(b, sent),
+                                        return_exceptions=True)
+        assert StoreOutcome.STORED in outcomes
+        (other_outcome,) = [o for o in outcomes if o is not StoreOutcome.STORED]
+        if second is DuplicateInstance:
+            assert isinstance(other_outcome, DuplicateInstance), outcomes
+        else:
+            assert other_outcome is second
+        assert str(await repo.instance_path(sop_uid(sent))) == rel
+        assert dataset_bytes(shared.root / rel) == dataset_bytes(sent)
+        (aside,) = quarantined(shared.root)
+        assert aside.read_bytes() == b"orphan bytes"
+        assert open_intents(shared.root) == []
+        assert list((shared.root / ".claims").iterdir()) == []
+
+
 async def test_a_young_file_without_a_visible_intent_is_waited_for(
         shared: Shared, dicom_files: DicomFiles) -> None:
     """A file just written, no row, no intent listed: on a network filesystem another

@@ -1,5 +1,5 @@
-"""services/worklist.py: matching a stored item against an MWL identifier (PS3.4 C.2.2.2,
-sequence matching C.2.2.2.6) and building the response."""
+"""services/worklist.py and worklist_items.py: matching a stored item against an MWL
+identifier (PS3.4 C.2.2.2, sequence matching C.2.2.2.6) and building the response."""
 
 from __future__ import annotations
 
@@ -12,13 +12,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from pacs_server.errors import InvalidQuery
-from pacs_server.services.worklist import (
-    item_matches,
-    parse_query,
-    response,
-    stored_form,
-)
+from pacs_server.services.answers import to_dataset
+from pacs_server.services.worklist import parse_query, stored_form
 from pacs_server.services.worklist_import import items_from_json
+from pacs_server.services.worklist_items import Item, item_matches, load_item, response
 
 ITEM = {"patientId": "P1", "patientName": "Müller^Jörg", "accessionNumber": "ACC1",
         "studyInstanceUid": "1.2.3", "referringPhysicianName": "HOUSE^GREGORY",
@@ -32,9 +29,15 @@ ITEM = {"patientId": "P1", "patientName": "Müller^Jörg", "accessionNumber": "A
 
 
 @pytest.fixture
-def item() -> Dataset:
+def dataset() -> Dataset:
     ((_, ds),) = items_from_json(json.dumps(ITEM), "t")
     return ds
+
+
+@pytest.fixture
+def item(dataset: Dataset) -> Item:
+    """The item as a C-FIND reads it back from the index."""
+    return load_item(stored_form(dataset)[1])
 
 
 def q(top: dict[str, Any] | None = None, **step: Any) -> Dataset:
@@ -71,12 +74,12 @@ def q(top: dict[str, Any] | None = None, **step: Any) -> Dataset:
     ({}, {"Modality": "CT", "ScheduledProcedureStepStatus": "STARTED"}, False),
     ({}, {"Modality": ""}, True),                              # universal
 ])
-def test_matching(item: Dataset, top: dict[str, Any], step: dict[str, Any],
+def test_matching(item: Item, top: dict[str, Any], step: dict[str, Any],
                   expected: bool) -> None:
     assert item_matches(item, q(top, **step)) is expected
 
 
-def test_nested_sequence_matching(item: Dataset) -> None:
+def test_nested_sequence_matching(item: Item) -> None:
     code = Dataset()
     code.CodeValue = "P2"
     ds = q(Modality="CT")
@@ -89,17 +92,17 @@ def test_nested_sequence_matching(item: Dataset) -> None:
     assert item_matches(item, ds)
 
 
-def test_combined_date_time(item: Dataset) -> None:
+def test_combined_date_time(item: Item) -> None:
     ds = q(ScheduledProcedureStepStartDate="20241220-20241221",
            ScheduledProcedureStepStartTime="2200-0600")
     assert item_matches(item, ds, combined=True)
     assert not item_matches(item, ds, combined=False)
 
 
-def test_response_holds_exactly_the_requested_keys(item: Dataset) -> None:
+def test_response_holds_exactly_the_requested_keys(item: Item) -> None:
     ds = q({"PatientName": "", "PatientID": "", "PatientWeight": ""},
            Modality="", ScheduledStationAETitle="", ScheduledProcedureStepEndDate="")
-    out = response(item, ds)
+    out = to_dataset(response(item, ds))
     assert [e.keyword for e in out] == ["SpecificCharacterSet", "PatientName", "PatientID",
                                         "PatientWeight", "ScheduledProcedureStepSequence"]
     assert out.SpecificCharacterSet == "ISO_IR 192"           # non-ASCII name
@@ -111,8 +114,8 @@ def test_response_holds_exactly_the_requested_keys(item: Dataset) -> None:
     assert step.ScheduledProcedureStepEndDate is None
 
 
-def test_response_with_an_empty_step_item(item: Dataset) -> None:
-    out = response(item, q({"AccessionNumber": ""}))
+def test_response_with_an_empty_step_item(item: Item) -> None:
+    out = to_dataset(response(item, q({"AccessionNumber": ""})))
     (step,) = out.ScheduledProcedureStepSequence
     assert step.ScheduledProcedureStepID == "S1"
     assert len(step.ScheduledProtocolCodeSequence) == 2       # stored items whole
@@ -120,12 +123,12 @@ def test_response_with_an_empty_step_item(item: Dataset) -> None:
     assert "SpecificCharacterSet" not in out                   # ASCII only
 
 
-def test_stored_form_columns(item: Dataset) -> None:
-    columns, data = stored_form(item)
+def test_stored_form_columns(dataset: Dataset) -> None:
+    columns, data = stored_form(dataset)
     assert columns["patient_name_norm"] == "müller^jörg"
     assert columns["station_ae"] == "CT_01\\CT_02"
     assert columns["start_date"] == "20241220" and columns["sps_status"] == "SCHEDULED"
-    assert Dataset.from_json(data) == item
+    assert Dataset.from_json(data) == dataset
 
 
 @pytest.mark.parametrize("step", [

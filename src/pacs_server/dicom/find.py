@@ -60,13 +60,23 @@ def stream_pending(event: Event, batches: Any) -> Generator[tuple[int, Any], Non
     return sent, False
 
 
-def answer_batches(event: Event, queries: QueryService,
-                   req: FindRequest) -> AsyncIterator[Any]:
-    """The answers in batches: already encoded (bytes, dicom/find_scp.py sends them as
-    they are) in Implicit or Explicit VR Little Endian, else as Datasets."""
+def encoded_implicit(event: Event) -> bool | None:
+    """Whether answers go out encoded in Implicit (True) or Explicit (False) VR Little
+    Endian, the syntaxes services/answers.py writes (dicom/find_scp.py sends the bytes
+    as they are); None: as Datasets, encoded by pydicom (Deflated, Big Endian)."""
     syntax = event.context.transfer_syntax
     if syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
-        return queries.find_encoded(req, implicit_vr=syntax == ImplicitVRLittleEndian)
+        return syntax == ImplicitVRLittleEndian
+    return None
+
+
+def answer_batches(event: Event, queries: QueryService,
+                   req: FindRequest) -> AsyncIterator[Any]:
+    """The answers in batches: already encoded (bytes) where `encoded_implicit` says
+    so, else as Datasets."""
+    implicit = encoded_implicit(event)
+    if implicit is not None:
+        return queries.find_encoded(req, implicit_vr=implicit)
     return queries.find(req)
 
 

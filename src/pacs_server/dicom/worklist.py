@@ -2,6 +2,7 @@
 
 Results stream like Q/R C-FIND: each batch crosses the bridge as the index produces it,
 and a C-CANCEL stops the iteration (and closes the database cursor) at the next result.
+Answers are encoded once, as for Q/R (services/worklist_items.py, services/answers.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from pacs_server.dicom.bridge import LoopBridge
-from pacs_server.dicom.find import stream_pending
+from pacs_server.dicom.find import encoded_implicit, stream_pending
 from pacs_server.dicom.identifiers import WORKLIST
 from pacs_server.dicom.service import Context, DicomService, Operation
 from pacs_server.dicom.status import SUCCESS, Service
@@ -47,7 +48,10 @@ def handle_find(event: Event, worklist: WorklistService,
     0xA700 index unavailable, 0xC311 unexpected error.
     """
     query = parse_query(event.identifier, combined_datetime=combined_requested(event))
-    sent, cancelled = yield from stream_pending(event, bridge.iterate(worklist.find(query)))
+    implicit = encoded_implicit(event)
+    found = worklist.find(query) if implicit is None else \
+        worklist.find_encoded(query, implicit_vr=implicit)
+    sent, cancelled = yield from stream_pending(event, bridge.iterate(found))
     if cancelled:
         log.info("mwl_find.cancelled", sent=sent)
         return

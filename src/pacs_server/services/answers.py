@@ -1,12 +1,14 @@
 """C-FIND answers as element lists: to a pydicom Dataset, or straight to identifier bytes.
 
 An answer is a list of `(tag, VR, value)`: value None (empty), a str, a list of str (a
-multi-valued column), or a ready `DataElement` (from the stored header, or an empty
-sequence). `to_dataset()` builds what the answer was before; `encode()` writes the
-same bytes pydicom's `write_dataset` writes for that Dataset (PS3.5 7.1: elements in
-tag order, text padded to even length, UI with NUL), in Implicit or Explicit VR Little
-Endian, without building the Dataset: text of the common VRs is encoded here, anything
-else (sequences, header values, odd values) one element at a time by pydicom.
+multi-valued column), for VR SQ a list of items (each itself such a list), or a ready
+`DataElement` (from the stored header, or an empty sequence). `to_dataset()` builds
+what the answer was before; `encode()` writes the same bytes pydicom's `write_dataset`
+writes for that Dataset (PS3.5 7.1: elements in tag order, text padded to even length,
+UI with NUL), in Implicit or Explicit VR Little Endian, without building the Dataset:
+text of the common VRs and sequences of items are encoded here (defined length, as
+pydicom writes a Sequence it did not read: PS3.5 7.5.1), anything else (header values,
+binary and odd values) one element at a time by pydicom.
 tests/unit/test_answers.py compares the two byte for byte, character sets included.
 """
 
@@ -22,6 +24,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
+from pydicom.sequence import Sequence as DicomSequence
 
 Element = tuple[int, str, Any]
 
@@ -44,6 +47,9 @@ def has_non_ascii(elements: Iterable[Element]) -> bool:
         if isinstance(value, DataElement):
             if _element_non_ascii(value):
                 return True
+        elif vr == "SQ":
+            if any(has_non_ascii(item) for item in value or []):
+                return True
         elif vr in CHARSET_VRS and value and not str(value).isascii():
             return True
     return False
@@ -63,15 +69,26 @@ def to_dataset(elements: Iterable[Element]) -> Dataset:
     """The answer as a pydicom Dataset."""
     ds = Dataset()
     for tag, vr, value in elements:
-        ds.add(value if isinstance(value, DataElement) else DataElement(tag, vr, value))
+        if isinstance(value, DataElement):
+            ds.add(value)
+        elif vr == "SQ":
+            ds.add(DataElement(tag, vr, DicomSequence([to_dataset(i) for i in value or []])))
+        else:
+            ds.add(DataElement(tag, vr, value))
     return ds
 
 
 def encode(elements: Sequence[Element], implicit_vr: bool) -> bytes:
     """The answer's bytes in Implicit (or Explicit) VR Little Endian, as pydicom's
     `write_dataset(to_dataset(elements))` writes them."""
+    return _encode(elements, implicit_vr, None)
+
+
+def _encode(elements: Sequence[Element], implicit_vr: bool, parent_charset: Any) -> bytes:
+    """One dataset (the answer, or an item of one of its sequences, which inherits the
+    character set of the dataset holding it unless it names its own)."""
     by_tag = {tag: (tag, vr, value) for tag, vr, value in elements}
-    charset = by_tag.get(CHARSET_TAG, (0, "CS", None))[2]
+    charset = by_tag[CHARSET_TAG][2] if CHARSET_TAG in by_tag else parent_charset
     if isinstance(charset, DataElement):
         charset = charset.value
     utf8 = charset == UTF8
@@ -80,7 +97,10 @@ def encode(elements: Sequence[Element], implicit_vr: bool) -> bytes:
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue            # retired group lengths are not written (PS3.5 7.2)
         _, vr, value = by_tag[tag]
-        raw = None if isinstance(value, DataElement) else _text(vr, value, utf8)
+        if vr == "SQ" and isinstance(value, list):
+            raw = b"".join(_item(_encode(item, implicit_vr, charset)) for item in value)
+        else:
+            raw = None if isinstance(value, DataElement) else _text(vr, value, utf8)
         if raw is None:
             out.append(_by_pydicom(tag, vr, value, implicit_vr, charset))
         elif implicit_vr:
@@ -94,6 +114,11 @@ def encode(elements: Sequence[Element], implicit_vr: bool) -> bytes:
         else:
             out.append(_by_pydicom(tag, vr, value, implicit_vr, charset))
     return b"".join(out)
+
+
+def _item(body: bytes) -> bytes:
+    """A sequence item of defined length: (FFFE,E000), its length, its dataset."""
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
 
 
 def _text(vr: str, value: Any, utf8: bool) -> bytes | None:

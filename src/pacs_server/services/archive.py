@@ -14,7 +14,8 @@ waits while another process has it in flight (its journal intent is open), then 
 the index decide: indexed → duplicate_policy; not indexed and nobody storing it → an
 orphan, moved aside to .quarantine, never deleted. With `replace`, which does overwrite,
 the stores of one path take turns across processes under a path claim
-(storage/journal.PathClaims).
+(storage/journal.PathClaims); so do stores of any policy once they found the name taken
+and not indexed (two stores meeting one orphan).
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import asyncio
 import enum
 import os
 import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -45,13 +45,12 @@ from pacs_server.services.ingest import (
     file_meta_bytes,
     read_record,
 )
+from pacs_server.services.store_turns import StoreTurns
 from pacs_server.storage.filestore import FileStore
 
 log = structlog.get_logger(__name__)
 
-_PLACE_ATTEMPTS = 3          # an orphan set aside, then the name taken again: give up
-_POLL_S = 0.02               # while another process has the same name in flight,
-_POLL_MAX_S = 0.5            # growing to this
+_PLACE_ATTEMPTS = 4          # taking turns, an orphan set aside, the name taken again: give up
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -133,13 +132,11 @@ class ArchiveService:
                  in_flight_s: float = 120.0, wait_s: float = 60.0) -> None:
         self._cfg = cfg
         self._in_flight_s = in_flight_s
-        self._wait_s = wait_s
         self.files = files
         self.catalog = catalog
         self.stats = ArchiveStats()
         self._stats_lock = threading.Lock()
-        self._claims: set[str] = set()
-        self._claims_cond = threading.Condition()
+        self._turns = StoreTurns(files.claims, in_flight_s, wait_s)
         self._below_reserve = False     # logged once per crossing, not per refused store
 
     def reconfigure(self, cfg: StorageConfig) -> None:
@@ -252,18 +249,21 @@ class ArchiveService:
         rec = staged.record
         policy = self._cfg.duplicate_policy
         journal = self.files.journal
-        with self._claim(rec.sop_instance_uid), self._path_claim(rec.rel_path, policy):
+        with self._turns.uid(rec.sop_instance_uid), ExitStack() as held:
+            if policy == "replace":
+                held.enter_context(self._turns.path(rec.rel_path))
             # Announced before it is placed: a crash from here to the commit leaves an
             # intent that the next start reconciles (services/reconcile.py).
-            intent = journal.open(rec.rel_path)
+            intent = [journal.open(rec.rel_path)]
             try:
-                outcome, superseded = self._place_and_index(staged, run, policy, intent)
+                outcome, superseded = self._place_and_index(staged, run, policy, intent,
+                                                            held)
             except (DuplicateInstance, PathTaken):
-                journal.close(intent)     # nothing placed, or the placement undone
+                journal.close(intent[0])  # nothing placed, or the placement undone
                 raise
             # Any other error keeps the intent open: an index timeout is ambiguous, and
             # a failed fsync may follow a rename. The next start sorts it out.
-            journal.close(intent)
+            journal.close(intent[0])
         if superseded is not None:
             self._remove_superseded(rec, superseded, run)
         if outcome is not StoreOutcome.ALREADY_STORED:
@@ -271,11 +271,13 @@ class ArchiveService:
         return outcome
 
     def _place_and_index(self, staged: StagedInstance, run: Runner, policy: str,
-                         intent: Path) -> tuple[StoreOutcome, PurePosixPath | None]:
+                         intent: list[Path | None], held: ExitStack
+                         ) -> tuple[StoreOutcome, PurePosixPath | None]:
         """The outcome, and with `replace` the path of the file the new row superseded
-        (to remove once this path's claim is released), if it was another path."""
+        (to remove once this path's claim is released), if it was another path.
+        `intent`: this store's open intent (replaced if `_place` takes turns)."""
         rec = staged.record
-        replaced = self._place(staged, run, policy, intent)
+        replaced = self._place(staged, run, policy, intent, held)
         if replaced is None:
             return self._duplicate(rec, policy), None
         # Any other error leaves the placed file (and its intent): the row may or may
@@ -306,7 +308,7 @@ class ArchiveService:
         the same instance at `old` (the old Patient ID, say) committed after ours, and
         its file must stay."""
         try:
-            with self._path_claim(old, "replace"):
+            with self._turns.path(old):
                 if run(self.catalog.lookup(rec)) != str(old):
                     self.files.remove(old)
         except PacsError as exc:
@@ -315,7 +317,7 @@ class ArchiveService:
             log.warning("storage.superseded_kept", path=str(old), error=str(exc))
 
     def _place(self, staged: StagedInstance, run: Runner, policy: str,
-               intent: Path) -> bool | None:
+               intent: list[Path | None], held: ExitStack) -> bool | None:
         """Give the staged file its final name: False placed new, True replaced a file
         (policy `replace`), None a duplicate (the staged file is discarded).
 
@@ -324,16 +326,25 @@ class ArchiveService:
                 finish within `wait_s`, or orphans kept reappearing).
         """
         rec = staged.record
+        turns = False           # taking turns with other stores of this path
         for _ in range(_PLACE_ATTEMPTS):
             if self.files.place_new(staged.part, rec.rel_path):
                 return False
             # The name is taken by a file this store did not place.
             if policy == "replace":
-                self._wait_until(lambda: None if self.files.journal.in_flight(
+                self._turns.wait_until(lambda: None if self.files.journal.in_flight(
                     rec.rel_path, self._in_flight_s) else "free", rec.rel_path)
                 self.files.place(staged.part, rec.rel_path)
                 return True
-            verdict = self._wait_until(lambda: self._taken_by(rec, run, intent), rec.rel_path)
+            if not turns:
+                if run(self.catalog.lookup(rec)) is not None:
+                    self.files.discard(staged.part)     # a duplicate, at once
+                    return None
+                self._take_turns(rec.rel_path, intent, held)
+                turns = True
+                continue
+            verdict = self._turns.wait_until(lambda: self._taken_by(rec, run, intent[0]),
+                                             rec.rel_path)
             if verdict == "indexed":
                 self.files.discard(staged.part)
                 return None
@@ -343,7 +354,26 @@ class ArchiveService:
                 log.warning("storage.orphan_set_aside", path=str(rec.rel_path))
         raise PathTaken(f"archive path stays taken: {rec.rel_path}")
 
-    def _taken_by(self, rec: InstanceRecord, run: Runner, intent: Path) -> str | None:
+    def _take_turns(self, rel: PurePosixPath, intent: list[Path | None],
+                    held: ExitStack) -> None:
+        """The name is taken and not indexed (`reject`/`ignore`): from here this store
+        takes turns with every other store of `rel` that met the same conflict, under
+        the path claim `replace` uses, held until the row is committed.
+
+        Several stores can meet one orphan (or one store in flight) at the same moment;
+        each waiting for the others' open intents, none would go on (0xA700 for all).
+        So the intent is closed before waiting for the claim (this store placed
+        nothing yet) and opened again once the claim is held: the holder waits only
+        for stores that placed a file and are committing its row, never for another
+        claimant. The common case (the name free) never gets here.
+        """
+        journal = self.files.journal
+        journal.close(intent[0])
+        intent[0] = None
+        held.enter_context(self._turns.path(rel))
+        intent[0] = journal.open(rel)
+
+    def _taken_by(self, rec: InstanceRecord, run: Runner, intent: Path | None) -> str | None:
         """What holds the name: "indexed" (a duplicate), "orphan", "free" (gone since),
         or None while another store may still be placing or committing it."""
         rel = rec.rel_path
@@ -352,7 +382,7 @@ class ArchiveService:
         if run(self.catalog.lookup(rec)) is not None:
             return "indexed"
         # Another process's store has it in flight (this process's stores of one UID
-        # take turns already, `_claim`): wait for its commit.
+        # take turns already, `StoreTurns.uid`): wait for its commit.
         if self.files.journal.in_flight(rel, self._in_flight_s):
             return None
         age = self.files.age(rel)
@@ -363,20 +393,10 @@ class ArchiveService:
         # process uses this archive, or this process left an intent for it open itself
         # (an earlier ambiguous failure).
         journal = self.files.journal
-        if age < self._in_flight_s and journal.shared() and not journal.left_open(rel, intent):
+        if age < self._in_flight_s and journal.shared() and not (
+                intent is not None and journal.left_open(rel, intent)):
             return None
         return "orphan"
-
-    def _wait_until(self, verdict: Callable[[], str | None], rel: PurePosixPath) -> str:
-        deadline = time.monotonic() + self._wait_s
-        delay = _POLL_S
-        while (found := verdict()) is None:
-            if time.monotonic() >= deadline:
-                # Reason first: the Error Comment keeps only 64 characters.
-                raise PathTaken(f"being stored by another process: {rel}")
-            time.sleep(delay)
-            delay = min(delay * 1.5, _POLL_MAX_S)
-        return found
 
     def _duplicate(self, rec: InstanceRecord, policy: str) -> StoreOutcome:
         with self._stats_lock:
@@ -390,43 +410,3 @@ class ArchiveService:
         with self._stats_lock:
             self.stats.stored += 1
             self.stats.bytes += size
-
-    @contextmanager
-    def _path_claim(self, rel: PurePosixPath, policy: str) -> Iterator[None]:
-        """With `replace`: this store alone, among all processes, places and indexes a
-        file at `rel` (storage/journal.PathClaims), waiting up to `wait_s` for another.
-
-        Raises:
-            PathTaken: another store kept the claim for `wait_s`.
-        """
-        if policy != "replace":
-            yield
-            return
-        taken: list[Path] = []
-
-        def take() -> str | None:
-            claim = self.files.claims.take(rel, self._in_flight_s)
-            if claim is None:
-                return None
-            taken.append(claim)
-            return "claimed"
-
-        self._wait_until(take, rel)
-        try:
-            yield
-        finally:
-            self.files.claims.release(taken[0])
-
-    @contextmanager
-    def _claim(self, uid: str) -> Iterator[None]:
-        """Serialise concurrent stores of the same SOP Instance UID (across threads)."""
-        with self._claims_cond:
-            while uid in self._claims:
-                self._claims_cond.wait()
-            self._claims.add(uid)
-        try:
-            yield
-        finally:
-            with self._claims_cond:
-                self._claims.discard(uid)
-                self._claims_cond.notify_all()

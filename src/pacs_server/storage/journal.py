@@ -140,9 +140,11 @@ class PathClaims:
 
     `duplicate_policy: replace` overwrites a placed file, so two stores of one path
     must not interleave their placement and commit (the row would describe the other's
-    file). A claim is created with one atomic system call that fails if it exists, on
-    a local or network filesystem alike. It is taken before the store's intent is
-    opened, so the holder never waits for another claimant's intent. A claim older
+    file); `reject`/`ignore` stores that found the name taken and not indexed take it
+    too, so that two of them meeting one orphan take turns. A claim is created with
+    one atomic system call that fails if it exists, on a local or network filesystem
+    alike. It is taken while the store has no intent open, so the holder never waits
+    for another claimant's intent. A claim older
     than `stale_s` is taken for abandoned (its holder died); a process drops its own
     at start.
     """
