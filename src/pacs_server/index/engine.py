@@ -85,10 +85,11 @@ def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:
     turns that off and emits BEGIN ourselves, so a read-modify-write is atomic.
 
     `writer=True` builds the engine of the index writer (IndexRepository), the only code
-    that writes. On SQLite it keeps pysqlite's implicit BEGIN: the transaction starts in
-    the same driver call as the first INSERT/UPDATE/DELETE, which saves the three thread
-    hops of a separate BEGIN on every commit (0.95 -> 0.68 ms for a one-instance commit).
-    Its reads before the first write need no snapshot, because nothing else writes.
+    that writes instances. Its common write is one autocommitted statement sent through
+    the driver (index/batch_insert.py), so its connections run in autocommit too; its
+    SQLAlchemy transactions (new parents, replacements, removals) start with BEGIN
+    IMMEDIATE, taking SQLite's write lock before their first read as pysqlite's implicit
+    BEGIN did before their first write.
     """
     url = database_url(cfg)
     if not url.startswith("sqlite"):
@@ -103,8 +104,7 @@ def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        if not writer:
-            dbapi_conn.isolation_level = None
+        dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         if cfg.wal_mode:
             cur.execute("PRAGMA journal_mode=WAL")
@@ -114,11 +114,10 @@ def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:
         cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
         cur.close()
 
-    if not writer:
-        @event.listens_for(engine.sync_engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(
-                _IMMEDIATE) else "BEGIN")
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer or conn.get_execution_options().get(
+            _IMMEDIATE) else "BEGIN")
 
     return engine
 

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pacs_server.errors import DuplicateInstance, IndexUnavailable, PacsError
 from pacs_server.index.attributes import QR_ATTRIBUTES
+from pacs_server.index.batch_insert import MAX_ROWS, BatchInsert
 from pacs_server.index.engine import WriterLock
 from pacs_server.index.models import Instance, Patient, Series, Study
 from pacs_server.index.records import InstanceRecord
@@ -106,9 +107,12 @@ class IndexWriter:
         # The writer keeps one connection: a pool checkout and check-in per commit
         # cost about a fifth of a single-instance commit.
         self._conn: AsyncConnection | None = None
+        self._driver: Any = None     # its driver connection (aiosqlite, asyncpg)
+        self._insert = BatchInsert(engine.dialect)
         self._on_commit = on_commit  # callable(batch_size) for metrics
         self._on_retry = on_retry    # callable(reason) for metrics
         self.retries = 0
+        self.single_statement_batches = 0    # batches written by `_insert_known`
         # uid -> (pk, patient_pk, modalities, sop classes)
         self._studies: dict[str, tuple[int, int, str, str]] = {}
         # uid -> (pk, study_pk, patient_pk)
@@ -129,6 +133,7 @@ class IndexWriter:
             self._lock = None
 
     async def _drop_connection(self) -> None:
+        self._driver = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             try:
@@ -202,16 +207,19 @@ class IndexWriter:
                 if self._conn is None:
                     self._conn = await self._engine.connect()
                 conn = self._conn
-                async with self._exclusive(), conn.begin():
-                    batch = _Batch()
-                    results: list[str | None] = []
-                    rows = []
-                    for job in jobs:
-                        results.append(await self._take_existing(conn, batch, job)
-                                       if job.replace else None)
-                        rows.append(await self._instance_row(conn, batch, job.record))
-                    await conn.execute(_INSERT_INSTANCE, rows)
-                    await self._flush_study_sets(conn, batch)
+                async with self._exclusive():
+                    if attempt == 1 and await self._insert_known(conn, jobs):
+                        return [None] * len(jobs), []
+                    async with conn.begin():
+                        batch = _Batch()
+                        results: list[str | None] = []
+                        rows = []
+                        for job in jobs:
+                            results.append(await self._take_existing(conn, batch, job)
+                                           if job.replace else None)
+                            rows.append(await self._instance_row(conn, batch, job.record))
+                        await conn.execute(_INSERT_INSTANCE, rows)
+                        await self._flush_study_sets(conn, batch)
                 return results, batch.notices
             except IntegrityError as exc:
                 self._forget_caches()
@@ -236,6 +244,34 @@ class IndexWriter:
                 # Orthanc's back-off for serialisation failures (PostgreSQL) and locks.
                 await asyncio.sleep((100 * attempt + 5 * random.randint(0, 9)) / 1000)
         raise AssertionError("unreachable")
+
+    async def _insert_known(self, conn: AsyncConnection, jobs: list[_Job]) -> bool:
+        """The common batch in one statement (index/batch_insert.py): new instances of
+        cached series whose study sets hold their values already. False when the batch
+        needs the general path, or the statement failed (nothing written: the general
+        path then looks everything up again and tells a duplicate from a stale key)."""
+        if len(jobs) > MAX_ROWS:
+            return False
+        rows = []
+        for job in jobs:
+            rec = job.record
+            study = self._studies.get(rec.study_instance_uid)
+            series = self._series.get(rec.series_instance_uid)
+            if (job.replace or study is None or series is None
+                    or join_values(study[2], rec.series["modality"]) != study[2]
+                    or join_values(study[3], rec.sop_class_uid) != study[3]):
+                return False
+            rows.append(_row(rec, series[0]))
+        try:
+            if self._driver is None:
+                self._driver = (await conn.get_raw_connection()).driver_connection
+            await self._insert.execute(self._driver, rows)
+        except Exception as exc:
+            log.debug("index.batch_insert_failed", rows=len(rows), error=str(exc)[:200])
+            self._forget_caches()
+            return False
+        self.single_statement_batches += 1
+        return True
 
     def _count_retry(self, reason: str, exc: Exception) -> None:
         self.retries += 1
@@ -281,19 +317,7 @@ class IndexWriter:
         if (new_mods, new_sops) != (mods, sops):
             self._studies[rec.study_instance_uid] = (pk, ppk, new_mods, new_sops)
             batch.study_sets[pk] = (new_mods, new_sops)
-        return dict(
-            level_values("IMAGE", rec.instance),
-            sop_instance_uid=rec.sop_instance_uid,
-            series_pk=series_pk,
-            sop_class_uid=rec.sop_class_uid,
-            transfer_syntax_uid=rec.transfer_syntax_uid,
-            path=str(rec.rel_path),
-            size=rec.size,
-            source_ae=rec.source_ae,
-            received_at=rec.received_at,
-            header=rec.header,
-            header_syntax=rec.header_syntax,
-        )
+        return _row(rec, series_pk)
 
     async def _study(self, conn: AsyncConnection, batch: _Batch,
                      rec: InstanceRecord) -> tuple[int, int]:
@@ -450,6 +474,23 @@ class IndexWriter:
         await conn.execute(update(Study).where(Study.pk == study_pk).values(
             modalities=mods, sop_classes=sops))
         self._forget_caches()
+
+
+def _row(rec: InstanceRecord, series_pk: int) -> dict[str, Any]:
+    """The instances row of `rec`."""
+    return dict(
+        level_values("IMAGE", rec.instance),
+        sop_instance_uid=rec.sop_instance_uid,
+        series_pk=series_pk,
+        sop_class_uid=rec.sop_class_uid,
+        transfer_syntax_uid=rec.transfer_syntax_uid,
+        path=str(rec.rel_path),
+        size=rec.size,
+        source_ae=rec.source_ae,
+        received_at=rec.received_at,
+        header=rec.header,
+        header_syntax=rec.header_syntax,
+    )
 
 
 def _union(current: str, ours: str) -> str:
