@@ -96,6 +96,7 @@ from pacs_server.dicom.policy import AssociationPolicy, Refusal
 from pacs_server.dicom.reactor import EventDUL, EventReactors, WakingQueue
 from pacs_server.dicom.receive import GatedDimse, receive_stores
 from pacs_server.dicom.service import Precheck
+from pacs_server.dicom.storage_scp import serve_store
 from pacs_server.dicom.store_send import (
     RawPData,
     RawSendStateMachine,
@@ -547,7 +548,8 @@ class PacsAssociation(FileSending):
         Upstream change that removes this: `_move_scp` accepting a failure status as
         the handler's first yield.
         A C-FIND goes to dicom/find_scp.py's SCP (`serve_find`, same wrapper as
-        upstream's), which sends identifiers our handlers already encoded.
+        upstream's), which sends identifiers our handlers already encoded; a C-STORE
+        on the event-driven transport to dicom/storage_scp.py's (`serve_store`).
         """
         check = self.move_precheck
         cx = self._accepted_cx.get(context_id)
@@ -565,7 +567,7 @@ class PacsAssociation(FileSending):
                         setattr(rsp, elem.keyword, elem.value)
                 self.dimse.send_msg(rsp, context_id)
                 return
-        if serve_find(self, msg, context_id):
+        if serve_find(self, msg, context_id) or serve_store(self, msg, context_id):
             return
         super()._serve_request(msg, context_id)
 
