@@ -26,6 +26,11 @@ command set with anything unusual in it, is upstream's.
 Upstream change that would remove this: a receive callback (or a file factory) for
 C-STORE data sets given the decoded command set, and a cheaper command set decode.
 
+The PDUs themselves (`read_pdata`, called by `reactor.EventDUL._decode_pdu` in Sta6):
+upstream decodes each P-DATA-TF into item objects and fires two events (an Event built
+for each, with only its own no-op handler bound), then copies the items into the
+P-DATA primitive; here the PDV list is read straight from the bytes.
+
 Receiving into a full archive
 -----------------------------
 The handler runs only once the whole data set is on disk. Below the reserve that writes

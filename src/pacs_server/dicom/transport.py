@@ -3,12 +3,14 @@ hardened, and retrieve from the archived files. Every override of pynetdicom liv
 this module, in dicom/reactor.py (the event-driven reactors, `server.transport:
 events`, mixed into our association classes here: `EventPacsAssociation`,
 `EventRequestorAssociation`), in dicom/find_scp.py (the C-FIND response loop, run
-from `PacsAssociation._serve_request`), in dicom/negotiation.py (a proposal
+from `PacsAssociation._serve_request`), in dicom/storage_scp.py (the Storage SCP
+around our C-STORE handler and its response as finished PDUs, run from the same place
+on the event-driven transport), in dicom/negotiation.py (a proposal
 negotiated once, the A-ASSOCIATE-AC encoded once) or in dicom/store_send.py (a
 retrieve's C-STORE-RQ from the file and its C-STORE-RSP on the event-driven
 transport, used by `FileSending._send_from_file`) or in dicom/receive.py (C-STORE
 data sets received into their archive file, or dropped unread below the reserve:
-`gate_data_sets` installs it), and
+`gate_data_sets` installs it; P-DATA-TF PDUs read into their PDVs: `read_pdata`), and
 tests/unit/test_transport_pins.py fails when the source of an overridden or
 relied-upon upstream function changes (pynetdicom is pinned to the tested minor
 version).
