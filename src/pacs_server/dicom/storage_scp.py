@@ -39,15 +39,13 @@ import struct
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import _config, evt
-from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import LOGGER, StorageServiceClass
-from pynetdicom.sop_class import uid_to_service_class
 
+from pacs_server.dicom.find_scp import run_scp, service_class_of
 from pacs_server.dicom.reactor import ResponseDIMSE, _element
 from pacs_server.dicom.store_send import (
     RawPData,
@@ -213,21 +211,8 @@ def serve_store(assoc: Association, msg: Any, context_id: int) -> bool:
     context = assoc._accepted_cx.get(context_id)
     if context is None:
         return False
-    if not _config.UNRESTRICTED_STORAGE_SERVICE:
-        uid = UID(str(msg.AffectedSOPClassUID))
-        try:
-            uid = assoc.acceptor.accepted_common_extended[uid][0]
-        except KeyError:
-            pass
-        if uid_to_service_class(uid) is not StorageServiceClass:
-            return False
-    try:
-        assoc.dimse.cancel_req = {}
-        assoc._is_paused = True
-        StoreSCP(assoc, msg, context).serve()
-        assoc._is_paused = False
-        assoc.dimse.cancel_req = {}
-    except Exception as exc:
-        ASSOC_LOGGER.exception(exc)
-        assoc.abort()
+    if not _config.UNRESTRICTED_STORAGE_SERVICE \
+            and service_class_of(assoc, msg) is not StorageServiceClass:
+        return False
+    run_scp(assoc, StoreSCP(assoc, msg, context).serve)
     return True
