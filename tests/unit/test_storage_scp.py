@@ -5,17 +5,21 @@ encode differently is left to upstream."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
+from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
 
+from pacs_server.dicom.receive import ReceiveFile
 from pacs_server.dicom.status import Service, failure
-from pacs_server.dicom.storage_scp import _status_fields, store_rsp_command
+from pacs_server.dicom.storage_scp import StoreSCP, _status_fields, store_rsp_command
 from pacs_server.dicom.store_send import fragment_size, pdata_tf
 from pacs_server.errors import DatasetMismatch, StorageFull
 
@@ -95,3 +99,77 @@ def test_even_length_uid() -> None:
         "error-id"])
 def test_anything_else_is_left_to_upstream(handler_status: Any) -> None:
     assert _status_fields(handler_status) is None
+
+
+class _Dimse:
+    maximum_pdu_size = 16384
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send_msg(self, primitive: Any, context_id: int) -> None:
+        self.sent.append((primitive, context_id))
+
+
+class _Dul:
+    state_machine = None        # not RawSendStateMachine: upstream's provider sends
+
+
+class _Assoc:
+    """What StoreSCP asks of an association, with `handler` bound to EVT_C_STORE."""
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        self.dimse, self.dul = _Dimse(), _Dul()
+        self.is_established = True
+        self._abort_blocking, self._abort_nonblocking = "blocking", "nonblocking"
+        self.abort = self._abort_blocking
+        self.abort_seen: list[Any] = []
+
+    def get_handlers(self, event: Any) -> Any:
+        return (self.handler, None) if event is evt.EVT_C_STORE else []
+
+
+def _request(path: Path) -> C_STORE:
+    req = C_STORE()
+    req.MessageID = 9
+    req.AffectedSOPClassUID = CT
+    req.AffectedSOPInstanceUID = INSTANCE
+    req._dataset_path = path
+    req._dataset_file = ReceiveFile(str(path.parent))
+    return req
+
+
+def _context() -> PresentationContext:
+    cx = PresentationContext()
+    cx.context_id = 5
+    cx.abstract_syntax = CT
+    cx.transfer_syntax = ["1.2.840.10008.1.2.1"]
+    return cx
+
+
+@pytest.mark.parametrize(("handler_result", "status", "comment"), [
+    (0x0000, 0x0000, None),
+    (failure(Service.C_STORE, StorageFull("archive write failed")), 0xA700,
+     "archive write failed"),
+    (RuntimeError("a bug"), 0xC211, None),
+], ids=["success", "failure", "handler-raised"])
+def test_store_scp_answers_and_removes_the_receive_file(
+        tmp_path: Path, handler_result: Any, status: int, comment: str | None) -> None:
+    def handler(event: Any) -> Any:
+        assoc.abort_seen.append(assoc.abort)
+        assert event.request is req and event.context.context_id == 5
+        if isinstance(handler_result, Exception):
+            raise handler_result
+        return handler_result
+
+    assoc = _Assoc(handler)
+    req = _request(tmp_path / "x.dcm")
+    name = req._dataset_file.name
+    assert Path(name).exists()
+    StoreSCP(assoc, req, _context()).serve()  # type: ignore[arg-type]
+    assert assoc.abort_seen == ["nonblocking"] and assoc.abort == "blocking"
+    assert not Path(name).exists()
+    ((rsp, cx_id),) = assoc.dimse.sent
+    assert (cx_id, rsp.Status, rsp.ErrorComment) == (5, status, comment)
+    assert (rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPInstanceUID) == (9, INSTANCE)
