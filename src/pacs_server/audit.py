@@ -129,6 +129,8 @@ class AuditLog:
     # ------------------------------------------------------------ record builders
     def association_event(self, kind: str, fields: dict[str, Any]) -> None:
         """Listener of AssociationTracker: turn its events into audit records."""
+        if self._fh is None:        # no trail: nothing to build (once per C-STORE)
+            return
         who = {"calling_ae": fields.get("calling_ae", ""),
                "called_ae": fields.get("called_ae", ""),
                "address": str(fields.get("peer", "")).rsplit(":", 1)[0],

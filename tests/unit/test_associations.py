@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -188,3 +189,23 @@ def test_a_rejected_association_names_its_peer(start_acceptor: Callable[..., Acc
             pass
         rejected = wait_for_event(logs, "association.rejected")
     assert rejected["peer"].startswith("127.0.0.1:")
+
+
+def test_detail_lists_the_recent_operations(start_acceptor: Callable[..., Acceptor]) -> None:
+    acceptor = start_acceptor()
+    acceptor.statuses = [SUCCESS, 0xA700]
+    acceptor.nbytes = 7
+    before = datetime.now(UTC)
+    with Scu("DETAILED").associate(acceptor.port, called=ACCEPTOR) as assoc:
+        for _ in range(2):
+            assert assoc.send_c_echo().Status == SUCCESS
+        (live,) = acceptor.tracker.snapshot()
+        detail = acceptor.tracker.detail(live["id"])
+    assert detail is not None
+    recent = detail["recent_operations"]
+    assert [{k: r[k] for k in ("operation", "status", "bytes")} for r in recent] == [
+        {"operation": "C-ECHO", "status": "0x0000", "bytes": 7},
+        {"operation": "C-ECHO", "status": "0xA700", "bytes": 7}]
+    for r in recent:
+        assert before <= datetime.fromisoformat(r["at"]) <= datetime.now(UTC)
+        assert r["at"].endswith("+00:00")

@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 from pynetdicom import _config as pynetdicom_config
+from pynetdicom import evt
+from pynetdicom._handlers import standard_pdu_recv_handler
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
-from pacs_server.dicom.receive import ReceivedStore, store_command
+from pacs_server.dicom.receive import ReceivedStore, read_pdata, store_command
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 FIELDS = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
@@ -97,3 +100,51 @@ def test_anything_unusual_is_left_to_upstream() -> None:
     multi = command_bytes(store_rq(AffectedSOPInstanceUID="1.2.3.4.5"))
     assert store_command(multi.replace(b"1.2.3.4.5\x00", b"1.2\\3.45")) is None
     assert store_command(raw) is not None
+
+
+class _Assoc:
+    """What `read_pdata` asks of an association: its bound handlers."""
+
+    def __init__(self, handlers: dict[Any, list[Any]] | None = None) -> None:
+        self.handlers = handlers or {evt.EVT_PDU_RECV: [(standard_pdu_recv_handler, None)]}
+
+    def get_handlers(self, event: Any) -> list[Any]:
+        return self.handlers.get(event, [])
+
+
+def _pdata_tf(*pdvs: tuple[int, bytes]) -> bytes:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [list(pdv) for pdv in pdvs]
+    return bytes(P_DATA_TF(primitive).encode())
+
+
+@pytest.mark.parametrize("pdvs", [
+    [(1, b"\x03" + bytes(range(200)))],
+    [(3, b"\x01abc"), (3, b"\x03defg"), (5, b"\x00" + bytes(16378))],
+    [(7, b"\x02")],
+], ids=["one", "three", "header-only"])
+def test_pdata_read_as_upstream_decodes_it(pdvs: list[tuple[int, bytes]]) -> None:
+    raw = _pdata_tf(*pdvs)
+    upstream = P_DATA_TF()
+    upstream.decode(raw)
+    ours = read_pdata(_Assoc(), raw)
+    assert ours is not None
+    assert ours.to_primitive().presentation_data_value_list \
+        == upstream.to_primitive().presentation_data_value_list == pdvs
+
+
+@pytest.mark.parametrize("raw", [
+    bytes.fromhex("04000000000a") + bytes.fromhex("0000000901") + b"\x03abc",   # short item
+    bytes.fromhex("04000000000a") + bytes.fromhex("0000000001") + b"\x03abc",   # length 0
+    bytes.fromhex("040000000007") + bytes.fromhex("00000002"),                  # cut header
+    bytes.fromhex("010000000000"),                                              # not P-DATA
+], ids=["overrun", "zero-length", "cut", "associate-rq"])
+def test_anything_odd_is_left_to_upstream(raw: bytes) -> None:
+    assert read_pdata(_Assoc(), raw) is None
+
+
+def test_observed_pdus_are_left_to_upstream() -> None:
+    raw = _pdata_tf((1, b"\x03abcd"))
+    seen = [(lambda event: None, None)]
+    assert read_pdata(_Assoc({evt.EVT_DATA_RECV: seen}), raw) is None
+    assert read_pdata(_Assoc({evt.EVT_PDU_RECV: seen}), raw) is None

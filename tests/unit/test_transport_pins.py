@@ -1,7 +1,7 @@
 """dicom/transport.py, dicom/reactor.py, dicom/negotiation.py, dicom/find_scp.py,
-dicom/store_send.py and dicom/receive.py override pynetdicom internals; this fails
-loudly when their source changes, so an upgrade of pynetdicom is a decision and not a
-surprise.
+dicom/store_send.py, dicom/receive.py and dicom/storage_scp.py override pynetdicom
+internals; this fails loudly when their source changes, so an upgrade of pynetdicom is
+a decision and not a surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
 replaces and why), adjust the override module, then update the digest here and the pin
@@ -16,7 +16,7 @@ from typing import Any
 
 import pynetdicom
 import pytest
-from pynetdicom import dsutils, fsm, sop_class
+from pynetdicom import _handlers, dsutils, evt, fsm, sop_class
 from pynetdicom.acse import ACSE
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association, ServiceUser
@@ -31,6 +31,7 @@ from pynetdicom.service_class import (
     QueryRetrieveServiceClass,
     ServiceClass,
     StorageServiceClass,
+    attempt,
 )
 from pynetdicom.transport import (
     AssociationServer,
@@ -89,6 +90,22 @@ PINNED: dict[str, tuple[Any, str]] = {
     "DIMSEServiceProvider.receive_primitive": (DIMSEServiceProvider.receive_primitive,
                                                "5f99c86b14a15cef"),
     "StorageServiceClass.SCP": (StorageServiceClass.SCP, "63afca7fc6c6e7ee"),
+    # dicom/storage_scp.py: StoreSCP.serve is StorageServiceClass.SCP (above) with the
+    # abort swap of attempt(), the status handling of validate_status and the trigger
+    # of EVT_C_STORE as these do; serve_store picks it where _serve_request would.
+    "attempt.__enter__": (attempt.__enter__, "86489363384d03e9"),
+    "attempt.__exit__": (attempt.__exit__, "fd73ef3737fd4074"),
+    "ServiceClass.validate_status": (ServiceClass.validate_status, "4c92e97ae31a8f1f"),
+    "evt.trigger": (evt.trigger, "b97f8a75e8affaa0"),
+    # receive.read_pdata (EventDUL._decode_pdu in Sta6): the P-DATA of DT-2 made without
+    # P_DATA_TF's items, as its decode and to_primitive make it; the standard handler
+    # of EVT_PDU_RECV does nothing for a P-DATA-TF.
+    "fsm.DT_2": (fsm.DT_2, "9ec543394e0b49eb"),
+    "P_DATA_TF.to_primitive": (P_DATA_TF.to_primitive, "3cba1cd31f03fdf0"),
+    "P_DATA_TF._generate_items": (P_DATA_TF._generate_items, "55a5deea47745b72"),
+    "_handlers.standard_pdu_recv_handler": (_handlers.standard_pdu_recv_handler,
+                                            "916f709ee3e06a74"),
+    "_handlers._receive_data_tf": (_handlers._receive_data_tf, "0b6b9cd66ad6dd96"),
     "Event.dataset_path": (Event.dataset_path.fget, "7eba7552ff800249"),
     # BoundedSendQueue: what the DUL does with its to-provider queue.
     "DULServiceProvider.send_pdu": (DULServiceProvider.send_pdu, "7cbce5da8594124e"),

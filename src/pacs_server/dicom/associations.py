@@ -60,7 +60,7 @@ class AssociationRecord:
     outcome: str = "closed"
     accepted: bool = False
     last_operation: str = ""
-    recent: deque[dict[str, Any]] = field(
+    recent: deque[tuple[str, str, float, int]] = field(
         default_factory=lambda: deque(maxlen=_RECENT_OPERATIONS))
     assoc: Any = None
 
@@ -119,7 +119,10 @@ class AssociationTracker:
             if rec is None:
                 return None
             out = rec.summary()
-            out["recent_operations"] = list(rec.recent)
+            out["recent_operations"] = [
+                {"operation": name, "status": code,
+                 "at": datetime.fromtimestamp(at, UTC).isoformat(), "bytes": nbytes}
+                for name, code, at, nbytes in rec.recent]
             assoc = rec.assoc
         if assoc is not None and rec.accepted:
             out["max_pdu"] = {"ours": assoc.acceptor.maximum_length,
@@ -186,10 +189,11 @@ class AssociationTracker:
                   details: dict[str, Any] | None = None) -> None:
         """Count one DIMSE operation (called by the handler wrapper); `details` are the
         plain facts the listeners (audit) get: keys, UIDs, counts."""
-        self._metrics.dimse_requests.labels(name, f"0x{status:04X}").inc()
+        code = f"0x{status:04X}"
+        self._metrics.dimse_requests.labels(name, code).inc()
         failed = status not in (0x0000, 0xFF00, 0xFF01) and not 0xB000 <= status <= 0xBFFF
-        rec = self.record(event)
         with self._lock:
+            rec = self._records.get(id(event.assoc))
             self._totals["operations"] += 1
             self._totals["failures"] += failed
             self._totals["bytes_received"] += nbytes
@@ -198,10 +202,11 @@ class AssociationTracker:
                 rec.bytes_in += nbytes
                 rec.failures += failed
                 rec.last_operation = name
-                rec.recent.append({"operation": name, "status": f"0x{status:04X}",
-                                   "at": datetime.now(UTC).isoformat(), "bytes": nbytes})
-        self._emit("operation", rec, operation=name, status=f"0x{status:04X}",
-                   failed=failed, bytes=nbytes, **(details or {}))
+                # Made into the /api dict only when asked for (`detail`): one per
+                # stored instance otherwise.
+                rec.recent.append((name, code, time.time(), nbytes))
+        self._emit("operation", rec, operation=name, status=code, failed=failed,
+                   bytes=nbytes, **(details or {}))
 
     def _on_open(self, event: Event) -> None:
         set_nodelay(event)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any, cast
 
@@ -243,21 +244,34 @@ def serve_find(assoc: Association, msg: Any, context_id: int) -> bool:
     context = assoc._accepted_cx.get(context_id)
     if context is None:
         return False
+    scp_class = _FIND_CLASSES.get(service_class_of(assoc, msg))
+    if scp_class is None:
+        return False
+    run_scp(assoc, lambda: scp_class(assoc).SCP(msg, context))
+    return True
+
+
+def service_class_of(assoc: Association, msg: Any) -> type:
+    """The service class upstream's `_serve_request` picks for a DIMSE-C request (its
+    Affected SOP Class, or the service class of SOP Class Common Extended Negotiation)."""
     uid = UID(str(msg.AffectedSOPClassUID))
     try:
         uid = assoc.acceptor.accepted_common_extended[uid][0]
     except KeyError:
         pass
-    scp_class = _FIND_CLASSES.get(uid_to_service_class(uid))
-    if scp_class is None:
-        return False
+    return cast(type, uid_to_service_class(uid))
+
+
+def run_scp(assoc: Association, scp: Callable[[], None]) -> None:
+    """Run an SCP as upstream's `_serve_request` runs the service class's: cancel
+    requests cleared around it, the reactor paused (the SCP may call `send_*()`), an
+    exception logged and the association aborted."""
     try:
         assoc.dimse.cancel_req = {}
         assoc._is_paused = True
-        scp_class(assoc).SCP(msg, context)
+        scp()
         assoc._is_paused = False
         assoc.dimse.cancel_req = {}
     except Exception as exc:
         ASSOC_LOGGER.exception(exc)
         assoc.abort()
-    return True

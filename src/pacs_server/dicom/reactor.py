@@ -49,6 +49,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from pacs_server.dicom.negotiation import ByProposal, encode_accept
+from pacs_server.dicom.receive import read_pdata
 
 # Longest a reactor blocks without looking again, even with nothing to wait for: a
 # safety net for a wake-up that no put() announces (none is known), not a poll.
@@ -281,7 +282,8 @@ class EventDUL(DULServiceProvider):
             self._hand_over()
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
-        """Upstream's decode, with A-ASSOCIATE-RQs decoded once per distinct proposal.
+        """Upstream's decode, with A-ASSOCIATE-RQs decoded once per distinct proposal
+        and, in Sta6, P-DATA-TF PDUs read straight into their PDVs (`read_pdata`).
 
         Upstream: decodes every A-ASSOCIATE-RQ and builds its primitive, one UID object
         (and one validation) per syntax: storescu's 128 presentation contexts cost
@@ -289,6 +291,10 @@ class EventDUL(DULServiceProvider):
         Upstream change that would remove this: a cheaper decode of the RQ (UIDs
         checked once, no per-item objects), or a decode cache of its own.
         """
+        if bytestream[:1] == b"\x04" and self.state_machine.current_state == "Sta6":
+            pdata = read_pdata(self.assoc, bytes(bytestream))   # dicom/receive.py
+            if pdata is not None:
+                return pdata, "Evt10"
         if bytestream[:1] != b"\x01":
             return super()._decode_pdu(bytestream)
         raw = bytes(bytestream)

@@ -26,6 +26,11 @@ command set with anything unusual in it, is upstream's.
 Upstream change that would remove this: a receive callback (or a file factory) for
 C-STORE data sets given the decoded command set, and a cheaper command set decode.
 
+The PDUs themselves (`read_pdata`, called by `reactor.EventDUL._decode_pdu` in Sta6):
+upstream decodes each P-DATA-TF into item objects and fires two events (an Event built
+for each, with only its own no-op handler bound), then copies the items into the
+P-DATA primitive; here the PDV list is read straight from the bytes.
+
 Receiving into a full archive
 -----------------------------
 The handler runs only once the whole data set is on disk. Below the reserve that writes
@@ -51,10 +56,12 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.values import convert_AE_string, convert_UI
 from pynetdicom import _config, evt
+from pynetdicom._handlers import standard_pdu_recv_handler
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
 from pacs_server.errors import PacsError
@@ -341,3 +348,50 @@ def receive_stores(dimse: DIMSEServiceProvider, gate: Callable[[], None] | None)
     """Set the gate (raising PacsError to refuse) a `GatedDimse` asks before each
     C-STORE data set is written."""
     cast(GatedDimse, dimse).gate = gate or _no_gate
+
+
+# ------------------------------------------------------------------ P-DATA-TF PDUs
+
+class ReadPData(P_DATA_TF):
+    """A received P-DATA-TF PDU whose PDVs were read without item objects."""
+
+    def __init__(self, pdvs: list[tuple[int, bytes]]) -> None:
+        super().__init__()
+        self._pdvs = pdvs
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        primitive.presentation_data_value_list = []
+        primitive.presentation_data_value_list.extend(self._pdvs)   # tuples, as upstream's
+        return primitive
+
+
+def read_pdata(assoc: Any, raw: bytes) -> ReadPData | None:
+    """The P-DATA-TF PDU `raw` (PS3.8 9.3.5: PDV items of item length, context ID and
+    data) as a `ReadPData`, when nothing observes received PDUs but pynetdicom's own
+    handler (which does nothing for a P-DATA-TF); None for anything else, or items
+    that do not fill the PDU exactly (upstream then decodes, and reports them).
+
+    Upstream (`DULServiceProvider._decode_pdu`, DT-2): EVT_DATA_RECV and EVT_PDU_RECV
+    each build an Event, `P_DATA_TF.decode` makes one item object per PDV and
+    `to_primitive` copies them into the P-DATA: two PDUs per small instance.
+    Upstream change that would remove this: a PDV list decoded straight into the
+    primitive, and no events built when only the standard handlers are bound.
+    """
+    if raw[:1] != b"\x04" or assoc.get_handlers(evt.EVT_DATA_RECV) or not all(
+            h[0] is standard_pdu_recv_handler for h in assoc.get_handlers(evt.EVT_PDU_RECV)):
+        return None
+    pdvs: list[tuple[int, bytes]] = []
+    pos, end = 6, len(raw)
+    while pos < end:
+        if end - pos < 5:
+            return None
+        (length,) = _U32BE.unpack_from(raw, pos)
+        if length < 1 or pos + 4 + length > end:
+            return None
+        pdvs.append((raw[pos + 4], raw[pos + 5:pos + 4 + length]))
+        pos += 4 + length
+    return ReadPData(pdvs)
+
+
+_U32BE = struct.Struct(">I")

@@ -3,12 +3,14 @@ hardened, and retrieve from the archived files. Every override of pynetdicom liv
 this module, in dicom/reactor.py (the event-driven reactors, `server.transport:
 events`, mixed into our association classes here: `EventPacsAssociation`,
 `EventRequestorAssociation`), in dicom/find_scp.py (the C-FIND response loop, run
-from `PacsAssociation._serve_request`), in dicom/negotiation.py (a proposal
+from `PacsAssociation._serve_request`), in dicom/storage_scp.py (the Storage SCP
+around our C-STORE handler and its response as finished PDUs, run from the same place
+on the event-driven transport), in dicom/negotiation.py (a proposal
 negotiated once, the A-ASSOCIATE-AC encoded once) or in dicom/store_send.py (a
 retrieve's C-STORE-RQ from the file and its C-STORE-RSP on the event-driven
 transport, used by `FileSending._send_from_file`) or in dicom/receive.py (C-STORE
 data sets received into their archive file, or dropped unread below the reserve:
-`gate_data_sets` installs it), and
+`gate_data_sets` installs it; P-DATA-TF PDUs read into their PDVs: `read_pdata`), and
 tests/unit/test_transport_pins.py fails when the source of an overridden or
 relied-upon upstream function changes (pynetdicom is pinned to the tested minor
 version).
@@ -96,6 +98,7 @@ from pacs_server.dicom.policy import AssociationPolicy, Refusal
 from pacs_server.dicom.reactor import EventDUL, EventReactors, WakingQueue
 from pacs_server.dicom.receive import GatedDimse, receive_stores
 from pacs_server.dicom.service import Precheck
+from pacs_server.dicom.storage_scp import serve_store
 from pacs_server.dicom.store_send import (
     RawPData,
     RawSendStateMachine,
@@ -547,7 +550,8 @@ class PacsAssociation(FileSending):
         Upstream change that removes this: `_move_scp` accepting a failure status as
         the handler's first yield.
         A C-FIND goes to dicom/find_scp.py's SCP (`serve_find`, same wrapper as
-        upstream's), which sends identifiers our handlers already encoded.
+        upstream's), which sends identifiers our handlers already encoded; a C-STORE
+        on the event-driven transport to dicom/storage_scp.py's (`serve_store`).
         """
         check = self.move_precheck
         cx = self._accepted_cx.get(context_id)
@@ -565,7 +569,7 @@ class PacsAssociation(FileSending):
                         setattr(rsp, elem.keyword, elem.value)
                 self.dimse.send_msg(rsp, context_id)
                 return
-        if serve_find(self, msg, context_id):
+        if serve_find(self, msg, context_id) or serve_store(self, msg, context_id):
             return
         super()._serve_request(msg, context_id)
 
