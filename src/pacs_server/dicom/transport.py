@@ -95,6 +95,7 @@ from pacs_server.dicom.negotiation import (
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
 from pacs_server.dicom.reactor import EventDUL, EventReactors, WakingQueue
 from pacs_server.dicom.receive import GatedDimse, receive_stores
+from pacs_server.dicom.retrieve_scp import serve_retrieve
 from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.store_send import (
     RawPData,
@@ -565,7 +566,7 @@ class PacsAssociation(FileSending):
                         setattr(rsp, elem.keyword, elem.value)
                 self.dimse.send_msg(rsp, context_id)
                 return
-        if serve_find(self, msg, context_id):
+        if serve_find(self, msg, context_id) or serve_retrieve(self, msg, context_id):
             return
         super()._serve_request(msg, context_id)
 
