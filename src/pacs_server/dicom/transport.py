@@ -95,6 +95,7 @@ from pacs_server.dicom.negotiation import (
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
 from pacs_server.dicom.reactor import EventDUL, EventReactors, WakingQueue
 from pacs_server.dicom.receive import GatedDimse, receive_stores
+from pacs_server.dicom.response_read import ResponseReadingDUL
 from pacs_server.dicom.retrieve_scp import serve_retrieve
 from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.store_send import (
@@ -705,6 +706,7 @@ class PacsRequestHandler(RequestHandler):
         gate_data_sets(assoc, srv.receive_gate)
         if ae.event_reactors:
             with_mixin(assoc.dimse, RetrieveDimse)
+            with_mixin(assoc.dul, ResponseReadingDUL)
         bound_send_queue(assoc)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.acse_timeout = min(srv.limits.negotiation_timeout, srv.limits.acse_timeout)
@@ -907,6 +909,7 @@ class PacsAE(AE):
             assoc.__class__ = EventRequestorAssociation
             assoc.dul.state_machine = RawSendStateMachine(assoc.dul)
             cast(EventRequestorAssociation, assoc).install_event_reactors()
+            with_mixin(assoc.dul, ResponseReadingDUL)
         return super()._create_socket(assoc, *args)
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:
