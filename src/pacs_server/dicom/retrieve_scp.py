@@ -225,6 +225,9 @@ class _Loop:
         self.pending: PendingResponses | None = None
         if raw_send_allowed(assoc):
             self.pending = PendingResponses(rsp, self.cx_id, assoc.dimse.maximum_pdu_size)
+        # dicom/transport.py's FileSending (which imports this module) holds them.
+        self.ahead = move is None and self.pending is not None \
+            and hasattr(assoc, "flush_ahead")
         # Whether the primitive holds the counts of the last pending response (None
         # sent yet: nothing to hold).
         self.synced = True
@@ -317,12 +320,20 @@ class _Loop:
     def _send_pending(self) -> None:
         self.synced = False
         if self.pending is not None:
-            self.scp.dimse.dul.send_pdu(RawPData(self.pending.pdus(
-                self.remaining, self.completed, self.failed, self.warning)))
+            pdus = self.pending.pdus(self.remaining, self.completed, self.failed,
+                                     self.warning)
+            if self.ahead:
+                # C-GET: it goes out with the next C-STORE-RQ, one hand-off to the DUL
+                # thread and one write instead of two; the order on the wire is the same.
+                assoc: Any = self.scp.assoc
+                assoc.send_ahead += pdus
+            else:
+                self.scp.dimse.dul.send_pdu(RawPData(pdus))
             return
         rsp = self.rsp
         rsp.Identifier = None
         self._sync()
+        self._flush()
         self.scp.dimse.send_msg(rsp, self.cx_id)
 
     def _sync(self) -> None:
@@ -335,6 +346,7 @@ class _Loop:
     def _other(self, ii: int, status: Any, dataset: Any) -> bool:
         """Any other yielded status, as upstream; True when the request is over."""
         scp, rsp = self.scp, self.rsp
+        self._flush()
         rsp.Identifier = None
         self._sync()
         rsp = scp.validate_status(status, rsp)
@@ -385,7 +397,13 @@ class _Loop:
 
     def _final(self) -> None:
         _set_counts(self.rsp, None, self.completed, self.failed, self.warning)
+        self._flush()
         self.scp.dimse.send_msg(self.rsp, self.cx_id)
+
+    def _flush(self) -> None:
+        """Send what waits for a next C-STORE-RQ before any other response."""
+        if self.ahead:
+            cast(Any, self.scp.assoc).flush_ahead()
 
     def _failed_list(self, dataset: Any) -> BytesIO:
         if not isinstance(dataset, Dataset) or "FailedSOPInstanceUIDList" not in dataset:

@@ -168,9 +168,11 @@ def fragment_size(max_pdu: int) -> int:
     return max_pdu - 6 if max_pdu else 0
 
 
-def send_file(send: Any, path: Path, command: bytes, context_id: int, max_pdu: int) -> bool:
+def send_file(send: Any, path: Path, command: bytes, context_id: int, max_pdu: int,
+              ahead: bytes = b"") -> bool:
     """Put the C-STORE-RQ (`command`, then the data set read from `path`) on the DUL
-    queue with `send(RawPData)`; False (nothing sent) when the file's data set cannot
+    queue with `send(RawPData)`, the PDUs `ahead` (a C-GET's last pending response)
+    first in the same item; False (nothing sent) when the file's data set cannot
     be found without pydicom or the peer takes PDUs of any length (max 0): the caller
     then sends it as upstream does.
 
@@ -188,7 +190,8 @@ def send_file(send: Any, path: Path, command: bytes, context_id: int, max_pdu: i
         fh.seek(offset)
         remaining = size - offset
         step = max(1, CHUNK_BYTES // frag) * frag
-        parts = pdata_tf(command, context_id, frag, 0x01, 0x03)
+        parts: list[bytes | memoryview] = [ahead] if ahead else []
+        parts += pdata_tf(command, context_id, frag, 0x01, 0x03)
         while True:
             chunk = fh.read(min(step, remaining))
             if len(chunk) != min(step, remaining):

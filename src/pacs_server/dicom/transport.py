@@ -364,6 +364,11 @@ class FileSending(Association):
     """pynetdicom's Association, sending a `StoredFile` from its file (a mixin of the
     acceptor and the requestor association classes)."""
 
+    # PDUs to go out just before the next C-STORE-RQ, in the same queue item and write
+    # (dicom/retrieve_scp.py: a C-GET's pending response); whoever sends anything else
+    # on the association first sends them (`flush_ahead`).
+    send_ahead = b""
+
     def send_c_store(self, dataset: Any, msg_id: int = 1, priority: int = 2,
                      originator_aet: str | None = None,
                      originator_id: int | None = None) -> Dataset:
@@ -380,7 +385,14 @@ class FileSending(Association):
                                               originator_aet, originator_id)
                 if status is not None:
                     return status
+        self.flush_ahead()
         return super().send_c_store(dataset, msg_id, priority, originator_aet, originator_id)
+
+    def flush_ahead(self) -> None:
+        """Queue the PDUs held for the next C-STORE-RQ (`send_ahead`) now."""
+        ahead, self.send_ahead = self.send_ahead, b""
+        if ahead:
+            self.dul.send_pdu(RawPData(ahead))
 
     def _send_from_file(self, stored: StoredFile, path: Path, msg_id: int, priority: int,
                         originator_aet: str | None,
@@ -413,15 +425,19 @@ class FileSending(Association):
         self._reactor_checkpoint.clear()
         while not self._is_paused:
             time.sleep(0.0001)
+        ahead, self.send_ahead = self.send_ahead, b""
         try:
             if not send_file(send, path, command, int(cast(int, context.context_id)),
-                             self.dimse.maximum_pdu_size):
+                             self.dimse.maximum_pdu_size, ahead):
+                self.send_ahead = ahead
                 self._reactor_checkpoint.set()
                 return None
         except BaseException:
             self._reactor_checkpoint.set()
             if queued:      # part of a message is on the wire: nothing can follow it
                 self.abort()
+            else:
+                self.send_ahead = ahead
             raise
         _cx, rsp = self.dimse.get_msg(block=True)
         self._reactor_checkpoint.set()
