@@ -403,8 +403,11 @@ def plain_status(rsp: Any) -> Dataset | None:
     Upstream builds a new Dataset per response (~0.04-0.1 ms, several percent of a
     sub-operation).
     """
-    if not rsp.is_valid_response or any(getattr(rsp, keyword, None) is not None
-                                        for keyword in rsp.STATUS_OPTIONAL_KEYWORDS):
+    if type(rsp) is PlainStoreResponse:     # valid as made; only these are optional
+        if rsp.OffendingElement is not None or rsp.ErrorComment is not None:
+            return None
+    elif not rsp.is_valid_response or any(getattr(rsp, keyword, None) is not None
+                                          for keyword in rsp.STATUS_OPTIONAL_KEYWORDS):
         return None
     code = int(rsp.Status)
     status = _STATUSES.get(code)

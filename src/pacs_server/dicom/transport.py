@@ -4,11 +4,14 @@ this module, in dicom/reactor.py (the event-driven reactors, `server.transport:
 events`, mixed into our association classes here: `EventPacsAssociation`,
 `EventRequestorAssociation`), in dicom/find_scp.py (the C-FIND response loop, run
 from `PacsAssociation._serve_request`), in dicom/negotiation.py (a proposal
-negotiated once, the A-ASSOCIATE-AC encoded once) or in dicom/store_send.py (a
+negotiated once, the A-ASSOCIATE-AC encoded once), in dicom/store_send.py (a
 retrieve's C-STORE-RQ from the file and its C-STORE-RSP on the event-driven
-transport, used by `FileSending._send_from_file`) or in dicom/receive.py (C-STORE
-data sets received into their archive file, or dropped unread below the reserve:
-`gate_data_sets` installs it), and
+transport, used by `FileSending._send_from_file`), in dicom/retrieve_scp.py (the
+C-GET/C-MOVE sub-operation loop on the event-driven transport, run from
+`PacsAssociation._serve_request`), in dicom/response_read.py (a C-STORE-RSP handed
+from the DUL thread to the DIMSE queue, mixed into both associations' DUL here) or in
+dicom/receive.py (C-STORE data sets received into their archive file, or dropped
+unread below the reserve: `gate_data_sets` installs it), and
 tests/unit/test_transport_pins.py fails when the source of an overridden or
 relied-upon upstream function changes (pynetdicom is pinned to the tested minor
 version).
@@ -81,6 +84,7 @@ from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_server.dicom.find_scp import serve_find
@@ -347,6 +351,10 @@ class StoredFile(Dataset):
     stored_path: Path
     stored_syntax: str
     allow_transcode: bool
+    # The two UIDs as plain strings too: reading an element through Dataset's
+    # __getattr__ costs a keyword lookup each time.
+    sop_class: str
+    sop_instance: str
 
     def __init__(self, path: Path, sop_class: str, sop_instance: str,
                  transfer_syntax: str, allow_transcode: bool = True) -> None:
@@ -358,6 +366,8 @@ class StoredFile(Dataset):
         plain(self, "stored_path", path)
         plain(self, "stored_syntax", transfer_syntax)
         plain(self, "allow_transcode", allow_transcode)
+        plain(self, "sop_class", str(sop_class))
+        plain(self, "sop_instance", str(sop_instance))
 
 
 class FileSending(Association):
@@ -410,9 +420,8 @@ class FileSending(Association):
                 and isinstance(self.dul.state_machine, RawSendStateMachine)
                 and raw_send_allowed(self)):
             return None
-        context = self._get_valid_context(stored.SOPClassUID, stored.stored_syntax, "scu",
-                                          allow_conversion=False)
-        command = store_rq_command(str(stored.SOPClassUID), str(stored.SOPInstanceUID),
+        context = self._store_context(stored.sop_class, stored.stored_syntax)
+        command = store_rq_command(stored.sop_class, stored.sop_instance,
                                    msg_id, priority, originator_aet, originator_id)
         queued = 0
 
@@ -446,8 +455,24 @@ class FileSending(Association):
             return Dataset()
         return plain_status(rsp) or self._check_received_status(rsp)
 
+    def _store_context(self, sop_class: str, syntax: str) -> PresentationContext:
+        """Upstream's `_get_valid_context(sop_class, syntax, "scu",
+        allow_conversion=False)`, looked up once per association and pair (the
+        accepted contexts do not change once established: a C-GET accepts ~100).
+
+        Raises:
+            ValueError: no such context (upstream's, not kept).
+        """
+        cache: dict[tuple[str, str], PresentationContext] = \
+            self.__dict__.setdefault("_context_cache", {})
+        context = cache.get((sop_class, syntax))
+        if context is None:
+            context = cache[(sop_class, syntax)] = self._get_valid_context(
+                sop_class, syntax, "scu", allow_conversion=False)
+        return context
+
     def _payload(self, stored: StoredFile) -> Path | Dataset:
-        accepted = self.accepted_syntaxes(str(stored.SOPClassUID))
+        accepted = self.accepted_syntaxes(stored.sop_class)
         target = transcode.plan(stored.stored_syntax, accepted) if stored.allow_transcode \
             else (stored.stored_syntax if stored.stored_syntax in accepted else None)
         if target is None:
@@ -470,7 +495,17 @@ class FileSending(Association):
 
     def accepted_syntaxes(self, sop_class: str) -> list[str]:
         """Transfer syntaxes of the accepted contexts on which we may send `sop_class`
-        as Storage SCU, in the order they were accepted."""
+        as Storage SCU, in the order they were accepted (once per association and SOP
+        class while established: they do not change)."""
+        cache: dict[str, list[str]] = self.__dict__.setdefault("_syntax_cache", {})
+        out = cache.get(sop_class)
+        if out is None:
+            out = self._accepted_syntaxes(sop_class)
+            if self.is_established:
+                cache[sop_class] = out
+        return list(out)
+
+    def _accepted_syntaxes(self, sop_class: str) -> list[str]:
         out: list[str] = []
         for cx in self.accepted_contexts:
             if cx.abstract_syntax != sop_class or not cx.transfer_syntax:
@@ -565,7 +600,9 @@ class PacsAssociation(FileSending):
         Upstream change that removes this: `_move_scp` accepting a failure status as
         the handler's first yield.
         A C-FIND goes to dicom/find_scp.py's SCP (`serve_find`, same wrapper as
-        upstream's), which sends identifiers our handlers already encoded.
+        upstream's), which sends identifiers our handlers already encoded; a C-GET or
+        C-MOVE on the event-driven transport to dicom/retrieve_scp.py's
+        (`serve_retrieve`), which sends pending responses from a template.
         """
         check = self.move_precheck
         cx = self._accepted_cx.get(context_id)
