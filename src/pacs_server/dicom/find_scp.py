@@ -244,21 +244,34 @@ def serve_find(assoc: Association, msg: Any, context_id: int) -> bool:
     context = assoc._accepted_cx.get(context_id)
     if context is None:
         return False
+    scp_class = _FIND_CLASSES.get(service_class_of(assoc, msg))
+    if scp_class is None:
+        return False
+    run_scp(assoc, scp_class(assoc), msg, context)
+    return True
+
+
+def service_class_of(assoc: Association, msg: Any) -> type:
+    """The service class upstream's `_serve_request` picks for `msg` (its Affected SOP
+    Class UID, or the class its SOP Class Common Extended Negotiation names)."""
     uid = UID(str(msg.AffectedSOPClassUID))
     try:
         uid = assoc.acceptor.accepted_common_extended[uid][0]
     except KeyError:
         pass
-    scp_class = _FIND_CLASSES.get(uid_to_service_class(uid))
-    if scp_class is None:
-        return False
+    return uid_to_service_class(uid)
+
+
+def run_scp(assoc: Association, scp: ServiceClass, msg: Any,
+            context: PresentationContext) -> None:
+    """Run `scp` on the request as upstream's `_serve_request` runs its service class:
+    the reactor paused, cancellations cleared around it, A-ABORT when it raises."""
     try:
         assoc.dimse.cancel_req = {}
         assoc._is_paused = True
-        scp_class(assoc).SCP(msg, context)
+        scp.SCP(msg, context)
         assoc._is_paused = False
         assoc.dimse.cancel_req = {}
     except Exception as exc:
         ASSOC_LOGGER.exception(exc)
         assoc.abort()
-    return True

@@ -35,7 +35,6 @@ from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import _config, evt
 from pynetdicom._globals import (
     STATUS_CANCEL,
@@ -44,16 +43,14 @@ from pynetdicom._globals import (
     STATUS_SUCCESS,
     STATUS_WARNING,
 )
-from pynetdicom.association import LOGGER as ASSOC_LOGGER
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import LOGGER, QueryRetrieveServiceClass, attempt
-from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
-from pacs_server.dicom.find_scp import log_request
+from pacs_server.dicom.find_scp import log_request, run_scp, service_class_of
 from pacs_server.dicom.reactor import encode_response
 from pacs_server.dicom.store_send import (
     RawPData,
@@ -438,22 +435,7 @@ def serve_retrieve(assoc: Association, msg: Any, context_id: int) -> bool:
             or not msg.is_valid_request or not fast_allowed(assoc):
         return False
     context = assoc._accepted_cx.get(context_id)
-    if context is None:
+    if context is None or service_class_of(assoc, msg) is not QueryRetrieveServiceClass:
         return False
-    uid = UID(str(msg.AffectedSOPClassUID))
-    try:
-        uid = assoc.acceptor.accepted_common_extended[uid][0]
-    except KeyError:
-        pass
-    if uid_to_service_class(uid) is not QueryRetrieveServiceClass:
-        return False
-    try:
-        assoc.dimse.cancel_req = {}
-        assoc._is_paused = True
-        RetrieveSCP(assoc).SCP(msg, context)
-        assoc._is_paused = False
-        assoc.dimse.cancel_req = {}
-    except Exception as exc:
-        ASSOC_LOGGER.exception(exc)
-        assoc.abort()
+    run_scp(assoc, RetrieveSCP(assoc), msg, context)
     return True
