@@ -435,7 +435,13 @@ def serve_retrieve(assoc: Association, msg: Any, context_id: int) -> bool:
             or not msg.is_valid_request or not fast_allowed(assoc):
         return False
     context = assoc._accepted_cx.get(context_id)
-    if context is None or service_class_of(assoc, msg) is not QueryRetrieveServiceClass:
+    if context is None or service_class_of(assoc, msg) is not QueryRetrieveServiceClass \
+            or context.abstract_syntax == _WITHOUT_BULK_DATA:
         return False
     run_scp(assoc, RetrieveSCP(assoc), msg, context)
     return True
+
+
+# Composite Instance Retrieve Without Bulk Data (PS3.4 Z): upstream's C-GET strips the
+# bulk data of each yielded Dataset; we do not offer it, and upstream's SCP keeps it.
+_WITHOUT_BULK_DATA = "1.2.840.10008.5.1.4.1.2.5.3"
