@@ -18,6 +18,7 @@ subscribe to it (`_subscribe`), so SIGHUP reaches each of them without a list he
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import ssl
 import threading
@@ -423,6 +424,12 @@ class PacsApp:
         loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         await self.start()
+        # What start-up loaded (modules, pydicom's dictionaries, the SOP class tables)
+        # lives as long as the process: out of the full collections the accept loop
+        # runs every 10 s (dicom/transport.py), each ~80 ms of CPU over its ~127k
+        # objects, up to a fifth of a 500-instance C-GET's CPU when one lands in it.
+        gc.collect()
+        gc.freeze()
         if started is not None:
             try:
                 await started()

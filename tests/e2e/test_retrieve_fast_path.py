@@ -15,7 +15,7 @@ import pytest
 from pydicom import dcmread
 
 from pacs_server.config import Config
-from pacs_server.dicom import store_send, transport
+from pacs_server.dicom import response_read, retrieve_scp, store_send, transport
 from support.archive import archived_by_uid
 from support.config import peer
 from support.dcmtk import QR_TOOLS, Storescp, getscu, movescu
@@ -48,6 +48,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     counting("send_file", bool, transport)
     counting("store_response", lambda r: r is not None)
     counting("response_pdus", lambda r: r is not None)
+    counting("pdus", bool, retrieve_scp.PendingResponses)
+    counting("_take_response", bool, response_read.ResponseReadingDUL)
     return seen
 
 
@@ -77,10 +79,12 @@ async def test_get_and_move_take_the_fast_path(
         assert len(dest.files()) == N
     finally:
         dest.stop()
-    # N sub-operations per retrieve; N pending responses + 1 final per retrieve.
-    # (store_response also sees the C-STORE-RQs that loaded the study: not responses.)
-    taken = {k: calls[k] for k in ("send_file", "store_response", "response_pdus",
-                                   "send_file: not taken", "response_pdus: not taken")}
-    assert taken == {"send_file": 2 * N, "store_response": 2 * N,
-                     "response_pdus": 2 * (N + 1), "send_file: not taken": 0,
+    # N sub-operations per retrieve; N pending responses from dicom/retrieve_scp.py's
+    # template + 1 final per retrieve; every C-STORE-RSP read by the DUL thread
+    # (dicom/response_read.py), so none reaches RetrieveDimse's own read.
+    taken = {k: calls[k] for k in ("send_file", "store_response", "response_pdus", "pdus",
+                                   "_take_response", "send_file: not taken",
+                                   "response_pdus: not taken")}
+    assert taken == {"send_file": 2 * N, "store_response": 0, "_take_response": 2 * N,
+                     "response_pdus": 2, "pdus": 2 * N, "send_file: not taken": 0,
                      "response_pdus: not taken": 0}, calls

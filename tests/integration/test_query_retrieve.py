@@ -20,6 +20,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
+from pynetdicom import build_role, evt
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -42,6 +43,7 @@ from support.scp import StorageScp
 from support.scu import (
     CANCEL,
     FIND_S,
+    GET_S,
     NATIVE,
     PENDING,
     SUCCESS,
@@ -312,6 +314,53 @@ def test_c_get_partial_failure_when_the_scu_takes_only_mr(archive: dict[str, Any
                    identifier("STUDY", StudyInstanceUID=archive["mixed"]))
     assert_only_mr_delivered(rsps[-1], items)
     assert set(scu.received) == {uid(items["MR"])}
+
+
+def test_c_get_pending_responses_count_every_sub_operation(archive: dict[str, Any]) -> None:
+    """One pending response per sub-operation, in order, counts as PS3.4 C.4.3.1.3 asks
+    (two of three fail before anything is sent: their pending responses still go out
+    before the next sub-operation's C-STORE-RQ, dicom/retrieve_scp.py)."""
+    rsps = GetScu(MR_IMAGE).get(archive["server"].port,
+                                identifier("STUDY", StudyInstanceUID=archive["mixed"]))
+    assert [r.status for r in rsps] == [PENDING, PENDING, PENDING, 0xB000]
+    counts = [tuple(int(getattr(r.status_ds, k)) for k in (
+        "NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
+        "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")) for r in rsps[:3]]
+    assert [c[0] for c in counts] == [2, 1, 0]
+    assert [c[1] + c[2] for c in counts] == [1, 2, 3] and all(c[3] == 0 for c in counts)
+    assert counts[-1][1:] == (1, 2, 0)
+
+
+def test_c_cancel_stops_a_c_get(big: Big) -> None:
+    """C-CANCEL between sub-operations: 0xFE00 with the counts so far (PS3.4 C.4.3.2)."""
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return SUCCESS
+
+    contexts = [(GET_S, NATIVE), (SECONDARY_CAPTURE, NATIVE)]
+    with SCU.associate(big.server.port, contexts,
+                       ext_neg=[build_role(SECONDARY_CAPTURE, scp_role=True)],
+                       evt_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+        pending = 0
+        finals: list[Dataset] = []
+        for status, _ident in assoc.send_c_get(
+                identifier("STUDY", StudyInstanceUID=big.studies[1]), GET_S, msg_id=9):
+            if status.Status == PENDING:
+                pending += 1
+                if pending == 5:
+                    assoc.send_c_cancel(9, query_model=GET_S)
+            else:
+                finals.append(status)
+        assert [int(f.Status) for f in finals] == [CANCEL]
+        final = finals[0]
+        done = int(final.NumberOfCompletedSuboperations)
+        assert 5 <= done < BIG_PER_STUDY and int(final.NumberOfFailedSuboperations) == 0
+        assert int(final.NumberOfRemainingSuboperations) == BIG_PER_STUDY - done
+        assert len(received) == done and set(received) <= set(big.sent)
+        # The association goes on: a C-ECHO after the cancelled C-GET.
+        assert int(assoc.send_c_echo().Status) == SUCCESS
 
 
 def test_c_get_all_failed(archive: dict[str, Any]) -> None:

@@ -209,3 +209,23 @@ def test_retrieve_responses_equal_upstream(kind: type, final: bool) -> None:
         rsp.NumberOfRemainingSuboperations = 496
     for max_pdu in (16384, 40):
         assert response_pdus(rsp, 5, max_pdu) == upstream_response_pdus(rsp, 5, max_pdu)
+
+
+def test_response_uids_are_checked_by_upstream_when_read() -> None:
+    command = bytearray(response_command(0))
+    at = command.index(b"1.2.3.4.5")
+    command[at:at + 9] = b"1.2.3.x.5"          # not a UID: upstream's setter refuses it
+    rsp = store_response(bytes(command))
+    assert rsp is not None and rsp.Status == 0
+    # What upstream's decode does with it depends on the process-wide validation mode
+    # (dicom/runtime.py relaxes pydicom's): the first read does the same.
+    try:
+        theirs = upstream_response(bytes(command)).AffectedSOPInstanceUID
+    except (ValueError, UserWarning) as exc:
+        with pytest.raises(type(exc)):
+            _ = rsp.AffectedSOPInstanceUID
+    else:
+        assert rsp.AffectedSOPInstanceUID == theirs == "1.2.3.x.5"
+    assert str(rsp.AffectedSOPClassUID) == "1.2.840.10008.5.1.4.1.1.2"
+    rsp.AffectedSOPInstanceUID = "1.2.3.4.6"    # set, not read: upstream's setter
+    assert rsp.AffectedSOPInstanceUID == "1.2.3.4.6"

@@ -1,7 +1,7 @@
 """dicom/transport.py, dicom/reactor.py, dicom/negotiation.py, dicom/find_scp.py,
-dicom/store_send.py, dicom/receive.py and dicom/storage_scp.py override pynetdicom
-internals; this fails loudly when their source changes, so an upgrade of pynetdicom is
-a decision and not a surprise.
+dicom/store_send.py, dicom/receive.py, dicom/storage_scp.py, dicom/retrieve_scp.py and
+dicom/response_read.py override pynetdicom internals; this fails loudly when their source
+changes, so an upgrade of pynetdicom is a decision and not a surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
 replaces and why), adjust the override module, then update the digest here and the pin
@@ -22,6 +22,7 @@ from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association, ServiceUser
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE, DIMSEPrimitive
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
 from pynetdicom.fsm import StateMachine
@@ -169,6 +170,18 @@ PINNED: dict[str, tuple[Any, str]] = {
                                             "364c3ae215b58646"),
     "Association._handle_no_response": (Association._handle_no_response,
                                         "6f3d62518395c3a8"),
+    # dicom/retrieve_scp.py: RetrieveSCP._get_scp/_move_scp (pinned above) are upstream's
+    # loops with pending responses from a template; they use these as upstream does
+    # (ServiceClass.validate_status is pinned above, for dicom/storage_scp.py, too).
+    "service_class.attempt": (attempt, "84f10d07058a614c"),
+    # dicom/response_read.py: ResponseReadingDUL._read_pdu_data (pinned above) puts a
+    # plain C-STORE-RSP on the DIMSE queue as DT-2 and RetrieveDimse would; the UIDs of
+    # store_send.PlainStoreResponse go through upstream's setters when first read
+    # (fsm.DT_2 is pinned above, for dicom/receive.py, too).
+    "DIMSEPrimitive.AffectedSOPClassUID": (DIMSEPrimitive.AffectedSOPClassUID.fset,
+                                           "f9bdd6340986b88f"),
+    "C_STORE.AffectedSOPInstanceUID": (C_STORE.AffectedSOPInstanceUID.fset,
+                                       "26553181105568ff"),
 }
 
 # The methods that read or set Association._is_paused, which EventReactors turns into a

@@ -79,7 +79,7 @@ class EncodedFind(ServiceClass):
         rsp.MessageIDBeingRespondedTo = req.MessageID
         rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
         if _config.LOG_REQUEST_IDENTIFIERS:
-            _log_request(req, syntax)
+            log_request(req, syntax)
         with attempt(rsp, self.dimse, cx_id, self.assoc) as ctx:
             ctx.error_msg = "Exception in handler bound to 'evt.EVT_C_FIND'"
             ctx.error_status = 0xC311
@@ -193,11 +193,12 @@ class _PendingSender:
         return self._commands[status]
 
 
-def _log_request(req: C_FIND, syntax: Any) -> None:
+def log_request(req: Any, syntax: Any, kind: str = "Find") -> None:
+    """Upstream's log of a request's identifier ("Find", "Get", "Move" SCP)."""
     try:
         identifier = decode(cast(BytesIO, req.Identifier), syntax.is_implicit_VR,
                             syntax.is_little_endian, syntax.is_deflated)
-        LOGGER.info("Find SCP Request Identifier:")
+        LOGGER.info(f"{kind} SCP Request Identifier:")
         LOGGER.info("")
         LOGGER.info("# DICOM Dataset")
         for line in pretty_dataset(identifier):

@@ -36,7 +36,7 @@ import logging
 import os
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -168,9 +168,11 @@ def fragment_size(max_pdu: int) -> int:
     return max_pdu - 6 if max_pdu else 0
 
 
-def send_file(send: Any, path: Path, command: bytes, context_id: int, max_pdu: int) -> bool:
+def send_file(send: Any, path: Path, command: bytes, context_id: int, max_pdu: int,
+              ahead: bytes = b"") -> bool:
     """Put the C-STORE-RQ (`command`, then the data set read from `path`) on the DUL
-    queue with `send(RawPData)`; False (nothing sent) when the file's data set cannot
+    queue with `send(RawPData)`, the PDUs `ahead` (a C-GET's last pending response)
+    first in the same item; False (nothing sent) when the file's data set cannot
     be found without pydicom or the peer takes PDUs of any length (max 0): the caller
     then sends it as upstream does.
 
@@ -188,7 +190,8 @@ def send_file(send: Any, path: Path, command: bytes, context_id: int, max_pdu: i
         fh.seek(offset)
         remaining = size - offset
         step = max(1, CHUNK_BYTES // frag) * frag
-        parts = pdata_tf(command, context_id, frag, 0x01, 0x03)
+        parts: list[bytes | memoryview] = [ahead] if ahead else []
+        parts += pdata_tf(command, context_id, frag, 0x01, 0x03)
         while True:
             chunk = fh.read(min(step, remaining))
             if len(chunk) != min(step, remaining):
@@ -253,14 +256,44 @@ def store_response(command: bytes) -> C_STORE | None:
             or int.from_bytes(values[0x0000], "little") != end - 12 \
             or values[0x0100] != b"\x01\x80" or values[0x0800] != b"\x01\x01":
         return None
-    rsp = C_STORE()
+    rsp = PlainStoreResponse()
     rsp.MessageIDBeingRespondedTo = int.from_bytes(values[0x0120], "little")
     rsp.Status = int.from_bytes(values[0x0900], "little")
+    unread = rsp.unread
     if 0x0002 in values:
-        rsp.AffectedSOPClassUID = values[0x0002].rstrip(b"\0 ").decode("ascii")
+        unread["AffectedSOPClassUID"] = values[0x0002].rstrip(b"\0 ").decode("ascii")
     if 0x1000 in values:
-        rsp.AffectedSOPInstanceUID = values[0x1000].rstrip(b"\0 ").decode("ascii")
+        unread["AffectedSOPInstanceUID"] = values[0x1000].rstrip(b"\0 ").decode("ascii")
     return rsp
+
+
+def _lazy_uid(keyword: str) -> property:
+    upstream = cast(property, getattr(C_STORE, keyword))
+
+    def get(self: PlainStoreResponse) -> Any:
+        text = self.unread.pop(keyword, None)
+        if text is not None:
+            upstream.fset(self, text)       # type: ignore[misc]
+        return upstream.fget(self)          # type: ignore[misc]
+
+    def put(self: PlainStoreResponse, value: Any) -> None:
+        self.unread.pop(keyword, None)
+        upstream.fset(self, value)          # type: ignore[misc]
+    return property(get, put)
+
+
+class PlainStoreResponse(C_STORE):
+    """The `C_STORE` of a plain C-STORE-RSP whose UIDs go through upstream's setters
+    (a `UID` object, two regular expressions) when first read: nothing reads them on a
+    retrieve, and they cost ~10% of a sub-operation's CPU (py-spy, docs/performance.md
+    "Results: the retrieve SCP loop")."""
+
+    def __init__(self) -> None:
+        self.unread: dict[str, str] = {}
+        super().__init__()
+
+    AffectedSOPClassUID = _lazy_uid("AffectedSOPClassUID")
+    AffectedSOPInstanceUID = _lazy_uid("AffectedSOPInstanceUID")
 
 
 class RetrieveDimse(DIMSEServiceProvider):
@@ -370,8 +403,11 @@ def plain_status(rsp: Any) -> Dataset | None:
     Upstream builds a new Dataset per response (~0.04-0.1 ms, several percent of a
     sub-operation).
     """
-    if not rsp.is_valid_response or any(getattr(rsp, keyword, None) is not None
-                                        for keyword in rsp.STATUS_OPTIONAL_KEYWORDS):
+    if type(rsp) is PlainStoreResponse:     # valid as made; only these are optional
+        if rsp.OffendingElement is not None or rsp.ErrorComment is not None:
+            return None
+    elif not rsp.is_valid_response or any(getattr(rsp, keyword, None) is not None
+                                          for keyword in rsp.STATUS_OPTIONAL_KEYWORDS):
         return None
     code = int(rsp.Status)
     status = _STATUSES.get(code)

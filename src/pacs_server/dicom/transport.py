@@ -6,11 +6,15 @@ events`, mixed into our association classes here: `EventPacsAssociation`,
 from `PacsAssociation._serve_request`), in dicom/storage_scp.py (the Storage SCP
 around our C-STORE handler and its response as finished PDUs, run from the same place
 on the event-driven transport), in dicom/negotiation.py (a proposal
-negotiated once, the A-ASSOCIATE-AC encoded once) or in dicom/store_send.py (a
+negotiated once, the A-ASSOCIATE-AC encoded once), in dicom/store_send.py (a
 retrieve's C-STORE-RQ from the file and its C-STORE-RSP on the event-driven
-transport, used by `FileSending._send_from_file`) or in dicom/receive.py (C-STORE
-data sets received into their archive file, or dropped unread below the reserve:
-`gate_data_sets` installs it; P-DATA-TF PDUs read into their PDVs: `read_pdata`), and
+transport, used by `FileSending._send_from_file`), in dicom/retrieve_scp.py (the
+C-GET/C-MOVE sub-operation loop on the event-driven transport, run from
+`PacsAssociation._serve_request`), in dicom/response_read.py (a C-STORE-RSP handed
+from the DUL thread to the DIMSE queue, mixed into both associations' DUL here) or in
+dicom/receive.py (C-STORE data sets received into their archive file, or dropped
+unread below the reserve: `gate_data_sets` installs it; P-DATA-TF PDUs read into their
+PDVs: `read_pdata`), and
 tests/unit/test_transport_pins.py fails when the source of an overridden or
 relied-upon upstream function changes (pynetdicom is pinned to the tested minor
 version).
@@ -83,6 +87,7 @@ from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_server.dicom.find_scp import serve_find
@@ -97,6 +102,8 @@ from pacs_server.dicom.negotiation import (
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
 from pacs_server.dicom.reactor import EventDUL, EventReactors, WakingQueue
 from pacs_server.dicom.receive import GatedDimse, receive_stores
+from pacs_server.dicom.response_read import ResponseReadingDUL
+from pacs_server.dicom.retrieve_scp import serve_retrieve
 from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.storage_scp import serve_store
 from pacs_server.dicom.store_send import (
@@ -348,6 +355,10 @@ class StoredFile(Dataset):
     stored_path: Path
     stored_syntax: str
     allow_transcode: bool
+    # The two UIDs as plain strings too: reading an element through Dataset's
+    # __getattr__ costs a keyword lookup each time.
+    sop_class: str
+    sop_instance: str
 
     def __init__(self, path: Path, sop_class: str, sop_instance: str,
                  transfer_syntax: str, allow_transcode: bool = True) -> None:
@@ -359,11 +370,18 @@ class StoredFile(Dataset):
         plain(self, "stored_path", path)
         plain(self, "stored_syntax", transfer_syntax)
         plain(self, "allow_transcode", allow_transcode)
+        plain(self, "sop_class", str(sop_class))
+        plain(self, "sop_instance", str(sop_instance))
 
 
 class FileSending(Association):
     """pynetdicom's Association, sending a `StoredFile` from its file (a mixin of the
     acceptor and the requestor association classes)."""
+
+    # PDUs to go out just before the next C-STORE-RQ, in the same queue item and write
+    # (dicom/retrieve_scp.py: a C-GET's pending response); whoever sends anything else
+    # on the association first sends them (`flush_ahead`).
+    send_ahead = b""
 
     def send_c_store(self, dataset: Any, msg_id: int = 1, priority: int = 2,
                      originator_aet: str | None = None,
@@ -381,7 +399,14 @@ class FileSending(Association):
                                               originator_aet, originator_id)
                 if status is not None:
                     return status
+        self.flush_ahead()
         return super().send_c_store(dataset, msg_id, priority, originator_aet, originator_id)
+
+    def flush_ahead(self) -> None:
+        """Queue the PDUs held for the next C-STORE-RQ (`send_ahead`) now."""
+        ahead, self.send_ahead = self.send_ahead, b""
+        if ahead:
+            self.dul.send_pdu(RawPData(ahead))
 
     def _send_from_file(self, stored: StoredFile, path: Path, msg_id: int, priority: int,
                         originator_aet: str | None,
@@ -399,9 +424,8 @@ class FileSending(Association):
                 and isinstance(self.dul.state_machine, RawSendStateMachine)
                 and raw_send_allowed(self)):
             return None
-        context = self._get_valid_context(stored.SOPClassUID, stored.stored_syntax, "scu",
-                                          allow_conversion=False)
-        command = store_rq_command(str(stored.SOPClassUID), str(stored.SOPInstanceUID),
+        context = self._store_context(stored.sop_class, stored.stored_syntax)
+        command = store_rq_command(stored.sop_class, stored.sop_instance,
                                    msg_id, priority, originator_aet, originator_id)
         queued = 0
 
@@ -414,15 +438,19 @@ class FileSending(Association):
         self._reactor_checkpoint.clear()
         while not self._is_paused:
             time.sleep(0.0001)
+        ahead, self.send_ahead = self.send_ahead, b""
         try:
             if not send_file(send, path, command, int(cast(int, context.context_id)),
-                             self.dimse.maximum_pdu_size):
+                             self.dimse.maximum_pdu_size, ahead):
+                self.send_ahead = ahead
                 self._reactor_checkpoint.set()
                 return None
         except BaseException:
             self._reactor_checkpoint.set()
             if queued:      # part of a message is on the wire: nothing can follow it
                 self.abort()
+            else:
+                self.send_ahead = ahead
             raise
         _cx, rsp = self.dimse.get_msg(block=True)
         self._reactor_checkpoint.set()
@@ -431,8 +459,24 @@ class FileSending(Association):
             return Dataset()
         return plain_status(rsp) or self._check_received_status(rsp)
 
+    def _store_context(self, sop_class: str, syntax: str) -> PresentationContext:
+        """Upstream's `_get_valid_context(sop_class, syntax, "scu",
+        allow_conversion=False)`, looked up once per association and pair (the
+        accepted contexts do not change once established: a C-GET accepts ~100).
+
+        Raises:
+            ValueError: no such context (upstream's, not kept).
+        """
+        cache: dict[tuple[str, str], PresentationContext] = \
+            self.__dict__.setdefault("_context_cache", {})
+        context = cache.get((sop_class, syntax))
+        if context is None:
+            context = cache[(sop_class, syntax)] = self._get_valid_context(
+                sop_class, syntax, "scu", allow_conversion=False)
+        return context
+
     def _payload(self, stored: StoredFile) -> Path | Dataset:
-        accepted = self.accepted_syntaxes(str(stored.SOPClassUID))
+        accepted = self.accepted_syntaxes(stored.sop_class)
         target = transcode.plan(stored.stored_syntax, accepted) if stored.allow_transcode \
             else (stored.stored_syntax if stored.stored_syntax in accepted else None)
         if target is None:
@@ -455,7 +499,17 @@ class FileSending(Association):
 
     def accepted_syntaxes(self, sop_class: str) -> list[str]:
         """Transfer syntaxes of the accepted contexts on which we may send `sop_class`
-        as Storage SCU, in the order they were accepted."""
+        as Storage SCU, in the order they were accepted (once per association and SOP
+        class while established: they do not change)."""
+        cache: dict[str, list[str]] = self.__dict__.setdefault("_syntax_cache", {})
+        out = cache.get(sop_class)
+        if out is None:
+            out = self._accepted_syntaxes(sop_class)
+            if self.is_established:
+                cache[sop_class] = out
+        return list(out)
+
+    def _accepted_syntaxes(self, sop_class: str) -> list[str]:
         out: list[str] = []
         for cx in self.accepted_contexts:
             if cx.abstract_syntax != sop_class or not cx.transfer_syntax:
@@ -551,7 +605,9 @@ class PacsAssociation(FileSending):
         the handler's first yield.
         A C-FIND goes to dicom/find_scp.py's SCP (`serve_find`, same wrapper as
         upstream's), which sends identifiers our handlers already encoded; a C-STORE
-        on the event-driven transport to dicom/storage_scp.py's (`serve_store`).
+        on the event-driven transport to dicom/storage_scp.py's (`serve_store`); a C-GET
+        or C-MOVE on the event-driven transport to dicom/retrieve_scp.py's
+        (`serve_retrieve`), which sends pending responses from a template.
         """
         check = self.move_precheck
         cx = self._accepted_cx.get(context_id)
@@ -569,7 +625,8 @@ class PacsAssociation(FileSending):
                         setattr(rsp, elem.keyword, elem.value)
                 self.dimse.send_msg(rsp, context_id)
                 return
-        if serve_find(self, msg, context_id) or serve_store(self, msg, context_id):
+        if (serve_find(self, msg, context_id) or serve_store(self, msg, context_id)
+                or serve_retrieve(self, msg, context_id)):
             return
         super()._serve_request(msg, context_id)
 
@@ -708,6 +765,7 @@ class PacsRequestHandler(RequestHandler):
         gate_data_sets(assoc, srv.receive_gate)
         if ae.event_reactors:
             with_mixin(assoc.dimse, RetrieveDimse)
+            with_mixin(assoc.dul, ResponseReadingDUL)
         bound_send_queue(assoc)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.acse_timeout = min(srv.limits.negotiation_timeout, srv.limits.acse_timeout)
@@ -910,6 +968,7 @@ class PacsAE(AE):
             assoc.__class__ = EventRequestorAssociation
             assoc.dul.state_machine = RawSendStateMachine(assoc.dul)
             cast(EventRequestorAssociation, assoc).install_event_reactors()
+            with_mixin(assoc.dul, ResponseReadingDUL)
         return super()._create_socket(assoc, *args)
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:
