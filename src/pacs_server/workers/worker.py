@@ -1,7 +1,8 @@
 """One worker process: `python -m pacs_server.workers.worker '<spec as JSON>'`.
 
 Started by the supervisor (workers/supervisor.py), never by hand. A full DICOM engine
-(PacsApp in the `worker` role: own loop, own index writer) on the shared port(s),
+(PacsApp in the `worker` role: own loop, own index writer) accepting on the
+supervisor's listening socket(s) (dicom/accept.py),
 with admission answered by the supervisor, and a command socket on which the
 supervisor asks for its associations, aborts one, or has it re-read the admin API's
 AE titles and peers. SIGTERM drains as the single process does, SIGHUP reloads (the
@@ -26,6 +27,7 @@ import structlog
 from pacs_server.app import PacsApp, Role
 from pacs_server.config import Config, load_config
 from pacs_server.control import store_totals
+from pacs_server.dicom.accept import LoadBoard, SharedListen
 from pacs_server.dicom.policy import AssociationPolicy
 from pacs_server.errors import ConfigError, ExitCode, StartupError
 from pacs_server.logging import configure_logging
@@ -110,9 +112,12 @@ async def run_worker(cfg: Config, spec: dict[str, Any]) -> None:
     channel = Channel(Path(spec["admission"]))
     policy = RemotePolicy(channel)
     events = EventForwarder(Path(spec["admission"]), index)
+    board = LoadBoard(Path(spec["load"]), int(spec["slots"]), own=index)
+    listen = SharedListen(board, {k: int(v) for k, v in spec["listen_fds"].items()})
     app = PacsApp(cfg, reload_config=lambda: load_config(spec["config"], spec["overrides"]),
                   # RemotePolicy has AssociationPolicy's interface (workers/admission.py)
-                  role=Role("worker", policy=cast(AssociationPolicy, policy), events=events))
+                  role=Role("worker", policy=cast(AssociationPolicy, policy), events=events,
+                            listen=listen))
     # The supervisor's PID from the spec, not getppid() here: a supervisor killed while
     # this worker was still importing has already left it to init, and getppid() would
     # then name init as the parent to watch, for ever.
