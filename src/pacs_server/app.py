@@ -339,7 +339,7 @@ class PacsApp:
         cfg = self.cfg
         self._audit = audit = AuditLog(cfg.logging.audit_file, cfg.server.ae_title)
         self._stack.callback(audit.close)
-        hub = EventHub(asyncio.get_running_loop())
+        hub = EventHub(asyncio.get_running_loop(), on_watched=dicom.watched)
         dicom.listen(hub.publish)
         if self.role.kind != "supervisor":     # each worker audits its own associations
             dicom.listen(audit.association_event)

@@ -33,8 +33,10 @@ from pacs_server.dicom.transport import PacsAssociationServer
 ABSENT = (1 << 62)
 # A worker's accept thread that is woken with its sibling takes the connection within
 # microseconds when its process is idle, within a GIL switch interval (5 ms) when its
-# association threads keep the GIL busy: past this, a busier worker accepts too.
-BALANCE_WAIT_S = 0.005
+# association threads keep the GIL busy; on a loaded machine (load 10 on 2 cores) a 5 ms
+# bound still split 4 associations 3/1 or 4/0 in 3 runs of 20, 20 ms in none
+# (docs/performance.md). Past this, a busier worker accepts too.
+BALANCE_WAIT_S = 0.02
 RECHECK_S = 0.0005
 _SLOT = 8
 
@@ -138,7 +140,10 @@ class BalancedAssociationServer(PacsAssociationServer):
         self.server_address = self.socket.getsockname()
 
     def server_activate(self) -> None:
-        """Already listening (the supervisor's backlog): no listen() here."""
+        """Listen on the shared socket (the first worker to start makes it listen; the
+        supervisor only binds it, so a connection before any worker listens is refused
+        at once rather than left waiting in a backlog nobody accepts from)."""
+        cast(socket.socket, self.socket).listen(self.request_queue_size)
 
     def server_close(self) -> None:
         """Close this worker's duplicate only.

@@ -4,10 +4,11 @@ One main process for systemd and Docker, and N worker processes (workers/worker.
 each a full DICOM engine accepting on the same listening socket(s); a new connection
 goes to the worker with the fewest live connections (dicom/accept.py). The supervisor:
 
-* binds and listens once per port (port 0 becomes one ephemeral port; a busy port
-  fails the start at once); every worker inherits the socket, so a connection made
-  while a worker restarts waits in the backlog for a sibling or the new worker, and
-  keeps the board of live connections per worker (`LoadBoard`);
+* binds once per port (port 0 becomes one ephemeral port; a busy port fails the start
+  at once); every worker inherits the socket and the first one listening makes it
+  listen, so a connection made while a worker restarts waits in the backlog for a
+  sibling or the new worker; and keeps the board of live connections per worker
+  (`LoadBoard`, dicom/accept.py);
 * runs PacsApp in the `supervisor` role: migrations, the start-up reconciliation, the
   incoming sweep and worklist retention (once, not per worker), and the HTTP side, whose
   DICOM side is the `Fleet` of workers;
@@ -70,19 +71,16 @@ def remove_stale_rundirs() -> None:
             pass
 
 
-def listen_port(host: str, port: int, what: str) -> socket.socket:
-    """Bind and listen on `host:port`: the one socket every worker accepts on.
+def bind_port(host: str, port: int, what: str) -> socket.socket:
+    """Bind `host:port`: the one socket every worker accepts on (they make it listen).
 
     SO_REUSEADDR as upstream's (single process) bind sets it: a restart right after a
     stop is not refused while the old connections linger in TIME_WAIT.
     """
-    from pacs_server.dicom.transport import PacsAssociationServer
-
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-        sock.listen(PacsAssociationServer.request_queue_size)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -120,25 +118,26 @@ class Supervisor:
                         for i in range(1, self.count + 1)}
         self.board = LoadBoard.create(rundir / "load", self.count)
         fleet = Fleet(self.policy, self.workers)
-        self.desk = AdmissionDesk(self.policy, self._hello, fleet.publish)
+        self.desk = AdmissionDesk(self.policy, self._hello, fleet.publish,
+                                  lambda: fleet.watching)
         self.app = PacsApp(cfg, metrics=self.metrics, role=Role("supervisor", fleet=fleet))
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._ready: dict[int, asyncio.Event] = {i: asyncio.Event() for i in self.workers}
         self._stopping = asyncio.Event()
         self._stop_signals = 0
-        self._listening: dict[str, socket.socket] = {}
+        self._sockets: dict[str, socket.socket] = {}
         self.port: int | None = None
         self.tls_port: int | None = None
 
     # ------------------------------------------------------------------ start
-    def _listen(self) -> None:
+    def _bind(self) -> None:
         s = self.cfg.server
         if s.port >= 0:
-            self._listening["plain"] = listen_port(s.host, s.port, "port")
-            self.port = self._listening["plain"].getsockname()[1]
+            self._sockets["plain"] = bind_port(s.host, s.port, "port")
+            self.port = self._sockets["plain"].getsockname()[1]
         if self.cfg.tls.enabled:
-            self._listening["tls"] = listen_port(s.host, self.cfg.tls.port, "TLS port")
-            self.tls_port = self._listening["tls"].getsockname()[1]
+            self._sockets["tls"] = bind_port(s.host, self.cfg.tls.port, "TLS port")
+            self.tls_port = self._sockets["tls"].getsockname()[1]
 
     def _spec(self, index: int) -> str:
         overrides = {**self._overrides, "monitoring.metrics_port": -1}
@@ -151,7 +150,7 @@ class Supervisor:
                            "commands": str(self.workers[index].commands),
                            "supervisor": os.getpid(), "load": str(self._rundir / "load"),
                            "slots": self.count,
-                           "listen_fds": {k: s.fileno() for k, s in self._listening.items()}})
+                           "listen_fds": {k: s.fileno() for k, s in self._sockets.items()}})
 
     async def _spawn(self, index: int) -> None:
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
@@ -159,7 +158,7 @@ class Supervisor:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pacs_server.workers.worker", self._spec(index),
             stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
-            pass_fds=[s.fileno() for s in self._listening.values()])
+            pass_fds=[s.fileno() for s in self._sockets.values()])
         self._procs[index] = proc
         self.workers[index].pid = proc.pid
         log.info("worker.spawned", worker=index, pid=proc.pid)
@@ -207,7 +206,7 @@ class Supervisor:
         from pacs_server.workers.channel import serve
 
         loop = asyncio.get_running_loop()
-        self._listen()
+        self._bind()
         desk = await serve(self._rundir / "admission.sock", self.desk.handle, self.desk.closed)
         # From the start: a SIGTERM while the workers start stops them too.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -243,7 +242,7 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             desk.close()
-            for sock in self._listening.values():
+            for sock in self._sockets.values():
                 sock.close()
             self.board.close()
         failed = {i: c for i, c in codes.items() if c != 0}
