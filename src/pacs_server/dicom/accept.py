@@ -161,7 +161,8 @@ class BalancedAssociationServer(PacsAssociationServer):
         Upstream `AssociationServer.get_request` accepts at once (relied upon: it
         wraps the socket only when `ssl_context` is set, which we never set). A
         sibling that took the connection meanwhile ends the wait: BlockingIOError,
-        which socketserver's loop takes for "nothing to accept".
+        which socketserver's loop takes for "nothing to accept". Nothing upstream to
+        change: pynetdicom serves one process; the balance across processes is ours.
         """
         board = self.shared.board
         if board.busier():

@@ -8,7 +8,8 @@ negotiated once, the A-ASSOCIATE-AC encoded once) or in dicom/store_send.py (a
 retrieve's C-STORE-RQ from the file and its C-STORE-RSP on the event-driven
 transport, used by `FileSending._send_from_file`) or in dicom/receive.py (C-STORE
 data sets received into their archive file, or dropped unread below the reserve:
-`gate_data_sets` installs it), and
+`gate_data_sets` installs it) or in dicom/accept.py (a worker process's listener on
+the supervisor's socket, the least busy worker accepting first), and
 tests/unit/test_transport_pins.py fails when the source of an overridden or
 relied-upon upstream function changes (pynetdicom is pinned to the tested minor
 version).
