@@ -30,6 +30,24 @@ def per_worker(server: Any) -> dict[int, int]:
     return dict(collections.Counter(a["worker"] for a in get(server, "/status")["associations"]))
 
 
+def split_is(server: Any, expected: dict[int, int]) -> None:
+    """Once every association is listed, each worker holds `expected[worker]`."""
+    total = sum(expected.values())
+    wait_until(lambda: sum(per_worker(server).values()) == total, 15, f"{total} associations")
+    assert per_worker(server) == expected
+
+
+def open_in_turn(held: Held, port: int, prefix: str, count: int) -> None:
+    for i in range(count):
+        assert held.open(port, f"{prefix}{i}").is_established
+
+
+def wait_for_restart(server: Any, worker: int, victim: int) -> None:
+    wait_until(lambda: any(e["event"] == "worker.started" and e["worker"] == worker
+                           and e["pid"] != victim for e in server.events()),
+               60, f"worker {worker} restarted")
+
+
 def open_at_once(held: Held, port: int, prefix: str, count: int) -> None:
     """`count` associations requested at the same moment (threads behind a barrier)."""
     barrier = threading.Barrier(count)
@@ -52,13 +70,10 @@ def test_concurrent_associations_split_evenly_over_the_workers(
     held = Held()
     try:
         open_at_once(held, server.port, "BURST", 8)
-        wait_until(lambda: sum(per_worker(server).values()) == 8, 15, "8 associations")
-        assert per_worker(server) == {1: 4, 2: 4}
+        split_is(server, {1: 4, 2: 4})
         # One after the other, while the first 8 are held: still even.
-        for i in range(4):
-            assert held.open(server.port, f"NEXT{i}").is_established
-        wait_until(lambda: sum(per_worker(server).values()) == 12, 15, "12 associations")
-        assert per_worker(server) == {1: 6, 2: 6}
+        open_in_turn(held, server.port, "NEXT", 4)
+        split_is(server, {1: 6, 2: 6})
     finally:
         held.release()
     assert server.stop() == 0, server.stderr
@@ -73,17 +88,12 @@ def test_while_a_worker_restarts_its_sibling_takes_every_connection(
         os.kill(victim, signal.SIGKILL)
         server.wait_for_event("worker.died", worker=1)
         # None refused, none waiting on the dead worker: worker 2 takes them all.
-        for i in range(4):
-            assert held.open(server.port, f"ALONE{i}").is_established
-        assert per_worker(server) == {2: 4}
-        wait_until(lambda: any(e["event"] == "worker.started" and e["worker"] == 1
-                               and e["pid"] != victim for e in server.events()),
-                   60, "worker 1 restarted")
+        open_in_turn(held, server.port, "ALONE", 4)
+        split_is(server, {2: 4})
+        wait_for_restart(server, 1, victim)
         # The restarted worker accepts again, and takes the next ones until even.
-        for i in range(4):
-            assert held.open(server.port, f"BACK{i}").is_established
-        wait_until(lambda: sum(per_worker(server).values()) == 8, 15, "8 associations")
-        assert per_worker(server) == {1: 4, 2: 4}
+        open_in_turn(held, server.port, "BACK", 4)
+        split_is(server, {1: 4, 2: 4})
     finally:
         held.release()
     assert server.stop() == 0, server.stderr
@@ -120,8 +130,6 @@ def test_the_workers_forward_events_only_while_the_feed_is_watched(
     # A worker started while nobody watches starts without forwarding.
     victim = server.pids[2]
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: any(e["event"] == "worker.started" and e["worker"] == 2
-                           and e["pid"] != victim for e in server.events()),
-               60, "worker 2 restarted")
+    wait_for_restart(server, 2, victim)
     wait_until(lambda: forwarding(server) == {1: False, 2: False}, 15, "restarted, off")
     assert server.stop() == 0, server.stderr
