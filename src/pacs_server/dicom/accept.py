@@ -166,10 +166,12 @@ class BalancedAssociationServer(PacsAssociationServer):
         """
         board = self.shared.board
         if board.busier():
+            pending = select.poll()      # not select(): no FD_SETSIZE limit
+            pending.register(cast(socket.socket, self.socket), select.POLLIN)
             deadline = time.monotonic() + BALANCE_WAIT_S
             while board.busier() and time.monotonic() < deadline:
                 time.sleep(RECHECK_S)
-                if not select.select([self.socket], [], [], 0)[0]:
+                if not pending.poll(0):
                     raise BlockingIOError("taken by a sibling")
         request, address = super().get_request()
         board.up()
