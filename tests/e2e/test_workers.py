@@ -305,7 +305,7 @@ def test_max_associations_is_server_wide(run_pacs: Callable[..., Any], tmp_path:
     try:
         for i in range(3):
             assert held.open(server.port, f"LIMIT{i}").is_established
-        # Whichever worker the kernel hands them to, the fourth and later are refused.
+        # Whichever worker takes them, the fourth and later are refused.
         assert [association_outcome(server.port, "FOURTH") for _ in range(8)] == ["rejected"] * 8
         text = get(server, "/metrics")
         assert metric(text, "pacs_associations_rejected_total", reason="max_associations") == 8
