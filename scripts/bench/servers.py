@@ -191,21 +191,6 @@ class Server:
         self.stop()
 
 
-def listeners(port: int) -> int:
-    """Sockets listening on `port` (one per worker with SO_REUSEPORT), from /proc/net/tcp."""
-    suffix = f":{port:04X}"
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1].endswith(suffix) and fields[3] == "0A":
-            count += 1
-    return count
-
-
-def worker_count(workers: str) -> int:
-    return len(os.sched_getaffinity(0)) if workers == "auto" else int(workers)
-
-
 class PacsServer(Server):
     name = "pacs_server"
     ae = "PACS"
@@ -217,6 +202,8 @@ class PacsServer(Server):
         self.fsync = fsync
         self.synchronous = synchronous
         self.workers = workers
+        self.log_level = "warning"
+        self.duplicate_policy = "reject"     # "replace": the same set may be sent again
         if workers != "1":
             self.name = f"pacs_server-w{workers}"
 
@@ -224,10 +211,11 @@ class PacsServer(Server):
         cfg: dict[str, Any] = {
             "server": {"ae_title": self.ae, "host": HOST, "port": self.port,
                        "workers": self.workers},
-            "storage": {"directory": str(self.workdir / "archive"), "fsync": self.fsync},
+            "storage": {"directory": str(self.workdir / "archive"), "fsync": self.fsync,
+                        "duplicate_policy": self.duplicate_policy},
             "database": {"path": str(self.workdir / "index.db"),
                          "synchronous": self.synchronous},
-            "logging": {"level": "warning", "file": ""},
+            "logging": {"level": self.log_level, "file": ""},
             "monitoring": {"metrics_port": -1},
         }
         if TRANSPORT is not None:
@@ -240,13 +228,20 @@ class PacsServer(Server):
         return [str(PACS_BIN), "--config", str(path)]
 
     def start(self) -> Server:
-        super().start()
-        if self.workers != "1":     # the first worker answers; wait for all of them
-            deadline = time.monotonic() + 60
-            while listeners(self.port) < worker_count(self.workers):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"workers not all listening on {self.port}")
-                time.sleep(0.1)
+        # The first worker answers the echo; READY=1 comes once every worker listens
+        # (systemd's protocol, src/pacs_server/systemd.py), whatever the accept model.
+        name = f"pacs-bench-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ready:
+            ready.bind("\0" + name)
+            ready.settimeout(60)
+            self.env = {**self.env, "NOTIFY_SOCKET": "@" + name}
+            super().start()
+            try:
+                while b"READY=1" not in ready.recv(4096):
+                    pass
+            except TimeoutError:
+                self.stop()
+                raise RuntimeError(f"{self.name} not ready on {self.port}") from None
         return self
 
     def count(self) -> int:

@@ -51,6 +51,7 @@ from pacs_server.dicom import (
     tls,
     worklist,
 )
+from pacs_server.dicom.accept import SharedListen
 from pacs_server.dicom.bridge import LoopBridge
 from pacs_server.dicom.commitment_delivery import CommitmentDelivery
 from pacs_server.dicom.policy import AssociationPolicy
@@ -104,9 +105,10 @@ class Role:
 
     `server`: the single process, everything. `supervisor`: index, migrations,
     housekeeping and the HTTP side, no DICOM listener; its DICOM side is `fleet`, every
-    worker. `worker`: a DICOM engine on a shared port (SO_REUSEPORT) whose admission is
-    the supervisor's `policy` and whose association events also go to `events` (the
-    supervisor's live feed); no HTTP side, no migrations, no housekeeping. Every role
+    worker. `worker`: a DICOM engine accepting on the supervisor's listening sockets
+    (`listen`, dicom/accept.py) whose admission is the supervisor's `policy` and whose
+    association events also go to `events` (the supervisor's live feed, while someone
+    watches); no HTTP side, no migrations, no housekeeping. Every role
     empties and reconciles only its own receive directory and journal (identity.py).
     """
 
@@ -114,6 +116,7 @@ class Role:
     policy: AssociationPolicy | None = None
     fleet: DicomSide | None = None
     events: Callable[[str, dict[str, Any]], None] | None = None
+    listen: SharedListen | None = None
 
 
 class PacsApp:
@@ -305,7 +308,7 @@ class PacsApp:
         self._services = [s.name for s in services]
         server = DicomServer(cfg.server, cfg.access_control, services, self.metrics,
                              str(files.incoming), limits=cfg.limits, tls=cfg.tls,
-                             policy=self.role.policy, reuse_port=self.role.kind == "worker")
+                             policy=self.role.policy, shared=self.role.listen)
         await self._start_operations(LocalDicom(server, archive), archive, queries, bridge)
         if self._commitments is not None:
             # Before the listener, so that it closes after the associations ended.
@@ -337,7 +340,7 @@ class PacsApp:
         cfg = self.cfg
         self._audit = audit = AuditLog(cfg.logging.audit_file, cfg.server.ae_title)
         self._stack.callback(audit.close)
-        hub = EventHub(asyncio.get_running_loop())
+        hub = EventHub(asyncio.get_running_loop(), on_watched=dicom.watched)
         dicom.listen(hub.publish)
         if self.role.kind != "supervisor":     # each worker audits its own associations
             dicom.listen(audit.association_event)

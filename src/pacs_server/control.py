@@ -85,6 +85,9 @@ class DicomSide(Protocol):
 
     def listen(self, listener: Callable[[str, dict[str, Any]], None]) -> None: ...
 
+    def watched(self, on: bool) -> None:
+        """The live feed's first watcher came (True) or its last one went (False)."""
+
 
 class LocalDicom:
     """The DicomSide of the single process: its DicomServer and ArchiveService."""
@@ -114,6 +117,9 @@ class LocalDicom:
 
     def listen(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
         self._server.tracker.listen(listener)
+
+    def watched(self, on: bool) -> None:
+        pass        # the tracker calls the feed in this process; it is cheap unwatched
 
 
 def store_totals(archive: ArchiveService) -> dict[str, int]:

@@ -3,12 +3,14 @@
 `publish` is called from pynetdicom's threads; it hands the event to the loop with
 `call_soon_threadsafe`, where each subscriber has a bounded queue. A subscriber that
 does not keep up loses events (and is told how many) rather than slowing DICOM down.
+`on_watched(True)` runs when the first subscriber comes, `on_watched(False)` when the
+last one goes: with worker processes the workers forward events only meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,8 +18,10 @@ QUEUE_SIZE = 1000
 
 
 class EventHub:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 on_watched: Callable[[bool], None] = lambda _on: None) -> None:
         self._loop = loop
+        self._on_watched = on_watched
         self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
 
     def publish(self, kind: str, fields: dict[str, Any]) -> None:
@@ -42,6 +46,8 @@ class EventHub:
         iteration); closing the iterator ends it."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
         self._queues.add(queue)
+        if len(self._queues) == 1:
+            self._on_watched(True)
         return self._drain(queue)
 
     async def _drain(self, queue: asyncio.Queue[dict[str, Any]]
@@ -51,3 +57,5 @@ class EventHub:
                 yield await queue.get()
         finally:
             self._queues.discard(queue)
+            if not self._queues:
+                self._on_watched(False)

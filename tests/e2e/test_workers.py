@@ -23,49 +23,14 @@ import pytest
 
 from support.archive import archived_files, index_rows, wait_for_rows
 from support.dcmtk import concurrent_storescu
-from support.http import http_call, http_get, metric
+from support.http import http_call, metric
 from support.instances import DicomFiles, sender_dirs, sop_uid
 from support.polling import wait_until
 from support.scu import SUCCESS, Scu, association_outcome
 from support.security import client_context, make_pki, tls_echo
+from support.workers import TOKEN, Held, get, start, write_config
 
-TOKEN = "workers-token-0123456789abcdef"
 DUPLICATE = 0x0111          # the retry of an instance whose first answer was lost
-
-
-def write_config(root: Path, server: str = "", extra: str = "") -> Path:
-    path = root / "pacs.yaml"
-    path.write_text(f"""
-server:
-  workers: 2
-  shutdown_grace: 5
-{server}
-monitoring:
-  metrics_port: 0
-admin:
-  token: {TOKEN}
-{extra}""", encoding="utf-8")
-    return path
-
-
-def start(run_pacs: Callable[..., Any], config: Path) -> Any:
-    server = run_pacs("--metrics-port", "0", config=config)
-    started = server.wait_for_event("server.started")
-    assert started["workers"] == 2
-    # What the workers serve, not the supervisor's own (empty) DICOM side.
-    assert {"Verification", "Storage", "Query/Retrieve FIND",
-            "Modality Performed Procedure Step"} <= set(started["services"]), started
-    server.http = f"http://127.0.0.1:{started['metrics_port']}"
-    server.pids = {e["worker"]: e["pid"] for e in server.events()
-                   if e["event"] == "worker.started"}
-    assert sorted(server.pids) == [1, 2]
-    return server
-
-
-def get(server: Any, path: str) -> Any:
-    status, body = asyncio.run(http_get(server.http, path, token=TOKEN))
-    assert status == 200, body
-    return body
 
 
 def served_by(server: Any, calling: str, mark: int = 0) -> set[int]:
@@ -273,23 +238,6 @@ def wait_for_restart(server: Any, victim: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- associations
 
-class Held:
-    """Associations kept open until `release()`."""
-
-    def __init__(self) -> None:
-        self.assocs: list[Any] = []
-
-    def open(self, port: int, calling: str) -> Any:
-        assoc = Scu(calling).ae().associate("127.0.0.1", port, ae_title="PACS")
-        self.assocs.append(assoc)
-        return assoc
-
-    def release(self) -> None:
-        for assoc in self.assocs:
-            if assoc.is_established:
-                assoc.release()
-
-
 def test_status_and_pacsctl_see_every_worker_and_disconnect_reaches_the_other_one(
         run_pacs: Callable[..., Any], tmp_path: Path) -> None:
     server = start(run_pacs, write_config(tmp_path))
@@ -357,7 +305,7 @@ def test_max_associations_is_server_wide(run_pacs: Callable[..., Any], tmp_path:
     try:
         for i in range(3):
             assert held.open(server.port, f"LIMIT{i}").is_established
-        # Whichever worker the kernel hands them to, the fourth and later are refused.
+        # Whichever worker takes them, the fourth and later are refused.
         assert [association_outcome(server.port, "FOURTH") for _ in range(8)] == ["rejected"] * 8
         text = get(server, "/metrics")
         assert metric(text, "pacs_associations_rejected_total", reason="max_associations") == 8

@@ -1,7 +1,8 @@
 """dicom/transport.py, dicom/reactor.py, dicom/negotiation.py, dicom/find_scp.py,
-dicom/store_send.py, dicom/receive.py, dicom/storage_scp.py, dicom/retrieve_scp.py and
-dicom/response_read.py override pynetdicom internals; this fails loudly when their source
-changes, so an upgrade of pynetdicom is a decision and not a surprise.
+dicom/store_send.py, dicom/receive.py, dicom/storage_scp.py, dicom/retrieve_scp.py,
+dicom/response_read.py and dicom/accept.py override pynetdicom internals; this fails
+loudly when their source changes, so an upgrade of pynetdicom is a decision and not a
+surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
 replaces and why), adjust the override module, then update the digest here and the pin
@@ -55,8 +56,10 @@ PINNED: dict[str, tuple[Any, str]] = {
     "StateMachine.do_action": (StateMachine.do_action, "9a883f44c7f31641"),
     "AssociationServer.service_actions": (AssociationServer.service_actions, "0a0853a3615ac7c5"),
     "AssociationServer.get_request": (AssociationServer.get_request, "925a4f3a3042f6e4"),
-    # SO_REUSEPORT is set before upstream's bind (server.workers).
+    # dicom/accept.py: a worker adopts the supervisor's socket instead of binding, and
+    # closes it without upstream's shutdown() (server.workers).
     "AssociationServer.server_bind": (AssociationServer.server_bind, "cf69278a05a5c777"),
+    "AssociationServer.server_close": (AssociationServer.server_close, "3fa1b358badbe682"),
     "ThreadedAssociationServer.process_request_thread": (
         ThreadedAssociationServer.process_request_thread, "9e76e9b9c8a3d8b1"),
     "DULServiceProvider._read_pdu_data": (DULServiceProvider._read_pdu_data,

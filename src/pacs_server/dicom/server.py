@@ -31,6 +31,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs_server.config import AccessControlConfig, Config, LimitsConfig, ServerConfig, TlsConfig
 from pacs_server.dicom import runtime
+from pacs_server.dicom.accept import BalancedAssociationServer, SharedListen
 from pacs_server.dicom.associations import AssociationTracker
 from pacs_server.dicom.handler import HandlerGuard
 from pacs_server.dicom.policy import AssociationPolicy
@@ -118,7 +119,7 @@ class DicomServer:
                  services: Sequence[DicomService], metrics: Metrics,
                  receive_dir: str, limits: LimitsConfig | None = None,
                  tls: TlsConfig | None = None, policy: AssociationPolicy | None = None,
-                 reuse_port: bool = False) -> None:
+                 shared: SharedListen | None = None) -> None:
         self._cfg = cfg
         self._services = list(services)
         self._receive_dir = receive_dir
@@ -134,7 +135,8 @@ class DicomServer:
         # A worker process is handed the supervisor's (server-wide limits, workers/).
         self.policy = policy or AssociationPolicy(access, limits or LimitsConfig(),
                                                   cfg.max_associations, metrics)
-        self._reuse_port = reuse_port
+        # A worker process accepts on the supervisor's sockets (dicom/accept.py).
+        self._shared = shared
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
         self._stopped = False
@@ -207,18 +209,24 @@ class DicomServer:
         except StartupError:
             self.stop_accepting()
             raise
+        if self._shared is not None:
+            self._shared.board.present()
         return self.port
 
     def _serve(self, port: int, tls: TlsContexts | None) -> ThreadedAssociationServer:
         host = self._cfg.host
         dispatcher = self._dispatcher()
+        shared: dict[str, Any] = {"server_class": PacsAssociationServer}
+        if self._shared is not None:
+            shared = {"server_class": BalancedAssociationServer, "shared": self._shared,
+                      "listen_fd": self._shared.fd(tls is not None)}
         try:
             server = self.ae.make_server(
                 (host, port), evt_handlers=self.handlers(dispatcher),
                 prechecks=dispatcher.prechecks(), receive_gate=self._receive_gate(),
                 contexts=shared_contexts(self.ae.supported_contexts),
-                server_class=PacsAssociationServer, policy=self.policy, limits=self.limits,
-                tls=tls, metrics=self._metrics, reuse_port=self._reuse_port)
+                policy=self.policy, limits=self.limits, tls=tls, metrics=self._metrics,
+                **shared)
         except OSError as exc:
             what = "TLS port" if tls is not None else "port"
             if exc.errno == errno.EADDRINUSE:
@@ -250,6 +258,8 @@ class DicomServer:
         if self._stopped:
             return
         self._stopped = True
+        if self._shared is not None:      # siblings no longer step back for this one
+            self._shared.board.leave()
         for srv in self.servers():
             srv.shutdown()
         runtime.stop_receiving_into(self._receive_dir)

@@ -14,7 +14,8 @@ C-GET/C-MOVE sub-operation loop on the event-driven transport, run from
 from the DUL thread to the DIMSE queue, mixed into both associations' DUL here) or in
 dicom/receive.py (C-STORE data sets received into their archive file, or dropped
 unread below the reserve: `gate_data_sets` installs it; P-DATA-TF PDUs read into their
-PDVs: `read_pdata`), and
+PDVs: `read_pdata`) or in dicom/accept.py (a worker process's listener on the
+supervisor's socket, the least busy worker accepting first), and
 tests/unit/test_transport_pins.py fails when the source of an overridden or
 relied-upon upstream function changes (pynetdicom is pinned to the tested minor
 version).
@@ -654,8 +655,10 @@ class PacsAssociation(FileSending):
             if self.admitted:
                 self.policy.release(self.requestor.ae_title, self.peer_host)
             sock = cast(GuardedSocket, self.dul.socket)
-            if self._server is not None and sock.socket is not None:
-                self._server.shutdown_request(sock.socket)
+            if self._server is not None:
+                if sock.socket is not None:
+                    self._server.shutdown_request(sock.socket)
+                cast(PacsAssociationServer, self._server).connection_ended()
 
     def _await_request(self) -> bool:
         if not self._started_dul:
@@ -708,6 +711,7 @@ class PacsRequestHandler(RequestHandler):
         srv = self.server
         host = str(self.client_address[0])
         pending = _Pending(srv.policy, host)
+        started = False
         try:
             subject: str | None = None
             if srv.tls is not None:
@@ -721,9 +725,13 @@ class PacsRequestHandler(RequestHandler):
             assoc = self._create_association_for(pending, host, subject)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()
+            started = True      # from here the association's thread ends the connection
         except BaseException:
             pending.done()
             raise
+        finally:
+            if not started:
+                srv.connection_ended()
 
     def _handshake(self, tls: TlsContexts,
                    timeout: float) -> tuple[ssl.SSLSocket, str] | None:
@@ -808,31 +816,19 @@ class PacsAssociationServer(ThreadedAssociationServer):
     def __init__(self, *args: Any, policy: AssociationPolicy, limits: ConnectionLimits,
                  tls: TlsContexts | None, metrics: Any,
                  prechecks: dict[Any, Precheck] | None = None,
-                 receive_gate: Callable[[], None] | None = None,
-                 reuse_port: bool = False, **kwargs: Any) -> None:
+                 receive_gate: Callable[[], None] | None = None, **kwargs: Any) -> None:
         self.policy = policy
         self.limits = limits
         self.tls = tls
         self.metrics = metrics
         self.prechecks = prechecks or {}
         self.receive_gate = receive_gate     # see gate_data_sets
-        self.reuse_port = reuse_port
         self.negotiations = NegotiationCache()    # dicom/negotiation.py
         kwargs.setdefault("request_handler", PacsRequestHandler)
         super().__init__(*args, **kwargs)
 
-    def server_bind(self) -> None:
-        """Upstream's bind, with SO_REUSEPORT first when worker processes share the port.
-
-        Upstream `AssociationServer.server_bind` sets SO_REUSEADDR and binds in the
-        constructor, so the option must be set here, before it. With SO_REUSEPORT the
-        kernel spreads new connections over every process listening on the port
-        (`server.workers`, docs/operations.md). Upstream change that removes it: a
-        reuse-port option on `AE.make_server`.
-        """
-        if self.reuse_port:
-            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    def connection_ended(self) -> None:
+        """A connection this server accepted is closed (a worker's load, dicom/accept.py)."""
 
     _GC_INTERVAL_S = 10.0
     _last_gc = 0.0

@@ -34,10 +34,12 @@ class AdmissionDesk:
 
     def __init__(self, policy: AssociationPolicy,
                  on_hello: Callable[[int, int, list[str]], None],
-                 on_events: Callable[[int, list[Any]], None] = lambda _w, _e: None) -> None:
+                 on_events: Callable[[int, list[Any]], None] = lambda _w, _e: None,
+                 watching: Callable[[], tuple[int, bool]] = lambda: (0, False)) -> None:
         self.policy = policy
         self._on_hello = on_hello
         self._on_events = on_events
+        self._watching = watching
 
     def handle(self, req: dict[str, Any], session: dict[str, Any]) -> dict[str, Any]:
         pending: Counter[str] = session.setdefault("pending", Counter())
@@ -76,7 +78,8 @@ class AdmissionDesk:
             session["worker"] = int(req["worker"])
             self._on_hello(int(req["worker"]), int(req["pid"]),
                            [str(name) for name in req.get("services", [])])
-            return {}
+            generation, on = self._watching()
+            return {"watching": [generation, on]}
         return {"error": f"unknown operation {op!r}"}
 
     def closed(self, session: dict[str, Any]) -> None:
@@ -118,9 +121,12 @@ class RemotePolicy:
         except ChannelError as exc:
             log.error("admission.unavailable", error=str(exc), op=request.get("op"))
 
-    def hello(self, worker: int, pid: int, services: list[str]) -> None:
-        """This worker listens; `services` names the DICOM services it serves."""
-        self._call(op="hello", worker=worker, pid=pid, services=services)
+    def hello(self, worker: int, pid: int, services: list[str]) -> tuple[int, bool]:
+        """This worker listens; `services` names the DICOM services it serves. Returns
+        whether the live feed is watched (generation, on: workers/fleet.py)."""
+        reply = self._call(op="hello", worker=worker, pid=pid, services=services) or {}
+        generation, on = reply.get("watching") or (0, False)
+        return int(generation), bool(on)
 
     def admit_connection(self, address: str) -> bool:
         reply = self._call(op="admit", address=address)

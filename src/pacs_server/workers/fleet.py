@@ -4,7 +4,9 @@
 reach every worker over its command socket (workers/channel.py). Association ids are
 "<worker>-<n>": association n of worker <worker> (PACS_WORKER_INDEX, from 1). Pause,
 resume and every admission decision are the supervisor's own policy (admission.py), so
-they need no message.
+they need no message. The workers forward their association events only while the live
+feed has a watcher (`watched`): unwatched, that forwarding and its decoding here cost
+the supervisor CPU on every instance stored (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class Fleet:
         self.policy = policy
         self._workers = workers
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # (generation, on): a worker applies a newer generation only, so the answer to
+        # its hello and a broadcast that crossed it cannot leave it in the older state.
+        self.watching: tuple[int, bool] = (0, False)
+        self._watch_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def listening(self) -> bool:
@@ -100,6 +107,22 @@ class Fleet:
     async def access_changed(self) -> None:
         """The admin API changed AE titles or peers: every worker re-reads them."""
         await self._each({"op": "refresh_access"})
+
+    def watched(self, on: bool) -> None:
+        """The live feed's first watcher came or its last one went: tell every worker."""
+        self.watching = (self.watching[0] + 1, on)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:     # a feed closed at exit, outside the loop: nobody to tell
+            return
+        task = loop.create_task(self._send_watching())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_watching(self) -> None:
+        async with self._watch_lock:        # the latest state, sent in order
+            generation, on = self.watching
+            await self._each({"op": "watch", "generation": generation, "on": on})
 
     def listen(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
         """Call `listener(kind, fields)` with every worker's association events (the

@@ -1,11 +1,14 @@
 """The supervisor: `pacs_server` with `server.workers` > 1.
 
 One main process for systemd and Docker, and N worker processes (workers/worker.py),
-each a full DICOM engine listening on the same port(s) with SO_REUSEPORT; the kernel
-spreads new connections over them. The supervisor:
+each a full DICOM engine accepting on the same listening socket(s); a new connection
+goes to the worker with the fewest live connections (dicom/accept.py). The supervisor:
 
-* reserves the port(s) (a bound, never listening SO_REUSEPORT socket: port 0 becomes
-  one ephemeral port every worker binds, and a busy port fails the start at once);
+* binds once per port (port 0 becomes one ephemeral port; a busy port fails the start
+  at once); every worker inherits the socket and the first one listening makes it
+  listen, so a connection made while a worker restarts waits in the backlog for a
+  sibling or the new worker; and keeps the board of live connections per worker
+  (`LoadBoard`, dicom/accept.py);
 * runs PacsApp in the `supervisor` role: migrations, the start-up reconciliation, the
   incoming sweep and worklist retention (once, not per worker), and the HTTP side, whose
   DICOM side is the `Fleet` of workers;
@@ -68,20 +71,22 @@ def remove_stale_rundirs() -> None:
             pass
 
 
-def reserve_port(host: str, port: int, what: str) -> socket.socket:
-    """Bind (never listen) `host:port` with SO_REUSEPORT, so workers may bind it too.
+def bind_port(host: str, port: int, what: str) -> socket.socket:
+    """Bind `host:port`: the one socket every worker accepts on (they make it listen).
 
-    Only SO_REUSEPORT, not SO_REUSEADDR: with both, the kernel may hand this socket,
-    which never accepts, a share of the connections.
+    SO_REUSEADDR as upstream's (single process) bind sets it: a restart right after a
+    stop is not refused while the old connections linger in TIME_WAIT.
     """
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(f"{what} {port} on {host} is already in use") from None
+        if exc.errno == errno.EACCES:
+            raise StartupError(f"no permission to listen on {host}:{port}") from None
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     return sock
 
@@ -94,6 +99,7 @@ class Supervisor:
         # Imported here, after run_supervisor switched prometheus_client to multiprocess
         # mode: the instruments must be created after that.
         from pacs_server.app import PacsApp, Role
+        from pacs_server.dicom.accept import LoadBoard
         from pacs_server.dicom.policy import AssociationPolicy
         from pacs_server.metrics import Metrics
         from pacs_server.workers.admission import AdmissionDesk
@@ -110,26 +116,28 @@ class Supervisor:
                                         cfg.server.max_associations, self.metrics)
         self.workers = {i: WorkerState(i, rundir / f"worker-{i}.sock")
                         for i in range(1, self.count + 1)}
+        self.board = LoadBoard.create(rundir / "load", self.count)
         fleet = Fleet(self.policy, self.workers)
-        self.desk = AdmissionDesk(self.policy, self._hello, fleet.publish)
+        self.desk = AdmissionDesk(self.policy, self._hello, fleet.publish,
+                                  lambda: fleet.watching)
         self.app = PacsApp(cfg, metrics=self.metrics, role=Role("supervisor", fleet=fleet))
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._ready: dict[int, asyncio.Event] = {i: asyncio.Event() for i in self.workers}
         self._stopping = asyncio.Event()
         self._stop_signals = 0
-        self._reserved: list[socket.socket] = []
+        self._sockets: dict[str, socket.socket] = {}
         self.port: int | None = None
         self.tls_port: int | None = None
 
     # ------------------------------------------------------------------ start
-    def _reserve(self) -> None:
+    def _bind(self) -> None:
         s = self.cfg.server
         if s.port >= 0:
-            self._reserved.append(reserve_port(s.host, s.port, "port"))
-            self.port = self._reserved[-1].getsockname()[1]
+            self._sockets["plain"] = bind_port(s.host, s.port, "port")
+            self.port = self._sockets["plain"].getsockname()[1]
         if self.cfg.tls.enabled:
-            self._reserved.append(reserve_port(s.host, self.cfg.tls.port, "TLS port"))
-            self.tls_port = self._reserved[-1].getsockname()[1]
+            self._sockets["tls"] = bind_port(s.host, self.cfg.tls.port, "TLS port")
+            self.tls_port = self._sockets["tls"].getsockname()[1]
 
     def _spec(self, index: int) -> str:
         overrides = {**self._overrides, "monitoring.metrics_port": -1}
@@ -140,14 +148,17 @@ class Supervisor:
         return json.dumps({"index": index, "config": self._config_path, "overrides": overrides,
                            "admission": str(self._rundir / "admission.sock"),
                            "commands": str(self.workers[index].commands),
-                           "supervisor": os.getpid()})
+                           "supervisor": os.getpid(), "load": str(self._rundir / "load"),
+                           "slots": self.count,
+                           "listen_fds": {k: s.fileno() for k, s in self._sockets.items()}})
 
     async def _spawn(self, index: int) -> None:
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         env["PACS_WORKER_INDEX"] = str(index)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pacs_server.workers.worker", self._spec(index),
-            stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True)
+            stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
+            pass_fds=[s.fileno() for s in self._sockets.values()])
         self._procs[index] = proc
         self.workers[index].pid = proc.pid
         log.info("worker.spawned", worker=index, pid=proc.pid)
@@ -195,7 +206,7 @@ class Supervisor:
         from pacs_server.workers.channel import serve
 
         loop = asyncio.get_running_loop()
-        self._reserve()
+        self._bind()
         desk = await serve(self._rundir / "admission.sock", self.desk.handle, self.desk.closed)
         # From the start: a SIGTERM while the workers start stops them too.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -231,8 +242,9 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             desk.close()
-            for sock in self._reserved:
+            for sock in self._sockets.values():
                 sock.close()
+            self.board.close()
         failed = {i: c for i, c in codes.items() if c != 0}
         if failed:
             log.error("workers.unclean_exit", codes=failed)
@@ -250,6 +262,7 @@ class Supervisor:
             code = await proc.wait()
             worker = self.workers[index]
             worker.ready = False
+            self.board.absent(index)      # its siblings take every connection meanwhile
             self._ready[index].clear()
             process_dead(proc.pid)
             if self._stopping.is_set():

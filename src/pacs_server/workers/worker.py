@@ -1,7 +1,8 @@
 """One worker process: `python -m pacs_server.workers.worker '<spec as JSON>'`.
 
 Started by the supervisor (workers/supervisor.py), never by hand. A full DICOM engine
-(PacsApp in the `worker` role: own loop, own index writer) on the shared port(s),
+(PacsApp in the `worker` role: own loop, own index writer) accepting on the
+supervisor's listening socket(s) (dicom/accept.py),
 with admission answered by the supervisor, and a command socket on which the
 supervisor asks for its associations, aborts one, or has it re-read the admin API's
 AE titles and peers. SIGTERM drains as the single process does, SIGHUP reloads (the
@@ -26,6 +27,7 @@ import structlog
 from pacs_server.app import PacsApp, Role
 from pacs_server.config import Config, load_config
 from pacs_server.control import store_totals
+from pacs_server.dicom.accept import LoadBoard, SharedListen
 from pacs_server.dicom.policy import AssociationPolicy
 from pacs_server.errors import ConfigError, ExitCode, StartupError
 from pacs_server.logging import configure_logging
@@ -42,18 +44,28 @@ EVENT_BATCH = 200
 class EventForwarder:
     """A tracker listener sending association events to the supervisor's live feed.
 
-    pynetdicom's threads only queue (dropping when the supervisor does not keep up);
-    one thread sends them in batches, without waiting for an answer.
+    Only while the feed has a watcher (`watch`, from the supervisor); otherwise an
+    event costs one attribute test. pynetdicom's threads only queue (dropping when the
+    supervisor does not keep up); one thread sends them in batches, without waiting.
     """
 
     def __init__(self, path: Path, worker: int) -> None:
         self._channel = Channel(path)
         self._worker = worker
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(EVENT_QUEUE)
+        self.watched = False
+        self._generation = -1
         self._thread = threading.Thread(target=self._run, name="event-forwarder", daemon=True)
         self._thread.start()
 
+    def watch(self, generation: int, on: bool) -> None:
+        """The supervisor's watching state; an older generation than the last is stale."""
+        if generation > self._generation:
+            self._generation, self.watched = generation, on
+
     def __call__(self, kind: str, fields: dict[str, Any]) -> None:
+        if not self.watched:
+            return
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait((kind, fields))
 
@@ -84,8 +96,9 @@ class EventForwarder:
 class Commands:
     """The supervisor's requests to this worker (its command socket)."""
 
-    def __init__(self, app: PacsApp) -> None:
+    def __init__(self, app: PacsApp, events: EventForwarder) -> None:
         self._app = app
+        self._events = events
 
     async def handle(self, req: dict[str, Any], _session: dict[str, Any]) -> dict[str, Any]:
         app, op = self._app, req.get("op")
@@ -94,6 +107,7 @@ class Commands:
             return {"error": "not serving"}
         if op == "status":
             return {"associations": dicom.tracker.snapshot(), "listening": dicom.listening,
+                    "watched": self._events.watched,
                     "totals": {**dicom.tracker.totals(), **store_totals(app.archive)}}
         if op == "detail":
             return {"association": dicom.tracker.detail(int(req["id"]))}
@@ -101,6 +115,9 @@ class Commands:
             return {"aborted": dicom.tracker.abort(int(req["id"]))}
         if op == "refresh_access":
             await control.load()
+            return {}
+        if op == "watch":
+            self._events.watch(int(req["generation"]), bool(req["on"]))
             return {}
         return {"error": f"unknown operation {op!r}"}
 
@@ -110,9 +127,12 @@ async def run_worker(cfg: Config, spec: dict[str, Any]) -> None:
     channel = Channel(Path(spec["admission"]))
     policy = RemotePolicy(channel)
     events = EventForwarder(Path(spec["admission"]), index)
+    board = LoadBoard(Path(spec["load"]), int(spec["slots"]), own=index)
+    listen = SharedListen(board, {k: int(v) for k, v in spec["listen_fds"].items()})
     app = PacsApp(cfg, reload_config=lambda: load_config(spec["config"], spec["overrides"]),
                   # RemotePolicy has AssociationPolicy's interface (workers/admission.py)
-                  role=Role("worker", policy=cast(AssociationPolicy, policy), events=events))
+                  role=Role("worker", policy=cast(AssociationPolicy, policy), events=events,
+                            listen=listen))
     # The supervisor's PID from the spec, not getppid() here: a supervisor killed while
     # this worker was still importing has already left it to init, and getppid() would
     # then name init as the parent to watch, for ever.
@@ -121,11 +141,12 @@ async def run_worker(cfg: Config, spec: dict[str, Any]) -> None:
     async def started() -> None:
         commands = Path(spec["commands"])
         await asyncio.to_thread(commands.unlink, missing_ok=True)
-        server = await serve(commands, Commands(app).handle)
+        server = await serve(commands, Commands(app, events).handle)
         app.on_close(server.close)
         log.info("worker.started", worker=index, pid=os.getpid(), port=app.port,
                  tls_port=app.tls_port)
-        await asyncio.to_thread(policy.hello, index, os.getpid(), app.services)
+        events.watch(*await asyncio.to_thread(policy.hello, index, os.getpid(),
+                                              app.services))
 
     async def watch_parent() -> None:
         # No event to wait on: a reparented process only notices through getppid().
