@@ -44,9 +44,12 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
+from pynetdicom.timer import Timer
 from pynetdicom.transport import AssociationSocket
+from pynetdicom.utils import make_target
 
 from pacs_server.dicom.negotiation import ByProposal, encode_accept
 
@@ -166,19 +169,38 @@ def decoded_associate_rq(raw: bytes) -> DecodedAssociateRQ:
 class EventDUL(DULServiceProvider):
     """pynetdicom's DUL thread, blocking on the socket and its queues between events."""
 
-    def __init__(self, assoc: Association, wake_assoc: Callable[[], None]) -> None:
-        super().__init__(assoc)
+    def __init__(self, assoc: Association, wake_assoc: Callable[[], None],
+                 send_queue: Callable[..., WakingQueue] | None = None,
+                 state_machine: type | None = None) -> None:
+        """Upstream's `DULServiceProvider.__init__`, its queues built as waking ones.
+
+        Upstream builds four queues (a lock and three conditions each), a state
+        machine and its thread; the waking queues used to be built on top, replacing
+        three of them. `send_queue(dul, on_put)` builds the to-provider queue,
+        `state_machine(dul)` the state machine (upstream's classes by default).
+        """
+        self._assoc = assoc
+        self.socket = None
         self._wakeup = Wakeup()
         # The reactor closes the pipe when it ends; this, for a DUL never started.
         weakref.finalize(self, self._wakeup.close)
         self._wake_assoc = wake_assoc
+        self.event_queue = WakingQueue(self._wakeup.set)
+        self.to_provider_queue = (WakingQueue(self._wakeup.set) if send_queue is None
+                                  else send_queue(self, on_put=self._wakeup.set))
+        self.to_user_queue = WakingQueue(wake_assoc)
+        self._recv_pdu = queue.Queue()
+        self._idle_timer = Timer(60)
+        self.artim_timer = Timer(30)
+        self.state_machine = (state_machine or StateMachine)(self)
+        self._run_loop_delay = 0.001
+        threading.Thread.__init__(self, target=make_target(self.run_reactor))
+        self.daemon = False
+        self._kill_thread = False
         self._changed = threading.Condition()
         # Cleared while the association's thread runs the set-up (`read_request`).
         self._handed_over = threading.Event()
         self._handed_over.set()
-        self.event_queue = waking_copy(self.event_queue, self._wakeup.set)
-        self.to_provider_queue = waking_copy(self.to_provider_queue, self._wakeup.set)
-        self.to_user_queue = waking_copy(self.to_user_queue, wake_assoc)
 
     def run_reactor(self) -> None:
         """Upstream's reactor loop, blocking in `poll()` where upstream sleeps.
@@ -499,9 +521,10 @@ class EventReactors(Association):
             raise RuntimeError("the DUL thread already runs")
         self._wake = threading.Event()
         self._pause = threading.Condition()
-        new = EventDUL(self, self._wake.set)
+        new = EventDUL(self, self._wake.set, state_machine=type(old.state_machine))
         new.socket = old.socket
-        new.state_machine = type(old.state_machine)(new)
+        for name in ("event_queue", "to_provider_queue", "to_user_queue"):
+            getattr(new, name).queue.extend(getattr(old, name).queue)
         new._idle_timer.timeout = old._idle_timer.timeout
         new.artim_timer.timeout = old.artim_timer.timeout
         self.dul = new

@@ -2,13 +2,14 @@
 hardened, and retrieve from the archived files. Every override of pynetdicom lives in
 this module, in dicom/reactor.py (the event-driven reactors, `server.transport:
 events`, mixed into our association classes here: `EventPacsAssociation`,
-`EventRequestorAssociation`), in dicom/find_scp.py (the C-FIND response loop, run
-from `PacsAssociation._serve_request`), in dicom/negotiation.py (a proposal
-negotiated once, the A-ASSOCIATE-AC encoded once) or in dicom/store_send.py (a
-retrieve's C-STORE-RQ from the file and its C-STORE-RSP on the event-driven
-transport, used by `FileSending._send_from_file`) or in dicom/receive.py (C-STORE
-data sets received into their archive file, or dropped unread below the reserve:
-`gate_data_sets` installs it), and
+`EventRequestorAssociation`), in dicom/acceptor.py (`EventPacsAssociation` built
+with those pieces directly, `init_event_association`), in dicom/find_scp.py (the
+C-FIND response loop, run from `PacsAssociation._serve_request`), in
+dicom/negotiation.py (a proposal negotiated once, the A-ASSOCIATE-AC encoded once) or
+in dicom/store_send.py (a retrieve's C-STORE-RQ from the file and its C-STORE-RSP on
+the event-driven transport, used by `FileSending._send_from_file`) or in
+dicom/receive.py (C-STORE data sets received into their archive file, or dropped
+unread below the reserve: `gate_data_sets` installs it), and
 tests/unit/test_transport_pins.py fails when the source of an overridden or
 relied-upon upstream function changes (pynetdicom is pinned to the tested minor
 version).
@@ -83,6 +84,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from pacs_server.dicom.acceptor import Handlers, handler_table, init_event_association
 from pacs_server.dicom.find_scp import serve_find
 from pacs_server.dicom.negotiation import (
     NegotiationCache,
@@ -523,10 +525,10 @@ class PacsAssociation(FileSending):
     C-GET sub-operations from the archived files."""
 
     def __init__(self, ae: Any, policy: AssociationPolicy, limits: ConnectionLimits,
-                 pending: _Pending, peer_host: str, tls_subject: str | None) -> None:
-        super().__init__(ae, MODE_ACCEPTOR)
+                 pending: _Pending, peer_host: str, tls_subject: str | None,
+                 handlers: Handlers | None = None) -> None:
+        self._init_association(ae, handlers or {})
         self.acse = PolicyACSE(self)
-        self.dul.state_machine = GuardedStateMachine(self.dul)
         self.policy, self.limits, self.pending = policy, limits, pending
         self.peer_host = peer_host
         self.tls = tls_subject is not None
@@ -534,6 +536,11 @@ class PacsAssociation(FileSending):
         self.admitted = False
         self.refusal: Refusal | None = None
         self.move_precheck: Precheck | None = None
+
+    def _init_association(self, ae: Any, handlers: Handlers) -> None:
+        # Upstream's (the stock transport): the request handler binds the handlers.
+        super().__init__(ae, MODE_ACCEPTOR)
+        self.dul.state_machine = GuardedStateMachine(self.dul)
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         """Upstream's `_serve_request`, except for a C-MOVE its precheck refuses: that
@@ -697,14 +704,18 @@ class PacsRequestHandler(RequestHandler):
         # Mirrors RequestHandler._create_association (pynetdicom 3.0) with our classes.
         srv = self.server
         ae = cast(PacsAE, self.ae)
-        cls = EventPacsAssociation if ae.event_reactors else PacsAssociation
-        assoc = cls(ae, srv.policy, srv.limits, pending, host, tls_subject)
+        if ae.event_reactors:
+            assoc: PacsAssociation = EventPacsAssociation(
+                ae, srv.policy, srv.limits, pending, host, tls_subject, srv.handler_table())
+        else:
+            assoc = PacsAssociation(ae, srv.policy, srv.limits, pending, host, tls_subject)
         assoc._server = srv
         assoc.move_precheck = srv.prechecks.get(evt.EVT_C_MOVE)
         gate_data_sets(assoc, srv.receive_gate)
         if ae.event_reactors:
             with_mixin(assoc.dimse, RetrieveDimse)
-        bound_send_queue(assoc)
+        else:
+            bound_send_queue(assoc)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.acse_timeout = min(srv.limits.negotiation_timeout, srv.limits.acse_timeout)
         sock = GuardedSocket(assoc, client_socket=self.request)
@@ -713,18 +724,19 @@ class PacsRequestHandler(RequestHandler):
         assoc.acceptor.maximum_length = ae.maximum_pdu_size
         assoc.acceptor.ae_title = srv.ae_title
         assoc.acceptor.address_info = self.local
-        assoc.acceptor.implementation_class_uid = ae.implementation_class_uid
+        # (The Implementation Class UID is the AE's already: ServiceUser.__init__.)
         assoc.acceptor.implementation_version_name = ae.implementation_version_name
         # Shared, not upstream's per-association deepcopy (0.5-1 ms for ~170 contexts):
         # negotiation only reads them (dicom/server.py SharedContext).
         assoc.acceptor.supported_contexts = srv.contexts
         assoc.requestor.address_info = self.remote
-        for event, handlers in srv._handlers.items():
-            if event.is_intervention and handlers:
-                assoc.bind(event, *handlers)
-            elif isinstance(event, evt.NotificationEvent):
-                for handler in handlers:
-                    assoc.bind(event, handler[0], handler[1])
+        if not ae.event_reactors:
+            for event, handlers in srv._handlers.items():
+                if event.is_intervention and handlers:
+                    assoc.bind(event, *handlers)
+                elif isinstance(event, evt.NotificationEvent):
+                    for handler in handlers:
+                        assoc.bind(event, handler[0], handler[1])
         return assoc
 
 
@@ -758,6 +770,15 @@ class PacsAssociationServer(ThreadedAssociationServer):
         self.negotiations = NegotiationCache()    # dicom/negotiation.py
         kwargs.setdefault("request_handler", PacsRequestHandler)
         super().__init__(*args, **kwargs)
+
+    _handler_table: Handlers | None = None
+
+    def handler_table(self) -> Handlers:
+        """The handlers every association starts with (dicom/acceptor.py), built at
+        the first association: the server's handlers are bound before it serves."""
+        if self._handler_table is None:
+            self._handler_table = handler_table(self._handlers)
+        return self._handler_table
 
     def server_bind(self) -> None:
         """Upstream's bind, with SO_REUSEPORT first when worker processes share the port.
@@ -840,9 +861,9 @@ class ExclusiveDimse(DIMSEServiceProvider):
 class EventPacsAssociation(EventReactors, PacsAssociation):
     """`PacsAssociation` on the event-driven reactors (`server.transport: events`)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.install_event_reactors()
+    def _init_association(self, ae: Any, handlers: Handlers) -> None:
+        """Built with the event-driven pieces and `handlers` (dicom/acceptor.py)."""
+        init_event_association(self, ae, handlers, BoundedSendQueue, GuardedStateMachine)
 
     def _await_request(self) -> bool:
         """Read the A-ASSOCIATE-RQ in this thread; the DUL's thread starts once the
