@@ -15,23 +15,40 @@ docs/performance.md "Results: the CPU of one association"). Here each piece is b
 once, with its final class and queues, and the handler table is copied from one built
 per listener.
 
+One thread while it only echoes: an association's DUL thread is started only when it
+is needed (`InlineDUL`, `InlineAcceptor`). Until the first request other than a C-ECHO,
+the association thread runs the DUL's reactor itself, as it already did for the
+A-ASSOCIATE-RQ (`EventDUL.read_request`): a C-ECHO association (echoscu, a modality's
+"verify", a monitoring probe) is served and released by one thread instead of two, with
+no hand-off between them for the request, the response and the release.
+
 Upstream change that would remove this module: `dul_class` / `dimse_class` attributes
-on `Association` (and a handler table an association can start from).
+on `Association` (and a handler table an association can start from); for the single
+thread, a DUL that the association thread can run until a service needs it to read on
+its own.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR, MODE_REQUESTOR
 from pynetdicom.acse import ACSE
 from pynetdicom.association import ServiceUser
+from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.utils import make_target
 
-from pacs_server.dicom.reactor import EventDUL, EventReactors, ResponseDIMSE, WakingQueue
+from pacs_server.dicom.reactor import (
+    _MAX_WAIT_S,
+    EventDUL,
+    EventReactors,
+    ResponseDIMSE,
+    WakingQueue,
+)
 
 Handlers = dict[Any, Any]
 
@@ -86,7 +103,7 @@ def init_event_association(assoc: EventReactors, ae: Any, handlers: Handlers,
     assoc._wake = threading.Event()
     assoc._pause = threading.Condition()
     assoc.acse = ACSE(assoc)
-    dul = EventDUL(assoc, assoc._wake.set, send_queue, state_machine)
+    dul = InlineDUL(assoc, assoc._wake.set, send_queue, state_machine)
     assoc.dul = dul
     dimse = ResponseDIMSE(assoc)
     dimse.msg_queue = WakingQueue(assoc._wake.set)
@@ -107,3 +124,147 @@ def init_event_association(assoc: EventReactors, ae: Any, handlers: Handlers,
     assoc._timer_resolution = _config.WINDOWS_TIMER_RESOLUTION
     threading.Thread.__init__(assoc, target=make_target(assoc.run_reactor))
     assoc.daemon = True
+
+
+class InlineDUL(EventDUL):
+    """The acceptor's event-driven DUL, run by the association thread until a request
+    needs the DUL's own thread (`hand_over`), which is started only then.
+
+    Only the association thread steps it while `_inline` (other threads only queue,
+    which wakes it), and hands it over; so the state machine never runs in two threads.
+    """
+
+    def _start_for_request(self) -> None:
+        """Not started for the set-up: at `hand_over`, if ever."""
+
+    def _after_inline_send(self) -> None:
+        """Send what was queued (the A-ASSOCIATE-AC, a response, the A-RELEASE-RP) and
+        stay with the association thread."""
+        while self.to_provider_queue.qsize() and not self._kill_thread:
+            self._step()
+
+    def hand_over(self) -> None:
+        """From the association thread: the DUL's own thread takes over, started now."""
+        if not self._inline:
+            return
+        self._hand_over()
+        if self.ident is None and not self._kill_thread:
+            self.start()
+        with self._changed:
+            self._changed.notify_all()
+
+    def run_until_request(self, assoc: InlineAcceptor) -> None:
+        """Run the reactor in the association thread until there is something for the
+        association's reactor: a DIMSE message, an A-RELEASE/A-ABORT, the idle timeout,
+        a `send_*()` from another thread (its checkpoint cleared), or the end."""
+        timer = self._idle_timer
+        if timer._start_time is None:
+            timer.start()        # what run_reactor does when the DUL's thread starts
+        messages = assoc.dimse.msg_queue
+        checkpoint = assoc._reactor_checkpoint
+        while self._inline and not self._kill_thread and not assoc._kill:
+            if messages.qsize() or self.to_user_queue.qsize() or timer.expired \
+                    or not checkpoint.is_set():
+                return
+            if not self._step():
+                self._wait(_MAX_WAIT_S if timer.timeout is None else max(0.0, timer.remaining))
+
+    def finish_inline(self) -> None:
+        """At the association's end, in its thread: run the reactor until the state
+        machine is back in Sta1 (what is queued sent, the connection closed; Sta13 closes
+        it when the peer has not), or hand it to its own thread after `_MAX_WAIT_S`."""
+        deadline = time.monotonic() + _MAX_WAIT_S
+        while self._inline and not self._kill_thread \
+                and self.state_machine.current_state != "Sta1":
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.hand_over()
+                return
+            if not self._step():
+                self._wait(remaining)
+        self._inline = False
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_inline_done(self, assoc: Any) -> None:
+        """From another thread: wait until the association thread has finished or handed
+        over the reactor."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._inline or not assoc.is_alive(),
+                                   2 * _MAX_WAIT_S)
+
+    def close_unstarted(self) -> None:
+        """The association has ended: if the DUL's thread never ran, what its end would
+        have done (the self-pipe closed, waiters woken)."""
+        if self.ident is not None:
+            return
+        self._inline = False
+        self._kill_thread = True
+        self._wakeup.close()
+        with self._changed:
+            self._changed.notify_all()
+
+
+class InlineAcceptor(EventReactors):
+    """The association thread's side of `InlineDUL` (a mixin before `PacsAssociation`).
+
+    Upstream runs every acceptor association in two threads from the start (plus the
+    request handler's): each request, response and release is a hand-off between
+    them, a scheduler wake-up each way (~140 futex calls per C-ECHO association,
+    strace). Upstream change that would remove this: see the module docstring.
+    """
+
+    def _run_reactor(self) -> None:
+        """`EventReactors._run_reactor`, preceded by the inline phase: the DUL run here
+        until a request other than C-ECHO (`_serve_request`) or a `send_*()` from
+        another thread needs the DUL's thread."""
+        dul = cast(InlineDUL, self.dul)
+        try:
+            while dul._inline and not self._kill:
+                with self._pause:
+                    if not self._reactor_checkpoint.is_set():
+                        dul.hand_over()
+                        break
+                    self._paused = False
+                if self._reactor_step():
+                    return
+                if not dul._inline:
+                    break
+                self._is_paused = True      # only the DUL's work runs meanwhile
+                dul.run_until_request(self)
+            if not self._kill:
+                super()._run_reactor()
+        finally:
+            if dul._inline:
+                dul.finish_inline()
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        # A C-ECHO is answered at once; any other service may wait on the event loop,
+        # send sub-operations or watch for C-CANCEL: the DUL needs its own thread.
+        if not isinstance(msg, C_ECHO):
+            cast(InlineDUL, self.dul).hand_over()
+        super()._serve_request(msg, context_id)
+
+    def _dul_running(self) -> bool:
+        dul = cast(InlineDUL, self.dul)
+        return dul.is_alive() or (dul._inline and not dul._kill_thread)
+
+    def kill(self) -> None:
+        """`EventReactors.kill`, with the inline DUL finished first (here, or by the
+        association thread when another thread kills)."""
+        dul = cast(InlineDUL, self.dul)
+        if dul._inline:
+            self._kill = True
+            if threading.current_thread() is self:
+                dul.finish_inline()
+            else:
+                self._wake.set()
+                dul._wakeup.set()
+                dul.wait_inline_done(self)
+        super().kill()
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            cast(InlineDUL, self.dul).close_unstarted()

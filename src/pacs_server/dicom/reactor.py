@@ -269,7 +269,7 @@ class EventDUL(DULServiceProvider):
         """
         self._inline = True
         self._handed_over.clear()
-        self.start()
+        self._start_for_request()
         while not self._kill_thread and not self.to_user_queue.qsize():
             if self.state_machine.current_state == "Sta1" and self.event_queue.empty():
                 break                       # the connection ended (AA-2, AA-3, AA-5)
@@ -283,9 +283,19 @@ class EventDUL(DULServiceProvider):
         self._hand_over()
         return False
 
+    def _start_for_request(self) -> None:
+        self.start()
+
     def _hand_over(self) -> None:
         self._inline = False
         self._handed_over.set()
+
+    def _after_inline_send(self) -> None:
+        """What the set-up's thread does once it has queued a primitive: send it, and
+        let the reactor's thread take over."""
+        while self.to_provider_queue.qsize() and not self._kill_thread:
+            self._step()
+        self._hand_over()
 
     def send_pdu(self, primitive: Any) -> None:
         """Upstream's, with an accept's A-ASSOCIATE-AC encoded in the caller's thread
@@ -298,9 +308,7 @@ class EventDUL(DULServiceProvider):
         super().send_pdu(primitive)
         # Another thread (an abort at shutdown) only queues: the set-up's thread acts.
         if self._inline and threading.current_thread() is self.assoc:
-            while self.to_provider_queue.qsize() and not self._kill_thread:
-                self._step()
-            self._hand_over()
+            self._after_inline_send()
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         """Upstream's decode, with A-ASSOCIATE-RQs decoded once per distinct proposal.
@@ -613,7 +621,7 @@ class EventReactors(Association):
             evt.trigger(self, evt.EVT_ABORTED, {})
             self.kill()
             return True
-        if not self.dul.is_alive():
+        if not self._dul_running():
             self.kill()
             return True
         if self.dul.idle_timer_expired():
@@ -628,6 +636,9 @@ class EventReactors(Association):
             self.kill()
             return True
         return False
+
+    def _dul_running(self) -> bool:
+        return self.dul.is_alive()
 
     def kill(self) -> None:
         """Upstream's `kill()`, waiting on the DUL's state changes, not in 10 ms sleeps.

@@ -84,7 +84,12 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from pacs_server.dicom.acceptor import Handlers, handler_table, init_event_association
+from pacs_server.dicom.acceptor import (
+    Handlers,
+    InlineAcceptor,
+    handler_table,
+    init_event_association,
+)
 from pacs_server.dicom.find_scp import serve_find
 from pacs_server.dicom.negotiation import (
     NegotiationCache,
@@ -858,16 +863,17 @@ class ExclusiveDimse(DIMSEServiceProvider):
             self.exchange.release()
 
 
-class EventPacsAssociation(EventReactors, PacsAssociation):
-    """`PacsAssociation` on the event-driven reactors (`server.transport: events`)."""
+class EventPacsAssociation(InlineAcceptor, PacsAssociation):
+    """`PacsAssociation` on the event-driven reactors (`server.transport: events`), in
+    one thread until a request other than C-ECHO (dicom/acceptor.py)."""
 
     def _init_association(self, ae: Any, handlers: Handlers) -> None:
         """Built with the event-driven pieces and `handlers` (dicom/acceptor.py)."""
         init_event_association(self, ae, handlers, BoundedSendQueue, GuardedStateMachine)
 
     def _await_request(self) -> bool:
-        """Read the A-ASSOCIATE-RQ in this thread; the DUL's thread starts once the
-        answer is sent (`EventDUL.read_request`)."""
+        """Read the A-ASSOCIATE-RQ in this thread (`EventDUL.read_request`); the DUL's
+        thread starts when a request needs it (`InlineDUL.hand_over`)."""
         self._started_dul = True        # upstream's run_reactor must not start it
         dul = cast(EventDUL, self.dul)
         deadline = time.monotonic() + self.limits.negotiation_timeout
