@@ -30,6 +30,7 @@ its own.
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -37,8 +38,15 @@ from typing import Any, cast
 
 from pynetdicom import _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR, MODE_REQUESTOR
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.acse import ACSE
 from pynetdicom.association import ServiceUser
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.utils import make_target
 
@@ -49,6 +57,7 @@ from pacs_server.dicom.reactor import (
     ResponseDIMSE,
     WakingQueue,
 )
+from pacs_server.dicom.store_send import raw_receive_allowed
 
 Handlers = dict[Any, Any]
 
@@ -59,6 +68,12 @@ def handler_table(bound: dict[Any, list[tuple[Any, Any]]]) -> Handlers:
     table: Handlers = {}
     for event in evt._INTERVENTION_EVENTS:
         evt._add_handler(event, table, (evt.get_default_handler(event), None))
+    if _config.LOG_HANDLER_LEVEL == "standard":     # dicom/runtime.py sets "none"
+        for event, standard in ((evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+                                (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+                                (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+                                (evt.EVT_PDU_SENT, standard_pdu_sent_handler)):
+            evt._add_handler(event, table, (standard, None))
     for event, handlers in bound.items():
         if event.is_intervention and handlers:
             evt._add_handler(event, table, tuple(handlers))   # (handler, args)
@@ -268,3 +283,66 @@ class InlineAcceptor(EventReactors):
             super().run_reactor()
         finally:
             cast(InlineDUL, self.dul).close_unstarted()
+
+
+_C_ECHO_RQ = 0x0030
+_NO_DATA_SET = 0x0101
+_ECHO_ELEMENTS = frozenset((0x0000, 0x0002, 0x0100, 0x0110, 0x0800))
+
+
+def echo_request(command: bytes) -> C_ECHO | None:
+    """The C-ECHO-RQ primitive of a command set (PS3.7 9.3.5.1: Implicit VR Little
+    Endian, group 0000), or None for anything else or anything unusual (upstream then
+    decodes it, and reports what is wrong)."""
+    values: dict[int, bytes] = {}
+    offset, end = 0, len(command)
+    while offset < end:
+        if end - offset < 8:
+            return None
+        group, elem, length = struct.unpack_from("<HHI", command, offset)
+        offset += 8
+        if group != 0x0000 or elem not in _ECHO_ELEMENTS or elem in values \
+                or length > end - offset:
+            return None
+        values[elem] = command[offset:offset + length]
+        offset += length
+    field, data_set, msg_id = (values.get(e, b"") for e in (0x0100, 0x0800, 0x0110))
+    uid = values.get(0x0002, b"").rstrip(b"\0 ")
+    if len(field) != 2 or len(data_set) != 2 or len(msg_id) != 2 or not uid \
+            or struct.unpack("<H", field)[0] != _C_ECHO_RQ \
+            or struct.unpack("<H", data_set)[0] != _NO_DATA_SET:
+        return None
+    try:
+        request = C_ECHO()
+        request.MessageID = struct.unpack("<H", msg_id)[0]
+        request.AffectedSOPClassUID = uid.decode("ascii")
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    return request
+
+
+class EchoDimse(DIMSEServiceProvider):
+    """The acceptor's DIMSE provider, decoding a C-ECHO-RQ without pydicom (a mixin
+    placed first)."""
+
+    def receive_primitive(self, primitive: Any) -> None:
+        """Upstream's, except for a C-ECHO-RQ in one P-DATA fragment.
+
+        Upstream: every message through `DIMSEMessage.decode_msg` (pydicom decodes the
+        command set into a Dataset) and `message_to_primitive` (each element through
+        the primitive's validating setters): most of the DUL's share of a C-ECHO, for
+        a command set of five fixed elements. As for a C-STORE-RSP
+        (dicom/store_send.py), EVT_DIMSE_RECV with the message object is skipped only
+        when nothing but pynetdicom's own logging handler would get it.
+        Upstream change that removes this: a command set decoder without pydicom.
+        """
+        pdvs = getattr(primitive, "presentation_data_value_list", None)
+        if self.message is None and pdvs and len(pdvs) == 1:
+            context_id, data = pdvs[0]
+            if data[:1] == b"\x03" and raw_receive_allowed(self.assoc):
+                request = echo_request(bytes(data[1:]))
+                if request is not None:
+                    request._context_id = context_id
+                    self.msg_queue.put((context_id, request))
+                    return
+        super().receive_primitive(primitive)

@@ -85,6 +85,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from pacs_server.dicom.acceptor import (
+    EchoDimse,
     Handlers,
     InlineAcceptor,
     handler_table,
@@ -719,6 +720,7 @@ class PacsRequestHandler(RequestHandler):
         gate_data_sets(assoc, srv.receive_gate)
         if ae.event_reactors:
             with_mixin(assoc.dimse, RetrieveDimse)
+            with_mixin(assoc.dimse, EchoDimse)
         else:
             bound_send_queue(assoc)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
