@@ -256,7 +256,9 @@ class EventDUL(DULServiceProvider):
         A-ASSOCIATE-RQ is handed to it: True; False when the connection ends, a PDU is
         malformed or `deadline` (monotonic) passes. The reactor's own thread is
         started first and waits until the answer is sent (`send_pdu`), so its start
-        overlaps the set-up instead of delaying the first request after it.
+        overlaps the set-up instead of delaying the first request after it (the
+        acceptor's `InlineDUL`, dicom/acceptor.py, starts it only when a request
+        needs it, `_start_for_request`).
 
         Upstream: the association thread starts the DUL thread, waits for it to be
         ready, then waits for the A-ASSOCIATE-RQ on its queue; the DUL thread reads

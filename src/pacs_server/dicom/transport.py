@@ -24,7 +24,8 @@ What a connection goes through here:
 3. `PacsAssociation`: waits `negotiation_timeout` for the A-ASSOCIATE-RQ (not
    `acse_timeout`), and stops waiting when the DUL thread dies on a malformed PDU;
    on the event-driven transport it reads the RQ and sends the answer in its own
-   thread, and the DUL thread starts then (`EventDUL.read_request`).
+   thread (`EventDUL.read_request`), and goes on running the DUL until a request
+   other than C-ECHO starts the DUL's thread (dicom/acceptor.py).
 4. `PolicyACSE`: `AssociationPolicy.decide()` before pynetdicom negotiates, or before
    the outcome of the same proposal is replayed (dicom/negotiation.py).
 5. `GuardedSocket`: a declared PDU length above the limit gets an A-ABORT before its
