@@ -167,3 +167,23 @@ async def test_an_abort_from_another_thread_reaches_a_one_thread_association(
         assert not assoc.is_alive()
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("transport", ["events", "stock"])
+async def test_an_idle_association_is_aborted_after_the_idle_timeout(
+        transport: str, start_server: Callable[..., Awaitable[RunningServer]],
+        make_cfg: Callable[..., Config]) -> None:
+    srv = await start_server(make_cfg({"server.transport": transport,
+                                       "server.idle_timeout": 1.0}))
+    assert srv.port
+    sock = associated(srv.port)
+    try:
+        sock.sendall(echo_rq_pdata())
+        assert read_pdu(sock)[:1] == b"\x04"      # C-ECHO-RSP, then silence
+        started = time.monotonic()
+        reply = read_pdu(sock, timeout=10)
+        waited = time.monotonic() - started
+        assert reply[:1] == b"\x07", reply[:10].hex()     # A-ABORT (PS3.8 9.3.8)
+        assert 0.8 <= waited < 5, waited
+    finally:
+        sock.close()
