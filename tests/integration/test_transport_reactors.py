@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
@@ -22,7 +23,7 @@ from pacs_server.dicom.reactor import EventDUL, EventReactors
 from support.config import peer
 from support.instances import CT_IMAGE, DicomFiles
 from support.scp import StorageScp
-from support.scu import SUCCESS, GetScu, Scu, identifier
+from support.scu import SUCCESS, GetScu, Scu, StoreResult, contexts_for, identifier, send
 from support.security import associated, echo_rq_pdata, read_pdu
 from support.server import RunningServer
 
@@ -61,15 +62,18 @@ async def test_idle_associations_use_no_cpu(
         assocs = await established(5)
         assert all(isinstance(a, EventReactors) and isinstance(a.dul, EventDUL)
                    for a in assocs)
-        ids = [t.native_id for a in assocs for t in (a, a.dul)]
-        assert all(ids)
+        # One thread per association: the DUL's starts at the first request other
+        # than C-ECHO (dicom/acceptor.py).
+        assert all(a.native_id for a in assocs)
+        assert not any(a.dul.native_id for a in assocs)
+        ids = [a.native_id for a in assocs]
         await asyncio.sleep(0.3)
         before = sum(thread_cpu_s(i) for i in ids if i is not None)
         await asyncio.sleep(2.0)
         used = sum(thread_cpu_s(i) for i in ids if i is not None) - before
         # pynetdicom's own reactors: ~18 ms per second per association (two threads
         # waking every millisecond), i.e. ~0.18 s here; ours wake when data arrives.
-        assert used <= 0.03, f"10 idle reactor threads used {used:.3f} s of CPU in 2 s"
+        assert used <= 0.03, f"5 idle reactor threads used {used:.3f} s of CPU in 2 s"
         # ...and answer at once when something does arrive.
         socks[0].sendall(echo_rq_pdata())
         reply = read_pdu(socks[0])
@@ -114,3 +118,72 @@ def exchanges(port: int, dicom_files: DicomFiles, dest: StorageScp) -> None:
     assert len(getter.received) == 3
     assert Scu().move(port, query, "REACTDEST")[-1].status == SUCCESS
     assert len(dest.received) == 3
+
+
+def echo_then_store(port: int, path: Path) -> tuple[list[int], Association | None,
+                                                    bool, bool, StoreResult]:
+    """Two C-ECHOs then a C-STORE on one association: the statuses, the server's
+    association, whether its DUL thread was started after the echoes and after the
+    store."""
+    with Scu().associate(port, contexts_for([path])) as assoc:
+        echoes = [int(assoc.send_c_echo().Status) for _ in range(2)]
+        (server,) = [a for a in server_associations() if a.is_established]
+        after_echoes = server.dul.native_id is not None
+        stored = send(assoc, path)
+        after_store = server.dul.native_id is not None
+    return echoes, server, after_echoes, after_store, stored
+
+
+async def test_the_dul_thread_starts_at_the_first_request_other_than_c_echo(
+        start_server: Callable[..., Awaitable[RunningServer]],
+        make_cfg: Callable[..., Config], dicom_files: DicomFiles) -> None:
+    srv = await start_server(make_cfg({"server.transport": "events"}))
+    assert srv.port
+    path = dicom_files.generated()
+    echoes, server, after_echoes, after_store, stored = await asyncio.to_thread(
+        echo_then_store, srv.port, path)
+    assert echoes == [SUCCESS, SUCCESS]
+    assert not after_echoes             # the association thread ran the DUL itself
+    assert after_store and stored.ok    # a C-STORE handler needs the DUL's own thread
+    assert server is not None
+    await asyncio.to_thread(server.join, 5)
+    assert not server.is_alive() and not server.dul.is_alive()
+
+
+async def test_an_abort_from_another_thread_reaches_a_one_thread_association(
+        start_server: Callable[..., Awaitable[RunningServer]],
+        make_cfg: Callable[..., Config]) -> None:
+    srv = await start_server(make_cfg({"server.transport": "events"}))
+    assert srv.port
+    sock = associated(srv.port)
+    try:
+        (assoc,) = await established(1)
+        assert assoc.dul.native_id is None
+        # What `pacsctl associations disconnect` and the drain at shutdown do.
+        await asyncio.to_thread(assoc.abort)
+        reply = read_pdu(sock)
+        assert reply[:1] == b"\x07", reply[:10].hex()     # A-ABORT (PS3.8 9.3.8)
+        await asyncio.to_thread(assoc.join, 5)
+        assert not assoc.is_alive()
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("transport", ["events", "stock"])
+async def test_an_idle_association_is_aborted_after_the_idle_timeout(
+        transport: str, start_server: Callable[..., Awaitable[RunningServer]],
+        make_cfg: Callable[..., Config]) -> None:
+    srv = await start_server(make_cfg({"server.transport": transport,
+                                       "server.idle_timeout": 1.0}))
+    assert srv.port
+    sock = associated(srv.port)
+    try:
+        sock.sendall(echo_rq_pdata())
+        assert read_pdu(sock)[:1] == b"\x04"      # C-ECHO-RSP, then silence
+        started = time.monotonic()
+        reply = read_pdu(sock, timeout=10)
+        waited = time.monotonic() - started
+        assert reply[:1] == b"\x07", reply[:10].hex()     # A-ABORT (PS3.8 9.3.8)
+        assert 0.8 <= waited < 5, waited
+    finally:
+        sock.close()

@@ -1,8 +1,8 @@
-"""dicom/transport.py, dicom/reactor.py, dicom/negotiation.py, dicom/find_scp.py,
-dicom/store_send.py, dicom/receive.py, dicom/storage_scp.py, dicom/retrieve_scp.py,
-dicom/response_read.py and dicom/accept.py override pynetdicom internals; this fails
-loudly when their source changes, so an upgrade of pynetdicom is a decision and not a
-surprise.
+"""dicom/transport.py, dicom/reactor.py, dicom/acceptor.py, dicom/negotiation.py,
+dicom/find_scp.py, dicom/store_send.py, dicom/receive.py, dicom/storage_scp.py,
+dicom/retrieve_scp.py, dicom/response_read.py and dicom/accept.py override pynetdicom
+internals; this fails loudly when their source changes, so an upgrade of pynetdicom is
+a decision and not a surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
 replaces and why), adjust the override module, then update the digest here and the pin
@@ -17,7 +17,7 @@ from typing import Any
 
 import pynetdicom
 import pytest
-from pynetdicom import _handlers, dsutils, evt, fsm, sop_class
+from pynetdicom import _handlers, dsutils, events, evt, fsm, sop_class
 from pynetdicom.acse import ACSE
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association, ServiceUser
@@ -125,7 +125,13 @@ PINNED: dict[str, tuple[Any, str]] = {
     "DULServiceProvider._is_transport_event": (DULServiceProvider._is_transport_event,
                                                "8725ed03bb8fbdef"),
     "AssociationSocket.ready": (AssociationSocket.ready.fget, "3eb58e3d39dc076d"),
+    # dicom/acceptor.py: init_event_association sets what these two set, and
+    # handler_table binds what _bind_defaults and bind() would (events._add_handler).
     "Association.__init__": (Association.__init__, "eb07516b8009ad8f"),
+    "Association._bind_defaults": (Association._bind_defaults, "4cada43c3a193724"),
+    "Association.bind": (Association.bind, "91eec59479017e5e"),
+    "events._add_handler": (events._add_handler, "c6ef805629ffd887"),
+    "ServiceUser.__init__": (ServiceUser.__init__, "81bf9cfc3aff80ea"),
     "Association.kill": (Association.kill, "8f9713666a7f4cff"),
     "Association.release": (Association.release, "c7d713502b77d702"),
     "DIMSEServiceProvider.__init__": (DIMSEServiceProvider.__init__, "bbecd186810e7700"),

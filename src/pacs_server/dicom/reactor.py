@@ -44,9 +44,12 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
+from pynetdicom.timer import Timer
 from pynetdicom.transport import AssociationSocket
+from pynetdicom.utils import make_target
 
 from pacs_server.dicom.negotiation import ByProposal, encode_accept
 from pacs_server.dicom.receive import read_pdata
@@ -167,19 +170,38 @@ def decoded_associate_rq(raw: bytes) -> DecodedAssociateRQ:
 class EventDUL(DULServiceProvider):
     """pynetdicom's DUL thread, blocking on the socket and its queues between events."""
 
-    def __init__(self, assoc: Association, wake_assoc: Callable[[], None]) -> None:
-        super().__init__(assoc)
+    def __init__(self, assoc: Association, wake_assoc: Callable[[], None],
+                 send_queue: Callable[..., WakingQueue] | None = None,
+                 state_machine: type | None = None) -> None:
+        """Upstream's `DULServiceProvider.__init__`, its queues built as waking ones.
+
+        Upstream builds four queues (a lock and three conditions each), a state
+        machine and its thread; the waking queues used to be built on top, replacing
+        three of them. `send_queue(dul, on_put)` builds the to-provider queue,
+        `state_machine(dul)` the state machine (upstream's classes by default).
+        """
+        self._assoc = assoc
+        self.socket = None
         self._wakeup = Wakeup()
         # The reactor closes the pipe when it ends; this, for a DUL never started.
         weakref.finalize(self, self._wakeup.close)
         self._wake_assoc = wake_assoc
+        self.event_queue = WakingQueue(self._wake_reactor)
+        self.to_provider_queue = (WakingQueue(self._wake_reactor) if send_queue is None
+                                  else send_queue(self, on_put=self._wake_reactor))
+        self.to_user_queue = WakingQueue(wake_assoc)
+        self._recv_pdu = queue.Queue()
+        self._idle_timer = Timer(60)
+        self.artim_timer = Timer(30)
+        self.state_machine = (state_machine or StateMachine)(self)
+        self._run_loop_delay = 0.001
+        threading.Thread.__init__(self, target=make_target(self.run_reactor))
+        self.daemon = False
+        self._kill_thread = False
         self._changed = threading.Condition()
         # Cleared while the association's thread runs the set-up (`read_request`).
         self._handed_over = threading.Event()
         self._handed_over.set()
-        self.event_queue = waking_copy(self.event_queue, self._wake_reactor)
-        self.to_provider_queue = waking_copy(self.to_provider_queue, self._wake_reactor)
-        self.to_user_queue = waking_copy(self.to_user_queue, wake_assoc)
 
     def _wake_reactor(self) -> None:
         # Not for the reactor's own puts (an event per PDU read, per primitive sent):
@@ -242,7 +264,9 @@ class EventDUL(DULServiceProvider):
         A-ASSOCIATE-RQ is handed to it: True; False when the connection ends, a PDU is
         malformed or `deadline` (monotonic) passes. The reactor's own thread is
         started first and waits until the answer is sent (`send_pdu`), so its start
-        overlaps the set-up instead of delaying the first request after it.
+        overlaps the set-up instead of delaying the first request after it (the
+        acceptor's `InlineDUL`, dicom/acceptor.py, starts it only when a request
+        needs it, `_start_for_request`).
 
         Upstream: the association thread starts the DUL thread, waits for it to be
         ready, then waits for the A-ASSOCIATE-RQ on its queue; the DUL thread reads
@@ -255,7 +279,7 @@ class EventDUL(DULServiceProvider):
         """
         self._inline = True
         self._handed_over.clear()
-        self.start()
+        self._start_for_request()
         while not self._kill_thread and not self.to_user_queue.qsize():
             if self.state_machine.current_state == "Sta1" and self.event_queue.empty():
                 break                       # the connection ended (AA-2, AA-3, AA-5)
@@ -269,9 +293,19 @@ class EventDUL(DULServiceProvider):
         self._hand_over()
         return False
 
+    def _start_for_request(self) -> None:
+        self.start()
+
     def _hand_over(self) -> None:
         self._inline = False
         self._handed_over.set()
+
+    def _after_inline_send(self) -> None:
+        """What the set-up's thread does once it has queued a primitive: send it, and
+        let the reactor's thread take over."""
+        while self.to_provider_queue.qsize() and not self._kill_thread:
+            self._step()
+        self._hand_over()
 
     def send_pdu(self, primitive: Any) -> None:
         """Upstream's, with an accept's A-ASSOCIATE-AC encoded in the caller's thread
@@ -284,9 +318,7 @@ class EventDUL(DULServiceProvider):
         super().send_pdu(primitive)
         # Another thread (an abort at shutdown) only queues: the set-up's thread acts.
         if self._inline and threading.current_thread() is self.assoc:
-            while self.to_provider_queue.qsize() and not self._kill_thread:
-                self._step()
-            self._hand_over()
+            self._after_inline_send()
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         """Upstream's decode, with A-ASSOCIATE-RQs decoded once per distinct proposal
@@ -512,9 +544,10 @@ class EventReactors(Association):
             raise RuntimeError("the DUL thread already runs")
         self._wake = threading.Event()
         self._pause = threading.Condition()
-        new = EventDUL(self, self._wake.set)
+        new = EventDUL(self, self._wake.set, state_machine=type(old.state_machine))
         new.socket = old.socket
-        new.state_machine = type(old.state_machine)(new)
+        for name in ("event_queue", "to_provider_queue", "to_user_queue"):
+            getattr(new, name).queue.extend(getattr(old, name).queue)
         new._idle_timer.timeout = old._idle_timer.timeout
         new.artim_timer.timeout = old.artim_timer.timeout
         self.dul = new
@@ -603,7 +636,7 @@ class EventReactors(Association):
             evt.trigger(self, evt.EVT_ABORTED, {})
             self.kill()
             return True
-        if not self.dul.is_alive():
+        if not self._dul_running():
             self.kill()
             return True
         if self.dul.idle_timer_expired():
@@ -618,6 +651,9 @@ class EventReactors(Association):
             self.kill()
             return True
         return False
+
+    def _dul_running(self) -> bool:
+        return self.dul.is_alive()
 
     def kill(self) -> None:
         """Upstream's `kill()`, waiting on the DUL's state changes, not in 10 ms sleeps.

@@ -2,7 +2,9 @@
 hardened, and retrieve from the archived files. Every override of pynetdicom lives in
 this module, in dicom/reactor.py (the event-driven reactors, `server.transport:
 events`, mixed into our association classes here: `EventPacsAssociation`,
-`EventRequestorAssociation`), in dicom/find_scp.py (the C-FIND response loop, run
+`EventRequestorAssociation`), in dicom/acceptor.py (`EventPacsAssociation` built
+with those pieces directly, `init_event_association`), in dicom/find_scp.py (the
+C-FIND response loop, run
 from `PacsAssociation._serve_request`), in dicom/storage_scp.py (the Storage SCP
 around our C-STORE handler and its response as finished PDUs, run from the same place
 on the event-driven transport), in dicom/negotiation.py (a proposal
@@ -30,7 +32,8 @@ What a connection goes through here:
 3. `PacsAssociation`: waits `negotiation_timeout` for the A-ASSOCIATE-RQ (not
    `acse_timeout`), and stops waiting when the DUL thread dies on a malformed PDU;
    on the event-driven transport it reads the RQ and sends the answer in its own
-   thread, and the DUL thread starts then (`EventDUL.read_request`).
+   thread (`EventDUL.read_request`), and goes on running the DUL until a request
+   other than C-ECHO starts the DUL's thread (dicom/acceptor.py).
 4. `PolicyACSE`: `AssociationPolicy.decide()` before pynetdicom negotiates, or before
    the outcome of the same proposal is replayed (dicom/negotiation.py).
 5. `GuardedSocket`: a declared PDU length above the limit gets an A-ABORT before its
@@ -91,6 +94,13 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from pacs_server.dicom.acceptor import (
+    EchoDimse,
+    Handlers,
+    InlineAcceptor,
+    handler_table,
+    init_event_association,
+)
 from pacs_server.dicom.find_scp import serve_find
 from pacs_server.dicom.negotiation import (
     NegotiationCache,
@@ -581,10 +591,10 @@ class PacsAssociation(FileSending):
     C-GET sub-operations from the archived files."""
 
     def __init__(self, ae: Any, policy: AssociationPolicy, limits: ConnectionLimits,
-                 pending: _Pending, peer_host: str, tls_subject: str | None) -> None:
-        super().__init__(ae, MODE_ACCEPTOR)
+                 pending: _Pending, peer_host: str, tls_subject: str | None,
+                 handlers: Handlers | None = None) -> None:
+        self._init_association(ae, handlers or {})
         self.acse = PolicyACSE(self)
-        self.dul.state_machine = GuardedStateMachine(self.dul)
         self.policy, self.limits, self.pending = policy, limits, pending
         self.peer_host = peer_host
         self.tls = tls_subject is not None
@@ -592,6 +602,11 @@ class PacsAssociation(FileSending):
         self.admitted = False
         self.refusal: Refusal | None = None
         self.move_precheck: Precheck | None = None
+
+    def _init_association(self, ae: Any, handlers: Handlers) -> None:
+        # Upstream's (the stock transport): the request handler binds the handlers.
+        super().__init__(ae, MODE_ACCEPTOR)
+        self.dul.state_machine = GuardedStateMachine(self.dul)
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         """Upstream's `_serve_request`, except for a C-MOVE its precheck refuses: that
@@ -766,15 +781,20 @@ class PacsRequestHandler(RequestHandler):
         # Mirrors RequestHandler._create_association (pynetdicom 3.0) with our classes.
         srv = self.server
         ae = cast(PacsAE, self.ae)
-        cls = EventPacsAssociation if ae.event_reactors else PacsAssociation
-        assoc = cls(ae, srv.policy, srv.limits, pending, host, tls_subject)
+        if ae.event_reactors:
+            assoc: PacsAssociation = EventPacsAssociation(
+                ae, srv.policy, srv.limits, pending, host, tls_subject, srv.handler_table())
+        else:
+            assoc = PacsAssociation(ae, srv.policy, srv.limits, pending, host, tls_subject)
         assoc._server = srv
         assoc.move_precheck = srv.prechecks.get(evt.EVT_C_MOVE)
         gate_data_sets(assoc, srv.receive_gate)
         if ae.event_reactors:
             with_mixin(assoc.dimse, RetrieveDimse)
             with_mixin(assoc.dul, ResponseReadingDUL)
-        bound_send_queue(assoc)
+            with_mixin(assoc.dimse, EchoDimse)
+        else:
+            bound_send_queue(assoc)
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.acse_timeout = min(srv.limits.negotiation_timeout, srv.limits.acse_timeout)
         sock = GuardedSocket(assoc, client_socket=self.request)
@@ -783,18 +803,19 @@ class PacsRequestHandler(RequestHandler):
         assoc.acceptor.maximum_length = ae.maximum_pdu_size
         assoc.acceptor.ae_title = srv.ae_title
         assoc.acceptor.address_info = self.local
-        assoc.acceptor.implementation_class_uid = ae.implementation_class_uid
+        # (The Implementation Class UID is the AE's already: ServiceUser.__init__.)
         assoc.acceptor.implementation_version_name = ae.implementation_version_name
         # Shared, not upstream's per-association deepcopy (0.5-1 ms for ~170 contexts):
         # negotiation only reads them (dicom/server.py SharedContext).
         assoc.acceptor.supported_contexts = srv.contexts
         assoc.requestor.address_info = self.remote
-        for event, handlers in srv._handlers.items():
-            if event.is_intervention and handlers:
-                assoc.bind(event, *handlers)
-            elif isinstance(event, evt.NotificationEvent):
-                for handler in handlers:
-                    assoc.bind(event, handler[0], handler[1])
+        if not ae.event_reactors:
+            for event, handlers in srv._handlers.items():
+                if event.is_intervention and handlers:
+                    assoc.bind(event, *handlers)
+                elif isinstance(event, evt.NotificationEvent):
+                    for handler in handlers:
+                        assoc.bind(event, handler[0], handler[1])
         return assoc
 
 
@@ -829,6 +850,15 @@ class PacsAssociationServer(ThreadedAssociationServer):
 
     def connection_ended(self) -> None:
         """A connection this server accepted is closed (a worker's load, dicom/accept.py)."""
+
+    _handler_table: Handlers | None = None
+
+    def handler_table(self) -> Handlers:
+        """The handlers every association starts with (dicom/acceptor.py), built at
+        the first association: the server's handlers are bound before it serves."""
+        if self._handler_table is None:
+            self._handler_table = handler_table(self._handlers)
+        return self._handler_table
 
     _GC_INTERVAL_S = 10.0
     _last_gc = 0.0
@@ -895,16 +925,17 @@ class ExclusiveDimse(DIMSEServiceProvider):
             self.exchange.release()
 
 
-class EventPacsAssociation(EventReactors, PacsAssociation):
-    """`PacsAssociation` on the event-driven reactors (`server.transport: events`)."""
+class EventPacsAssociation(InlineAcceptor, PacsAssociation):
+    """`PacsAssociation` on the event-driven reactors (`server.transport: events`), in
+    one thread until a request other than C-ECHO (dicom/acceptor.py)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.install_event_reactors()
+    def _init_association(self, ae: Any, handlers: Handlers) -> None:
+        """Built with the event-driven pieces and `handlers` (dicom/acceptor.py)."""
+        init_event_association(self, ae, handlers, BoundedSendQueue, GuardedStateMachine)
 
     def _await_request(self) -> bool:
-        """Read the A-ASSOCIATE-RQ in this thread; the DUL's thread starts once the
-        answer is sent (`EventDUL.read_request`)."""
+        """Read the A-ASSOCIATE-RQ in this thread (`EventDUL.read_request`); the DUL's
+        thread starts when a request needs it (`InlineDUL.hand_over`)."""
         self._started_dul = True        # upstream's run_reactor must not start it
         dul = cast(EventDUL, self.dul)
         deadline = time.monotonic() + self.limits.negotiation_timeout
