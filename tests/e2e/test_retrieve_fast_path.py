@@ -15,7 +15,7 @@ import pytest
 from pydicom import dcmread
 
 from pacs_server.config import Config
-from pacs_server.dicom import response_read, retrieve_scp, store_send, transport
+from pacs_server.dicom import file_sending, response_read, retrieve_scp, store_send
 from support.archive import archived_by_uid
 from support.config import peer
 from support.dcmtk import QR_TOOLS, Storescp, getscu, movescu
@@ -45,7 +45,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
             return result
         monkeypatch.setattr(module, name, spy)
 
-    counting("send_file", bool, transport)
+    counting("send_file", bool, file_sending)
     counting("store_response", lambda r: r is not None)
     counting("response_pdus", lambda r: r is not None)
     counting("pdus", bool, retrieve_scp.PendingResponses)

@@ -27,6 +27,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
 from pacs_server.dicom import store_send
+from pacs_server.dicom.file_sending import StoredFile
 from pacs_server.dicom.store_send import (
     RawPData,
     plain_status,
@@ -35,7 +36,6 @@ from pacs_server.dicom.store_send import (
     store_response,
     store_rq_command,
 )
-from pacs_server.dicom.transport import StoredFile
 
 
 def upstream_bytes(path: Path, context_id: int, max_pdu: int, msg_id: int, priority: int,

@@ -9,7 +9,8 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom.association import Association
 
-from pacs_server.dicom.transport import PacsAssociation, StoredFile
+from pacs_server.dicom.file_sending import StoredFile
+from pacs_server.dicom.transport import PacsAssociation
 from pacs_server.services.transcode import plan
 
 

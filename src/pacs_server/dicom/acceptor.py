@@ -98,7 +98,7 @@ def init_event_association(assoc: EventReactors, ae: Any, handlers: Handlers,
     Sets every attribute upstream's sets (the pin tests/unit/test_transport_pins.py
     holds on `Association.__init__` says when that changes), then what
     `EventReactors.install_event_reactors()` adds. `send_queue(dul, on_put)` builds the
-    DUL's send queue (transport.BoundedSendQueue), `state_machine(dul)` its state
+    DUL's send queue (file_sending.BoundedSendQueue), `state_machine(dul)` its state
     machine (transport.GuardedStateMachine).
     """
     assoc._ae = ae

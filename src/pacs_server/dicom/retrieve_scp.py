@@ -222,7 +222,7 @@ class _Loop:
         self.pending: PendingResponses | None = None
         if raw_send_allowed(assoc):
             self.pending = PendingResponses(rsp, self.cx_id, assoc.dimse.maximum_pdu_size)
-        # dicom/transport.py's FileSending (which imports this module) holds them.
+        # dicom/file_sending.py's FileSending holds them (not upstream's classes).
         self.ahead = move is None and self.pending is not None \
             and hasattr(assoc, "flush_ahead")
         # Whether the primitive holds the counts of the last pending response (None

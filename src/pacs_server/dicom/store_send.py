@@ -57,7 +57,7 @@ _META_START = 132
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"
 _HEADER = _META_START + len(_GROUP_LENGTH) + 4
 # Bytes read from the file per queue item (rounded to whole fragments): a 1 GB instance
-# is never in memory; with transport.SEND_QUEUE_PDUS items queued at most ~4 MiB.
+# is never in memory; with file_sending.SEND_QUEUE_PDUS items queued at most ~4 MiB.
 CHUNK_BYTES = 256 * 1024
 
 

@@ -17,9 +17,9 @@ import structlog
 from pynetdicom.events import Event
 
 from pacs_server.dicom.bridge import LoopBridge
+from pacs_server.dicom.file_sending import StoredFile
 from pacs_server.dicom.identifiers import parse_identifier
 from pacs_server.dicom.status import CANCEL, PENDING
-from pacs_server.dicom.transport import StoredFile
 from pacs_server.metrics import Metrics
 from pacs_server.services.query import FindRequest
 from pacs_server.services.retrieve import RetrieveService, StoredRef
