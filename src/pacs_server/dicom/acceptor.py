@@ -50,6 +50,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.utils import make_target
 
+from pacs_server.dicom.command_set import command_elements
 from pacs_server.dicom.reactor import (
     _MAX_WAIT_S,
     EventDUL,
@@ -289,25 +290,17 @@ class InlineAcceptor(EventReactors):
 
 _C_ECHO_RQ = 0x0030
 _NO_DATA_SET = 0x0101
-_ECHO_ELEMENTS = frozenset((0x0000, 0x0002, 0x0100, 0x0110, 0x0800))
+# Group length, Affected SOP Class UID, Command Field, Message ID, Command Data Set Type.
+_ECHO_ELEMENTS = {0x0000: 4, 0x0002: 0, 0x0100: 2, 0x0110: 2, 0x0800: 2}
 
 
 def echo_request(command: bytes) -> C_ECHO | None:
     """The C-ECHO-RQ primitive of a command set (PS3.7 9.3.5.1: Implicit VR Little
     Endian, group 0000), or None for anything else or anything unusual (upstream then
     decodes it, and reports what is wrong)."""
-    values: dict[int, bytes] = {}
-    offset, end = 0, len(command)
-    while offset < end:
-        if end - offset < 8:
-            return None
-        group, elem, length = struct.unpack_from("<HHI", command, offset)
-        offset += 8
-        if group != 0x0000 or elem not in _ECHO_ELEMENTS or elem in values \
-                or length > end - offset:
-            return None
-        values[elem] = command[offset:offset + length]
-        offset += length
+    values = command_elements(command, _ECHO_ELEMENTS)
+    if values is None:
+        return None
     field, data_set, msg_id = (values.get(e, b"") for e in (0x0100, 0x0800, 0x0110))
     uid = values.get(0x0002, b"").rstrip(b"\0 ")
     if len(field) != 2 or len(data_set) != 2 or len(msg_id) != 2 or not uid \

@@ -50,6 +50,7 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu_primitives import P_DATA
 
+from pacs_server.dicom.command_set import command_elements
 from pacs_server.dicom.reactor import _element, encode_response
 
 # Preamble, "DICM", then (0002,0000) UL 4 in Explicit VR Little Endian (PS3.10 7.1).
@@ -239,21 +240,11 @@ _RSP_REQUIRED = (0x0000, 0x0100, 0x0120, 0x0800, 0x0900)
 def store_response(command: bytes) -> C_STORE | None:
     """The C-STORE response primitive of a command set holding only the elements of a
     plain C-STORE-RSP, else None (upstream then decodes it)."""
-    values: dict[int, bytes] = {}
-    pos, end = 0, len(command)
-    while pos < end:
-        if end - pos < 8:
-            return None
-        group, elem, length = struct.unpack_from("<HHI", command, pos)
-        pos += 8
-        size = _RSP_ELEMENTS.get(elem)
-        if group != 0 or size is None or elem in values or pos + length > end \
-                or (size and length != size):
-            return None
-        values[elem] = command[pos:pos + length]
-        pos += length
+    values = command_elements(command, _RSP_ELEMENTS)
+    if values is None:
+        return None
     if any(elem not in values for elem in _RSP_REQUIRED) \
-            or int.from_bytes(values[0x0000], "little") != end - 12 \
+            or int.from_bytes(values[0x0000], "little") != len(command) - 12 \
             or values[0x0100] != b"\x01\x80" or values[0x0800] != b"\x01\x01":
         return None
     rsp = PlainStoreResponse()
