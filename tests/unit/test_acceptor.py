@@ -13,11 +13,11 @@ import pytest
 from pynetdicom import AE, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
-from pynetdicom.dimse_messages import C_ECHO_RQ, DIMSEMessage
+from pynetdicom.dimse_messages import C_ECHO_RQ
 from pynetdicom.dimse_primitives import C_ECHO
-from pynetdicom.pdu_primitives import P_DATA
 
 from pacs_server.dicom.acceptor import copy_handlers, echo_request, handler_table
+from support.dimse import upstream_decode
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -34,13 +34,6 @@ def echo_command(msg_id: int, sop_class: str = VERIFICATION) -> bytes:
     assert data[:1] == b"\x03"
     return bytes(data[1:])
 
-
-def upstream_decode(command: bytes) -> Any:
-    msg = DIMSEMessage()
-    pdata = P_DATA()
-    pdata.presentation_data_value_list.append((1, b"\x03" + command))
-    assert msg.decode_msg(pdata)
-    return msg.message_to_primitive()
 
 
 @pytest.mark.parametrize("msg_id", [1, 7, 65535])

@@ -19,12 +19,10 @@ from pynetdicom.dimse_messages import (
     C_MOVE_RSP,
     C_STORE_RQ,
     C_STORE_RSP,
-    DIMSEMessage,
 )
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.pdu_primitives import P_DATA
 
 from pacs_server.dicom import store_send
 from pacs_server.dicom.file_sending import StoredFile
@@ -36,6 +34,7 @@ from pacs_server.dicom.store_send import (
     store_response,
     store_rq_command,
 )
+from support.dimse import upstream_decode
 
 
 def upstream_bytes(path: Path, context_id: int, max_pdu: int, msg_id: int, priority: int,
@@ -119,13 +118,6 @@ def test_file_without_group_length_is_left_to_upstream(tmp_path: Path) -> None:
     assert not items
 
 
-def upstream_response(command: bytes) -> C_STORE:
-    msg = DIMSEMessage()
-    pdata = P_DATA()
-    pdata.presentation_data_value_list.append((1, b"\x03" + command))
-    assert msg.decode_msg(pdata)
-    return msg.message_to_primitive()
-
 
 def response_command(status: int, error_comment: str | None = None,
                      instance: str | None = "1.2.3.4.5") -> bytes:
@@ -148,7 +140,7 @@ KEYWORDS = ("MessageIDBeingRespondedTo", "Status", "AffectedSOPClassUID",
     (0x0000, "1.2.3.4.5"), (0xB000, "1.2.3.4.56"), (0xA700, None)])
 def test_plain_response_reads_as_upstream(status: int, instance: str | None) -> None:
     command = response_command(status, instance=instance)
-    ours, theirs = store_response(command), upstream_response(command)
+    ours, theirs = store_response(command), upstream_decode(command)
     assert ours is not None
     assert {k: getattr(ours, k) for k in KEYWORDS} == {k: getattr(theirs, k) for k in KEYWORDS}
     assert ours.is_valid_response
@@ -220,7 +212,7 @@ def test_response_uids_are_checked_by_upstream_when_read() -> None:
     # What upstream's decode does with it depends on the process-wide validation mode
     # (dicom/runtime.py relaxes pydicom's): the first read does the same.
     try:
-        theirs = upstream_response(bytes(command)).AffectedSOPInstanceUID
+        theirs = upstream_decode(bytes(command)).AffectedSOPInstanceUID
     except (ValueError, UserWarning) as exc:
         with pytest.raises(type(exc)):
             _ = rsp.AffectedSOPInstanceUID
