@@ -4,7 +4,7 @@ With `server.workers` > 1 the supervisor binds and listens once per port and eve
 worker inherits that socket (workers/supervisor.py). Before, each worker bound its own
 SO_REUSEPORT socket and the kernel hashed each connection to one of them: 4 concurrent
 associations split 2/2 only 3 times in 8, and a 3/1 or 4/0 run lasts as long as the
-busier worker needs (docs/performance.md, "Results: balanced accept"). Here every
+busier worker needs (docs/performance.md, "Results: worker balance"). Here every
 worker's accept loop wakes for a new connection, and one that holds more live
 connections than a sibling steps back for at most `BALANCE_WAIT_S`, so the least busy
 one takes it; past that bound anyone does, so no connection waits on a worker that is
