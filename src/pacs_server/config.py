@@ -16,9 +16,10 @@ import ipaddress
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, cast, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -531,7 +532,7 @@ def load_config(path: str | Path | None = None,
         if not isinstance(sect, dict):
             raise ConfigError(f"{source}: {section}: expected a mapping")
         sect[key] = value
-    cfg = _build(Config, data, source, "")
+    cfg: Config = _build(Config, data, source, "")
     cfg = dataclasses.replace(cfg, source=source)
     validate(cfg)
     return cfg
@@ -557,7 +558,7 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value if value is not None else {}, source, key + ".")
+        return _build(cast(type, tp), value if value is not None else {}, source, key + ".")
     if origin is Literal:
         allowed = get_args(tp)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -658,10 +659,10 @@ def iter_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[
             continue
         tp = get_type_hints(cls)[fld.name]
         if dataclasses.is_dataclass(tp):
-            yield from iter_fields(tp, f"{prefix}{fld.name}.")  # type: ignore[arg-type]
+            yield from iter_fields(cast(type, tp), f"{prefix}{fld.name}.")
         else:
             default = (fld.default if fld.default is not dataclasses.MISSING
-                       else fld.default_factory())  # type: ignore[misc]
+                       else cast(Callable[[], Any], fld.default_factory)())
             yield f"{prefix}{fld.name}", fld, default
 
 

@@ -74,7 +74,7 @@ def is_installed(dest: Path, version: str) -> bool:
         marker = json.loads((installed_dir(dest, version) / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return (marker.get("version") == version and marker.get("integrity") == RELEASES.get(
+    return bool(marker.get("version") == version and marker.get("integrity") == RELEASES.get(
         version) and marker.get("base") == BASE)
 
 

@@ -35,7 +35,7 @@ log = structlog.get_logger(__name__)
 Listener = Callable[[str, dict[str, Any]], None]
 
 # A-ASSOCIATE-RJ (result, source, diagnostic) -> the reason label (PS3.8 9.3.4).
-REJECT_REASONS = {
+REJECT_REASONS: dict[tuple[Any, Any, Any], str] = {
     (0x01, 0x01, 0x03): "calling_ae_not_allowed",
     (0x01, 0x01, 0x07): "called_ae_not_recognised",
     (0x02, 0x03, 0x02): "local_limit_exceeded",
@@ -231,7 +231,8 @@ class AssociationTracker:
         self._emit("associate", rec, contexts=rec.contexts)
         self._metrics.associations_active.inc()
         self._metrics.associations.labels("accepted").inc()
-        tls = {"tls_subject": assoc.tls_subject} if getattr(assoc, "tls", False) else {}
+        tls = {"tls_subject": getattr(assoc, "tls_subject", "")} if getattr(assoc, "tls", False) \
+            else {}
         log.info("association.accepted", assoc=rec.id, peer=rec.peer, calling_ae=rec.calling_ae,
                  called_ae=rec.called_ae, **tls, accepted_contexts=rec.contexts,
                  rejected_contexts=len(assoc.rejected_contexts),
@@ -331,7 +332,8 @@ def discard_partial_receive(assoc: Any) -> None:
 def set_nodelay(event: Event) -> None:
     """Disable Nagle on the association's socket (loopback DIMSE stalls ~40 ms without)."""
     try:
-        sock = event.assoc.dul.socket.socket
+        assoc_socket = event.assoc.dul.socket
+        sock = assoc_socket.socket if assoc_socket is not None else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError):

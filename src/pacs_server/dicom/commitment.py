@@ -45,7 +45,7 @@ def handle_action(event: Event, delivery: CommitmentDelivery, bridge: LoopBridge
         0x0000 once the request is committed to the index. Failures are raised: 0x0123,
         0x0112, 0x0115 (see the module docstring), 0x0213 index unavailable.
     """
-    req = event.request
+    req: Any = event.request      # an N_ACTION here (the handler is bound for N-ACTION)
     action = int(req.ActionTypeID or 0)
     if action != REQUEST_STORAGE_COMMITMENT:
         raise NoSuchAction(f"Action Type ID {action} is not defined (1 = Request Storage "

@@ -29,7 +29,7 @@ FIND_MODELS = frozenset(str(uid) for uid in QR_FIND)
 def combined_requested(event: Event, sop_class: str) -> bool:
     """Did the SCU ask for combined date-time matching (extended negotiation byte 2)?"""
     info = (getattr(event.assoc.requestor, "sop_class_extended", None) or {}).get(sop_class)
-    return bool(info) and len(info) > 1 and info[1] == 1
+    return info is not None and len(info) > 1 and info[1] == 1
 
 
 def negotiate_extended(info: bytes) -> bytes:

@@ -166,7 +166,7 @@ def operation_details(name: str, event: Event, count: int | None) -> dict[str, A
     """
     out: dict[str, Any] = {}
     try:
-        request = event.request
+        request: Any = event.request
         if name == "C-STORE":
             out["sop_instance_uids"] = [str(request.AffectedSOPInstanceUID or "")]
             out["sop_class_uid"] = str(request.AffectedSOPClassUID or "")

@@ -14,6 +14,7 @@ from pynetdicom.sop_class import (
 )
 
 from pacs_server.errors import InvalidQuery
+from pacs_server.index.attributes import InformationModel
 from pacs_server.services.query import FindRequest, QueryKey, key_vr
 from pacs_server.values import value_text
 
@@ -29,7 +30,7 @@ QR_GET = [PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInf
 WORKLIST = ModalityWorklistInformationFind
 
 
-def model_of(sop_class_uid: str) -> str:
+def model_of(sop_class_uid: str) -> InformationModel:
     if sop_class_uid in PATIENT_ROOT:
         return "PATIENT"
     if sop_class_uid in STUDY_ROOT:

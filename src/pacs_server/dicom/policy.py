@@ -111,8 +111,8 @@ def _compile(access: AccessControlConfig,
             hosts[title] = None
         else:
             known.append(ipaddress.ip_network(e.host, strict=False))
-    for title, nets in hosts.items():
-        rules[title] = _Rule(tuple(nets or ()), False)
+    for title, listed in hosts.items():
+        rules[title] = _Rule(tuple(listed or ()), False)
     return anyone, rules
 
 

@@ -188,7 +188,7 @@ def extended_negotiation(services: Iterable[DicomService]) -> Handler | None:
 
     def handle(event: Event) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
-        for uid, info in (event.app_info or {}).items():
+        for uid, info in (getattr(event, "app_info", None) or {}).items():
             answer = table.get(str(uid))
             reply = answer(info) if answer is not None and info else None
             if reply is not None:

@@ -12,6 +12,7 @@ Nothing here knows the Q/R levels: the functions take a column and a match kind 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -176,7 +177,8 @@ def combine_range(date_q: str, time_q: str) -> str:
 
 def _range_match(stored: str, query: str, kind: str) -> bool:
     lo, hi, is_range = _split_range(query) if kind != "datetime" else _split_dt_range(query)
-    key = {"date": _date_key, "time": _time_key, "datetime": _dt_key}[kind]
+    # One kind per call: the keys compared below are all str or all float.
+    key: Callable[..., Any] = {"date": _date_key, "time": _time_key, "datetime": _dt_key}[kind]
     s = key(stored)
     if s is None:
         return False

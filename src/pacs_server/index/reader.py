@@ -8,7 +8,7 @@ memory at a time; closing the generator (C-CANCEL) closes its cursor and connect
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
@@ -95,7 +95,7 @@ class IndexReader:
 
     async def find(self, level: str, keys: Iterable[MatchKey], *, within: str | None = None,
                    case_sensitive_names: bool = False, combined_datetime: bool = False,
-                   batch: int = 200) -> AsyncIterator[list[Match]]:
+                   batch: int = 200) -> AsyncGenerator[list[Match], None]:
         """Entities at `level` matching every key (PS3.4 C.2.2.2), in batches.
 
         Args:

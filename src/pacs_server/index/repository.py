@@ -8,7 +8,7 @@ engine's connections; nothing outside `index/` sees an engine or a SQL statement
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,7 +43,7 @@ class IndexRepository:
         return await self.writer.add_instance(record, replace)
 
     def find(self, level: str, keys: Iterable[MatchKey], **options: Any
-             ) -> AsyncIterator[list[Match]]:
+             ) -> AsyncGenerator[list[Match], None]:
         """See `IndexReader.find`."""
         return self.reader.find(level, keys, **options)
 

@@ -97,6 +97,7 @@ def _encode(elements: Sequence[Element], implicit_vr: bool, parent_charset: Any)
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue            # retired group lengths are not written (PS3.5 7.2)
         _, vr, value = by_tag[tag]
+        raw: bytes | None
         if vr == "SQ" and isinstance(value, list):
             raw = b"".join(_item(_encode(item, implicit_vr, charset)) for item in value)
         else:

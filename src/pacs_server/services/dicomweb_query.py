@@ -117,7 +117,7 @@ def build(resource: str, params: dict[str, list[str]], scope: dict[str, str],
         tag = parse_tag(name)
         requested[tag] = values[-1]
     for keyword, uid in scope.items():
-        requested[int(tag_for_keyword(keyword))] = uid
+        requested[int(tag_for_keyword(keyword) or 0)] = uid
     keys: dict[int, QueryKey] = {}
     for name in wanted:
         tag = parse_tag(name)

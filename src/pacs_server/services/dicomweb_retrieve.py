@@ -117,7 +117,7 @@ class DicomWebRetrieve:
                 raise TranscodeFailed(f"frames are sent as stored or uncompressed little "
                                       f"endian, not {UID(target).name}")
             ds = transcode.convert(self.path(ref), ExplicitVRLittleEndian)
-            syntax = ExplicitVRLittleEndian
+            syntax: str = ExplicitVRLittleEndian
         else:
             ds = _read(self.path(ref))
             syntax = stored

@@ -79,7 +79,8 @@ class Maintenance:
                 checked += 1
                 if checked % PROGRESS_EVERY == 0:
                     yield {"phase": "index", "done": False, "checked": checked, "total": total}
-        unindexed = [{"path": rel, "size": size} for rel, size in sorted(on_disk.items())]
+        unindexed: list[dict[str, Any]] = [{"path": rel, "size": size}
+                                           for rel, size in sorted(on_disk.items())]
         yield {"phase": "files", "done": False, "checked": checked, "total": total}
         report: dict[str, Any] = {"done": True, "checked": checked + len(unindexed),
                                   "missing": missing, "truncated": truncated,
@@ -88,7 +89,8 @@ class Maintenance:
             await self._admin.mark_missing(
                 [(m["sop_instance_uid"], m["path"], "missing") for m in missing]
                 + [(t["sop_instance_uid"], t["path"], "truncated") for t in truncated])
-            imported, failed = [], []
+            imported: list[dict[str, Any]] = []
+            failed: list[dict[str, Any]] = []
             for item in unindexed:
                 outcome = await self._import(root / item["path"])
                 if "error" not in outcome:

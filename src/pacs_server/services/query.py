@@ -72,7 +72,8 @@ class QueryService:
         if req.model == "STUDY" and req.level == "PATIENT":
             raise InvalidQuery("Study Root has no PATIENT level")
 
-    async def find(self, req: FindRequest, batch: int = 200) -> AsyncIterator[list[Dataset]]:
+    async def find(self, req: FindRequest,
+                   batch: int = 200) -> AsyncGenerator[list[Dataset], None]:
         """Yield response identifiers in batches as the rows stream from the index.
 
         Raises:
@@ -119,7 +120,7 @@ class QueryService:
         return refs
 
     def _matching(self, req: FindRequest, level: Level, batch: int,
-                  within: str | None = None) -> AsyncIterator[list[Match]]:
+                  within: str | None = None) -> AsyncGenerator[list[Match], None]:
         keys = [k for k in req.keys if k.keyword not in _ALWAYS]
         return self._repo.find(level, keys, within=within, batch=batch,
                                case_sensitive_names=self._cfg.case_sensitive_names,

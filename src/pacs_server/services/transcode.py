@@ -21,7 +21,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filewriter import correct_ambiguous_vr
-from pydicom.pixels import get_decoder, get_encoder
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import (
     JPEG2000,
     UID,

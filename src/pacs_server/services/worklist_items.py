@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from pacs_server.index.attributes import Kind
 from pacs_server.index.matching import VR_KIND, combine_range, is_universal, matches
 from pacs_server.services import answers
 from pacs_server.services.answers import Element
@@ -80,7 +81,7 @@ class Key:
     tag: int
     vr: str                     # for a key the item lacks: the dictionary's VR
     text: str                   # the matching value as text ("" and "*" universal)
-    kind: str                   # how it matches (index/matching.VR_KIND)
+    kind: Kind                  # how it matches (index/matching.VR_KIND); "" for SQ
     universal: bool
     # SQ: the keys of the query's item; None for a zero-length sequence or an empty
     # item (the stored items are returned whole).
@@ -98,7 +99,7 @@ def compile_query(query: Dataset) -> tuple[Key, ...]:
         if elem.VR == "SQ":
             wanted = elem.value[0] if elem.value else None
             items = compile_query(wanted) if wanted is not None and len(wanted) else None
-            keys.append(Key(tag, "SQ", "", "", True, items,
+            keys.append(Key(tag, "SQ", "", cast(Kind, ""), True, items,
                             wanted is not None and _has_keys(wanted)))
             continue
         text = query_text(elem.value)
