@@ -315,7 +315,7 @@ class PacsAssociationServer(ThreadedAssociationServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """socketserver's thread per connection; on the event-driven transport the
-XX"""
+        association's own (`start_association_thread`)."""
         try:
             if cast(PacsAE, self.ae).event_reactors:
                 start_association_thread(self, request, client_address)
