@@ -11,7 +11,7 @@ starts a thread per connection for the request handler, which builds the
 `Association`, starts it (a second thread) and ends. Two thread starts and ends per
 association, and a hand-off between them before the A-ASSOCIATE-RQ can be read; the
 request-handler thread was 0.58 of 1.95 ms of server CPU per C-ECHO association
-(docs/performance.md, "Results: association set-up in one thread").
+(docs/performance.md, "Results: association set-up in one thread (2026-12-02)").
 
 Here the accept loop starts the thread of an association not built yet
 (`start_association_thread`: the `threading.Thread` part only, as cheap as the request
