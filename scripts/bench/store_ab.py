@@ -3,14 +3,17 @@
 
     .venv/bin/python scripts/bench/store_ab.py --a /tmp/base/src [--b src] [--pairs 4]
         [--associations 1|4] [--workers 1|2|auto] [--count 1000]
+    .venv/bin/python scripts/bench/store_ab.py --a /tmp/base/src --each --count 200
 
 Each pair starts a fresh server (SQLite, durable defaults) from tree A and one from tree
 B, in alternating order (AB, BA, AB...), and sends the small set over 1 storescu
-association (or 4 at once). The tree is chosen with PYTHONPATH, so both run in this
-virtualenv with the same libraries. Reported per run and as medians: server CPU (every
-process of the server: supervisor and workers, from /proc/<pid>/stat) per instance,
-instances/s, and the 1-minute load average. On a shared machine the CPU per instance
-is the number to compare; the rate moves with whatever else runs.
+association (or 4 at once; or, with `--each`, one storescu process and association per
+instance, one after the other, as run.py's "one association each"). The tree is chosen
+with PYTHONPATH, so both run in this virtualenv with the same libraries. Reported per
+run and as medians: server CPU (every process of the server: supervisor and workers,
+from /proc/<pid>/stat) per instance, instances/s, and the 1-minute load average. On a
+shared machine the CPU per instance is the number to compare; the rate moves with
+whatever else runs.
 """
 
 from __future__ import annotations
@@ -31,12 +34,15 @@ from servers import REPO, PacsServer  # noqa: E402
 from workers_scaling import tree_cpu_s  # noqa: E402
 
 
-def once(srv: PacsServer, dirs: list[Path], expected: int) -> tuple[float, float, float]:
+def once(srv: PacsServer, dirs: list[Path], expected: int,
+         each: bool = False) -> tuple[float, float, float]:
     """(instances/s, server CPU ms per instance, load average) of one fresh server."""
     srv.start()
     try:
         before = tree_cpu_s(srv.pid)
-        if len(dirs) == 1:
+        if each:
+            t = store_each(srv, sorted(p for d in dirs for p in d.rglob("*.dcm")))
+        elif len(dirs) == 1:
             t = clients.store(srv.port, srv.ae, dirs)
         else:
             t = clients.store_parallel(srv.port, srv.ae, dirs)
@@ -52,6 +58,16 @@ def once(srv: PacsServer, dirs: list[Path], expected: int) -> tuple[float, float
         srv.cleanup()
 
 
+def store_each(srv: PacsServer, files: list[Path]) -> clients.Timed:
+    """One storescu run (one association) per file; the first failure, or the total."""
+    started = time.perf_counter()
+    for f in files:
+        t = clients.store(srv.port, srv.ae, [f], timeout=60)
+        if t.returncode:
+            return t
+    return clients.Timed(time.perf_counter() - started, 0, "")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--a", required=True, help="src directory of version A")
@@ -62,6 +78,8 @@ def main() -> int:
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--transport", choices=("events", "stock"), default=None)
     p.add_argument("--data-dir", default="/tmp/pacs-bench-data")
+    p.add_argument("--each", action="store_true",
+                   help="one storescu process and association per instance")
     a = p.parse_args()
     if a.transport:
         import servers
@@ -76,11 +94,12 @@ def main() -> int:
             for name in ("AB" if pair % 2 == 0 else "BA"):
                 srv = PacsServer(Path(work) / f"{name}{pair}", workers=a.workers)
                 srv.env = {"PYTHONPATH": trees[name]}
-                rate, cpu, load = once(srv, dirs, m.files)
+                rate, cpu, load = once(srv, dirs, m.files, a.each)
                 rows[name].append((rate, cpu, load))
                 print(f"pair {pair} {name}: {rate:6.1f}/s  {cpu:5.2f} ms CPU/instance  "
                       f"load {load:.1f}", flush=True)
-    print(f"\n{m.files} small instances, {a.associations} association(s), workers "
+    how = "one association each" if a.each else f"{a.associations} association(s)"
+    print(f"\n{m.files} small instances, {how}, workers "
           f"{a.workers}; A = {a.a}, B = {a.b}\n")
     print("| version | CPU ms/instance (median) | runs | instances/s (median) | load |")
     print("| --- | --- | --- | --- | --- |")

@@ -429,7 +429,7 @@ class PacsApp:
         await self.start()
         # What start-up loaded (modules, pydicom's dictionaries, the SOP class tables)
         # lives as long as the process: out of the full collections the accept loop
-        # runs every 10 s (dicom/transport.py), each ~80 ms of CPU over its ~127k
+        # runs every 10 s (dicom/connection.py), each ~80 ms of CPU over its ~127k
         # objects, up to a fifth of a 500-instance C-GET's CPU when one lands in it.
         gc.collect()
         gc.freeze()

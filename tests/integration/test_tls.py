@@ -164,6 +164,29 @@ async def test_silent_tls_client_does_not_block_others(tls_server: RunningServer
             sock.close()
 
 
+async def test_a_tls_handshake_under_way_is_no_association_to_drain(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config],
+        pki: Path) -> None:
+    """A connection still in its TLS handshake runs in its association's own thread
+    (dicom/connection.py) but is no association yet: the drain at shutdown does not
+    wait for it."""
+    srv: RunningServer = await start_server(make_cfg({
+        **tls_overrides(pki), "server.shutdown_grace": 30.0,
+        "server.negotiation_timeout": 30.0}))
+    assert srv.tls_port
+    silent = socket.create_connection(("127.0.0.1", srv.tls_port))
+    try:
+        await asyncio.sleep(0.3)       # accepted: its thread waits for the ClientHello
+        with capture_logs() as logs:
+            started = time.monotonic()
+            await asyncio.to_thread(srv.stop)
+            took = time.monotonic() - started
+        assert not events(logs, "server.draining"), events(logs, "server.draining")
+        assert took < 10, took
+    finally:
+        silent.close()
+
+
 async def test_tls_only_and_calling_ae_that_must_use_tls(start_server: Callable[..., Any],
                                                           make_cfg: Callable[..., Config],
                                                           pki: Path) -> None:

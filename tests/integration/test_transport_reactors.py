@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 
 from pacs_server.config import Config
 from pacs_server.dicom.reactor import EventDUL, EventReactors
@@ -167,6 +168,45 @@ async def test_an_abort_from_another_thread_reaches_a_one_thread_association(
         assert not assoc.is_alive()
     finally:
         sock.close()
+
+
+def acceptor_threads_started(action: Callable[[], object]) -> list[threading.Thread]:
+    """The server-side threads (request handler, acceptor association, its DUL)
+    started while `action` runs in this process."""
+    started: list[threading.Thread] = []
+    original = threading.Thread.start
+
+    def recording(thread: threading.Thread) -> None:
+        started.append(thread)
+        original(thread)
+
+    threading.Thread.start = recording  # type: ignore[method-assign]
+    try:
+        action()
+    finally:
+        threading.Thread.start = original  # type: ignore[method-assign]
+
+    def acceptor_side(t: threading.Thread) -> bool:
+        owner = t.assoc if isinstance(t, DULServiceProvider) else t
+        return "process_request_thread" in t.name or (
+            isinstance(owner, Association) and owner.mode == "acceptor")
+    return [t for t in started if acceptor_side(t)]
+
+
+async def test_an_echo_association_is_served_by_the_one_thread_the_accept_loop_starts(
+        start_server: Callable[..., Awaitable[RunningServer]],
+        make_cfg: Callable[..., Config]) -> None:
+    # dicom/connection.py: no request-handler thread starting the association's.
+    srv = await start_server(make_cfg({"server.transport": "events"}))
+    port = srv.port
+    statuses: list[int] = []
+    threads = await asyncio.to_thread(
+        acceptor_threads_started, lambda: statuses.append(Scu().echo(port)))
+    assert statuses == [SUCCESS]
+    assert len(threads) == 1 and isinstance(threads[0], Association), threads
+    await asyncio.to_thread(threads[0].join, 5)
+    assert not threads[0].is_alive()
+    assert srv.sample("pacs_associations_total", outcome="released") == 2  # with the probe
 
 
 @pytest.mark.parametrize("transport", ["events", "stock"])

@@ -1,6 +1,6 @@
 """dicom/transport.py and the other override modules it lists in its docstring
 (reactor, acceptor, negotiation, find_scp, storage_scp, retrieve_scp, file_sending,
-store_send, response_read, requestor, receive, accept) override pynetdicom internals;
+store_send, response_read, requestor, receive, accept, connection) override pynetdicom internals;
 this fails loudly when their source changes, so an upgrade of pynetdicom is a decision
 and not a surprise.
 
@@ -64,6 +64,13 @@ PINNED: dict[str, tuple[Any, str]] = {
         ThreadedAssociationServer.process_request_thread, "9e76e9b9c8a3d8b1"),
     "DULServiceProvider._read_pdu_data": (DULServiceProvider._read_pdu_data,
                                           "19f2d4e38c13c835"),
+    # dicom/connection.py: the accept loop starts the association's own thread, the
+    # association built in it; upstream's active_associations (AcceptorThread names,
+    # `_server`; the AE's: Association instances, `ae`) then see it before it is built.
+    "AssociationServer.active_associations": (AssociationServer.active_associations.fget,
+                                              "2dc018cb7d13020d"),
+    "ApplicationEntity.active_associations": (ApplicationEntity.active_associations.fget,
+                                              "23da190dfcca5dbd"),
     # Retrieve from the stored file: PacsAssociation/RequestorAssociation.send_c_store
     # hands a path or a converted dataset to upstream's; the retrieve SCPs hand it each
     # yielded Dataset (our StoredFile); AE.associate's result changes class.

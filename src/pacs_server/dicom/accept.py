@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from pacs_server.dicom.transport import PacsAssociationServer
+from pacs_server.dicom.connection import PacsAssociationServer
 
 ABSENT = (1 << 62)
 # A worker's accept thread that is woken with its sibling takes the connection within

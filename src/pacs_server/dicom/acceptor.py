@@ -102,9 +102,12 @@ def init_event_association(assoc: EventReactors, ae: Any, handlers: Handlers,
     DUL's send queue (file_sending.BoundedSendQueue), `state_machine(dul)` its state
     machine (transport.GuardedStateMachine).
     """
+    # Already its connection's running thread (dicom/connection.py): not again.
+    own_thread = threading.current_thread() is assoc
     assoc._ae = ae
     assoc.mode = MODE_ACCEPTOR
-    assoc._server = None
+    if not own_thread:
+        assoc._server = None
     assoc.requestor = ServiceUser(assoc, MODE_REQUESTOR)
     assoc.acceptor = ServiceUser(assoc, MODE_ACCEPTOR)
     assoc.is_established = False
@@ -138,8 +141,9 @@ def init_event_association(assoc: EventReactors, ae: Any, handlers: Handlers,
     assoc._reactor_checkpoint.set()
     assoc._is_paused = False
     assoc._timer_resolution = _config.WINDOWS_TIMER_RESOLUTION
-    threading.Thread.__init__(assoc, target=make_target(assoc.run_reactor))
-    assoc.daemon = True
+    if not own_thread:
+        threading.Thread.__init__(assoc, target=make_target(assoc.run_reactor))
+        assoc.daemon = True
 
 
 class InlineDUL(EventDUL):

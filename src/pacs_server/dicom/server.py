@@ -33,6 +33,7 @@ from pacs_server.config import AccessControlConfig, Config, LimitsConfig, Server
 from pacs_server.dicom import runtime
 from pacs_server.dicom.accept import BalancedAssociationServer, SharedListen
 from pacs_server.dicom.associations import AssociationTracker
+from pacs_server.dicom.connection import PacsAssociationServer
 from pacs_server.dicom.handler import HandlerGuard
 from pacs_server.dicom.policy import AssociationPolicy
 from pacs_server.dicom.requestor import PacsAE
@@ -43,7 +44,7 @@ from pacs_server.dicom.service import (
     extended_negotiation,
 )
 from pacs_server.dicom.tls import TlsContexts
-from pacs_server.dicom.transport import ConnectionLimits, PacsAssociationServer
+from pacs_server.dicom.transport import ConnectionLimits
 from pacs_server.errors import StartupError
 from pacs_server.metrics import Metrics
 

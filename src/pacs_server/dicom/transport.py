@@ -20,18 +20,22 @@ remove it):
   unread below the reserve (`gate_data_sets` installs it), P-DATA-TF PDUs read into
   their PDVs (`read_pdata`);
 - dicom/accept.py: a worker process's listener on the supervisor's socket, the least
-  busy worker accepting first.
+  busy worker accepting first;
+- dicom/connection.py: the accept loop's admission, the request handler (TLS
+  handshake, building the association) and, on the event-driven transport, one thread
+  per connection: the association's own.
 
 tests/unit/test_transport_pins.py fails when the source of an overridden or
 relied-upon upstream function changes (pynetdicom is pinned to the tested minor
 version).
 
-What a connection goes through here:
+What a connection goes through, here and in dicom/connection.py:
 
 1. accept loop (`PacsAssociationServer.verify_request`): the connection is counted as
    unassociated, or closed at once when its address or the server holds too many;
    no thread is started for a refused connection.
-2. the connection's own thread (`PacsRequestHandler.handle`): the TLS handshake, with
+2. the connection's own thread (`PacsRequestHandler.handle`; on the event-driven
+   transport the association's thread itself): the TLS handshake, with
    `server.negotiation_timeout` as its deadline; then the association.
 3. `PacsAssociation`: waits `negotiation_timeout` for the A-ASSOCIATE-RQ (not
    `acse_timeout`), and stops waiting when the DUL thread dies on a malformed PDU;
@@ -50,14 +54,11 @@ queue are in dicom/file_sending.py; our outgoing associations (`PacsAE`,
 
 from __future__ import annotations
 
-import gc
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, cast
 
 import structlog
@@ -68,20 +69,13 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket
 
-from pacs_server.dicom.acceptor import (
-    EchoDimse,
-    Handlers,
-    InlineAcceptor,
-    handler_table,
-    init_event_association,
-)
-from pacs_server.dicom.file_sending import BoundedSendQueue, FileSending, bound_send_queue
+from pacs_server.dicom.acceptor import Handlers, InlineAcceptor, init_event_association
+from pacs_server.dicom.file_sending import BoundedSendQueue, FileSending
 from pacs_server.dicom.find_scp import serve_find
 from pacs_server.dicom.mixins import with_mixin
 from pacs_server.dicom.negotiation import (
-    NegotiationCache,
     capture,
     is_encoded_accept_due,
     proposal_key,
@@ -91,16 +85,10 @@ from pacs_server.dicom.negotiation import (
 from pacs_server.dicom.policy import AssociationPolicy, Refusal
 from pacs_server.dicom.reactor import EventDUL
 from pacs_server.dicom.receive import GatedDimse, receive_stores
-from pacs_server.dicom.requestor import PacsAE
-from pacs_server.dicom.response_read import ResponseReadingDUL
 from pacs_server.dicom.retrieve_scp import serve_retrieve
 from pacs_server.dicom.service import Precheck
 from pacs_server.dicom.storage_scp import serve_store
-from pacs_server.dicom.store_send import (
-    RawSendStateMachine,
-    RetrieveDimse,
-)
-from pacs_server.dicom.tls import TlsContexts, peer_subject
+from pacs_server.dicom.store_send import RawSendStateMachine
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +108,7 @@ class ConnectionLimits:
     max_pdu: int   # largest P-DATA-TF PDU we receive; 0 = unlimited
 
 
-class _Pending:
+class PendingConnection:
     """One unassociated connection counted by the policy; `done()` exactly once."""
 
     def __init__(self, policy: AssociationPolicy, host: str) -> None:
@@ -247,7 +235,7 @@ class GuardedStateMachine(RawSendStateMachine):
                         state=self.current_state, error=f"{type(exc).__name__}: {exc}"[:200])
             if sock is not None and sock.socket is not None:
                 sock._abort_now()
-                _close(sock.socket)
+                close_socket(sock.socket)
             assoc = dul.assoc
             was_established = assoc.is_established
             assoc.is_aborted = True
@@ -329,7 +317,7 @@ class PacsAssociation(FileSending):
     C-GET sub-operations from the archived files."""
 
     def __init__(self, ae: Any, policy: AssociationPolicy, limits: ConnectionLimits,
-                 pending: _Pending, peer_host: str, tls_subject: str | None,
+                 pending: PendingConnection, peer_host: str, tls_subject: str | None,
                  handlers: Handlers | None = None) -> None:
         self._init_association(ae, handlers or {})
         self.acse = PolicyACSE(self)
@@ -411,7 +399,7 @@ class PacsAssociation(FileSending):
             if self._server is not None:
                 if sock.socket is not None:
                     self._server.shutdown_request(sock.socket)
-                cast(PacsAssociationServer, self._server).connection_ended()
+                self._server.connection_ended()   # dicom/connection.py
 
     def _await_request(self) -> bool:
         if not self._started_dul:
@@ -447,184 +435,12 @@ class PacsAssociation(FileSending):
             self.dul.join(2)
 
 
-class PacsRequestHandler(RequestHandler):
-    """Handles one connection in its own thread: TLS handshake, then the association."""
-
-    server: PacsAssociationServer
-
-    def handle(self) -> None:
-        """Handshake (TLS port) with a deadline, then start the association.
-
-        Upstream: `AssociationServer.get_request` wraps the socket and completes the
-        TLS handshake inside the accept loop, with no deadline: one client that
-        connects and sends nothing stops the server from accepting anyone else.
-        Upstream change that would remove this: `wrap_socket(...,
-        do_handshake_on_connect=False)` in `get_request` and the handshake done here.
-        """
-        srv = self.server
-        host = str(self.client_address[0])
-        pending = _Pending(srv.policy, host)
-        started = False
-        try:
-            subject: str | None = None
-            if srv.tls is not None:
-                wrapped = self._handshake(srv.tls, srv.limits.negotiation_timeout)
-                if wrapped is None:
-                    pending.done()
-                    return
-                self.request, subject = wrapped
-            else:
-                self.request.settimeout(srv.limits.idle_timeout)
-            assoc = self._create_association_for(pending, host, subject)
-            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-            assoc.start()
-            started = True      # from here the association's thread ends the connection
-        except BaseException:
-            pending.done()
-            raise
-        finally:
-            if not started:
-                srv.connection_ended()
-
-    def _handshake(self, tls: TlsContexts,
-                   timeout: float) -> tuple[ssl.SSLSocket, str] | None:
-        raw = cast(socket.socket, self.request)
-        raw.settimeout(timeout)
-        peer = f"{self.client_address[0]}:{self.client_address[1]}"
-        try:
-            sock = tls.server.wrap_socket(raw, server_side=True,
-                                          do_handshake_on_connect=False)
-            sock.do_handshake()
-        except (ssl.SSLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            log.warning("security.tls_handshake_failed", peer=peer, reason=str(reason),
-                        error=str(exc).splitlines()[0][:200] if str(exc) else "")
-            self.server.metrics.associations_rejected.labels("tls_handshake").inc()
-            _close(raw)
-            return None
-        sock.settimeout(self.server.limits.idle_timeout)
-        return sock, peer_subject(sock.getpeercert())
-
-    def _create_association(self) -> Association:
-        """Not used: `_create_association_for` builds our association classes.
-
-        Upstream: builds `Association` and `AssociationSocket` by name, so neither can
-        be subclassed. Upstream change that would remove this: `association_class` and
-        `socket_class` attributes on the request handler.
-        """
-        raise NotImplementedError("PacsRequestHandler builds PacsAssociation instead")
-
-    def _create_association_for(self, pending: _Pending, host: str,
-                                tls_subject: str | None) -> PacsAssociation:
-        # Mirrors RequestHandler._create_association (pynetdicom 3.0) with our classes.
-        srv = self.server
-        ae = cast(PacsAE, self.ae)
-        if ae.event_reactors:
-            assoc: PacsAssociation = EventPacsAssociation(
-                ae, srv.policy, srv.limits, pending, host, tls_subject, srv.handler_table())
-        else:
-            assoc = PacsAssociation(ae, srv.policy, srv.limits, pending, host, tls_subject)
-        assoc._server = srv
-        assoc.move_precheck = srv.prechecks.get(evt.EVT_C_MOVE)
-        gate_data_sets(assoc, srv.receive_gate)
-        if ae.event_reactors:
-            with_mixin(assoc.dimse, RetrieveDimse)
-            with_mixin(assoc.dul, ResponseReadingDUL)
-            with_mixin(assoc.dimse, EchoDimse)
-        else:
-            bound_send_queue(assoc)
-        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.acse_timeout = min(srv.limits.negotiation_timeout, srv.limits.acse_timeout)
-        sock = GuardedSocket(assoc, client_socket=self.request)
-        sock.limits = srv.limits
-        assoc.set_socket(sock)
-        assoc.acceptor.maximum_length = ae.maximum_pdu_size
-        assoc.acceptor.ae_title = srv.ae_title
-        assoc.acceptor.address_info = self.local
-        # (The Implementation Class UID is the AE's already: ServiceUser.__init__.)
-        assoc.acceptor.implementation_version_name = ae.implementation_version_name
-        # Shared, not upstream's per-association deepcopy (0.5-1 ms for ~170 contexts):
-        # negotiation only reads them (dicom/server.py SharedContext).
-        assoc.acceptor.supported_contexts = srv.contexts
-        assoc.requestor.address_info = self.remote
-        if not ae.event_reactors:
-            for event, handlers in srv._handlers.items():
-                if event.is_intervention and handlers:
-                    assoc.bind(event, *handlers)
-                elif isinstance(event, evt.NotificationEvent):
-                    for handler in handlers:
-                        assoc.bind(event, handler[0], handler[1])
-        return assoc
-
-
-def _close(sock: socket.socket) -> None:
+def close_socket(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
     sock.close()
-
-
-class PacsAssociationServer(ThreadedAssociationServer):
-    """ThreadedAssociationServer with admission in the accept loop and TLS per thread."""
-
-    # The kernel's accept queue: socketserver's default of 5 drops the SYN of a
-    # legitimate client while a flood is being accepted (a 1 s retransmit for it).
-    request_queue_size = 512
-
-    def __init__(self, *args: Any, policy: AssociationPolicy, limits: ConnectionLimits,
-                 tls: TlsContexts | None, metrics: Any,
-                 prechecks: dict[Any, Precheck] | None = None,
-                 receive_gate: Callable[[], None] | None = None, **kwargs: Any) -> None:
-        self.policy = policy
-        self.limits = limits
-        self.tls = tls
-        self.metrics = metrics
-        self.prechecks = prechecks or {}
-        self.receive_gate = receive_gate     # see gate_data_sets
-        self.negotiations = NegotiationCache()    # dicom/negotiation.py
-        kwargs.setdefault("request_handler", PacsRequestHandler)
-        super().__init__(*args, **kwargs)
-
-    def connection_ended(self) -> None:
-        """A connection this server accepted is closed (a worker's load, dicom/accept.py)."""
-
-    _handler_table: Handlers | None = None
-
-    def handler_table(self) -> Handlers:
-        """The handlers every association starts with (dicom/acceptor.py), built at
-        the first association: the server's handlers are bound before it serves."""
-        if self._handler_table is None:
-            self._handler_table = handler_table(self._handlers)
-        return self._handler_table
-
-    _GC_INTERVAL_S = 10.0
-    _last_gc = 0.0
-
-    def service_actions(self) -> None:
-        """A full garbage collection at most every 10 s, not every 60 connections.
-
-        Upstream: `gc.collect()` in the accept loop every 60 requests (dead association
-        threads were not being collected). During a flood of connections that is a full
-        collection every few milliseconds, each taking tens of milliseconds with a large
-        heap, and nobody is accepted meanwhile.
-        Upstream change that would remove this: a time-based collection, or none.
-        """
-        now = time.monotonic()
-        if now - self._last_gc >= self._GC_INTERVAL_S:
-            self._last_gc = now
-            gc.collect()
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Admit the connection as unassociated, or have the accept loop close it."""
-        return self.policy.admit_connection(str(client_address[0]))
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread: nobody else will give the slot back
-            self.policy.connection_done(str(client_address[0]))
-            raise
 
 
 class EventPacsAssociation(InlineAcceptor, PacsAssociation):
