@@ -50,6 +50,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import LOGGER, QueryRetrieveServiceClass, attempt
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
+from pacs_server.dicom import lent_dul
 from pacs_server.dicom.find_scp import log_request, run_scp, service_class_of
 from pacs_server.dicom.reactor import encode_response
 from pacs_server.dicom.store_send import (
@@ -234,6 +235,13 @@ class _Loop:
                                "originator_id": move.MessageID}
 
     def run(self, generator: Any) -> None:
+        try:
+            self._run(generator)
+        finally:
+            # A C-MOVE destination's DUL held by this thread (dicom/lent_dul.py).
+            lent_dul.give_back(self.sender)
+
+    def _run(self, generator: Any) -> None:
         scp, rsp = self.scp, self.rsp
         assoc = scp.assoc
         ii = -1
