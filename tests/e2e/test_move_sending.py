@@ -1,8 +1,14 @@
-"""C-MOVE with the destination's DUL run by the sending thread (dicom/lent_dul.py), on the
-event-driven transport: every C-STORE-RQ written by that thread and every response read
-by it, and the cases where it gives the DUL back (a response upstream decodes, the
-destination aborting, C-CANCEL, the release) keep upstream's statuses and exact counts,
-and leave no thread of the destination's association behind."""
+"""How a C-MOVE's sub-operations go out on the event-driven transport.
+
+- The destination's DUL run by the sending thread (dicom/lent_dul.py): every
+  C-STORE-RQ written by that thread and every response read by it, and the cases where
+  it gives the DUL back (a response upstream decodes, the destination aborting,
+  C-CANCEL, the release) keep upstream's statuses and exact counts, and leave no
+  thread of the destination's association behind.
+- Pending C-MOVE-RSPs at most one per `PENDING_INTERVAL_S` (dicom/retrieve_scp.py,
+  PS3.4 C.4.2.3.1): the first at once, one per sub-operation when each is slower, the
+  counts of every response and the final one exact, for pynetdicom and movescu.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
-from pacs_server.dicom import lent_dul
+from pacs_server.dicom import lent_dul, retrieve_scp
 from support.config import FAST_STORAGE, peer, server_config
+from support.dcmtk import QR_TOOLS, movescu
 from support.instances import SECONDARY_CAPTURE, new_dataset
 from support.scp import start_listener
 from support.scu import CANCEL, MOVE_S, NATIVE, PENDING, SUCCESS, VERIFICATION, Scu, identifier
@@ -125,7 +132,8 @@ def move(setup: dict[str, Any]) -> list[Any]:
 
 
 def test_every_sub_operation_sent_and_answered_in_the_sending_thread(
-        setup: dict[str, Any], calls: Counter[str]) -> None:
+        setup: dict[str, Any], calls: Counter[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieve_scp, "PENDING_INTERVAL_S", 0.0)     # one per sub-operation
     setup["dest"].reset("ok")
     rsps = move(setup)
     assert [r.status for r in rsps] == [PENDING] * N + [SUCCESS]
@@ -188,3 +196,44 @@ def test_c_cancel_between_sub_operations(setup: dict[str, Any], calls: Counter[s
     assert calls["write"] == done and calls["response"] == done
     assert setup["dest"].release_seen.wait(10)
     assert lent_threads_end()
+
+
+def pending_counts(rsps: list[Any]) -> list[tuple[int, int, int, int]]:
+    return [(int(r.status_ds.NumberOfRemainingSuboperations), *counts(r.status_ds))
+            for r in rsps if r.status == PENDING]
+
+
+def test_pending_responses_coalesced_keep_exact_counts(
+        setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sub-operations faster than the interval: only the first has a pending response,
+    and the final one still counts them all."""
+    monkeypatch.setattr(retrieve_scp, "PENDING_INTERVAL_S", 3600.0)
+    setup["dest"].reset("comment")
+    rsps = move(setup)
+    assert [r.status for r in rsps] == [PENDING, 0xB000]
+    assert pending_counts(rsps) == [(N - 1, 1, 0, 0)]
+    assert counts(rsps[-1].status_ds) == (N // 2, 0, N // 2)
+    assert sorted(setup["dest"].received) == sorted(setup["uids"])
+
+
+def test_one_pending_response_per_slow_sub_operation(setup: dict[str, Any]) -> None:
+    """Each sub-operation longer than the interval (50 ms here) gets its own pending
+    response, as from dcmtk and Orthanc."""
+    assert retrieve_scp.PENDING_INTERVAL_S < 0.05
+    setup["dest"].reset("slow")
+    rsps = move(setup)
+    assert [r.status for r in rsps] == [PENDING] * N + [SUCCESS]
+    assert pending_counts(rsps) == [(N - 1 - k, k + 1, 0, 0) for k in range(N)]
+
+
+@pytest.mark.dcmtk(*QR_TOOLS)
+def test_movescu_with_coalesced_pending_responses(
+        setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieve_scp, "PENDING_INTERVAL_S", 3600.0)
+    setup["dest"].reset("ok")
+    result = movescu(setup["server"].port, "STUDY",
+                     [f"StudyInstanceUID={setup['study']}"], "LENTDEST")
+    assert result.returncode == 0, result.output[-3000:]
+    assert result.statuses == [PENDING, SUCCESS], result.output[-3000:]
+    assert (result.counts()["completed"], result.counts()["failed"]) == (N, 0)
+    assert sorted(setup["dest"].received) == sorted(setup["uids"])
