@@ -236,7 +236,9 @@ def assert_only_mr_delivered(final: Response, items: dict[str, Dataset]) -> None
 def test_c_move_delivers_every_instance(archive: dict[str, Any]) -> None:
     srv, items, scp = archive["server"], archive["items"], archive["accepting"]
     rsps = SCU.move(srv.port, identifier("STUDY", StudyInstanceUID=archive["mixed"]), "ALLOK")
-    assert [r.status for r in rsps] == [PENDING, PENDING, PENDING, SUCCESS]
+    # One to three pending responses (at most one per retrieve_scp.PENDING_INTERVAL_S).
+    assert [r.status for r in rsps] == [PENDING] * (len(rsps) - 1) + [SUCCESS]
+    assert 2 <= len(rsps) <= 4
     assert int(rsps[-1].status_ds.NumberOfCompletedSuboperations) == 3
     assert set(scp.received) == {uid(items[k]) for k in ("CT1", "CT2", "MR")}
     for key in ("CT1", "CT2", "MR"):

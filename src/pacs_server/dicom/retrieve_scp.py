@@ -17,6 +17,9 @@ destination that is unknown or does not associate, the Move Originator AE Title 
 Message ID on each C-STORE-RQ, its log lines (at INFO, built only when INFO is on),
 and the final responses through the primitive and the DIMSE provider. One sub-operation
 is outstanding at a time: we negotiate no Asynchronous Operations Window (PS3.7 D.3.3.3).
+Not as upstream: a C-MOVE sends a pending response at most every `PENDING_INTERVAL_S`
+(the first at once; PS3.4 C.4.2.3.1 makes them optional), and its destination's DUL is
+run by this thread while it sends from archived files (dicom/lent_dul.py).
 
 Used from `PacsAssociation._serve_request` (`serve_retrieve`) on the event-driven
 transport when nothing listens for the messages it skips building (`fast_allowed`);
@@ -97,8 +100,10 @@ class PendingResponses:
 # ends the interval (the first at once). PS3.4 C.4.2.3.1 makes pending responses
 # optional ("Optionally, the SCP may generate responses ... with status equal to
 # Pending"), each with the four counts; every one costs a write on the requester's
-# association and a wake-up of its DUL thread, which on a fast destination (~2 ms per
-# sub-operation) was ~X% of a C-MOVE's server CPU. Sub-operations slower than this
+# association and a wake-up of its DUL thread: with one per sub-operation a C-MOVE to a
+# fast destination (~2-4 ms per sub-operation) cost 0.83 ms of server CPU and 22
+# context switches per sub-operation, without 0.74 ms and 13 (docs/performance.md
+# "Results: C-MOVE sending (2026-12-02)"). Sub-operations slower than this
 # still get one each, as from dcmtk and Orthanc; the final response's counts are exact
 # whatever was skipped, and C-CANCEL is looked at before every sub-operation.
 PENDING_INTERVAL_S = 0.01
