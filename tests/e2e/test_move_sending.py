@@ -5,7 +5,7 @@
   it gives the DUL back (a response upstream decodes, the destination aborting,
   C-CANCEL, the release) keep upstream's statuses and exact counts, and leave no
   thread of the destination's association behind.
-- Pending C-MOVE-RSPs at most one per `PENDING_INTERVAL_S` (dicom/retrieve_scp.py,
+- Pending C-MOVE-RSPs at most one per `PENDING_INTERVAL_S` (dicom/pending.py,
   PS3.4 C.4.2.3.1): the first at once, one per sub-operation when each is slower, the
   counts of every response and the final one exact, for pynetdicom and movescu.
 """
@@ -23,7 +23,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 
-from pacs_server.dicom import lent_dul, retrieve_scp
+from pacs_server.dicom import lent_dul, pending
 from support.config import FAST_STORAGE, peer, server_config
 from support.dcmtk import QR_TOOLS, movescu
 from support.instances import SECONDARY_CAPTURE, new_dataset
@@ -133,7 +133,7 @@ def move(setup: dict[str, Any]) -> list[Any]:
 
 def test_every_sub_operation_sent_and_answered_in_the_sending_thread(
         setup: dict[str, Any], calls: Counter[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(retrieve_scp, "PENDING_INTERVAL_S", 0.0)     # one per sub-operation
+    monkeypatch.setattr(pending, "PENDING_INTERVAL_S", 0.0)     # one per sub-operation
     setup["dest"].reset("ok")
     rsps = move(setup)
     assert [r.status for r in rsps] == [PENDING] * N + [SUCCESS]
@@ -176,14 +176,14 @@ def test_c_cancel_between_sub_operations(setup: dict[str, Any], calls: Counter[s
     """0xFE00 with the counts so far (PS3.4 C.4.2.3.1); the destination released."""
     setup["dest"].reset("slow")
     finals: list[Dataset] = []
-    pending = 0
+    seen = 0
     with Scu().associate(setup["server"].port, [(MOVE_S, NATIVE)]) as assoc:
         for status, _ident in assoc.send_c_move(
                 identifier("STUDY", StudyInstanceUID=setup["study"]), "LENTDEST", MOVE_S,
                 msg_id=11):
             if status.Status == PENDING:
-                pending += 1
-                if pending == 3:
+                seen += 1
+                if seen == 3:
                     assoc.send_c_cancel(11, query_model=MOVE_S)
             else:
                 finals.append(status)
@@ -207,7 +207,7 @@ def test_pending_responses_coalesced_keep_exact_counts(
         setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """Sub-operations faster than the interval: only the first has a pending response,
     and the final one still counts them all."""
-    monkeypatch.setattr(retrieve_scp, "PENDING_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(pending, "PENDING_INTERVAL_S", 3600.0)
     setup["dest"].reset("comment")
     rsps = move(setup)
     assert [r.status for r in rsps] == [PENDING, 0xB000]
@@ -219,7 +219,7 @@ def test_pending_responses_coalesced_keep_exact_counts(
 def test_one_pending_response_per_slow_sub_operation(setup: dict[str, Any]) -> None:
     """Each sub-operation longer than the interval (50 ms here) gets its own pending
     response, as from dcmtk and Orthanc."""
-    assert retrieve_scp.PENDING_INTERVAL_S < 0.05
+    assert pending.PENDING_INTERVAL_S < 0.05
     setup["dest"].reset("slow")
     rsps = move(setup)
     assert [r.status for r in rsps] == [PENDING] * N + [SUCCESS]
@@ -229,7 +229,7 @@ def test_one_pending_response_per_slow_sub_operation(setup: dict[str, Any]) -> N
 @pytest.mark.dcmtk(*QR_TOOLS)
 def test_movescu_with_coalesced_pending_responses(
         setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(retrieve_scp, "PENDING_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(pending, "PENDING_INTERVAL_S", 3600.0)
     setup["dest"].reset("ok")
     result = movescu(setup["server"].port, "STUDY",
                      [f"StudyInstanceUID={setup['study']}"], "LENTDEST")

@@ -95,7 +95,7 @@ def test_pynetdicom_move_to_pynetdicom_scp_under_cpu_load(
     assert int(final.status_ds.NumberOfCompletedSuboperations) == INSTANCES
     assert int(final.status_ds.NumberOfFailedSuboperations) == 0
     assert set(study["pydest"].received) == study["uids"]
-    # Pending responses at most one per retrieve_scp.PENDING_INTERVAL_S, the first at once,
+    # Pending responses at most one per pending.PENDING_INTERVAL_S, the first at once,
     # their counts in order; then the final.
     remaining = [int(r.status_ds.NumberOfRemainingSuboperations) for r in rsps[:-1]]
     assert 1 <= len(remaining) <= INSTANCES and remaining[0] == INSTANCES - 1

@@ -236,7 +236,7 @@ def assert_only_mr_delivered(final: Response, items: dict[str, Dataset]) -> None
 def test_c_move_delivers_every_instance(archive: dict[str, Any]) -> None:
     srv, items, scp = archive["server"], archive["items"], archive["accepting"]
     rsps = SCU.move(srv.port, identifier("STUDY", StudyInstanceUID=archive["mixed"]), "ALLOK")
-    # One to three pending responses (at most one per retrieve_scp.PENDING_INTERVAL_S).
+    # One to three pending responses (at most one per pending.PENDING_INTERVAL_S).
     assert [r.status for r in rsps] == [PENDING] * (len(rsps) - 1) + [SUCCESS]
     assert 2 <= len(rsps) <= 4
     assert int(rsps[-1].status_ds.NumberOfCompletedSuboperations) == 3
