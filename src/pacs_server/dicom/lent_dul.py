@@ -200,8 +200,9 @@ def await_response(assoc: Any) -> tuple[Any, Any] | None:
             break
         dul._wait(remaining)
         # As the DUL's loop: nothing after kill_dul (AA-3 closes the socket, which
-        # queues an Evt17 that is never to be acted on).
-        while not dul._kill_thread and dul._step():
+        # queues an Evt17 that is never to be acted on); and once the message is there,
+        # the rest is left for whoever runs the DUL next.
+        while not dul._kill_thread and not messages.qsize() and dul._step():
             pass
     if messages.qsize():
         item = assoc.dimse.get_msg(block=True)
