@@ -28,7 +28,17 @@ from support.config import FAST_STORAGE, peer, server_config
 from support.dcmtk import QR_TOOLS, movescu
 from support.instances import SECONDARY_CAPTURE, new_dataset
 from support.scp import start_listener
-from support.scu import CANCEL, MOVE_S, NATIVE, PENDING, SUCCESS, VERIFICATION, Scu, identifier
+from support.scu import (
+    CANCEL,
+    MOVE_S,
+    NATIVE,
+    PENDING,
+    SUCCESS,
+    VERIFICATION,
+    Scu,
+    finals_cancelling,
+    identifier,
+)
 from support.server import RunningServer
 
 pytestmark = pytest.mark.skipif(os.environ.get("PACS_TRANSPORT", "events") != "events",
@@ -175,18 +185,10 @@ def test_destination_abort_fails_the_rest_and_ends_its_threads(
 def test_c_cancel_between_sub_operations(setup: dict[str, Any], calls: Counter[str]) -> None:
     """0xFE00 with the counts so far (PS3.4 C.4.2.3.1); the destination released."""
     setup["dest"].reset("slow")
-    finals: list[Dataset] = []
-    seen = 0
     with Scu().associate(setup["server"].port, [(MOVE_S, NATIVE)]) as assoc:
-        for status, _ident in assoc.send_c_move(
-                identifier("STUDY", StudyInstanceUID=setup["study"]), "LENTDEST", MOVE_S,
-                msg_id=11):
-            if status.Status == PENDING:
-                seen += 1
-                if seen == 3:
-                    assoc.send_c_cancel(11, query_model=MOVE_S)
-            else:
-                finals.append(status)
+        finals = finals_cancelling(assoc.send_c_move(
+            identifier("STUDY", StudyInstanceUID=setup["study"]), "LENTDEST", MOVE_S,
+            msg_id=11), 3, lambda: assoc.send_c_cancel(11, query_model=MOVE_S))
         assert [int(f.Status) for f in finals] == [CANCEL]
         done, failed, warning = counts(finals[0])
         assert 3 <= done < N and (failed, warning) == (0, 0)
