@@ -15,7 +15,7 @@ import pytest
 from pydicom import dcmread
 
 from pacs_server.config import Config
-from pacs_server.dicom import file_sending, response_read, retrieve_scp, store_send
+from pacs_server.dicom import file_sending, lent_dul, pending, response_read, store_send
 from support.archive import archived_by_uid
 from support.config import peer
 from support.dcmtk import QR_TOOLS, Storescp, getscu, movescu
@@ -48,8 +48,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     counting("send_file", bool, file_sending)
     counting("store_response", lambda r: r is not None)
     counting("response_pdus", lambda r: r is not None)
-    counting("pdus", bool, retrieve_scp.PendingResponses)
+    counting("pdus", bool, pending.PendingResponses)
     counting("_take_response", bool, response_read.ResponseReadingDUL)
+    counting("await_response", lambda r: r is not None, lent_dul)
     return seen
 
 
@@ -79,12 +80,17 @@ async def test_get_and_move_take_the_fast_path(
         assert len(dest.files()) == N
     finally:
         dest.stop()
-    # N sub-operations per retrieve; N pending responses from dicom/retrieve_scp.py's
-    # template + 1 final per retrieve; every C-STORE-RSP read by the DUL thread
-    # (dicom/response_read.py), so none reaches RetrieveDimse's own read.
-    taken = {k: calls[k] for k in ("send_file", "store_response", "response_pdus", "pdus",
+    # N sub-operations per retrieve; pending responses from dicom/pending.py's
+    # template (N for the C-GET, 1 to N for the C-MOVE: at most one per
+    # PENDING_INTERVAL_S) + 1 final per retrieve; every C-STORE-RSP read by the DUL thread
+    # (dicom/response_read.py), so none reaches RetrieveDimse's own read; the C-MOVE's
+    # read in the sending thread (dicom/lent_dul.py).
+    assert N + 1 <= calls["pdus"] <= 2 * N, calls
+    taken = {k: calls[k] for k in ("send_file", "store_response", "response_pdus",
                                    "_take_response", "send_file: not taken",
-                                   "response_pdus: not taken")}
+                                   "response_pdus: not taken", "await_response",
+                                   "await_response: not taken")}
     assert taken == {"send_file": 2 * N, "store_response": 0, "_take_response": 2 * N,
-                     "response_pdus": 2, "pdus": 2 * N, "send_file: not taken": 0,
-                     "response_pdus: not taken": 0}, calls
+                     "response_pdus": 2, "send_file: not taken": 0,
+                     "response_pdus: not taken": 0, "await_response": N,
+                     "await_response: not taken": 0}, calls

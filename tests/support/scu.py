@@ -195,6 +195,22 @@ _chunked_users = 0
 _chunked_saved = False
 
 
+def finals_cancelling(responses: Iterable[tuple[Dataset, Any]], after: int,
+                      cancel: Any) -> list[Dataset]:
+    """The non-pending statuses of a C-GET/C-MOVE response stream, calling `cancel()`
+    once, right after the `after`-th pending response."""
+    pending = 0
+    finals: list[Dataset] = []
+    for status, _ident in responses:
+        if status.Status == PENDING:
+            pending += 1
+            if pending == after:
+                cancel()
+        else:
+            finals.append(status)
+    return finals
+
+
 @contextmanager
 def chunked_send() -> Iterator[None]:
     """Send files from disk byte for byte while inside (pynetdicom's global switch).

@@ -224,6 +224,18 @@ async def test_resolve_a_study_to_its_stored_instances(index: Index) -> None:
         (e.sop_instance_uid, e.sop_class_uid, str(e.rel_path), e.size) for e in expected)
 
 
+async def test_resolve_still_matches_a_key_against_the_stored_header(index: Index) -> None:
+    """A retrieve's rows carry only where each instance lives, unless a key needs the
+    stored header (IndexReader.find refs_only): then it is read and matched."""
+    svc = index.service()
+    clinic = await svc.resolve(request("PATIENT", model="PATIENT", PatientID="P-A",
+                                       InstitutionName="City*"))
+    assert sorted(r.sop_instance_uid for r in clinic) == sorted(
+        index.records[k].sop_instance_uid for k in ("A-CT1", "A-CT2", "A-MR"))
+    assert await svc.resolve(request("PATIENT", model="PATIENT", PatientID="P-A",
+                                     InstitutionName="Town*")) == []
+
+
 async def test_resolve_a_patient(index: Index) -> None:
     refs = await index.service().resolve(request("PATIENT", model="PATIENT", PatientID="P-A"))
     assert len(refs) == 4

@@ -10,7 +10,7 @@ from pynetdicom.dimse_messages import C_GET_RSP, C_MOVE_RSP
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.pdu import P_DATA_TF
 
-from pacs_server.dicom.retrieve_scp import PendingResponses
+from pacs_server.dicom.pending import PendingResponses
 
 
 def upstream_pending(kind: type, msg_id: int, sop_class: str, counts: tuple[int, ...],

@@ -1,7 +1,7 @@
 """dicom/transport.py and the other override modules it lists in its docstring
 (reactor, acceptor, negotiation, find_scp, storage_scp, retrieve_scp, file_sending,
-store_send, response_read, requestor, receive, accept, connection) override pynetdicom internals;
-this fails loudly when their source changes, so an upgrade of pynetdicom is a decision
+store_send, response_read, requestor, receive, accept, connection, lent_dul) override
+pynetdicom internals; this fails loudly when their source changes, so an upgrade of pynetdicom is a decision
 and not a surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
@@ -198,6 +198,13 @@ PINNED: dict[str, tuple[Any, str]] = {
                                            "f9bdd6340986b88f"),
     "C_STORE.AffectedSOPInstanceUID": (C_STORE.AffectedSOPInstanceUID.fset,
                                        "26553181105568ff"),
+    # dicom/lent_dul.py: a C-MOVE destination's DUL run by the sending thread, which
+    # writes the C-STORE-RQ PDUs with AssociationSocket.send as RawSendStateMachine
+    # does, runs EventDUL's step (upstream's _process_recv_primitive and
+    # _is_transport_event, pinned above) and gives the DUL back before upstream's
+    # send_c_store (above), release (above) and abort.
+    "AssociationSocket.send": (AssociationSocket.send, "1ea8158c0b51faca"),
+    "Association.abort": (Association.abort, "de1cee39dfe396b0"),
 }
 
 # The methods that read or set Association._is_paused, which EventReactors turns into a

@@ -44,6 +44,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
 
+from pacs_server.dicom import lent_dul
 from pacs_server.dicom.reactor import EventReactors, WakingQueue
 from pacs_server.dicom.store_send import (
     RawPData,
@@ -117,6 +118,7 @@ class FileSending(Association):
                 if status is not None:
                     return status
         self.flush_ahead()
+        lent_dul.give_back(self)        # upstream's exchange needs the DUL's thread
         return super().send_c_store(dataset, msg_id, priority, originator_aet, originator_id)
 
     def flush_ahead(self) -> None:
@@ -145,36 +147,53 @@ class FileSending(Association):
         command = store_rq_command(stored.sop_class, stored.sop_instance,
                                    msg_id, priority, originator_aet, originator_id)
         queued = 0
+        # A C-MOVE destination: the DUL run by this thread (dicom/lent_dul.py).
+        lent = lent_dul.borrow(self)
 
         def send(pdata: RawPData) -> None:
             nonlocal queued
             queued += 1
-            self.dul.send_pdu(pdata)
+            if lent:
+                lent_dul.write(self, pdata)
+            else:
+                self.dul.send_pdu(pdata)
 
-        # Upstream's pause of the reactor around the exchange (send_c_store).
-        self._reactor_checkpoint.clear()
-        while not self._is_paused:
-            time.sleep(0.0001)
+        if not lent:
+            # Upstream's pause of the reactor around the exchange (send_c_store).
+            self._reactor_checkpoint.clear()
+            while not self._is_paused:
+                time.sleep(0.0001)
         ahead, self.send_ahead = self.send_ahead, b""
         try:
             if not send_file(send, path, command, int(cast(int, context.context_id)),
                              self.dimse.maximum_pdu_size, ahead):
                 self.send_ahead = ahead
-                self._reactor_checkpoint.set()
+                self._resume_reactor(lent)
                 return None
         except BaseException:
-            self._reactor_checkpoint.set()
+            self._resume_reactor(lent)
             if queued:      # part of a message is on the wire: nothing can follow it
                 self.abort()
             else:
                 self.send_ahead = ahead
             raise
-        _cx, rsp = self.dimse.get_msg(block=True)
-        self._reactor_checkpoint.set()
+        got = lent_dul.await_response(self) if lent else None
+        if got is None:
+            got = self.dimse.get_msg(block=True)
+            self._reactor_checkpoint.set()
+        rsp = got[1]
         if rsp is None:
             self._handle_no_response()
             return Dataset()
         return plain_status(rsp) or self._check_received_status(rsp)
+
+    def _resume_reactor(self, lent: bool) -> None:
+        """After an exchange that did not happen: the association's reactor runs
+        again (and its DUL, when this thread held it)."""
+        if lent:
+            lent_dul.give_back(self)
+        else:
+            self._reactor_checkpoint.set()
 
     def _store_context(self, sop_class: str, syntax: str) -> PresentationContext:
         """Upstream's `_get_valid_context(sop_class, syntax, "scu",

@@ -15,7 +15,9 @@ from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.transport import AssociationSocket
 
+from pacs_server.dicom import lent_dul
 from pacs_server.dicom.file_sending import FileSending, bound_send_queue
+from pacs_server.dicom.lent_dul import LendingDUL
 from pacs_server.dicom.mixins import with_mixin
 from pacs_server.dicom.reactor import EventReactors
 from pacs_server.dicom.response_read import ResponseReadingDUL
@@ -62,7 +64,16 @@ class ExclusiveDimse(DIMSEServiceProvider):
 class RequestorAssociation(FileSending):
     """The class of our outgoing associations (C-MOVE sub-operations, reports): each
     request and its response are one exchange the reactor stays out of
-    (`ExclusiveDimse`)."""
+    (`ExclusiveDimse`). A thread that holds the DUL (dicom/lent_dul.py, C-STOREs from
+    the archive) gives it back before anything else."""
+
+    def release(self) -> None:
+        lent_dul.give_back(self)
+        super().release()
+
+    def abort(self) -> None:
+        lent_dul.give_back(self)
+        super().abort()
 
     def send_c_store(self, dataset: Any, msg_id: int = 1, priority: int = 2,
                      originator_aet: str | None = None,
@@ -72,10 +83,12 @@ class RequestorAssociation(FileSending):
                                         originator_id)
 
     def send_c_echo(self, msg_id: int = 1) -> Dataset:
+        lent_dul.give_back(self)
         with self._exchange():
             return super().send_c_echo(msg_id)
 
     def send_n_event_report(self, *args: Any, **kwargs: Any) -> Any:
+        lent_dul.give_back(self)
         with self._exchange():
             return super().send_n_event_report(*args, **kwargs)
 
@@ -108,6 +121,8 @@ class PacsAE(AE):
             assoc.dul.state_machine = RawSendStateMachine(assoc.dul)
             cast(EventRequestorAssociation, assoc).install_event_reactors()
             with_mixin(assoc.dul, ResponseReadingDUL)
+            with_mixin(assoc.dul, LendingDUL)
+            cast(LendingDUL, assoc.dul).prepare_lending()
         return super()._create_socket(assoc, *args)
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:

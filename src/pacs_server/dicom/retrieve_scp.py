@@ -8,15 +8,19 @@ validating), formatted log lines, and the pending response through the DIMSE pro
 which rebuilds its whole command set (`encode_response`) each time; ~12% of a
 sub-operation's server CPU at ~1.1 ms (py-spy, docs/performance.md "Results: the
 retrieve SCP loop"). Here `RetrieveSCP` runs the same loop with the pending responses
-from a command set encoded once per request (`PendingResponses`: only the four counts
-change) sent as finished P-DATA-TF PDUs. Everything else is upstream's behaviour, in
-the same order: the handler API (the C-GET count, the C-MOVE destination then count),
-C-CANCEL between sub-operations, the Failure/Warning/Cancel/Success statuses with the
-Failed SOP Instance UID List, 0xA702 when every sub-operation failed, 0xA801 for a
-destination that is unknown or does not associate, the Move Originator AE Title and
-Message ID on each C-STORE-RQ, its log lines (at INFO, built only when INFO is on),
-and the final responses through the primitive and the DIMSE provider. One sub-operation
-is outstanding at a time: we negotiate no Asynchronous Operations Window (PS3.7 D.3.3.3).
+from a command set encoded once per request (dicom/pending.py's `PendingResponses`: only
+the four counts change) sent as finished P-DATA-TF PDUs. Everything else is upstream's
+behaviour, in the same order: the handler API (the C-GET count, the C-MOVE destination
+then count), C-CANCEL between sub-operations, the Failure/Warning/Cancel/Success
+statuses with the Failed SOP Instance UID List, 0xA702 when every sub-operation failed,
+0xA801 for a destination that is unknown or does not associate, the Move Originator AE
+Title and Message ID on each C-STORE-RQ, its log lines (at INFO, built only when INFO is
+on), and the final responses through the primitive and the DIMSE provider. One
+sub-operation is outstanding at a time: we negotiate no Asynchronous Operations Window
+(PS3.7 D.3.3.3). Not as upstream: a C-MOVE sends a pending response at most every
+`PENDING_INTERVAL_S` (dicom/pending.py; the first at once; PS3.4 C.4.2.3.1 makes them
+optional), and its destination's DUL is run by this thread while it sends from archived
+files (dicom/lent_dul.py).
 
 Used from `PacsAssociation._serve_request` (`serve_retrieve`) on the event-driven
 transport when nothing listens for the messages it skips building (`fast_allowed`);
@@ -29,7 +33,6 @@ a command set encoded once per request, and counts kept outside the primitive.
 from __future__ import annotations
 
 import logging
-import struct
 import traceback
 from io import BytesIO
 from typing import Any, cast
@@ -50,49 +53,15 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import LOGGER, QueryRetrieveServiceClass, attempt
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
+from pacs_server.dicom import lent_dul
 from pacs_server.dicom.find_scp import log_request, run_scp, service_class_of
-from pacs_server.dicom.reactor import encode_response
+from pacs_server.dicom.pending import PendingPacer, PendingResponses
 from pacs_server.dicom.store_send import (
     RawPData,
     RawSendStateMachine,
     RetrieveDimse,
-    fragment_size,
-    pdata_tf,
     raw_send_allowed,
 )
-
-# (0000,1020)-(0000,1023) US 2: Remaining, Completed, Failed, Warning Sub-operations,
-# the last elements of a pending C-GET/C-MOVE-RSP (PS3.7 C.4.2.1, C.4.3.1; tag order).
-_COUNTS = struct.Struct("<" + "HHIH" * 4)
-_COUNTS_SIZE = _COUNTS.size
-
-
-class PendingResponses:
-    """The pending C-GET/C-MOVE-RSPs of one request, as P-DATA-TF PDUs."""
-
-    def __init__(self, rsp: C_GET | C_MOVE, context_id: int, max_pdu: int) -> None:
-        template = type(rsp)()
-        template.MessageIDBeingRespondedTo = rsp.MessageIDBeingRespondedTo
-        template.AffectedSOPClassUID = rsp.AffectedSOPClassUID
-        template.Status = 0xFF00
-        for keyword in _COUNT_KEYWORDS:
-            setattr(template, keyword, 0)
-        command = encode_response(template)
-        if command is None:
-            raise ValueError("the pending response cannot be encoded directly")
-        self._prefix = command[:-_COUNTS_SIZE]
-        self._cx = context_id
-        self._frag = fragment_size(max_pdu) or len(command)
-
-    def pdus(self, remaining: int, completed: int, failed: int, warning: int) -> bytes:
-        """One pending response with these counts (Status 0xFF00, no identifier)."""
-        command = self._prefix + _COUNTS.pack(0, 0x1020, 2, remaining, 0, 0x1021, 2, completed,
-                                              0, 0x1022, 2, failed, 0, 0x1023, 2, warning)
-        return b"".join(pdata_tf(command, self._cx, self._frag, 0x01, 0x03))
-
-
-_COUNT_KEYWORDS = ("NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
-                   "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")
 
 
 class RetrieveSCP(QueryRetrieveServiceClass):
@@ -228,12 +197,21 @@ class _Loop:
         # Whether the primitive holds the counts of the last pending response (None
         # sent yet: nothing to hold).
         self.synced = True
+        # C-MOVE: pending responses at most one per PENDING_INTERVAL_S (dicom/pending.py).
+        self.pacer = PendingPacer() if move is not None else None
         self.originator: dict[str, Any] = {}
         if move is not None:
             self.originator = {"originator_aet": scp.ae.ae_title,
                                "originator_id": move.MessageID}
 
     def run(self, generator: Any) -> None:
+        try:
+            self._run(generator)
+        finally:
+            # A C-MOVE destination's DUL held by this thread (dicom/lent_dul.py).
+            lent_dul.give_back(self.sender)
+
+    def _run(self, generator: Any) -> None:
         scp, rsp = self.scp, self.rsp
         assoc = scp.assoc
         ii = -1
@@ -316,6 +294,8 @@ class _Loop:
 
     def _send_pending(self) -> None:
         self.synced = False
+        if self.pacer is not None and not self.pacer.due():
+            return      # the counts go out with the next pending or the final response
         if self.pending is not None:
             pdus = self.pending.pdus(self.remaining, self.completed, self.failed,
                                      self.warning)

@@ -15,7 +15,8 @@ remove it):
   C-STORE-RQ from the file and its C-STORE-RSP on the event-driven transport;
   dicom/response_read.py: a C-STORE-RSP handed from the DUL thread to the DIMSE queue;
 - dicom/requestor.py: our outgoing associations (`PacsAE`, `RequestorAssociation`,
-  `ExclusiveDimse`);
+  `ExclusiveDimse`); dicom/lent_dul.py: a C-MOVE destination's DUL run by the thread
+  that sends to it;
 - dicom/receive.py: C-STORE data sets received into their archive file, or dropped
   unread below the reserve (`gate_data_sets` installs it), P-DATA-TF PDUs read into
   their PDVs (`read_pdata`);

@@ -95,13 +95,17 @@ class IndexReader:
 
     async def find(self, level: str, keys: Iterable[MatchKey], *, within: str | None = None,
                    case_sensitive_names: bool = False, combined_datetime: bool = False,
-                   batch: int = 200) -> AsyncGenerator[list[Match], None]:
+                   batch: int = 200, refs_only: bool = False) -> AsyncGenerator[list[Match], None]:
         """Entities at `level` matching every key (PS3.4 C.2.2.2), in batches.
 
         Args:
             within: match the keys as a query at this level would (retrieve: rows at
                 IMAGE level under the STUDY the keys select); default `level`.
             combined_datetime: date and time keys form one range (C.2.2.2.5.1).
+            refs_only: the caller reads only `Match.ref` (a retrieve): unless a key is
+                matched against the stored header, the rows carry nothing else (the
+                attributes of every level and the header of each instance were ~2/3
+                of a 500-instance C-MOVE's index read).
         """
         view = self._view(level, within or level)
         visible = self._table.visible(within or level)
@@ -127,7 +131,10 @@ class IndexReader:
                 if date_kw in by_name and time_kw in by_name:
                     pairs.append((by_name[date_kw], by_name[time_kw]))
                     checks = [k for k in checks if k.keyword not in (date_kw, time_kw)]
-        stmt = self._select(level, view, conditions)
+        bare = refs_only and not checks and not pairs
+        if bare:
+            view = {}
+        stmt = self._select(level, view, conditions, header=not bare)
         async with self._engine.connect() as conn:
             result = await conn.stream(stmt.execution_options(yield_per=batch))
             async for partition in result.mappings().partitions(batch):
@@ -148,15 +155,17 @@ class IndexReader:
                 for kw, a in self._table.visible(within).items()}
 
     def _select(self, level: str, view: dict[str, tuple[str, Attribute]],
-                conditions: Sequence[ColumnElement[bool]]) -> Select[Any]:
-        """Joined SELECT of the visible attributes, the level's header and, at the
-        deepest level, where the instance is; filtered, in insertion order."""
+                conditions: Sequence[ColumnElement[bool]], header: bool = True) -> Select[Any]:
+        """Joined SELECT of the `view` attributes, the level's header (unless not
+        `header`) and, at the deepest level, where the instance is; filtered, in
+        insertion order."""
         levels = self._table.levels
         depth = self._table.depth(level)
         model = self._models[level]
         columns: list[Any] = [self._column(a).label(label) for label, a in view.values()]
-        columns += [model.__table__.c.header.label("h_header"),
-                    model.__table__.c.header_syntax.label("h_header_syntax")]
+        if header:
+            columns += [model.__table__.c.header.label("h_header"),
+                        model.__table__.c.header_syntax.label("h_header_syntax")]
         if level == levels[-1]:
             columns += [model.__table__.c[n].label(f"r_{n}") for n in (
                 "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid", "path", "size")]

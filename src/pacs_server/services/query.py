@@ -114,17 +114,19 @@ class QueryService:
         if all(is_universal(k.value) for k in req.keys if k.keyword != "QueryRetrieveLevel"):
             raise InvalidQuery("a retrieve needs at least one unique key")
         refs: list[StoredRef] = []
-        async with aclosing(self._matching(req, "IMAGE", 1000, within=req.level)) as rows:
+        async with aclosing(self._matching(req, "IMAGE", 1000, within=req.level,
+                                           refs_only=True)) as rows:
             async for batch in rows:
                 refs.extend(found.ref for found in batch)
         return refs
 
     def _matching(self, req: FindRequest, level: Level, batch: int,
-                  within: str | None = None) -> AsyncGenerator[list[Match], None]:
+                  within: str | None = None,
+                  refs_only: bool = False) -> AsyncGenerator[list[Match], None]:
         keys = [k for k in req.keys if k.keyword not in _ALWAYS]
         return self._repo.find(level, keys, within=within, batch=batch,
                                case_sensitive_names=self._cfg.case_sensitive_names,
-                               combined_datetime=req.combined_datetime)
+                               combined_datetime=req.combined_datetime, refs_only=refs_only)
 
     def _response(self, req: FindRequest, row: Match) -> list[Element]:
         """The answer for one match: the requested keys plus the ones always returned."""
