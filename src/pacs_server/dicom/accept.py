@@ -20,7 +20,6 @@ steps back for it.
 from __future__ import annotations
 
 import mmap
-import os
 import select
 import socket
 import threading
@@ -128,14 +127,17 @@ class BalancedAssociationServer(PacsAssociationServer):
         """The inherited listening socket instead of upstream's bind.
 
         Upstream `AssociationServer.server_bind` sets SO_REUSEADDR and binds the
-        socket `TCPServer.__init__` just made. Here that one is replaced by a
-        duplicate of the supervisor's (closing it at shutdown leaves the siblings'
-        open), non-blocking: every worker wakes for a connection and the ones that
-        lose the race must not block in accept().
+        socket `TCPServer.__init__` just made. Here that one is replaced by the
+        descriptor inherited from the supervisor itself, not a duplicate: closing it
+        at shutdown must leave this process holding none, so that once every process
+        has closed its own (the supervisor closes its copy when it stops) the port
+        refuses new connections instead of queueing them in a backlog nobody accepts
+        from (docs/operations.md, "Stopping"). Non-blocking: every worker wakes for a
+        connection and the ones that lose the race must not block in accept().
         Upstream change that would remove it: a `sock` argument to `AE.make_server`.
         """
         cast(socket.socket, self.socket).close()
-        self.socket = socket.socket(fileno=os.dup(self._listen_fd))
+        self.socket = socket.socket(fileno=self._listen_fd)
         self.socket.setblocking(False)
         self.server_address = self.socket.getsockname()
 
@@ -146,7 +148,7 @@ class BalancedAssociationServer(PacsAssociationServer):
         cast(socket.socket, self.socket).listen(self.request_queue_size)
 
     def server_close(self) -> None:
-        """Close this worker's duplicate only.
+        """Close this worker's descriptor only.
 
         Upstream `AssociationServer.server_close` calls `shutdown(SHUT_RDWR)` first; on
         a listening socket that stops the socket itself, not this descriptor: every
