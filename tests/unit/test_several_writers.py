@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
@@ -14,7 +15,7 @@ from sqlalchemy import select
 
 from pacs_server.config import DatabaseConfig
 from pacs_server.errors import DuplicateInstance
-from pacs_server.index.engine import create_engine, migrate
+from pacs_server.index.engine import WriterLock, create_engine, migrate
 from pacs_server.index.models import Instance, Patient, Study
 from pacs_server.index.repository import IndexRepository
 from support.index import index_record
@@ -75,3 +76,28 @@ async def test_the_same_instance_from_both_is_committed_once(
                                    return_exceptions=True)
         assert sorted(type(g).__name__ for g in got) == ["DuplicateInstance", "NoneType"]
         assert any(isinstance(g, DuplicateInstance) for g in got)
+
+
+async def test_a_writer_waiting_for_another_processs_lock_reports_the_wait(
+        tmp_path: Path) -> None:
+    cfg = DatabaseConfig(path=str(tmp_path / "index.db"))
+    engines = [create_engine(cfg), create_engine(cfg, writer=True)]
+    await migrate(engines[0])
+    waits: list[float] = []
+    repo = IndexRepository(engines[0], writer_engine=engines[1], on_lock_wait=waits.append)
+    other = WriterLock(tmp_path / "index.db.writer-lock")    # another process's writer
+    await repo.start()
+    try:
+        await repo.add_instance(index_record())
+        assert waits == [0.0]                     # nobody held it
+        async with other:
+            pending = asyncio.ensure_future(repo.add_instance(index_record()))
+            await asyncio.sleep(0.2)
+            assert not pending.done()             # waits for the other writer
+        await pending
+        assert len(waits) == 2 and waits[1] >= 0.15, waits
+    finally:
+        await repo.close()
+        other.close()
+        for e in engines:
+            await e.dispose()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import mmap
 import select
 import socket
+import socketserver
 import threading
 import time
 from pathlib import Path
@@ -180,17 +181,33 @@ class BalancedAssociationServer(PacsAssociationServer):
         return request, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        admitted = super().verify_request(request, client_address)
-        if not admitted:             # socketserver closes it: no thread, no association
-            self.shared.board.down()
-        return admitted
+        """Admitted later, in the connection's own thread (`process_request_thread`).
+
+        `PacsAssociationServer.verify_request` asks the policy in the accept loop; a
+        worker's policy is a round trip to the supervisor (workers/admission.py, 0.3 to
+        1 ms on a busy host), during which this worker accepts nothing and its siblings,
+        stepping back for it, wait too: 4 associations requested at once queued behind
+        each other's admission (docs/performance.md, "Results: workers (2026-12-02)").
+        A refused connection now costs a thread start before it is closed.
+        """
+        return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """Upstream's thread start (ThreadingMixIn), without PacsAssociationServer's
+        slot give-back on failure: no slot is taken before the thread runs."""
         try:
-            super().process_request(request, client_address)
+            socketserver.ThreadingMixIn.process_request(self, request, client_address)
         except BaseException:
             self.shared.board.down()
             raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Admit the connection as unassociated, then serve it; refused: close it."""
+        if not self.policy.admit_connection(str(client_address[0])):
+            self.shared.board.down()
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
 
     def connection_ended(self) -> None:
         self.shared.board.down()

@@ -96,7 +96,8 @@ class IndexWriter:
     """The one writer of the index. `start()` before use, `close()` after."""
 
     def __init__(self, engine: AsyncEngine, commit_batch: int = 256,
-                 on_commit: Any = None, on_retry: Any = None) -> None:
+                 on_commit: Any = None, on_retry: Any = None,
+                 on_lock_wait: Any = None) -> None:
         """`engine` is the writer's own (create_engine(..., writer=True))."""
         self._engine = engine
         self._lock = WriterLock.for_engine(engine)
@@ -111,6 +112,7 @@ class IndexWriter:
         self._insert = BatchInsert(engine.dialect)
         self._on_commit = on_commit  # callable(batch_size) for metrics
         self._on_retry = on_retry    # callable(reason) for metrics
+        self._on_lock_wait = on_lock_wait   # callable(seconds): the WriterLock's wait
         self.retries = 0
         self.single_statement_batches = 0    # batches written by `_insert_known`
         # uid -> (pk, patient_pk, modalities, sop classes)
@@ -288,6 +290,8 @@ class IndexWriter:
             yield
             return
         async with self._lock:
+            if self._on_lock_wait is not None:
+                self._on_lock_wait(self._lock.waited_s)
             if self._lock.generation != self._generation:
                 self._forget_caches()
                 self._generation = self._lock.generation
