@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import tempfile
@@ -168,4 +169,39 @@ def test_silent_connections_are_capped_server_wide_by_both_workers(
     finally:
         for sock in flood:
             sock.close()
+    assert server.stop() == 0, server.stderr
+
+
+def test_the_live_feed_starts_once_every_worker_forwards(run_pacs: Callable[..., Any],
+                                                         tmp_path: Path) -> None:
+    server = start(run_pacs, write_config(tmp_path))
+    slow = server.pids[2]
+
+    async def watch() -> tuple[bool, bytes, dict[int, bool]]:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        connected = asyncio.Event()
+        async with aiohttp.ClientSession() as session:
+            async def first_line() -> tuple[bytes, dict[int, bool]]:
+                async with session.get(server.http + "/api/events", headers=headers) as rsp:
+                    assert rsp.status == 200
+                    line = await rsp.content.readline()
+                    connected.set()
+                    return line, await asyncio.to_thread(forwarding, server)
+
+            task = asyncio.ensure_future(first_line())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connected.wait(), 0.5)
+            early = connected.is_set()      # worker 2 cannot have acknowledged yet
+            os.kill(slow, signal.SIGCONT)
+            line, state = await asyncio.wait_for(task, 15)
+            return early, line, state
+
+    os.kill(slow, signal.SIGSTOP)
+    try:
+        early, line, state = asyncio.run(watch())
+    finally:
+        os.kill(slow, signal.SIGCONT)
+    assert not early, "the stream began before worker 2 forwarded its events"
+    assert line == b": connected\n"
+    assert state == {1: True, 2: True}      # right after it: nothing to wait for
     assert server.stop() == 0, server.stderr
