@@ -2,7 +2,7 @@
 """Ingest with `server.workers: 2` chunk by chunk: where the index writers wait.
 
     .venv/bin/python scripts/bench/writer_lock.py [--chunks 3] [--chunk 2000]
-        [--workers 2] [--databases sqlite,postgresql]
+        [--workers 2] [--databases sqlite,postgresql] [--tree /tmp/base/src]
 
 For each database (one SQLite file, durable defaults; or a throw-away PostgreSQL 15
 cluster, tests/support/postgres.py, fsync off as in the tests) one server receives
@@ -13,6 +13,7 @@ wait per commit for the other worker's writer (`pacs_index_writer_lock_wait_seco
 SQLite only) and that wait as a share of the wall time of each worker's writer, and
 the retried transactions (`pacs_index_write_retries_total`: busy = SQLITE_BUSY or a
 serialisation failure, integrity = a row the other worker created). Markdown to stdout.
+`--tree` runs another checkout's src/ (PYTHONPATH) in this virtualenv, for A/B pairs.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def main() -> int:
     p.add_argument("--workers", default="2")
     p.add_argument("--databases", default="sqlite,postgresql")
     p.add_argument("--data-dir", default="/tmp/pacs-bench-data")
+    p.add_argument("--tree", default="", help="src directory to run (default: this one)")
     a = p.parse_args()
     parts = chunks(Path(a.data_dir), a.chunks, a.chunk)
     results: dict[str, list[dict[str, float]]] = {}
@@ -131,6 +133,8 @@ def main() -> int:
                     cluster = cluster or PostgresCluster(bindir)
                     url = cluster.create_database()
                 srv = MeteredPacs(Path(work) / db, a.workers, url)
+                if a.tree:
+                    srv.env = {"PYTHONPATH": a.tree}
                 srv.start()
                 try:
                     results[db] = ingest(srv, parts, int(a.workers))
@@ -140,7 +144,7 @@ def main() -> int:
             if cluster is not None:
                 cluster.stop()
     print(f"\n{a.chunks} chunks of {a.chunk} small instances, 4 storescu each, workers "
-          f"{a.workers}\n")
+          f"{a.workers}, {a.tree or 'src'}\n")
     print("| database | chunk | instances/s | CPU ms/instance | commits | instances/commit "
           "| lock wait ms/commit | wait share | busy retries | integrity retries | load |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

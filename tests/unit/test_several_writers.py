@@ -101,3 +101,28 @@ async def test_a_writer_waiting_for_another_processs_lock_reports_the_wait(
         other.close()
         for e in engines:
             await e.dispose()
+
+
+async def test_what_queues_while_another_process_writes_is_one_commit(
+        tmp_path: Path) -> None:
+    cfg = DatabaseConfig(path=str(tmp_path / "index.db"))
+    engines = [create_engine(cfg), create_engine(cfg, writer=True)]
+    await migrate(engines[0])
+    sizes: list[int] = []
+    repo = IndexRepository(engines[0], writer_engine=engines[1], on_commit=sizes.append)
+    other = WriterLock(tmp_path / "index.db.writer-lock")
+    await repo.start()
+    try:
+        async with other:
+            first = asyncio.ensure_future(repo.add_instance(index_record()))
+            await asyncio.sleep(0.1)          # the writer waits for the lock with it
+            rest = [asyncio.ensure_future(repo.add_instance(index_record()))
+                    for _ in range(4)]
+            await asyncio.sleep(0.1)
+        assert await asyncio.gather(first, *rest) == [None] * 5
+        assert sizes == [5]                   # not [1, 4]: one wait, one commit
+    finally:
+        await repo.close()
+        other.close()
+        for e in engines:
+            await e.dispose()

@@ -20,7 +20,7 @@ remove it):
   unread below the reserve (`gate_data_sets` installs it), P-DATA-TF PDUs read into
   their PDVs (`read_pdata`);
 - dicom/accept.py: a worker process's listener on the supervisor's socket, the least
-  busy worker accepting first.
+  busy worker accepting first; it admits in the connection's thread (step 1 below).
 
 tests/unit/test_transport_pins.py fails when the source of an overridden or
 relied-upon upstream function changes (pynetdicom is pinned to the tested minor
