@@ -133,8 +133,9 @@ class BalancedAssociationServer(PacsAssociationServer):
         at shutdown must leave this process holding none, so that once every process
         has closed its own (the supervisor closes its copy when it stops) the port
         refuses new connections instead of queueing them in a backlog nobody accepts
-        from (docs/operations.md, "Stopping"). Non-blocking: every worker wakes for a
-        connection and the ones that lose the race must not block in accept().
+        from (docs/operations.md, worker processes, "Signals"). Non-blocking: every
+        worker wakes for a connection and the ones that lose the race must not block
+        in accept().
         Upstream change that would remove it: a `sock` argument to `AE.make_server`.
         """
         cast(socket.socket, self.socket).close()
