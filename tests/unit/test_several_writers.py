@@ -6,8 +6,10 @@ what both wrote, and the races retried, not failed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
@@ -78,16 +80,30 @@ async def test_the_same_instance_from_both_is_committed_once(
         assert any(isinstance(g, DuplicateInstance) for g in got)
 
 
-async def test_a_writer_waiting_for_another_processs_lock_reports_the_wait(
-        tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def sqlite_writer(tmp_path: Path, **callbacks: Any
+                        ) -> AsyncIterator[tuple[IndexRepository, WriterLock]]:
+    """One writer on a SQLite file, and the lock file as another process's writer
+    takes it."""
     cfg = DatabaseConfig(path=str(tmp_path / "index.db"))
     engines = [create_engine(cfg), create_engine(cfg, writer=True)]
     await migrate(engines[0])
-    waits: list[float] = []
-    repo = IndexRepository(engines[0], writer_engine=engines[1], on_lock_wait=waits.append)
-    other = WriterLock(tmp_path / "index.db.writer-lock")    # another process's writer
+    repo = IndexRepository(engines[0], writer_engine=engines[1], **callbacks)
+    other = WriterLock(tmp_path / "index.db.writer-lock")
     await repo.start()
     try:
+        yield repo, other
+    finally:
+        await repo.close()
+        other.close()
+        for e in engines:
+            await e.dispose()
+
+
+async def test_a_writer_waiting_for_another_processs_lock_reports_the_wait(
+        tmp_path: Path) -> None:
+    waits: list[float] = []
+    async with sqlite_writer(tmp_path, on_lock_wait=waits.append) as (repo, other):
         await repo.add_instance(index_record())
         assert waits == [0.0]                     # nobody held it
         async with other:
@@ -96,23 +112,12 @@ async def test_a_writer_waiting_for_another_processs_lock_reports_the_wait(
             assert not pending.done()             # waits for the other writer
         await pending
         assert len(waits) == 2 and waits[1] >= 0.15, waits
-    finally:
-        await repo.close()
-        other.close()
-        for e in engines:
-            await e.dispose()
 
 
 async def test_what_queues_while_another_process_writes_is_one_commit(
         tmp_path: Path) -> None:
-    cfg = DatabaseConfig(path=str(tmp_path / "index.db"))
-    engines = [create_engine(cfg), create_engine(cfg, writer=True)]
-    await migrate(engines[0])
     sizes: list[int] = []
-    repo = IndexRepository(engines[0], writer_engine=engines[1], on_commit=sizes.append)
-    other = WriterLock(tmp_path / "index.db.writer-lock")
-    await repo.start()
-    try:
+    async with sqlite_writer(tmp_path, on_commit=sizes.append) as (repo, other):
         async with other:
             first = asyncio.ensure_future(repo.add_instance(index_record()))
             await asyncio.sleep(0.1)          # the writer waits for the lock with it
@@ -121,8 +126,3 @@ async def test_what_queues_while_another_process_writes_is_one_commit(
             await asyncio.sleep(0.1)
         assert await asyncio.gather(first, *rest) == [None] * 5
         assert sizes == [5]                   # not [1, 4]: one wait, one commit
-    finally:
-        await repo.close()
-        other.close()
-        for e in engines:
-            await e.dispose()
