@@ -88,6 +88,10 @@ class DicomSide(Protocol):
     def watched(self, on: bool) -> None:
         """The live feed's first watcher came (True) or its last one went (False)."""
 
+    async def watch_settled(self) -> None:
+        """Returns once every engine applied the latest `watched` (its events reach the
+        feed from then on)."""
+
 
 class LocalDicom:
     """The DicomSide of the single process: its DicomServer and ArchiveService."""
@@ -120,6 +124,9 @@ class LocalDicom:
 
     def watched(self, on: bool) -> None:
         pass        # the tracker calls the feed in this process; it is cheap unwatched
+
+    async def watch_settled(self) -> None:
+        pass
 
 
 def store_totals(archive: ArchiveService) -> dict[str, int]:
@@ -276,6 +283,11 @@ class ServerControl:
 
     def events(self) -> AsyncIterator[dict[str, Any]]:
         return self._p.events.subscribe()
+
+    async def events_ready(self) -> None:
+        """A feed from `events()` gets every engine's events once this returns (with
+        worker processes: each worker acknowledged that it forwards them)."""
+        await self._p.dicom.watch_settled()
 
     # ----------------------------------------------------------------- index views
     def _need(self, part: Any) -> Any:

@@ -10,7 +10,7 @@ last one goes: with worker processes the workers forward events only meanwhile.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,21 +41,39 @@ class EventHub:
             except asyncio.QueueFull:
                 pass
 
-    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+    def subscribe(self) -> Subscription:
         """Events from now on (the subscription starts at this call, not at the first
-        iteration); closing the iterator ends it."""
+        iteration); `aclose()` ends it, iterated or not."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
         self._queues.add(queue)
         if len(self._queues) == 1:
             self._on_watched(True)
-        return self._drain(queue)
+        return Subscription(self, queue)
 
-    async def _drain(self, queue: asyncio.Queue[dict[str, Any]]
-                     ) -> AsyncIterator[dict[str, Any]]:
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.discard(queue)
-            if not self._queues:
-                self._on_watched(False)
+    def _leave(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._queues.discard(queue)
+        if not self._queues:
+            self._on_watched(False)
+
+
+class Subscription:
+    """One live feed's events. Not an async generator: one closed before its first
+    iteration (a client gone while the feed waited for the workers) would never run
+    its cleanup, and the workers would forward for ever."""
+
+    def __init__(self, hub: EventHub, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._hub, self._queue = hub, queue
+        self._closed = False
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._closed:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._hub._leave(self._queue)

@@ -66,6 +66,12 @@ class Metrics:
             "pacs_index_write_retries",
             "index transactions retried: busy (SQLite locked, serialisation failure, lost "
             "connection) or integrity (a row another process created)", ["reason"], registry=r)
+        self.index_lock_wait = Histogram(
+            "pacs_index_writer_lock_wait_seconds",
+            "per index transaction on SQLite, the wait for another process's writer "
+            "(worker processes or servers on one file; 0 when none held it)",
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1, 5),
+            registry=r)
         self.find_matches = Counter(
             "pacs_find_matches", "C-FIND responses sent", ["level"], registry=r)
         self.retrieved = Counter(

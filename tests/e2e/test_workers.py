@@ -72,6 +72,8 @@ def test_eight_concurrent_storescu_are_stored_and_indexed_once_then_sigterm_drai
     assert metric(text, "pacs_dimse_requests_total", service="C-STORE",
                   status="0x0000") == senders * per_sender
     assert metric(text, "pacs_associations_total", outcome="released") == senders + 1
+    # Both workers' writers take turns on the one SQLite file: every commit's wait counted.
+    assert metric(text, "pacs_index_writer_lock_wait_seconds_count") >= 1
     # SIGTERM to the main PID: every worker drains and stops, then the supervisor, 0.
     assert server.stop() == 0, server.stderr
     stopped = {e.get("worker") for e in server.events() if e["event"] == "server.stopped"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import tempfile
@@ -21,7 +22,9 @@ from typing import Any
 import aiohttp
 
 from pacs_server.workers.channel import ask
+from support.http import metric
 from support.polling import wait_until
+from support.security import connect_from
 from support.workers import TOKEN, Held, get, start, write_config
 
 
@@ -132,4 +135,73 @@ def test_the_workers_forward_events_only_while_the_feed_is_watched(
     os.kill(victim, signal.SIGKILL)
     wait_for_restart(server, 2, victim)
     wait_until(lambda: forwarding(server) == {1: False, 2: False}, 15, "restarted, off")
+    assert server.stop() == 0, server.stderr
+
+
+def test_silent_connections_are_capped_server_wide_by_both_workers(
+        run_pacs: Callable[..., Any], tmp_path: Path) -> None:
+    # Admission runs in each connection's thread (dicom/accept.py), asked of the
+    # supervisor: the cap holds across both workers, the rest are closed at once.
+    config = write_config(tmp_path, extra="limits:\n  unassociated_per_address: 3")
+    server = start(run_pacs, config)
+    flood = [connect_from("127.0.0.2", server.port) for _ in range(12)]
+    try:
+        def refused() -> float:
+            return metric(get(server, "/metrics"), "pacs_connections_refused_total",
+                          reason="unassociated_per_address")
+
+        wait_until(lambda: refused() == 9, 15, "9 of 12 refused")
+        closed = 0
+        for sock in flood:
+            sock.settimeout(0.2)
+            try:
+                closed += sock.recv(1) == b""
+            except TimeoutError:
+                pass              # held: nothing sent, not closed
+            except OSError:
+                closed += 1
+        assert closed == 9
+        held = Held()            # another address is not affected
+        try:
+            assert held.open(server.port, "LEGIT").is_established
+        finally:
+            held.release()
+    finally:
+        for sock in flood:
+            sock.close()
+    assert server.stop() == 0, server.stderr
+
+
+def test_the_live_feed_starts_once_every_worker_forwards(run_pacs: Callable[..., Any],
+                                                         tmp_path: Path) -> None:
+    server = start(run_pacs, write_config(tmp_path))
+    slow = server.pids[2]
+
+    async def watch() -> tuple[bool, bytes, dict[int, bool]]:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        connected = asyncio.Event()
+        async with aiohttp.ClientSession() as session:
+            async def first_line() -> tuple[bytes, dict[int, bool]]:
+                async with session.get(server.http + "/api/events", headers=headers) as rsp:
+                    assert rsp.status == 200
+                    line = await rsp.content.readline()
+                    connected.set()
+                    return line, await asyncio.to_thread(forwarding, server)
+
+            task = asyncio.ensure_future(first_line())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connected.wait(), 0.5)
+            early = connected.is_set()      # worker 2 cannot have acknowledged yet
+            os.kill(slow, signal.SIGCONT)
+            line, state = await asyncio.wait_for(task, 15)
+            return early, line, state
+
+    os.kill(slow, signal.SIGSTOP)
+    try:
+        early, line, state = asyncio.run(watch())
+    finally:
+        os.kill(slow, signal.SIGCONT)
+    assert not early, "the stream began before worker 2 forwarded its events"
+    assert line == b": connected\n"
+    assert state == {1: True, 2: True}      # right after it: nothing to wait for
     assert server.stop() == 0, server.stderr

@@ -98,3 +98,14 @@ async def test_a_client_that_leaves_ends_its_subscription_without_any_event(
         assert time.monotonic() - left < 1.0
     finally:
         await server.close()
+
+
+async def test_a_subscription_closed_before_its_first_event_ends() -> None:
+    # A client gone while its stream waited for the workers (web/events.py `ready`).
+    watched: list[bool] = []
+    hub = EventHub(asyncio.get_running_loop(), on_watched=watched.append)
+    feed = hub.subscribe()
+    await feed.aclose()
+    assert watched == [True, False]
+    hub.publish("association.closed", {"assoc": 1})     # nobody subscribed: dropped
+    assert [e async for e in feed] == []

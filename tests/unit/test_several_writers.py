@@ -6,7 +6,10 @@ what both wrote, and the races retried, not failed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
@@ -14,7 +17,7 @@ from sqlalchemy import select
 
 from pacs_server.config import DatabaseConfig
 from pacs_server.errors import DuplicateInstance
-from pacs_server.index.engine import create_engine, migrate
+from pacs_server.index.engine import WriterLock, create_engine, migrate
 from pacs_server.index.models import Instance, Patient, Study
 from pacs_server.index.repository import IndexRepository
 from support.index import index_record
@@ -75,3 +78,51 @@ async def test_the_same_instance_from_both_is_committed_once(
                                    return_exceptions=True)
         assert sorted(type(g).__name__ for g in got) == ["DuplicateInstance", "NoneType"]
         assert any(isinstance(g, DuplicateInstance) for g in got)
+
+
+@contextlib.asynccontextmanager
+async def sqlite_writer(tmp_path: Path, **callbacks: Any
+                        ) -> AsyncIterator[tuple[IndexRepository, WriterLock]]:
+    """One writer on a SQLite file, and the lock file as another process's writer
+    takes it."""
+    cfg = DatabaseConfig(path=str(tmp_path / "index.db"))
+    engines = [create_engine(cfg), create_engine(cfg, writer=True)]
+    await migrate(engines[0])
+    repo = IndexRepository(engines[0], writer_engine=engines[1], **callbacks)
+    other = WriterLock(tmp_path / "index.db.writer-lock")
+    await repo.start()
+    try:
+        yield repo, other
+    finally:
+        await repo.close()
+        other.close()
+        for e in engines:
+            await e.dispose()
+
+
+async def test_a_writer_waiting_for_another_processs_lock_reports_the_wait(
+        tmp_path: Path) -> None:
+    waits: list[float] = []
+    async with sqlite_writer(tmp_path, on_lock_wait=waits.append) as (repo, other):
+        await repo.add_instance(index_record())
+        assert waits == [0.0]                     # nobody held it
+        async with other:
+            pending = asyncio.ensure_future(repo.add_instance(index_record()))
+            await asyncio.sleep(0.2)
+            assert not pending.done()             # waits for the other writer
+        await pending
+        assert len(waits) == 2 and waits[1] >= 0.15, waits
+
+
+async def test_what_queues_while_another_process_writes_is_one_commit(
+        tmp_path: Path) -> None:
+    sizes: list[int] = []
+    async with sqlite_writer(tmp_path, on_commit=sizes.append) as (repo, other):
+        async with other:
+            first = asyncio.ensure_future(repo.add_instance(index_record()))
+            await asyncio.sleep(0.1)          # the writer waits for the lock with it
+            rest = [asyncio.ensure_future(repo.add_instance(index_record()))
+                    for _ in range(4)]
+            await asyncio.sleep(0.1)
+        assert await asyncio.gather(first, *rest) == [None] * 5
+        assert sizes == [5]                   # not [1, 4]: one wait, one commit

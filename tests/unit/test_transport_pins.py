@@ -56,8 +56,9 @@ PINNED: dict[str, tuple[Any, str]] = {
     "StateMachine.do_action": (StateMachine.do_action, "9a883f44c7f31641"),
     "AssociationServer.service_actions": (AssociationServer.service_actions, "0a0853a3615ac7c5"),
     "AssociationServer.get_request": (AssociationServer.get_request, "925a4f3a3042f6e4"),
-    # dicom/accept.py: a worker adopts the supervisor's socket instead of binding, and
-    # closes it without upstream's shutdown() (server.workers).
+    # dicom/accept.py: a worker adopts the supervisor's socket instead of binding,
+    # closes it without upstream's shutdown(), and admits each connection in its
+    # thread before upstream's process_request_thread serves it (server.workers).
     "AssociationServer.server_bind": (AssociationServer.server_bind, "cf69278a05a5c777"),
     "AssociationServer.server_close": (AssociationServer.server_close, "3fa1b358badbe682"),
     "ThreadedAssociationServer.process_request_thread": (

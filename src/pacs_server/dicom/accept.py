@@ -20,15 +20,16 @@ steps back for it.
 from __future__ import annotations
 
 import mmap
-import os
 import select
 import socket
+import socketserver
 import threading
 import time
 from pathlib import Path
 from typing import Any, cast
 
-from pacs_server.dicom.connection import PacsAssociationServer
+from pacs_server.dicom.connection import PacsAssociationServer, start_association_thread
+from pacs_server.dicom.requestor import PacsAE
 
 ABSENT = (1 << 62)
 # A worker's accept thread that is woken with its sibling takes the connection within
@@ -128,14 +129,18 @@ class BalancedAssociationServer(PacsAssociationServer):
         """The inherited listening socket instead of upstream's bind.
 
         Upstream `AssociationServer.server_bind` sets SO_REUSEADDR and binds the
-        socket `TCPServer.__init__` just made. Here that one is replaced by a
-        duplicate of the supervisor's (closing it at shutdown leaves the siblings'
-        open), non-blocking: every worker wakes for a connection and the ones that
-        lose the race must not block in accept().
+        socket `TCPServer.__init__` just made. Here that one is replaced by the
+        descriptor inherited from the supervisor itself, not a duplicate: closing it
+        at shutdown must leave this process holding none, so that once every process
+        has closed its own (the supervisor closes its copy when it stops) the port
+        refuses new connections instead of queueing them in a backlog nobody accepts
+        from (docs/operations.md, worker processes, "Signals"). Non-blocking: every
+        worker wakes for a connection and the ones that lose the race must not block
+        in accept().
         Upstream change that would remove it: a `sock` argument to `AE.make_server`.
         """
         cast(socket.socket, self.socket).close()
-        self.socket = socket.socket(fileno=os.dup(self._listen_fd))
+        self.socket = socket.socket(fileno=self._listen_fd)
         self.socket.setblocking(False)
         self.server_address = self.socket.getsockname()
 
@@ -146,7 +151,7 @@ class BalancedAssociationServer(PacsAssociationServer):
         cast(socket.socket, self.socket).listen(self.request_queue_size)
 
     def server_close(self) -> None:
-        """Close this worker's duplicate only.
+        """Close this worker's descriptor only.
 
         Upstream `AssociationServer.server_close` calls `shutdown(SHUT_RDWR)` first; on
         a listening socket that stops the socket itself, not this descriptor: every
@@ -178,17 +183,37 @@ class BalancedAssociationServer(PacsAssociationServer):
         return request, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        admitted = super().verify_request(request, client_address)
-        if not admitted:             # socketserver closes it: no thread, no association
-            self.shared.board.down()
-        return admitted
+        """Admitted later, in the connection's own thread (`process_request_thread`).
+
+        `PacsAssociationServer.verify_request` asks the policy in the accept loop; a
+        worker's policy is a round trip to the supervisor (workers/admission.py, 0.3 to
+        1 ms on a busy host), during which this worker accepts nothing and its siblings,
+        stepping back for it, wait too: 4 associations requested at once queued behind
+        each other's admission (docs/performance.md, "Results: workers (2026-12-02)").
+        A refused connection now costs a thread start before it is closed.
+        """
+        return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """The thread start of `PacsAssociationServer.process_request` (on `events` the
+        association's own, dicom/connection.py), without its slot give-back on failure:
+        no slot is taken before the thread runs."""
         try:
-            super().process_request(request, client_address)
+            if cast(PacsAE, self.ae).event_reactors:
+                start_association_thread(self, request, client_address)
+            else:
+                socketserver.ThreadingMixIn.process_request(self, request, client_address)
         except BaseException:
             self.shared.board.down()
             raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Admit the connection as unassociated, then serve it; refused: close it."""
+        if not self.policy.admit_connection(str(client_address[0])):
+            self.shared.board.down()
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
 
     def connection_ended(self) -> None:
         self.shared.board.down()

@@ -98,11 +98,8 @@ def _serve_connection(server: PacsAssociationServer, request: Any,
                       client_address: Any) -> None:
     # Upstream `ThreadedAssociationServer.process_request_thread` (pinned), in the
     # association's thread: the request handler builds the association here and runs it.
-    try:
-        server.finish_request(request, client_address)
-    except Exception:
-        server.handle_error(request, client_address)
-        server.shutdown_request(request)
+    # A worker's listener admits the connection there first (dicom/accept.py).
+    server.process_request_thread(request, client_address)
 
 
 def build_in_own_thread(*args: Any) -> EventPacsAssociation | None:

@@ -21,7 +21,7 @@ remove it):
   unread below the reserve (`gate_data_sets` installs it), P-DATA-TF PDUs read into
   their PDVs (`read_pdata`);
 - dicom/accept.py: a worker process's listener on the supervisor's socket, the least
-  busy worker accepting first;
+  busy worker accepting first; it admits in the connection's thread (step 1 below);
 - dicom/connection.py: the accept loop's admission, the request handler (TLS
   handshake, building the association) and, on the event-driven transport, one thread
   per connection: the association's own.

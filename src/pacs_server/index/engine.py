@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -48,6 +49,7 @@ class WriterLock:
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self.generation = 0
+        self.waited_s = 0.0     # how long the last acquisition waited for another writer
 
     @classmethod
     def for_engine(cls, engine: AsyncEngine) -> WriterLock | None:
@@ -58,10 +60,13 @@ class WriterLock:
         return cls(Path(f"{engine.url.database}.writer-lock"))
 
     async def __aenter__(self) -> None:
+        self.waited_s = 0.0
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            started = time.perf_counter()
             await asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_EX)
+            self.waited_s = time.perf_counter() - started
         self.generation = int.from_bytes(os.pread(self._fd, 8, 0).ljust(8, b"\0"), "little")
 
     def bump(self) -> int:

@@ -113,7 +113,8 @@ class IndexComponent:
                                      on_commit=self._metrics.index_batch.observe,
                                      writer_engine=writer,
                                      on_retry=lambda r: self._metrics.index_retries.labels(
-                                         r).inc())
+                                         r).inc(),
+                                     on_lock_wait=self._metrics.index_lock_wait.observe)
         await self._repo.start()
 
     async def close(self) -> None:

@@ -96,7 +96,8 @@ class IndexWriter:
     """The one writer of the index. `start()` before use, `close()` after."""
 
     def __init__(self, engine: AsyncEngine, commit_batch: int = 256,
-                 on_commit: Any = None, on_retry: Any = None) -> None:
+                 on_commit: Any = None, on_retry: Any = None,
+                 on_lock_wait: Any = None) -> None:
         """`engine` is the writer's own (create_engine(..., writer=True))."""
         self._engine = engine
         self._lock = WriterLock.for_engine(engine)
@@ -111,7 +112,9 @@ class IndexWriter:
         self._insert = BatchInsert(engine.dialect)
         self._on_commit = on_commit  # callable(batch_size) for metrics
         self._on_retry = on_retry    # callable(reason) for metrics
+        self._on_lock_wait = on_lock_wait   # callable(seconds): the WriterLock's wait
         self.retries = 0
+        self._stopping = False      # the writer took the close() request off the queue
         self.single_statement_batches = 0    # batches written by `_insert_known`
         # uid -> (pk, patient_pk, modalities, sop classes)
         self._studies: dict[str, tuple[int, int, str, str]] = {}
@@ -159,19 +162,24 @@ class IndexWriter:
         return await fut
 
     async def _write_loop(self) -> None:
-        stop = False
-        while not stop:
+        self._stopping = False
+        while not self._stopping:
             item = await self._queue.get()
             if item is _STOP:
                 break
             batch: list[_Job] = [item]
-            while len(batch) < self._batch_size and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
+            self._take_queued(batch)
             await self._commit_batch(batch)
+
+    def _take_queued(self, batch: list[_Job]) -> None:
+        """Add the requests queued meanwhile to `batch` (up to commit_batch)."""
+        while (not self._stopping and len(batch) < self._batch_size
+               and not self._queue.empty()):
+            nxt = self._queue.get_nowait()
+            if nxt is _STOP:
+                self._stopping = True
+                break
+            batch.append(nxt)
 
     async def _commit_batch(self, jobs: list[_Job]) -> None:
         try:
@@ -208,6 +216,11 @@ class IndexWriter:
                     self._conn = await self._engine.connect()
                 conn = self._conn
                 async with self._exclusive():
+                    if attempt == 1 and self._lock is not None and self._lock.waited_s:
+                        # What came while another process's writer held the file goes
+                        # in this commit, not in one more wait for the lock
+                        # (docs/performance.md, "Results: workers (2026-12-02)").
+                        self._take_queued(jobs)
                     if attempt == 1 and await self._insert_known(conn, jobs):
                         return [None] * len(jobs), []
                     async with conn.begin():
@@ -288,6 +301,8 @@ class IndexWriter:
             yield
             return
         async with self._lock:
+            if self._on_lock_wait is not None:
+                self._on_lock_wait(self._lock.waited_s)
             if self._lock.generation != self._generation:
                 self._forget_caches()
                 self._generation = self._lock.generation

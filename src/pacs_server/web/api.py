@@ -188,7 +188,7 @@ def routes(control: Control) -> list[web.RouteDef]:
         return web.json_response(result)
 
     async def events(request: web.Request) -> web.StreamResponse:
-        return await stream_events(request, control.events())
+        return await stream_events(request, control.events(), control.events_ready)
 
     return [
         web.get("/api/status", status),

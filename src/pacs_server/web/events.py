@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
@@ -17,16 +17,25 @@ KEEPALIVE_S = 15.0
 GONE_CHECK_S = 1.0
 
 
-async def stream_events(request: web.Request,
-                        feed: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
+async def stream_events(request: web.Request, feed: AsyncIterator[dict[str, Any]],
+                        ready: Callable[[], Awaitable[None]] | None = None
+                        ) -> web.StreamResponse:
     """`event: <kind>` / `data: <json>` per event; a comment line every 15 s of silence
     keeps proxies from closing the stream. Ends when the client goes away (noticed
-    within about a second, written to or not)."""
+    within about a second, written to or not). The first line, `: connected`, is
+    written once `ready()` returned: with worker processes, once every worker forwards
+    its events, so a client that acts after reading it misses none of them."""
     rsp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                       "Cache-Control": "no-cache"})
-    await rsp.prepare(request)
-    await rsp.write(b": connected\n\n")
     iterator = aiter(feed)
+    try:
+        await rsp.prepare(request)
+        if ready is not None:
+            await ready()
+        await rsp.write(b": connected\n\n")
+    except BaseException:
+        await _close(feed)
+        raise
 
     async def next_item() -> dict[str, Any]:
         return await anext(iterator)
@@ -60,10 +69,14 @@ async def stream_events(request: web.Request,
             pending.cancel()
             with suppress(asyncio.CancelledError, StopAsyncIteration):
                 await pending
-        aclose = getattr(feed, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _close(feed)
     return rsp
+
+
+async def _close(feed: AsyncIterator[dict[str, Any]]) -> None:
+    aclose = getattr(feed, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _gone(request: web.Request) -> bool:

@@ -5,18 +5,21 @@ with `"noreply": true` gets none: `Channel.tell`, for what needs no answer). `se
 answers on an asyncio loop (the supervisor's admission desk, each worker's command
 socket) with a per-connection `session` dict the handler may keep state in;
 `on_close(session)` runs when the peer goes away (a dead worker gives back its slots).
-`Channel` is the blocking client of pynetdicom's threads (one connection, one request
-at a time); `ask()` the loop's client, one connection per request.
+`Channel` is the blocking client of pynetdicom's threads (one connection, its calls
+pipelined); `ask()` the loop's client, one connection per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import inspect
 import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -84,52 +87,114 @@ async def ask(path: Path, request: dict[str, Any], limit_s: float = 5.0) -> dict
     return reply
 
 
+class _Pending:
+    """One call's reply, handed over by whichever caller reads the connection."""
+
+    __slots__ = ("done", "line")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.line = b""           # empty: the connection ended first
+
+
 class Channel:
-    """A blocking client: one connection, reconnected after a failure; thread-safe."""
+    """A blocking client: one connection, reconnected after a failure; thread-safe.
+
+    Calls from several threads are pipelined: each sends its line under the lock and
+    waits for its own reply, which `serve()` sends in request order (it answers a
+    connection's lines one after the other). One waiting caller at a time reads the
+    connection and hands each reply to the call it answers; a lone caller thus reads
+    its own, with no thread in between. With the lock held for the whole round trip
+    instead, 4 threads asking at once waited for each other's (docs/performance.md,
+    "Results: workers (2026-12-02)", scripts/bench/admission_cost.py).
+    """
 
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
         self._path = path
         self._timeout = timeout
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._sock: socket.socket | None = None
         self._file: Any = None
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._reading = False      # a caller is reading replies for everyone
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """Send `request` and wait for its reply."""
-        line = self._exchange(request, reply=True)
-        if not line:
+        pending = _Pending()
+        self._send(request, pending)
+        deadline = time.monotonic() + self._timeout
+        with self._cond:
+            while not pending.done and self._reading:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ChannelError(f"{self._path.name}: no answer in {self._timeout:g} s")
+                self._cond.wait(left)
+            lead = not pending.done
+            if lead:
+                self._reading = True
+                file = self._file
+        if lead:
+            self._read_until(pending, file)
+        if not pending.line:
             raise ChannelError(f"{self._path.name}: closed")
-        reply: dict[str, Any] = json.loads(line)
+        reply: dict[str, Any] = json.loads(pending.line)
         return reply
 
     def tell(self, request: dict[str, Any]) -> None:
         """Send `request` without waiting: the other side answers nothing."""
-        self._exchange({**request, "noreply": True}, reply=False)
+        self._send({**request, "noreply": True}, None)
 
-    def _exchange(self, request: dict[str, Any], reply: bool) -> bytes:
+    def _send(self, request: dict[str, Any], pending: _Pending | None) -> None:
         data = json.dumps(request, default=str).encode() + b"\n"
-        with self._lock:
+        with self._cond:
             try:
                 if self._sock is None:
                     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    sock.settimeout(self._timeout)
+                    sock.settimeout(self._timeout)   # a silent peer: the reader gives up
                     sock.connect(str(self._path))
                     self._sock, self._file = sock, sock.makefile("rb")
+                if pending is not None:
+                    self._waiting.append(pending)
                 self._sock.sendall(data)
-                line: bytes = self._file.readline(LINE_LIMIT) if reply else b"-"
             except OSError as exc:
                 self._drop()
                 raise ChannelError(f"{self._path.name}: {exc}") from None
-            if not line:
-                self._drop()
-            return line
+
+    def _read_until(self, pending: _Pending, file: Any) -> None:
+        """Read replies, each to the oldest waiting call, until `pending` has its own."""
+        try:
+            while not pending.done:
+                try:
+                    line = file.readline(LINE_LIMIT) if file is not None else b""
+                except (OSError, ValueError):
+                    line = b""
+                with self._cond:
+                    if self._file is not file:        # dropped meanwhile: all failed
+                        break
+                    if not line:
+                        self._drop()
+                        break
+                    if self._waiting:
+                        answered = self._waiting.popleft()
+                        answered.line, answered.done = line, True
+                        self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._reading = False
+                self._cond.notify_all()       # another waiting call reads next
 
     def _drop(self) -> None:
+        """Close the connection (the lock held); its waiting calls fail."""
         if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)     # wakes a blocked reader
             self._file.close()
             self._sock.close()
         self._sock = self._file = None
+        while self._waiting:
+            self._waiting.popleft().done = True
+        self._cond.notify_all()
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             self._drop()

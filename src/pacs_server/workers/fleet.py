@@ -51,6 +51,7 @@ class Fleet:
         self.watching: tuple[int, bool] = (0, False)
         self._watch_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._latest: asyncio.Task[None] | None = None    # the last watching broadcast
 
     @property
     def listening(self) -> bool:
@@ -118,6 +119,14 @@ class Fleet:
         task = loop.create_task(self._send_watching())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._latest = task
+
+    async def watch_settled(self) -> None:
+        """Once the latest broadcast is answered by every ready worker (an unreachable
+        one is left out after the channel's time limit): a feed that starts writing
+        only then misses none of their events."""
+        if self._latest is not None:
+            await asyncio.shield(self._latest)
 
     async def _send_watching(self) -> None:
         async with self._watch_lock:        # the latest state, sent in order

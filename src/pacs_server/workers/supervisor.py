@@ -17,8 +17,10 @@ goes to the worker with the fewest live connections (dicom/accept.py). The super
   reaches only the supervisor), says READY=1 to systemd once every worker listens;
 * restarts a worker that dies (back-off doubling from RESTART_MIN_S to RESTART_MAX_S
   while it keeps dying within STABLE_S; logged; `pacs_worker_restarts_total`);
-* SIGTERM/SIGINT: forwarded (a second one too: the workers skip their grace period);
-  exits 0 once every worker drained and exited 0. SIGHUP: the file is read and checked
+* SIGTERM/SIGINT: its copy of the listening sockets closed (with the workers' own,
+  closed as they drain, new connections are refused at once); forwarded (a second one
+  too: the workers skip their grace period); exits 0 once every worker drained and
+  exited 0. SIGHUP: the file is read and checked
   once here; an invalid one is refused (one log line) and no worker is touched, else
   the supervisor applies it and every worker gets SIGHUP.
 """
@@ -234,6 +236,7 @@ class Supervisor:
             watchers = [asyncio.create_task(self._watch(i)) for i in self._procs]
             await self._stopping.wait()
             notify("STOPPING=1")
+            self._close_sockets()
             codes = await self._stop_workers()
             for task in watchers:
                 task.cancel()
@@ -242,14 +245,24 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             desk.close()
-            for sock in self._sockets.values():
-                sock.close()
+            self._close_sockets()
             self.board.close()
         failed = {i: c for i, c in codes.items() if c != 0}
         if failed:
             log.error("workers.unclean_exit", codes=failed)
         log.info("supervisor.stopped", workers=codes)
         return 1 if failed else 0
+
+    def _close_sockets(self) -> None:
+        """Close the supervisor's copy of the listening sockets, once stopping.
+
+        Each draining worker closes its own (dicom/accept.py); the last close makes the
+        port refuse new connections at once, as one process does when it drains. Kept
+        open until then, the supervisor's copy is what makes a connection wait in the
+        backlog while every worker restarts (after a crash) rather than be refused.
+        """
+        for sock in self._sockets.values():
+            sock.close()
 
     async def _watch(self, index: int) -> None:
         """Restart worker `index` whenever it dies, with back-off."""
@@ -276,6 +289,8 @@ class Supervisor:
                 return
             except TimeoutError:
                 pass
+            if self._stopping.is_set():      # set as the timeout fired: sockets closed
+                return
             delay = min(delay * 2, RESTART_MAX_S)
             await self._spawn(index)
 
