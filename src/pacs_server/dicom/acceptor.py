@@ -15,12 +15,16 @@ docs/performance.md "Results: the CPU of one association"). Here each piece is b
 once, with its final class and queues, and the handler table is copied from one built
 per listener.
 
-One thread while it only echoes: an association's DUL thread is started only when it
-is needed (`InlineDUL`, `InlineAcceptor`). Until the first request other than a C-ECHO,
-the association thread runs the DUL's reactor itself, as it already did for the
-A-ASSOCIATE-RQ (`EventDUL.read_request`): a C-ECHO association (echoscu, a modality's
-"verify", a monitoring probe) is served and released by one thread instead of two, with
-no hand-off between them for the request, the response and the release.
+One thread while it only echoes or stores: an association's DUL thread is started only
+when it is needed (`InlineDUL`, `InlineAcceptor`). Until the first request other than a
+C-ECHO or C-STORE, the association thread runs the DUL's reactor itself, as it already
+did for the A-ASSOCIATE-RQ (`EventDUL.read_request`): it reads the P-DATA PDUs (a data
+set straight into its receive file, dicom/receive.py), serves the request
+(dicom/storage_scp.py) and writes the response PDUs. A storescu or modality
+association, an echoscu, a monitoring probe are served and released by one thread
+instead of two, with no hand-off between them for each request, response and release.
+A C-FIND/C-GET/C-MOVE/N-* request, a `send_*()` or an abort from another thread start
+the DUL's thread (`hand_over`, `take_over`).
 
 Upstream change that would remove this module: `dul_class` / `dimse_class` attributes
 on `Association` (and a handler table an association can start from); for the single
