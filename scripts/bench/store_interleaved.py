@@ -8,8 +8,9 @@ store_ab.py alternates whole runs, minutes apart: on a shared machine the load m
 between them by more than a small change saves. Here servers A and B run side by
 side and each batch of the small set (one storescu association of `--batch` files, or
 4 at once) goes to A, then to B (B then A on odd batches), so both see the same load
-within a second. Printed: the CPU ms per instance of each server over every batch (all
-its processes, /proc/<pid>/stat), the median of the per-batch ratios B/A, and the load.
+within a second. Printed per batch and as medians: the CPU ms per instance of each
+server (all its processes, /proc/<pid>/stat), the wall ms per instance of the batch's
+storescu run, the per-batch ratios B/A, and the load.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from servers import REPO, PacsServer  # noqa: E402
 from workers_scaling import tree_cpu_s  # noqa: E402
 
 
-def batch_cpu_ms(srv: PacsServer, files: list[Path], associations: int) -> float:
-    """Server CPU ms per instance for one batch."""
+def batch_cpu_ms(srv: PacsServer, files: list[Path], associations: int
+                 ) -> tuple[float, float]:
+    """(server CPU ms per instance, wall ms per instance) of one batch."""
     before = tree_cpu_s(srv.pid)
     if associations == 1:
         t = clients.store(srv.port, srv.ae, files)
@@ -39,7 +41,7 @@ def batch_cpu_ms(srv: PacsServer, files: list[Path], associations: int) -> float
                                    [files[i::associations] for i in range(associations)])
     if t.returncode:
         raise RuntimeError(f"{srv.name}: {t.error()} | {srv.log_tail()}")
-    return (tree_cpu_s(srv.pid) - before) / len(files) * 1000
+    return (tree_cpu_s(srv.pid) - before) / len(files) * 1000, t.seconds / len(files) * 1000
 
 
 def main() -> int:
@@ -57,6 +59,7 @@ def main() -> int:
     files = sorted(root.rglob("*.dcm"))
     batches = [files[i:i + a.batch] for i in range(0, len(files), a.batch)]
     cpu: dict[str, list[float]] = {"A": [], "B": []}
+    wall: dict[str, list[float]] = {"A": [], "B": []}
     loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="pacs-il-") as work:
         servers = {}
@@ -67,9 +70,12 @@ def main() -> int:
         try:
             for i, batch in enumerate(batches):
                 for name in ("AB" if i % 2 == 0 else "BA"):
-                    cpu[name].append(batch_cpu_ms(servers[name], batch, a.associations))
+                    used, took = batch_cpu_ms(servers[name], batch, a.associations)
+                    cpu[name].append(used)
+                    wall[name].append(took)
                 loads.append(os.getloadavg()[0])
-                print(f"batch {i}: A {cpu['A'][-1]:.2f}  B {cpu['B'][-1]:.2f} ms/instance  "
+                print(f"batch {i}: CPU A {cpu['A'][-1]:.2f} B {cpu['B'][-1]:.2f}, wall A "
+                      f"{wall['A'][-1]:.1f} B {wall['B'][-1]:.1f} ms/instance, "
                       f"load {loads[-1]:.1f}", flush=True)
         finally:
             for srv in servers.values():
@@ -78,11 +84,14 @@ def main() -> int:
     ratios = [b / x for x, b in zip(cpu["A"], cpu["B"], strict=True) if x > 0]
     print(f"\n{len(files)} small instances in batches of {a.batch}, {a.associations} "
           f"association(s) per batch, workers {a.workers}; A = {a.a}, B = {a.b}\n")
-    print("| A CPU ms/instance (median) | B CPU ms/instance (median) | B/A per batch (median) "
-          "| load |")
-    print("| --- | --- | --- | --- |")
-    print(f"| {statistics.median(cpu['A']):.2f} | {statistics.median(cpu['B']):.2f} | "
-          f"{statistics.median(ratios):.3f} | {min(loads):.1f}–{max(loads):.1f} |")
+    walls = [b / x for x, b in zip(wall["A"], wall["B"], strict=True) if x > 0]
+    print("| | A (median) | B (median) | B/A per batch (median) | load |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| server CPU ms/instance | {statistics.median(cpu['A']):.2f} | "
+          f"{statistics.median(cpu['B']):.2f} | {statistics.median(ratios):.3f} | "
+          f"{min(loads):.1f}–{max(loads):.1f} |")
+    print(f"| wall ms/instance (storescu) | {statistics.median(wall['A']):.1f} | "
+          f"{statistics.median(wall['B']):.1f} | {statistics.median(walls):.3f} | |")
     return 0
 
 

@@ -163,6 +163,15 @@ class InlineDUL(EventDUL):
     def _start_for_request(self) -> None:
         """Not started for the set-up: at `hand_over`, if ever."""
 
+    def _wake_reactor(self) -> None:
+        # The association thread running the reactor puts an event per PDU read and
+        # per primitive sent, and steps again before it waits: no self-pipe write (and
+        # poll, read) for its own puts. A put just before a hand-over is in the queue
+        # before this check, and the DUL's thread steps before its first wait.
+        if self._inline and threading.current_thread() is self._assoc:
+            return
+        super()._wake_reactor()
+
     def read_request(self, deadline: float) -> bool:
         with self._inline_lock:
             return super().read_request(deadline)
