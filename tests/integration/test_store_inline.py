@@ -280,20 +280,13 @@ async def test_a_disconnect_from_the_admin_api(
                             "no receive file left")
 
 
-def peak_rss_since_reset() -> int:
+def memory(field: str) -> int:
+    """VmRSS or VmHWM (peak since the last clear_refs) of this process, in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
-def current_rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
 
 
 async def test_a_large_instance_is_streamed_to_disk_by_the_association_thread(
@@ -307,9 +300,9 @@ async def test_a_large_instance_is_streamed_to_disk_by_the_association_thread(
             server = the_server_association()
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")                # VmHWM from here on
-            before = current_rss()
+            before = memory("VmRSS")
             ok = send(assoc, big).ok
-            grew = peak_rss_since_reset() - before
+            grew = memory("VmHWM") - before
             assert server.dul.ident is None
         return ok, server, grew
 
