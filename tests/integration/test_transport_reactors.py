@@ -125,7 +125,7 @@ def echo_then_store(port: int, path: Path) -> tuple[list[int], Association | Non
                                                     bool, bool, StoreResult]:
     """Two C-ECHOs then a C-STORE on one association: the statuses, the server's
     association, whether its DUL thread was started after the echoes and after the
-    store."""
+    store (a C-FIND after stores: tests/integration/test_store_inline.py)."""
     with Scu().associate(port, contexts_for([path])) as assoc:
         echoes = [int(assoc.send_c_echo().Status) for _ in range(2)]
         (server,) = [a for a in server_associations() if a.is_established]
@@ -135,7 +135,7 @@ def echo_then_store(port: int, path: Path) -> tuple[list[int], Association | Non
     return echoes, server, after_echoes, after_store, stored
 
 
-async def test_the_dul_thread_starts_at_the_first_request_other_than_c_echo(
+async def test_echoes_and_stores_are_served_without_the_dul_thread(
         start_server: Callable[..., Awaitable[RunningServer]],
         make_cfg: Callable[..., Config], dicom_files: DicomFiles) -> None:
     srv = await start_server(make_cfg({"server.transport": "events"}))
@@ -145,7 +145,7 @@ async def test_the_dul_thread_starts_at_the_first_request_other_than_c_echo(
         echo_then_store, srv.port, path)
     assert echoes == [SUCCESS, SUCCESS]
     assert not after_echoes             # the association thread ran the DUL itself
-    assert after_store and stored.ok    # a C-STORE handler needs the DUL's own thread
+    assert not after_store and stored.ok    # so was the C-STORE
     assert server is not None
     await asyncio.to_thread(server.join, 5)
     assert not server.is_alive() and not server.dul.is_alive()

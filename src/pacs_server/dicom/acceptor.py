@@ -15,12 +15,16 @@ docs/performance.md "Results: the CPU of one association"). Here each piece is b
 once, with its final class and queues, and the handler table is copied from one built
 per listener.
 
-One thread while it only echoes: an association's DUL thread is started only when it
-is needed (`InlineDUL`, `InlineAcceptor`). Until the first request other than a C-ECHO,
-the association thread runs the DUL's reactor itself, as it already did for the
-A-ASSOCIATE-RQ (`EventDUL.read_request`): a C-ECHO association (echoscu, a modality's
-"verify", a monitoring probe) is served and released by one thread instead of two, with
-no hand-off between them for the request, the response and the release.
+One thread while it only echoes or stores: an association's DUL thread is started only
+when it is needed (`InlineDUL`, `InlineAcceptor`). Until the first request other than a
+C-ECHO or C-STORE, the association thread runs the DUL's reactor itself, as it already
+did for the A-ASSOCIATE-RQ (`EventDUL.read_request`): it reads the P-DATA PDUs (a data
+set straight into its receive file, dicom/receive.py), serves the request
+(dicom/storage_scp.py) and writes the response PDUs. A storescu or modality
+association, an echoscu, a monitoring probe are served and released by one thread
+instead of two, with no hand-off between them for each request, response and release.
+A C-FIND/C-GET/C-MOVE/N-* request, a `send_*()` or an abort from another thread start
+the DUL's thread (`hand_over`, `take_over`).
 
 Upstream change that would remove this module: `dul_class` / `dimse_class` attributes
 on `Association` (and a handler table an association can start from); for the single
@@ -47,7 +51,7 @@ from pynetdicom._handlers import (
 from pynetdicom.acse import ACSE
 from pynetdicom.association import ServiceUser
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_ECHO
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.utils import make_target
 
 from pacs_server.dicom.command_set import command_elements
@@ -150,28 +154,61 @@ class InlineDUL(EventDUL):
     """The acceptor's event-driven DUL, run by the association thread until a request
     needs the DUL's own thread (`hand_over`), which is started only then.
 
-    Only the association thread steps it while `_inline` (other threads only queue,
-    which wakes it), and hands it over; so the state machine never runs in two threads.
+    The state machine runs in one thread at a time: while `_inline` only a thread
+    holding `_inline_lock` steps it (the association thread, while it runs the reactor
+    or waits on the socket; not while a handler runs), and `hand_over` takes the lock.
+    Other threads only queue (which wakes the holder) or hand over.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._inline_lock = threading.RLock()
 
     def _start_for_request(self) -> None:
         """Not started for the set-up: at `hand_over`, if ever."""
 
+    def _wake_reactor(self) -> None:
+        # The association thread running the reactor puts an event per PDU read and
+        # per primitive sent, and steps again before it waits: no self-pipe write (and
+        # poll, read) for its own puts. A put just before a hand-over is in the queue
+        # before this check, and the DUL's thread steps before its first wait.
+        if self._inline and threading.current_thread() is self._assoc:
+            return
+        super()._wake_reactor()
+
+    def read_request(self, deadline: float) -> bool:
+        with self._inline_lock:
+            return super().read_request(deadline)
+
     def _after_inline_send(self) -> None:
         """Send what was queued (the A-ASSOCIATE-AC, a response, the A-RELEASE-RP) and
-        stay with the association thread."""
-        while self.to_provider_queue.qsize() and not self._kill_thread:
-            self._step()
+        stay with the association thread (unless another thread took the reactor)."""
+        with self._inline_lock:
+            while self._inline and self.to_provider_queue.qsize() and not self._kill_thread:
+                self._step()
 
     def hand_over(self) -> None:
-        """From the association thread: the DUL's own thread takes over, started now."""
-        if not self._inline:
-            return
-        self._hand_over()
-        if self.ident is None and not self._kill_thread:
-            self.start()
+        """The DUL's own thread takes over, started now: from the association thread,
+        or from another thread that needs the DUL while the association thread is busy
+        in a handler (`take_over`)."""
+        with self._inline_lock:
+            if not self._inline:
+                return
+            self._hand_over()
+            if self.ident is None and not self._kill_thread:
+                self.start()
         with self._changed:
             self._changed.notify_all()
+
+    def take_over(self, timeout: float) -> None:
+        """From another thread (an abort): hand the reactor to the DUL's own thread as
+        soon as the association thread is not stepping it. A handler that waits on the
+        event loop (a C-STORE) does not hold it up: the caller may be that loop."""
+        if self._inline_lock.acquire(timeout=timeout):
+            try:
+                self.hand_over()
+            finally:
+                self._inline_lock.release()
 
     def run_until_request(self, assoc: InlineAcceptor) -> None:
         """Run the reactor in the association thread until there is something for the
@@ -182,45 +219,44 @@ class InlineDUL(EventDUL):
             timer.start()        # what run_reactor does when the DUL's thread starts
         messages = assoc.dimse.msg_queue
         checkpoint = assoc._reactor_checkpoint
-        while self._inline and not self._kill_thread and not assoc._kill:
-            if messages.qsize() or self.to_user_queue.qsize() or timer.expired \
-                    or not checkpoint.is_set():
-                return
-            if not self._step():
-                self._wait(_MAX_WAIT_S if timer.timeout is None else max(0.0, timer.remaining))
+        with self._inline_lock:
+            while self._inline and not self._kill_thread and not assoc._kill:
+                if messages.qsize() or self.to_user_queue.qsize() or timer.expired \
+                        or not checkpoint.is_set():
+                    return
+                if not self._step():
+                    self._wait(_MAX_WAIT_S if timer.timeout is None
+                               else max(0.0, timer.remaining))
 
     def finish_inline(self) -> None:
         """At the association's end, in its thread: run the reactor until the state
         machine is back in Sta1 (what is queued sent, the connection closed; Sta13 closes
         it when the peer has not), or hand it to its own thread after `_MAX_WAIT_S`."""
         deadline = time.monotonic() + _MAX_WAIT_S
-        while self._inline and not self._kill_thread \
-                and self.state_machine.current_state != "Sta1":
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.hand_over()
+        with self._inline_lock:
+            while self._inline and not self._kill_thread \
+                    and self.state_machine.current_state != "Sta1":
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.hand_over()
+                    return
+                if not self._step():
+                    self._wait(remaining)
+            if not self._inline:
                 return
-            if not self._step():
-                self._wait(remaining)
-        self._inline = False
+            self._inline = False
         with self._changed:
             self._changed.notify_all()
-
-    def wait_inline_done(self, assoc: Any) -> None:
-        """From another thread: wait until the association thread has finished or handed
-        over the reactor."""
-        with self._changed:
-            self._changed.wait_for(lambda: not self._inline or not assoc.is_alive(),
-                                   2 * _MAX_WAIT_S)
 
     def close_unstarted(self) -> None:
         """The association has ended: if the DUL's thread never ran, what its end would
         have done (the self-pipe closed, waiters woken)."""
-        if self.ident is not None:
-            return
-        self._inline = False
-        self._kill_thread = True
-        self._wakeup.close()
+        with self._inline_lock:
+            if self.ident is not None:
+                return
+            self._inline = False
+            self._kill_thread = True
+            self._wakeup.close()
         with self._changed:
             self._changed.notify_all()
 
@@ -232,14 +268,18 @@ class InlineAcceptor(EventReactors):
     request handler's): each request, response and release is a hand-off between
     them, a scheduler wake-up each way. Per C-ECHO association (strace) that was 140
     futex calls and 3 thread starts, now 64 and 2; server CPU 4.56 -> 4.24 ms in an
-    interleaved A/B (docs/performance.md). Upstream change that would remove this: see
-    the module docstring.
+    interleaved A/B (docs/performance.md). The same for a storescu association: its
+    C-STORE-RQs are read, served and answered by this thread (`_serve_request`).
+    Upstream change that would remove this: see the module docstring.
     """
+
+    # None until the first C-STORE: whether C-STOREs are served without the DUL thread.
+    _inline_stores: bool | None = None
 
     def _run_reactor(self) -> None:
         """`EventReactors._run_reactor`, preceded by the inline phase: the DUL run here
-        until a request other than C-ECHO (`_serve_request`) or a `send_*()` from
-        another thread needs the DUL's thread."""
+        until a request that needs the DUL's thread (`_serve_request`) or a `send_*()`
+        from another thread."""
         dul = cast(InlineDUL, self.dul)
         try:
             while dul._inline and not self._kill:
@@ -261,19 +301,37 @@ class InlineAcceptor(EventReactors):
                 dul.finish_inline()
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
-        # A C-ECHO is answered at once; any other service may wait on the event loop,
-        # send sub-operations or watch for C-CANCEL: the DUL needs its own thread.
-        if not isinstance(msg, C_ECHO):
+        """Serve a C-ECHO or C-STORE in this thread, with the DUL run inline; any other
+        request first hands the DUL to its own thread.
+
+        A C-STORE handler waits on the event loop, and meanwhile nothing reads the
+        socket: a storescu or modality sends nothing before the response (no
+        asynchronous operations window, PS3.7 D.3.3.3), and an A-ABORT or A-RELEASE-RQ
+        sent meanwhile is read once the response is queued, as the DUL's thread would
+        have read it after sending that response. A C-FIND, C-GET or C-MOVE may send
+        sub-operations or watch for C-CANCEL while its handler runs: the DUL reads on
+        its own thread.
+        """
+        if msg.__class__ is not C_ECHO and not (msg.__class__ is C_STORE
+                                                 and self._stores_inline()):
             cast(InlineDUL, self.dul).hand_over()
         super()._serve_request(msg, context_id)
+
+    def _stores_inline(self) -> bool:
+        # An asynchronous operations window above one (PS3.7 D.3.3.3) lets the peer send
+        # the next request before the response: the DUL's thread reads it meanwhile.
+        if self._inline_stores is None:
+            self._inline_stores = self.acceptor.asynchronous_operations == (1, 1)
+        return self._inline_stores
 
     def _dul_running(self) -> bool:
         dul = cast(InlineDUL, self.dul)
         return dul.is_alive() or (dul._inline and not dul._kill_thread)
 
     def kill(self) -> None:
-        """`EventReactors.kill`, with the inline DUL finished first (here, or by the
-        association thread when another thread kills)."""
+        """`EventReactors.kill`, with the inline DUL finished first: here, or, from
+        another thread, by the DUL's own thread once the association thread is not
+        stepping it (`InlineDUL.take_over`)."""
         dul = cast(InlineDUL, self.dul)
         if dul._inline:
             self._kill = True
@@ -282,7 +340,7 @@ class InlineAcceptor(EventReactors):
             else:
                 self._wake.set()
                 dul._wakeup.set()
-                dul.wait_inline_done(self)
+                dul.take_over(2 * _MAX_WAIT_S)
         super().kill()
 
     def run_reactor(self) -> None:
