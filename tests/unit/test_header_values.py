@@ -30,7 +30,9 @@ _VALUES = [b"", b" ", b"\0", b"ABC", b"ABC ", b"ABC\0", b" ABC ", b"A B  ", b"AB
            b"\tABC\t", b"ABC\r\n", b"A\\B", b"A \\B ", b"A^B=C^D", b"A^B==", b"=A^B",
            b"A^B= ", b"==", b"12", b" 12 ", b"+3", b"1.5", b"20240101", b"2024.01.01",
            b"1.2.840.10008.1.2", b"1.2.3\0", b"M\xfcller", "山田^太郎".encode(),
-           b"\x1b$B;3ED\x1b(B", b"ABC\x00DEF", b"\x7f"]
+           b"\x1b$B;3ED\x1b(B", b"ABC\x00DEF", b"\x7f", b"123456789", b"1234567890",
+           b"12345678901234567890", b"-5 ", b"1\\2", b"0012", b"\t7", b"7\0", b"- 7",
+           b"1e3", b"3.0"]
 _CHARSETS = [None, b"ISO_IR 100", b"ISO_IR 192", b"ISO 2022 IR 87", b"ISO_IR 13",
              b"\\ISO 2022 IR 87", b"NOT A CHARSET"]
 
@@ -54,6 +56,19 @@ def _pydicoms(ds: Dataset, keyword: str) -> str:
         return "<raises>"
 
 
+def _pydicoms_int(ds: Dataset, keyword: str) -> int | str | None:
+    try:
+        for _elem in ds:
+            pass
+        value = ds.get(keyword)
+    except Exception:
+        return "<raises>"
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _ours(ds: Dataset, keyword: str) -> str:
     try:
         return HeaderValues(ds).text(keyword)
@@ -72,6 +87,12 @@ def test_text_is_pydicoms_for_every_vr_value_and_charset(datetime_conversion: bo
             ours = _ours(_dataset(keyword, vr, raw, charset), keyword)
             want = _pydicoms(_dataset(keyword, vr, raw, charset), keyword)
             assert ours == want, (keyword, vr, raw, charset)
+            try:
+                ours_int = HeaderValues(_dataset(keyword, vr, raw, charset)).integer(keyword)
+            except Exception:
+                ours_int = "<raises>"
+            want_int = _pydicoms_int(_dataset(keyword, vr, raw, charset), keyword)
+            assert ours_int == want_int, (keyword, vr, raw, charset)
             compared += 1
         assert compared == len(_ELEMENTS) * len(_VALUES) * len(_CHARSETS)
     finally:
@@ -85,6 +106,8 @@ def test_common_values_are_read_from_the_bytes() -> None:
     values = HeaderValues(ds)
     assert values.text("PatientName") == "SMITH^JOHN"
     assert values._seen == {}            # no pydicom value was built
+    assert HeaderValues(_dataset("SeriesNumber", "IS", b" 12 ", None)).integer(
+        "SeriesNumber") == 12
     assert header_values._common_text("PN", "Müller".encode(), ["UTF8"]) is None
     assert header_values._common_text("DS", b"1.5", ["iso8859"]) is None
 

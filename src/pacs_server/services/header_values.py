@@ -18,6 +18,7 @@ values of every such VR, and tests/unit/test_ingest.py on every pydicom test fil
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -48,6 +49,7 @@ _CHARSET = BaseTag(0x00080005)
 _TAGS = {a.keyword: BaseTag(a.tag) for a in QR_ATTRIBUTES.rows if not a.derived} | {
     "SOPClassUID": BaseTag(Tag("SOPClassUID"))}
 _ESC = 0x1B
+_PLAIN_INT = re.compile(r" *[+-]?[0-9]{1,9} *\Z")
 # pydicom's PersonName encodes the value again on decoding (convert_PN), and its JIS
 # encoders raise on an empty component group ("=A^B"): that value is then not indexed
 # (ingest._text), so PN values under these encodings keep pydicom's way.
@@ -116,6 +118,25 @@ class HeaderValues:
             text = value_text(self.get(keyword)).strip().rstrip("\0")
         self._texts[keyword] = text
         return text
+
+    def integer(self, keyword: str) -> int | None:
+        """`int()` of pydicom's value (None when absent, empty, multi-valued or not a
+        number), from the bytes for a plain IS value of up to 9 digits (`IS` is an int
+        there, and no float rounding or 2**31 check applies)."""
+        tag = _TAGS.get(keyword)
+        elem = self._ds.get_item(tag) if tag is not None else None
+        if elem is None:
+            return None
+        if (type(elem) is RawDataElement and (elem.VR or _dictionary_vr(tag)) == "IS"
+                and elem.value and elem.value.isascii()):
+            plain = _PLAIN_INT.match(elem.value.decode("ascii").rstrip(" \0"))
+            if plain is not None:
+                return int(plain.group())
+        try:
+            value = self.get(keyword)
+            return int(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
 
     def _charset(self) -> list[str]:
         # What Dataset._character_set gives a top-level dataset.

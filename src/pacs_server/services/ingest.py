@@ -266,11 +266,7 @@ def _date(ds: HeaderValues, keyword: str) -> str:
 
 
 def _int(ds: HeaderValues, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
+    return ds.integer(keyword)
 
 
 def _value(ds: HeaderValues, attr: Attribute) -> str | int | None:
