@@ -310,3 +310,20 @@ def test_a_path_claim_is_one_process_s_until_released_or_stale(tmp_path: Path) -
     assert sorted(os.readlink(p) for p in a.claims.directory.iterdir()) == ["a", "a"]
     a.prepare()                                              # a's next start
     assert list(a.claims.directory.iterdir()) == []
+
+
+def test_place_new_without_hard_links_renames_without_replacing(
+        tmp_path: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    rel = PurePosixPath("PAT", "1.2", "1.2.3", "a.dcm")
+    with source_file(tmp_path, b"first") as src:
+        first = store.write_part(b"", src, 0, 5)
+    assert store.place_new(first, rel) is True
+    assert not first.exists() and store.path(rel).read_bytes() == b"first"
+    with source_file(tmp_path, b"second") as src:
+        second = store.write_part(b"", src, 0, 6)
+    assert store.place_new(second, rel) is False
+    assert second.exists() and store.path(rel).read_bytes() == b"first"

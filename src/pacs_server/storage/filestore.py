@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -185,14 +186,7 @@ class FileStore:
     def place(self, part: Path, rel: PurePosixPath) -> Path:
         """Atomically move a fsynced .part file to its final name and make that durable."""
         with storage_errors():
-            final, created = self._placing(rel)
-            try:
-                os.replace(part, final)
-            except FileNotFoundError:
-                if not self._forget_dir(rel):
-                    raise
-                final, created = self._placing(rel)
-                os.replace(part, final)
+            final, created, _ = self._name(rel, lambda final: os.replace(part, final))
             self._sync_new_entry(final, created)
         return final
 
@@ -204,27 +198,27 @@ class FileStore:
         when a file already exists there.
         """
         with storage_errors():
-            final, created = self._placing(rel)
             try:
-                try:
-                    os.link(part, final)
-                except FileNotFoundError:
-                    if not self._forget_dir(rel):
-                        raise
-                    final, created = self._placing(rel)
-                    os.link(part, final)
+                final, created, linked = self._name(rel, lambda final: _link_new(part, final))
             except FileExistsError:
                 return False
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-                    raise
-                # Filesystem without hard links: rename without replacing.
-                if not rename_noreplace(part, final):
-                    return False
-            else:
+            if linked:
                 os.unlink(part)
             self._sync_new_entry(final, created)
         return True
+
+    def _name(self, rel: PurePosixPath, make: Callable[[Path], bool | None]
+              ) -> tuple[Path, list[Path], bool | None]:
+        """`make(final)` at the placement path of `rel` (`_placing`), once more if the
+        kept directory has gone since; the path, the directories made, what it said."""
+        final, created = self._placing(rel)
+        try:
+            return final, created, make(final)
+        except FileNotFoundError:
+            if not self._forget_dir(rel):
+                raise
+        final, created = self._placing(rel)
+        return final, created, make(final)
 
     def set_aside(self, rel: PurePosixPath) -> bool:
         """Move the file at `rel` to .quarantine if it is still the one seen now;
@@ -373,6 +367,22 @@ class FileStore:
             except FileExistsError:
                 pass
         return created
+
+
+def _link_new(part: Path, final: Path) -> bool:
+    """Create the name `final` for `part` (a link: True; on a filesystem without hard
+    links a rename without replacing: False), or raise FileExistsError."""
+    try:
+        os.link(part, final)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if not rename_noreplace(part, final):
+            raise FileExistsError(errno.EEXIST, "name taken", str(final)) from None
+        return False
+    return True
 
 
 def _remove_files(directory: Path, cutoff: float | None) -> int:
