@@ -193,6 +193,56 @@ def test_place_new_under_a_file_is_storage_unavailable(tmp_path: Path,
         store.place_new(part, PurePosixPath("PAT", "1.2", "x.dcm"))
 
 
+def _fsynced_dirs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    from pacs_server.storage import filestore
+
+    synced: list[Path] = []
+    real = filestore.fsync_dir
+    monkeypatch.setattr(filestore, "fsync_dir", lambda d: (synced.append(d), real(d)))
+    return synced
+
+
+@pytest.mark.parametrize("method", ["place_new", "place"])
+def test_a_series_directory_removed_by_another_process_is_made_again(
+        tmp_path: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch,
+        method: str) -> None:
+    # The placement directory is checked and made once, then kept (FileStore._placing);
+    # another node may prune it meanwhile: the next placement makes it again, durably.
+    series = PurePosixPath("PAT", "1.2", "1.2.3")
+    for name in ("a.dcm", "b.dcm"):
+        with source_file(tmp_path, b"x") as src:
+            getattr(store, method)(store.write_part(b"", src, 0, 1), series / name)
+    synced = _fsynced_dirs(monkeypatch)
+    for name in ("a.dcm", "b.dcm"):
+        os.unlink(store.root / series / name)
+    os.rmdir(store.root / series)             # behind this FileStore's back
+    with source_file(tmp_path, b"y") as src:
+        getattr(store, method)(store.write_part(b"", src, 0, 1), series / "c.dcm")
+    assert (store.root / series / "c.dcm").read_bytes() == b"y"
+    # the new entry, and the new directory's entry in its parent
+    assert synced == [store.root / series, store.root / series.parent]
+    assert list(store.incoming.iterdir()) == []
+
+
+def test_a_directory_reached_through_a_symlink_is_checked_every_time(
+        tmp_path: Path, store: FileStore) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (store.root / "PAT").mkdir()
+    (store.root / "PAT" / "inside").mkdir()
+    (store.root / "LINKED").symlink_to(store.root / "PAT" / "inside")
+    with source_file(tmp_path, b"x") as src:
+        assert store.place_new(store.write_part(b"", src, 0, 1),
+                               PurePosixPath("LINKED", "a.dcm"))
+    assert (store.root / "PAT" / "inside" / "a.dcm").exists()
+    (store.root / "LINKED").unlink()
+    (store.root / "LINKED").symlink_to(tmp_path / "elsewhere")
+    with source_file(tmp_path, b"x") as src:
+        part = store.write_part(b"", src, 0, 1)
+    with pytest.raises(StorageUnavailable, match="outside the archive"):
+        store.place_new(part, PurePosixPath("LINKED", "b.dcm"))
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 def test_sweep_incoming_removes_only_stale_files(store: FileStore) -> None:
     store.prepare()
     stale = store.incoming / "stale.dcm"
@@ -260,3 +310,20 @@ def test_a_path_claim_is_one_process_s_until_released_or_stale(tmp_path: Path) -
     assert sorted(os.readlink(p) for p in a.claims.directory.iterdir()) == ["a", "a"]
     a.prepare()                                              # a's next start
     assert list(a.claims.directory.iterdir()) == []
+
+
+def test_place_new_without_hard_links_renames_without_replacing(
+        tmp_path: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    rel = PurePosixPath("PAT", "1.2", "1.2.3", "a.dcm")
+    with source_file(tmp_path, b"first") as src:
+        first = store.write_part(b"", src, 0, 5)
+    assert store.place_new(first, rel) is True
+    assert not first.exists() and store.path(rel).read_bytes() == b"first"
+    with source_file(tmp_path, b"second") as src:
+        second = store.write_part(b"", src, 0, 6)
+    assert store.place_new(second, rel) is False
+    assert second.exists() and store.path(rel).read_bytes() == b"first"

@@ -213,7 +213,8 @@ class ArchiveService:
         Raises:
             PacsError: as `stage()` and `store()`.
         """
-        self.check_free_space(received.stat().st_size if received.exists() else 0)
+        if self._cfg.min_free_bytes > 0:      # (two stat calls saved when it is off)
+            self.check_free_space(received.stat().st_size if received.exists() else 0)
         staged: StagedInstance | None = None
         try:
             staged = self.stage(received, transfer_syntax, request_sop_class, source_ae,

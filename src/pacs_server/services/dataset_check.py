@@ -274,6 +274,8 @@ class _Walk:
         buf, base = w.buf, w.start
         limit = base + len(buf)
         last = -1
+        # A file's size is known: compared here, not asked of the window per element.
+        size = w.size if type(w) is _Window and w.size is not None else -1
         while True:
             if end is not None:
                 if pos == end:
@@ -282,7 +284,7 @@ class _Walk:
                     return pos
                 if pos + 8 > end:
                     raise _Malformed(f"element header crosses {beyond}", pos)
-            elif not undefined_item and w.ends_at(pos):
+            elif not undefined_item and (pos == size if size >= 0 else w.ends_at(pos)):
                 return pos
             if pos < base or pos + 12 > limit:
                 w.load(pos, 8)

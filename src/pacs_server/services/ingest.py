@@ -12,11 +12,10 @@ import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pydicom import dcmread
-from pydicom.charset import convert_encodings, default_encoding
-from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.datadict import dictionary_has_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -29,7 +28,6 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pydicom.values import convert_value
 
 from pacs_server import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacs_server.errors import DatasetMismatch, UnreadableDataset
@@ -37,8 +35,8 @@ from pacs_server.index.attributes import QR_ATTRIBUTES, Attribute
 from pacs_server.index.records import InstanceRecord
 from pacs_server.services.dataset_check import Walked
 from pacs_server.services.header_scan import ScanError, scan
+from pacs_server.services.header_values import HeaderValues
 from pacs_server.storage import layout
-from pacs_server.values import value_text
 
 # Headers bigger than this are re-encoded without their bulk elements (waveforms,
 # encapsulated documents) instead of being kept byte for byte.
@@ -163,7 +161,9 @@ def _read_fast(fh: BinaryIO, offset: int, transfer_syntax: str,
             return None                   # header larger than we keep raw
     if not {_SOP_INSTANCE, _STUDY_UID, _SERIES_UID} <= found.keys():
         return None
-    _check_complete(fh, offset + pixel, transfer_syntax)
+    if walked is None:
+        # (check_dataset, which made `walked`, refused a Pixel Data cut short already)
+        _check_complete(fh, offset + pixel, transfer_syntax)
     elements = {
         BaseTag(tag): RawDataElement(BaseTag(tag), vr, length, head[start:start + length],
                                      offset + start, implicit, True)
@@ -252,83 +252,24 @@ def _encode_without_bulk(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-# VRs whose raw value `_Values` hands straight to pydicom's converter (no hook of
-# pydicom's changes them: no UN, no ambiguous US/SS, no numeric length checks).
-_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH",
-                       "ST", "TM", "UC", "UI", "UR", "UT"})
-_CHARSET = BaseTag(0x00080005)
-_TAGS = {a.keyword: BaseTag(a.tag) for level in _RECORD_ATTRS.values() for a in level} | {
-    kw: BaseTag(Tag(kw)) for kw in ("SOPInstanceUID", "StudyInstanceUID",
-                                    "SeriesInstanceUID", "SOPClassUID")}
-
-
-class _Values:
-    """The values `build_record` reads from a header, each decoded once.
-
-    `Dataset.get(keyword)` of a raw element builds a DataElement through pydicom's
-    hooks and replaces the raw one (about 20 µs an element, most of build_record);
-    here a raw text element goes straight to pydicom's value converter with the
-    dataset's character set, which is what those hooks end in. Anything else (an
-    element already converted, a VR of another kind) is `Dataset.get`'s.
-    """
-
-    def __init__(self, ds: Dataset) -> None:
-        self._ds = ds
-        self._seen: dict[str, Any] = {}
-        self._encodings: list[str] | None = None
-
-    def get(self, keyword: str) -> Any:
-        if keyword in self._seen:
-            return self._seen[keyword]
-        ds = self._ds
-        tag = _TAGS.get(keyword)
-        elem = ds.get_item(tag) if tag is not None else None
-        if type(elem) is RawDataElement and (elem.VR or _dictionary_vr(tag)) in _TEXT_VRS:
-            value = convert_value(elem.VR or dictionary_VR(tag), elem, self._charset())
-        else:
-            value = ds.get(keyword)
-        self._seen[keyword] = value
-        return value
-
-    def _charset(self) -> list[str]:
-        # What Dataset._character_set gives a top-level dataset.
-        if self._encodings is None:
-            elem = self._ds.get(_CHARSET)
-            self._encodings = (convert_encodings(elem.value) if elem and elem.value
-                               else [default_encoding])
-        return self._encodings
-
-
-def _dictionary_vr(tag: BaseTag | None) -> str | None:
+def _text(ds: HeaderValues, keyword: str, limit: int = 256) -> str:
     try:
-        return dictionary_VR(tag) if tag is not None else None
-    except KeyError:
-        return None
-
-
-def _text(ds: _Values, keyword: str, limit: int = 256) -> str:
-    try:
-        value = ds.get(keyword)
+        return ds.text(keyword)[:limit]
     except Exception:  # a malformed value must not sink the whole instance
         return ""
-    return value_text(value).strip().rstrip("\0")[:limit]
 
 
-def _date(ds: _Values, keyword: str) -> str:
+def _date(ds: HeaderValues, keyword: str) -> str:
     """A DA value as YYYYMMDD; ACR-NEMA style 'YYYY.MM.DD' is normalised, not cut."""
     value = _text(ds, keyword, 64).replace(".", "").replace("-", "")
     return value[:8]
 
 
-def _int(ds: _Values, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
+def _int(ds: HeaderValues, keyword: str) -> int | None:
+    return ds.integer(keyword)
 
 
-def _value(ds: _Values, attr: Attribute) -> str | int | None:
+def _value(ds: HeaderValues, attr: Attribute) -> str | int | None:
     """The indexed form of one attribute (free text cut at 256 characters)."""
     if attr.kind == "date":
         return _date(ds, attr.keyword)
@@ -340,7 +281,7 @@ def _value(ds: _Values, attr: Attribute) -> str | int | None:
 def build_record(ds: Dataset, header: bytes, header_syntax: str, transfer_syntax: str,
                  request_sop_class: str, source_ae: str, naming: str) -> InstanceRecord:
     """Validate the identifying UIDs and collect the indexed attributes."""
-    values = _Values(ds)
+    values = HeaderValues(ds)
     sop_uid = layout.check_uid("SOPInstanceUID", _text(values, "SOPInstanceUID"))
     study_uid = layout.check_uid("StudyInstanceUID", _text(values, "StudyInstanceUID"))
     series_uid = layout.check_uid("SeriesInstanceUID", _text(values, "SeriesInstanceUID"))

@@ -19,18 +19,26 @@ arguments), so a process that starts never empties a live transfer of another.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from pacs_server.errors import StartupError, StorageUnavailable
-from pacs_server.storage.fsops import fsync_dir, storage_errors, subdirs, unlink_quietly
+from pacs_server.storage.fsops import (
+    copy_range,
+    fsync_dir,
+    rename_noreplace,
+    storage_errors,
+    subdirs,
+    unlink_quietly,
+    write_all,
+)
 from pacs_server.storage.journal import PathClaims, PlacementJournal
 
 __all__ = ["FileStore", "PathClaims", "PlacementJournal", "storage_errors"]
@@ -42,6 +50,7 @@ NODES = ".nodes"
 CACHE = ".cache"            # derived data (DICOMweb metadata), rebuilt when missing
 CLAIMS = ".claims"          # duplicate_policy: replace, one store per path (PathClaims)
 PRIVATE_DIRS = (INCOMING, JOURNAL, QUARANTINE, NODES, CACHE, CLAIMS)
+_DIRS_KEPT = 1024           # placement directories kept by FileStore._placing
 
 
 class FileStore:
@@ -60,6 +69,7 @@ class FileStore:
         self._fsync = fsync
         self._identity = identity
         self._identity_lock: int | None = None
+        self._dirs: dict[str, Path] = {}       # placement directories made (_placing)
 
     # -- lifecycle ------------------------------------------------------------------
     def prepare(self) -> int:
@@ -150,8 +160,8 @@ class FileStore:
         with storage_errors():
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                _write_all(fd, header)
-                _copy_range(source.fileno(), fd, offset, length)
+                write_all(fd, header)
+                copy_range(source.fileno(), fd, offset, length)
                 if self._fsync:
                     os.fsync(fd)
             except BaseException:
@@ -175,10 +185,8 @@ class FileStore:
 
     def place(self, part: Path, rel: PurePosixPath) -> Path:
         """Atomically move a fsynced .part file to its final name and make that durable."""
-        final = self.path(rel)
         with storage_errors():
-            created = self._makedirs(final.parent)
-            os.replace(part, final)
+            final, created, _ = self._name(rel, lambda final: os.replace(part, final))
             self._sync_new_entry(final, created)
         return final
 
@@ -189,23 +197,28 @@ class FileStore:
         never both believe they created the file. Returns False (part left in place)
         when a file already exists there.
         """
-        final = self.path(rel)
         with storage_errors():
-            created = self._makedirs(final.parent)
             try:
-                os.link(part, final)
+                final, created, linked = self._name(rel, lambda final: _link_new(part, final))
             except FileExistsError:
                 return False
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-                    raise
-                # Filesystem without hard links: rename without replacing.
-                if not _rename_noreplace(part, final):
-                    return False
-            else:
+            if linked:
                 os.unlink(part)
             self._sync_new_entry(final, created)
         return True
+
+    def _name(self, rel: PurePosixPath, make: Callable[[Path], bool | None]
+              ) -> tuple[Path, list[Path], bool | None]:
+        """`make(final)` at the placement path of `rel` (`_placing`), once more if the
+        kept directory has gone since; the path, the directories made, what it said."""
+        final, created = self._placing(rel)
+        try:
+            return final, created, make(final)
+        except FileNotFoundError:
+            if not self._forget_dir(rel):
+                raise
+        final, created = self._placing(rel)
+        return final, created, make(final)
 
     def set_aside(self, rel: PurePosixPath) -> bool:
         """Move the file at `rel` to .quarantine if it is still the one seen now;
@@ -239,6 +252,33 @@ class FileStore:
                 return False
         return True
 
+    def _placing(self, rel: PurePosixPath) -> tuple[Path, list[Path]]:
+        """The absolute path a file is placed at, and the directories created for it.
+
+        Placing only creates or replaces the name itself (link, rename: a symbolic link
+        there is never followed), so what `path()` checks is the directory's place.
+        A directory checked and made once is kept (by its relative path) and not
+        resolved and stat'ed again for each instance of its series: ~30-60 µs each.
+        Kept only when nothing in the path was a symbolic link; a directory removed
+        since (ours pruned by `remove`, or another node's) fails the link or rename
+        with ENOENT, and the caller forgets it and places again (`_forget_dir`).
+        """
+        key = str(rel.parent)
+        parent = self._dirs.get(key)
+        if parent is not None and rel.name not in ("", ".", ".."):
+            return parent / rel.name, []
+        final = self.path(rel)
+        created = self._makedirs(final.parent)
+        if final == self.root / rel:
+            if len(self._dirs) >= _DIRS_KEPT:
+                self._dirs.clear()
+            self._dirs[key] = final.parent
+        return final, created
+
+    def _forget_dir(self, rel: PurePosixPath) -> bool:
+        """Drop the kept directory of `rel`; whether one was kept."""
+        return self._dirs.pop(str(rel.parent), None) is not None
+
     def _sync_new_entry(self, final: Path, created: list[Path]) -> None:
         """fsync the directory of a newly named file and of each directory created for
         it, so that the name itself survives a crash."""
@@ -262,6 +302,7 @@ class FileStore:
                 parent.rmdir()
             except OSError:
                 break
+            self._dirs.clear()      # a placement directory may be gone
             parent = parent.parent
 
     def quarantine(self, rel: PurePosixPath | str) -> Path:
@@ -328,6 +369,22 @@ class FileStore:
         return created
 
 
+def _link_new(part: Path, final: Path) -> bool:
+    """Create the name `final` for `part` (a link: True; on a filesystem without hard
+    links a rename without replacing: False), or raise FileExistsError."""
+    try:
+        os.link(part, final)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if not rename_noreplace(part, final):
+            raise FileExistsError(errno.EEXIST, "name taken", str(final)) from None
+        return False
+    return True
+
+
 def _remove_files(directory: Path, cutoff: float | None) -> int:
     """Unlink the regular files in `directory` (only those older than `cutoff`)."""
     removed = 0
@@ -344,76 +401,3 @@ def _remove_files(directory: Path, cutoff: float | None) -> int:
         except OSError:
             pass
     return removed
-
-
-_RENAME_NOREPLACE = 1
-_AT_FDCWD = -100
-
-
-def _rename_noreplace(source: Path, target: Path) -> bool:
-    """renameat2(RENAME_NOREPLACE): False if `target` exists. Where the call is missing
-    (not Linux, old kernel or libc), a check then a rename: racy across processes, so
-    a shared archive needs a filesystem with hard links (docs/operations.md)."""
-    libc = _libc()
-    func = getattr(libc, "renameat2", None) if libc is not None else None
-    if func is not None:
-        if func(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
-                _RENAME_NOREPLACE) == 0:
-            return True
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            return False
-        if err not in (errno.ENOSYS, errno.EINVAL):
-            raise OSError(err, os.strerror(err), str(target))
-    if target.exists():
-        return False
-    os.replace(source, target)
-    return True
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    remaining = length
-    pos = offset
-    if not hasattr(os, "copy_file_range"):   # not Linux: copy in user space
-        _copy_plain(src, dst, pos, remaining)
-        return
-    try:
-        while remaining > 0:
-            n = os.copy_file_range(src, dst, min(remaining, 1 << 30), pos)
-            if n == 0:
-                break
-            pos += n
-            remaining -= n
-        if remaining == 0:
-            return
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-    _copy_plain(src, dst, pos, remaining)
-
-
-def _copy_plain(src: int, dst: int, pos: int, remaining: int) -> None:
-    """Chunked pread/write copy, for filesystems or platforms without copy_file_range."""
-    while remaining > 0:
-        chunk = os.pread(src, min(remaining, 1 << 20), pos)
-        if not chunk:
-            raise OSError(errno.EIO, "source file shorter than expected")
-        _write_all(dst, chunk)
-        pos += len(chunk)
-        remaining -= len(chunk)
-
-
