@@ -19,11 +19,18 @@ write the same index, each with its own writer:
 
 A patient is found by (PatientID, IssuerOfPatientID); an instance with an empty
 PatientID gets the patient of its study, or a new one, never another study's.
+
+Callers on the loop await `add_instance`; an association thread calls `submit`, which
+puts the job on the writer's queue with one `call_soon_threadsafe` and returns a
+`concurrent.futures.Future` that the writer settles: no Task, coroutine or chained
+future per C-STORE on the loop (docs/performance.md, "the event loop per stored
+instance").
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import random
 from collections.abc import AsyncIterator
@@ -72,7 +79,23 @@ _FOLLOWING = tuple(r for r in QR_ATTRIBUTES.recorded("PATIENT") if r.column not 
 class _Job:
     record: InstanceRecord
     replace: bool
-    future: asyncio.Future[str | None]
+    # An asyncio future (add_instance) or a concurrent one (submit, another thread).
+    future: asyncio.Future[str | None] | concurrent.futures.Future[str | None]
+
+
+def _settle(fut: asyncio.Future[str | None] | concurrent.futures.Future[str | None],
+            result: str | None = None, exc: BaseException | None = None) -> None:
+    """Give a job its answer, unless its caller gave up (a timeout cancels it, from the
+    caller's thread for `submit`: hence the race caught here)."""
+    if fut.done():
+        return
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
+        pass
 
 
 def level_values(level: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +127,8 @@ class IndexWriter:
         self._batch_size = commit_batch
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False       # _STOP is queued: nothing more is taken
         # The writer keeps one connection: a pool checkout and check-in per commit
         # cost about a fifth of a single-instance commit.
         self._conn: AsyncConnection | None = None
@@ -119,11 +144,14 @@ class IndexWriter:
         self._series: dict[str, tuple[int, int, int]] = {}
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name="index-writer")
 
     async def close(self) -> None:
-        """Finish queued writes, stop the writer."""
+        """Finish queued writes, stop the writer; later jobs fail (IndexUnavailable)."""
         if self._writer is not None:
+            self._closing = True
             await self._queue.put(_STOP)
             await self._writer
             self._writer = None
@@ -152,26 +180,69 @@ class IndexWriter:
             DuplicateInstance: the UID is indexed and `replace` is False.
             IndexUnavailable: the transaction could not be committed.
         """
-        if self._writer is None:
+        if self._writer is None or self._closing:
             raise IndexUnavailable("index writer is not running")
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(record, replace, fut))
+        self._queue.put_nowait(_Job(record, replace, fut))
         return await fut
+
+    def submit(self, record: InstanceRecord, replace: bool = False
+               ) -> concurrent.futures.Future[str | None]:
+        """`add_instance` from another thread (an association's): thread-safe.
+
+        The future gets what `add_instance` returns or raises, once the row is
+        committed. Cancelling it (a caller's timeout) does not withdraw the row: it may
+        still be committed, as with a coroutine cancelled mid-commit.
+
+        Raises:
+            IndexUnavailable: the writer is not running (or its loop is closed).
+        """
+        loop = self._loop
+        if self._writer is None or self._closing or loop is None:
+            raise IndexUnavailable("index writer is not running")
+        fut: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        try:
+            loop.call_soon_threadsafe(self._enqueue, _Job(record, replace, fut))
+        except RuntimeError:        # the loop is closed
+            raise IndexUnavailable("server is shutting down") from None
+        return fut
+
+    def _enqueue(self, job: _Job) -> None:
+        if self._writer is None or self._closing:
+            _settle(job.future, exc=IndexUnavailable("index writer is not running"))
+        else:
+            self._queue.put_nowait(job)
 
     async def _write_loop(self) -> None:
         stop = False
-        while not stop:
-            item = await self._queue.get()
-            if item is _STOP:
-                break
-            batch: list[_Job] = [item]
-            while len(batch) < self._batch_size and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is _STOP:
-                    stop = True
+        batch: list[_Job] = []
+        try:
+            while not stop:
+                item = await self._queue.get()
+                if item is _STOP:
                     break
-                batch.append(nxt)
-            await self._commit_batch(batch)
+                batch = [item]
+                while len(batch) < self._batch_size and not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                await self._commit_batch(batch)
+                batch = []
+        except asyncio.CancelledError:
+            await self._drop_connection()
+            raise
+        finally:
+            # Cancelled (the loop ends without close()): no caller of `submit` is left
+            # waiting for its timeout. Ambiguous for the batch under way (it may have
+            # committed), as a timeout is: the archive keeps the placement intent.
+            self._closing = True
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            for job in batch:
+                if job is not _STOP:
+                    _settle(job.future, exc=IndexUnavailable("index writer stopped"))
 
     async def _commit_batch(self, jobs: list[_Job]) -> None:
         try:
@@ -184,21 +255,19 @@ class IndexWriter:
                     await self._commit_batch([job])
                 return
             job = jobs[0]
-            if not job.future.done():
-                err = exc if isinstance(exc, PacsError) else IndexUnavailable(
-                    f"index write failed: {exc.__class__.__name__}: {exc}")
-                if not isinstance(exc, PacsError):
-                    log.error("index.write_failed", sop_instance_uid=job.record.sop_instance_uid,
-                              exc_info=exc)
-                job.future.set_exception(err)
+            err = exc if isinstance(exc, PacsError) else IndexUnavailable(
+                f"index write failed: {exc.__class__.__name__}: {exc}")
+            if not isinstance(exc, PacsError):
+                log.error("index.write_failed", sop_instance_uid=job.record.sop_instance_uid,
+                          exc_info=exc)
+            _settle(job.future, exc=err)
             return
         for notice in notices:
             log.warning(**notice)
         if self._on_commit is not None:
             self._on_commit(len(jobs))
         for job, old_path in zip(jobs, results, strict=True):
-            if not job.future.done():
-                job.future.set_result(old_path)
+            _settle(job.future, old_path)
 
     async def _run_with_retry(self, jobs: list[_Job]
                               ) -> tuple[list[str | None], list[dict[str, Any]]]:
