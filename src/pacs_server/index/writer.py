@@ -138,6 +138,7 @@ class IndexWriter:
         self._on_retry = on_retry    # callable(reason) for metrics
         self.retries = 0
         self.single_statement_batches = 0    # batches written by `_insert_known`
+        self.new_series_batches = 0          # ... with new series in them
         # uid -> (pk, patient_pk, modalities, sop classes)
         self._studies: dict[str, tuple[int, int, str, str]] = {}
         # uid -> (pk, study_pk, patient_pk)
@@ -315,31 +316,53 @@ class IndexWriter:
         raise AssertionError("unreachable")
 
     async def _insert_known(self, conn: AsyncConnection, jobs: list[_Job]) -> bool:
-        """The common batch in one statement (index/batch_insert.py): new instances of
-        cached series whose study sets hold their values already. False when the batch
-        needs the general path, or the statement failed (nothing written: the general
-        path then looks everything up again and tells a duplicate from a stale key)."""
+        """The common batch through the driver (index/batch_insert.py): new instances of
+        cached studies whose sets hold their values already; one statement when their
+        series are cached too, else one transaction that inserts the new series first.
+        False when the batch needs the general path, or the driver failed (nothing
+        written: the general path then looks everything up again and tells a duplicate
+        from a stale key)."""
         if len(jobs) > MAX_ROWS:
             return False
-        rows = []
+        # Per job: its cached series pk, or the index of its new series in `new`.
+        where: list[tuple[InstanceRecord, int, bool]] = []
+        new: dict[str, tuple[int, dict[str, Any], tuple[int, int]]] = {}
         for job in jobs:
             rec = job.record
             study = self._studies.get(rec.study_instance_uid)
-            series = self._series.get(rec.series_instance_uid)
-            if (job.replace or study is None or series is None
+            if (job.replace or study is None
                     or join_values(study[2], rec.series["modality"]) != study[2]
                     or join_values(study[3], rec.sop_class_uid) != study[3]):
                 return False
-            rows.append(_row(rec, series[0]))
+            series = self._series.get(rec.series_instance_uid)
+            if series is not None:
+                where.append((rec, series[0], False))
+                continue
+            if rec.series_instance_uid not in new:
+                new[rec.series_instance_uid] = (len(new), _series_row(rec, study[0]),
+                                                (study[0], study[1]))
+            where.append((rec, new[rec.series_instance_uid][0], True))
+        pks: list[int] = []
         try:
             if self._driver is None:
                 self._driver = (await conn.get_raw_connection()).driver_connection
-            await self._insert.execute(self._driver, rows)
+            if not new:
+                await self._insert.execute(self._driver, [_row(r, pk) for r, pk, _ in where])
+            else:
+                pks = await self._insert.with_new_series(
+                    self._driver, [row for _, row, _ in new.values()],
+                    lambda pks: [_row(r, pks[i] if fresh else i) for r, i, fresh in where])
         except Exception as exc:
-            log.debug("index.batch_insert_failed", rows=len(rows), error=str(exc)[:200])
+            log.debug("index.batch_insert_failed", rows=len(where), series=len(new),
+                      error=str(exc)[:200])
             self._forget_caches()
             return False
-        self.single_statement_batches += 1
+        if new:
+            for uid, (i, _, (study_pk, patient_pk)) in new.items():
+                self._series[uid] = (pks[i], study_pk, patient_pk)
+            self.new_series_batches += 1
+        else:
+            self.single_statement_batches += 1
         return True
 
     def _count_retry(self, reason: str, exc: Exception) -> None:
@@ -466,9 +489,7 @@ class IndexWriter:
             Series.series_instance_uid == rec.series_instance_uid))).first()
         if row is None:
             result = await conn.execute(Series.__table__.insert().values(
-                series_instance_uid=rec.series_instance_uid, study_pk=study_pk,
-                num_instances=0, header=rec.header, header_syntax=rec.header_syntax,
-                **level_values("SERIES", rec.series)))
+                _series_row(rec, study_pk)))
             pk = int(result.inserted_primary_key[0])
         else:
             pk = int(row.pk)
@@ -557,6 +578,18 @@ def _row(rec: InstanceRecord, series_pk: int) -> dict[str, Any]:
         size=rec.size,
         source_ae=rec.source_ae,
         received_at=rec.received_at,
+        header=rec.header,
+        header_syntax=rec.header_syntax,
+    )
+
+
+def _series_row(rec: InstanceRecord, study_pk: int) -> dict[str, Any]:
+    """The series row of `rec`'s new series (the count triggers keep num_instances)."""
+    return dict(
+        level_values("SERIES", rec.series),
+        series_instance_uid=rec.series_instance_uid,
+        study_pk=study_pk,
+        num_instances=0,
         header=rec.header,
         header_syntax=rec.header_syntax,
     )
