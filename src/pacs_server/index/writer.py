@@ -49,7 +49,8 @@ from pacs_server.index.batch_insert import MAX_ROWS, BatchInsert
 from pacs_server.index.engine import WriterLock
 from pacs_server.index.models import Instance, Patient, Series, Study
 from pacs_server.index.records import InstanceRecord
-from pacs_server.index.text import join_values, name_key
+from pacs_server.index.rows import instance_row, level_values, series_row
+from pacs_server.index.text import join_values
 
 log = structlog.get_logger(__name__)
 
@@ -63,13 +64,6 @@ _STUDY_SETS = select(Study.modalities, Study.sop_classes).with_for_update()
 _UPDATE_STUDY_SETS = text(
     "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk")
 
-# Per level: the (column, default) pairs a record provides, and the Person Name columns
-# with their case-folded copy.
-_RECORD_COLUMNS = {level: tuple((r.column, None if r.kind == "int" else "")
-                                for r in QR_ATTRIBUTES.recorded(level))
-                   for level in QR_ATTRIBUTES.levels}
-_NORMS = {level: tuple((r.column, r.norm) for r in QR_ATTRIBUTES.at(level) if r.norm)
-          for level in QR_ATTRIBUTES.levels}
 # The patient key, and the patient attributes that follow the newest study.
 _PATIENT_KEY = ("patient_id", "issuer_of_patient_id")
 _FOLLOWING = tuple(r for r in QR_ATTRIBUTES.recorded("PATIENT") if r.column not in _PATIENT_KEY)
@@ -96,14 +90,6 @@ def _settle(fut: asyncio.Future[str | None] | concurrent.futures.Future[str | No
             fut.set_result(result)
     except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
         pass
-
-
-def level_values(level: str, values: dict[str, Any]) -> dict[str, Any]:
-    """The columns of `level`'s table a record fills, with the case-folded name copies."""
-    out = {column: values.get(column, default) for column, default in _RECORD_COLUMNS[level]}
-    for column, norm in _NORMS[level]:
-        out[norm] = name_key(out[column])
-    return out
 
 
 @dataclass
@@ -339,7 +325,7 @@ class IndexWriter:
                 where.append((rec, series[0], False))
                 continue
             if rec.series_instance_uid not in new:
-                new[rec.series_instance_uid] = (len(new), _series_row(rec, study[0]),
+                new[rec.series_instance_uid] = (len(new), series_row(rec, study[0]),
                                                 (study[0], study[1]))
             where.append((rec, new[rec.series_instance_uid][0], True))
         pks: list[int] = []
@@ -347,11 +333,12 @@ class IndexWriter:
             if self._driver is None:
                 self._driver = (await conn.get_raw_connection()).driver_connection
             if not new:
-                await self._insert.execute(self._driver, [_row(r, pk) for r, pk, _ in where])
+                await self._insert.execute(self._driver,
+                                           [instance_row(r, pk) for r, pk, _ in where])
             else:
                 pks = await self._insert.with_new_series(
                     self._driver, [row for _, row, _ in new.values()],
-                    lambda pks: [_row(r, pks[i] if fresh else i) for r, i, fresh in where])
+                    lambda pks: [instance_row(r, pks[i] if fresh else i) for r, i, fresh in where])
         except Exception as exc:
             log.debug("index.batch_insert_failed", rows=len(where), series=len(new),
                       error=str(exc)[:200])
@@ -409,7 +396,7 @@ class IndexWriter:
         if (new_mods, new_sops) != (mods, sops):
             self._studies[rec.study_instance_uid] = (pk, ppk, new_mods, new_sops)
             batch.study_sets[pk] = (new_mods, new_sops)
-        return _row(rec, series_pk)
+        return instance_row(rec, series_pk)
 
     async def _study(self, conn: AsyncConnection, batch: _Batch,
                      rec: InstanceRecord) -> tuple[int, int]:
@@ -489,7 +476,7 @@ class IndexWriter:
             Series.series_instance_uid == rec.series_instance_uid))).first()
         if row is None:
             result = await conn.execute(Series.__table__.insert().values(
-                _series_row(rec, study_pk)))
+                series_row(rec, study_pk)))
             pk = int(result.inserted_primary_key[0])
         else:
             pk = int(row.pk)
@@ -564,35 +551,6 @@ class IndexWriter:
         await conn.execute(update(Study).where(Study.pk == study_pk).values(
             modalities=mods, sop_classes=sops))
         self._forget_caches()
-
-
-def _row(rec: InstanceRecord, series_pk: int) -> dict[str, Any]:
-    """The instances row of `rec`."""
-    return dict(
-        level_values("IMAGE", rec.instance),
-        sop_instance_uid=rec.sop_instance_uid,
-        series_pk=series_pk,
-        sop_class_uid=rec.sop_class_uid,
-        transfer_syntax_uid=rec.transfer_syntax_uid,
-        path=str(rec.rel_path),
-        size=rec.size,
-        source_ae=rec.source_ae,
-        received_at=rec.received_at,
-        header=rec.header,
-        header_syntax=rec.header_syntax,
-    )
-
-
-def _series_row(rec: InstanceRecord, study_pk: int) -> dict[str, Any]:
-    """The series row of `rec`'s new series (the count triggers keep num_instances)."""
-    return dict(
-        level_values("SERIES", rec.series),
-        series_instance_uid=rec.series_instance_uid,
-        study_pk=study_pk,
-        num_instances=0,
-        header=rec.header,
-        header_syntax=rec.header_syntax,
-    )
 
 
 def _union(current: str, ours: str) -> str:
