@@ -98,17 +98,25 @@ async def test_a_batch_of_a_known_series_is_one_statement_with_the_same_rows(
     assert general["received_at"].replace(tzinfo=UTC) == when
 
 
+async def with_a_duplicate(repo: IndexRepository, existing: Any, series: str, n: int,
+                           at: int) -> tuple[list[Any], list[Any]]:
+    """Index `existing`, then `n` new instances of `series` (same study) in one group
+    commit with a copy of `existing` at position `at`; the batch and its results."""
+    await repo.add_instance(existing)
+    study = existing.study_instance_uid
+    batch = [index_record(study=study, series=series) for _ in range(n)]
+    batch.insert(at, index_record(study=study, series=series, sop=existing.sop_instance_uid))
+    results = await asyncio.gather(*(repo.add_instance(r) for r in batch),
+                                   return_exceptions=True)
+    return batch, results
+
+
 async def test_a_failing_row_fails_alone_and_nothing_acknowledged_is_lost(
         cfg: DatabaseConfig) -> None:
     study, series = generate_uid(), generate_uid()
     async with opened(cfg) as (repo, _):
         existing = index_record(study=study, series=series)
-        await repo.add_instance(existing)
-        batch = [index_record(study=study, series=series) for _ in range(12)]
-        batch.insert(5, index_record(study=study, series=series,
-                                     sop=existing.sop_instance_uid))
-        results = await asyncio.gather(*(repo.add_instance(r) for r in batch),
-                                       return_exceptions=True)
+        batch, results = await with_a_duplicate(repo, existing, series, 12, 5)
     assert isinstance(results[5], DuplicateInstance)
     acknowledged = {r.sop_instance_uid for r, res in zip(batch, results, strict=True)
                     if res is None}
@@ -221,12 +229,7 @@ async def test_a_failing_row_of_a_new_series_batch_leaves_no_series_behind_it(
     study, known, fresh = generate_uid(), generate_uid(), generate_uid()
     async with opened(cfg) as (repo, engine):
         existing = index_record(study=study, series=known)
-        await repo.add_instance(existing)
-        batch = [index_record(study=study, series=fresh) for _ in range(6)]
-        batch.insert(3, index_record(study=study, series=fresh,
-                                     sop=existing.sop_instance_uid))
-        results = await asyncio.gather(*(repo.add_instance(r) for r in batch),
-                                       return_exceptions=True)
+        _, results = await with_a_duplicate(repo, existing, fresh, 6, 3)
         assert isinstance(results[3], DuplicateInstance)
         assert [r for i, r in enumerate(results) if i != 3] == [None] * 6
         assert set(await series_rows(engine, study)) == {known, fresh}
