@@ -180,6 +180,13 @@ class Manifest:
         return Manifest(**json.loads((out / "manifest.json").read_text()))
 
 
+def small_set(data_dir: Path, count: int, series_per_study: int = 2) -> Path:
+    """Where the scripts keep the small set of `count` instances (the manifest's reuse
+    check does not look at the series per study, so each choice has its own directory)."""
+    suffix = "" if series_per_study == 2 else f"-s{series_per_study}"
+    return data_dir / f"small-{count}{suffix}"
+
+
 def generate(out: str | Path, count: int, studies: int | None = None, series_per_study: int = 2,
              size: str = "small", seed: int = 1, split: int = 1) -> Manifest:
     """Write the dataset under `out` and return its manifest (also saved as manifest.json).

@@ -2,7 +2,7 @@
 """A/B of the C-STORE path's CPU: two source trees of pacs_server, alternated.
 
     .venv/bin/python scripts/bench/store_ab.py --a /tmp/base/src [--b src] [--pairs 4]
-        [--associations 1|4] [--workers 1|2|auto] [--count 1000]
+        [--associations 1|4] [--workers 1|2|auto] [--count 1000] [--series-per-study 50]
     .venv/bin/python scripts/bench/store_ab.py --a /tmp/base/src --each --count 200
 
 Each pair starts a fresh server (SQLite, durable defaults) from tree A and one from tree
@@ -77,6 +77,8 @@ def main() -> int:
     p.add_argument("--workers", default="1")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--transport", choices=("events", "stock"), default=None)
+    p.add_argument("--series-per-study", type=int, default=2,
+                   help="50 gives one instance per series (every instance a new series)")
     p.add_argument("--data-dir", default="/tmp/pacs-bench-data")
     p.add_argument("--each", action="store_true",
                    help="one storescu process and association per instance")
@@ -84,8 +86,8 @@ def main() -> int:
     if a.transport:
         import servers
         servers.TRANSPORT = a.transport
-    root = Path(a.data_dir) / f"small-{a.count}"
-    m = generate.generate(root, a.count, split=4)
+    root = generate.small_set(Path(a.data_dir), a.count, a.series_per_study)
+    m = generate.generate(root, a.count, series_per_study=a.series_per_study, split=4)
     dirs = [root] if a.associations == 1 else sorted(root.glob("part*"))
     trees = {"A": a.a, "B": a.b}
     rows: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": []}

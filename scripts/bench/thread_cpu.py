@@ -2,7 +2,7 @@
 """CPU time of each server thread per stored instance (C-STORE of the small set).
 
     .venv/bin/python scripts/bench/thread_cpu.py [--associations 1|4] [--workers 1|2]
-        [--src DIR] [--count 1000]
+        [--src DIR] [--count 1000] [--series-per-study 50]
 
 py-spy's CPU mode counts a thread blocked in fsync as busy, so its shares are not CPU
 time. Here every thread's utime + stime is read from /proc/<pid>/task/<tid>/stat
@@ -85,10 +85,12 @@ def main() -> int:
     p.add_argument("--workers", default="1")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--src", help="src directory to run (PYTHONPATH); default this tree")
+    p.add_argument("--series-per-study", type=int, default=2,
+                   help="50 gives one instance per series (every instance a new series)")
     p.add_argument("--data-dir", default="/tmp/pacs-bench-data")
     a = p.parse_args()
-    root = Path(a.data_dir) / f"small-{a.count}"
-    m = generate.generate(root, a.count, split=4)
+    root = generate.small_set(Path(a.data_dir), a.count, a.series_per_study)
+    m = generate.generate(root, a.count, series_per_study=a.series_per_study, split=4)
     dirs = [root] if a.associations == 1 else sorted(root.glob("part*"))
     spy = pyspy()
     with tempfile.TemporaryDirectory(prefix="pacs-threads-") as work:

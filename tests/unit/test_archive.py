@@ -59,14 +59,15 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 
 async def receive(env: Env, archive: ArchiveService, path: Path,
-                  source_ae: str = "SCU") -> StoreOutcome:
-    """What the C-STORE handler does with a received file, in a worker thread."""
+                  source_ae: str = "SCU", run: Any = None) -> StoreOutcome:
+    """What the C-STORE handler does with a received file, in a worker thread: with the
+    bridge as the runner (the row handed straight to the writer), unless `run`."""
     meta = file_meta(path)
 
     def work() -> StoreOutcome:
         staged = archive.stage(path, str(meta.TransferSyntaxUID),
                                str(meta.MediaStorageSOPClassUID), source_ae)
-        return archive.store(staged, env.bridge.run)
+        return archive.store(staged, run or env.bridge)
 
     return await asyncio.to_thread(work)
 
@@ -98,6 +99,39 @@ async def test_a_new_instance_is_placed_and_indexed(env: Env, dicom_files: Dicom
     assert (archive.stats.stored, archive.stats.bytes, archive.stats.duplicates) == (
         1, ref.size, 0)
     assert (await env.repo.counts())["instances"] == 1
+
+
+class CountingCatalog(IndexCatalog):
+    """The index catalog, counting which door each row came through."""
+
+    def __init__(self, repo: IndexRepository) -> None:
+        super().__init__(repo)
+        self.doors: list[str] = []
+
+    async def add(self, record: Any, replace: bool) -> str | None:
+        self.doors.append("coroutine")
+        return await super().add(record, replace)
+
+    def submit(self, record: Any, replace: bool) -> Any:
+        self.doors.append("submit")
+        return super().submit(record, replace)
+
+
+@pytest.mark.parametrize(("runner", "door"), [("bridge", "submit"), ("run", "coroutine")])
+@pytest.mark.parametrize("policy", ["reject", "replace"])
+async def test_the_bridge_hands_the_row_to_the_writer_and_a_plain_runner_a_coroutine(
+        env: Env, dicom_files: DicomFiles, runner: str, door: str, policy: str) -> None:
+    catalog = CountingCatalog(env.repo)
+    archive = env.archive(policy, catalog=catalog)
+    run = env.bridge if runner == "bridge" else env.bridge.run
+    first, second = two_versions(dicom_files)
+    assert await receive(env, archive, first, run=run) is StoreOutcome.STORED
+    assert await env.repo.instance_path(sop_uid(first)) is not None     # committed
+    if policy == "replace":
+        assert await receive(env, archive, second, run=run) is StoreOutcome.REPLACED
+        (stored,) = archived_files(env.root)
+        assert dataset_bytes(stored) == dataset_bytes(second)
+    assert catalog.doors == [door] * (2 if policy == "replace" else 1)
 
 
 @pytest.mark.parametrize(("policy", "outcome", "kept"), [

@@ -98,17 +98,25 @@ async def test_a_batch_of_a_known_series_is_one_statement_with_the_same_rows(
     assert general["received_at"].replace(tzinfo=UTC) == when
 
 
+async def with_a_duplicate(repo: IndexRepository, existing: Any, series: str, n: int,
+                           at: int) -> tuple[list[Any], list[Any]]:
+    """Index `existing`, then `n` new instances of `series` (same study) in one group
+    commit with a copy of `existing` at position `at`; the batch and its results."""
+    await repo.add_instance(existing)
+    study = existing.study_instance_uid
+    batch = [index_record(study=study, series=series) for _ in range(n)]
+    batch.insert(at, index_record(study=study, series=series, sop=existing.sop_instance_uid))
+    results = await asyncio.gather(*(repo.add_instance(r) for r in batch),
+                                   return_exceptions=True)
+    return batch, results
+
+
 async def test_a_failing_row_fails_alone_and_nothing_acknowledged_is_lost(
         cfg: DatabaseConfig) -> None:
     study, series = generate_uid(), generate_uid()
     async with opened(cfg) as (repo, _):
         existing = index_record(study=study, series=series)
-        await repo.add_instance(existing)
-        batch = [index_record(study=study, series=series) for _ in range(12)]
-        batch.insert(5, index_record(study=study, series=series,
-                                     sop=existing.sop_instance_uid))
-        results = await asyncio.gather(*(repo.add_instance(r) for r in batch),
-                                       return_exceptions=True)
+        batch, results = await with_a_duplicate(repo, existing, series, 12, 5)
     assert isinstance(results[5], DuplicateInstance)
     acknowledged = {r.sop_instance_uid for r, res in zip(batch, results, strict=True)
                     if res is None}
@@ -148,3 +156,81 @@ async def test_the_statement_binds_every_row_in_order(tmp_path: Path) -> None:
         assert MAX_ROWS * len(Instance.__table__.columns) < 32766
     finally:
         await engine.dispose()
+
+
+async def series_rows(engine: Any, study_uid: str) -> dict[str, dict[str, Any]]:
+    async with engine.connect() as conn:
+        result = await conn.execute(select(Series).join(Study).where(
+            Study.study_instance_uid == study_uid))
+        return {row.series_instance_uid: dict(row._mapping) for row in result}
+
+
+async def test_new_series_of_a_known_study_are_one_transaction_with_the_same_rows(
+        cfg: DatabaseConfig) -> None:
+    study = generate_uid()
+
+    def rec(series: str, n: int) -> Any:
+        return index_record(study=study, series=series, header=b"\x08\x00\x05\x00CS\x00\x00",
+                            series_values={"series_number": n, "series_description": f"S{n}"},
+                            instance_values={"instance_number": n})
+
+    async with opened(cfg) as (repo, engine):
+        first = rec(generate_uid(), 1)
+        await repo.add_instance(first)               # the general path: a new study
+        assert (repo.writer.single_statement_batches, repo.writer.new_series_batches) == (0, 0)
+        # Two new series in one group commit, one of them with two instances.
+        two, three = generate_uid(), generate_uid()
+        batch = [rec(two, 2), rec(three, 3), rec(two, 4)]
+        assert await asyncio.gather(*(repo.add_instance(r) for r in batch)) == [None] * 3
+        assert repo.writer.new_series_batches == 1
+        # Their series are cached now: the next instance is one statement.
+        await repo.add_instance(rec(three, 5))
+        assert repo.writer.single_statement_batches == 1
+        rows = await series_rows(engine, study)
+        assert await hierarchy_counts(engine, two) == (2, 5, 5)
+        async with engine.connect() as conn:
+            num_series = (await conn.execute(select(Study.num_series, Patient.num_series)
+                                             .join(Patient))).one()
+        assert tuple(num_series) == (3, 3)                  # the triggers ran
+        instances = await instance_rows(engine, three)
+    general = rows[first.series_instance_uid]
+    assert set(rows) == {first.series_instance_uid, two, three}
+    for uid, n in ((two, 2), (three, 3)):
+        row = rows[uid]
+        assert (row["series_number"], row["series_description"]) == (n, f"S{n}")
+        assert {k: v for k, v in row.items() if k not in (
+            "pk", "series_instance_uid", "series_number", "series_description",
+            "num_instances")} == {k: v for k, v in general.items() if k not in (
+                "pk", "series_instance_uid", "series_number", "series_description",
+                "num_instances")}
+    assert {row["series_pk"] for row in instances.values()} == {rows[three]["pk"]}
+    assert rows[two]["num_instances"] == 2 and rows[three]["num_instances"] == 2
+
+
+async def test_a_series_another_writer_created_meanwhile_is_found_not_doubled(
+        cfg: DatabaseConfig) -> None:
+    """Another process (here a second writer on the same database) created the series
+    since this writer cached the study: its INSERT fails, nothing is written, and the
+    general path finds the series."""
+    study, first, shared = generate_uid(), generate_uid(), generate_uid()
+    async with opened(cfg) as (repo, engine), opened(cfg) as (other, _):
+        await repo.add_instance(index_record(study=study, series=first))
+        await other.add_instance(index_record(study=study, series=shared))
+        late = index_record(study=study, series=shared)
+        assert await repo.add_instance(late) is None
+        assert repo.writer.new_series_batches == 0
+        assert set(await series_rows(engine, study)) == {first, shared}
+        assert await hierarchy_counts(engine, shared) == (2, 3, 3)
+        assert await repo.instance_path(late.sop_instance_uid) == str(late.rel_path)
+
+
+async def test_a_failing_row_of_a_new_series_batch_leaves_no_series_behind_it(
+        cfg: DatabaseConfig) -> None:
+    study, known, fresh = generate_uid(), generate_uid(), generate_uid()
+    async with opened(cfg) as (repo, engine):
+        existing = index_record(study=study, series=known)
+        _, results = await with_a_duplicate(repo, existing, fresh, 6, 3)
+        assert isinstance(results[3], DuplicateInstance)
+        assert [r for i, r in enumerate(results) if i != 3] == [None] * 6
+        assert set(await series_rows(engine, study)) == {known, fresh}
+        assert await hierarchy_counts(engine, fresh) == (6, 7, 7)

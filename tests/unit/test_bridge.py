@@ -7,6 +7,7 @@ coroutines run on the loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -118,6 +119,39 @@ def test_run_carries_the_callers_log_context(loop: LoopThread) -> None:
     worker.start()
     worker.join(10)
     assert out == [{"assoc_id": 7, "calling_ae": "SCU"}]
+
+
+def test_the_bridge_called_is_run(loop: LoopThread) -> None:
+    assert LoopBridge(loop.loop, timeout_s=5)(answer(7)) == 7
+
+
+# --------------------------------------------------------------------------- wait
+
+def test_wait_returns_what_the_loop_settles(loop: LoopThread) -> None:
+    fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+    loop.loop.call_soon_threadsafe(fut.set_result, 5)
+    assert LoopBridge(loop.loop, timeout_s=5).wait(fut) == 5
+
+
+def test_wait_raises_what_the_loop_sets(loop: LoopThread) -> None:
+    fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+    loop.loop.call_soon_threadsafe(fut.set_exception, ValueError("bad row"))
+    with pytest.raises(ValueError, match="bad row"):
+        LoopBridge(loop.loop, timeout_s=5).wait(fut)
+
+
+def test_wait_past_the_limit_is_index_unavailable_and_cancels(loop: LoopThread) -> None:
+    fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+    with pytest.raises(IndexUnavailable, match="did not answer in time"):
+        LoopBridge(loop.loop, timeout_s=60).wait(fut, timeout_s=0.05)
+    assert fut.cancelled()
+
+
+def test_wait_on_cancelled_work_is_index_unavailable(loop: LoopThread) -> None:
+    fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+    fut.cancel()
+    with pytest.raises(IndexUnavailable, match="cancelled"):
+        LoopBridge(loop.loop, timeout_s=5).wait(fut)
 
 
 # --------------------------------------------------------------------------- iterate

@@ -4,6 +4,11 @@ Handlers run in their association's own thread; everything that touches the inde
 a coroutine on the loop. `run()` submits the coroutine and blocks this thread (never
 the loop) until it finishes. run_coroutine_threadsafe copies the caller's contextvars,
 so log context bound in the handler thread follows the work onto the loop.
+
+`wait()` is the cheaper door for work that another thread can hand to the loop by
+itself (the index writer's `submit`): it only waits for the future, under the same
+time limit. The bridge is also callable as `run`, so the archive can be given the
+bridge and find `wait` on it.
 """
 
 from __future__ import annotations
@@ -34,7 +39,17 @@ class LoopBridge:
         if self._loop.is_closed():
             coro.close()
             raise IndexUnavailable("server is shutting down")
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return self.wait(asyncio.run_coroutine_threadsafe(coro, self._loop), timeout_s)
+
+    __call__ = run
+
+    def wait(self, fut: concurrent.futures.Future[T], timeout_s: float | None = None) -> T:
+        """The result of work already handed to the loop, with `run`'s time limit.
+
+        Raises:
+            IndexUnavailable: no answer within the time limit (the future is then
+                cancelled), or the work was cancelled.
+        """
         try:
             return fut.result(timeout_s if timeout_s is not None else self._timeout_s)
         except concurrent.futures.TimeoutError:

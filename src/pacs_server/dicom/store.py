@@ -43,7 +43,7 @@ def handle_store(event: Event, archive: ArchiveService, bridge: LoopBridge,
         raise StorageFull(f"not received: {refusal}")
     stored = archive.receive(event.dataset_path, str(event.context.transfer_syntax),
                              str(request.AffectedSOPClassUID or ""),
-                             event.assoc.requestor.ae_title, bridge.run,
+                             event.assoc.requestor.ae_title, bridge,
                              request_uid=str(request.AffectedSOPInstanceUID or ""),
                              adopt=True)
     metrics.store_bytes.inc(stored.size)

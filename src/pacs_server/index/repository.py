@@ -8,6 +8,7 @@ engine's connections; nothing outside `index/` sees an engine or a SQL statement
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
@@ -42,6 +43,11 @@ class IndexRepository:
     async def add_instance(self, record: InstanceRecord, replace: bool = False) -> str | None:
         """See `IndexWriter.add_instance`."""
         return await self.writer.add_instance(record, replace)
+
+    def submit_instance(self, record: InstanceRecord, replace: bool = False
+                        ) -> concurrent.futures.Future[str | None]:
+        """See `IndexWriter.submit` (from another thread than the loop's)."""
+        return self.writer.submit(record, replace)
 
     def find(self, level: str, keys: Iterable[MatchKey], **options: Any
              ) -> AsyncGenerator[list[Match], None]:

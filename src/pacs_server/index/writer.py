@@ -19,11 +19,18 @@ write the same index, each with its own writer:
 
 A patient is found by (PatientID, IssuerOfPatientID); an instance with an empty
 PatientID gets the patient of its study, or a new one, never another study's.
+
+Callers on the loop await `add_instance`; an association thread calls `submit`, which
+puts the job on the writer's queue with one `call_soon_threadsafe` and returns a
+`concurrent.futures.Future` that the writer settles: no Task, coroutine or chained
+future per C-STORE on the loop (docs/performance.md, "the event loop per stored
+instance").
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import random
 from collections.abc import AsyncIterator
@@ -42,7 +49,8 @@ from pacs_server.index.batch_insert import MAX_ROWS, BatchInsert
 from pacs_server.index.engine import WriterLock
 from pacs_server.index.models import Instance, Patient, Series, Study
 from pacs_server.index.records import InstanceRecord
-from pacs_server.index.text import join_values, name_key
+from pacs_server.index.rows import instance_row, level_values, series_row
+from pacs_server.index.text import join_values
 
 log = structlog.get_logger(__name__)
 
@@ -56,13 +64,6 @@ _STUDY_SETS = select(Study.modalities, Study.sop_classes).with_for_update()
 _UPDATE_STUDY_SETS = text(
     "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk")
 
-# Per level: the (column, default) pairs a record provides, and the Person Name columns
-# with their case-folded copy.
-_RECORD_COLUMNS = {level: tuple((r.column, None if r.kind == "int" else "")
-                                for r in QR_ATTRIBUTES.recorded(level))
-                   for level in QR_ATTRIBUTES.levels}
-_NORMS = {level: tuple((r.column, r.norm) for r in QR_ATTRIBUTES.at(level) if r.norm)
-          for level in QR_ATTRIBUTES.levels}
 # The patient key, and the patient attributes that follow the newest study.
 _PATIENT_KEY = ("patient_id", "issuer_of_patient_id")
 _FOLLOWING = tuple(r for r in QR_ATTRIBUTES.recorded("PATIENT") if r.column not in _PATIENT_KEY)
@@ -72,15 +73,23 @@ _FOLLOWING = tuple(r for r in QR_ATTRIBUTES.recorded("PATIENT") if r.column not 
 class _Job:
     record: InstanceRecord
     replace: bool
-    future: asyncio.Future[str | None]
+    # An asyncio future (add_instance) or a concurrent one (submit, another thread).
+    future: asyncio.Future[str | None] | concurrent.futures.Future[str | None]
 
 
-def level_values(level: str, values: dict[str, Any]) -> dict[str, Any]:
-    """The columns of `level`'s table a record fills, with the case-folded name copies."""
-    out = {column: values.get(column, default) for column, default in _RECORD_COLUMNS[level]}
-    for column, norm in _NORMS[level]:
-        out[norm] = name_key(out[column])
-    return out
+def _settle(fut: asyncio.Future[str | None] | concurrent.futures.Future[str | None],
+            result: str | None = None, exc: BaseException | None = None) -> None:
+    """Give a job its answer, unless its caller gave up (a timeout cancels it, from the
+    caller's thread for `submit`: hence the race caught here)."""
+    if fut.done():
+        return
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
+        pass
 
 
 @dataclass
@@ -105,6 +114,8 @@ class IndexWriter:
         self._batch_size = commit_batch
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False       # _STOP is queued: nothing more is taken
         # The writer keeps one connection: a pool checkout and check-in per commit
         # cost about a fifth of a single-instance commit.
         self._conn: AsyncConnection | None = None
@@ -116,17 +127,21 @@ class IndexWriter:
         self.retries = 0
         self._stopping = False      # the writer took the close() request off the queue
         self.single_statement_batches = 0    # batches written by `_insert_known`
+        self.new_series_batches = 0          # ... with new series in them
         # uid -> (pk, patient_pk, modalities, sop classes)
         self._studies: dict[str, tuple[int, int, str, str]] = {}
         # uid -> (pk, study_pk, patient_pk)
         self._series: dict[str, tuple[int, int, int]] = {}
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name="index-writer")
 
     async def close(self) -> None:
-        """Finish queued writes, stop the writer."""
+        """Finish queued writes, stop the writer; later jobs fail (IndexUnavailable)."""
         if self._writer is not None:
+            self._closing = True
             await self._queue.put(_STOP)
             await self._writer
             self._writer = None
@@ -155,21 +170,64 @@ class IndexWriter:
             DuplicateInstance: the UID is indexed and `replace` is False.
             IndexUnavailable: the transaction could not be committed.
         """
-        if self._writer is None:
+        if self._writer is None or self._closing:
             raise IndexUnavailable("index writer is not running")
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(record, replace, fut))
+        self._queue.put_nowait(_Job(record, replace, fut))
         return await fut
+
+    def submit(self, record: InstanceRecord, replace: bool = False
+               ) -> concurrent.futures.Future[str | None]:
+        """`add_instance` from another thread (an association's): thread-safe.
+
+        The future gets what `add_instance` returns or raises, once the row is
+        committed. Cancelling it (a caller's timeout) does not withdraw the row: it may
+        still be committed, as with a coroutine cancelled mid-commit.
+
+        Raises:
+            IndexUnavailable: the writer is not running (or its loop is closed).
+        """
+        loop = self._loop
+        if self._writer is None or self._closing or loop is None:
+            raise IndexUnavailable("index writer is not running")
+        fut: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        try:
+            loop.call_soon_threadsafe(self._enqueue, _Job(record, replace, fut))
+        except RuntimeError:        # the loop is closed
+            raise IndexUnavailable("server is shutting down") from None
+        return fut
+
+    def _enqueue(self, job: _Job) -> None:
+        if self._writer is None or self._closing:
+            _settle(job.future, exc=IndexUnavailable("index writer is not running"))
+        else:
+            self._queue.put_nowait(job)
 
     async def _write_loop(self) -> None:
         self._stopping = False
-        while not self._stopping:
-            item = await self._queue.get()
-            if item is _STOP:
-                break
-            batch: list[_Job] = [item]
-            self._take_queued(batch)
-            await self._commit_batch(batch)
+        batch: list[_Job] = []
+        try:
+            while not self._stopping:
+                item = await self._queue.get()
+                if item is _STOP:
+                    break
+                batch = [item]
+                self._take_queued(batch)
+                await self._commit_batch(batch)
+                batch = []
+        except asyncio.CancelledError:
+            await self._drop_connection()
+            raise
+        finally:
+            # Cancelled (the loop ends without close()): no caller of `submit` is left
+            # waiting for its timeout. Ambiguous for the batch under way (it may have
+            # committed), as a timeout is: the archive keeps the placement intent.
+            self._closing = True
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            for job in batch:
+                if job is not _STOP:
+                    _settle(job.future, exc=IndexUnavailable("index writer stopped"))
 
     def _take_queued(self, batch: list[_Job]) -> None:
         """Add the requests queued meanwhile to `batch` (up to commit_batch)."""
@@ -192,21 +250,19 @@ class IndexWriter:
                     await self._commit_batch([job])
                 return
             job = jobs[0]
-            if not job.future.done():
-                err = exc if isinstance(exc, PacsError) else IndexUnavailable(
-                    f"index write failed: {exc.__class__.__name__}: {exc}")
-                if not isinstance(exc, PacsError):
-                    log.error("index.write_failed", sop_instance_uid=job.record.sop_instance_uid,
-                              exc_info=exc)
-                job.future.set_exception(err)
+            err = exc if isinstance(exc, PacsError) else IndexUnavailable(
+                f"index write failed: {exc.__class__.__name__}: {exc}")
+            if not isinstance(exc, PacsError):
+                log.error("index.write_failed", sop_instance_uid=job.record.sop_instance_uid,
+                          exc_info=exc)
+            _settle(job.future, exc=err)
             return
         for notice in notices:
             log.warning(**notice)
         if self._on_commit is not None:
             self._on_commit(len(jobs))
         for job, old_path in zip(jobs, results, strict=True):
-            if not job.future.done():
-                job.future.set_result(old_path)
+            _settle(job.future, old_path)
 
     async def _run_with_retry(self, jobs: list[_Job]
                               ) -> tuple[list[str | None], list[dict[str, Any]]]:
@@ -259,31 +315,54 @@ class IndexWriter:
         raise AssertionError("unreachable")
 
     async def _insert_known(self, conn: AsyncConnection, jobs: list[_Job]) -> bool:
-        """The common batch in one statement (index/batch_insert.py): new instances of
-        cached series whose study sets hold their values already. False when the batch
-        needs the general path, or the statement failed (nothing written: the general
-        path then looks everything up again and tells a duplicate from a stale key)."""
+        """The common batch through the driver (index/batch_insert.py): new instances of
+        cached studies whose sets hold their values already; one statement when their
+        series are cached too, else one transaction that inserts the new series first.
+        False when the batch needs the general path, or the driver failed (nothing
+        written: the general path then looks everything up again and tells a duplicate
+        from a stale key)."""
         if len(jobs) > MAX_ROWS:
             return False
-        rows = []
+        # Per job: its cached series pk, or the index of its new series in `new`.
+        where: list[tuple[InstanceRecord, int, bool]] = []
+        new: dict[str, tuple[int, dict[str, Any], tuple[int, int]]] = {}
         for job in jobs:
             rec = job.record
             study = self._studies.get(rec.study_instance_uid)
-            series = self._series.get(rec.series_instance_uid)
-            if (job.replace or study is None or series is None
+            if (job.replace or study is None
                     or join_values(study[2], rec.series["modality"]) != study[2]
                     or join_values(study[3], rec.sop_class_uid) != study[3]):
                 return False
-            rows.append(_row(rec, series[0]))
+            series = self._series.get(rec.series_instance_uid)
+            if series is not None:
+                where.append((rec, series[0], False))
+                continue
+            if rec.series_instance_uid not in new:
+                new[rec.series_instance_uid] = (len(new), series_row(rec, study[0]),
+                                                (study[0], study[1]))
+            where.append((rec, new[rec.series_instance_uid][0], True))
+        pks: list[int] = []
         try:
             if self._driver is None:
                 self._driver = (await conn.get_raw_connection()).driver_connection
-            await self._insert.execute(self._driver, rows)
+            if not new:
+                await self._insert.execute(self._driver,
+                                           [instance_row(r, pk) for r, pk, _ in where])
+            else:
+                pks = await self._insert.with_new_series(
+                    self._driver, [row for _, row, _ in new.values()],
+                    lambda pks: [instance_row(r, pks[i] if fresh else i) for r, i, fresh in where])
         except Exception as exc:
-            log.debug("index.batch_insert_failed", rows=len(rows), error=str(exc)[:200])
+            log.debug("index.batch_insert_failed", rows=len(where), series=len(new),
+                      error=str(exc)[:200])
             self._forget_caches()
             return False
-        self.single_statement_batches += 1
+        if new:
+            for uid, (i, _, (study_pk, patient_pk)) in new.items():
+                self._series[uid] = (pks[i], study_pk, patient_pk)
+            self.new_series_batches += 1
+        else:
+            self.single_statement_batches += 1
         return True
 
     def _count_retry(self, reason: str, exc: Exception) -> None:
@@ -332,7 +411,7 @@ class IndexWriter:
         if (new_mods, new_sops) != (mods, sops):
             self._studies[rec.study_instance_uid] = (pk, ppk, new_mods, new_sops)
             batch.study_sets[pk] = (new_mods, new_sops)
-        return _row(rec, series_pk)
+        return instance_row(rec, series_pk)
 
     async def _study(self, conn: AsyncConnection, batch: _Batch,
                      rec: InstanceRecord) -> tuple[int, int]:
@@ -412,9 +491,7 @@ class IndexWriter:
             Series.series_instance_uid == rec.series_instance_uid))).first()
         if row is None:
             result = await conn.execute(Series.__table__.insert().values(
-                series_instance_uid=rec.series_instance_uid, study_pk=study_pk,
-                num_instances=0, header=rec.header, header_syntax=rec.header_syntax,
-                **level_values("SERIES", rec.series)))
+                series_row(rec, study_pk)))
             pk = int(result.inserted_primary_key[0])
         else:
             pk = int(row.pk)
@@ -489,23 +566,6 @@ class IndexWriter:
         await conn.execute(update(Study).where(Study.pk == study_pk).values(
             modalities=mods, sop_classes=sops))
         self._forget_caches()
-
-
-def _row(rec: InstanceRecord, series_pk: int) -> dict[str, Any]:
-    """The instances row of `rec`."""
-    return dict(
-        level_values("IMAGE", rec.instance),
-        sop_instance_uid=rec.sop_instance_uid,
-        series_pk=series_pk,
-        sop_class_uid=rec.sop_class_uid,
-        transfer_syntax_uid=rec.transfer_syntax_uid,
-        path=str(rec.rel_path),
-        size=rec.size,
-        source_ae=rec.source_ae,
-        received_at=rec.received_at,
-        header=rec.header,
-        header_syntax=rec.header_syntax,
-    )
 
 
 def _union(current: str, ours: str) -> str:

@@ -25,6 +25,7 @@ import enum
 import os
 import threading
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -80,6 +81,10 @@ class IndexCatalog:
 
     async def add(self, record: InstanceRecord, replace: bool) -> str | None:
         return await self.repo.add_instance(record, replace=replace)
+
+    def submit(self, record: InstanceRecord, replace: bool) -> Future[str | None]:
+        """`add` from an association thread, without a coroutine (IndexWriter.submit)."""
+        return self.repo.submit_instance(record, replace)
 
 
 class FileCatalog:
@@ -285,14 +290,14 @@ class ArchiveService:
         # not have been committed (a timeout is ambiguous), and a row without its file
         # is the one outcome we never allow.
         if policy == "replace":
-            old = run(self.catalog.add(rec, True))
+            old = self._index(rec, True, run)
             outcome = (StoreOutcome.REPLACED if old is not None or replaced
                        else StoreOutcome.STORED)
             if old is not None and old != str(rec.rel_path):
                 return outcome, PurePosixPath(old)
             return outcome, None
         try:
-            run(self.catalog.add(rec, False))
+            self._index(rec, False, run)
         except DuplicateInstance:
             # Indexed already, normally under another path (e.g. PatientID changed):
             # the file at our path is the one we linked, ours to remove. Unless the row
@@ -302,6 +307,16 @@ class ArchiveService:
                 self.files.remove(rec.rel_path)
             return self._duplicate(rec, policy), None
         return StoreOutcome.STORED, None
+
+    def _index(self, rec: InstanceRecord, replace: bool, run: Runner) -> str | None:
+        """`catalog.add` through `run`; handed straight to the index writer's queue when
+        the catalog takes rows from this thread (`submit`) and the runner can wait for
+        them (`wait`, the bridge): no coroutine on the loop per instance."""
+        submit = getattr(self.catalog, "submit", None)
+        wait = getattr(run, "wait", None)
+        if submit is not None and wait is not None:
+            return wait(submit(rec, replace))
+        return run(self.catalog.add(rec, replace))
 
     def _remove_superseded(self, rec: InstanceRecord, old: PurePosixPath, run: Runner) -> None:
         """With `replace`, remove the file at `old` that the new row superseded, under
