@@ -149,6 +149,13 @@ class FileSending(Association):
         queued = 0
         # A C-MOVE destination: the DUL run by this thread (dicom/lent_dul.py).
         lent = lent_dul.borrow(self)
+        if not lent and self.dul._kill_thread:
+            # The DUL has ended (AA-3: an A-ABORT the previous exchange read in this
+            # thread) and the paused reactor has not yet marked the association aborted:
+            # the one (None, None) AA-3 queued was that exchange's answer, so a request
+            # queued now would wait out the DIMSE timeout for nothing.
+            self._handle_no_response()
+            return Dataset()
 
         def send(pdata: RawPData) -> None:
             nonlocal queued
