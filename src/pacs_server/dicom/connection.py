@@ -309,6 +309,12 @@ class PacsAssociationServer(ThreadedAssociationServer):
             self._last_gc = now
             gc.collect()
 
+    def shutdown_request(self, request: Any) -> None:
+        """socketserver's `shutdown(SHUT_WR)` and close, with the unread bytes dropped
+        in between so that the close is a FIN, not an RST that can discard the last
+        PDU sent (dicom/closing.py)."""
+        close_socket(request)
+
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit the connection as unassociated, or have the accept loop close it."""
         return self.policy.admit_connection(str(client_address[0]))

@@ -42,7 +42,6 @@ from pynetdicom.association import LOGGER, Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
@@ -50,6 +49,7 @@ from pynetdicom.timer import Timer
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import make_target
 
+from pacs_server.dicom.closing import AwaitingCloseDUL
 from pacs_server.dicom.negotiation import ByProposal, encode_accept
 from pacs_server.dicom.receive import read_pdata
 
@@ -174,7 +174,7 @@ def decoded_associate_rq(raw: bytes) -> DecodedAssociateRQ:
     return pdu
 
 
-class EventDUL(DULServiceProvider):
+class EventDUL(AwaitingCloseDUL):
     """pynetdicom's DUL thread, blocking on the socket and its queues between events."""
 
     def __init__(self, assoc: Association, wake_assoc: Callable[[], None],
