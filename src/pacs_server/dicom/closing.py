@@ -37,6 +37,7 @@ def discard_unread(sock: socket.socket) -> None:
     """Read and drop what `sock` has received and nobody read, without waiting."""
     taken = 0
     try:
+        sock.settimeout(0.0)    # with a timeout, recv would first wait for data that long
         while taken < _DISCARD_LIMIT:
             # socket.socket's recv on the descriptor also for an SSLSocket: its records
             # are of no use any more, and SSLSocket.recv takes no flags.
@@ -49,10 +50,12 @@ def discard_unread(sock: socket.socket) -> None:
 
 
 def close_socket(sock: socket.socket) -> None:
-    """Close `sock` after what was sent (FIN, not RST): our side shut for writing, the
-    unread bytes dropped, then closed."""
+    """Close `sock` after what was sent (FIN, not RST): the unread bytes dropped before
+    and after the shutdown (SHUT_RDWR also wakes a thread blocked reading it), then
+    closed."""
+    discard_unread(sock)
     try:
-        sock.shutdown(socket.SHUT_WR)
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
     discard_unread(sock)
@@ -67,7 +70,7 @@ class ClosingSocket(AssociationSocket):
 
     def _shutdown_socket(self) -> None:
         """Upstream's `shutdown(SHUT_RDWR)` and `close()`, with the unread bytes dropped
-        in between (`close_socket`): see the module docstring."""
+        (`close_socket`): see the module docstring."""
         if self.socket is not None:
             close_socket(self.socket)
 

@@ -310,9 +310,9 @@ class PacsAssociationServer(ThreadedAssociationServer):
             gc.collect()
 
     def shutdown_request(self, request: Any) -> None:
-        """socketserver's `shutdown(SHUT_WR)` and close, with the unread bytes dropped
-        in between so that the close is a FIN, not an RST that can discard the last
-        PDU sent (dicom/closing.py)."""
+        """socketserver's shutdown and close, with the unread bytes dropped so that
+        the close is a FIN, not an RST that can discard the last PDU sent
+        (dicom/closing.py)."""
         close_socket(request)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:

@@ -241,11 +241,23 @@ class EventDUL(AwaitingCloseDUL):
             self._wake_assoc()
 
     def _step(self) -> bool:
-        """One pass of upstream's loop body; False when there was nothing to act on."""
+        """One pass of upstream's loop body, looking for a new event only when none is
+        waiting; False when there was nothing to act on.
+
+        Upstream adds an event (a primitive to send, or a PDU read) before it takes one,
+        so the queue runs an event behind: the PDU after the A-ASSOCIATE-RQ was read
+        and queued before the RQ's own event was acted on, and the P-DATA a peer sent
+        early became an A-ABORT (Sta3, AA-8) ahead of the A-ASSOCIATE-RJ already decided
+        (then Evt8 in Sta13); a primitive still at the head of its queue was queued
+        twice (a raw client, 79 of 200: docs/performance.md "Results: A-ASSOCIATE-RJ
+        delivered"). Each PDU is now decoded in the state its predecessor left.
+        """
         if self.artim_timer.expired:
             self.event_queue.put("Evt18")
         try:
-            if self._process_recv_primitive():
+            if self.event_queue.queue:
+                pass
+            elif self._process_recv_primitive():
                 pass
             elif self._is_transport_event():
                 self._idle_timer.restart()
