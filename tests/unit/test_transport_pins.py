@@ -1,8 +1,8 @@
 """dicom/transport.py and the other override modules it lists in its docstring
 (reactor, acceptor, negotiation, find_scp, storage_scp, retrieve_scp, file_sending,
 store_send, response_read, requestor, receive, accept, connection, closing) override
-pynetdicom internals; this fails loudly when their source changes, so an upgrade of pynetdicom is a decision
-and not a surprise.
+pynetdicom internals; this fails loudly when their source changes, so an upgrade of
+pynetdicom is a decision and not a surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
 replaces and why), adjust the override module, then update the digest here and the pin
