@@ -144,3 +144,20 @@ async def test_after_the_release_reply_the_peer_closes(
     await asyncio.to_thread(
         wait_until, lambda: app.sample("pacs_associations_total", outcome="released")
         == 2, 5.0, "the release counted (with the readiness probe's)")
+
+
+async def test_a_stop_closes_a_held_rejected_connection(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    """A stop aborts every association thread; one in Sta13 (no association any more)
+    is closed, not sent an A-ABORT after its A-ASSOCIATE-RJ."""
+    app = await start_server(whitelist(make_cfg, **{"server.shutdown_grace": 0.5}))
+    sock = await asyncio.to_thread(connect_from, "127.0.0.1", app.port)
+    try:
+        sock.sendall(associate_rq(calling="BADSCU"))
+        assert await asyncio.to_thread(read_pdu, sock) == RJ_CALLING_AE
+        started = time.monotonic()
+        await asyncio.to_thread(app.stop)
+        assert time.monotonic() - started < 10
+        assert await asyncio.to_thread(read_pdu, sock) == b""
+    finally:
+        sock.close()

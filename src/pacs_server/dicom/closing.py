@@ -26,6 +26,7 @@ import socket
 from typing import Any, cast
 
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 from pynetdicom.transport import AssociationSocket
 
 # What a close discards of unread bytes at most (without it, a peer that keeps sending
@@ -97,3 +98,16 @@ class AwaitingCloseDUL(DULServiceProvider):
             self._read_pdu_data()           # AA-6 / AA-7, or Evt17 at the peer's close
             return True
         return False
+
+    def _process_recv_primitive(self) -> bool:
+        """Upstream's, except for an A-ABORT asked for in an acceptor's Sta13 (a server
+        stop aborting every association thread): the association no longer exists, so
+        the connection is closed now (AA-2, as at ARTIM expiry). Upstream: Evt15 is not
+        an event of Sta13 (InvalidEventError)."""
+        if self.state_machine.current_state == "Sta13" and self.assoc.is_acceptor:
+            queued = self.to_provider_queue.queue
+            if queued and isinstance(queued[0], (A_ABORT, A_P_ABORT)):
+                self.to_provider_queue.get(False)
+                self.event_queue.put("Evt18")
+                return True
+        return cast(bool, super()._process_recv_primitive())
