@@ -26,7 +26,7 @@ import socket
 from typing import Any, cast
 
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
+from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.transport import AssociationSocket
 
 # What a close discards of unread bytes at most (without it, a peer that keeps sending
@@ -100,14 +100,19 @@ class AwaitingCloseDUL(DULServiceProvider):
         return False
 
     def _process_recv_primitive(self) -> bool:
-        """Upstream's, except for an A-ABORT asked for in an acceptor's Sta13 (a server
-        stop aborting every association thread): the association no longer exists, so
-        the connection is closed now (AA-2, as at ARTIM expiry). Upstream: Evt15 is not
-        an event of Sta13 (InvalidEventError)."""
+        """Upstream's, except in an acceptor's Sta13, where the association no longer
+        exists: an A-ABORT asked for (a server stop aborting every association thread)
+        closes the connection now (AA-2, as at ARTIM expiry), and an A-ASSOCIATE answer
+        decided after the state machine had already aborted (an early P-DATA in Sta3,
+        AA-8: the stock transport's reader runs alongside) is dropped. Upstream: Evt15
+        and Evt7/Evt8 are not events of Sta13 (InvalidEventError, and a hard close)."""
         if self.state_machine.current_state == "Sta13" and self.assoc.is_acceptor:
             queued = self.to_provider_queue.queue
             if queued and isinstance(queued[0], (A_ABORT, A_P_ABORT)):
                 self.to_provider_queue.get(False)
                 self.event_queue.put("Evt18")
                 return True
+            if queued and isinstance(queued[0], A_ASSOCIATE):
+                self.to_provider_queue.get(False)
+                return False
         return cast(bool, super()._process_recv_primitive())
