@@ -12,9 +12,11 @@ AA-2), and only then closes itself.
 Upstream (`DULServiceProvider._is_transport_event`): in Sta13, when nothing is readable
 at that instant, it closes the socket at once. A close with bytes unread in our receive
 buffer (a P-DATA the peer sent before it read the RJ), or with bytes arriving after it,
-makes the kernel send RST, and an RST can discard the RJ not yet read by the peer:
-pynetdicom's own requestor then reports "aborted" instead of "rejected" (2 of 37 runs
-of test_association_policy.py::test_calling_ae_whitelist on one branch).
+makes the kernel send RST, and an RST can discard the RJ not yet read by the peer (a
+raw client sending P-DATA after its refused RQ: 177 of 200 saw a reset or a broken pipe,
+docs/performance.md "Results: A-ASSOCIATE-RJ delivered (2026-12-02)"; pynetdicom's
+requestor reporting a rejection as "aborted" is its own race, `settle_rejection` in
+dicom/requestor.py).
 Upstream change that would remove this: `_is_transport_event` in Sta13 reading only
 when readable and leaving the close to Evt17/Evt18, and `_shutdown_socket` reading what
 is unread before `close()`.
