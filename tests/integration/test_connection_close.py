@@ -8,7 +8,8 @@ import asyncio
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pacs_server.config import Config
@@ -41,20 +42,27 @@ def still_open(sock: socket.socket, seconds: float) -> bool:
     return not readable
 
 
-def refused_then_sending(port: int) -> tuple[bytes, bool]:
-    """A refused RQ followed, before anything is read, by P-DATA for half a second:
-    the PDU then read, and whether the connection was still open after it."""
-    sock = connect_from("127.0.0.1", port)
+@contextmanager
+def refused_connection(port: int) -> Iterator[socket.socket]:
+    """A raw connection that has sent an A-ASSOCIATE-RQ the whitelist refuses."""
+    sock = connect_from("127.0.0.1", port, timeout=10.0)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(associate_rq(calling="BADSCU"))
+        yield sock
+    finally:
+        sock.close()
+
+
+def refused_then_sending(port: int) -> tuple[bytes, bool]:
+    """A refused RQ followed, before anything is read, by P-DATA for half a second:
+    the PDU then read, and whether the connection was still open after it."""
+    with refused_connection(port) as sock:
         for _ in range(10):
             time.sleep(0.05)
             sock.sendall(echo_rq_pdata())
         reply = read_pdu(sock)
         return reply, still_open(sock, 0.3)
-    finally:
-        sock.close()
 
 
 async def test_a_peer_sending_after_its_refused_request_reads_the_whole_rj(
@@ -75,16 +83,12 @@ async def test_a_peer_sending_after_its_refused_request_reads_the_whole_rj(
 def refused_and_held(port: int) -> tuple[bytes, float]:
     """A refused RQ, the RJ read, the connection never closed by us: the PDU and the
     seconds until the server closed it (EOF, not a reset)."""
-    sock = connect_from("127.0.0.1", port, timeout=10.0)
-    try:
-        sock.sendall(associate_rq(calling="BADSCU"))
+    with refused_connection(port) as sock:
         reply = read_pdu(sock)
         start = time.monotonic()
         sock.settimeout(10.0)
         assert sock.recv(1) == b""          # a reset raises ConnectionResetError
         return reply, time.monotonic() - start
-    finally:
-        sock.close()
 
 
 async def test_a_peer_that_never_closes_is_closed_after_artim(
@@ -151,13 +155,9 @@ async def test_a_stop_closes_a_held_rejected_connection(
     """A stop aborts every association thread; one in Sta13 (no association any more)
     is closed, not sent an A-ABORT after its A-ASSOCIATE-RJ."""
     app = await start_server(whitelist(make_cfg, **{"server.shutdown_grace": 0.5}))
-    sock = await asyncio.to_thread(connect_from, "127.0.0.1", app.port)
-    try:
-        sock.sendall(associate_rq(calling="BADSCU"))
+    with refused_connection(app.port) as sock:
         assert await asyncio.to_thread(read_pdu, sock) == RJ_CALLING_AE
         started = time.monotonic()
         await asyncio.to_thread(app.stop)
         assert time.monotonic() - started < 10
         assert await asyncio.to_thread(read_pdu, sock) == b""
-    finally:
-        sock.close()
