@@ -52,6 +52,24 @@ def test_echoscu_wrong_called_ae_when_required(run_pacs: Callable[..., Any], dcm
     assert right.returncode == 0, right.stderr
 
 
+def test_echoscu_refused_calling_ae_reads_the_reason(run_pacs: Callable[..., Any],
+                                                     dcmtk: Any, tmp_path: Path) -> None:
+    config = tmp_path / "pacs.yaml"
+    config.write_text("access_control:\n  allowed_ae_titles: [GOODSCU]\n")
+    server = run_pacs(config=config)
+    for _ in range(5):
+        refused = run(dcmtk, "echoscu", "-aet", "BADSCU", "-aec", "PACS", "127.0.0.1",
+                      str(server.port))
+        out = refused.stdout + refused.stderr
+        assert refused.returncode != 0, out
+        # The whole A-ASSOCIATE-RJ read (PS3.8 9.3.4), not a reset or a closed socket.
+        assert "Association Rejected" in out, out
+        assert "Calling AE Title Not Recognized" in out, out
+    rejected = server.wait_for_event("association.rejected", calling_ae="BADSCU")
+    assert rejected["reason"] == "calling_ae_not_allowed"
+    assert server.stop() == 0
+
+
 def test_storescu_directory_tree(run_pacs: Callable[..., Any], dcmtk: Any, tmp_path: Path,
                                  dicom_files: DicomFiles) -> None:
     server = run_pacs()

@@ -30,6 +30,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from pacs_server.dicom.requestor import settle_rejection
 from support.config import SERVER_AE
 from support.instances import dataset_bytes, file_meta
 from support.polling import wait_until
@@ -102,6 +103,7 @@ class Scu:
         ae = ae or self.ae(contexts)
         handlers = [(evt.EVT_CONN_OPEN, nodelay), *kwargs.pop("evt_handlers", ())]
         assoc = ae.associate(host, port, ae_title=called, evt_handlers=handlers, **kwargs)
+        settle_rejection(assoc)     # upstream's requestor race (dicom/requestor.py)
         try:
             if assoc.is_established:
                 keep_responses_for_the_caller(assoc)

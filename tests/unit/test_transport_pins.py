@@ -1,8 +1,8 @@
 """dicom/transport.py and the other override modules it lists in its docstring
 (reactor, acceptor, negotiation, find_scp, storage_scp, retrieve_scp, file_sending,
-store_send, response_read, requestor, receive, accept, connection, lent_dul) override
-pynetdicom internals; this fails loudly when their source changes, so an upgrade of
-pynetdicom is a decision and not a surprise.
+store_send, response_read, requestor, receive, accept, connection, lent_dul, closing)
+override pynetdicom internals; this fails loudly when their source changes, so an upgrade
+of pynetdicom is a decision and not a surprise.
 
 When it fails: read the upstream change, check the override (its docstring says what it
 replaces and why), adjust the override module, then update the digest here and the pin
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import socketserver
 from typing import Any
 
 import pynetdicom
@@ -133,6 +134,14 @@ PINNED: dict[str, tuple[Any, str]] = {
     "DULServiceProvider._is_transport_event": (DULServiceProvider._is_transport_event,
                                                "8725ed03bb8fbdef"),
     "AssociationSocket.ready": (AssociationSocket.ready.fget, "3eb58e3d39dc076d"),
+    # dicom/closing.py: Sta13 waits for the peer's close (the check above), and the close
+    # that drops unread bytes first; dicom/requestor.py settle_rejection: the race in
+    # the requestor's negotiation it corrects.
+    "AssociationSocket._shutdown_socket": (AssociationSocket._shutdown_socket,
+                                           "e2b2628faa81a578"),
+    "TCPServer.shutdown_request": (socketserver.TCPServer.shutdown_request,
+                                   "9673c0ac3021d210"),
+    "ACSE._negotiate_as_requestor": (ACSE._negotiate_as_requestor, "507959152c5896c6"),
     # dicom/acceptor.py: init_event_association sets what these two set, and
     # handler_table binds what _bind_defaults and bind() would (events._add_handler).
     "Association.__init__": (Association.__init__, "eb07516b8009ad8f"),

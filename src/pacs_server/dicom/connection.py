@@ -52,6 +52,7 @@ from pynetdicom.transport import (
 from pacs_server.dicom.acceptor import EchoDimse, Handlers, handler_table
 from pacs_server.dicom.file_sending import bound_send_queue
 from pacs_server.dicom.mixins import with_mixin
+from pacs_server.dicom.closing import close_socket
 from pacs_server.dicom.negotiation import NegotiationCache
 from pacs_server.dicom.policy import AssociationPolicy
 from pacs_server.dicom.requestor import PacsAE
@@ -65,7 +66,6 @@ from pacs_server.dicom.transport import (
     GuardedSocket,
     PacsAssociation,
     PendingConnection,
-    close_socket,
     gate_data_sets,
 )
 
@@ -305,6 +305,12 @@ class PacsAssociationServer(ThreadedAssociationServer):
         if now - self._last_gc >= self._GC_INTERVAL_S:
             self._last_gc = now
             gc.collect()
+
+    def shutdown_request(self, request: Any) -> None:
+        """socketserver's shutdown and close, with the unread bytes dropped so that
+        the close is a FIN, not an RST that can discard the last PDU sent
+        (dicom/closing.py)."""
+        close_socket(request)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Admit the connection as unassociated, or have the accept loop close it."""

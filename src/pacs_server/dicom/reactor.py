@@ -42,7 +42,6 @@ from pynetdicom.association import LOGGER, Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_ECHO_RSP, C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, P_DATA
@@ -50,6 +49,7 @@ from pynetdicom.timer import Timer
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import make_target
 
+from pacs_server.dicom.closing import AwaitingCloseDUL
 from pacs_server.dicom.negotiation import ByProposal, encode_accept
 from pacs_server.dicom.receive import read_pdata
 
@@ -174,7 +174,7 @@ def decoded_associate_rq(raw: bytes) -> DecodedAssociateRQ:
     return pdu
 
 
-class EventDUL(DULServiceProvider):
+class EventDUL(AwaitingCloseDUL):
     """pynetdicom's DUL thread, blocking on the socket and its queues between events."""
 
     def __init__(self, assoc: Association, wake_assoc: Callable[[], None],
@@ -241,11 +241,23 @@ class EventDUL(DULServiceProvider):
             self._wake_assoc()
 
     def _step(self) -> bool:
-        """One pass of upstream's loop body; False when there was nothing to act on."""
+        """One pass of upstream's loop body, looking for a new event only when none is
+        waiting; False when there was nothing to act on.
+
+        Upstream adds an event (a primitive to send, or a PDU read) before it takes one,
+        so the queue runs an event behind: the PDU after the A-ASSOCIATE-RQ was read
+        and queued before the RQ's own event was acted on, and the P-DATA a peer sent
+        early became an A-ABORT (Sta3, AA-8) ahead of the A-ASSOCIATE-RJ already decided
+        (then Evt8 in Sta13); a primitive still at the head of its queue was queued
+        twice (a raw client, 79 of 200: docs/performance.md "Results: A-ASSOCIATE-RJ
+        delivered"). Each PDU is now decoded in the state its predecessor left.
+        """
         if self.artim_timer.expired:
             self.event_queue.put("Evt18")
         try:
-            if self._process_recv_primitive():
+            if self.event_queue.queue:
+                pass
+            elif self._process_recv_primitive():
                 pass
             elif self._is_transport_event():
                 self._idle_timer.restart()

@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import AssociationSocket
 
 from pacs_server.dicom import lent_dul
@@ -96,6 +97,29 @@ class RequestorAssociation(FileSending):
         return cast(ExclusiveDimse, self.dimse).exchange
 
 
+def settle_rejection(assoc: Association) -> None:
+    """Report as rejected an association that the peer rejected but upstream reports
+    as aborted.
+
+    Upstream `ACSE._negotiate_as_requestor` queues the A-ASSOCIATE-RQ, waits for the
+    socket to be connected, then checks `socket._is_connected`; when the peer answers
+    at once, the DUL thread may already have read the A-ASSOCIATE-RJ and closed the
+    socket (AE-4), so the check fails and the association is aborted with the RJ
+    primitive left unread in its queue (against this server on a loaded machine: 8
+    of 200 refusals, docs/performance.md "Results: A-ASSOCIATE-RJ delivered").
+    Upstream change that would remove this: the response read before the check, or
+    the check made only when no response came.
+    """
+    if assoc.is_established or assoc.is_rejected or not assoc.is_aborted:
+        return
+    for primitive in list(assoc.dul.to_user_queue.queue):
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            assoc.acceptor.primitive = primitive
+            assoc.is_aborted = False
+            assoc.is_rejected = True
+            return
+
+
 class EventRequestorAssociation(EventReactors, RequestorAssociation):
     """`RequestorAssociation` on the event-driven reactors."""
 
@@ -127,6 +151,7 @@ class PacsAE(AE):
 
     def associate(self, *args: Any, **kwargs: Any) -> Association:
         assoc = super().associate(*args, **kwargs)
+        settle_rejection(assoc)
         if not isinstance(assoc, RequestorAssociation):
             assoc.__class__ = RequestorAssociation
         # Before any request of ours: until then nothing can be queued for us.

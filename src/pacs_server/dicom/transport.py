@@ -22,6 +22,8 @@ remove it):
   their PDVs (`read_pdata`);
 - dicom/accept.py: a worker process's listener on the supervisor's socket, the least
   busy worker accepting first; it admits in the connection's thread (step 1 below);
+- dicom/closing.py: Sta13 (PS3.8 9.2) waiting for the peer's close or ARTIM after an
+  A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT, and a close that sends FIN, never RST;
 - dicom/connection.py: the accept loop's admission, the request handler (TLS
   handshake, building the association) and, on the event-driven transport, one thread
   per connection: the association's own.
@@ -70,9 +72,9 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket
 
 from pacs_server.dicom.acceptor import Handlers, InlineAcceptor, init_event_association
+from pacs_server.dicom.closing import AwaitingCloseDUL, ClosingSocket, close_socket
 from pacs_server.dicom.file_sending import BoundedSendQueue, FileSending
 from pacs_server.dicom.find_scp import serve_find
 from pacs_server.dicom.mixins import with_mixin
@@ -133,7 +135,7 @@ def abort_pdu() -> bytes:
     return bytes(pdu.encode())
 
 
-class GuardedSocket(AssociationSocket):
+class GuardedSocket(ClosingSocket):
     """An AssociationSocket that bounds what a peer can make us read, and how slowly."""
 
     limits: ConnectionLimits
@@ -334,6 +336,7 @@ class PacsAssociation(FileSending):
         # Upstream's (the stock transport): the request handler binds the handlers.
         super().__init__(ae, MODE_ACCEPTOR)
         self.dul.state_machine = GuardedStateMachine(self.dul)
+        with_mixin(self.dul, AwaitingCloseDUL)     # Sta13 (dicom/closing.py)
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         """Upstream's `_serve_request`, except for a C-MOVE its precheck refuses: that
@@ -434,14 +437,6 @@ class PacsAssociation(FileSending):
         self.is_established = False
         if self.dul.is_alive():
             self.dul.join(2)
-
-
-def close_socket(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
 
 class EventPacsAssociation(InlineAcceptor, PacsAssociation):
