@@ -50,9 +50,9 @@ from pynetdicom.transport import (
 )
 
 from pacs_server.dicom.acceptor import EchoDimse, Handlers, handler_table
+from pacs_server.dicom.closing import close_socket
 from pacs_server.dicom.file_sending import bound_send_queue
 from pacs_server.dicom.mixins import with_mixin
-from pacs_server.dicom.closing import close_socket
 from pacs_server.dicom.negotiation import NegotiationCache
 from pacs_server.dicom.policy import AssociationPolicy
 from pacs_server.dicom.requestor import PacsAE
