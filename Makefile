@@ -32,7 +32,7 @@ help:
 	@echo "make test-stock the interop tests (dcmtk peers) again on server.transport: stock"
 	@echo "make bench      quick benchmark (scripts/bench/run.py; BENCH_ARGS=--full for all)"
 	@echo "make lint       ruff check, when ruff is installed"
-	@echo "make check      scripts/check: generated docs in sync, configs valid, layering"
+	@echo "make check      scripts/check: generated docs in sync, configs valid, layering, ruff, mypy"
 	@echo "make install    create .venv and install the package editable with test extras"
 	@echo "make viewer     fetch the OHIF viewer for /viewer into ./.viewer (scripts/fetch-viewer)"
 	@echo "make clean      remove caches and build artefacts (never archive/, pacs.db, logs/)"

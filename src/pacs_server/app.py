@@ -439,7 +439,7 @@ class PacsApp:
             except BaseException:
                 await self.stop()
                 raise
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         for sig, handler in ((signal.SIGTERM, self._on_stop_signal),
                              (signal.SIGINT, self._on_stop_signal),
                              (signal.SIGHUP, lambda _sig: self.hangup())):

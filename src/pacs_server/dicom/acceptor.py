@@ -81,7 +81,8 @@ def handler_table(bound: dict[Any, list[tuple[Any, Any]]]) -> Handlers:
             evt._add_handler(event, table, (standard, None))
     for event, handlers in bound.items():
         if event.is_intervention and handlers:
-            evt._add_handler(event, table, tuple(handlers))   # (handler, args)
+            # (handler, args) pairs
+            evt._add_handler(event, table, tuple(handlers))  # type: ignore[arg-type]
         elif isinstance(event, evt.NotificationEvent):
             for handler in handlers:
                 evt._add_handler(event, table, (handler[0], handler[1]))

@@ -25,7 +25,7 @@ is unread before `close()`.
 from __future__ import annotations
 
 import socket
-from typing import Any, cast
+from typing import Any
 
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
@@ -90,7 +90,7 @@ class AwaitingCloseDUL(DULServiceProvider):
         """Upstream's, except in an acceptor's Sta13: read a PDU when one is readable,
         report the close when the socket is closed, else nothing (the reactor waits)."""
         if self.state_machine.current_state != "Sta13" or not self.assoc.is_acceptor:
-            return cast(bool, super()._is_transport_event())
+            return super()._is_transport_event()
         sock: Any = self.socket
         if sock is None or sock.socket is None or not sock._is_connected:
             if "Evt17" not in self.event_queue.queue:   # closed already: AR-5 to Sta1
@@ -117,4 +117,4 @@ class AwaitingCloseDUL(DULServiceProvider):
             if queued and isinstance(queued[0], A_ASSOCIATE):
                 self.to_provider_queue.get(False)
                 return False
-        return cast(bool, super()._process_recv_primitive())
+        return super()._process_recv_primitive()

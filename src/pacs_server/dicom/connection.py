@@ -109,8 +109,8 @@ def build_in_own_thread(*args: Any) -> EventPacsAssociation | None:
     if not isinstance(current, EventPacsAssociation) \
             or not getattr(current, "_to_build", False):
         return None
-    current.__init__(*args)
-    current._to_build = False
+    current.__init__(*args)  # type: ignore[misc]
+    current._to_build = False  # type: ignore[attr-defined]
     return current
 
 
@@ -185,7 +185,7 @@ class PacsRequestHandler(RequestHandler):
             close_socket(raw)
             return None
         sock.settimeout(self.server.limits.idle_timeout)
-        return sock, peer_subject(sock.getpeercert())
+        return sock, peer_subject(sock.getpeercert())  # type: ignore[arg-type]
 
     def _create_association(self) -> Association:
         """Not used: `_create_association_for` builds our association classes.
@@ -237,7 +237,7 @@ class PacsRequestHandler(RequestHandler):
                     assoc.bind(event, *handlers)
                 elif isinstance(event, evt.NotificationEvent):
                     for handler in handlers:
-                        assoc.bind(event, handler[0], handler[1])
+                        assoc.bind(event, handler[0], handler[1])  # type: ignore[index]
         return assoc
 
 
@@ -286,7 +286,7 @@ class PacsAssociationServer(ThreadedAssociationServer):
         """The handlers every association starts with (dicom/acceptor.py), built at
         the first association: the server's handlers are bound before it serves."""
         if self._handler_table is None:
-            self._handler_table = handler_table(self._handlers)
+            self._handler_table = handler_table(self._handlers)  # type: ignore[arg-type]
         return self._handler_table
 
     _GC_INTERVAL_S = 10.0

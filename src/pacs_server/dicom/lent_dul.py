@@ -205,7 +205,7 @@ def await_response(assoc: Any) -> tuple[Any, Any] | None:
         while not dul._kill_thread and not messages.qsize() and dul._step():
             pass
     if messages.qsize():
-        item = assoc.dimse.get_msg(block=True)
+        item: tuple[Any, Any] = assoc.dimse.get_msg(block=True)
         if item[1] is None:         # the association ended (AA-2, AA-3, AA-4...)
             give_back(assoc)
         return item

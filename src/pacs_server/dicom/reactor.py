@@ -144,7 +144,8 @@ class DecodedAssociateRQ(A_ASSOCIATE_RQ):
         out._presentation_context_definition_list = list(
             self.primitive.presentation_context_definition_list)
         out._user_information = list(self.primitive.user_information)
-        out.proposal = self.raw        # the negotiation cache's key (dicom/negotiation.py)
+        # the negotiation cache's key (dicom/negotiation.py)
+        out.proposal = self.raw  # type: ignore[attr-defined]
         return out
 
 
@@ -536,7 +537,8 @@ class ResponseDIMSE(DIMSEServiceProvider):
         # EVT_DIMSE_SENT carries the message object: only pynetdicom's own logging
         # handler may be bound (it logs nothing for these responses).
         handlers = self.assoc.get_handlers(evt.EVT_DIMSE_SENT)
-        return all(h[0] is standard_dimse_sent_handler for h in handlers) \
+        return all(h[0] is standard_dimse_sent_handler  # type: ignore[index]
+                   for h in handlers) \
             and not _DIMSE_LOG.isEnabledFor(logging.DEBUG)
 
 
@@ -575,7 +577,7 @@ class EventReactors(Association):
     # `while not self._is_paused: time.sleep(0.0001)`. As a property the poll blocks on
     # a condition instead, without carrying a copy of each of those methods.
     @property
-    def _is_paused(self) -> bool:  # type: ignore[override]
+    def _is_paused(self) -> bool:
         if self._paused or not hasattr(self, "_pause"):
             return self._paused
         if threading.current_thread() is self or not self._thread_running():

@@ -69,7 +69,7 @@ from pacs_server.services.ingest import file_meta_bytes
 
 
 def _data_set_follows(command_set: Dataset) -> bool:
-    return command_set.get("CommandDataSetType", 0x0101) != 0x0101
+    return bool(command_set.get("CommandDataSetType", 0x0101) != 0x0101)
 
 
 class GatedMessage(DIMSEMessage):
@@ -104,7 +104,7 @@ class GatedMessage(DIMSEMessage):
                 self.encoded_command_set.write(data[1:])
                 self.context_id = context_id
                 self.command_set = decode(self.encoded_command_set, True, True)
-                self.__class__ = DiscardedStore
+                self.__class__ = DiscardedStore  # type: ignore[assignment]
                 cast(DiscardedStore, self).refusal = refusal
                 rest = P_DATA()
                 rest.presentation_data_value_list = pdvs[index + 1:]
@@ -143,7 +143,7 @@ class DiscardedStore(C_STORE_RQ):
     def message_to_primitive(self) -> Any:
         # Upstream maps the message to its primitive by class name: be C_STORE_RQ again.
         refusal = self.refusal
-        self.__class__ = C_STORE_RQ
+        self.__class__ = C_STORE_RQ  # type: ignore[assignment]
         primitive = self.message_to_primitive()
         primitive.refused_data_set = refusal
         return primitive
@@ -277,11 +277,12 @@ class ReceivingMessage(GatedMessage):
             handle.close()
             os.unlink(handle.name)
             raise
-        self.__class__ = ReceivedStore
+        self.__class__ = ReceivedStore  # type: ignore[assignment]
         self.context_id = context_id
         store = cast(ReceivedStore, self)
         store.fields = fields
-        self._data_set_file = handle        # names pynetdicom's cleanup uses
+        # the names pynetdicom's cleanup uses
+        self._data_set_file = handle  # type: ignore[assignment]
         self._data_set_path = Path(handle.name)
         return True
 

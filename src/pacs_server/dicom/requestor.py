@@ -72,7 +72,7 @@ class RequestorAssociation(FileSending):
         lent_dul.give_back(self)
         super().release()
 
-    def abort(self) -> None:
+    def abort(self) -> None:  # type: ignore[override]
         lent_dul.give_back(self)
         super().abort()
 
@@ -155,7 +155,7 @@ class PacsAE(AE):
         if not isinstance(assoc, RequestorAssociation):
             assoc.__class__ = RequestorAssociation
         # Before any request of ours: until then nothing can be queued for us.
-        assoc.dimse.exchange = threading.Lock()
+        assoc.dimse.exchange = threading.Lock()  # type: ignore[attr-defined]
         with_mixin(assoc.dimse, ExclusiveDimse)
         if self.event_reactors:
             with_mixin(assoc.dimse, RetrieveDimse)

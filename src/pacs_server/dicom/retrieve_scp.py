@@ -150,14 +150,15 @@ class RetrieveSCP(QueryRetrieveServiceClass):
                 kwargs = {"ae_title": move.MoveDestination}
                 if len(destination) >= 3 and destination[2]:
                     kwargs.update(destination[2])
-                sender = self.ae.associate(destination[0], destination[1], **kwargs)
+                sender = self.ae.associate(destination[0], destination[1],
+                                           **kwargs)  # type: ignore[arg-type]
             if not ctx.success:
                 return
             if not sender.is_established:
                 LOGGER.error("Move SCP: Unable to associate with destination AE")
                 rsp.Status = 0xA801
                 self.dimse.send_msg(rsp, cx_id)
-                sender.dul.socket.close()
+                sender.dul.socket.close()  # type: ignore[union-attr]
                 return
         _Loop(self, req, context, rsp, sender, move, total).run(generator)
 
@@ -220,11 +221,11 @@ class _Loop:
                 LOGGER.error(f"Exception in handler bound to 'evt.EVT_C_{self.kind.upper()}'")
                 LOGGER.error("\nTraceback (most recent call last):\n"
                              + "".join(traceback.format_tb(exc[2]))
-                             + f"{exc[0].__name__}: {exc[1]}")
+                             + f"{exc[0].__name__}: {exc[1]}")  # type: ignore[union-attr]
                 status: Any = 0xC511 if self.move is not None else 0xC411
                 dataset: Any = None
             else:
-                status, dataset = result
+                status, dataset = result  # type: ignore[misc]
             if not assoc.is_established:
                 self._release()
                 return

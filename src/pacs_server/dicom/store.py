@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import structlog
 from pynetdicom import evt
@@ -37,7 +38,7 @@ def handle_store(event: Event, archive: ArchiveService, bridge: LoopBridge,
         cannot understand.
     """
     started = time.perf_counter()
-    request = event.request
+    request: Any = event.request      # a C_STORE (the handler is bound for C-STORE)
     refusal = refused_data_set(request)
     if refusal is not None:
         raise StorageFull(f"not received: {refusal}")

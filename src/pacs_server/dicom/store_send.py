@@ -95,7 +95,7 @@ class RawSendStateMachine(StateMachine):
                 if dul.socket is not None:
                     # A view: upstream's send() slices what is left after a partial
                     # send, a copy of up to a whole chunk each time.
-                    dul.socket.send(memoryview(item.encoded))
+                    dul.socket.send(memoryview(item.encoded))  # type: ignore[arg-type, union-attr]
                 self.transition(nxt)
                 return
         super().do_action(event)

@@ -301,7 +301,8 @@ class PolicyACSE(ACSE):
         """Upstream's negotiation, or its outcome for the same proposal replayed
         (dicom/negotiation.py; event-driven transport only)."""
         key = proposal_key(self)
-        cache = assoc._server.negotiations if assoc._server is not None else None
+        server: Any = assoc._server
+        cache = server.negotiations if server is not None else None
         if key is None or cache is None:
             super()._negotiate_as_acceptor()
             return
@@ -403,7 +404,7 @@ class PacsAssociation(FileSending):
             if self._server is not None:
                 if sock.socket is not None:
                     self._server.shutdown_request(sock.socket)
-                self._server.connection_ended()   # dicom/connection.py
+                self._server.connection_ended()  # type: ignore[attr-defined]  # connection.py
 
     def _await_request(self) -> bool:
         if not self._started_dul:

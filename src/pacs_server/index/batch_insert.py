@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert
 from sqlalchemy.engine import Dialect
@@ -81,8 +81,8 @@ class BatchInsert:
     INSERT of `with_new_series`)."""
 
     def __init__(self, dialect: Dialect) -> None:
-        self._instances = _RowsInsert(dialect, Instance.__table__)
-        self._series = _RowsInsert(dialect, Series.__table__, returning=True)
+        self._instances = _RowsInsert(dialect, cast(Table, Instance.__table__))
+        self._series = _RowsInsert(dialect, cast(Table, Series.__table__), returning=True)
         self._asyncpg = dialect.driver == "asyncpg"
 
     def statement(self, rows: int) -> str:

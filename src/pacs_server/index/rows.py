@@ -22,7 +22,7 @@ def level_values(level: str, values: dict[str, Any]) -> dict[str, Any]:
     """The columns of `level`'s table a record fills, with the case-folded name copies."""
     out = {column: values.get(column, default) for column, default in _RECORD_COLUMNS[level]}
     for column, norm in _NORMS[level]:
-        out[norm] = name_key(out[column])
+        out[norm] = name_key(out[column] or "")
     return out
 
 

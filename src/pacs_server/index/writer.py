@@ -36,12 +36,14 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.schema import Table
 
 from pacs_server.errors import DuplicateInstance, IndexUnavailable, PacsError
 from pacs_server.index.attributes import QR_ATTRIBUTES
@@ -427,12 +429,12 @@ class IndexWriter:
                                                      row.sop_classes)
             return int(row.pk), int(row.patient_pk)
         patient_pk = await self._patient(conn, batch, rec)
-        result = await conn.execute(Study.__table__.insert().values(
+        result = await conn.execute(_table(Study).insert().values(
             study_instance_uid=rec.study_instance_uid, patient_pk=patient_pk,
             modalities="", sop_classes="", num_series=0, num_instances=0,
             header=rec.header, header_syntax=rec.header_syntax,
             updated_at=datetime.now(UTC), **level_values("STUDY", rec.study)))
-        pk = int(result.inserted_primary_key[0])
+        pk = _inserted_pk(result)
         self._studies[rec.study_instance_uid] = (pk, patient_pk, "", "")
         return pk, patient_pk
 
@@ -451,16 +453,16 @@ class IndexWriter:
         found = None
         if key[0]:
             row = (await conn.execute(select(
-                Patient.pk, *(Patient.__table__.c[r.column] for r in _FOLLOWING)).where(
-                *(Patient.__table__.c[c] == v for c, v in zip(_PATIENT_KEY, key, strict=True))
+                Patient.pk, *(_table(Patient).c[r.column] for r in _FOLLOWING)).where(
+                *(_table(Patient).c[c] == v for c, v in zip(_PATIENT_KEY, key, strict=True))
             ))).first()
             if row is not None:
                 found = (int(row[0]), tuple(row[1:]))
         if found is None:
-            result = await conn.execute(Patient.__table__.insert().values(
+            result = await conn.execute(_table(Patient).insert().values(
                 num_studies=0, num_series=0, num_instances=0,
                 header=rec.header, header_syntax=rec.header_syntax, **values))
-            pk = int(result.inserted_primary_key[0])
+            pk = _inserted_pk(result)
         else:
             pk, before = found
             if before != following:
@@ -490,9 +492,9 @@ class IndexWriter:
         row = (await conn.execute(select(Series.pk, Series.study_pk).where(
             Series.series_instance_uid == rec.series_instance_uid))).first()
         if row is None:
-            result = await conn.execute(Series.__table__.insert().values(
+            result = await conn.execute(_table(Series).insert().values(
                 series_row(rec, study_pk)))
-            pk = int(result.inserted_primary_key[0])
+            pk = _inserted_pk(result)
         else:
             pk = int(row.pk)
         self._series[rec.series_instance_uid] = (pk, study_pk, patient_pk)
@@ -582,3 +584,15 @@ def _is_retryable(exc: DBAPIError) -> bool:
     text = str(exc.orig if exc.orig is not None else exc).lower()
     return any(word in text for word in ("could not serialize", "deadlock", "database is locked",
                                          "serialization failure"))
+
+
+def _table(model: Any) -> Table:
+    """A mapped class's Table (typed as a plain FromClause by SQLAlchemy's stubs)."""
+    return cast(Table, model.__table__)
+
+
+def _inserted_pk(result: CursorResult[Any]) -> int:
+    """The primary key of the one row an INSERT added."""
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])

@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -260,7 +260,7 @@ class ArchiveService:
                 held.enter_context(self._turns.path(rec.rel_path))
             # Announced before it is placed: a crash from here to the commit leaves an
             # intent that the next start reconciles (services/reconcile.py).
-            intent = [journal.open(rec.rel_path)]
+            intent: list[Path | None] = [journal.open(rec.rel_path)]
             try:
                 outcome, superseded = self._place_and_index(staged, run, policy, intent,
                                                             held)
@@ -315,8 +315,8 @@ class ArchiveService:
         submit = getattr(self.catalog, "submit", None)
         wait = getattr(run, "wait", None)
         if submit is not None and wait is not None:
-            return wait(submit(rec, replace))
-        return run(self.catalog.add(rec, replace))
+            return cast("str | None", wait(submit(rec, replace)))
+        return cast("str | None", run(self.catalog.add(rec, replace)))
 
     def _remove_superseded(self, rec: InstanceRecord, old: PurePosixPath, run: Runner) -> None:
         """With `replace`, remove the file at `old` that the new row superseded, under

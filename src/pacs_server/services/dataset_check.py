@@ -32,7 +32,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from pydicom.datadict import DicomDictionary
+from pydicom._dicom_dict import DicomDictionary
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -73,8 +73,9 @@ _HEAD_IMPLICIT = struct.Struct("<HHI")     # tag, 4-byte length (Implicit VR)
 _U32_LE = struct.Struct("<I")
 _U32_BE = struct.Struct(">I")
 
-_NATIVE = {ImplicitVRLittleEndian: (True, False), ExplicitVRLittleEndian: (False, False),
-           ExplicitVRBigEndian: (False, True)}
+_NATIVE: dict[str, tuple[bool, bool]] = {
+    ImplicitVRLittleEndian: (True, False), ExplicitVRLittleEndian: (False, False),
+    ExplicitVRBigEndian: (False, True)}
 
 
 class _Malformed(Exception):

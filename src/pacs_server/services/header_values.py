@@ -89,9 +89,9 @@ class HeaderValues:
             return self._seen[keyword]
         ds = self._ds
         tag = _TAGS.get(keyword)
-        elem = ds.get_item(tag) if tag is not None else None
+        elem: Any = ds.get_item(tag) if tag is not None else None
         if type(elem) is RawDataElement and (elem.VR or _dictionary_vr(tag)) in _TEXT_VRS:
-            value = convert_value(elem.VR or dictionary_VR(tag), elem, self._charset())
+            value = convert_value(elem.VR or dictionary_VR(elem.tag), elem, self._charset())
         else:
             value = ds.get(keyword)
         self._seen[keyword] = value
@@ -107,7 +107,7 @@ class HeaderValues:
         if keyword in self._texts:
             return self._texts[keyword]
         tag = _TAGS.get(keyword)
-        elem = self._ds.get_item(tag) if tag is not None else None
+        elem: Any = self._ds.get_item(tag) if tag is not None else None
         text = None
         if elem is None:
             text = ""
@@ -124,7 +124,7 @@ class HeaderValues:
         number), from the bytes for a plain IS value of up to 9 digits (`IS` is an int
         there, and no float rounding or 2**31 check applies)."""
         tag = _TAGS.get(keyword)
-        elem = self._ds.get_item(tag) if tag is not None else None
+        elem: Any = self._ds.get_item(tag) if tag is not None else None
         if elem is None:
             return None
         if (type(elem) is RawDataElement and (elem.VR or _dictionary_vr(tag)) == "IS"
@@ -141,7 +141,7 @@ class HeaderValues:
     def _charset(self) -> list[str]:
         # What Dataset._character_set gives a top-level dataset.
         if self._encodings is None:
-            elem = self._ds.get_item(_CHARSET)
+            elem: Any = self._ds.get_item(_CHARSET)
             if elem is None:
                 self._encodings = [default_encoding]
             elif type(elem) is RawDataElement:

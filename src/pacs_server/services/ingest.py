@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_has_tag
@@ -62,7 +62,7 @@ def dataset_offset(fh: BinaryIO) -> int:
     if (tag_group, tag_elem) != (2, 0) or vr != b"UL" or vl != 4:
         raise UnreadableDataset("received file meta lacks its group length")
     (group_len,) = struct.unpack("<I", head[140:144])
-    return 144 + group_len
+    return 144 + int(group_len)
 
 
 def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str,
@@ -131,7 +131,8 @@ def read_record(fh: BinaryIO, offset: int, transfer_syntax: str,
 # only these (with pydicom, lazily).
 INDEXED_TAGS = QR_ATTRIBUTES.tags | {int(Tag("SpecificCharacterSet"))}
 _RECORD_ATTRS = {level: QR_ATTRIBUTES.recorded(level) for level in QR_ATTRIBUTES.levels}
-_FAST_SYNTAXES_IMPLICIT = {ImplicitVRLittleEndian: True, ExplicitVRLittleEndian: False}
+_FAST_SYNTAXES_IMPLICIT: dict[str, bool] = {ImplicitVRLittleEndian: True,
+                                           ExplicitVRLittleEndian: False}
 
 
 def _read_fast(fh: BinaryIO, offset: int, transfer_syntax: str,
@@ -164,7 +165,7 @@ def _read_fast(fh: BinaryIO, offset: int, transfer_syntax: str,
     if walked is None:
         # (check_dataset, which made `walked`, refused a Pixel Data cut short already)
         _check_complete(fh, offset + pixel, transfer_syntax)
-    elements = {
+    elements: dict[BaseTag, Any] = {
         BaseTag(tag): RawDataElement(BaseTag(tag), vr, length, head[start:start + length],
                                      offset + start, implicit, True)
         for tag, (vr, start, length) in found.items()

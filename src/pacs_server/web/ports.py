@@ -67,3 +67,6 @@ class Control(Protocol):
 
     def events(self) -> AsyncIterator[dict[str, Any]]:
         """Association events as they happen, until the consumer stops iterating."""
+
+    async def events_ready(self) -> None:
+        """Returns once a feed from `events()` gets every engine's events."""
