@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
+from pacs_server.dicom.requestor import settle_rejection
 from support.archive import archived_files, incoming_files
 from support.instances import DicomFiles
 from support.polling import wait_until
@@ -33,6 +34,7 @@ def try_associate(port: int, calling: str) -> tuple[bool, tuple[int, ...]]:
     ae.acse_timeout = ae.network_timeout = 10
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    settle_rejection(assoc)     # upstream's requestor race (dicom/requestor.py)
     if assoc.is_established:
         assoc.send_c_echo()
         assoc.release()
