@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -168,8 +167,12 @@ class FileSending(Association):
         if not lent:
             # Upstream's pause of the reactor around the exchange (send_c_store).
             self._reactor_checkpoint.clear()
-            while not self._is_paused:
-                time.sleep(0.0001)
+            if not cast(EventReactors, self).wait_paused():
+                # The reactor has ended or is stuck: an exchange now would wait out the
+                # DIMSE timeout, as with an ended DUL above.
+                self._reactor_checkpoint.set()
+                self._handle_no_response()
+                return Dataset()
         ahead, self.send_ahead = self.send_ahead, b""
         try:
             if not send_file(send, path, command, int(cast(int, context.context_id)),

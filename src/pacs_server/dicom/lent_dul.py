@@ -148,9 +148,7 @@ def borrow(assoc: Any) -> bool:
     if threading.current_thread() is assoc:
         return False
     assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:         # a condition wait (EventReactors)
-        time.sleep(0.0001)
-    if dul.lend():
+    if assoc.wait_paused() and dul.lend():
         return True
     assoc._reactor_checkpoint.set()
     return False

@@ -578,14 +578,8 @@ class EventReactors(Association):
     # a condition instead, without carrying a copy of each of those methods.
     @property
     def _is_paused(self) -> bool:
-        if self._paused or not hasattr(self, "_pause"):
-            return self._paused
-        if threading.current_thread() is self or not self._thread_running():
-            return self._paused
-        with self._pause:
-            self._pause.wait_for(lambda: self._paused or not self._thread_running(),
-                                 _MAX_WAIT_S)
-            return self._paused
+        self.wait_paused(_MAX_WAIT_S)
+        return self._paused
 
     @_is_paused.setter
     def _is_paused(self, value: bool) -> None:
@@ -597,6 +591,20 @@ class EventReactors(Association):
             self._paused = value
             if value:
                 pause.notify_all()
+
+    def wait_paused(self, timeout: float = _MAX_WAIT_S) -> bool:
+        """After `_reactor_checkpoint.clear()`, from another thread: whether the reactor
+        has paused within `timeout`. False at once when the association thread does not
+        run (a dead reactor never pauses: upstream's `while not self._is_paused` poll
+        would spin for ever)."""
+        if self._paused or not hasattr(self, "_pause"):
+            return self._paused
+        if threading.current_thread() is self or not self._thread_running():
+            return self._paused
+        with self._pause:
+            self._pause.wait_for(lambda: self._paused or not self._thread_running(),
+                                 timeout)
+            return self._paused
 
     def _thread_running(self) -> bool:
         try:
