@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pacs_server.config import Config
+from pacs_server.dicom.closing import STA13_ARTIM_S
 from support.polling import wait_until
 from support.scu import Scu
 from support.security import (
@@ -99,6 +100,18 @@ async def test_a_peer_that_never_closes_is_closed_after_artim(
     assert reply == RJ_CALLING_AE, reply.hex()
     assert 1.2 <= waited <= 6.0, waited      # ARTIM = server.acse_timeout
     await asyncio.to_thread(wait_threads, baseline, 5.0)
+
+
+async def test_a_refused_peer_that_never_closes_does_not_hold_a_thread_for_acse_timeout(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    """With the default ACSE timeout (30 s), Sta13 after the RJ still ends within the
+    ARTIM bound (closing.STA13_ARTIM_S), with a FIN: refused floods cannot pin threads."""
+    app = await start_server(whitelist(make_cfg, **{"server.acse_timeout": 30.0}))
+    baseline = association_threads()
+    reply, waited = await asyncio.to_thread(refused_and_held, app.port)
+    assert reply == RJ_CALLING_AE, reply.hex()
+    assert STA13_ARTIM_S - 0.3 <= waited <= STA13_ARTIM_S + 3.0, waited
+    assert await asyncio.to_thread(wait_threads, baseline, 2.0) == baseline
 
 
 def refusals(port: int, count: int) -> list[tuple[str, tuple[int, int, int] | None]]:

@@ -7,7 +7,8 @@ PS3.8 9.2 (Table 9-10): after sending an A-ASSOCIATE-RJ (AE-8), an A-RELEASE-RP 
 or an A-ABORT (AA-1) the acceptor is in Sta13, "awaiting transport connection close":
 it reads and ignores what still arrives (AA-6; an A-ASSOCIATE-RQ or an invalid PDU gets
 an A-ABORT, AA-7) until the peer closes (Evt17, AR-5) or the ARTIM timer expires (Evt18,
-AA-2), and only then closes itself.
+AA-2), and only then closes itself. ARTIM is upstream's ACSE timeout; in Sta13 it is
+bounded to `STA13_ARTIM_S` (3 s), so that peers that never close cannot pin threads.
 
 Upstream (`DULServiceProvider._is_transport_event`): in Sta13, when nothing is readable
 at that instant, it closes the socket at once. A close with bytes unread in our receive
@@ -30,6 +31,12 @@ from typing import Any
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.transport import AssociationSocket
+
+# The ARTIM timer's bound in Sta13. Upstream's ARTIM is the ACSE timeout (30 s by
+# default), so a peer that reads its A-ASSOCIATE-RJ (or A-RELEASE-RP) and never closes
+# held an association thread that long: a flood of refused connections could pin every
+# thread. A peer that is going to close does so within milliseconds of reading the PDU.
+STA13_ARTIM_S = 3.0
 
 # What a close discards of unread bytes at most (without it, a peer that keeps sending
 # would keep the closing thread reading); past that the kernel resets, as before.
@@ -88,9 +95,13 @@ class AwaitingCloseDUL(DULServiceProvider):
 
     def _is_transport_event(self) -> bool:
         """Upstream's, except in an acceptor's Sta13: read a PDU when one is readable,
-        report the close when the socket is closed, else nothing (the reactor waits)."""
+        report the close when the socket is closed, else nothing (the reactor waits, for
+        at most the ARTIM timer, bounded here to `STA13_ARTIM_S`)."""
         if self.state_machine.current_state != "Sta13" or not self.assoc.is_acceptor:
             return super()._is_transport_event()
+        artim = self.artim_timer
+        if artim.timeout is None or artim.timeout > STA13_ARTIM_S:
+            artim.timeout = STA13_ARTIM_S   # from AE-8/AR-4/AA-1's start: see above
         sock: Any = self.socket
         if sock is None or sock.socket is None or not sock._is_connected:
             if "Evt17" not in self.event_queue.queue:   # closed already: AR-5 to Sta1
