@@ -16,10 +16,8 @@ from typing import Any
 import pytest
 from pacsctl_helpers import TOKEN, start_pacs, write_config
 from pydicom.dataset import Dataset
-from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from pacs_server.dicom.requestor import settle_rejection
 from support.archive import archived_files, incoming_files
 from support.instances import DicomFiles
 from support.polling import wait_until
@@ -30,17 +28,14 @@ NOT_RECOGNISED = (0x01, 0x01, 0x03)
 
 
 def try_associate(port: int, calling: str) -> tuple[bool, tuple[int, ...]]:
-    ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.network_timeout = 10
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
-    settle_rejection(assoc)     # upstream's requestor race (dicom/requestor.py)
-    if assoc.is_established:
-        assoc.send_c_echo()
-        assoc.release()
-        return True, ()
-    rj = assoc.acceptor.primitive
-    return False, (rj.result, rj.result_source, rj.diagnostic) if assoc.is_rejected else ()
+    """Whether `calling` gets an association (a C-ECHO then sent), else the
+    A-ASSOCIATE-RJ's (result, source, diagnostic), or () when it was not a rejection."""
+    with Scu(calling).associate(port, require=False) as assoc:
+        if assoc.is_established:
+            assoc.send_c_echo()
+            return True, ()
+        rj = assoc.acceptor.primitive
+        return False, (rj.result, rj.result_source, rj.diagnostic) if assoc.is_rejected else ()
 
 
 def test_status_json_and_table(spawn: Callable[..., Any], tmp_path: Path) -> None:
