@@ -107,11 +107,12 @@ async def test_a_refused_peer_that_never_closes_does_not_hold_a_thread_for_acse_
     """With the default ACSE timeout (30 s), Sta13 after the RJ still ends within the
     ARTIM bound (closing.STA13_ARTIM_S), with a FIN: refused floods cannot pin threads."""
     app = await start_server(whitelist(make_cfg, **{"server.acse_timeout": 30.0}))
-    baseline = association_threads()
+    # The readiness probe's refused association ends first.
+    baseline = await asyncio.to_thread(wait_threads, 0, 3.0)
     reply, waited = await asyncio.to_thread(refused_and_held, app.port)
     assert reply == RJ_CALLING_AE, reply.hex()
     assert STA13_ARTIM_S - 0.3 <= waited <= STA13_ARTIM_S + 3.0, waited
-    assert await asyncio.to_thread(wait_threads, baseline, 2.0) == baseline
+    assert await asyncio.to_thread(wait_threads, baseline, 2.0) <= baseline
 
 
 def refusals(port: int, count: int) -> list[tuple[str, tuple[int, int, int] | None]]:
