@@ -285,3 +285,21 @@ def test_a_proven_layout_still_checks_the_pixel_length(tmp_path: Path) -> None:
     with pytest.raises(DatasetMismatch, match=r"Pixel Data has 64 bytes"):
         with open(path, "rb") as fh:
             check_dataset(fh, 0, ExplicitVRLittleEndian, INDEXED_TAGS)
+
+
+def test_proofs_stay_bounded(tmp_path: Path) -> None:
+    """One proof per (syntax, size) at most, and no more than _LAYOUTS_MAX sizes kept:
+    a stream of ever new sizes keeps memory flat and is still checked."""
+    dataset_check._LAYOUTS.clear()
+    dataset_check._SEEN.clear()
+    path = tmp_path / "ds.bin"
+    for n in range(dataset_check._LAYOUTS_MAX + 10):
+        ds = new_dataset(pixel_bytes=2 * (n + 1), SOPInstanceUID="1.2.3",
+                         StudyInstanceUID="1.2.4", SeriesInstanceUID="1.2.5")
+        ds.Rows, ds.Columns = 1, 2 * (n + 1)
+        path.write_bytes(encode(ds))
+        for _ in range(3):
+            assert isinstance(_verdict(path, ExplicitVRLittleEndian), Walked)
+    assert len(dataset_check._LAYOUTS) == dataset_check._LAYOUTS_MAX
+    assert all(len(v) == 1 for v in dataset_check._LAYOUTS.values())
+    assert len(dataset_check._SEEN) == dataset_check._LAYOUTS_MAX + 10

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -89,10 +90,11 @@ _NATIVE: dict[str, tuple[bool, bool]] = {
 
 
 # The proofs of walked layouts: (syntax, dataset size, wanted tags) -> up to
-# _LAYOUTS_PER_SIZE layouts, most recent first. Read and replaced whole (never mutated)
-# under the GIL by the association threads.
+# _LAYOUTS_PER_SIZE layouts, most recently used first. Read by the association threads
+# without a lock (an entry is replaced whole, never mutated); changed under _CHANGING.
 _LAYOUTS: dict[tuple[str, int, frozenset[int]], tuple[_Layout, ...]] = {}
 _SEEN: dict[tuple[str, int, frozenset[int]], None] = {}     # sizes walked once, no proof yet
+_CHANGING = threading.Lock()
 _LAYOUTS_MAX = 64
 _SEEN_MAX = 1024
 _LAYOUTS_PER_SIZE = 8
@@ -124,7 +126,9 @@ def _proven(fh: BinaryIO, offset: int, key: tuple[str, int, frozenset[int]]
         if len(prefix) >= layout.span and int.from_bytes(
                 prefix[:layout.span], "little") & layout.mask == layout.proof:
             if i:       # the next instance of this series tries it first
-                _LAYOUTS[key] = (layout, *layouts[:i], *layouts[i + 1:])
+                with _CHANGING:
+                    if _LAYOUTS.get(key) is layouts:
+                        _LAYOUTS[key] = (layout, *layouts[:i], *layouts[i + 1:])
             return Walked(dict(layout.found), layout.pixel)
     return None
 
@@ -148,9 +152,10 @@ def _keep(fh: BinaryIO, offset: int, key: tuple[str, int, frozenset[int]],
         return
     layout = _Layout(span, mask, int.from_bytes(prefix, "little") & mask,
                      dict(result.found), result.pixel)
-    if key not in _LAYOUTS and len(_LAYOUTS) >= _LAYOUTS_MAX:
-        _LAYOUTS.pop(next(iter(_LAYOUTS)), None)
-    _LAYOUTS[key] = (layout, *_LAYOUTS.get(key, ())[:_LAYOUTS_PER_SIZE - 1])
+    with _CHANGING:
+        if key not in _LAYOUTS and len(_LAYOUTS) >= _LAYOUTS_MAX:
+            del _LAYOUTS[next(iter(_LAYOUTS))]
+        _LAYOUTS[key] = (layout, *_LAYOUTS.get(key, ())[:_LAYOUTS_PER_SIZE - 1])
 
 
 class _Malformed(Exception):
@@ -213,9 +218,10 @@ def check_dataset(fh: BinaryIO, offset: int, transfer_syntax: str,
         # A size seen before: record what this walk reads, to keep its proof.
         record = key in _SEEN
         if not record:
-            if len(_SEEN) >= _SEEN_MAX:
-                _SEEN.pop(next(iter(_SEEN)), None)
-            _SEEN[key] = None
+            with _CHANGING:
+                if len(_SEEN) >= _SEEN_MAX:
+                    del _SEEN[next(iter(_SEEN))]
+                _SEEN[key] = None
     walk = _Walk(source, big, encapsulated, tags, record)
     try:
         walk.dataset(0, source.size, implicit, 0)
