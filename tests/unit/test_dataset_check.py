@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import struct
 import time
 import tracemalloc
@@ -18,8 +19,9 @@ from pydicom.uid import (
 )
 
 from pacs_server.errors import DatasetMismatch, PacsError, UnreadableDataset
-from pacs_server.services.dataset_check import check_dataset
-from pacs_server.services.ingest import dataset_offset
+from pacs_server.services import dataset_check
+from pacs_server.services.dataset_check import Walked, check_dataset
+from pacs_server.services.ingest import INDEXED_TAGS, dataset_offset
 from support.dcmtk import dcmtk_path
 from support.instances import encode, new_dataset
 from support.mutations import (
@@ -205,3 +207,99 @@ def test_mutations_dcmdump_refuses_are_refused(tmp_path: Path) -> None:
             tally["accepted"] += 1
         os.unlink(path)
     assert tally["malformed refused"] > 250 and tally["accepted"] > 20, tally
+
+
+def _verdict(path: Path, ts: str) -> object:
+    """What check_dataset says of the file: its Walked, or the refusal's type and text."""
+    try:
+        with open(path, "rb") as fh:
+            return check_dataset(fh, 0, ts, INDEXED_TAGS)
+    except PacsError as exc:
+        return (type(exc), str(exc))
+
+
+def _fresh_verdict(path: Path, ts: str) -> object:
+    """The same from the element walk alone: no proof kept or used."""
+    saved = dict(dataset_check._LAYOUTS), dict(dataset_check._SEEN)
+    dataset_check._LAYOUTS.clear()
+    dataset_check._SEEN.clear()
+    try:
+        return _verdict(path, ts)
+    finally:
+        dataset_check._LAYOUTS.clear()
+        dataset_check._SEEN.clear()
+        dataset_check._LAYOUTS.update(saved[0])
+        dataset_check._SEEN.update(saved[1])
+
+
+@pytest.mark.parametrize("name", ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm",
+                                  "nested_priv_SQ.dcm", "SC_rgb_rle_32bit_2frame.dcm",
+                                  "JPEG2000.dcm"))
+def test_a_proven_layout_gives_the_walks_verdict(tmp_path: Path, name: str) -> None:
+    """A layout is proven on the second walk of a size and used from the third. Flipping
+    any byte the proof covers makes it walk again; any byte it does not cover cannot
+    change the walk's verdict: the proof's answer equals a fresh walk's, every time
+    (every byte of every top-level element header, and samples of the rest)."""
+    s = load_sample(name)
+    ts = s.transfer_syntax
+    path = tmp_path / "ds.bin"
+    path.write_bytes(s.body)
+    dataset_check._LAYOUTS.clear()
+    dataset_check._SEEN.clear()
+    first = _verdict(path, ts)
+    assert isinstance(first, Walked)
+    assert _verdict(path, ts) == first and dataset_check._LAYOUTS     # proof kept
+    [layout] = next(iter(dataset_check._LAYOUTS.values()))
+    covered = [i for i in range(layout.span) if layout.mask >> (8 * i) & 0xFF]
+    assert len(covered) < layout.span
+    rng = random.Random(7)
+    headers = [i for el in top_level_elements(s) for i in range(el.header, el.value)]
+    positions = sorted({*rng.sample(covered, min(150, len(covered))), *headers,
+                        *rng.sample(range(len(s.body)), min(150, len(s.body)))})
+    for pos in positions:
+        for flip in (0x01, 0x80, 0xFF):
+            body = bytearray(s.body)
+            body[pos] ^= flip
+            path.write_bytes(bytes(body))
+            assert _verdict(path, ts) == _fresh_verdict(path, ts), (pos, flip)
+            if pos not in covered:
+                assert _verdict(path, ts) == first        # answered by the proof
+    path.write_bytes(s.body)
+    assert _verdict(path, ts) == first
+
+
+def test_a_proven_layout_still_checks_the_pixel_length(tmp_path: Path) -> None:
+    """The Image Pixel values are part of the proof: the same layout with more Rows
+    (a value, not a header) is walked again and refused."""
+    ds = new_dataset(pixel_bytes=64)
+    ds.Rows = 1
+    good = encode(ds)
+    ds.Rows = 2
+    short = encode(ds)
+    assert len(good) == len(short)
+    path = tmp_path / "ds.bin"
+    path.write_bytes(good)
+    for _ in range(3):
+        check_dataset(open(path, "rb"), 0, ExplicitVRLittleEndian, INDEXED_TAGS)
+    path.write_bytes(short)
+    with pytest.raises(DatasetMismatch, match=r"Pixel Data has 64 bytes"):
+        with open(path, "rb") as fh:
+            check_dataset(fh, 0, ExplicitVRLittleEndian, INDEXED_TAGS)
+
+
+def test_proofs_stay_bounded(tmp_path: Path) -> None:
+    """One proof per (syntax, size) at most, and no more than _LAYOUTS_MAX sizes kept:
+    a stream of ever new sizes keeps memory flat and is still checked."""
+    dataset_check._LAYOUTS.clear()
+    dataset_check._SEEN.clear()
+    path = tmp_path / "ds.bin"
+    for n in range(dataset_check._LAYOUTS_MAX + 10):
+        ds = new_dataset(pixel_bytes=2 * (n + 1), SOPInstanceUID="1.2.3",
+                         StudyInstanceUID="1.2.4", SeriesInstanceUID="1.2.5")
+        ds.Rows, ds.Columns = 1, 2 * (n + 1)
+        path.write_bytes(encode(ds))
+        for _ in range(3):
+            assert isinstance(_verdict(path, ExplicitVRLittleEndian), Walked)
+    assert len(dataset_check._LAYOUTS) == dataset_check._LAYOUTS_MAX
+    assert all(len(v) == 1 for v in dataset_check._LAYOUTS.values())
+    assert len(dataset_check._SEEN) == dataset_check._LAYOUTS_MAX + 10

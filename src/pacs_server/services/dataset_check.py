@@ -18,6 +18,16 @@ tell a native Pixel Data shorter than its rows, columns and frames (a semantic
 mismatch, 0xA900). Values are skipped with a seek, so memory stays at one read buffer
 whatever the file size; Deflated streams are inflated in bounded chunks.
 
+A walk that succeeded leaves a proof of its layout (`_Layout`): every byte it read (the
+element and item headers, the few Image Pixel values) at the offsets it read them, for
+that transfer syntax and dataset size. The walk's verdict is a function of exactly
+those bytes and the size, so a later dataset of the same size whose bytes at those
+offsets are the same passes with the same result, checked with one masked integer
+comparison instead of the element loop in Python (the instances of one series from one
+modality share their layout; docs/performance.md, "Results: the structure walk and the
+placement intent"). A layout is kept once a size was seen twice, so datasets whose
+sizes never repeat (compressed frames) pay only the bookkeeping of one dict.
+
 Deliberately accepted, as the standard's readers and dcmtk's dcmdump do: odd value
 lengths (PS3.5 7.1.1 requires even ones, but old writers emit odd and the bytes still
 parse), Data Set Trailing Padding (FFFC,FFFC), and private elements of any VR.
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -78,6 +89,75 @@ _NATIVE: dict[str, tuple[bool, bool]] = {
     ExplicitVRBigEndian: (False, True)}
 
 
+# The proofs of walked layouts: (syntax, dataset size, wanted tags) -> up to
+# _LAYOUTS_PER_SIZE layouts, most recently used first. Read by the association threads
+# without a lock (an entry is replaced whole, never mutated); changed under _CHANGING.
+_LAYOUTS: dict[tuple[str, int, frozenset[int]], tuple[_Layout, ...]] = {}
+_SEEN: dict[tuple[str, int, frozenset[int]], None] = {}     # sizes walked once, no proof yet
+_CHANGING = threading.Lock()
+_LAYOUTS_MAX = 64
+_SEEN_MAX = 1024
+_LAYOUTS_PER_SIZE = 8
+_SPAN_MAX = 256 * 1024     # a proof reads the dataset's first `span` bytes at most
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What one successful walk read, as a mask over the dataset's first `span` bytes
+    (read as one little-endian integer: 0xFF where the walk read a byte) and what those
+    bytes were (`proof`); `found` and `pixel` its result (Walked)."""
+
+    span: int
+    mask: int
+    proof: int
+    found: dict[int, tuple[str | None, int, int]]
+    pixel: int
+
+
+def _proven(fh: BinaryIO, offset: int, key: tuple[str, int, frozenset[int]]
+            ) -> Walked | None:
+    """The result of the walk of a layout proven before, if this dataset has it."""
+    layouts = _LAYOUTS.get(key)
+    if not layouts:
+        return None
+    fh.seek(offset)
+    prefix = fh.read(max(layout.span for layout in layouts))
+    for i, layout in enumerate(layouts):
+        if len(prefix) >= layout.span and int.from_bytes(
+                prefix[:layout.span], "little") & layout.mask == layout.proof:
+            if i:       # the next instance of this series tries it first
+                with _CHANGING:
+                    if _LAYOUTS.get(key) is layouts:
+                        _LAYOUTS[key] = (layout, *layouts[:i], *layouts[i + 1:])
+            return Walked(dict(layout.found), layout.pixel)
+    return None
+
+
+def _keep(fh: BinaryIO, offset: int, key: tuple[str, int, frozenset[int]],
+          walk: _Walk, result: Walked) -> None:
+    """Keep the proof of a walk that succeeded (it recorded what it read)."""
+    reads = walk.reads
+    if not reads:
+        return
+    span = max(pos + n for pos, n in reads)
+    if span > _SPAN_MAX:
+        return
+    marks = bytearray(span)
+    for pos, n in reads:
+        marks[pos:pos + n] = b"\xff" * n
+    mask = int.from_bytes(marks, "little")
+    fh.seek(offset)
+    prefix = fh.read(span)
+    if len(prefix) < span:
+        return
+    layout = _Layout(span, mask, int.from_bytes(prefix, "little") & mask,
+                     dict(result.found), result.pixel)
+    with _CHANGING:
+        if key not in _LAYOUTS and len(_LAYOUTS) >= _LAYOUTS_MAX:
+            del _LAYOUTS[next(iter(_LAYOUTS))]
+        _LAYOUTS[key] = (layout, *_LAYOUTS.get(key, ())[:_LAYOUTS_PER_SIZE - 1])
+
+
 class _Malformed(Exception):
     """Where and what: raised inside the walk, turned into UnreadableDataset."""
 
@@ -127,7 +207,22 @@ def check_dataset(fh: BinaryIO, offset: int, transfer_syntax: str,
     else:
         implicit, big, encapsulated = False, False, not deflated
     source: _Window = _Inflated(fh, offset) if deflated else _Window(fh, offset)
-    walk = _Walk(source, big, encapsulated, frozenset(wanted))
+    tags = frozenset(wanted)
+    key = None
+    record = False
+    if source.size is not None and not deflated:
+        key = (transfer_syntax, source.size, tags)
+        proven = _proven(fh, offset, key)
+        if proven is not None:
+            return proven
+        # A size seen before: record what this walk reads, to keep its proof.
+        record = key in _SEEN
+        if not record:
+            with _CHANGING:
+                if len(_SEEN) >= _SEEN_MAX:
+                    del _SEEN[next(iter(_SEEN))]
+                _SEEN[key] = None
+    walk = _Walk(source, big, encapsulated, tags, record)
     try:
         walk.dataset(0, source.size, implicit, 0)
     except _Malformed as exc:
@@ -139,8 +234,11 @@ def check_dataset(fh: BinaryIO, offset: int, transfer_syntax: str,
     walk.check_pixel_length()
     if deflated:
         return None
-    return Walked(walk.found, walk.pixel_at if walk.pixel_at is not None else
-                  os.fstat(fh.fileno()).st_size - offset)
+    result = Walked(walk.found, walk.pixel_at if walk.pixel_at is not None else
+                    os.fstat(fh.fileno()).st_size - offset)
+    if key is not None and record:
+        _keep(fh, offset, key, walk, result)
+    return result
 
 
 class _Window:
@@ -238,8 +336,10 @@ class _Walk:
     """One walk over one dataset; the window is shared by every level."""
 
     def __init__(self, w: _Window, big: bool, encapsulated: bool,
-                 wanted: frozenset[int] = frozenset()) -> None:
+                 wanted: frozenset[int] = frozenset(), record: bool = False) -> None:
         self.w = w
+        # (offset, length) of every byte range read, when a proof is to be kept.
+        self.reads: list[tuple[int, int]] | None = [] if record else None
         self.big = big
         self.encapsulated = encapsulated
         self.pixel: dict[int, bytes] = {}
@@ -277,6 +377,7 @@ class _Walk:
         last = -1
         # A file's size is known: compared here, not asked of the window per element.
         size = w.size if type(w) is _Window and w.size is not None else -1
+        reads = self.reads
         while True:
             if end is not None:
                 if pos == end:
@@ -292,6 +393,8 @@ class _Walk:
                 buf, base = w.buf, w.start
                 limit = base + len(buf)
             i = pos - base
+            if reads is not None:
+                reads.append((pos, 8))
             if implicit:
                 group, elem, length = head.unpack_from(buf, i)
                 tag = group << 16 | elem
@@ -324,6 +427,8 @@ class _Walk:
                         i = 0
                     (length,) = long_length.unpack_from(buf, i + 8)
                     value = pos + 12
+                    if reads is not None:
+                        reads.append((pos + 8, 4))
             if kind == _SEQUENCE or length == _UNDEFINED or tag in opened:
                 if depth == 0 and tag in self.wanted:
                     self.found[tag] = (vr.decode() if vr else None, value, length)
@@ -364,6 +469,8 @@ class _Walk:
         return stop
 
     def _value(self, pos: int, length: int) -> bytes:
+        if self.reads is not None:
+            self.reads.append((pos, min(length, 16)))
         buf, i = self._header(pos, min(length, 16))
         return bytes(buf[i:i + min(length, 16)])
 
@@ -394,6 +501,8 @@ class _Walk:
 
     def _item(self, pos: int, fmt: str, tag: int) -> tuple[int, int]:
         """Tag and length of an item or delimiter header (a delimiter has length 0)."""
+        if self.reads is not None:
+            self.reads.append((pos, 8))
         buf, i = self._header(pos, 8)
         group, elem, length = struct.unpack_from(fmt, buf, i)
         item = group << 16 | elem
