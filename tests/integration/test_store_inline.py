@@ -179,7 +179,7 @@ async def test_a_findscu_association_is_served_by_one_thread(
     paths = [dicom_files.generated(StudyInstanceUID=study, InstanceNumber=i) for i in range(4)]
     assert all(r.ok for r in await asyncio.to_thread(Scu().store, srv.port, paths))
 
-    def run() -> tuple[int, str, set[Association]]:
+    def run() -> tuple[int, str, set[Association], int]:
         with Watch() as watch:
             proc = subprocess.run(
                 [dcmtk.tool("findscu"), "-aet", "FINDER", "-aec", "PACS", "-S", "-X",
@@ -187,11 +187,12 @@ async def test_a_findscu_association_is_served_by_one_thread(
                  "-k", f"StudyInstanceUID={study}", "-k", "SOPInstanceUID",
                  "127.0.0.1", str(srv.port)],
                 env=dcmtk.env, capture_output=True, text=True, timeout=120)
-        return proc.returncode, proc.stdout + proc.stderr, watch.seen
+        answers = len(list(tmp_path.glob("rsp*.dcm")))
+        return proc.returncode, proc.stdout + proc.stderr, watch.seen, answers
 
-    code, output, seen = await asyncio.to_thread(run)
+    code, output, seen, answers = await asyncio.to_thread(run)
     assert code == 0, output
-    assert len(list(tmp_path.glob("rsp*.dcm"))) == len(paths)
+    assert answers == len(paths)
     assert seen, "the association was not seen"
     for assoc in seen:
         await asyncio.to_thread(gone, assoc)
