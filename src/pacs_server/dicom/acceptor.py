@@ -291,7 +291,8 @@ class InlineAcceptor(EventReactors):
     them, a scheduler wake-up each way. Per C-ECHO association (strace) that was 140
     futex calls and 3 thread starts, now 64 and 2; server CPU 4.56 -> 4.24 ms in an
     interleaved A/B (docs/performance.md). The same for a storescu association: its
-    C-STORE-RQs are read, served and answered by this thread (`_serve_request`).
+    C-STORE-RQs are read, served and answered by this thread (`_serve_request`), and
+    for a findscu or worklist association: its C-FIND-RQ and C-CANCEL-RQ.
     Upstream change that would remove this: see the module docstring.
     """
 
