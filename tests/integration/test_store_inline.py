@@ -1,8 +1,9 @@
-"""C-STORE served by the association thread alone (dicom/acceptor.py, events transport):
-real storescu and pynetdicom peers, the DUL's own thread never started for a store-only
-association, and what a peer or an operator can do to it meanwhile: abort mid-transfer,
-abort or vanish while our handler waits on the event loop, a C-FIND after the stores
-(hand-over), a disconnect from the admin API, a large instance."""
+"""C-STORE and C-FIND served by the association thread alone (dicom/acceptor.py, events
+transport): real storescu, findscu and pynetdicom peers, the DUL's own thread never
+started for a store-only or find-only association, and what a peer or an operator can
+do to it meanwhile: abort mid-transfer, abort or vanish while our handler waits on the
+event loop, C-CANCEL and A-ABORT between C-FIND responses, a C-FIND and then a C-MOVE
+after the stores (hand-over), a disconnect from the admin API, a large instance."""
 
 from __future__ import annotations
 
@@ -26,8 +27,23 @@ from support.dcmtk import Dcmtk
 from support.http import TOKEN, base_url, http_call, http_get
 from support.instances import DicomFiles, dataset_bytes, sop_uid
 from support.polling import wait_until
-from support.scu import FIND_S, NATIVE, SUCCESS, Scu, contexts_for, identifier, send, throttle
+from support.scu import (
+    CANCEL,
+    FIND_S,
+    MOVE_S,
+    NATIVE,
+    PENDING,
+    SUCCESS,
+    Scu,
+    contexts_for,
+    identifier,
+    send,
+    throttle,
+)
 from support.server import RunningServer
+from support.worklist import CONTEXTS as MWL_CONTEXTS
+from support.worklist import MWL, add_items, item, worklist_repository
+from support.worklist import query as mwl_query
 
 EVENTS = {"server.transport": "events"}
 # A-ABORT, source service user, reason not significant (PS3.8 9.3.8).
@@ -120,15 +136,15 @@ async def test_a_storescu_association_is_served_by_one_thread(
     assert incoming_files(srv.archive) == []
 
 
-async def test_a_c_find_after_c_stores_hands_the_dul_to_its_thread(
+async def test_a_c_find_after_c_stores_stays_inline_and_a_c_move_hands_over(
         start_server: Callable[..., Awaitable[RunningServer]],
         make_cfg: Callable[..., Config], dicom_files: DicomFiles) -> None:
     srv = await start_server(make_cfg(EVENTS))
     study = generate_uid()
     paths = [dicom_files.generated(StudyInstanceUID=study, InstanceNumber=i) for i in range(3)]
 
-    def run() -> tuple[Association, list[bool], list[int], bool]:
-        contexts = [*contexts_for(paths), (FIND_S, NATIVE)]
+    def run() -> tuple[Association, list[bool], list[int], bool, list[int], bool]:
+        contexts = [*contexts_for(paths), (FIND_S, NATIVE), (MOVE_S, NATIVE)]
         with Scu().associate(srv.port, contexts) as assoc:
             server = the_server_association()
             started = []
@@ -138,15 +154,125 @@ async def test_a_c_find_after_c_stores_hands_the_dul_to_its_thread(
             query = identifier("IMAGE", StudyInstanceUID=study, SOPInstanceUID="")
             statuses = [int(st.Status) for st, _ident in assoc.send_c_find(query, FIND_S)]
             after_find = server.dul.ident is not None
+            moved = [int(st.Status) for st, _ident in assoc.send_c_move(
+                identifier("STUDY", StudyInstanceUID=study), "NOWHERE", MOVE_S)]
+            after_move = server.dul.ident is not None
             assert int(assoc.send_c_echo().Status) == SUCCESS
-        return server, started, statuses, after_find
+        return server, started, statuses, after_find, moved, after_move
 
-    server, started, statuses, after_find = await asyncio.to_thread(run)
+    server, started, statuses, after_find, moved, after_move = await asyncio.to_thread(run)
     assert started == [False, False, False]
-    assert statuses == [0xFF00] * 3 + [SUCCESS]
-    assert after_find
+    assert statuses == [PENDING] * 3 + [SUCCESS]
+    assert not after_find, "the DUL's thread was started for a C-FIND"
+    assert moved and moved[-1] not in (SUCCESS, PENDING)    # an unknown destination
+    assert after_move
     await asyncio.to_thread(gone, server)
     assert server.is_released
+
+
+async def test_a_findscu_association_is_served_by_one_thread(
+        start_server: Callable[..., Awaitable[RunningServer]],
+        make_cfg: Callable[..., Config], dicom_files: DicomFiles, dcmtk: Dcmtk,
+        tmp_path: Path) -> None:
+    srv = await start_server(make_cfg(EVENTS))
+    study = generate_uid()
+    paths = [dicom_files.generated(StudyInstanceUID=study, InstanceNumber=i) for i in range(4)]
+    assert all(r.ok for r in await asyncio.to_thread(Scu().store, srv.port, paths))
+
+    def run() -> tuple[int, str, set[Association], int]:
+        with Watch() as watch:
+            proc = subprocess.run(
+                [dcmtk.tool("findscu"), "-aet", "FINDER", "-aec", "PACS", "-S", "-X",
+                 "-od", str(tmp_path), "-k", "QueryRetrieveLevel=IMAGE",
+                 "-k", f"StudyInstanceUID={study}", "-k", "SOPInstanceUID",
+                 "127.0.0.1", str(srv.port)],
+                env=dcmtk.env, capture_output=True, text=True, timeout=120)
+        answers = len(list(tmp_path.glob("rsp*.dcm")))
+        return proc.returncode, proc.stdout + proc.stderr, watch.seen, answers
+
+    code, output, seen, answers = await asyncio.to_thread(run)
+    assert code == 0, output
+    assert answers == len(paths)
+    assert seen, "the association was not seen"
+    for assoc in seen:
+        await asyncio.to_thread(gone, assoc)
+        assert assoc.dul.ident is None, "the DUL's thread was started for a C-FIND"
+        assert assoc.is_released
+
+
+async def worklist_of(srv: RunningServer, count: int) -> None:
+    async with worklist_repository(srv.db) as repo:
+        await add_items(repo, [item(n) for n in range(count)])
+
+
+async def test_a_c_cancel_between_responses_without_the_dul_thread(
+        start_server: Callable[..., Awaitable[RunningServer]],
+        make_cfg: Callable[..., Config]) -> None:
+    """The C-CANCEL-RQ is read between pending responses by the association thread
+    (PS3.7 9.3.2.3): 0xFE00 well before the end, and the association goes on."""
+    srv = await start_server(make_cfg(EVENTS))
+    await worklist_of(srv, 400)
+
+    def run() -> tuple[Association, int, list[int], list[int]]:
+        with Scu().associate(srv.port, MWL_CONTEXTS) as assoc:
+            server = the_server_association()
+            pending, finals = 0, []
+            for status, _ in assoc.send_c_find(mwl_query(), MWL, msg_id=3):
+                if status.Status == PENDING:
+                    pending += 1
+                    if pending == 5:
+                        assoc.send_c_cancel(3, query_model=MWL)
+                else:
+                    finals.append(int(status.Status))
+            after = [int(s.Status) for s, _ in assoc.send_c_find(
+                mwl_query(ScheduledProcedureStepID="S0001"), MWL, msg_id=4)]
+        return server, pending, finals, after
+
+    with capture_logs() as logs:
+        server, pending, finals, after = await asyncio.to_thread(run)
+        await asyncio.to_thread(gone, server)
+    assert finals == [CANCEL]
+    assert 5 <= pending < 400
+    assert after == [PENDING, SUCCESS]
+    assert server.dul.ident is None, "the DUL's thread was started"
+    assert server.is_released
+    no_failures(logs)
+
+
+@pytest.mark.parametrize("how", ["A-ABORT", "connection closed"])
+async def test_the_peer_leaving_between_c_find_responses(
+        how: str, start_server: Callable[..., Awaitable[RunningServer]],
+        make_cfg: Callable[..., Config]) -> None:
+    """Read between responses as a C-CANCEL is: the responses stop, the association
+    ends without an error, the server answers the next association."""
+    srv = await start_server(make_cfg(EVENTS))
+    await worklist_of(srv, 400)
+
+    def run() -> tuple[Association, int]:
+        with Scu().associate(srv.port, MWL_CONTEXTS) as assoc:
+            server = the_server_association()
+            pending = 0
+            try:
+                for status, _ in assoc.send_c_find(mwl_query(), MWL, msg_id=3):
+                    if status.Status == PENDING:
+                        pending += 1
+                        if pending == 5:
+                            raw = assoc.dul.socket.socket
+                            if how == "A-ABORT":
+                                raw.sendall(A_ABORT)
+                            raw.shutdown(socket.SHUT_RDWR)
+            except Exception:       # the client's side of the closed connection
+                pass
+            gone(server)
+            return server, pending
+
+    with capture_logs() as logs:
+        server, pending = await asyncio.to_thread(run)
+    assert pending >= 5
+    assert server.dul.ident is None
+    assert not server.is_established
+    no_failures(logs)
+    assert await Scu().aecho(srv.port) == SUCCESS
 
 
 async def test_an_a_abort_mid_transfer_leaves_no_trace(

@@ -177,6 +177,9 @@ PINNED: dict[str, tuple[Any, str]] = {
     # upstream's, and the SCP methods and the handler wrapper it relies on.
     "ServiceClass._c_find_scp": (ServiceClass._c_find_scp, "da242b908ef4848c"),
     "ServiceClass._wrap_handler": (ServiceClass._wrap_handler, "4322159402f181cd"),
+    # EncodedFind.is_cancelled reads the socket (events transport, the DUL run by the
+    # association thread) and then asks upstream's check of dimse.cancel_req.
+    "ServiceClass.is_cancelled": (ServiceClass.is_cancelled, "fb9acf44b9bd05fe"),
     "QueryRetrieveServiceClass.SCP": (QueryRetrieveServiceClass.SCP, "e59ba54b9071ffc3"),
     "BasicWorklistManagementServiceClass.SCP": (BasicWorklistManagementServiceClass.SCP,
                                                 "e34e6118c2ba502e"),

@@ -15,16 +15,19 @@ docs/performance.md "Results: the CPU of one association"). Here each piece is b
 once, with its final class and queues, and the handler table is copied from one built
 per listener.
 
-One thread while it only echoes or stores: an association's DUL thread is started only
-when it is needed (`InlineDUL`, `InlineAcceptor`). Until the first request other than a
-C-ECHO or C-STORE, the association thread runs the DUL's reactor itself, as it already
-did for the A-ASSOCIATE-RQ (`EventDUL.read_request`): it reads the P-DATA PDUs (a data
-set straight into its receive file, dicom/receive.py), serves the request
-(dicom/storage_scp.py) and writes the response PDUs. A storescu or modality
-association, an echoscu, a monitoring probe are served and released by one thread
-instead of two, with no hand-off between them for each request, response and release.
-A C-FIND/C-GET/C-MOVE/N-* request, a `send_*()` or an abort from another thread start
-the DUL's thread (`hand_over`, `take_over`).
+One thread while it only echoes, stores or finds: an association's DUL thread is
+started only when it is needed (`InlineDUL`, `InlineAcceptor`). Until the first request
+other than a C-ECHO, C-STORE or C-FIND, the association thread runs the DUL's reactor
+itself, as it already did for the A-ASSOCIATE-RQ (`EventDUL.read_request`): it reads
+the P-DATA PDUs (a data set straight into its receive file, dicom/receive.py), serves
+the request (dicom/storage_scp.py, dicom/find_scp.py) and writes the response PDUs;
+between a C-FIND's pending responses it reads what the peer has sent, a C-CANCEL-RQ
+(`InlineDUL.read_waiting`). A storescu or modality association, a findscu or worklist
+query, an echoscu, a monitoring probe are served and released by one thread instead of
+two, with no hand-off between them for each request, response and release. A
+C-GET/C-MOVE/N-* request, a request while the peer may have several outstanding, a
+`send_*()` or an abort from another thread start the DUL's thread (`hand_over`,
+`take_over`).
 
 Upstream change that would remove this module: `dul_class` / `dimse_class` attributes
 on `Association` (and a handler table an association can start from); for the single
@@ -51,10 +54,11 @@ from pynetdicom._handlers import (
 from pynetdicom.acse import ACSE
 from pynetdicom.association import ServiceUser
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_STORE
 from pynetdicom.utils import make_target
 
 from pacs_server.dicom.command_set import command_elements
+from pacs_server.dicom.find_scp import find_class
 from pacs_server.dicom.reactor import (
     _MAX_WAIT_S,
     EventDUL,
@@ -65,6 +69,10 @@ from pacs_server.dicom.reactor import (
 from pacs_server.dicom.store_send import raw_receive_allowed
 
 Handlers = dict[Any, Any]
+
+# Most DUL events acted on per `InlineDUL.read_waiting` (a PDU read is one): a peer that
+# keeps sending does not hold a C-FIND's responses up; the rest is read at the next call.
+_READ_STEPS = 16
 
 
 def handler_table(bound: dict[Any, list[tuple[Any, Any]]]) -> Handlers:
@@ -229,6 +237,19 @@ class InlineDUL(EventDUL):
                     self._wait(_MAX_WAIT_S if timer.timeout is None
                                else max(0.0, timer.remaining))
 
+    def read_waiting(self) -> None:
+        """In the association thread while it runs the DUL, during a request it serves
+        (a C-FIND between pending responses): act on what the peer has already sent (a
+        C-CANCEL-RQ into `dimse.cancel_req`, an A-ABORT, the connection closed), at most
+        `_READ_STEPS` events, without waiting for more. Elsewhere nothing: the DUL's
+        thread reads as it arrives."""
+        if not self._inline or threading.current_thread() is not self._assoc:
+            return
+        with self._inline_lock:
+            for _ in range(_READ_STEPS):
+                if not self._inline or self._kill_thread or not self._step():
+                    return
+
     def finish_inline(self) -> None:
         """At the association's end, in its thread: run the reactor until the state
         machine is back in Sta1 (what is queued sent, the connection closed; Sta13 closes
@@ -270,12 +291,14 @@ class InlineAcceptor(EventReactors):
     them, a scheduler wake-up each way. Per C-ECHO association (strace) that was 140
     futex calls and 3 thread starts, now 64 and 2; server CPU 4.56 -> 4.24 ms in an
     interleaved A/B (docs/performance.md). The same for a storescu association: its
-    C-STORE-RQs are read, served and answered by this thread (`_serve_request`).
+    C-STORE-RQs are read, served and answered by this thread (`_serve_request`), and
+    for a findscu or worklist association: its C-FIND-RQ and C-CANCEL-RQ.
     Upstream change that would remove this: see the module docstring.
     """
 
-    # None until the first C-STORE: whether C-STOREs are served without the DUL thread.
-    _inline_stores: bool | None = None
+    # None until the first C-STORE or C-FIND: whether the peer may have one request
+    # outstanding only (then those are served without the DUL thread).
+    _one_request: bool | None = None
 
     def _run_reactor(self) -> None:
         """`EventReactors._run_reactor`, preceded by the inline phase: the DUL run here
@@ -302,28 +325,42 @@ class InlineAcceptor(EventReactors):
                 dul.finish_inline()
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
-        """Serve a C-ECHO or C-STORE in this thread, with the DUL run inline; any other
-        request first hands the DUL to its own thread.
+        """Serve a C-ECHO, C-STORE or C-FIND in this thread, with the DUL run inline;
+        any other request first hands the DUL to its own thread.
 
         A C-STORE handler waits on the event loop, and meanwhile nothing reads the
         socket: a storescu or modality sends nothing before the response (no
         asynchronous operations window, PS3.7 D.3.3.3), and an A-ABORT or A-RELEASE-RQ
         sent meanwhile is read once the response is queued, as the DUL's thread would
-        have read it after sending that response. A C-FIND, C-GET or C-MOVE may send
-        sub-operations or watch for C-CANCEL while its handler runs: the DUL reads on
-        its own thread.
+        have read it after sending that response. A C-FIND (dicom/find_scp.py's SCP,
+        Q/R and Modality Worklist) is the same, except that its peer may send a
+        C-CANCEL-RQ while the responses go out (PS3.7 9.3.2.3): the handler asks for
+        it before each pending response, and `EncodedFind.is_cancelled` first reads
+        what has arrived (`InlineDUL.read_waiting`), so a C-CANCEL is honoured between
+        responses, not while the handler waits on the index for the next batch. A
+        C-GET or C-MOVE sends sub-operations and waits for their responses while its
+        handler runs, and the N-* services are upstream's: the DUL reads on its own
+        thread.
         """
-        if msg.__class__ is not C_ECHO and not (msg.__class__ is C_STORE
-                                                 and self._stores_inline()):
+        if not self._served_inline(msg, context_id):
             cast(InlineDUL, self.dul).hand_over()
         super()._serve_request(msg, context_id)
 
-    def _stores_inline(self) -> bool:
+    def _served_inline(self, msg: Any, context_id: int) -> bool:
+        kind = msg.__class__
+        if kind is C_ECHO:
+            return True
+        if kind is C_STORE:
+            return self._one_at_a_time()
+        return kind is C_FIND and self._one_at_a_time() \
+            and find_class(self, msg, context_id) is not None
+
+    def _one_at_a_time(self) -> bool:
         # An asynchronous operations window above one (PS3.7 D.3.3.3) lets the peer send
         # the next request before the response: the DUL's thread reads it meanwhile.
-        if self._inline_stores is None:
-            self._inline_stores = self.acceptor.asynchronous_operations == (1, 1)
-        return self._inline_stores
+        if self._one_request is None:
+            self._one_request = self.acceptor.asynchronous_operations == (1, 1)
+        return self._one_request
 
     def _dul_running(self) -> bool:
         dul = cast(InlineDUL, self.dul)

@@ -144,6 +144,22 @@ class EncodedFind(ServiceClass):
         LOGGER.info(f"Find SCP Response {ii + 2}: 0x0000 (Success)")
         self.dimse.send_msg(rsp, cx_id)
 
+    def is_cancelled(self, msg_id: int) -> bool:
+        """Upstream's check of the C-CANCEL-RQs received, after reading what the peer has
+        sent when the association thread runs the DUL itself (events transport,
+        dicom/acceptor.py `InlineDUL.read_waiting`): the handler asks before each
+        pending response (dicom/find.py `stream_pending`), so a C-CANCEL is read between
+        responses without a thread reading the socket meanwhile (PS3.7 9.3.2.3).
+
+        Upstream: the DUL's thread has read the C-CANCEL into `dimse.cancel_req`
+        whenever it arrived. Upstream change that would remove this: the module
+        docstring's, with a DUL the association thread can run (dicom/acceptor.py).
+        """
+        read_waiting = getattr(self.assoc.dul, "read_waiting", None)
+        if read_waiting is not None:
+            read_waiting()
+        return super().is_cancelled(msg_id)
+
 
 class _PendingSender:
     """Sends the pending responses of one C-FIND request."""
@@ -232,6 +248,15 @@ _FIND_CLASSES: dict[type, type] = {QueryRetrieveServiceClass: QueryRetrieveFind,
                                    BasicWorklistManagementServiceClass: WorklistFind}
 
 
+def find_class(assoc: Association, msg: Any, context_id: int) -> type | None:
+    """The `EncodedFind` class `serve_find` runs for `msg`, or None (not a C-FIND it
+    serves: upstream's `_serve_request` handles it)."""
+    if not isinstance(msg, C_FIND) or assoc._sent_release or not msg.is_valid_request \
+            or context_id not in assoc._accepted_cx:
+        return None
+    return _FIND_CLASSES.get(service_class_of(assoc, msg))
+
+
 def serve_find(assoc: Association, msg: Any, context_id: int) -> bool:
     """Serve a C-FIND request with `EncodedFind`, as upstream's `_serve_request` would
     with its service class; False (nothing done) for anything else.
@@ -240,14 +265,10 @@ def serve_find(assoc: Association, msg: Any, context_id: int) -> bool:
     `uid_to_service_class` and runs its SCP; there is no way to pass it another class.
     Upstream change that would remove this: a service class registry on the AE.
     """
-    if not isinstance(msg, C_FIND) or assoc._sent_release or not msg.is_valid_request:
-        return False
-    context = assoc._accepted_cx.get(context_id)
-    if context is None:
-        return False
-    scp_class = _FIND_CLASSES.get(service_class_of(assoc, msg))
+    scp_class = find_class(assoc, msg, context_id)
     if scp_class is None:
         return False
+    context = assoc._accepted_cx[context_id]
     run_scp(assoc, lambda: scp_class(assoc).SCP(msg, context))
     return True
 

@@ -6,7 +6,8 @@ remove it):
 - dicom/reactor.py: the event-driven reactors (`server.transport: events`), mixed into
   our association classes here (`EventPacsAssociation`) and in dicom/requestor.py;
 - dicom/acceptor.py: `EventPacsAssociation` built with those pieces directly
-  (`init_event_association`), one thread until a request other than C-ECHO/C-STORE;
+  (`init_event_association`), one thread until a request other than
+  C-ECHO/C-STORE/C-FIND;
 - dicom/negotiation.py: a proposal negotiated once, the A-ASSOCIATE-AC encoded once;
 - dicom/find_scp.py, dicom/storage_scp.py, dicom/retrieve_scp.py: the C-FIND, C-STORE
   and C-GET/C-MOVE SCP loops, run from `PacsAssociation._serve_request`;
@@ -44,7 +45,7 @@ What a connection goes through, here and in dicom/connection.py:
    `acse_timeout`), and stops waiting when the DUL thread dies on a malformed PDU;
    on the event-driven transport it reads the RQ and sends the answer in its own
    thread (`EventDUL.read_request`), and goes on running the DUL until a request
-   other than C-ECHO/C-STORE starts the DUL's thread (dicom/acceptor.py).
+   other than C-ECHO/C-STORE/C-FIND starts the DUL's thread (dicom/acceptor.py).
 4. `PolicyACSE`: `AssociationPolicy.decide()` before pynetdicom negotiates, or before
    the outcome of the same proposal is replayed (dicom/negotiation.py).
 5. `GuardedSocket`: a declared PDU length above the limit gets an A-ABORT before its
@@ -442,7 +443,7 @@ class PacsAssociation(FileSending):
 
 class EventPacsAssociation(InlineAcceptor, PacsAssociation):
     """`PacsAssociation` on the event-driven reactors (`server.transport: events`), in
-    one thread until a request other than C-ECHO/C-STORE (dicom/acceptor.py)."""
+    one thread until a request other than C-ECHO/C-STORE/C-FIND (dicom/acceptor.py)."""
 
     def _init_association(self, ae: Any, handlers: Handlers) -> None:
         """Built with the event-driven pieces and `handlers` (dicom/acceptor.py)."""
