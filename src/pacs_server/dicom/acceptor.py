@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+import structlog
 from pynetdicom import _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR, MODE_REQUESTOR
 from pynetdicom._handlers import (
@@ -69,6 +70,8 @@ from pacs_server.dicom.reactor import (
 from pacs_server.dicom.store_send import raw_receive_allowed
 
 Handlers = dict[Any, Any]
+
+log = structlog.get_logger(__name__)
 
 # Most DUL events acted on per `InlineDUL.read_waiting` (a PDU read is one): a peer that
 # keeps sending does not hold a C-FIND's responses up; the rest is read at the next call.
@@ -211,13 +214,18 @@ class InlineDUL(EventDUL):
 
     def take_over(self, timeout: float) -> None:
         """From another thread (an abort): hand the reactor to the DUL's own thread as
-        soon as the association thread is not stepping it. A handler that waits on the
-        event loop (a C-STORE) does not hold it up: the caller may be that loop."""
+        soon as the association thread is not stepping it. This may wait up to
+        `timeout` (the association thread finishing in Sta13 holds the lock up to
+        `_MAX_WAIT_S`), so callers on the event loop run it in a thread (control.py,
+        workers/worker.py)."""
         if self._inline_lock.acquire(timeout=timeout):
             try:
                 self.hand_over()
             finally:
                 self._inline_lock.release()
+        else:
+            log.warning("association.take_over_timeout", seconds=timeout,
+                        state=self.state_machine.current_state)
 
     def run_until_request(self, assoc: InlineAcceptor) -> None:
         """Run the reactor in the association thread until there is something for the
