@@ -54,10 +54,14 @@ async def test_c_cancel_stops_the_worklist(server: RunningServer, worklist: Work
                                            msg_id=4))
             return pending, finals, [int(s.Status) for s, _ in after]
 
-    pending, finals, after = await asyncio.to_thread(cancel_after_five)
+    with capture_logs() as logs:
+        pending, finals, after = await asyncio.to_thread(cancel_after_five)
     assert finals == [CANCEL]
     assert 5 <= pending < 400
     assert after == [PENDING, SUCCESS]
+    # Said before the 0xFE00 response: the service class never resumes the handler.
+    (cancelled,) = [e for e in logs if e["event"] == "mwl_find.cancelled"]
+    assert cancelled["sent"] == pending
 
 
 @pytest.mark.parametrize("mutate, comment", [

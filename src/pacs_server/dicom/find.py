@@ -6,7 +6,7 @@ C-CANCEL stops the iteration (and closes the database cursor) at the next result
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 import structlog
@@ -40,17 +40,21 @@ def negotiate_extended(info: bytes) -> bytes:
     return reply[:max(len(info), 1)]
 
 
-def stream_pending(event: Event, batches: Any) -> Generator[tuple[int, Any], None,
-                                                             tuple[int, bool]]:
+def stream_pending(event: Event, batches: Any,
+                   on_cancel: Callable[[int], None]) -> Generator[tuple[int, Any], None,
+                                                                  tuple[int, bool]]:
     """Yield (0xFF00, identifier) per result of `batches` (a bridge iterator of lists
     of Datasets, or of encoded identifiers);
-    after a C-CANCEL yield (0xFE00, None) instead and stop. Returns (sent, cancelled);
+    after a C-CANCEL call `on_cancel(sent)`, yield (0xFE00, None) instead and stop:
+    the service class sends that response and never resumes the generator, so
+    anything to say about the cancel is said before. Returns (sent, cancelled);
     the iterator (and the database cursor behind it) is closed either way."""
     sent = 0
     try:
         for batch in batches:
             for ds in batch:
                 if event.is_cancelled:
+                    on_cancel(sent)
                     yield CANCEL, None
                     return sent, True
                 sent += 1
@@ -92,9 +96,10 @@ def handle_find(event: Event, queries: QueryService, bridge: LoopBridge,
                            combined_datetime=combined_requested(event, sop_class))
     queries.validate(req)
     batches = bridge.iterate(answer_batches(event, queries, req))
-    sent, cancelled = yield from stream_pending(event, batches)
+    sent, cancelled = yield from stream_pending(
+        event, batches, lambda sent: log.info("c_find.cancelled", qr_level=req.level,
+                                              sent=sent))
     if cancelled:
-        log.info("c_find.cancelled", qr_level=req.level, sent=sent)
         return
     metrics.find_matches.labels(req.level).inc(sent)
     log.info("c_find.done", model=req.model, qr_level=req.level, matches=sent)

@@ -51,9 +51,9 @@ def handle_find(event: Event, worklist: WorklistService,
     implicit = encoded_implicit(event)
     found = worklist.find(query) if implicit is None else \
         worklist.find_encoded(query, implicit_vr=implicit)
-    sent, cancelled = yield from stream_pending(event, bridge.iterate(found))
+    sent, cancelled = yield from stream_pending(
+        event, bridge.iterate(found), lambda sent: log.info("mwl_find.cancelled", sent=sent))
     if cancelled:
-        log.info("mwl_find.cancelled", sent=sent)
         return
     log.info("mwl_find.done", matches=sent)
     yield SUCCESS, None
