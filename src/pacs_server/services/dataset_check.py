@@ -95,10 +95,12 @@ _NATIVE: dict[str, tuple[bool, bool]] = {
 _LAYOUTS: dict[tuple[str, int, frozenset[int]], tuple[_Layout, ...]] = {}
 _SEEN: dict[tuple[str, int, frozenset[int]], None] = {}     # sizes walked once, no proof yet
 _CHANGING = threading.Lock()
-_LAYOUTS_MAX = 64
+# A proof is two integers of `span` bytes (mask, value): at most
+# 32 x 4 x 2 x 64 KiB = 16 MiB, whatever the peers send.
+_LAYOUTS_MAX = 32
 _SEEN_MAX = 1024
-_LAYOUTS_PER_SIZE = 8
-_SPAN_MAX = 256 * 1024     # a proof reads the dataset's first `span` bytes at most
+_LAYOUTS_PER_SIZE = 4
+_SPAN_MAX = 64 * 1024      # a proof reads the dataset's first `span` bytes at most
 
 
 @dataclass(frozen=True, slots=True)
