@@ -42,7 +42,7 @@ from support.scu import (
 )
 from support.server import RunningServer
 from support.worklist import CONTEXTS as MWL_CONTEXTS
-from support.worklist import MWL, add_items, item, worklist_repository
+from support.worklist import MWL, add_items, cancel_after, item, worklist_repository
 from support.worklist import query as mwl_query
 
 EVENTS = {"server.transport": "events"}
@@ -216,16 +216,7 @@ async def test_a_c_cancel_between_responses_without_the_dul_thread(
     def run() -> tuple[Association, int, list[int], list[int]]:
         with Scu().associate(srv.port, MWL_CONTEXTS) as assoc:
             server = the_server_association()
-            pending, finals = 0, []
-            for status, _ in assoc.send_c_find(mwl_query(), MWL, msg_id=3):
-                if status.Status == PENDING:
-                    pending += 1
-                    if pending == 5:
-                        assoc.send_c_cancel(3, query_model=MWL)
-                else:
-                    finals.append(int(status.Status))
-            after = [int(s.Status) for s, _ in assoc.send_c_find(
-                mwl_query(ScheduledProcedureStepID="S0001"), MWL, msg_id=4)]
+            pending, finals, after = cancel_after(assoc, 5)
         return server, pending, finals, after
 
     with capture_logs() as logs:

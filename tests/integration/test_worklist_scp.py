@@ -20,9 +20,9 @@ from support.scu import CANCEL, PENDING, SUCCESS, Scu
 from support.server import RunningServer
 from support.worklist import (
     CONTEXTS,
-    MWL,
     accessions,
     add_items,
+    cancel_after,
     finished_days_ago,
     item,
     query,
@@ -42,17 +42,7 @@ async def test_c_cancel_stops_the_worklist(server: RunningServer, worklist: Work
 
     def cancel_after_five() -> tuple[int, list[int], list[int]]:
         with scu.associate(server.port, CONTEXTS) as assoc:
-            pending, finals = 0, []
-            for status, _ in assoc.send_c_find(query(), MWL, msg_id=3):
-                if status.Status == PENDING:
-                    pending += 1
-                    if pending == 5:
-                        assoc.send_c_cancel(3, query_model=MWL)
-                else:
-                    finals.append(int(status.Status))
-            after = list(assoc.send_c_find(query(ScheduledProcedureStepID="S0001"), MWL,
-                                           msg_id=4))
-            return pending, finals, [int(s.Status) for s, _ in after]
+            return cancel_after(assoc, 5)
 
     with capture_logs() as logs:
         pending, finals, after = await asyncio.to_thread(cancel_after_five)

@@ -60,6 +60,23 @@ def query(**step: str) -> Dataset:
     return ds
 
 
+def cancel_after(assoc: Any, count: int) -> tuple[int, list[int], list[int]]:
+    """A worklist C-FIND (message 3) cancelled after `count` pending responses, then a
+    C-FIND for step S0001 (message 4) on the same association: (pending responses
+    before the end, final statuses, statuses of the second C-FIND)."""
+    pending, finals = 0, []
+    for status, _ in assoc.send_c_find(query(), MWL, msg_id=3):
+        if status.Status == PENDING:
+            pending += 1
+            if pending == count:
+                assoc.send_c_cancel(3, query_model=MWL)
+        else:
+            finals.append(int(status.Status))
+    after = [int(s.Status) for s, _ in assoc.send_c_find(
+        query(ScheduledProcedureStepID="S0001"), MWL, msg_id=4)]
+    return pending, finals, after
+
+
 def combined_datetime() -> SOPClassExtendedNegotiation:
     """The extended negotiation item asking for combined date-time matching (K.4.1.3.1)."""
     ext = SOPClassExtendedNegotiation()
