@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -107,10 +108,24 @@ class RunningServer:
                 assert self._app.port
                 self.port = int(self._app.port)
                 wait_until_responds(self.port, called=self.cfg.server.ae_title)
+                self._wait_closed()
         except BaseException:
             self.stop()      # a server that failed to start leaves no loop thread behind
             raise
         return self
+
+    def _wait_closed(self, timeout: float = 10.0) -> None:
+        """Until every accepted association (the readiness probe's) has closed and logged
+        it, so a test's log capture starts with none of the probe's lines."""
+        dicom = self._app.dicom
+        assert dicom is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            t = dicom.tracker.totals()
+            if t["accepted"] <= t["released"] + t["aborted"]:
+                return
+            time.sleep(0.002)
+        raise TimeoutError("the readiness probe's association did not close")
 
     def reload(self) -> bool:
         """SIGHUP's work (PacsApp.reload), on the server's loop as a signal handler runs."""

@@ -282,19 +282,19 @@ class AssociationTracker:
         if rec.outcome != "released":
             discard_partial_receive(event.assoc)
         if rec.accepted:
+            duration_ms = round((time.monotonic() - rec.started) * 1000, 1)
+            # Logged before the totals count it: whoever sees the count has the line too.
+            log.info("association.closed", assoc=rec.id, peer=rec.peer, calling_ae=rec.calling_ae,
+                     called_ae=rec.called_ae, outcome=rec.outcome, operations=rec.operations,
+                     failures=rec.failures, bytes=rec.bytes_in, duration_ms=duration_ms)
             with self._lock:
                 if rec.outcome in ("released", "aborted"):
                     self._totals[rec.outcome] += 1
             self._emit("release" if rec.outcome == "released" else "abort", rec,
                        outcome=rec.outcome, operations=dict(rec.operations),
-                       bytes=rec.bytes_in,
-                       duration_ms=round((time.monotonic() - rec.started) * 1000, 1))
+                       bytes=rec.bytes_in, duration_ms=duration_ms)
             self._metrics.associations_active.dec()
             self._metrics.associations.labels(rec.outcome).inc()
-            log.info("association.closed", assoc=rec.id, peer=rec.peer, calling_ae=rec.calling_ae,
-                     called_ae=rec.called_ae, outcome=rec.outcome, operations=rec.operations,
-                     failures=rec.failures, bytes=rec.bytes_in,
-                     duration_ms=round((time.monotonic() - rec.started) * 1000, 1))
 
 
 def _ending(assoc: Any) -> str | None:
