@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from pynetdicom import AE, _config, evt
 from pynetdicom._globals import MODE_ACCEPTOR
-from pynetdicom.association import Association
+from pynetdicom.association import Association, ServiceUser
 from pynetdicom.dimse_messages import C_ECHO_RQ
 from pynetdicom.dimse_primitives import C_ECHO
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
-from pacs_server.dicom.acceptor import copy_handlers, echo_request, handler_table
+from pacs_server.dicom.acceptor import copy_handlers, echo_request, handler_table, service_user
 from support.dimse import upstream_decode
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -103,3 +104,38 @@ def test_handler_table_is_what_binding_leaves(level: str,
     mine = copy_handlers(table)
     mine[evt.EVT_CONN_OPEN].append((on_echo, None))
     assert table[evt.EVT_CONN_OPEN] == [(on_open, None)]
+
+
+@pytest.mark.parametrize("mode", ["requestor", "acceptor"])
+def test_service_user_is_what_upstream_builds(mode: str) -> None:
+    """service_user's copy equals `ServiceUser(assoc, mode)` field by field, and shares
+    no container with the template or another association's user."""
+    ae = AE()
+    assoc = Association(ae, MODE_ACCEPTOR)
+    first = service_user(assoc, mode)
+    second = service_user(assoc, mode)
+    upstream = ServiceUser(assoc, mode)
+    for user in (first, second):
+        assert vars(user).keys() == vars(upstream).keys()
+        for name, value in vars(upstream).items():
+            got = vars(user)[name]
+            if name == "_user_info":
+                assert [(type(i), vars(i)) for i in got] == [(type(i), vars(i)) for i in value]
+            else:
+                assert got == value or got is value, name
+        assert user.implementation_class_uid == ae.implementation_class_uid
+    first.maximum_length = 1234
+    first.add_negotiation_item(SCP_SCU_RoleSelectionNegotiation())
+    assert second.maximum_length == upstream.maximum_length != 1234
+    assert second.extended_negotiation == [] and first.extended_negotiation != []
+    first.assoc = None   # a copy of its own: the next one still gets its association
+    assert service_user(assoc, mode).assoc is assoc
+
+
+def test_service_user_follows_the_implementation_class_uid() -> None:
+    ae = AE()
+    ae.implementation_class_uid = "1.2.826.0.1.3680043.9.9999.1"
+    assoc = Association(ae, MODE_ACCEPTOR)
+    assert service_user(assoc, "acceptor").implementation_class_uid.endswith(".9999.1")
+    ae.implementation_class_uid = "1.2.826.0.1.3680043.9.9999.2"
+    assert service_user(assoc, "acceptor").implementation_class_uid.endswith(".9999.2")

@@ -68,6 +68,7 @@ from pacs_server.dicom.reactor import (
     WakingQueue,
 )
 from pacs_server.dicom.store_send import raw_receive_allowed
+from pacs_server.dicom.waiting import LightEvent
 
 Handlers = dict[Any, Any]
 
@@ -106,6 +107,39 @@ def copy_handlers(table: Handlers) -> Handlers:
     return {event: list(h) if isinstance(h, list) else h for event, h in table.items()}
 
 
+# One ServiceUser per (mode, Implementation Class UID), built by upstream's __init__
+# and copied for each association: the UID setter validates the UID (pydicom's regex,
+# twice) for every one, 17 µs of a pair's 34 (docs/performance.md).
+_service_users: dict[tuple[str, str], ServiceUser] = {}
+
+
+def service_user(assoc: Any, mode: str) -> ServiceUser:
+    """`ServiceUser(assoc, mode)`, copied from one built for the same mode and AE's
+    Implementation Class UID: every container of its own, the user information items
+    (maximum length, implementation class UID) copies of the template's."""
+    uid = assoc.ae.implementation_class_uid
+    template = _service_users.get((mode, uid))
+    if template is None:
+        template = ServiceUser(assoc, mode)
+        template.assoc = None  # type: ignore[assignment]  # keeps no association alive
+        _service_users[(mode, uid)] = template
+    user = object.__new__(ServiceUser)
+    fields = dict(template.__dict__)
+    fields["assoc"] = assoc
+    fields["_contexts"] = []
+    fields["_user_info"] = [_copied(item) for item in template._user_info]
+    fields["_ext_neg"] = {kind: [] for kind in template._ext_neg}
+    fields["_common_ext"] = {}
+    user.__dict__.update(fields)
+    return user
+
+
+def _copied(item: Any) -> Any:
+    new = object.__new__(type(item))
+    new.__dict__.update(item.__dict__)
+    return new
+
+
 def init_event_association(assoc: EventReactors, ae: Any, handlers: Handlers,
                            send_queue: Callable[..., WakingQueue],
                            state_machine: type) -> None:
@@ -124,8 +158,8 @@ def init_event_association(assoc: EventReactors, ae: Any, handlers: Handlers,
     assoc.mode = MODE_ACCEPTOR
     if not own_thread:
         assoc._server = None
-    assoc.requestor = ServiceUser(assoc, MODE_REQUESTOR)
-    assoc.acceptor = ServiceUser(assoc, MODE_ACCEPTOR)
+    assoc.requestor = service_user(assoc, MODE_REQUESTOR)
+    assoc.acceptor = service_user(assoc, MODE_ACCEPTOR)
     assoc.is_established = False
     assoc.is_rejected = False
     assoc.is_aborted = False
@@ -135,13 +169,12 @@ def init_event_association(assoc: EventReactors, ae: Any, handlers: Handlers,
     assoc._accepted_cx = {}
     assoc._rejected_cx = []
     # install_event_reactors' pieces, needed by the DUL and the DIMSE queue below.
-    assoc._wake = threading.Event()
+    assoc._wake = LightEvent()
     assoc._pause = threading.Condition()
     assoc.acse = ACSE(assoc)
     dul = InlineDUL(assoc, assoc._wake.set, send_queue, state_machine)
     assoc.dul = dul
-    dimse = ResponseDIMSE(assoc)
-    dimse.msg_queue = WakingQueue(assoc._wake.set)
+    dimse = ResponseDIMSE(assoc, WakingQueue(assoc._wake.set))
     assoc.dimse = dimse
     # Upstream's timeout setters (acse_timeout also sets the ARTIM timer's).
     assoc.acse_timeout = ae.acse_timeout
@@ -152,8 +185,8 @@ def init_event_association(assoc: EventReactors, ae: Any, handlers: Handlers,
     assoc._handlers = copy_handlers(handlers)
     assoc._kill = False
     assoc._started_dul = False
-    assoc._dul_ready = threading.Event()
-    assoc._reactor_checkpoint = threading.Event()
+    assoc._dul_ready = LightEvent()
+    assoc._reactor_checkpoint = LightEvent()
     assoc._reactor_checkpoint.set()
     assoc._is_paused = False
     assoc._timer_resolution = _config.WINDOWS_TIMER_RESOLUTION

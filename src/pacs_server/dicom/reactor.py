@@ -52,6 +52,7 @@ from pynetdicom.utils import make_target
 from pacs_server.dicom.closing import AwaitingCloseDUL
 from pacs_server.dicom.negotiation import ByProposal, encode_accept
 from pacs_server.dicom.receive import read_pdata
+from pacs_server.dicom.waiting import LightEvent, LightQueue
 
 # Longest a reactor blocks without looking again, even with nothing to wait for: a
 # safety net for a wake-up that no put() announces (none is known), not a poll.
@@ -105,7 +106,7 @@ class Wakeup:
             pass
 
 
-class WakingQueue(queue.Queue[Any]):
+class WakingQueue(LightQueue):
     """A Queue that calls `on_put` (under its mutex, so cheaply) after every put."""
 
     def __init__(self, on_put: Callable[[], None] | None = None) -> None:
@@ -196,7 +197,7 @@ class EventDUL(AwaitingCloseDUL):
         self.to_provider_queue = (WakingQueue(self._wake_reactor) if send_queue is None
                                   else send_queue(self, on_put=self._wake_reactor))
         self.to_user_queue = WakingQueue(wake_assoc)
-        self._recv_pdu = queue.Queue()
+        self._recv_pdu = LightQueue()
         self._idle_timer = Timer(60)
         self.artim_timer = Timer(30)
         self.state_machine = (state_machine or StateMachine)(self)
@@ -206,7 +207,7 @@ class EventDUL(AwaitingCloseDUL):
         self._kill_thread = False
         self._changed = threading.Condition()
         # Cleared while the association's thread runs the set-up (`read_request`).
-        self._handed_over = threading.Event()
+        self._handed_over = LightEvent()
         self._handed_over.set()
 
     def _wake_reactor(self) -> None:
@@ -497,6 +498,14 @@ def pdv_fragments(data: bytes, context_id: int, max_pdu: int, more: bytes,
 
 class ResponseDIMSE(DIMSEServiceProvider):
     """The DIMSE provider of the event-driven transport: responses encoded directly."""
+
+    def __init__(self, assoc: Association, msg_queue: queue.Queue[Any] | None = None) -> None:
+        """Upstream's `DIMSEServiceProvider.__init__`, given its (waking) message queue
+        instead of building one to be replaced."""
+        self._assoc = assoc
+        self.cancel_req = {}
+        self.message = None
+        self.msg_queue = LightQueue() if msg_queue is None else msg_queue
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         """Send C-ECHO/C-STORE/C-FIND/C-GET/C-MOVE responses without building a message.
