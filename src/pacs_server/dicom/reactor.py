@@ -570,7 +570,7 @@ class EventReactors(Association):
         old = self.dul
         if old.is_alive() or getattr(self, "_started_dul", False):
             raise RuntimeError("the DUL thread already runs")
-        self._wake = threading.Event()
+        self._wake = LightEvent()
         self._pause = threading.Condition()
         new = EventDUL(self, self._wake.set, state_machine=type(old.state_machine))
         new.socket = old.socket
