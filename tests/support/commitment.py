@@ -80,7 +80,7 @@ def requester_association(port: int, reports: Reports | None = None) -> Associat
     queue, and here the reactor must read the N-EVENT-REPORT requests the server sends.
     """
     ae = Scu(REQUESTER).ae([(PUSH_MODEL, SYNTAXES)])
-    handlers = [(evt.EVT_CONN_OPEN, nodelay)]
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, nodelay)]
     if reports:
         handlers.append((evt.EVT_N_EVENT_REPORT, reports.handler("same")))
     assoc = ae.associate("127.0.0.1", port, ae_title=SERVER_AE, evt_handlers=handlers)

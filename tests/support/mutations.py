@@ -42,7 +42,7 @@ KINDS = (
     "pixel_length", "undefined_length", "wrong_syntax",
 )
 _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT", "SV", "UV"}
-_WRONG = {
+_WRONG: dict[str, tuple[str, ...]] = {
     ImplicitVRLittleEndian: (ExplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit),
     ExplicitVRLittleEndian: (ImplicitVRLittleEndian, ExplicitVRBigEndian, JPEGBaseline8Bit),
     ExplicitVRBigEndian: (ExplicitVRLittleEndian, ImplicitVRLittleEndian),

@@ -103,6 +103,7 @@ def echo_from(source: str, port: int, calling: str = SCU_AE) -> str:
     outcome, assoc = _echo(port, calling, bind_address=(source, 0))
     if outcome == "rejected":
         rsp = assoc.acceptor.primitive
+        assert rsp is not None
         return f"rejected {rsp.result}/{rsp.result_source}/{rsp.diagnostic}"
     return outcome
 

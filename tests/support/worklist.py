@@ -147,7 +147,7 @@ def write_wl(ds: Dataset, path: Path, charset: Any = None) -> Path:
         ds.SpecificCharacterSet = "ISO_IR 192"
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = MWL_STORAGE
+    ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID(MWL_STORAGE)
     ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path
