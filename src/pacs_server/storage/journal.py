@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 import uuid
 from pathlib import Path, PurePosixPath
 
-from pacs_server.storage.fsops import fsync_dir, storage_errors, subdirs, unlink_quietly
+from pacs_server.storage.fsops import GroupFsync, storage_errors, subdirs, unlink_quietly
 
 
 class PlacementJournal:
@@ -28,10 +27,7 @@ class PlacementJournal:
         self.root = root
         self.directory = root / identity if identity else root
         self._fsync = fsync
-        self._cond = threading.Condition()
-        self._written = 0          # intents created (counted after the symlink exists)
-        self._synced = 0           # intents known to be durable
-        self._syncing = False
+        self._syncs = GroupFsync()
 
     def open(self, rel: PurePosixPath) -> Path:
         """Announce that `rel` is about to be placed; durable when this returns.
@@ -43,7 +39,7 @@ class PlacementJournal:
         with storage_errors():
             os.symlink(str(rel), intent)
             if self._fsync:
-                self._sync()
+                self._syncs.sync(self.directory)
         return intent
 
     def close(self, intent: Path | None) -> None:
@@ -109,28 +105,6 @@ class PlacementJournal:
         except OSError:
             return False
 
-    def _sync(self) -> None:
-        with self._cond:
-            self._written += 1
-            mine = self._written
-            while self._synced < mine:
-                if not self._syncing:
-                    self._syncing = True
-                    target = self._written
-                    break
-                self._cond.wait()
-            else:
-                return
-        done = False
-        try:
-            fsync_dir(self.directory)
-            done = True
-        finally:
-            with self._cond:
-                self._syncing = False
-                if done:
-                    self._synced = max(self._synced, target)
-                self._cond.notify_all()
 
 
 class PathClaims:
