@@ -49,10 +49,10 @@ class GroupFsync:
     which covers every thread that arrived meanwhile.
 
     The placement journal's (storage/journal.py). Tried for the placement directories
-    too (four associations sending one series): slower, 200 -> 172 instances/s and 4.81
-    -> 5.38 ms of CPU per instance (docs/performance.md, 2026-12-02 afternoon): the
-    kernel's journal already commits concurrent fsyncs together, and the waiting here
-    serialised them.
+    too (four associations sending one series): no gain measured, 200 -> 172 instances/s
+    and 4.81 -> 5.38 ms of CPU per instance over three pairs whose runs spread by ±1 ms
+    (docs/performance.md, 2026-12-02 afternoon); the kernel's journal already commits
+    concurrent fsyncs together.
     """
 
     def __init__(self) -> None:
