@@ -14,6 +14,7 @@ from typing import Any
 
 from pacs_server.config import Config
 from pacs_server.dicom.closing import STA13_ARTIM_S
+from support.http import TOKEN, base_url, http_call, http_get
 from support.polling import wait_until
 from support.scu import Scu
 from support.security import (
@@ -175,3 +176,37 @@ async def test_a_stop_closes_a_held_rejected_connection(
         await asyncio.to_thread(app.stop)
         assert time.monotonic() - started < 10
         assert await asyncio.to_thread(read_pdu, sock) == b""
+
+
+async def test_an_admin_disconnect_of_a_peer_that_never_closes_leaves_the_loop_free(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    """The A-ABORT is sent and the server then waits (Sta13, bounded) for a peer that
+    never closes; the admin API's handler runs on the event loop, so that wait must be
+    off it: the HTTP side keeps answering meanwhile."""
+    app = await start_server(make_cfg({"monitoring.metrics_port": 0, "admin.token": TOKEN}))
+    base = base_url(app)
+    sock = await asyncio.to_thread(connect_from, "127.0.0.1", app.port, 10.0)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(associate_rq())
+        assert (await asyncio.to_thread(read_pdu, sock))[:1] == b"\x02"   # A-ASSOCIATE-AC
+        status, live = await http_get(base, "/api/associations", token=TOKEN)
+        assert status == 200
+        (entry,) = live["associations"]
+        started = time.monotonic()
+        disconnect = asyncio.create_task(
+            http_call(base, "DELETE", f"/api/associations/{entry['id']}"))
+        slowest = 0.0
+        while not disconnect.done():
+            asked = time.monotonic()
+            assert await http_get(base, "/healthz") == (200, "ok\n")
+            slowest = max(slowest, time.monotonic() - asked)
+            await asyncio.sleep(0.02)
+        status, body = await disconnect
+        took = time.monotonic() - started
+        assert status == 200, body
+        assert (await asyncio.to_thread(read_pdu, sock))[:1] == b"\x07"   # A-ABORT
+        assert slowest < 0.5, f"/healthz waited {slowest:.2f} s during the disconnect"
+        assert took < STA13_ARTIM_S + 2.0, took
+    finally:
+        sock.close()
