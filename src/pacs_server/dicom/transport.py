@@ -288,8 +288,11 @@ class PolicyACSE(ACSE):
         assoc.pending.done()
         if refusal is not None:
             assoc.refusal = refusal         # the tracker reports its reason
-            self.send_reject(*refusal.rjt)
+            # Counted and logged before the A-ASSOCIATE-RJ goes out (upstream: after),
+            # so a peer that has its answer finds the rejection counted: the tracker
+            # reads the refusal, not the RJ primitive.
             evt.trigger(assoc, evt.EVT_REJECTED, {})
+            self.send_reject(*refusal.rjt)
             assoc.kill()
             return
         assoc.admitted = True
