@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
+from pynetdicom import evt
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -22,9 +24,13 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import StoragePresentationContexts, build_context
 
-from pacs_server.config import Config
+from pacs_server.config import Config, load_config
+from pacs_server.dicom import echo, runtime
+from pacs_server.dicom.server import DicomServer
+from pacs_server.metrics import Metrics
 from support.config import SERVER_AE
 from support.polling import wait_until
+from support.scu import Scu
 from support.security import association_threads, echo_rq_pdata, read_pdu
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -162,3 +168,36 @@ async def test_stop_during_set_up_aborts_the_connection(
         assert answer[:1] in (b"", b"\x07"), answer[:10].hex()
     await asyncio.to_thread(wait_until, lambda: association_threads() == 0, 10.0,
                             "no association thread left")
+
+
+def test_a_handler_bound_on_the_running_server_reaches_later_associations(
+        tmp_path: Path) -> None:
+    """Associations start from a handler table built at the first one
+    (dicom/acceptor.py): a handler bound or unbound on the server afterwards, through
+    pynetdicom's own `bind()` / `unbind()`, must reach the next association."""
+    runtime.configure_libraries()
+    cfg = load_config(None, {"server.port": 0, "server.host": "127.0.0.1",
+                             "logging.file": "", "monitoring.metrics_port": -1})
+    server = DicomServer(cfg.server, cfg.access_control, [echo.service()],
+                         Metrics(CollectorRegistry()), str(tmp_path))
+    server.start()
+    try:
+        assert server.port is not None
+        scu = Scu()
+        assert scu.echo(server.port) == 0          # the handler table is in use from here
+        seen: list[int] = []
+
+        def bound(event: Any) -> int:
+            seen.append(event.assoc.native_id or 0)
+            return 0x0000
+
+        (listener,) = server.servers()
+        listener.bind(evt.EVT_C_ECHO, bound)
+        assert scu.echo(server.port) == 0
+        assert len(seen) == 1
+        listener.unbind(evt.EVT_C_ECHO, bound)
+        assert scu.echo(server.port) == 0
+        assert len(seen) == 1
+    finally:
+        server.stop_accepting()
+        server.drain(1.0)

@@ -145,6 +145,10 @@ PINNED: dict[str, tuple[Any, str]] = {
     # dicom/acceptor.py: init_event_association sets what these two set, and
     # handler_table binds what _bind_defaults and bind() would (events._add_handler).
     "Association.__init__": (Association.__init__, "eb07516b8009ad8f"),
+    # dicom/connection.py: the server's bind()/unbind() are upstream's, then the
+    # handler table of new associations is built again.
+    "AssociationServer.bind": (AssociationServer.bind, "c174a2d70c883a43"),
+    "AssociationServer.unbind": (AssociationServer.unbind, "12fba1dd07d6d7d1"),
     "Association._bind_defaults": (Association._bind_defaults, "4cada43c3a193724"),
     "Association.bind": (Association.bind, "91eec59479017e5e"),
     "events._add_handler": (events._add_handler, "c6ef805629ffd887"),

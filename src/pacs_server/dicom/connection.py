@@ -284,10 +284,27 @@ class PacsAssociationServer(ThreadedAssociationServer):
 
     def handler_table(self) -> Handlers:
         """The handlers every association starts with (dicom/acceptor.py), built at
-        the first association: the server's handlers are bound before it serves."""
+        the first association and again after a `bind()` or `unbind()`."""
         if self._handler_table is None:
             self._handler_table = handler_table(self._handlers)  # type: ignore[arg-type]
         return self._handler_table
+
+    def bind(self, event: Any, handler: Callable[..., Any],
+             args: list[Any] | None = None) -> None:
+        """Upstream's, then the handler table of new associations built again.
+
+        Upstream binds the handler on the running associations and in `_handlers`,
+        which each new association binds again; ours start from `handler_table()`, made
+        from `_handlers` once: without this a handler bound once the server had served
+        an association never reached a later one.
+        """
+        super().bind(event, handler, args)
+        self._handler_table = None
+
+    def unbind(self, event: Any, handler: Callable[..., Any]) -> None:
+        """Upstream's, then the handler table of new associations built again (`bind`)."""
+        super().unbind(event, handler)
+        self._handler_table = None
 
     _GC_INTERVAL_S = 10.0
     _last_gc = 0.0
