@@ -204,6 +204,7 @@ class PacsServer(Server):
         self.workers = workers
         self.log_level = "warning"
         self.duplicate_policy = "reject"     # "replace": the same set may be sent again
+        self.database_url: str | None = None  # PostgreSQL (store_ab.py --postgres)
         if workers != "1":
             self.name = f"pacs_server-w{workers}"
 
@@ -213,8 +214,9 @@ class PacsServer(Server):
                        "workers": self.workers},
             "storage": {"directory": str(self.workdir / "archive"), "fsync": self.fsync,
                         "duplicate_policy": self.duplicate_policy},
-            "database": {"path": str(self.workdir / "index.db"),
-                         "synchronous": self.synchronous},
+            "database": ({"url": self.database_url} if self.database_url else
+                         {"path": str(self.workdir / "index.db"),
+                          "synchronous": self.synchronous}),
             "logging": {"level": self.log_level, "file": ""},
             "monitoring": {"metrics_port": -1},
         }
@@ -245,6 +247,8 @@ class PacsServer(Server):
         return self
 
     def count(self) -> int:
+        if self.database_url:
+            return _pg_count(self.database_url)
         db = self.workdir / "index.db"
         try:
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
@@ -304,6 +308,21 @@ class StorescpServer(Server):
 
     def count(self) -> int:
         return count_files(self.workdir / "received")
+
+
+def _pg_count(url: str) -> int:
+    import asyncio
+
+    import asyncpg
+
+    async def count() -> int:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM instances"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(count())
 
 
 def count_files(root: Path, skip: str | None = None) -> int:

@@ -3,9 +3,11 @@
 
     .venv/bin/python scripts/bench/store_ab.py --a /tmp/base/src [--b src] [--pairs 4]
         [--associations 1|4] [--workers 1|2|auto] [--count 1000] [--series-per-study 50]
+        [--postgres]
     .venv/bin/python scripts/bench/store_ab.py --a /tmp/base/src --each --count 200
 
-Each pair starts a fresh server (SQLite, durable defaults) from tree A and one from tree
+Each pair starts a fresh server (SQLite, durable defaults; with `--postgres` a fresh
+database on a throw-away PostgreSQL server) from tree A and one from tree
 B, in alternating order (AB, BA, AB...), and sends the small set over 1 storescu
 association (or 4 at once; or, with `--each`, one storescu process and association per
 instance, one after the other, as run.py's "one association each"). The tree is chosen
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -58,6 +61,16 @@ def once(srv: PacsServer, dirs: list[Path], expected: int,
         srv.cleanup()
 
 
+def postgres_cluster() -> Any:
+    """A throw-away PostgreSQL server (the tests' own, tests/support/postgres.py)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from support.postgres import PostgresCluster, _postgres_bindir
+    bindir = _postgres_bindir()
+    if bindir is None:
+        raise SystemExit("store_ab.py --postgres: PostgreSQL server binaries not found")
+    return PostgresCluster(bindir)
+
+
 def store_each(srv: PacsServer, files: list[Path]) -> clients.Timed:
     """One storescu run (one association) per file; the first failure, or the total."""
     started = time.perf_counter()
@@ -82,6 +95,9 @@ def main() -> int:
     p.add_argument("--data-dir", default="/tmp/pacs-bench-data")
     p.add_argument("--each", action="store_true",
                    help="one storescu process and association per instance")
+    p.add_argument("--postgres", action="store_true",
+                   help="the index on a throw-away PostgreSQL server (a fresh database "
+                        "per run) instead of SQLite")
     a = p.parse_args()
     if a.transport:
         import servers
@@ -91,18 +107,25 @@ def main() -> int:
     dirs = [root] if a.associations == 1 else sorted(root.glob("part*"))
     trees = {"A": a.a, "B": a.b}
     rows: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": []}
-    with tempfile.TemporaryDirectory(prefix="pacs-ab-") as work:
-        for pair in range(a.pairs):
-            for name in ("AB" if pair % 2 == 0 else "BA"):
-                srv = PacsServer(Path(work) / f"{name}{pair}", workers=a.workers)
-                srv.env = {"PYTHONPATH": trees[name]}
-                rate, cpu, load = once(srv, dirs, m.files, a.each)
-                rows[name].append((rate, cpu, load))
-                print(f"pair {pair} {name}: {rate:6.1f}/s  {cpu:5.2f} ms CPU/instance  "
-                      f"load {load:.1f}", flush=True)
+    cluster = postgres_cluster() if a.postgres else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="pacs-ab-") as work:
+            for pair in range(a.pairs):
+                for name in ("AB" if pair % 2 == 0 else "BA"):
+                    srv = PacsServer(Path(work) / f"{name}{pair}", workers=a.workers)
+                    srv.env = {"PYTHONPATH": trees[name]}
+                    if cluster is not None:
+                        srv.database_url = cluster.create_database()
+                    rate, cpu, load = once(srv, dirs, m.files, a.each)
+                    rows[name].append((rate, cpu, load))
+                    print(f"pair {pair} {name}: {rate:6.1f}/s  {cpu:5.2f} ms CPU/instance "
+                          f" load {load:.1f}", flush=True)
+    finally:
+        if cluster is not None:
+            cluster.stop()
     how = "one association each" if a.each else f"{a.associations} association(s)"
     print(f"\n{m.files} small instances, {how}, workers "
-          f"{a.workers}; A = {a.a}, B = {a.b}\n")
+          f"{a.workers}, {'PostgreSQL' if a.postgres else 'SQLite'}; A = {a.a}, B = {a.b}\n")
     print("| version | CPU ms/instance (median) | runs | instances/s (median) | load |")
     print("| --- | --- | --- | --- | --- |")
     for name, got in rows.items():
