@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
-import time
 import warnings
 from collections.abc import Coroutine
 from concurrent.futures import Future
@@ -23,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from pacs_server.app import PacsApp
 from pacs_server.config import Config
 from pacs_server.metrics import Metrics
+from support.polling import wait_until
 from support.scu import wait_until_responds
 
 _running: set[RunningServer] = set()
@@ -119,13 +119,12 @@ class RunningServer:
         it, so a test's log capture starts with none of the probe's lines."""
         dicom = self._app.dicom
         assert dicom is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def closed() -> bool:
             t = dicom.tracker.totals()
-            if t["accepted"] <= t["released"] + t["aborted"]:
-                return
-            time.sleep(0.002)
-        raise TimeoutError("the readiness probe's association did not close")
+            return t["accepted"] <= t["released"] + t["aborted"]
+
+        wait_until(closed, timeout, "the readiness probe's association to close")
 
     def reload(self) -> bool:
         """SIGHUP's work (PacsApp.reload), on the server's loop as a signal handler runs."""
