@@ -499,13 +499,13 @@ def pdv_fragments(data: bytes, context_id: int, max_pdu: int, more: bytes,
 class ResponseDIMSE(DIMSEServiceProvider):
     """The DIMSE provider of the event-driven transport: responses encoded directly."""
 
-    def __init__(self, assoc: Association, msg_queue: queue.Queue[Any] | None = None) -> None:
+    def __init__(self, assoc: Association, msg_queue: queue.Queue[Any]) -> None:
         """Upstream's `DIMSEServiceProvider.__init__`, given its (waking) message queue
         instead of building one to be replaced."""
         self._assoc = assoc
         self.cancel_req = {}
         self.message = None
-        self.msg_queue = LightQueue() if msg_queue is None else msg_queue
+        self.msg_queue = msg_queue
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         """Send C-ECHO/C-STORE/C-FIND/C-GET/C-MOVE responses without building a message.
