@@ -84,12 +84,6 @@ class GroupFsync:
                     self._synced = max(self._synced, target)
                 self._cond.notify_all()
 
-    @property
-    def idle(self) -> bool:
-        """No fsync running or waited for."""
-        with self._cond:
-            return not self._syncing and self._synced >= self._asked
-
 
 def unlink_quietly(path: Path) -> None:
     try:
