@@ -364,6 +364,7 @@ class InlineAcceptor(EventReactors):
         finally:
             if dul._inline:
                 dul.finish_inline()
+            self.wait_dul_done()        # finish_inline may have handed over
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         """Serve a C-ECHO, C-STORE or C-FIND in this thread, with the DUL run inline;

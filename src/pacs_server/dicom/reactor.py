@@ -650,6 +650,21 @@ class EventReactors(Association):
                 timeout = _MAX_WAIT_S if timer.timeout is None else \
                     min(_MAX_WAIT_S, max(0.0, timer.remaining))
                 self._wake.wait(timeout)
+        self.wait_dul_done()
+
+    def wait_dul_done(self) -> None:
+        """Once the loop has ended on another thread's `kill()` (an abort): wait, as
+        that `kill()` does, until the DUL's thread has sent what is queued and the
+        connection is closed (Sta1) or the thread has ended.
+
+        Upstream's `run_reactor` shuts the socket down as soon as this loop returns:
+        an A-ABORT queued by `abort()` from another thread was lost when the DUL's
+        thread had not sent it yet (the peer saw the connection closed, 1 in ~150
+        aborts here). After this thread's own `kill()` the DUL has already stopped.
+        """
+        dul = cast(EventDUL, self.dul)
+        while dul.is_alive() and dul.state_machine.current_state != "Sta1":
+            dul.wait_changed(_MAX_WAIT_S)
 
     def _reactor_step(self) -> bool:
         """One pass of upstream's loop body; True when the association has ended."""
