@@ -110,8 +110,9 @@ def one_association(port: int, rq: bytes, echo: bytes) -> list[float]:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     t1 = time.perf_counter()
     sock.sendall(rq)
-    if read_pdu(sock) != 0x02:
-        raise RuntimeError("association not accepted")
+    kind = read_pdu(sock)
+    if kind != 0x02:
+        raise RuntimeError(f"association not accepted: PDU type 0x{kind:02X}")
     t2 = time.perf_counter()
     sock.sendall(echo)
     if read_pdu(sock) != 0x04:
@@ -199,6 +200,7 @@ def main() -> int:
                         "each in turn (nothing else is measured)")
     a = p.parse_args()
     servers.TRANSPORT = a.transport
+    PacsServer.rate_limited = False     # more than 1200 associations a minute from one AE
     if a.pacs_bin:
         servers.PACS_BIN = Path(a.pacs_bin).resolve()
     results: dict[str, list[float]] = {}

@@ -195,6 +195,9 @@ class PacsServer(Server):
     name = "pacs_server"
     ae = "PACS"
     supports_qr = True
+    # False: no per-AE/per-address association rate limits (limits.*_per_minute_*),
+    # for a benchmark whose point is thousands of associations a minute from one AE.
+    rate_limited = True
 
     def __init__(self, workdir: Path, move_dest: tuple[str, int] | None = None,
                  fsync: bool = True, synchronous: str = "full", workers: str = "1") -> None:
@@ -222,6 +225,9 @@ class PacsServer(Server):
         }
         if TRANSPORT is not None:
             cfg["server"]["transport"] = TRANSPORT
+        if not self.rate_limited:
+            cfg["limits"] = {"associations_per_minute_per_ae": 0,
+                             "associations_per_minute_per_address": 0}
         if self.move_dest is not None:
             cfg["peers"] = [{"ae_title": self.move_dest[0], "host": HOST,
                              "port": self.move_dest[1]}]
