@@ -122,6 +122,31 @@ async def test_rq_sent_one_byte_at_a_time_is_cut_off(
     assert took < 3.0, f"server kept reading a dripping PDU for {took:.1f} s"
 
 
+async def test_p_data_sent_one_byte_at_a_time_is_cut_off(
+        start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
+    """The same once associated: a P-DATA-TF whose bytes trickle in, each well inside
+    the idle timeout, is cut off when the whole PDU has not arrived within it."""
+    app: RunningServer = await start_server(make_cfg({"server.idle_timeout": 1.0}))
+    assert app.port
+    pdata = echo_rq_pdata()
+
+    def drip() -> float:
+        sock = associated(app.port or 0)
+        started = time.monotonic()
+        try:
+            for byte in pdata * 20:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.05)
+        except OSError:
+            return time.monotonic() - started
+        finally:
+            sock.close()
+        return time.monotonic() - started
+
+    took = await asyncio.to_thread(drip)
+    assert took < 3.0, f"server kept reading a dripping PDU for {took:.1f} s"
+
+
 async def test_declared_pdu_length_over_the_limit_is_aborted_before_reading(
         server: RunningServer) -> None:
     assert server.port

@@ -47,7 +47,8 @@ def discard_unread(sock: socket.socket) -> None:
     """Read and drop what `sock` has received and nobody read, without waiting."""
     taken = 0
     try:
-        sock.settimeout(0.0)    # with a timeout, recv would first wait for data that long
+        if sock.gettimeout() != 0.0:
+            sock.settimeout(0.0)    # with a timeout, recv would first wait for data that long
         while taken < _DISCARD_LIMIT:
             # socket.socket's recv on the descriptor also for an SSLSocket: its records
             # are of no use any more, and SSLSocket.recv takes no flags.
@@ -62,7 +63,10 @@ def discard_unread(sock: socket.socket) -> None:
 def close_socket(sock: socket.socket) -> None:
     """Close `sock` after what was sent (FIN, not RST): the unread bytes dropped before
     and after the shutdown (SHUT_RDWR also wakes a thread blocked reading it), then
-    closed."""
+    closed. Once closed, nothing (its fd is -1: each call would be system calls
+    failing with EBADF, and the association's end closes it up to four times)."""
+    if sock.fileno() == -1:
+        return
     discard_unread(sock)
     try:
         sock.shutdown(socket.SHUT_RDWR)

@@ -153,7 +153,8 @@ class PacsRequestHandler(RequestHandler):
                     return
                 self.request, subject = wrapped
             else:
-                self.request.settimeout(srv.limits.idle_timeout)
+                # Until the A-ASSOCIATE-AC: GuardedSocket.mark_associated sets the idle one.
+                self.request.settimeout(srv.limits.negotiation_timeout)
             assoc = self._create_association_for(pending, host, subject)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             started = True      # from here the association's thread ends the connection
@@ -184,7 +185,7 @@ class PacsRequestHandler(RequestHandler):
             self.server.metrics.associations_rejected.labels("tls_handshake").inc()
             close_socket(raw)
             return None
-        sock.settimeout(self.server.limits.idle_timeout)
+        sock.settimeout(self.server.limits.negotiation_timeout)    # as a plain one
         return sock, peer_subject(sock.getpeercert())  # type: ignore[arg-type]
 
     def _create_association(self) -> Association:

@@ -143,6 +143,20 @@ class GuardedSocket(ClosingSocket):
     associated = False
     _body_next = False
 
+    def resting_timeout(self) -> float:
+        """The socket's timeout between reads (and for sends): the connection's
+        deadline until the association is established, then the idle timeout."""
+        lim = self.limits
+        return lim.idle_timeout if self.associated else lim.negotiation_timeout
+
+    def mark_associated(self) -> None:
+        """The A-ASSOCIATE-AC is sent: from now the idle timeout bounds each PDU."""
+        self.associated = True
+        try:
+            cast(socket.socket, self.socket).settimeout(self.limits.idle_timeout)
+        except (OSError, AttributeError):   # closed meanwhile
+            pass
+
     def recv(self, nr_bytes: int) -> bytearray:
         """Read `nr_bytes` whole within the read deadline, refusing oversized PDUs.
 
@@ -157,10 +171,8 @@ class GuardedSocket(ClosingSocket):
         if nr_bytes == 0:
             return bytearray()
         lim = self.limits
-        deadline = time.monotonic() + (lim.idle_timeout if self.associated
-                                       else lim.negotiation_timeout)
         try:
-            data = self._recv_until(nr_bytes, deadline)
+            data = self._recv_until(nr_bytes)
         except TimeoutError:
             # Which deadline closed the connection (the peer only sees it closed).
             log.warning("pdu.read_timeout", peer=self._peer(), timeout=(
@@ -178,24 +190,41 @@ class GuardedSocket(ClosingSocket):
             self._body_next = True
         return data
 
-    def _recv_until(self, nr_bytes: int, deadline: float) -> bytearray:
+    def _recv_until(self, nr_bytes: int) -> bytearray:
+        """`nr_bytes` read within the phase's timeout (`resting_timeout`) from now,
+        whatever the number of chunks (a peer trickling bytes is cut off at the deadline).
+
+        The socket's timeout rests at that timeout (set at the connection, and once
+        more at `mark_associated`), so a read taken in one `recv` (nearly every PDU,
+        its header and its body) leaves it alone: `settimeout` is an ioctl that
+        releases the GIL, and setting the remaining time before every `recv` and the
+        idle timeout after it cost four of those per PDU, each a wait for the GIL
+        behind the other threads (docs/performance.md, "Results: the socket's timeout
+        and close"). Further chunks are given what remains of the deadline.
+        """
         sock = cast(socket.socket, self.socket)
+        resting = self.resting_timeout()
+        deadline = time.monotonic() + resting
         out = bytearray()
+        timed = False
         try:
             while len(out) < nr_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("PDU not received in time")
-                sock.settimeout(remaining)
+                if out or sock.gettimeout() != resting:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError("PDU not received in time")
+                    timed = True
+                    sock.settimeout(remaining)
                 chunk = sock.recv(min(65536, nr_bytes - len(out)))
                 if not chunk:
                     break
                 out += chunk
         finally:
-            try:
-                sock.settimeout(self.limits.idle_timeout)
-            except OSError:
-                pass
+            if timed:
+                try:
+                    sock.settimeout(resting)
+                except OSError:
+                    pass
         return out
 
     def _abort_now(self) -> None:
@@ -298,7 +327,7 @@ class PolicyACSE(ACSE):
         assoc.admitted = True
         self._negotiate(assoc)
         if assoc.is_established:
-            cast(GuardedSocket, assoc.dul.socket).associated = True
+            cast(GuardedSocket, assoc.dul.socket).mark_associated()
 
 
     def _negotiate(self, assoc: PacsAssociation) -> None:
