@@ -98,27 +98,28 @@ async def test_silent_connection_is_closed_after_negotiation_timeout(
     assert timeouts == {"server.negotiation_timeout"}, logs
 
 
+def drip(sock: socket.socket, data: bytes) -> float:
+    """Send `data` one byte every 50 ms; the seconds until the server cut us off (or
+    all was sent), the socket closed."""
+    started = time.monotonic()
+    try:
+        for byte in data:
+            sock.sendall(bytes([byte]))
+            time.sleep(0.05)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return time.monotonic() - started
+
+
 async def test_rq_sent_one_byte_at_a_time_is_cut_off(
         start_server: Callable[..., Any], make_cfg: Callable[..., Config]) -> None:
     """A slow-loris A-ASSOCIATE-RQ: the whole PDU must arrive within the deadline."""
     app: RunningServer = await start_server(make_cfg({"server.negotiation_timeout": 1.0}))
     assert app.port
-    rq = associate_rq()
-
-    def drip() -> float:
-        sock = connect_from("127.0.0.2", app.port or 0)
-        started = time.monotonic()
-        try:
-            for byte in rq:
-                sock.sendall(bytes([byte]))
-                time.sleep(0.05)
-        except OSError:
-            return time.monotonic() - started
-        finally:
-            sock.close()
-        return time.monotonic() - started
-
-    took = await asyncio.to_thread(drip)
+    sock = connect_from("127.0.0.2", app.port)
+    took = await asyncio.to_thread(drip, sock, associate_rq())
     assert took < 3.0, f"server kept reading a dripping PDU for {took:.1f} s"
 
 
@@ -128,22 +129,8 @@ async def test_p_data_sent_one_byte_at_a_time_is_cut_off(
     the idle timeout, is cut off when the whole PDU has not arrived within it."""
     app: RunningServer = await start_server(make_cfg({"server.idle_timeout": 1.0}))
     assert app.port
-    pdata = echo_rq_pdata()
-
-    def drip() -> float:
-        sock = associated(app.port or 0)
-        started = time.monotonic()
-        try:
-            for byte in pdata * 20:
-                sock.sendall(bytes([byte]))
-                time.sleep(0.05)
-        except OSError:
-            return time.monotonic() - started
-        finally:
-            sock.close()
-        return time.monotonic() - started
-
-    took = await asyncio.to_thread(drip)
+    sock = associated(app.port)
+    took = await asyncio.to_thread(drip, sock, echo_rq_pdata() * 20)
     assert took < 3.0, f"server kept reading a dripping PDU for {took:.1f} s"
 
 
