@@ -58,6 +58,7 @@ queue are in dicom/file_sending.py; our outgoing associations (`PacsAE`,
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -207,6 +208,17 @@ class GuardedSocket(ClosingSocket):
         deadline = time.monotonic() + resting
         out = bytearray()
         timed = False
+        if type(sock) is socket.socket and sock.gettimeout():
+            # With a timeout, socket.recv polls before it reads, even when the reactor
+            # has just polled: on a plain socket (its fd non-blocking while it has a
+            # timeout) what has arrived is read straight away, one system call.
+            try:
+                out += os.read(sock.fileno(), min(65536, nr_bytes))
+            except BlockingIOError:
+                pass
+            else:
+                if not out:
+                    return out          # the peer closed
         try:
             while len(out) < nr_bytes:
                 if out or sock.gettimeout() != resting:
