@@ -185,7 +185,8 @@ class PacsRequestHandler(RequestHandler):
             self.server.metrics.associations_rejected.labels("tls_handshake").inc()
             close_socket(raw)
             return None
-        sock.settimeout(self.server.limits.negotiation_timeout)    # as a plain one
+        # The wrapped socket keeps the handshake's timeout, the negotiation one, as a
+        # plain connection's until GuardedSocket.mark_associated.
         return sock, peer_subject(sock.getpeercert())  # type: ignore[arg-type]
 
     def _create_association(self) -> Association:

@@ -178,7 +178,7 @@ class GuardedSocket(ClosingSocket):
             # Which deadline closed the connection (the peer only sees it closed).
             log.warning("pdu.read_timeout", peer=self._peer(), timeout=(
                 "server.idle_timeout" if self.associated else "server.negotiation_timeout"),
-                seconds=lim.idle_timeout if self.associated else lim.negotiation_timeout)
+                seconds=self.resting_timeout())
             raise
         if not is_body and nr_bytes == 6 and len(data) == 6:
             pdu_type, length = data[0], int.from_bytes(data[2:6], "big")
