@@ -2,8 +2,8 @@
 package and to the process, done here so that a change which would break the image
 fails in CI (no Docker daemon or registry is needed).
 
-The wheel is built from the tree and installed, not editable, into a fresh virtual
-environment (its dependencies are the suite's own, reached through a .pth file); the
+The wheel is built from the tree and installed, not editable, with its dependencies
+into a fresh virtual environment; the
 server is started with the Dockerfile's CMD and docker/pacs_server.yaml, `/data` and
 `/opt/pacs_server/viewer` pointing at a scratch directory and the fetched viewer, and
 as the image's unprivileged user when the suite runs as root. Then what a user of the
@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import site
 import subprocess
 import sys
 import tempfile
@@ -71,15 +70,11 @@ def install_wheel(work: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
                    timeout=120)
     python = venv / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig;"
-                              "print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
-    # The dependencies from the suite's environment; its editable pacs_server is a .pth
-    # of that directory, which is not read from a directory a .pth adds.
-    Path(purelib, "_suite_dependencies.pth").write_text(
-        "\n".join(site.getsitepackages()) + "\n")
+    # With its declared dependencies, as the image's `pip install .` (from pip's cache
+    # after `make install`): a dependency missing from pyproject.toml fails here, and
+    # the image's user needs nothing of the checkout, which it may not be able to read.
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
+                    str(wheel)], check=True, timeout=600)
     where = subprocess.run([str(python), "-c", "import pacs_server; print(pacs_server.__file__)"],
                            check=True, capture_output=True, text=True, cwd="/").stdout
     assert Path(where.strip()).is_relative_to(venv), where
@@ -116,10 +111,26 @@ def as_image_user(argv: list[str]) -> list[str]:
             *argv]
 
 
+def link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:         # another filesystem
+        shutil.copy2(src, dst)
+
+
+def baked_viewer(installed: Path) -> Path:
+    """The fetched viewer beside the environment, as the image's viewer stage copies it
+    into /opt: the image's user may not be able to read the checkout's .viewer."""
+    dest = installed.parent / "viewer"
+    if not dest.exists():
+        shutil.copytree(ohif_dir(), dest, copy_function=link_or_copy)
+    return dest
+
+
 def test_the_image_runtime_serves_from_the_installed_package(
         installed: Path, data_dir: Path, spawn: Callable[..., Any], dcmtk: Dcmtk,
         dicom_files: DicomFiles) -> None:
-    config = image_config(data_dir, ohif_dir())
+    config = image_config(data_dir, baked_viewer(installed))
     program, *args = dockerfile_json("CMD")
     assert args == ["--config", "/etc/pacs_server.yaml"], args
     # Only the ports: the image's 11112 and 9110 may be taken on this machine.
