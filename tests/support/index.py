@@ -1,17 +1,23 @@
-"""The index without a server: a started IndexRepository on a tmp SQLite file, and
+"""The index without a server: a started IndexRepository on a tmp SQLite file, one
+served by a loop in a thread of its own as in the server (`served`), and
 InstanceRecords as the archive hands them to it (repository, query and archive tests)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import func, select
 
 from pacs_server.config import DatabaseConfig
-from pacs_server.index.engine import create_engine, migrate
+from pacs_server.index.engine import create_engine, migrate, thread_connector
+from pacs_server.index.models import Instance, Series
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
 from support.instances import CT_IMAGE
@@ -65,3 +71,54 @@ def index_record(*, patient: str = "P1", name: str = "Doe^John", study: str | No
         header=header, header_syntax=ExplicitVRLittleEndian,
         rel_path=PurePosixPath(patient, study, series, f"{sop}.dcm"), size=size,
         source_ae="SCU")
+
+
+@dataclass(frozen=True)
+class Setup:
+    db: DatabaseConfig
+    threads: bool       # association threads commit the common batch (thread_commit.py)
+
+
+class Served:
+    """A started repository on a loop in another thread; `call` runs a coroutine there."""
+
+    def __init__(self, setup: Setup) -> None:
+        cfg = setup.db
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.engine = create_engine(cfg)
+        self.writer_engine = create_engine(cfg, writer=True)
+        self.call(migrate(self.engine))
+        self.repo = IndexRepository(
+            self.engine, writer_engine=self.writer_engine,
+            thread_connect=thread_connector(cfg) if setup.threads else None)
+        self.call(self.repo.start())
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def count(self, series_uid: str) -> int:
+        async def count() -> int:
+            async with self.engine.connect() as conn:
+                return int((await conn.execute(
+                    select(func.count()).select_from(Instance).join(Series).where(
+                        Series.series_instance_uid == series_uid))).scalar_one())
+        return int(self.call(count()))
+
+    def close(self) -> None:
+        self.call(self.repo.close())
+        self.call(self.writer_engine.dispose())
+        self.call(self.engine.dispose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@contextmanager
+def served(cfg: Setup) -> Iterator[Served]:
+    s = Served(cfg)
+    try:
+        yield s
+    finally:
+        s.close()

@@ -7,74 +7,30 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import func, select
 
 from pacs_server.config import DatabaseConfig
 from pacs_server.errors import DuplicateInstance, IndexUnavailable
 from pacs_server.index.engine import WriterLock, create_engine, migrate
-from pacs_server.index.models import Instance, Series
 from pacs_server.index.repository import IndexRepository
-from support.index import index_record
+from support.index import Served, Setup, index_record, served
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def cfg(request: pytest.FixtureRequest, tmp_path: Path) -> DatabaseConfig:
+@pytest.fixture(params=["sqlite", "sqlite-threads", "postgresql"])
+def cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Setup:
+    """`sqlite-threads` is the server's SQLite writer; `sqlite` the loop's path alone."""
     if request.param == "postgresql":
-        return DatabaseConfig(url=request.getfixturevalue("postgres_url"))
-    return DatabaseConfig(path=str(tmp_path / "index.db"))
-
-
-class Served:
-    """A started repository on a loop in another thread; `call` runs a coroutine there."""
-
-    def __init__(self, cfg: DatabaseConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.engine = create_engine(cfg)
-        self.writer_engine = create_engine(cfg, writer=True)
-        self.call(migrate(self.engine))
-        self.repo = IndexRepository(self.engine, writer_engine=self.writer_engine)
-        self.call(self.repo.start())
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def count(self, series_uid: str) -> int:
-        async def count() -> int:
-            async with self.engine.connect() as conn:
-                return int((await conn.execute(
-                    select(func.count()).select_from(Instance).join(Series).where(
-                        Series.series_instance_uid == series_uid))).scalar())
-        return int(self.call(count()))
-
-    def close(self) -> None:
-        self.call(self.repo.close())
-        self.call(self.writer_engine.dispose())
-        self.call(self.engine.dispose())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@contextmanager
-def served(cfg: DatabaseConfig) -> Iterator[Served]:
-    s = Served(cfg)
-    try:
-        yield s
-    finally:
-        s.close()
+        return Setup(DatabaseConfig(url=request.getfixturevalue("postgres_url")), False)
+    return Setup(DatabaseConfig(path=str(tmp_path / "index.db")),
+                 request.param == "sqlite-threads")
 
 
 def test_rows_submitted_from_many_threads_are_committed_when_answered(
-        cfg: DatabaseConfig) -> None:
+        cfg: Setup) -> None:
     study, series = generate_uid(), generate_uid()
     with served(cfg) as s:
         s.call(s.repo.add_instance(index_record(study=study, series=series)))
@@ -90,7 +46,7 @@ def test_rows_submitted_from_many_threads_are_committed_when_answered(
 
 
 def test_a_duplicate_and_a_replacement_are_answered_through_the_future(
-        cfg: DatabaseConfig) -> None:
+        cfg: Setup) -> None:
     with served(cfg) as s:
         first = index_record()
         assert s.repo.submit_instance(first).result(30) is None
@@ -103,7 +59,7 @@ def test_a_duplicate_and_a_replacement_are_answered_through_the_future(
         assert s.call(s.repo.instance_path(first.sop_instance_uid)) == str(moved.rel_path)
 
 
-def test_after_close_a_submission_is_refused_at_once(cfg: DatabaseConfig) -> None:
+def test_after_close_a_submission_is_refused_at_once(cfg: Setup) -> None:
     s = Served(cfg)
     s.call(s.repo.close())
     try:

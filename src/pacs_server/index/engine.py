@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -67,6 +69,23 @@ class WriterLock:
             started = time.perf_counter()
             await asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_EX)
             self.waited_s = time.perf_counter() - started
+        self._read_generation()
+
+    def acquire(self) -> None:
+        """`async with` for a thread that may block (index/thread_commit.py)."""
+        self.waited_s = 0.0
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            started = time.perf_counter()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self.waited_s = time.perf_counter() - started
+        self._read_generation()
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _read_generation(self) -> None:
         self.generation = int.from_bytes(os.pread(self._fd, 8, 0).ljust(8, b"\0"), "little")
 
     def bump(self) -> int:
@@ -109,15 +128,7 @@ def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        if cfg.wal_mode:
-            cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA synchronous={cfg.synchronous.upper()}")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
-        cur.close()
+        _configure_sqlite(dbapi_conn, cfg)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -125,6 +136,35 @@ def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:
             _IMMEDIATE) else "BEGIN")
 
     return engine
+
+
+def _configure_sqlite(dbapi_conn: Any, cfg: DatabaseConfig) -> None:
+    """Every SQLite connection of the index: autocommit unless BEGIN is sent, the
+    journal and durability of the configuration, foreign keys enforced."""
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    if cfg.wal_mode:
+        cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA synchronous={cfg.synchronous.upper()}")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
+    cur.close()
+
+
+def thread_connector(cfg: DatabaseConfig) -> Callable[[], sqlite3.Connection] | None:
+    """A plain sqlite3 connection to the index file, configured as the engines' are,
+    for the writes committed by association threads (index/thread_commit.py); None
+    when the index is not a SQLite file named by `database.path`."""
+    if cfg.url or cfg.path == ":memory:":
+        return None
+    path = Path(cfg.path).expanduser().resolve()
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        _configure_sqlite(conn, cfg)
+        return conn
+    return connect
 
 
 def immediate(engine: AsyncEngine) -> AsyncEngine:

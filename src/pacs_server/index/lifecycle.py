@@ -8,7 +8,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pacs_server.config import DatabaseConfig
 from pacs_server.index.admin import AdminRepository
 from pacs_server.index.commitment import CommitmentRepository
-from pacs_server.index.engine import create_engine, database_url, migrate, safe_url
+from pacs_server.index.engine import (
+    create_engine,
+    database_url,
+    migrate,
+    safe_url,
+    thread_connector,
+)
 from pacs_server.index.inventory import Inventory
 from pacs_server.index.leases import LeaseRepository
 from pacs_server.index.mpps import MppsRepository
@@ -114,7 +120,8 @@ class IndexComponent:
                                      writer_engine=writer,
                                      on_retry=lambda r: self._metrics.index_retries.labels(
                                          r).inc(),
-                                     on_lock_wait=self._metrics.index_lock_wait.observe)
+                                     on_lock_wait=self._metrics.index_lock_wait.observe,
+                                     thread_connect=thread_connector(self._cfg))
         await self._repo.start()
 
     async def close(self) -> None:

@@ -26,12 +26,13 @@ class IndexRepository:
 
     def __init__(self, engine: AsyncEngine, commit_batch: int = 256,
                  on_commit: Any = None, writer_engine: AsyncEngine | None = None,
-                 on_retry: Any = None, on_lock_wait: Any = None) -> None:
+                 on_retry: Any = None, on_lock_wait: Any = None,
+                 thread_connect: Any = None) -> None:
         """`writer_engine` (create_engine(..., writer=True)) serves the write path;
-        `engine` the reads."""
+        `engine` the reads; `thread_connect` see IndexWriter."""
         self.reader = IndexReader(engine)
         self.writer = IndexWriter(writer_engine or engine, commit_batch, on_commit, on_retry,
-                                  on_lock_wait)
+                                  on_lock_wait, thread_connect)
 
     async def start(self) -> None:
         await self.writer.start()

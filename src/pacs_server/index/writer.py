@@ -24,7 +24,8 @@ Callers on the loop await `add_instance`; an association thread calls `submit`, 
 puts the job on the writer's queue with one `call_soon_threadsafe` and returns a
 `concurrent.futures.Future` that the writer settles: no Task, coroutine or chained
 future per C-STORE on the loop (docs/performance.md, "the event loop per stored
-instance").
+instance"). On a SQLite file the common batch does not reach the loop at all: the
+association threads waiting for it commit it themselves (index/thread_commit.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import random
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -49,10 +51,13 @@ from pacs_server.errors import DuplicateInstance, IndexUnavailable, PacsError
 from pacs_server.index.attributes import QR_ATTRIBUTES
 from pacs_server.index.batch_insert import MAX_ROWS, BatchInsert
 from pacs_server.index.engine import WriterLock
+from pacs_server.index.jobs import Job as _Job
+from pacs_server.index.jobs import settle as _settle
 from pacs_server.index.models import Instance, Patient, Series, Study
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.rows import instance_row, level_values, series_row
 from pacs_server.index.text import join_values
+from pacs_server.index.thread_commit import ThreadCommit
 
 log = structlog.get_logger(__name__)
 
@@ -72,29 +77,6 @@ _FOLLOWING = tuple(r for r in QR_ATTRIBUTES.recorded("PATIENT") if r.column not 
 
 
 @dataclass
-class _Job:
-    record: InstanceRecord
-    replace: bool
-    # An asyncio future (add_instance) or a concurrent one (submit, another thread).
-    future: asyncio.Future[str | None] | concurrent.futures.Future[str | None]
-
-
-def _settle(fut: asyncio.Future[str | None] | concurrent.futures.Future[str | None],
-            result: str | None = None, exc: BaseException | None = None) -> None:
-    """Give a job its answer, unless its caller gave up (a timeout cancels it, from the
-    caller's thread for `submit`: hence the race caught here)."""
-    if fut.done():
-        return
-    try:
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)
-    except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
-        pass
-
-
-@dataclass
 class _Batch:
     """Per-transaction bookkeeping: study attribute sets written once at the end, and
     the warnings to log once the transaction has committed."""
@@ -108,10 +90,15 @@ class IndexWriter:
 
     def __init__(self, engine: AsyncEngine, commit_batch: int = 256,
                  on_commit: Any = None, on_retry: Any = None,
-                 on_lock_wait: Any = None) -> None:
-        """`engine` is the writer's own (create_engine(..., writer=True))."""
+                 on_lock_wait: Any = None,
+                 thread_connect: Callable[[], sqlite3.Connection] | None = None) -> None:
+        """`engine` is the writer's own (create_engine(..., writer=True));
+        `thread_connect` (engine.thread_connector) lets association threads commit the
+        common batch themselves (index/thread_commit.py)."""
         self._engine = engine
         self._lock = WriterLock.for_engine(engine)
+        self._thread_connect = thread_connect
+        self._thread_commit: ThreadCommit | None = None
         self._generation = 0        # the removals of other writers seen (WriterLock)
         self._batch_size = commit_batch
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -135,9 +122,16 @@ class IndexWriter:
         # uid -> (pk, study_pk, patient_pk)
         self._series: dict[str, tuple[int, int, int]] = {}
 
+    @property
+    def thread_commit(self) -> ThreadCommit | None:
+        """The association threads' commits (SQLite file with `thread_connect`)."""
+        return self._thread_commit
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._closing = False
+        if self._thread_connect is not None and self._lock is not None:
+            self._thread_commit = ThreadCommit(self, self._loop, self._thread_connect)
         self._writer = asyncio.create_task(self._write_loop(), name="index-writer")
 
     async def close(self) -> None:
@@ -147,6 +141,9 @@ class IndexWriter:
             await self._queue.put(_STOP)
             await self._writer
             self._writer = None
+        if self._thread_commit is not None:
+            await self._thread_commit.close()
+            self._thread_commit = None
         await self._drop_connection()
         if self._lock is not None:
             self._lock.close()
@@ -192,6 +189,11 @@ class IndexWriter:
         loop = self._loop
         if self._writer is None or self._closing or loop is None:
             raise IndexUnavailable("index writer is not running")
+        threads = self._thread_commit     # (close() may drop it meanwhile)
+        if not replace and threads is not None:
+            direct = threads.offer(record)
+            if direct is not None:
+                return direct
         fut: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         try:
             loop.call_soon_threadsafe(self._enqueue, _Job(record, replace, fut))
@@ -215,7 +217,14 @@ class IndexWriter:
                     break
                 batch = [item]
                 self._take_queued(batch)
-                await self._commit_batch(batch)
+                if self._thread_commit is None:
+                    await self._commit_batch(batch)
+                else:
+                    await self._thread_commit.loop_enter()
+                    try:
+                        await self._commit_batch(batch)
+                    finally:
+                        self._thread_commit.loop_exit()
                 batch = []
         except asyncio.CancelledError:
             await self._drop_connection()

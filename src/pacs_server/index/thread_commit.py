@@ -1,0 +1,293 @@
+"""ThreadCommit: the index writer's common batch, committed by the association threads
+that wait for it, without the event loop.
+
+The common C-STORE write is one autocommitted INSERT of instance rows whose study and
+series the writer has cached, and whose study sets hold their values already
+(index/batch_insert.py). Through the loop that INSERT costs a wake-up of the loop for
+the hand-off, the writer task's step, a hop to aiosqlite's connection thread and a
+wake-up of the loop for its answer: with two associations per worker, ~0.8 ms of the
+loop's CPU and ~0.4 ms of aiosqlite's thread per instance (docs/performance.md,
+"Results: the common batch committed by the association threads"). Here the threads
+that wait for their rows take turns as the group's leader: one that finds no commit
+under way writes every row queued meanwhile in one INSERT, on a sqlite3 connection of
+its own, and wakes the others; a row that came too late for that batch is written by
+the next leader, one of the threads waiting for it. Group commit without a thread hop.
+
+Only a SQLite file (PostgreSQL keeps the loop's path: asyncpg lives on the loop), and
+only the jobs the loop's writer would put through `_insert_known` without a new series.
+Anything else goes to the loop's writer as before: a job it does not know (new study,
+series, modality or SOP class of the study, a replacement), a batch whose INSERT fails
+(it tells a duplicate from a stale key), and every job while the loop's writer is in a
+batch of its own.
+
+Exclusion:
+- With the loop's writer, in this process: it announces its batch (`loop_enter`) and
+  waits for a leader under way before it takes the WriterLock; while it writes, no
+  leader starts, and the jobs queued meanwhile are handed to it. The two never touch the
+  index (or the writer's caches) at the same time.
+- With other processes (workers, servers on the same file): the leader holds the same
+  WriterLock around its INSERT. When another writer removed rows since the loop's
+  writer last looked (the lock's generation moved), the cached keys may name other rows
+  now: the batch goes to the loop's writer, which forgets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from pacs_server.errors import IndexUnavailable
+from pacs_server.index.jobs import Job, settle
+from pacs_server.index.records import InstanceRecord
+from pacs_server.index.rows import instance_row
+from pacs_server.index.text import join_values
+
+if TYPE_CHECKING:
+    from pacs_server.index.writer import IndexWriter
+
+log = structlog.get_logger(__name__)
+
+
+class ThreadFuture(concurrent.futures.Future[str | None]):
+    """A job's answer; waiting for it (`result`) is what gets the row written: the
+    waiting thread leads the next batch when no other thread is writing one."""
+
+    def __init__(self, commit: ThreadCommit) -> None:
+        super().__init__()
+        self._commit = commit
+        self.job: Job | None = None
+
+    def result(self, timeout: float | None = None) -> str | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        assert self.job is not None
+        self._commit.wait_for(self.job, deadline)
+        return super().result(None if deadline is None
+                              else max(0.0, deadline - time.monotonic()))
+
+
+class ThreadCommit:
+    """The association threads' side of one IndexWriter (SQLite file only)."""
+
+    def __init__(self, writer: IndexWriter, loop: asyncio.AbstractEventLoop,
+                 connect: Callable[[], sqlite3.Connection]) -> None:
+        self._writer = writer
+        self._loop = loop
+        self._connect = connect
+        self._conn: sqlite3.Connection | None = None
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[Job] = []
+        self._leading = False             # a thread is writing a batch
+        self._waiting = 0                 # threads inside wait_for
+        self._loop_busy = False           # the loop's writer is in a batch
+        self._closed = False
+        self._drained: asyncio.Future[None] | None = None
+        self.batches = 0                  # batches written here (tests, benchmarks)
+        self.handed = 0                   # jobs given to the loop's writer
+
+    # ------------------------------------------------------------ association threads
+    def offer(self, record: InstanceRecord) -> ThreadFuture | None:
+        """A future for `record`'s row, or None when the loop's writer must take it.
+
+        Writes the batch at once, in this thread, when no other thread is writing one.
+        """
+        if self._loop_busy or self._closed or self._series_pk(record) is None:
+            return None
+        fut = ThreadFuture(self)
+        job = Job(record, False, fut)
+        fut.job = job
+        with self._cond:
+            if self._loop_busy or self._closed:
+                return None
+            self._pending.append(job)
+            batch = self._take_lead()
+        if batch:
+            self._lead(batch)
+        return fut
+
+    def wait_for(self, job: Job, deadline: float | None) -> None:
+        """Return once `job` is answered or handed to the loop's writer (whose answer
+        the caller then waits for); lead a batch meanwhile when it falls to us.
+
+        Raises:
+            concurrent.futures.TimeoutError: `deadline` passed with the job not
+                answered; a job not yet in a batch is withdrawn (never written).
+        """
+        while True:
+            with self._cond:
+                self._waiting += 1
+                try:
+                    batch = self._wait_locked(job, deadline)
+                finally:
+                    self._waiting -= 1
+            if not batch:
+                return
+            self._lead(batch)
+
+    def _wait_locked(self, job: Job, deadline: float | None) -> list[Job]:
+        while not job.future.done() and not job.handed:
+            batch = self._take_lead()
+            if batch:
+                return batch
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                if job in self._pending:
+                    self._pending.remove(job)
+                raise concurrent.futures.TimeoutError
+            self._cond.wait(remaining)
+        return []
+
+    def _take_lead(self) -> list[Job]:
+        """(Under the lock.) The pending jobs, when this thread may write them now; with
+        the loop's writer in a batch (or stopped) they are handed to it instead."""
+        if self._leading or not self._pending:
+            return []
+        batch, self._pending = self._pending, []
+        if self._loop_busy or self._closed:
+            self._hand_locked(batch)
+            return []
+        self._leading = True
+        return batch
+
+    def _lead(self, batch: list[Job]) -> None:
+        """Write `batch` (this thread leads), then what queued meanwhile if nobody
+        waits for it (its caller has not asked yet, or gave up: it must not sit here
+        until the next C-STORE)."""
+        while batch:
+            left, stop = batch, True
+            try:
+                left = self._write(batch)
+                stop = False
+            except Exception as exc:
+                # Not this caller's error: the loop's writer answers what is unanswered.
+                log.error("index.thread_commit_failed", rows=len(batch), exc_info=exc)
+                stop = False
+            finally:
+                with self._cond:
+                    self._hand_locked([j for j in left if not j.future.done()])
+                    batch = []
+                    if self._pending and not self._waiting:
+                        if stop or self._loop_busy or self._closed:
+                            self._hand_locked(self._pending)
+                        else:
+                            batch = self._pending
+                        self._pending = []
+                    if not batch:
+                        self._leading = False
+                        if self._drained is not None:
+                            self._loop.call_soon_threadsafe(_done, self._drained)
+                            self._drained = None
+                    self._cond.notify_all()
+
+    def _write(self, batch: list[Job]) -> list[Job]:
+        """Commit the rows of `batch` the caches vouch for; returns the jobs left for
+        the loop's writer."""
+        w = self._writer
+        lock = w._lock
+        assert lock is not None
+        lock.acquire()
+        try:
+            if lock.generation != w._generation:
+                return batch
+            rows: list[dict[str, Any]] = []
+            known: list[Job] = []
+            rest: list[Job] = []
+            for job in batch:
+                if job.future.done():      # withdrawn by a timeout
+                    continue
+                pk = self._series_pk(job.record)
+                if pk is None:
+                    rest.append(job)
+                else:
+                    known.append(job)
+                    rows.append(instance_row(job.record, pk))
+            if not rows:
+                return rest
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                # One statement in autocommit: committed, at the configured
+                # synchronous level, when it returns.
+                self._conn.execute(w._insert.statement(len(rows)),
+                                   w._insert.parameters(rows)).close()
+            except sqlite3.Error as exc:
+                # A duplicate, a key removed behind our back, a broken file: the loop's
+                # writer looks everything up again and answers each job.
+                log.debug("index.thread_commit_deferred", rows=len(rows), error=str(exc)[:200])
+                w._forget_caches()
+                return known + rest
+            # Answered before anything else can fail: these rows are committed, and a
+            # job handed on after its own commit would come back as a duplicate.
+            for job in known:
+                settle(job.future, None)
+            waited = lock.waited_s
+        finally:
+            lock.release()
+        self.batches += 1
+        try:
+            if w._on_lock_wait is not None:
+                w._on_lock_wait(waited)
+            if w._on_commit is not None:
+                w._on_commit(len(rows))
+        except Exception as exc:
+            log.warning("index.metrics_failed", error=str(exc)[:200])
+        return rest
+
+    def _series_pk(self, rec: InstanceRecord) -> int | None:
+        """The cached series key of a new instance `_insert_known` would write as is."""
+        w = self._writer
+        study = w._studies.get(rec.study_instance_uid)
+        series = w._series.get(rec.series_instance_uid)
+        if (study is None or series is None
+                or join_values(study[2], rec.series["modality"]) != study[2]
+                or join_values(study[3], rec.sop_class_uid) != study[3]):
+            return None
+        return series[0]
+
+    def _hand_locked(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            job.handed = True
+            self.handed += 1
+            try:
+                self._loop.call_soon_threadsafe(self._writer._enqueue, job)
+            except RuntimeError:          # the loop is closed
+                settle(job.future, exc=IndexUnavailable("server is shutting down"))
+
+    # ------------------------------------------------------------ the loop's writer
+    async def loop_enter(self) -> None:
+        """Before a batch of the loop's writer: no leader writes until `loop_exit`."""
+        with self._cond:
+            self._loop_busy = True
+            if not self._leading:
+                return
+            self._drained = self._loop.create_future()
+            drained = self._drained
+        await drained
+
+    def loop_exit(self) -> None:
+        with self._cond:
+            self._loop_busy = False
+            self._cond.notify_all()
+
+    async def close(self) -> None:
+        """No more batches here; what queues is handed to the (stopped) loop's writer."""
+        await self.loop_enter()
+        with self._cond:
+            self._closed = True
+            self._hand_locked(self._pending)
+            self._pending = []
+            self._cond.notify_all()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
