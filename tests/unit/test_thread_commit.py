@@ -19,7 +19,7 @@ from sqlalchemy import select
 from pacs_server.config import DatabaseConfig
 from pacs_server.errors import DuplicateInstance
 from pacs_server.index.engine import WriterLock
-from pacs_server.index.models import Instance, Series
+from pacs_server.index.models import Instance, Patient, Series, Study
 from pacs_server.index.thread_commit import ThreadCommit
 from support.index import Served, Setup, index_record
 
@@ -77,29 +77,35 @@ def series_of(s: Served, sop: str) -> str:
     return str(s.call(q()))
 
 
-def test_known_series_are_written_by_the_threads_and_new_ones_by_the_loop(
+def test_every_new_row_is_written_by_the_threads_known_series_as_one_insert(
         s: Served) -> None:
     study, series = generate_uid(), generate_uid()
     assert s.repo.submit_instance(index_record(study=study, series=series)).result(30) is None
     tc = commits(s)
-    assert tc.batches == 0                  # a new study: the loop's writer made it
+    assert (tc.batches, tc.general_batches) == (0, 1)   # a new patient, study and series
     records = [index_record(study=study, series=series) for _ in range(30)]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         assert list(pool.map(lambda r: s.repo.submit_instance(r).result(30), records)) \
             == [None] * 30
     assert s.count(series) == 31
-    assert 1 <= tc.batches <= 30 and tc.handed == 0
-    # A new series of the known study, and a modality new to it: the loop's path.
+    assert 1 <= tc.batches <= 30 and tc.general_batches == 1 and tc.handed == 0
+    # A new series of the known study, and a modality new to it: the general path.
     before = tc.batches
     other = generate_uid()
     assert s.repo.submit_instance(index_record(study=study, series=other)).result(30) is None
-    assert s.repo.submit_instance(
-        index_record(study=study, series=series, modality="SR")).result(30) is None
-    assert tc.batches == before
+    sr = index_record(study=study, series=series, modality="SR")
+    assert s.repo.submit_instance(sr).result(30) is None
+    assert (tc.batches, tc.general_batches, tc.handed) == (before, 3, 0)
     assert s.count(other) == 1 and s.count(series) == 32
-    # ...after which the new series is known here too.
+    assert s.call(s.repo.counts())["studies"] == 1
+    # ...after which the new series is known: one INSERT.
     assert s.repo.submit_instance(index_record(study=study, series=other)).result(30) is None
     assert tc.batches == before + 1
+
+    async def modalities() -> str:
+        async with s.engine.connect() as conn:
+            return str((await conn.execute(select(Study.modalities))).scalar_one())
+    assert s.call(modalities()) == "CT\\SR"
 
 
 def test_a_duplicate_is_answered_as_one_and_the_next_rows_still_go_through(
@@ -211,3 +217,35 @@ def test_a_row_nobody_waits_for_is_written_by_the_leader_before_it_returns(
     assert unasked.done() and unasked.result(0) is None
     assert tc.batches == 2 and tc.handed == 0
     assert s.count(series) == 3
+
+
+def test_a_new_study_whose_instance_is_a_duplicate_leaves_nothing_behind(
+        s: Served) -> None:
+    first = index_record(patient="P1")
+    s.repo.submit_instance(first).result(30)
+    tc = commits(s)
+    again = index_record(patient="P2", sop=first.sop_instance_uid)   # another study
+    with pytest.raises(DuplicateInstance):
+        s.repo.submit_instance(again).result(30)
+    assert tc.handed == 1                  # rolled back here, answered by the loop's writer
+    counts = s.call(s.repo.counts())
+    assert (counts["patients"], counts["studies"], counts["instances"]) == (1, 1, 1)
+    # The caches were dropped with the rollback: the next new study is whole.
+    nxt = index_record(patient="P2")
+    s.repo.submit_instance(nxt).result(30)
+    assert series_of(s, nxt.sop_instance_uid) == nxt.series_instance_uid
+    assert s.call(s.repo.counts())["studies"] == 2
+
+
+def test_a_patients_new_demographics_follow_the_newest_study_written_here(
+        s: Served) -> None:
+    s.repo.submit_instance(index_record(patient="P1", name="Doe^John")).result(30)
+    s.repo.submit_instance(index_record(patient="P1", name="Doe^Jon")).result(30)
+    tc = commits(s)
+    assert tc.general_batches == 2 and tc.handed == 0
+
+    async def names() -> list[str]:
+        async with s.engine.connect() as conn:
+            return [str(n) for n in (await conn.execute(select(Patient.patient_name)))
+                    .scalars()]
+    assert s.call(names()) == ["Doe^Jon"]

@@ -1,5 +1,5 @@
-"""ThreadCommit: the index writer's common batch, committed by the association threads
-that wait for it, without the event loop.
+"""ThreadCommit: the index writer's batches, committed by the association threads that
+wait for them, without the event loop (SQLite file).
 
 The common C-STORE write is one autocommitted INSERT of instance rows whose study and
 series the writer has cached, and whose study sets hold their values already
@@ -7,18 +7,21 @@ series the writer has cached, and whose study sets hold their values already
 the hand-off, the writer task's step, a hop to aiosqlite's connection thread and a
 wake-up of the loop for its answer: with two associations per worker, ~0.8 ms of the
 loop's CPU and ~0.4 ms of aiosqlite's thread per instance (docs/performance.md,
-"Results: the common batch committed by the association threads"). Here the threads
-that wait for their rows take turns as the group's leader: one that finds no commit
-under way writes every row queued meanwhile in one INSERT, on a sqlite3 connection of
-its own, and wakes the others; a row that came too late for that batch is written by
-the next leader, one of the threads waiting for it. Group commit without a thread hop.
+"Results: the common batch committed by the association threads"). A new study costs
+more: ~10 statements, ~9 ms of the loop's CPU through SQLAlchemy's asyncio adapter.
+Here the threads that wait for their rows take turns as the group's leader: one that
+finds no commit under way writes every row queued meanwhile, on a sqlite3 connection
+of its own, and wakes the others; a row that came too late for that batch is written
+by the next leader, one of the threads waiting for it. The cached rows go as the one
+INSERT; the others (a new patient, study or series, a modality or SOP class new to the
+study) as one transaction of the writer's general path (`IndexWriter.write_general`,
+synchronous), on a SQLAlchemy connection over the same sqlite3 connection. Group
+commit without a thread hop.
 
 Only a SQLite file (PostgreSQL keeps the loop's path: asyncpg lives on the loop), and
-only the jobs the loop's writer would put through `_insert_known` without a new series.
-Anything else goes to the loop's writer as before: a job it does not know (new study,
-series, modality or SOP class of the study, a replacement), a batch whose INSERT fails
-(it tells a duplicate from a stale key), and every job while the loop's writer is in a
-batch of its own.
+never a replacement. The loop's writer still takes: a replacement, every job of a batch
+whose statement failed (it retries, and tells a duplicate from a stale key), every job
+after another process removed rows, and every job while it is in a batch of its own.
 
 Exclusion:
 - With the loop's writer, in this process: it announces its batch (`loop_enter`) and
@@ -26,7 +29,7 @@ Exclusion:
   leader starts, and the jobs queued meanwhile are handed to it. The two never touch the
   index (or the writer's caches) at the same time.
 - With other processes (workers, servers on the same file): the leader holds the same
-  WriterLock around its INSERT. When another writer removed rows since the loop's
+  WriterLock around its writes. When another writer removed rows since the loop's
   writer last looked (the lock's generation moved), the cached keys may name other rows
   now: the batch goes to the loop's writer, which forgets them.
 """
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import sqlite3
 import threading
 import time
@@ -42,6 +46,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import StaticPool
 
 from pacs_server.errors import IndexUnavailable
 from pacs_server.index.jobs import Job, settle
@@ -81,6 +88,7 @@ class ThreadCommit:
         self._loop = loop
         self._connect = connect
         self._conn: sqlite3.Connection | None = None
+        self._general: Connection | None = None
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[Job] = []
         self._leading = False             # a thread is writing a batch
@@ -88,7 +96,8 @@ class ThreadCommit:
         self._loop_busy = False           # the loop's writer is in a batch
         self._closed = False
         self._drained: asyncio.Future[None] | None = None
-        self.batches = 0                  # batches written here (tests, benchmarks)
+        self.batches = 0                  # single INSERTs written here (tests, benchmarks)
+        self.general_batches = 0          # general-path transactions written here
         self.handed = 0                   # jobs given to the loop's writer
 
     # ------------------------------------------------------------ association threads
@@ -97,7 +106,7 @@ class ThreadCommit:
 
         Writes the batch at once, in this thread, when no other thread is writing one.
         """
-        if self._loop_busy or self._closed or self._series_pk(record) is None:
+        if self._loop_busy or self._closed:
             return None
         fut = ThreadFuture(self)
         job = Job(record, False, fut)
@@ -186,12 +195,15 @@ class ThreadCommit:
                     self._cond.notify_all()
 
     def _write(self, batch: list[Job]) -> list[Job]:
-        """Commit the rows of `batch` the caches vouch for; returns the jobs left for
-        the loop's writer."""
+        """Commit `batch`: the rows the caches vouch for as the one INSERT, the others
+        (new patients, studies, series, study sets) through the writer's general path
+        in one transaction. Returns the jobs left for the loop's writer: all of them
+        when another process removed rows, those of a statement that failed."""
         w = self._writer
         lock = w._lock
         assert lock is not None
         lock.acquire()
+        commits: list[int] = []
         try:
             if lock.generation != w._generation:
                 return batch
@@ -207,40 +219,77 @@ class ThreadCommit:
                 else:
                     known.append(job)
                     rows.append(instance_row(job.record, pk))
-            if not rows:
-                return rest
-            try:
-                if self._conn is None:
-                    self._conn = self._connect()
-                # One statement in autocommit: committed, at the configured
-                # synchronous level, when it returns.
-                self._conn.execute(w._insert.statement(len(rows)),
-                                   w._insert.parameters(rows)).close()
-            except sqlite3.Error as exc:
-                # A duplicate, a key removed behind our back, a broken file: the loop's
-                # writer looks everything up again and answers each job.
-                log.debug("index.thread_commit_deferred", rows=len(rows), error=str(exc)[:200])
-                w._forget_caches()
-                return known + rest
-            # Answered before anything else can fail: these rows are committed, and a
-            # job handed on after its own commit would come back as a duplicate.
-            for job in known:
-                settle(job.future, None)
+            if self._conn is None:
+                self._conn = self._connect()
+            if rows:
+                try:
+                    # One statement in autocommit: committed, at the configured
+                    # synchronous level, when it returns.
+                    self._conn.execute(w._insert.statement(len(rows)),
+                                       w._insert.parameters(rows)).close()
+                except sqlite3.Error as exc:
+                    # A duplicate, a key removed behind our back, a broken file: the
+                    # loop's writer looks everything up again and answers each job.
+                    log.debug("index.thread_commit_deferred", rows=len(rows),
+                              error=str(exc)[:200])
+                    w._forget_caches()
+                    return known + rest
+                # Answered before anything else can fail: these rows are committed, and
+                # a job handed on after its own commit would come back as a duplicate.
+                for job in known:
+                    settle(job.future, None)
+                commits.append(len(rows))
+                self.batches += 1
+            if rest:
+                try:
+                    _, notices = w.write_general(self._general_connection(), rest)
+                except Exception as exc:
+                    # Rolled back. The caches may hold keys of rows that never were.
+                    log.debug("index.thread_commit_deferred", rows=len(rest),
+                              error=str(exc)[:200])
+                    w._forget_caches()
+                    self._drop_general_connection()
+                    return rest
+                for job in rest:
+                    settle(job.future, None)
+                commits.append(len(rest))
+                self.general_batches += 1
+                for notice in notices:
+                    log.warning(**notice)
             waited = lock.waited_s
         finally:
             lock.release()
-        self.batches += 1
         try:
             if w._on_lock_wait is not None:
                 w._on_lock_wait(waited)
-            if w._on_commit is not None:
-                w._on_commit(len(rows))
+            for size in commits:
+                if w._on_commit is not None:
+                    w._on_commit(size)
         except Exception as exc:
             log.warning("index.metrics_failed", error=str(exc)[:200])
-        return rest
+        return []
+
+    def _general_connection(self) -> Connection:
+        """A synchronous SQLAlchemy connection over this thread side's sqlite3
+        connection, for the writer's general path (`IndexWriter.write_general`)."""
+        if self._general is None:
+            conn = self._conn
+            assert conn is not None
+            engine = create_engine("sqlite://", creator=lambda: conn, poolclass=StaticPool)
+            # The writer's transactions take SQLite's write lock before their first
+            # read, as on the loop's engine (index/engine.py).
+            event.listen(engine, "begin", lambda c: c.exec_driver_sql("BEGIN IMMEDIATE"))
+            self._general = engine.connect()
+        return self._general
+
+    def _drop_general_connection(self) -> None:
+        general, self._general = self._general, None
+        if general is not None:
+            with contextlib.suppress(Exception):
+                general.close()
 
     def _series_pk(self, rec: InstanceRecord) -> int | None:
-        """The cached series key of a new instance `_insert_known` would write as is."""
+        """The cached series key of a new instance the one INSERT can write as is."""
         w = self._writer
         study = w._studies.get(rec.study_instance_uid)
         series = w._series.get(rec.series_instance_uid)
@@ -283,6 +332,7 @@ class ThreadCommit:
             self._hand_locked(self._pending)
             self._pending = []
             self._cond.notify_all()
+        self._drop_general_connection()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -42,7 +42,7 @@ from typing import Any, cast
 
 import structlog
 from sqlalchemy import delete, func, insert, select, text, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.schema import Table
@@ -290,17 +290,7 @@ class IndexWriter:
                         self._take_queued(jobs)
                     if attempt == 1 and await self._insert_known(conn, jobs):
                         return [None] * len(jobs), []
-                    async with conn.begin():
-                        batch = _Batch()
-                        results: list[str | None] = []
-                        rows = []
-                        for job in jobs:
-                            results.append(await self._take_existing(conn, batch, job)
-                                           if job.replace else None)
-                            rows.append(await self._instance_row(conn, batch, job.record))
-                        await conn.execute(_INSERT_INSTANCE, rows)
-                        await self._flush_study_sets(conn, batch)
-                return results, batch.notices
+                    return await conn.run_sync(self.write_general, jobs)
             except IntegrityError as exc:
                 self._forget_caches()
                 if "sop_instance_uid" in str(exc.orig):
@@ -402,20 +392,42 @@ class IndexWriter:
         self._studies.clear()
         self._series.clear()
 
-    async def _take_existing(self, conn: AsyncConnection, batch: _Batch, job: _Job) -> str | None:
+    def write_general(self, conn: Connection, jobs: list[_Job]
+                      ) -> tuple[list[str | None], list[dict[str, Any]]]:
+        """The general path: `jobs` in one transaction of lookups and inserts on `conn`;
+        returns each job's replaced path and the notices to log once committed.
+
+        Synchronous, so that its ten-odd statements cost one call each: the loop runs it
+        through `AsyncConnection.run_sync`, an association thread on its own connection
+        (index/thread_commit.py). Through `AsyncConnection.execute` each statement cost
+        ~0.6 ms of the loop's CPU, a new study ~9 ms (docs/performance.md, "Results:
+        the general path in one call").
+        """
+        with conn.begin():
+            batch = _Batch()
+            results: list[str | None] = []
+            rows = []
+            for job in jobs:
+                results.append(self._take_existing(conn, batch, job) if job.replace else None)
+                rows.append(self._instance_row(conn, batch, job.record))
+            conn.execute(_INSERT_INSTANCE, rows)
+            self._flush_study_sets(conn, batch)
+        return results, batch.notices
+
+    def _take_existing(self, conn: Connection, batch: _Batch, job: _Job) -> str | None:
         """For `replace`: drop the current row of this SOP instance, return its path."""
-        existing = (await conn.execute(
+        existing = (conn.execute(
             select(Instance.pk, Instance.path, Instance.series_pk)
             .where(Instance.sop_instance_uid == job.record.sop_instance_uid))).first()
         if existing is None:
             return None
-        await self._remove_instance(conn, batch, existing.pk, existing.series_pk)
+        self._remove_instance(conn, batch, existing.pk, existing.series_pk)
         return str(existing.path)
 
-    async def _instance_row(self, conn: AsyncConnection, batch: _Batch,
+    def _instance_row(self, conn: Connection, batch: _Batch,
                             rec: InstanceRecord) -> dict[str, Any]:
-        study_pk, patient_pk = await self._study(conn, batch, rec)
-        series_pk = await self._series_pk(conn, batch, rec, study_pk, patient_pk)
+        study_pk, patient_pk = self._study(conn, batch, rec)
+        series_pk = self._series_pk(conn, batch, rec, study_pk, patient_pk)
         pk, ppk, mods, sops = self._studies[rec.study_instance_uid]
         new_mods = join_values(mods, rec.series["modality"])
         new_sops = join_values(sops, rec.sop_class_uid)
@@ -424,21 +436,21 @@ class IndexWriter:
             batch.study_sets[pk] = (new_mods, new_sops)
         return instance_row(rec, series_pk)
 
-    async def _study(self, conn: AsyncConnection, batch: _Batch,
+    def _study(self, conn: Connection, batch: _Batch,
                      rec: InstanceRecord) -> tuple[int, int]:
         """(study pk, patient pk); a new study finds or creates its patient first."""
         cached = self._studies.get(rec.study_instance_uid)
         if cached is not None:
             return cached[0], cached[1]
-        row = (await conn.execute(select(Study.pk, Study.patient_pk, Study.modalities,
+        row = (conn.execute(select(Study.pk, Study.patient_pk, Study.modalities,
                                          Study.sop_classes).where(
             Study.study_instance_uid == rec.study_instance_uid))).first()
         if row is not None:
             self._studies[rec.study_instance_uid] = (row.pk, row.patient_pk, row.modalities,
                                                      row.sop_classes)
             return int(row.pk), int(row.patient_pk)
-        patient_pk = await self._patient(conn, batch, rec)
-        result = await conn.execute(_table(Study).insert().values(
+        patient_pk = self._patient(conn, batch, rec)
+        result = conn.execute(_table(Study).insert().values(
             study_instance_uid=rec.study_instance_uid, patient_pk=patient_pk,
             modalities="", sop_classes="", num_series=0, num_instances=0,
             header=rec.header, header_syntax=rec.header_syntax,
@@ -447,7 +459,7 @@ class IndexWriter:
         self._studies[rec.study_instance_uid] = (pk, patient_pk, "", "")
         return pk, patient_pk
 
-    async def _patient(self, conn: AsyncConnection, batch: _Batch, rec: InstanceRecord) -> int:
+    def _patient(self, conn: Connection, batch: _Batch, rec: InstanceRecord) -> int:
         """The patient of a new study: found by (PatientID, issuer), else created.
 
         An empty PatientID identifies nobody, so such a study gets a patient of its own.
@@ -461,31 +473,31 @@ class IndexWriter:
         # and this runs once per new study, not per instance.
         found = None
         if key[0]:
-            row = (await conn.execute(select(
+            row = (conn.execute(select(
                 Patient.pk, *(_table(Patient).c[r.column] for r in _FOLLOWING)).where(
                 *(_table(Patient).c[c] == v for c, v in zip(_PATIENT_KEY, key, strict=True))
             ))).first()
             if row is not None:
                 found = (int(row[0]), tuple(row[1:]))
         if found is None:
-            result = await conn.execute(_table(Patient).insert().values(
+            result = conn.execute(_table(Patient).insert().values(
                 num_studies=0, num_series=0, num_instances=0,
                 header=rec.header, header_syntax=rec.header_syntax, **values))
             pk = _inserted_pk(result)
         else:
             pk, before = found
             if before != following:
-                await self._follow(conn, batch, pk, values, before, rec)
+                self._follow(conn, batch, pk, values, before, rec)
         return pk
 
-    async def _follow(self, conn: AsyncConnection, batch: _Batch, pk: int,
+    def _follow(self, conn: Connection, batch: _Batch, pk: int,
                       values: dict[str, Any], before: tuple[Any, ...],
                       rec: InstanceRecord) -> None:
         """Update the patient row to a new study's demographics; note the change."""
-        previous = (await conn.execute(
+        previous = (conn.execute(
             select(Study.study_instance_uid).where(Study.patient_pk == pk)
             .order_by(Study.pk.desc()).limit(1))).scalar()
-        await conn.execute(update(Patient).where(Patient.pk == pk).values(
+        conn.execute(update(Patient).where(Patient.pk == pk).values(
             {k: v for k, v in values.items() if k not in _PATIENT_KEY}))
         changed = [r.keyword for r, old in zip(_FOLLOWING, before, strict=True)
                    if values[r.column] != old]
@@ -493,15 +505,15 @@ class IndexWriter:
                                   changed=changed, previous_study_uid=previous,
                                   study_uid=rec.study_instance_uid))
 
-    async def _series_pk(self, conn: AsyncConnection, batch: _Batch, rec: InstanceRecord,
+    def _series_pk(self, conn: Connection, batch: _Batch, rec: InstanceRecord,
                          study_pk: int, patient_pk: int) -> int:
         cached = self._series.get(rec.series_instance_uid)
         if cached is not None:
             return cached[0]
-        row = (await conn.execute(select(Series.pk, Series.study_pk).where(
+        row = (conn.execute(select(Series.pk, Series.study_pk).where(
             Series.series_instance_uid == rec.series_instance_uid))).first()
         if row is None:
-            result = await conn.execute(_table(Series).insert().values(
+            result = conn.execute(_table(Series).insert().values(
                 series_row(rec, study_pk)))
             pk = _inserted_pk(result)
         else:
@@ -509,7 +521,7 @@ class IndexWriter:
         self._series[rec.series_instance_uid] = (pk, study_pk, patient_pk)
         return pk
 
-    async def _flush_study_sets(self, conn: AsyncConnection, batch: _Batch) -> None:
+    def _flush_study_sets(self, conn: Connection, batch: _Batch) -> None:
         """Write the batch's changed ModalitiesInStudy/SOPClassesInStudy sets.
 
         The related-instance counts are kept by triggers (migration 0002).
@@ -518,7 +530,7 @@ class IndexWriter:
             # Another process may have extended the sets since we cached them: merge
             # with the row as it is now, locked until our commit (FOR UPDATE; SQLite
             # holds the write lock already, after this transaction's inserts).
-            rows = {r.pk: r for r in await conn.execute(
+            rows = {r.pk: r for r in conn.execute(
                 select(Study.pk, Study.modalities, Study.sop_classes)
                 .where(Study.pk.in_(batch.study_sets)).with_for_update())}
             params = []
@@ -527,54 +539,54 @@ class IndexWriter:
                 if row is not None:
                     mods, sops = _union(row.modalities, mods), _union(row.sop_classes, sops)
                 params.append({"pk": pk, "mods": mods, "sops": sops})
-            await conn.execute(_UPDATE_STUDY_SETS, params)
+            conn.execute(_UPDATE_STUDY_SETS, params)
         batch.study_sets.clear()
 
-    async def _remove_instance(self, conn: AsyncConnection, batch: _Batch, pk: int,
+    def _remove_instance(self, conn: Connection, batch: _Batch, pk: int,
                                series_pk: int) -> None:
         """Delete one instance row (triggers keep the counts); prune emptied parents."""
-        await self._flush_study_sets(conn, batch)
+        self._flush_study_sets(conn, batch)
         if self._lock is not None:
             self._generation = self._lock.bump()
-        await conn.execute(delete(Instance).where(Instance.pk == pk))
-        series = (await conn.execute(select(Series.pk, Series.study_pk, Series.num_instances)
+        conn.execute(delete(Instance).where(Instance.pk == pk))
+        series = (conn.execute(select(Series.pk, Series.study_pk, Series.num_instances)
                                      .where(Series.pk == series_pk))).one()
-        study = (await conn.execute(select(Study.pk, Study.patient_pk).where(
+        study = (conn.execute(select(Study.pk, Study.patient_pk).where(
             Study.pk == series.study_pk))).one()
         if series.num_instances <= 0:
-            await conn.execute(delete(Series).where(Series.pk == series_pk))
+            conn.execute(delete(Series).where(Series.pk == series_pk))
             self._forget_caches()
-            if await self._prune_empty_study(conn, study.pk, study.patient_pk):
+            if self._prune_empty_study(conn, study.pk, study.patient_pk):
                 return
-        await self._recompute_study_sets(conn, study.pk)
+        self._recompute_study_sets(conn, study.pk)
 
-    async def _prune_empty_study(self, conn: AsyncConnection, study_pk: int,
+    def _prune_empty_study(self, conn: Connection, study_pk: int,
                                  patient_pk: int) -> bool:
         """Delete a study left without series (and its patient left without studies).
 
         An emptied study or patient must not linger: C-FIND would report it as a match
         with nothing to retrieve. Returns True when the study was deleted.
         """
-        series_left = (await conn.execute(select(func.count()).select_from(Series).where(
+        series_left = (conn.execute(select(func.count()).select_from(Series).where(
             Series.study_pk == study_pk))).scalar()
         if series_left:
             return False
-        await conn.execute(delete(Study).where(Study.pk == study_pk))
-        studies_left = (await conn.execute(select(func.count()).select_from(Study).where(
+        conn.execute(delete(Study).where(Study.pk == study_pk))
+        studies_left = (conn.execute(select(func.count()).select_from(Study).where(
             Study.patient_pk == patient_pk))).scalar()
         if not studies_left:
-            await conn.execute(delete(Patient).where(Patient.pk == patient_pk))
+            conn.execute(delete(Patient).where(Patient.pk == patient_pk))
         self._forget_caches()
         return True
 
-    async def _recompute_study_sets(self, conn: AsyncConnection, study_pk: int) -> None:
-        rows = (await conn.execute(
+    def _recompute_study_sets(self, conn: Connection, study_pk: int) -> None:
+        rows = (conn.execute(
             select(Series.modality, Instance.sop_class_uid).join(
                 Instance, Instance.series_pk == Series.pk).where(Series.study_pk == study_pk)
             .distinct())).all()
         mods = "\\".join(sorted({r.modality for r in rows if r.modality}))
         sops = "\\".join(sorted({r.sop_class_uid for r in rows}))
-        await conn.execute(update(Study).where(Study.pk == study_pk).values(
+        conn.execute(update(Study).where(Study.pk == study_pk).values(
             modalities=mods, sop_classes=sops))
         self._forget_caches()
 
