@@ -92,6 +92,9 @@ def main() -> int:
     p.add_argument("--transport", choices=("events", "stock"), default=None)
     p.add_argument("--series-per-study", type=int, default=2,
                    help="50 gives one instance per series (every instance a new series)")
+    p.add_argument("--studies", type=int, default=None,
+                   help="studies in the set (default count/50); --studies 1000 "
+                        "--series-per-study 1 gives one instance per study (CR/DX-like)")
     p.add_argument("--data-dir", default="/tmp/pacs-bench-data")
     p.add_argument("--each", action="store_true",
                    help="one storescu process and association per instance")
@@ -103,7 +106,10 @@ def main() -> int:
         import servers
         servers.TRANSPORT = a.transport
     root = generate.small_set(Path(a.data_dir), a.count, a.series_per_study)
-    m = generate.generate(root, a.count, series_per_study=a.series_per_study, split=4)
+    if a.studies is not None:
+        root = root.with_name(f"{root.name}-st{a.studies}")
+    m = generate.generate(root, a.count, studies=a.studies,
+                          series_per_study=a.series_per_study, split=4)
     dirs = [root] if a.associations == 1 else sorted(root.glob("part*"))
     trees = {"A": a.a, "B": a.b}
     rows: dict[str, list[tuple[float, float, float]]] = {"A": [], "B": []}
