@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -67,6 +67,15 @@ _MAX_RETRIES = 5
 # Statements of the write path, built once: compiling expressions per instance costs
 # more than executing them.
 _INSERT_INSTANCE = insert(Instance)
+_INSERT_SERIES = insert(Series)
+_INSERT_STUDY = insert(Study)
+_INSERT_PATIENT = insert(Patient)
+_SERIES_BY_UID = select(Series.pk, Series.study_pk).where(
+    Series.series_instance_uid == bindparam("uid"))
+_STUDY_BY_UID = select(Study.pk, Study.patient_pk, Study.modalities, Study.sop_classes).where(
+    Study.study_instance_uid == bindparam("uid"))
+_STUDY_SETS_ROWS = select(Study.pk, Study.modalities, Study.sop_classes).where(
+    Study.pk.in_(bindparam("pks", expanding=True))).with_for_update()
 _STUDY_SETS = select(Study.modalities, Study.sop_classes).with_for_update()
 _UPDATE_STUDY_SETS = text(
     "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk")
@@ -74,6 +83,9 @@ _UPDATE_STUDY_SETS = text(
 # The patient key, and the patient attributes that follow the newest study.
 _PATIENT_KEY = ("patient_id", "issuer_of_patient_id")
 _FOLLOWING = tuple(r for r in QR_ATTRIBUTES.recorded("PATIENT") if r.column not in _PATIENT_KEY)
+_PATIENT_BY_KEY = select(
+    Patient.pk, *(cast(Table, Patient.__table__).c[r.column] for r in _FOLLOWING)).where(
+    *(cast(Table, Patient.__table__).c[c] == bindparam(c) for c in _PATIENT_KEY))
 
 
 @dataclass
@@ -425,7 +437,7 @@ class IndexWriter:
         return str(existing.path)
 
     def _instance_row(self, conn: Connection, batch: _Batch,
-                            rec: InstanceRecord) -> dict[str, Any]:
+                      rec: InstanceRecord) -> dict[str, Any]:
         study_pk, patient_pk = self._study(conn, batch, rec)
         series_pk = self._series_pk(conn, batch, rec, study_pk, patient_pk)
         pk, ppk, mods, sops = self._studies[rec.study_instance_uid]
@@ -437,20 +449,18 @@ class IndexWriter:
         return instance_row(rec, series_pk)
 
     def _study(self, conn: Connection, batch: _Batch,
-                     rec: InstanceRecord) -> tuple[int, int]:
+               rec: InstanceRecord) -> tuple[int, int]:
         """(study pk, patient pk); a new study finds or creates its patient first."""
         cached = self._studies.get(rec.study_instance_uid)
         if cached is not None:
             return cached[0], cached[1]
-        row = (conn.execute(select(Study.pk, Study.patient_pk, Study.modalities,
-                                         Study.sop_classes).where(
-            Study.study_instance_uid == rec.study_instance_uid))).first()
+        row = conn.execute(_STUDY_BY_UID, {"uid": rec.study_instance_uid}).first()
         if row is not None:
             self._studies[rec.study_instance_uid] = (row.pk, row.patient_pk, row.modalities,
                                                      row.sop_classes)
             return int(row.pk), int(row.patient_pk)
         patient_pk = self._patient(conn, batch, rec)
-        result = conn.execute(_table(Study).insert().values(
+        result = conn.execute(_INSERT_STUDY, dict(
             study_instance_uid=rec.study_instance_uid, patient_pk=patient_pk,
             modalities="", sop_classes="", num_series=0, num_instances=0,
             header=rec.header, header_syntax=rec.header_syntax,
@@ -473,14 +483,12 @@ class IndexWriter:
         # and this runs once per new study, not per instance.
         found = None
         if key[0]:
-            row = (conn.execute(select(
-                Patient.pk, *(_table(Patient).c[r.column] for r in _FOLLOWING)).where(
-                *(_table(Patient).c[c] == v for c, v in zip(_PATIENT_KEY, key, strict=True))
-            ))).first()
+            row = conn.execute(_PATIENT_BY_KEY, dict(zip(_PATIENT_KEY, key, strict=True))
+                               ).first()
             if row is not None:
                 found = (int(row[0]), tuple(row[1:]))
         if found is None:
-            result = conn.execute(_table(Patient).insert().values(
+            result = conn.execute(_INSERT_PATIENT, dict(
                 num_studies=0, num_series=0, num_instances=0,
                 header=rec.header, header_syntax=rec.header_syntax, **values))
             pk = _inserted_pk(result)
@@ -491,8 +499,8 @@ class IndexWriter:
         return pk
 
     def _follow(self, conn: Connection, batch: _Batch, pk: int,
-                      values: dict[str, Any], before: tuple[Any, ...],
-                      rec: InstanceRecord) -> None:
+                values: dict[str, Any], before: tuple[Any, ...],
+                rec: InstanceRecord) -> None:
         """Update the patient row to a new study's demographics; note the change."""
         previous = (conn.execute(
             select(Study.study_instance_uid).where(Study.patient_pk == pk)
@@ -506,15 +514,13 @@ class IndexWriter:
                                   study_uid=rec.study_instance_uid))
 
     def _series_pk(self, conn: Connection, batch: _Batch, rec: InstanceRecord,
-                         study_pk: int, patient_pk: int) -> int:
+                   study_pk: int, patient_pk: int) -> int:
         cached = self._series.get(rec.series_instance_uid)
         if cached is not None:
             return cached[0]
-        row = (conn.execute(select(Series.pk, Series.study_pk).where(
-            Series.series_instance_uid == rec.series_instance_uid))).first()
+        row = conn.execute(_SERIES_BY_UID, {"uid": rec.series_instance_uid}).first()
         if row is None:
-            result = conn.execute(_table(Series).insert().values(
-                series_row(rec, study_pk)))
+            result = conn.execute(_INSERT_SERIES, series_row(rec, study_pk))
             pk = _inserted_pk(result)
         else:
             pk = int(row.pk)
@@ -531,8 +537,7 @@ class IndexWriter:
             # with the row as it is now, locked until our commit (FOR UPDATE; SQLite
             # holds the write lock already, after this transaction's inserts).
             rows = {r.pk: r for r in conn.execute(
-                select(Study.pk, Study.modalities, Study.sop_classes)
-                .where(Study.pk.in_(batch.study_sets)).with_for_update())}
+                _STUDY_SETS_ROWS, {"pks": list(batch.study_sets)})}
             params = []
             for pk, (mods, sops) in batch.study_sets.items():
                 row = rows.get(pk)
@@ -543,7 +548,7 @@ class IndexWriter:
         batch.study_sets.clear()
 
     def _remove_instance(self, conn: Connection, batch: _Batch, pk: int,
-                               series_pk: int) -> None:
+                         series_pk: int) -> None:
         """Delete one instance row (triggers keep the counts); prune emptied parents."""
         self._flush_study_sets(conn, batch)
         if self._lock is not None:
@@ -561,7 +566,7 @@ class IndexWriter:
         self._recompute_study_sets(conn, study.pk)
 
     def _prune_empty_study(self, conn: Connection, study_pk: int,
-                                 patient_pk: int) -> bool:
+                           patient_pk: int) -> bool:
         """Delete a study left without series (and its patient left without studies).
 
         An emptied study or patient must not linger: C-FIND would report it as a match
