@@ -76,7 +76,6 @@ _STUDY_BY_UID = select(Study.pk, Study.patient_pk, Study.modalities, Study.sop_c
     Study.study_instance_uid == bindparam("uid"))
 _STUDY_SETS_ROWS = select(Study.pk, Study.modalities, Study.sop_classes).where(
     Study.pk.in_(bindparam("pks", expanding=True))).with_for_update()
-_STUDY_SETS = select(Study.modalities, Study.sop_classes).with_for_update()
 _UPDATE_STUDY_SETS = text(
     "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk")
 
@@ -411,9 +410,9 @@ class IndexWriter:
 
         Synchronous, so that its ten-odd statements cost one call each: the loop runs it
         through `AsyncConnection.run_sync`, an association thread on its own connection
-        (index/thread_commit.py). Through `AsyncConnection.execute` each statement cost
-        ~0.6 ms of the loop's CPU, a new study ~9 ms (docs/performance.md, "Results:
-        the general path in one call").
+        (index/thread_commit.py). Through `AsyncConnection.execute`, with the statements
+        built per call, a new study cost ~13 ms of CPU; ~1.5 ms now (docs/performance.md,
+        "The general path in one call, in the threads too").
         """
         with conn.begin():
             batch = _Batch()
@@ -610,11 +609,6 @@ def _is_retryable(exc: DBAPIError) -> bool:
     text = str(exc.orig if exc.orig is not None else exc).lower()
     return any(word in text for word in ("could not serialize", "deadlock", "database is locked",
                                          "serialization failure"))
-
-
-def _table(model: Any) -> Table:
-    """A mapped class's Table (typed as a plain FromClause by SQLAlchemy's stubs)."""
-    return cast(Table, model.__table__)
 
 
 def _inserted_pk(result: CursorResult[Any]) -> int:
