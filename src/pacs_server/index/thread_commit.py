@@ -54,7 +54,6 @@ from pacs_server.errors import IndexUnavailable
 from pacs_server.index.jobs import Job, settle
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.rows import instance_row
-from pacs_server.index.text import join_values
 
 if TYPE_CHECKING:
     from pacs_server.index.writer import IndexWriter
@@ -213,7 +212,7 @@ class ThreadCommit:
             for job in batch:
                 if job.future.done():      # withdrawn by a timeout
                     continue
-                pk = self._series_pk(job.record)
+                pk = w.cached_series_pk(job.record)
                 if pk is None:
                     rest.append(job)
                 else:
@@ -287,17 +286,6 @@ class ThreadCommit:
         if general is not None:
             with contextlib.suppress(Exception):
                 general.close()
-
-    def _series_pk(self, rec: InstanceRecord) -> int | None:
-        """The cached series key of a new instance the one INSERT can write as is."""
-        w = self._writer
-        study = w._studies.get(rec.study_instance_uid)
-        series = w._series.get(rec.series_instance_uid)
-        if (study is None or series is None
-                or join_values(study[2], rec.series["modality"]) != study[2]
-                or join_values(study[3], rec.sop_class_uid) != study[3]):
-            return None
-        return series[0]
 
     def _hand_locked(self, jobs: list[Job]) -> None:
         for job in jobs:

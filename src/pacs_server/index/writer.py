@@ -340,10 +340,8 @@ class IndexWriter:
         new: dict[str, tuple[int, dict[str, Any], tuple[int, int]]] = {}
         for job in jobs:
             rec = job.record
-            study = self._studies.get(rec.study_instance_uid)
-            if (job.replace or study is None
-                    or join_values(study[2], rec.series["modality"]) != study[2]
-                    or join_values(study[3], rec.sop_class_uid) != study[3]):
+            study = self.cached_study(rec)
+            if job.replace or study is None:
                 return False
             series = self._series.get(rec.series_instance_uid)
             if series is not None:
@@ -376,6 +374,24 @@ class IndexWriter:
         else:
             self.single_statement_batches += 1
         return True
+
+    def cached_study(self, rec: InstanceRecord) -> tuple[int, int, str, str] | None:
+        """The cached study row of `rec` (pk, patient pk, modalities, SOP classes) when
+        its sets hold `rec`'s values already, i.e. when `rec` changes nothing above its
+        series; else None."""
+        study = self._studies.get(rec.study_instance_uid)
+        if (study is None or join_values(study[2], rec.series["modality"]) != study[2]
+                or join_values(study[3], rec.sop_class_uid) != study[3]):
+            return None
+        return study
+
+    def cached_series_pk(self, rec: InstanceRecord) -> int | None:
+        """The cached series key of `rec` when the one INSERT can write it as is (its
+        study cached as `cached_study` says, its series cached); else None."""
+        series = self._series.get(rec.series_instance_uid)
+        if series is None or self.cached_study(rec) is None:
+            return None
+        return series[0]
 
     def _count_retry(self, reason: str, exc: Exception) -> None:
         self.retries += 1
