@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pacs_server.config import DatabaseConfig
 from pacs_server.errors import ConflictingRequest, InvalidRequest
+from pacs_server.index.engine import sqlite_path
 
 
 def check_destination(destination: str) -> Path:
@@ -44,7 +45,7 @@ def backup_sqlite(cfg: DatabaseConfig, destination: str, pages: int = 1024) -> d
         raise InvalidRequest("the index is not SQLite: back it up with pg_dump "
                              "(see docs/operations.md)")
     target = check_destination(destination)
-    source = sqlite3.connect(f"file:{Path(cfg.path).expanduser().resolve()}?mode=ro",
+    source = sqlite3.connect(f"file:{sqlite_path(cfg)}?mode=ro",
                              uri=True, timeout=30)
     try:
         dest = sqlite3.connect(target)

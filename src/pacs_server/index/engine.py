@@ -31,7 +31,12 @@ def database_url(cfg: DatabaseConfig) -> str:
     """The SQLAlchemy URL: `url` if set, else the SQLite file at `path`."""
     if cfg.url:
         return cfg.url
-    return f"sqlite+aiosqlite:///{Path(cfg.path).expanduser().resolve()}"
+    return f"sqlite+aiosqlite:///{sqlite_path(cfg)}"
+
+
+def sqlite_path(cfg: DatabaseConfig) -> Path:
+    """The SQLite index file `database.path` names."""
+    return Path(cfg.path).expanduser().resolve()
 
 
 class WriterLock:
@@ -62,30 +67,32 @@ class WriterLock:
         return cls(Path(f"{engine.url.database}.writer-lock"))
 
     async def __aenter__(self) -> None:
-        self.waited_s = 0.0
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not self._take_now():
             started = time.perf_counter()
             await asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_EX)
-            self.waited_s = time.perf_counter() - started
-        self._read_generation()
+            self._taken(started)
 
     def acquire(self) -> None:
         """`async with` for a thread that may block (index/thread_commit.py)."""
-        self.waited_s = 0.0
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not self._take_now():
             started = time.perf_counter()
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-            self.waited_s = time.perf_counter() - started
-        self._read_generation()
+            self._taken(started)
 
     def release(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def _read_generation(self) -> None:
+    def _take_now(self) -> bool:
+        """The lock if nobody holds it (then waited_s is 0 and the generation read)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self._taken(None)
+        return True
+
+    def _taken(self, waiting_since: float | None) -> None:
+        self.waited_s = 0.0 if waiting_since is None else time.perf_counter() - waiting_since
         self.generation = int.from_bytes(os.pread(self._fd, 8, 0).ljust(8, b"\0"), "little")
 
     def bump(self) -> int:
@@ -118,7 +125,7 @@ def create_engine(cfg: DatabaseConfig, writer: bool = False) -> AsyncEngine:
     url = database_url(cfg)
     if not url.startswith("sqlite"):
         return create_async_engine(url, pool_pre_ping=True)
-    path = Path(cfg.path).expanduser().resolve()
+    path = sqlite_path(cfg)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -158,7 +165,7 @@ def thread_connector(cfg: DatabaseConfig) -> Callable[[], sqlite3.Connection] | 
     when the index is not a SQLite file named by `database.path`."""
     if cfg.url or cfg.path == ":memory:":
         return None
-    path = Path(cfg.path).expanduser().resolve()
+    path = sqlite_path(cfg)
 
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
