@@ -41,8 +41,8 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
-from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.schema import Table
@@ -54,6 +54,7 @@ from pacs_server.index.engine import WriterLock
 from pacs_server.index.jobs import Job as _Job
 from pacs_server.index.jobs import settle as _settle
 from pacs_server.index.models import Instance, Patient, Series, Study
+from pacs_server.index.prepared import Prepared, PreparedInsert
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.rows import instance_row, level_values, series_row
 from pacs_server.index.text import join_values
@@ -64,27 +65,28 @@ log = structlog.get_logger(__name__)
 _STOP = object()
 _MAX_RETRIES = 5
 
-# Statements of the write path, built once: compiling expressions per instance costs
-# more than executing them.
-_INSERT_INSTANCE = insert(Instance)
-_INSERT_SERIES = insert(Series)
-_INSERT_STUDY = insert(Study)
-_INSERT_PATIENT = insert(Patient)
-_SERIES_BY_UID = select(Series.pk, Series.study_pk).where(
-    Series.series_instance_uid == bindparam("uid"))
-_STUDY_BY_UID = select(Study.pk, Study.patient_pk, Study.modalities, Study.sop_classes).where(
-    Study.study_instance_uid == bindparam("uid"))
-_STUDY_SETS_ROWS = select(Study.pk, Study.modalities, Study.sop_classes).where(
-    Study.pk.in_(bindparam("pks", expanding=True))).with_for_update()
-_UPDATE_STUDY_SETS = text(
-    "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk")
+# Statements of the general path, built once: compiling expressions per instance costs
+# more than executing them, and on SQLite they run on the cursor (index/prepared.py).
+_INSERT_INSTANCE = PreparedInsert(cast(Table, Instance.__table__))
+_INSERT_SERIES = PreparedInsert(cast(Table, Series.__table__), returning=True)
+_INSERT_STUDY = PreparedInsert(cast(Table, Study.__table__), returning=True)
+_INSERT_PATIENT = PreparedInsert(cast(Table, Patient.__table__), returning=True)
+_SERIES_BY_UID = Prepared(select(Series.pk).where(
+    Series.series_instance_uid == bindparam("uid")))
+_STUDY_BY_UID = Prepared(select(Study.pk, Study.patient_pk, Study.modalities,
+                                Study.sop_classes).where(
+    Study.study_instance_uid == bindparam("uid")))
+_STUDY_SETS_ROW = Prepared(select(Study.modalities, Study.sop_classes).where(
+    Study.pk == bindparam("pk")).with_for_update())
+_UPDATE_STUDY_SETS = Prepared(text(
+    "UPDATE studies SET modalities = :mods, sop_classes = :sops WHERE pk = :pk"))
 
 # The patient key, and the patient attributes that follow the newest study.
 _PATIENT_KEY = ("patient_id", "issuer_of_patient_id")
 _FOLLOWING = tuple(r for r in QR_ATTRIBUTES.recorded("PATIENT") if r.column not in _PATIENT_KEY)
-_PATIENT_BY_KEY = select(
+_PATIENT_BY_KEY = Prepared(select(
     Patient.pk, *(cast(Table, Patient.__table__).c[r.column] for r in _FOLLOWING)).where(
-    *(cast(Table, Patient.__table__).c[c] == bindparam(c) for c in _PATIENT_KEY))
+    *(cast(Table, Patient.__table__).c[c] == bindparam(c) for c in _PATIENT_KEY)))
 
 
 @dataclass
@@ -437,7 +439,7 @@ class IndexWriter:
             for job in jobs:
                 results.append(self._take_existing(conn, batch, job) if job.replace else None)
                 rows.append(self._instance_row(conn, batch, job.record))
-            conn.execute(_INSERT_INSTANCE, rows)
+            _INSERT_INSTANCE.insert_many(conn, rows)
             self._flush_study_sets(conn, batch)
         return results, batch.notices
 
@@ -469,18 +471,17 @@ class IndexWriter:
         cached = self._studies.get(rec.study_instance_uid)
         if cached is not None:
             return cached[0], cached[1]
-        row = conn.execute(_STUDY_BY_UID, {"uid": rec.study_instance_uid}).first()
+        row = _STUDY_BY_UID.first(conn, {"uid": rec.study_instance_uid})
         if row is not None:
-            self._studies[rec.study_instance_uid] = (row.pk, row.patient_pk, row.modalities,
-                                                     row.sop_classes)
-            return int(row.pk), int(row.patient_pk)
+            pk, patient_pk, mods, sops = int(row[0]), int(row[1]), row[2], row[3]
+            self._studies[rec.study_instance_uid] = (pk, patient_pk, mods, sops)
+            return pk, patient_pk
         patient_pk = self._patient(conn, batch, rec)
-        result = conn.execute(_INSERT_STUDY, dict(
+        pk = _INSERT_STUDY.insert_pk(conn, dict(
             study_instance_uid=rec.study_instance_uid, patient_pk=patient_pk,
             modalities="", sop_classes="", num_series=0, num_instances=0,
             header=rec.header, header_syntax=rec.header_syntax,
             updated_at=datetime.now(UTC), **level_values("STUDY", rec.study)))
-        pk = _inserted_pk(result)
         self._studies[rec.study_instance_uid] = (pk, patient_pk, "", "")
         return pk, patient_pk
 
@@ -498,15 +499,13 @@ class IndexWriter:
         # and this runs once per new study, not per instance.
         found = None
         if key[0]:
-            row = conn.execute(_PATIENT_BY_KEY, dict(zip(_PATIENT_KEY, key, strict=True))
-                               ).first()
+            row = _PATIENT_BY_KEY.first(conn, dict(zip(_PATIENT_KEY, key, strict=True)))
             if row is not None:
                 found = (int(row[0]), tuple(row[1:]))
         if found is None:
-            result = conn.execute(_INSERT_PATIENT, dict(
+            pk = _INSERT_PATIENT.insert_pk(conn, dict(
                 num_studies=0, num_series=0, num_instances=0,
                 header=rec.header, header_syntax=rec.header_syntax, **values))
-            pk = _inserted_pk(result)
         else:
             pk, before = found
             if before != following:
@@ -533,12 +532,9 @@ class IndexWriter:
         cached = self._series.get(rec.series_instance_uid)
         if cached is not None:
             return cached[0]
-        row = conn.execute(_SERIES_BY_UID, {"uid": rec.series_instance_uid}).first()
-        if row is None:
-            result = conn.execute(_INSERT_SERIES, series_row(rec, study_pk))
-            pk = _inserted_pk(result)
-        else:
-            pk = int(row.pk)
+        row = _SERIES_BY_UID.first(conn, {"uid": rec.series_instance_uid})
+        pk = _INSERT_SERIES.insert_pk(conn, series_row(rec, study_pk)) if row is None \
+            else int(row[0])
         self._series[rec.series_instance_uid] = (pk, study_pk, patient_pk)
         return pk
 
@@ -551,15 +547,13 @@ class IndexWriter:
             # Another process may have extended the sets since we cached them: merge
             # with the row as it is now, locked until our commit (FOR UPDATE; SQLite
             # holds the write lock already, after this transaction's inserts).
-            rows = {r.pk: r for r in conn.execute(
-                _STUDY_SETS_ROWS, {"pks": list(batch.study_sets)})}
             params = []
             for pk, (mods, sops) in batch.study_sets.items():
-                row = rows.get(pk)
+                row = _STUDY_SETS_ROW.first(conn, {"pk": pk})
                 if row is not None:
-                    mods, sops = _union(row.modalities, mods), _union(row.sop_classes, sops)
+                    mods, sops = _union(row[0], mods), _union(row[1], sops)
                 params.append({"pk": pk, "mods": mods, "sops": sops})
-            conn.execute(_UPDATE_STUDY_SETS, params)
+            _UPDATE_STUDY_SETS.execute_many(conn, params)
         batch.study_sets.clear()
 
     def _remove_instance(self, conn: Connection, batch: _Batch, pk: int,
@@ -626,9 +620,3 @@ def _is_retryable(exc: DBAPIError) -> bool:
     return any(word in text for word in ("could not serialize", "deadlock", "database is locked",
                                          "serialization failure"))
 
-
-def _inserted_pk(result: CursorResult[Any]) -> int:
-    """The primary key of the one row an INSERT added."""
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
