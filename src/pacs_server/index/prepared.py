@@ -4,13 +4,13 @@
 (look the study, patient and series up, insert them, the instance, the study's sets).
 Through `Connection.execute` each costs ~0.15-0.2 ms of CPU in SQLAlchemy's execution
 bookkeeping (compiled-cache lookup, execution context, result set-up): ~1.6 ms of the
-~7.5 ms a one-instance study costs (docs/performance.md, "The general path on the
-cursor"). On SQLite the SQL text, compiled once by SQLAlchemy Core for the connection's
-dialect, goes to the DBAPI cursor in one call, the values through each column type's
-bind processor as SQLAlchemy would convert them; a driver error is wrapped as
-SQLAlchemy wraps it (`DBAPIError.instance`), so callers still see `IntegrityError` and
-`OperationalError`. PostgreSQL keeps `Connection.execute`: there a lost connection must
-invalidate the pooled one, which SQLAlchemy's own execution does.
+~7.5 ms a one-instance study cost (docs/performance.md, "Results: the general path on
+the cursor"). On SQLite the SQL text, compiled once by SQLAlchemy Core for the
+connection's dialect, goes to the DBAPI cursor in one call, the values through each
+column type's bind processor as SQLAlchemy would convert them; a driver error is
+wrapped as SQLAlchemy wraps it (`DBAPIError.instance`), so callers still see
+`IntegrityError` and `OperationalError`. PostgreSQL keeps `Connection.execute`: there
+a lost connection must invalidate the pooled one, which SQLAlchemy's own execution does.
 """
 
 from __future__ import annotations
