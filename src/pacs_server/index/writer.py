@@ -546,9 +546,10 @@ class IndexWriter:
         if batch.study_sets:
             # Another process may have extended the sets since we cached them: merge
             # with the row as it is now, locked until our commit (FOR UPDATE; SQLite
-            # holds the write lock already, after this transaction's inserts).
+            # holds the write lock already, after this transaction's inserts), one row
+            # at a time in key order, so two writers never lock two rows crosswise.
             params = []
-            for pk, (mods, sops) in batch.study_sets.items():
+            for pk, (mods, sops) in sorted(batch.study_sets.items()):
                 row = _STUDY_SETS_ROW.first(conn, {"pk": pk})
                 if row is not None:
                     mods, sops = _union(row[0], mods), _union(row[1], sops)
