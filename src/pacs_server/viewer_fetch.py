@@ -97,12 +97,24 @@ def npm_pack(version: str, workdir: Path) -> Path:
                            "--pack-destination", str(workdir)], capture_output=True,
                           text=True, timeout=900, check=False)
     if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["(no output)"]
-        raise FetchError(f"npm pack {PACKAGE}@{version} failed: {lines[-1]}")
+        raise FetchError(f"npm pack {PACKAGE}@{version} failed: {_npm_error(proc)}")
     tarballs = sorted(workdir.glob("*.tgz"))
     if len(tarballs) != 1:
         raise FetchError(f"npm pack {PACKAGE}@{version} left no tarball in {workdir}")
     return tarballs[0]
+
+
+def _npm_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """npm's own reason: the summary of its --json error object (stdout), else the
+    last `npm ERR!` line (stderr)."""
+    try:
+        error = json.loads(proc.stdout).get("error", {})
+        if error.get("summary"):
+            return f"{error.get('code', 'error')}: {error['summary']}"
+    except (ValueError, AttributeError):
+        pass
+    lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no output)"
 
 
 def install(dest: Path, version: str = DEFAULT_VERSION, tarball: Path | None = None,
@@ -161,9 +173,25 @@ def _unpack(tarball: Path, out: Path) -> None:
             if not any(m.name == "index.html" for m in members):
                 raise FetchError(f"{tarball.name} has no dist/index.html: not a built "
                                  "OHIF package")
-            tar.extractall(out, members=members, filter="data")
+            _extract(tar, out, members)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise FetchError(f"{tarball.name}: cannot unpack: {exc}") from None
+
+
+def _extract(tar: tarfile.TarFile, out: Path, members: list[tarfile.TarInfo]) -> None:
+    """`members` into `out`, refusing anything that is not a plain file or directory
+    inside it. Python 3.11.4 and later do it with the "data" filter; before (Debian 12's
+    3.11.2), the same refusal by hand, for what an npm package holds."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(out, members=members, filter="data")
+        return
+    for m in members:
+        parts = Path(m.name).parts
+        if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts:
+            raise FetchError(f"refusing {m.name!r}: not a plain file or directory of the "
+                             "package")
+        m.mode = (m.mode & 0o755) | (0o755 if m.isdir() else 0o644)
+    tar.extractall(out, members=members)  # noqa: S202 - checked above
 
 
 # What points at the root of the site in the npm build, and its form under `base`.

@@ -112,3 +112,55 @@ def test_script_without_npm_explains_and_if_npm_exits_zero(tmp_path: Path) -> No
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0 and "npm is not installed" in proc.stderr
     assert viewer_fetch.installed_dir(dest, DEFAULT_VERSION).exists() is False
+
+
+def _pinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            extra: tarfile.TarInfo | None = None) -> Path:
+    tarball = fake_tarball(tmp_path / "ohif-app.tgz")
+    if extra is not None:
+        with tarfile.open(tarball, "r:gz") as old:
+            members = [(m, old.extractfile(m).read()) for m in old.getmembers()]  # type: ignore[union-attr]
+        with tarfile.open(tarball, "w:gz") as tar:
+            for m, data in members:
+                tar.addfile(m, io.BytesIO(data))
+            tar.addfile(extra)
+    monkeypatch.setitem(RELEASES, "0.0.0-test", integrity(tarball))
+    return tarball
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["filter", "no-filter"])
+def test_a_link_out_of_the_package_is_refused_with_or_without_tarfiles_filter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_filter: bool) -> None:
+    # Without: Python before 3.11.4 (Debian 12's 3.11.2) has no extraction filters.
+    if not data_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    link = tarfile.TarInfo("package/dist/escape")
+    link.type, link.linkname = tarfile.SYMTYPE, "../../../../etc/passwd"
+    tarball = _pinned(tmp_path, monkeypatch, link)
+    dest = tmp_path / "viewer"
+    with pytest.raises(FetchError):
+        install(dest, "0.0.0-test", tarball, log=lambda _line: None)
+    assert not is_installed(dest, "0.0.0-test")
+    assert not any(p.is_symlink() for p in tmp_path.rglob("*"))
+
+
+def test_without_tarfiles_filter_a_plain_package_unpacks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    served = install(tmp_path / "viewer", "0.0.0-test", _pinned(tmp_path, monkeypatch),
+                     log=lambda _line: None)
+    assert (served / "index.html").read_text() == '<script src="/viewer/a.js"></script>'
+    assert (served / "a.js").stat().st_mode & 0o777 == 0o644
+
+
+def test_npm_failure_names_npms_own_reason() -> None:
+    # What `npm pack --json` printed behind a TLS-intercepting proxy whose CA it lacked.
+    out = ('{\n  "error": {\n    "code": "SELF_SIGNED_CERT_IN_CHAIN",\n    "summary": '
+           '"request to https://registry.npmjs.org/@ohif%2fapp failed, reason: '
+           'self-signed certificate in certificate chain",\n    "detail": ""\n  }\n}\n')
+    proc = subprocess.CompletedProcess(["npm"], 1, out, "npm ERR! code SELF_SIGNED_CERT\n")
+    assert viewer_fetch._npm_error(proc) == (
+        "SELF_SIGNED_CERT_IN_CHAIN: request to https://registry.npmjs.org/@ohif%2fapp "
+        "failed, reason: self-signed certificate in certificate chain")
+    proc = subprocess.CompletedProcess(["npm"], 1, "", "npm ERR! code E404\nnpm ERR! 404 x\n")
+    assert viewer_fetch._npm_error(proc) == "npm ERR! 404 x"
