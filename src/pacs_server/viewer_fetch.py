@@ -33,7 +33,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 PACKAGE = "@ohif/app"
 # version -> the registry's dist.integrity (`npm view @ohif/app@<version> dist.integrity`).
@@ -186,8 +186,8 @@ def _extract(tar: tarfile.TarFile, out: Path, members: list[tarfile.TarInfo]) ->
         tar.extractall(out, members=members, filter="data")
         return
     for m in members:
-        parts = Path(m.name).parts
-        if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in parts:
+        name = PurePosixPath(m.name)
+        if not (m.isfile() or m.isdir()) or name.is_absolute() or ".." in name.parts:
             raise FetchError(f"refusing {m.name!r}: not a plain file or directory of the "
                              "package")
         m.mode = (m.mode & 0o755) | (0o755 if m.isdir() else 0o644)

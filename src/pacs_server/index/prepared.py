@@ -32,19 +32,14 @@ class Prepared:
 
     def __init__(self, statement: Executable) -> None:
         self._statement = statement
-        self._compiled: dict[int, tuple[Dialect, _Compiled]] = {}
+        self._compiled: dict[Dialect, _Compiled] = {}
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         """All result rows (tuples), e.g. of a SELECT or an INSERT ... RETURNING."""
         if conn.dialect.name != "sqlite":
             return list(conn.execute(self._statement, params))
-        sql, values = self._bind(conn.dialect, params)
-        cursor = _cursor(conn)
-        try:
-            _run(conn.dialect, cursor.execute, sql, values)
-            return cast(list[Sequence[Any]], cursor.fetchall())
-        finally:
-            cursor.close()
+        return _on_cursor(conn, self._for(conn.dialect)[0],
+                          self._values(conn.dialect, params))
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Sequence[Any] | None:
         """The first result row, or None."""
@@ -58,34 +53,30 @@ class Prepared:
         if conn.dialect.name != "sqlite":
             conn.execute(self._statement, list(params))
             return
-        sql = self._for(conn.dialect)[0]
-        values = [self._bind(conn.dialect, p)[1] for p in params]
-        cursor = _cursor(conn)
-        try:
-            _run(conn.dialect, cursor.executemany, sql, values)
-        finally:
-            cursor.close()
+        _on_cursor(conn, self._for(conn.dialect)[0],
+                   [self._values(conn.dialect, p) for p in params], many=True)
 
     def _for(self, dialect: Dialect) -> _Compiled:
-        entry = self._compiled.get(id(dialect))
-        if entry is None or entry[0] is not dialect:
-            compiled = cast(SQLCompiler, self._statement.compile(dialect=dialect))  # type: ignore[attr-defined]
-            if not compiled.positional:
+        compiled = self._compiled.get(dialect)
+        if compiled is None:
+            sql = cast(SQLCompiler, self._statement.compile(dialect=dialect))  # type: ignore[attr-defined]
+            if not sql.positional:
                 raise RuntimeError(f"{dialect.name}: the statement is not positional")
-            names = tuple(compiled.positiontup or ())
+            names = tuple(sql.positiontup or ())
             processors = tuple(
-                compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                sql.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
                 for name in names)
-            entry = self._compiled[id(dialect)] = (dialect, (str(compiled), names, processors))
-        return entry[1]
+            compiled = self._compiled[dialect] = (str(sql), names, processors)
+        return compiled
 
-    def _bind(self, dialect: Dialect, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
-        sql, names, processors = self._for(dialect)
+    def _values(self, dialect: Dialect, params: Mapping[str, Any]) -> list[Any]:
+        """`params` in statement order, through the columns' bind processors."""
+        _, names, processors = self._for(dialect)
         values = []
         for name, proc in zip(names, processors, strict=True):
             value = params[name]
             values.append(value if proc is None or value is None else proc(value))
-        return sql, values
+        return values
 
 
 class PreparedInsert(Prepared):
@@ -117,14 +108,22 @@ class PreparedInsert(Prepared):
         self.execute_many(conn, [self.full(r) for r in rows])
 
 
-def _cursor(conn: Connection) -> Any:
-    # The connection's own DBAPI connection, in the transaction `conn.begin()` opened.
-    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-
-
-def _run(dialect: Dialect, call: Any, sql: str, values: Any) -> None:
+def _on_cursor(conn: Connection, sql: str, values: list[Any],
+               many: bool = False) -> list[Sequence[Any]]:
+    """`sql` on the DBAPI cursor of `conn`'s own connection, in the transaction
+    `conn.begin()` opened; its rows (none for `many`). A driver error is raised as
+    SQLAlchemy raises it."""
+    dialect = conn.dialect
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        call(sql, values)
-    except dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(sql, values, exc, dialect.loaded_dbapi.Error,
-                                  dialect=dialect) from exc
+        try:
+            if many:
+                cursor.executemany(sql, values)
+                return []
+            cursor.execute(sql, values)
+            return cast(list[Sequence[Any]], cursor.fetchall())
+        except dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(sql, values, exc, dialect.loaded_dbapi.Error,
+                                      dialect=dialect) from exc
+    finally:
+        cursor.close()
