@@ -250,6 +250,18 @@ def test_invalid_level_is_refused(corpus: Corpus) -> None:
     assert result.responses == []
 
 
+@pytest.mark.parametrize("key", ["StudyDate=2020-01-01", "StudyDate=2020*", "StudyDate=-",
+                                 "StudyTime=9", "PatientBirthDate=abc"])
+def test_malformed_date_or_time_is_refused_with_a_reason(corpus: Corpus, key: str) -> None:
+    # PS3.4 C.2.2.2.5: nothing can match a malformed range, and the SQL side could not
+    # narrow on one: refused (0xA900) with an Error Comment, not answered "none".
+    result = find(corpus, "STUDY", [key, "StudyInstanceUID"])
+    assert result.statuses == [0xA900], result.output[-2000:]
+    assert result.responses == []
+    name, _, value = key.partition("=")
+    assert f"{name}: '{value}' is not a" in result.output, result.output[-2000:]
+
+
 @pytest.mark.parametrize("model", ["-S", "-P"])
 def test_study_level_returns_every_requested_value(corpus: Corpus, model: str) -> None:
     keys = ["StudyInstanceUID", "PatientID=PID-A", "PatientName", "PatientBirthDate",

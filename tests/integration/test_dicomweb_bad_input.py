@@ -158,6 +158,20 @@ def test_bad_urls_are_400_or_404_with_a_reason(srv: RunningServer, path: str) ->
     _still_serving(srv)
 
 
+@pytest.mark.parametrize(("query", "reason"), [
+    ("StudyDate=2020-01-01", "StudyDate: '2020-01-01' is not a DA value or range"),
+    ("StudyTime=9", "StudyTime: '9' is not a TM value or range"),
+    ("PatientBirthDate=1970*", "PatientBirthDate: '1970*' is not a DA value or range"),
+])
+def test_malformed_date_or_time_is_400_naming_the_key(srv: RunningServer, query: str,
+                                                       reason: str) -> None:
+    # PS3.18 8.3.4: a query parameter with an invalid value is a 400; answered "no
+    # match", a typo would look like an empty archive.
+    rsp = requests.get(f"{_url(srv)}/studies?{query}", timeout=10)
+    assert rsp.status_code == 400, rsp.text
+    assert rsp.json()["error"] == reason
+
+
 def test_unknown_instance_is_404(srv: RunningServer) -> None:
     rsp = requests.get(f"{_url(srv)}/studies/1.2.3/series/1.2.4/instances/1.2.5", timeout=10)
     assert rsp.status_code == 404 and "1.2.5" in rsp.json()["error"]

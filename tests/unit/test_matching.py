@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, select
 from pacs_server.config import DatabaseConfig
 from pacs_server.index.attributes import QR_ATTRIBUTES, Attribute
 from pacs_server.index.engine import create_engine, migrate
-from pacs_server.index.matching import is_universal, matches, sql_condition
+from pacs_server.index.matching import is_universal, matches, sql_condition, valid_range
 from pacs_server.index.models import QR_MODELS, Series, Study
 from pacs_server.index.records import InstanceRecord
 from pacs_server.index.repository import IndexRepository
@@ -206,6 +206,29 @@ def test_datetime_matching(stored: str, query: str, expected: bool) -> None:
 
 def test_datetime_empty_stored_never_matches() -> None:
     assert not matches("", "2023-", "datetime")
+
+
+# --------------------------------------------------------------------------- query values
+
+@pytest.mark.parametrize(("vr", "value"), [
+    ("DA", "20230115"), ("DA", "20230101-20231231"), ("DA", "-20231231"), ("DA", "20230101-"),
+    ("DA", "2023.01.15"), ("DA", "20230115\\20230116"), ("DA", ""), ("DA", "*"),
+    ("TM", "10"), ("TM", "1015"), ("TM", "101530.25"), ("TM", "10:15:30"), ("TM", "1000-1100"),
+    ("TM", "-1100"), ("DT", "2023"), ("DT", "20230101120000.5-0500"), ("DT", "2023-2024"),
+    ("DT", "20230101120000-0500-20230102120000-0500"),
+    ("PN", "SMI*"), ("LO", "2023-01-15"),             # other VRs are not checked here
+])
+def test_valid_query_values(vr: str, value: str) -> None:
+    assert valid_range(vr, value)
+
+
+@pytest.mark.parametrize(("vr", "value"), [
+    ("DA", "2023-01-15"), ("DA", "2023"), ("DA", "abc"), ("DA", "2023*"), ("DA", "-"),
+    ("DA", "20230115\\"), ("DA", "20230115-2023"), ("TM", "1"), ("TM", "10.5"), ("TM", "ab"),
+    ("TM", "10-1"), ("DT", "x"), ("DT", "20230101T1200"), ("DT", "-"),
+])
+def test_malformed_query_values(vr: str, value: str) -> None:
+    assert not valid_range(vr, value)
 
 
 # --------------------------------------------------------------------------- person names

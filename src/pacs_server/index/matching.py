@@ -38,6 +38,39 @@ def is_universal(value: str) -> bool:
     return value == "" or set(value) == {"*"}
 
 
+# One DA, TM or DT value (PS3.5 Table 6.2-1), the ACR-NEMA separators removed first.
+_VALUE = {"DA": re.compile(r"\d{8}"),
+          "TM": re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?"),
+          "DT": re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?"
+                           r"([+\-]\d{4})?")}
+
+
+def valid_range(vr: str, value: str) -> bool:
+    """Whether a DA, TM or DT matching value is one value, a range (`lo-hi`, `lo-`,
+    `-hi`) or a list of them (PS3.4 C.2.2.2.2, C.2.2.2.5); universal values and other
+    VRs are not checked here.
+
+    Checked before matching because nothing can match a malformed one, and the SQL
+    side cannot narrow on it either: `2020-01-01` would read every row of the level to
+    answer nothing. Wildcards are not range matching (C.2.2.2.4 excludes DA, TM, DT).
+    """
+    pattern = _VALUE.get(vr)
+    if pattern is None or is_universal(value):
+        return True
+    for part in value.split("\\"):
+        lo, hi, is_range = _split_dt_range(part) if vr == "DT" else _split_range(part)
+        bounds = [b for b in (lo, hi) if b] if is_range else [lo]
+        if not bounds or not all(pattern.fullmatch(_plain(vr, b)) for b in bounds):
+            return False
+    return True
+
+
+def _plain(vr: str, value: str) -> str:
+    value = value.strip()
+    return value.replace(".", "") if vr == "DA" else \
+        value.replace(":", "") if vr == "TM" else value
+
+
 # ------------------------------------------------------------------------- SQL side
 
 def sql_condition(col: ColumnElement[Any], kind: Kind, value: str,

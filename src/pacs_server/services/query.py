@@ -23,7 +23,7 @@ from pydicom.tag import Tag
 from pacs_server.config import QueryConfig
 from pacs_server.errors import InvalidQuery, TooManyMatches
 from pacs_server.index.attributes import QR_ATTRIBUTES, QR_LEVELS, InformationModel, Level
-from pacs_server.index.matching import is_universal
+from pacs_server.index.matching import is_universal, valid_range
 from pacs_server.index.repository import IndexRepository, Match, StoredRef
 from pacs_server.services import answers
 from pacs_server.services.answers import Element
@@ -66,11 +66,16 @@ class QueryService:
         self._cfg = cfg
 
     def validate(self, req: FindRequest) -> None:
-        """Raises InvalidQuery for a level the information model does not have."""
+        """Raises InvalidQuery for a level the information model does not have, or a
+        date or time key that is not a value, a range or a list of them."""
         if req.level not in QR_LEVELS:
             raise InvalidQuery(f"QueryRetrieveLevel {req.level!r} is not valid")
         if req.model == "STUDY" and req.level == "PATIENT":
             raise InvalidQuery("Study Root has no PATIENT level")
+        for key in req.keys:
+            if not valid_range(key.vr, key.value):
+                raise InvalidQuery(f"{key.keyword or f'{key.tag:08X}'}: {key.value[:64]!r} "
+                                   f"is not a {key.vr} value or range")
 
     async def find(self, req: FindRequest,
                    batch: int = 200) -> AsyncGenerator[list[Dataset], None]:

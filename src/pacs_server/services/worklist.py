@@ -10,7 +10,6 @@ requested keys; values come from the item's stored attribute set.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from pacs_server.errors import InvalidQuery
-from pacs_server.index.matching import is_universal
+from pacs_server.index.matching import is_universal, valid_range
 from pacs_server.index.text import name_key
 from pacs_server.index.worklist import (
     WorklistFilter,
@@ -41,8 +40,6 @@ from pacs_server.services.worklist_items import (
 from pacs_server.services.worklist_items import query_text as _query_text
 
 STATUS_TAG = 0x00400020
-_DA = re.compile(r"(\d{8})?(-(\d{8})?)?")
-_TM = re.compile(r"([\d:.]*)(-[\d:.]*)?")
 
 
 @dataclass(frozen=True)
@@ -97,11 +94,8 @@ def _check_keys(ds: Dataset) -> None:
         text = _query_text(elem.value)
         if is_universal(text):
             continue
-        pattern = {"DA": _DA, "TM": _TM}.get(elem.VR)
-        if pattern is not None and not all(pattern.fullmatch(v.strip().replace(".", "")
-                                                             if elem.VR == "DA" else v.strip())
-                                           for v in text.split("\\")):
-            raise InvalidQuery(f"{name}: {text!r} is not a {elem.VR} value or range")
+        if not valid_range(elem.VR, text):
+            raise InvalidQuery(f"{name}: {text[:64]!r} is not a {elem.VR} value or range")
 
 
 class WorklistService:
