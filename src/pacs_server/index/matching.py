@@ -65,10 +65,12 @@ def valid_range(vr: str, value: str) -> bool:
     return True
 
 
+_ACR_NEMA_SEPARATOR = {"DA": ".", "TM": ":"}
+
+
 def _plain(vr: str, value: str) -> str:
-    value = value.strip()
-    return value.replace(".", "") if vr == "DA" else \
-        value.replace(":", "") if vr == "TM" else value
+    separator = _ACR_NEMA_SEPARATOR.get(vr)
+    return value.strip().replace(separator, "") if separator else value.strip()
 
 
 # ------------------------------------------------------------------------- SQL side
