@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pacs_server.config import Config
 from pacs_server.services.archive import FileCatalog
@@ -24,6 +24,11 @@ def intent(root: Path, rel: str, name: str) -> Path:
     return link
 
 
+def linked_intent(root: Path, rel: str) -> Path:
+    """An open intent in the form a store makes it: a hard link to the placed file."""
+    return FileStore(root).journal.open(PurePosixPath(rel), root / rel)
+
+
 def place(root: Path, rel: str, content: bytes) -> None:
     target = root / rel
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +41,7 @@ async def test_open_intents_are_settled_at_start(
     cfg = make_cfg()
     srv = await start_server(cfg)
     root, db = srv.archive, srv.db
-    first, orphan, broken = (dicom_files.fresh("CT_small.dcm") for _ in range(3))
+    first, orphan, broken, linked = (dicom_files.fresh("CT_small.dcm") for _ in range(4))
     assert all(r.ok for r in await scu.astore(srv.port, [first]))
     await asyncio.to_thread(srv.stop)
     (stored_rel,) = index_rows(db).values()
@@ -45,6 +50,8 @@ async def test_open_intents_are_settled_at_start(
     # A complete file placed but never indexed (the state a SIGKILL leaves) ...
     place(root, "crafted/orphan.dcm", orphan.read_bytes())
     intent(root, "crafted/orphan.dcm", "a1")
+    place(root, "crafted/linked.dcm", linked.read_bytes())
+    assert linked_intent(root, "crafted/linked.dcm").is_file()
     # ... a file that cannot be read back ...
     place(root, "crafted/broken.dcm", broken.read_bytes()[:-100])
     intent(root, "crafted/broken.dcm", "a2")
@@ -58,7 +65,8 @@ async def test_open_intents_are_settled_at_start(
 
     srv = await start_server(cfg)
     rows = index_rows(db)
-    assert sorted(rows.values()) == sorted([stored_rel, "crafted/orphan.dcm"])
+    assert sorted(rows.values()) == sorted([stored_rel, "crafted/orphan.dcm",
+                                            "crafted/linked.dcm"])
     files = {str(p.relative_to(root)) for p in archived_files(root)}
     assert files == set(rows.values())                       # no file without a row
     assert all((root / rel).is_file() for rel in rows.values())  # no row without a file

@@ -14,6 +14,8 @@ import pytest
 from pacs_server.errors import StartupError, StorageFull, StorageUnavailable
 from pacs_server.storage.filestore import INCOMING, JOURNAL, FileStore, storage_errors
 
+OLD_S = time.time() - 3600
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> FileStore:
@@ -279,6 +281,35 @@ def test_journal_intents_until_closed(tmp_path: Path) -> None:
     assert len(store.journal.pending()) == 10
     store.prepare()                                  # a restart keeps open intents
     assert len(store.journal.pending()) == 10
+
+
+def test_an_intent_is_a_hard_link_to_the_staged_file(tmp_path: Path) -> None:
+    """With the staged file given, the intent is one more name for it (no inode made or
+    freed per store) whose name carries the path; a path too long for a name falls back
+    to a symbolic link. Both are read back the same way, by this process and others."""
+    a, b = (FileStore(tmp_path / "archive", fsync=False, identity=n) for n in ("a", "b"))
+    for fs in (a, b):
+        fs.prepare()
+    part = a.incoming / "x.dcm"
+    part.write_bytes(b"data")
+    os.utime(part, (OLD_S, OLD_S))          # received long ago: the intent is still new
+    rel = PurePosixPath("P-1/1.2.3/1.2.3.4/1.2.3.4.5.dcm")
+    long_rel = PurePosixPath("P", "1." * 60 + "1", "2." * 60 + "2", "3." * 40 + "3.dcm")
+    short, long = a.journal.open(rel, part), a.journal.open(long_rel, part)
+    assert short.stat(follow_symlinks=False).st_ino == part.stat().st_ino
+    assert "/" not in short.name and long.is_symlink()
+    assert sorted(a.journal.pending()) == sorted([(short, str(rel)), (long, str(long_rel))])
+    assert b.journal.in_flight(rel, 60) and b.journal.in_flight(long_rel, 60)
+    assert b.journal.stale(60) == []
+    a.journal.close(short)
+    a.journal.close(long)
+    assert a.journal.pending() == [] and not b.journal.in_flight(rel, 60)
+    assert part.read_bytes() == b"data"     # closing an intent leaves the file
+
+
+def test_a_name_in_the_journal_that_is_no_intent_announces_nothing(store: FileStore) -> None:
+    (store.journal.directory / "0123.abc.P+x.dcm").write_bytes(b"")  # digest mismatch
+    assert store.journal.pending() == [(store.journal.directory / "0123.abc.P+x.dcm", "")]
 
 
 def test_quarantine_keeps_the_relative_path(store: FileStore) -> None:

@@ -260,7 +260,7 @@ class ArchiveService:
                 held.enter_context(self._turns.path(rec.rel_path))
             # Announced before it is placed: a crash from here to the commit leaves an
             # intent that the next start reconciles (services/reconcile.py).
-            intent: list[Path | None] = [journal.open(rec.rel_path)]
+            intent: list[Path | None] = [journal.open(rec.rel_path, staged.part)]
             try:
                 outcome, superseded = self._place_and_index(staged, run, policy, intent,
                                                             held)
@@ -356,7 +356,7 @@ class ArchiveService:
                 if run(self.catalog.lookup(rec)) is not None:
                     self.files.discard(staged.part)     # a duplicate, at once
                     return None
-                self._take_turns(rec.rel_path, intent, held)
+                self._take_turns(rec.rel_path, staged.part, intent, held)
                 turns = True
                 continue
             verdict = self._turns.wait_until(lambda: self._taken_by(rec, run, intent[0]),
@@ -370,7 +370,7 @@ class ArchiveService:
                 log.warning("storage.orphan_set_aside", path=str(rec.rel_path))
         raise PathTaken(f"archive path stays taken: {rec.rel_path}")
 
-    def _take_turns(self, rel: PurePosixPath, intent: list[Path | None],
+    def _take_turns(self, rel: PurePosixPath, part: Path, intent: list[Path | None],
                     held: ExitStack) -> None:
         """The name is taken and not indexed (`reject`/`ignore`): from here this store
         takes turns with every other store of `rel` that met the same conflict, under
@@ -387,7 +387,7 @@ class ArchiveService:
         journal.close(intent[0])
         intent[0] = None
         held.enter_context(self._turns.path(rel))
-        intent[0] = journal.open(rel)
+        intent[0] = journal.open(rel, part)
 
     def _taken_by(self, rec: InstanceRecord, run: Runner, intent: Path | None) -> str | None:
         """What holds the name: "indexed" (a duplicate), "orphan", "free" (gone since),

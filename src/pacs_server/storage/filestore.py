@@ -31,6 +31,7 @@ from typing import BinaryIO
 
 from pacs_server.errors import StartupError, StorageUnavailable
 from pacs_server.storage.fsops import (
+    NO_HARD_LINK,
     copy_range,
     fsync_dir,
     rename_noreplace,
@@ -377,7 +378,7 @@ def _link_new(part: Path, final: Path) -> bool:
     except FileExistsError:
         raise
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+        if exc.errno not in NO_HARD_LINK:
             raise
         if not rename_noreplace(part, final):
             raise FileExistsError(errno.EEXIST, "name taken", str(final)) from None

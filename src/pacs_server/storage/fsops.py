@@ -13,6 +13,9 @@ from pathlib import Path
 from pacs_server.errors import StorageFull, StorageUnavailable
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# os.link failing for these means "no hard link here" (a filesystem without them, a
+# second device, a link count at its limit), not a fault of the archive.
+NO_HARD_LINK = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK})
 
 
 @contextmanager
