@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_
 
+from pacs_server.errors import InvalidQuery
 from pacs_server.index.attributes import Kind
 from pacs_server.index.text import fold
 
@@ -63,6 +64,12 @@ def valid_range(vr: str, value: str) -> bool:
         if not bounds or not all(pattern.fullmatch(_plain(vr, b)) for b in bounds):
             return False
     return True
+
+
+def check_range(name: str, vr: str, value: str) -> None:
+    """Raise InvalidQuery naming the key `name` if `value` fails `valid_range`."""
+    if not valid_range(vr, value):
+        raise InvalidQuery(f"{name}: {value[:64]!r} is not a {vr} value or range")
 
 
 _ACR_NEMA_SEPARATOR = {"DA": ".", "TM": ":"}

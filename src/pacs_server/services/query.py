@@ -23,7 +23,7 @@ from pydicom.tag import Tag
 from pacs_server.config import QueryConfig
 from pacs_server.errors import InvalidQuery, TooManyMatches
 from pacs_server.index.attributes import QR_ATTRIBUTES, QR_LEVELS, InformationModel, Level
-from pacs_server.index.matching import is_universal, valid_range
+from pacs_server.index.matching import check_range, is_universal
 from pacs_server.index.repository import IndexRepository, Match, StoredRef
 from pacs_server.services import answers
 from pacs_server.services.answers import Element
@@ -73,9 +73,7 @@ class QueryService:
         if req.model == "STUDY" and req.level == "PATIENT":
             raise InvalidQuery("Study Root has no PATIENT level")
         for key in req.keys:
-            if not valid_range(key.vr, key.value):
-                raise InvalidQuery(f"{key.keyword or f'{key.tag:08X}'}: {key.value[:64]!r} "
-                                   f"is not a {key.vr} value or range")
+            check_range(key.keyword or f"{key.tag:08X}", key.vr, key.value)
 
     async def find(self, req: FindRequest,
                    batch: int = 200) -> AsyncGenerator[list[Dataset], None]:

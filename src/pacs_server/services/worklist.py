@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from pacs_server.errors import InvalidQuery
-from pacs_server.index.matching import is_universal, valid_range
+from pacs_server.index.matching import check_range, is_universal
 from pacs_server.index.text import name_key
 from pacs_server.index.worklist import (
     WorklistFilter,
@@ -94,8 +94,7 @@ def _check_keys(ds: Dataset) -> None:
         text = _query_text(elem.value)
         if is_universal(text):
             continue
-        if not valid_range(elem.VR, text):
-            raise InvalidQuery(f"{name}: {text[:64]!r} is not a {elem.VR} value or range")
+        check_range(name, elem.VR, text)
 
 
 class WorklistService:
